@@ -1,0 +1,30 @@
+//! AWS clients shared by the adapters: one endpoint override
+//! (`FLIPSTACK_AWS_ENDPOINT_URL`) for every client, so the whole AWS path runs
+//! against moto_server or LocalStack in tests.
+
+pub mod cloudwatch;
+pub mod sqs;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsSettings {
+    pub region: String,
+    pub endpoint: Option<String>,
+}
+
+impl AwsSettings {
+    pub fn from_config(c: &crate::config::Config) -> AwsSettings {
+        AwsSettings { region: c.aws_region.clone(), endpoint: c.aws_endpoint_url.clone() }
+    }
+}
+
+/// The SDK configuration: credentials and region from the usual AWS sources
+/// (environment, profile, instance role), the endpoint from our setting.
+pub async fn sdk_config(s: &AwsSettings) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(s.region.clone()));
+    if let Some(endpoint) = &s.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    loader.load().await
+}

@@ -1,0 +1,187 @@
+//! The blob store: originals, flipped pictures and thumbnails, under keys the
+//! server makes from upload ids (never from a client's file name). The
+//! adapter is `object_store`, so a local folder (`file://`) and S3 (`s3://`)
+//! are the same code and differ only in configuration.
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::signer::Signer;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::io::AsyncWriteExt;
+
+use crate::domain::UploadId;
+
+/// What a key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlobKind {
+    Original,
+    Flipped,
+    OriginalThumb,
+    FlippedThumb,
+}
+
+impl BlobKind {
+    pub const ALL: [BlobKind; 4] = [Self::Original, Self::Flipped, Self::OriginalThumb, Self::FlippedThumb];
+
+    fn folder(self) -> &'static str {
+        match self {
+            Self::Original => "originals",
+            Self::Flipped => "flipped",
+            Self::OriginalThumb => "thumbs/original",
+            Self::FlippedThumb => "thumbs/flipped",
+        }
+    }
+}
+
+pub fn key(kind: BlobKind, id: UploadId) -> Path {
+    Path::from(format!("{}/{}", kind.folder(), id.0))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob store configuration: {0}")]
+    Config(String),
+    #[error("the blob store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<object_store::Error> for BlobError {
+    fn from(e: object_store::Error) -> Self {
+        BlobError::Unavailable(e.to_string())
+    }
+}
+
+pub struct Blob {
+    pub size: u64,
+    pub stream: BoxStream<'static, Result<Bytes, BlobError>>,
+}
+
+#[derive(Clone)]
+pub struct BlobStore {
+    store: Arc<dyn ObjectStore>,
+    /// Present on S3: signs short-lived links for the owner.
+    signer: Option<Arc<AmazonS3>>,
+    kind: &'static str,
+    prefix: Option<String>,
+}
+
+impl BlobStore {
+    /// `file://PATH` or `s3://bucket[/prefix]`; S3 takes its credentials from the
+    /// usual AWS variables and `endpoint` (moto, LocalStack) when given.
+    pub fn from_url(url: &str, region: &str, endpoint: Option<&str>) -> Result<BlobStore, BlobError> {
+        if let Some(dir) = url.strip_prefix("file://") {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BlobError::Config(format!("cannot create the blob folder {dir}: {e}")))?;
+            let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| BlobError::Config(e.to_string()))?;
+            return Ok(BlobStore { store: Arc::new(fs), signer: None, kind: "file", prefix: None });
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = match rest.split_once('/') {
+                Some((b, p)) => (b, Some(p.trim_matches('/').to_owned()).filter(|p| !p.is_empty())),
+                None => (rest, None),
+            };
+            if bucket.is_empty() {
+                return Err(BlobError::Config("s3:// needs a bucket name, e.g. s3://my-bucket/flipstack".into()));
+            }
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_region(region);
+            if let Some(ep) = endpoint {
+                // moto and LocalStack answer path-style requests, often over plain HTTP.
+                b = b.with_endpoint(ep).with_allow_http(true).with_virtual_hosted_style_request(false);
+            }
+            let s3 = Arc::new(b.build().map_err(|e| BlobError::Config(e.to_string()))?);
+            return Ok(BlobStore { store: s3.clone(), signer: Some(s3), kind: "s3", prefix });
+        }
+        Err(BlobError::Config(format!("FLIPSTACK_BLOB_URL must be file://PATH or s3://bucket[/prefix], not {url:?}")))
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn path(&self, kind: BlobKind, id: UploadId) -> Path {
+        let k = key(kind, id);
+        match &self.prefix {
+            Some(p) => Path::from(format!("{p}/{k}")),
+            None => k,
+        }
+    }
+
+    /// Streams a local file into the store (multipart for large files).
+    pub async fn put_file(&self, kind: BlobKind, id: UploadId, file: &FsPath) -> Result<u64, BlobError> {
+        let mut src = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| BlobError::Unavailable(format!("reading the spooled upload: {e}")))?;
+        let mut w = BufWriter::with_capacity(self.store.clone(), self.path(kind, id), 8 * 1024 * 1024);
+        let n = tokio::io::copy(&mut src, &mut w)
+            .await
+            .map_err(|e| BlobError::Unavailable(format!("writing to the blob store: {e}")))?;
+        w.shutdown().await.map_err(|e| BlobError::Unavailable(format!("finishing the upload to the blob store: {e}")))?;
+        Ok(n)
+    }
+
+    pub async fn put(&self, kind: BlobKind, id: UploadId, bytes: Vec<u8>) -> Result<(), BlobError> {
+        self.store.put(&self.path(kind, id), PutPayload::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// A stream of the blob for serving, or `None` when there is no such blob.
+    pub async fn get(&self, kind: BlobKind, id: UploadId) -> Result<Option<Blob>, BlobError> {
+        match self.store.get(&self.path(kind, id)).await {
+            Ok(r) => {
+                let size = r.meta.size;
+                let stream = r.into_stream().map(|c| c.map_err(BlobError::from)).boxed();
+                Ok(Some(Blob { size, stream }))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn get_bytes(&self, kind: BlobKind, id: UploadId) -> Result<Option<Bytes>, BlobError> {
+        match self.store.get(&self.path(kind, id)).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn exists(&self, kind: BlobKind, id: UploadId) -> Result<bool, BlobError> {
+        match self.store.head(&self.path(kind, id)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes every blob of an upload; absent ones are fine.
+    pub async fn delete_all(&self, id: UploadId) -> Result<(), BlobError> {
+        for kind in BlobKind::ALL {
+            match self.store.delete(&self.path(kind, id)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// A short-lived link straight to the object (S3 only).
+    pub async fn presigned_get(&self, kind: BlobKind, id: UploadId, ttl: Duration) -> Result<Option<url::Url>, BlobError> {
+        let Some(signer) = &self.signer else { return Ok(None) };
+        let url = signer.signed_url(http::Method::GET, &self.path(kind, id), ttl).await?;
+        Ok(Some(url))
+    }
+
+    /// Is the store reachable? (A missing key is an answer, so it counts as yes.)
+    pub async fn ping(&self) -> Result<(), BlobError> {
+        self.exists(BlobKind::Original, UploadId(1)).await.map(|_| ())
+    }
+}

@@ -1,0 +1,314 @@
+//! Configuration: every key has an environment variable (`FLIPSTACK_<KEY>`), the
+//! same key in an optional TOML file, and (in the binary) a flag where it makes
+//! sense. Flags win over the environment, the environment over the file, the
+//! file over the embedded defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Every key of the configuration; `FLIPSTACK_` + the key in capitals is its
+/// environment variable.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "replica_urls",
+    "cache_url",
+    "blob_url",
+    "queue_url",
+    "mail_url",
+    "mail_from",
+    "aws_endpoint_url",
+    "aws_region",
+    "admin_token",
+    "public_url",
+    "cookie_secure",
+    "max_upload_bytes",
+    "max_pixels",
+    "max_frames",
+    "workers_min",
+    "workers_max",
+    "backlog_per_worker",
+    "job_lease_secs",
+    "job_max_attempts",
+    "job_timeout_secs",
+    "queue_poll_ms",
+    "cache_ttl_secs",
+    "replica_wait_ms",
+    "replica_max_lag_ms",
+    "metrics_namespace",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Where the embedded defaults keep their files.
+    pub data_dir: PathBuf,
+    /// Primary database: `sqlite://PATH` or `mysql://user:pass@host:port/db`.
+    pub database_url: Option<String>,
+    /// Read replicas (`mysql://…`), comma-separated in the environment.
+    #[serde(deserialize_with = "comma_list")]
+    pub replica_urls: Vec<String>,
+    /// Gallery cache: `memory://` or `memcache://host:port[,host:port…]`.
+    pub cache_url: String,
+    /// Blob store: `file://PATH` or `s3://bucket[/prefix]`.
+    pub blob_url: Option<String>,
+    /// Job queue: `db://` (the uploads table) or an SQS queue URL.
+    pub queue_url: String,
+    /// Mailer: `outbox://PATH` or `smtp://user:pass@host:port` (`smtps://` for TLS).
+    pub mail_url: Option<String>,
+    /// Sender of the sign-in mails.
+    pub mail_from: String,
+    /// Endpoint override for every AWS client (moto_server, LocalStack).
+    pub aws_endpoint_url: Option<String>,
+    pub aws_region: String,
+    /// Bearer token of the admin API; generated once into `<data>/admin-token` when unset.
+    pub admin_token: Option<String>,
+    /// The address people reach the server at, used in mailed links.
+    pub public_url: Option<String>,
+    /// Mark cookies `Secure`; on by default when `public_url` is https.
+    pub cookie_secure: Option<bool>,
+    pub max_upload_bytes: u64,
+    pub max_pixels: u64,
+    /// Most frames an animated GIF may have.
+    pub max_frames: u32,
+    /// Local worker pool of `flipstack up`.
+    pub workers_min: u32,
+    pub workers_max: u32,
+    /// Scaling target: queued jobs per worker.
+    pub backlog_per_worker: u32,
+    pub job_lease_secs: u64,
+    pub job_max_attempts: u32,
+    pub job_timeout_secs: u64,
+    /// How often an idle worker looks at the database queue.
+    pub queue_poll_ms: u64,
+    pub cache_ttl_secs: u64,
+    /// How long a replica read waits for the person's last write (MASTER_GTID_WAIT).
+    pub replica_wait_ms: u64,
+    /// A replica further behind than this is skipped until it catches up.
+    pub replica_max_lag_ms: u64,
+    /// CloudWatch namespace of the metrics sent when running on AWS.
+    pub metrics_namespace: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            replica_urls: Vec::new(),
+            cache_url: "memory://".into(),
+            blob_url: None,
+            queue_url: "db://".into(),
+            mail_url: None,
+            mail_from: "flipstack <flipstack@localhost.localdomain>".into(),
+            aws_endpoint_url: None,
+            aws_region: "us-east-1".into(),
+            admin_token: None,
+            public_url: None,
+            cookie_secure: None,
+            max_upload_bytes: 25 * 1024 * 1024,
+            max_pixels: 50_000_000,
+            max_frames: 1000,
+            workers_min: 1,
+            workers_max: 2,
+            backlog_per_worker: 4,
+            job_lease_secs: 30,
+            job_max_attempts: 3,
+            job_timeout_secs: 60,
+            queue_poll_ms: 100,
+            cache_ttl_secs: 600,
+            replica_wait_ms: 75,
+            replica_max_lag_ms: 2000,
+            metrics_namespace: "flipstack".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("configuration: the file {0} does not exist (leave out --config to use the defaults)")]
+    MissingFile(PathBuf),
+    #[error("configuration: {0}")]
+    Value(String),
+}
+
+impl Config {
+    /// Layers defaults, the TOML file, `FLIPSTACK_*` variables and the flags.
+    /// `flags` serialises to a map of the keys that were given (absent ones
+    /// must be skipped, not null).
+    pub fn load(file: Option<&Path>, flags: impl Serialize) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("FLIPSTACK_").only(KEYS))
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Value(msg));
+        if self.workers_min > self.workers_max {
+            return bad(format!(
+                "workers_min ({}) is above workers_max ({}); set FLIPSTACK_WORKERS_MIN ≤ FLIPSTACK_WORKERS_MAX",
+                self.workers_min, self.workers_max
+            ));
+        }
+        if self.max_upload_bytes == 0 || self.max_pixels == 0 {
+            return bad("max_upload_bytes and max_pixels must be above zero".into());
+        }
+        if self.job_lease_secs < 2 {
+            return bad("job_lease_secs must be at least 2 (the lease is renewed every third of it)".into());
+        }
+        if let Some(url) = &self.public_url
+            && url::Url::parse(url).is_err()
+        {
+            return bad(format!("public_url {url:?} is not a URL; use e.g. https://photos.example.com"));
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("flipstack.db").display()))
+    }
+
+    pub fn blob_url(&self) -> String {
+        self.blob_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("blobs").display()))
+    }
+
+    pub fn mail_url(&self) -> String {
+        self.mail_url
+            .clone()
+            .unwrap_or_else(|| format!("outbox://{}", self.data_dir.join("outbox").display()))
+    }
+
+    pub fn public_url(&self) -> String {
+        let url = self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen));
+        url.trim_end_matches('/').to_owned()
+    }
+
+    pub fn cookie_secure(&self) -> bool {
+        self.cookie_secure.unwrap_or_else(|| self.public_url().starts_with("https://"))
+    }
+
+    /// The pairs to hand a child process (`flipstack work` under `flipstack up`)
+    /// so that it sees exactly this configuration.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let mut out = Vec::new();
+        if let serde_json::Value::Object(map) = value {
+            for (key, v) in map {
+                let text = match v {
+                    serde_json::Value::Null => continue,
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Array(items) => {
+                        items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join(",")
+                    }
+                    other => other.to_string(),
+                };
+                out.push((format!("FLIPSTACK_{}", key.to_ascii_uppercase()), text));
+            }
+        }
+        out
+    }
+}
+
+/// Accepts a list, or a comma-separated string (as environment variables give).
+fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "flipstack.toml",
+                r#"
+                    listen = "127.0.0.1:7000"
+                    cache_url = "memcache://127.0.0.1:1"
+                    max_pixels = 10
+                "#,
+            )?;
+            jail.set_env("FLIPSTACK_LISTEN", "127.0.0.1:7001");
+            jail.set_env("FLIPSTACK_REPLICA_URLS", "mysql://a/x, mysql://b/x");
+            jail.set_env("FLIPSTACK_UNRELATED_TEST_KNOB", "ignored");
+            let mut flags = BTreeMap::new();
+            flags.insert("max_pixels", 20);
+            let c = Config::load(Some(Path::new("flipstack.toml")), flags).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 7001, "env wins over file");
+            assert_eq!(c.cache_url, "memcache://127.0.0.1:1", "file wins over defaults");
+            assert_eq!(c.max_pixels, 20, "flags win over everything");
+            assert_eq!(c.replica_urls, vec!["mysql://a/x", "mysql://b/x"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn derived_urls_follow_the_data_dir() {
+        let c = Config { data_dir: PathBuf::from("/srv/fs"), ..Config::default() };
+        assert_eq!(c.database_url(), "sqlite:///srv/fs/flipstack.db");
+        assert_eq!(c.blob_url(), "file:///srv/fs/blobs");
+        assert_eq!(c.mail_url(), "outbox:///srv/fs/outbox");
+        assert_eq!(c.public_url(), "http://127.0.0.1:5000");
+        assert!(!c.cookie_secure());
+    }
+
+    #[test]
+    fn to_env_round_trips() {
+        let c = Config {
+            replica_urls: vec!["mysql://a/x".into(), "mysql://b/x".into()],
+            admin_token: Some("t".into()),
+            ..Config::default()
+        };
+        figment::Jail::expect_with(|jail| {
+            for (k, v) in c.to_env() {
+                jail.set_env(k, v);
+            }
+            let back = Config::load(None, BTreeMap::<String, String>::new()).map_err(|e| e.to_string())?;
+            assert_eq!(back, c);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/flipstack.toml")), BTreeMap::<String, String>::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+}

@@ -1,0 +1,204 @@
+//! A bounded EXIF (TIFF) reader that finds the Orientation tag.
+//!
+//! Every offset and count is checked against the data before it is used, IFD
+//! chains are followed at most a few steps with loops detected, and nothing is
+//! allocated from a count in the file. [`orientation_strict`] says why EXIF is
+//! unusable (the upload check refuses such files); [`orientation_lenient`]
+//! treats unusable EXIF as "no rotation" (the worker's defence in depth).
+
+/// The Orientation tag, 1 (upright) to 8.
+pub type Orientation = u8;
+
+const TAG_ORIENTATION: u16 = 0x0112;
+const TAG_EXIF_IFD: u16 = 0x8769;
+const TAG_GPS_IFD: u16 = 0x8825;
+const MAX_IFDS: usize = 8;
+const MAX_ENTRIES: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExifError {
+    #[error("the EXIF block does not start with a TIFF header")]
+    NoHeader,
+    #[error("an EXIF directory or value lies outside the EXIF block")]
+    OutOfBounds,
+    #[error("the EXIF directories loop back on themselves")]
+    Loop,
+    #[error("the EXIF block has too many directories or entries")]
+    TooBig,
+    #[error("the EXIF orientation is {0}, which is not a valid value (1 to 8)")]
+    BadOrientation(u32),
+}
+
+struct Tiff<'a> {
+    data: &'a [u8],
+    little: bool,
+}
+
+impl Tiff<'_> {
+    fn u16_at(&self, off: usize) -> Result<u16, ExifError> {
+        let b = self.data.get(off..off.checked_add(2).ok_or(ExifError::OutOfBounds)?).ok_or(ExifError::OutOfBounds)?;
+        Ok(if self.little { u16::from_le_bytes([b[0], b[1]]) } else { u16::from_be_bytes([b[0], b[1]]) })
+    }
+
+    fn u32_at(&self, off: usize) -> Result<u32, ExifError> {
+        let b = self.data.get(off..off.checked_add(4).ok_or(ExifError::OutOfBounds)?).ok_or(ExifError::OutOfBounds)?;
+        let a = [b[0], b[1], b[2], b[3]];
+        Ok(if self.little { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) })
+    }
+}
+
+fn type_size(t: u16) -> Option<u64> {
+    Some(match t {
+        1 | 2 | 6 | 7 => 1,
+        3 | 8 => 2,
+        4 | 9 | 11 | 13 => 4,
+        5 | 10 | 12 => 8,
+        _ => return None,
+    })
+}
+
+/// Reads a TIFF-structured EXIF block (after the `Exif\0\0` prefix) and
+/// returns its orientation (1 when the tag is absent), or why it is unusable.
+pub fn orientation_strict(tiff: &[u8]) -> Result<Orientation, ExifError> {
+    let little = match tiff.get(0..4) {
+        Some([b'I', b'I', 42, 0]) => true,
+        Some([b'M', b'M', 0, 42]) => false,
+        _ => return Err(ExifError::NoHeader),
+    };
+    let t = Tiff { data: tiff, little };
+    let mut orientation: Option<Orientation> = None;
+    let mut visited: Vec<usize> = Vec::new();
+    let mut queue: Vec<usize> = vec![t.u32_at(4)? as usize];
+    while let Some(ifd) = queue.pop() {
+        if ifd == 0 {
+            continue;
+        }
+        if visited.contains(&ifd) {
+            return Err(ExifError::Loop);
+        }
+        if visited.len() >= MAX_IFDS {
+            return Err(ExifError::TooBig);
+        }
+        visited.push(ifd);
+        let count = t.u16_at(ifd)? as usize;
+        if count > MAX_ENTRIES {
+            return Err(ExifError::TooBig);
+        }
+        let entries_end = ifd + 2 + count * 12;
+        if entries_end + 4 > tiff.len() {
+            return Err(ExifError::OutOfBounds);
+        }
+        for i in 0..count {
+            let e = ifd + 2 + i * 12;
+            let tag = t.u16_at(e)?;
+            let typ = t.u16_at(e + 2)?;
+            let n = t.u32_at(e + 4)? as u64;
+            if let Some(size) = type_size(typ) {
+                let bytes = size.checked_mul(n).ok_or(ExifError::OutOfBounds)?;
+                if bytes > 4 {
+                    let off = t.u32_at(e + 8)? as u64;
+                    if off.checked_add(bytes).is_none_or(|end| end > tiff.len() as u64) {
+                        return Err(ExifError::OutOfBounds);
+                    }
+                }
+            }
+            match tag {
+                // Only IFD0's orientation describes the main picture.
+                TAG_ORIENTATION if visited.len() == 1 => {
+                    if typ != 3 || n != 1 {
+                        return Err(ExifError::OutOfBounds);
+                    }
+                    let v = t.u16_at(e + 8)? as u32;
+                    if !(1..=8).contains(&v) {
+                        return Err(ExifError::BadOrientation(v));
+                    }
+                    orientation = Some(v as u8);
+                }
+                TAG_EXIF_IFD | TAG_GPS_IFD => {
+                    let off = t.u32_at(e + 8)? as usize;
+                    if off + 2 > tiff.len() {
+                        return Err(ExifError::OutOfBounds);
+                    }
+                    queue.push(off);
+                }
+                _ => {}
+            }
+        }
+        // IFD0's successor is the thumbnail's directory (IFD1).
+        if visited.len() == 1 {
+            queue.push(t.u32_at(entries_end)? as usize);
+        }
+    }
+    Ok(orientation.unwrap_or(1))
+}
+
+/// The worker's reading: anything unusable means "no rotation".
+pub fn orientation_lenient(tiff: &[u8]) -> Orientation {
+    orientation_strict(tiff).unwrap_or(1)
+}
+
+/// Finds the EXIF block of a JPEG (APP1 `Exif\0\0`) by walking its segments,
+/// and returns the TIFF data inside it.
+pub fn jpeg_exif(jpeg: &[u8]) -> Option<&[u8]> {
+    let mut i = 2usize;
+    if jpeg.get(0..2)? != [0xFF, 0xD8] {
+        return None;
+    }
+    while i + 4 <= jpeg.len() {
+        if jpeg[i] != 0xFF {
+            return None;
+        }
+        let marker = jpeg[i + 1];
+        if marker == 0xFF {
+            i += 1;
+            continue;
+        }
+        if marker == 0xDA || marker == 0xD9 {
+            return None;
+        }
+        let len = u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]) as usize;
+        if len < 2 {
+            return None;
+        }
+        let payload = jpeg.get(i + 4..i + 2 + len)?;
+        if marker == 0xE1 && payload.starts_with(b"Exif\0\0") {
+            return Some(&payload[6..]);
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiff_with(orientation: u16, next_ifd: u32) -> Vec<u8> {
+        let mut t = b"MM\0*".to_vec();
+        t.extend_from_slice(&8u32.to_be_bytes());
+        t.extend_from_slice(&1u16.to_be_bytes());
+        t.extend_from_slice(&TAG_ORIENTATION.to_be_bytes());
+        t.extend_from_slice(&3u16.to_be_bytes());
+        t.extend_from_slice(&1u32.to_be_bytes());
+        t.extend_from_slice(&orientation.to_be_bytes());
+        t.extend_from_slice(&[0, 0]);
+        t.extend_from_slice(&next_ifd.to_be_bytes());
+        t
+    }
+
+    #[test]
+    fn reads_orientation() {
+        assert_eq!(orientation_strict(&tiff_with(6, 0)), Ok(6));
+        assert_eq!(orientation_strict(&tiff_with(9999, 0)), Err(ExifError::BadOrientation(9999)));
+        assert_eq!(orientation_lenient(&tiff_with(0, 0)), 1);
+    }
+
+    #[test]
+    fn loops_and_bad_offsets_terminate() {
+        assert_eq!(orientation_strict(&tiff_with(6, 8)), Err(ExifError::Loop));
+        assert_eq!(orientation_strict(&tiff_with(6, 0x7fff_0000)), Err(ExifError::OutOfBounds));
+        assert_eq!(orientation_lenient(&tiff_with(6, 8)), 1);
+        assert_eq!(orientation_strict(b"II*\0\xff\xff\xff\x7f"), Err(ExifError::OutOfBounds));
+        assert_eq!(orientation_strict(b"junk"), Err(ExifError::NoHeader));
+    }
+}

@@ -1,0 +1,19 @@
+//! flipstack's core: configuration, domain types, and the ports (traits) with
+//! their adapters. It knows no HTTP and no terminal; the server, the worker,
+//! the console and the provisioner build on it and meet only through it.
+
+pub mod aws;
+pub mod blob;
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod gallery;
+pub mod imaging;
+pub mod mail;
+pub mod metrics;
+pub mod queue;
+pub mod services;
+pub mod store;
+
+pub use config::Config;
+pub use services::Services;

@@ -1,0 +1,229 @@
+//! The process's counters, exposed on `GET /metrics` in the Prometheus text
+//! format, read by the admin API's status, and sent to CloudWatch on AWS.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::store::ReadSource;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: &'static str,
+    /// `request` (on behalf of an HTTP request) or `background` (tasks).
+    pub origin: &'static str,
+}
+
+tokio::task_local! {
+    static BACKGROUND: bool;
+}
+
+/// Runs `f` as background work: its database queries are counted apart from
+/// those made for requests, so "this request made no query" can be checked.
+pub async fn background<F: std::future::Future>(f: F) -> F::Output {
+    BACKGROUND.scope(true, f).await
+}
+
+fn origin() -> &'static str {
+    if BACKGROUND.try_with(|b| *b).unwrap_or(false) { "background" } else { "request" }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// Which database a query went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbTarget {
+    Primary,
+    Replica,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub gallery_reads: Family<SourceLabel, Counter>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_errors: Counter,
+    pub db_queries: Family<TargetLabel, Counter>,
+    pub replica_skips: Family<ReasonLabel, Counter>,
+    pub gtid_waits: Family<OutcomeLabel, Counter>,
+    pub gtid_wait_seconds: Histogram,
+    pub uploads: Family<OutcomeLabel, Counter>,
+    pub upload_rejections: Family<ReasonLabel, Counter>,
+    pub jobs: Family<OutcomeLabel, Counter>,
+    pub job_seconds: Histogram,
+    pub queue_wait_seconds: Histogram,
+    pub uploads_blocked: Gauge,
+    // Running sums for averages (the histograms do not expose theirs).
+    job_seconds_total: Counter<f64, std::sync::atomic::AtomicU64>,
+    jobs_timed: Counter,
+    queue_wait_seconds_total: Counter<f64, std::sync::atomic::AtomicU64>,
+    queue_waits: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("flipstack");
+        let m = Metrics {
+            gallery_reads: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_errors: Counter::default(),
+            db_queries: Family::default(),
+            replica_skips: Family::default(),
+            gtid_waits: Family::default(),
+            gtid_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 10)),
+            uploads: Family::default(),
+            upload_rejections: Family::default(),
+            jobs: Family::default(),
+            job_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            queue_wait_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+            uploads_blocked: Gauge::default(),
+            job_seconds_total: Counter::default(),
+            jobs_timed: Counter::default(),
+            queue_wait_seconds_total: Counter::default(),
+            queue_waits: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("gallery_reads", "Gallery reads by where they were answered from", m.gallery_reads.clone());
+        registry.register("cache_hits", "Gallery cache hits", m.cache_hits.clone());
+        registry.register("cache_misses", "Gallery cache misses", m.cache_misses.clone());
+        registry.register("cache_errors", "Gallery cache operations that failed (cache down or slow)", m.cache_errors.clone());
+        registry.register("db_queries", "Database operations by target", m.db_queries.clone());
+        registry.register("replica_skips", "Replica reads that went to the primary instead, by reason", m.replica_skips.clone());
+        registry.register("gtid_waits", "Waits for a replica to reach a person's last write, by outcome", m.gtid_waits.clone());
+        registry.register("gtid_wait_seconds", "Time spent waiting for a replica to reach a person's last write", m.gtid_wait_seconds.clone());
+        registry.register("uploads", "Upload requests by outcome", m.uploads.clone());
+        registry.register("upload_rejections", "Refused uploads by reason", m.upload_rejections.clone());
+        registry.register("jobs", "Flip jobs finished by this process, by outcome", m.jobs.clone());
+        registry.register("job_seconds", "Time to flip and store one picture", m.job_seconds.clone());
+        registry.register("queue_wait_seconds", "Time from upload to a worker taking the job", m.queue_wait_seconds.clone());
+        registry.register("uploads_blocked", "1 while uploads are blocked", m.uploads_blocked.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn db_query(&self, target: DbTarget) {
+        let target = match target {
+            DbTarget::Primary => "primary",
+            DbTarget::Replica => "replica",
+        };
+        self.db_queries.get_or_create(&TargetLabel { target, origin: origin() }).inc();
+    }
+
+    pub fn gallery_read(&self, source: ReadSource) {
+        self.gallery_reads.get_or_create(&SourceLabel { source: source.as_str() }).inc();
+    }
+
+    pub fn replica_skip(&self, reason: &'static str) {
+        self.replica_skips.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn upload_rejected(&self, reason: &'static str) {
+        self.uploads.get_or_create(&OutcomeLabel { outcome: "rejected" }).inc();
+        self.upload_rejections.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn upload_accepted(&self) {
+        self.uploads.get_or_create(&OutcomeLabel { outcome: "accepted" }).inc();
+    }
+
+    pub fn job(&self, outcome: &'static str) {
+        self.jobs.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub fn observe_job(&self, seconds: f64) {
+        self.job_seconds.observe(seconds);
+        self.job_seconds_total.inc_by(seconds);
+        self.jobs_timed.inc();
+    }
+
+    pub fn observe_queue_wait(&self, seconds: f64) {
+        self.queue_wait_seconds.observe(seconds);
+        self.queue_wait_seconds_total.inc_by(seconds);
+        self.queue_waits.inc();
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let source = |s: ReadSource| self.gallery_reads.get_or_create(&SourceLabel { source: s.as_str() }).get();
+        let target = |t: &'static str| {
+            ["request", "background"].iter().map(|o| self.db_queries.get_or_create(&TargetLabel { target: t, origin: o }).get()).sum()
+        };
+        MetricsSnapshot {
+            cache_hits: self.cache_hits.get(),
+            cache_misses: self.cache_misses.get(),
+            cache_errors: self.cache_errors.get(),
+            reads_cache: source(ReadSource::Cache),
+            reads_replica: source(ReadSource::Replica),
+            reads_primary: source(ReadSource::Primary),
+            db_queries_primary: target("primary"),
+            db_queries_replica: target("replica"),
+            queue_wait_seconds_sum: self.queue_wait_seconds_total.get(),
+            queue_wait_count: self.queue_waits.get(),
+            job_seconds_sum: self.job_seconds_total.get(),
+            job_count: self.jobs_timed.get(),
+        }
+    }
+}
+
+/// The numbers the admin API, the console and CloudWatch use.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct MetricsSnapshot {
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_errors: u64,
+    pub reads_cache: u64,
+    pub reads_replica: u64,
+    pub reads_primary: u64,
+    pub db_queries_primary: u64,
+    pub db_queries_replica: u64,
+    pub queue_wait_seconds_sum: f64,
+    pub queue_wait_count: u64,
+    pub job_seconds_sum: f64,
+    pub job_count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_prefix() {
+        let m = Metrics::new();
+        m.cache_hits.inc();
+        m.gallery_read(ReadSource::Replica);
+        m.db_query(DbTarget::Primary);
+        let text = m.render();
+        assert!(text.contains("flipstack_cache_hits_total 1"), "{text}");
+        assert!(text.contains("flipstack_gallery_reads_total{source=\"replica\"} 1"), "{text}");
+        assert_eq!(m.snapshot().db_queries_primary, 1);
+    }
+}

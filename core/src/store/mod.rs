@@ -1,0 +1,490 @@
+//! The metadata store port: people, uploads (which are also the job queue's
+//! source of truth), sessions, sign-in links, settings, workers and events.
+//!
+//! Adapters: [`sqlite`] (embedded default) and [`mysql`] (a MySQL/MariaDB
+//! primary with read replicas). Both run the same migrations (`core/migrations`).
+
+pub mod dump;
+pub mod mysql;
+pub mod position;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use position::ReplicationPos;
+
+use crate::domain::{DisplayName, Email, ImageFormat, Millis, PersonId, TokenHash, UploadId, UploadState};
+use crate::metrics::Metrics;
+
+refinery::embed_migrations!("migrations");
+
+/// The tables, in the order a dump writes and a restore reads them.
+pub const TABLES: &[&str] = &["people", "uploads", "sessions", "signin_tokens", "settings", "workers", "events"];
+
+/// The schema's SQL, one migration after another (what a dump starts with).
+pub fn schema_sql() -> Vec<(String, String)> {
+    migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| (m.name().to_owned(), m.sql().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database did not answer or refused the connection; the caller can retry.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("that e-mail address already has a gallery")]
+    EmailTaken,
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("database error: {0}")]
+    Query(String),
+    #[error("the data in the database is not what flipstack expects: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Restore(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What a write leaves behind: the primary's replication position after it,
+/// for read-your-writes on the replicas (`None` where there are no replicas).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteReceipt {
+    pub position: Option<ReplicationPos>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    pub id: PersonId,
+    pub email: Email,
+    pub created_at: Millis,
+}
+
+/// What the worker wrote for a finished upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlipOutcome {
+    pub flipped_bytes: u64,
+    pub flipped_width: u32,
+    pub flipped_height: u32,
+    /// How the flip was made, e.g. `jpeg-lossless`, `jpeg-reencode`, `pixels`.
+    pub method: String,
+    pub thumb_width: Option<u32>,
+    pub thumb_height: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    pub id: UploadId,
+    pub person_id: PersonId,
+    pub name: DisplayName,
+    pub format: ImageFormat,
+    pub bytes: u64,
+    pub width: u32,
+    pub height: u32,
+    pub state: UploadState,
+    pub attempts: u32,
+    pub claims: u32,
+    pub next_attempt_at: Millis,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<Millis>,
+    pub failure_reason: Option<String>,
+    pub outcome: Option<FlipOutcome>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+/// One picture as the gallery shows it (what the gallery cache holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GalleryItem {
+    pub id: UploadId,
+    pub name: DisplayName,
+    pub format: ImageFormat,
+    pub state: UploadState,
+    pub failure_reason: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub flipped_width: Option<u32>,
+    pub flipped_height: Option<u32>,
+    pub thumb_width: Option<u32>,
+    pub thumb_height: Option<u32>,
+    pub bytes: u64,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GalleryPage {
+    pub items: Vec<GalleryItem>,
+    pub total: u64,
+    /// Uploads of this person still pending or processing (on any page).
+    pub unfinished: u64,
+}
+
+/// Which database a read went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadSource {
+    Cache,
+    Replica,
+    Primary,
+}
+
+impl ReadSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cache => "cache",
+            Self::Replica => "replica",
+            Self::Primary => "primary",
+        }
+    }
+}
+
+/// Where a read may go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadFrom {
+    Primary,
+    /// A healthy replica that has applied at least this position (it is waited
+    /// for, briefly); the primary when there is none.
+    Replica { at_least: Option<ReplicationPos> },
+}
+
+/// A gallery page read, and where it came from.
+#[derive(Debug, Clone)]
+pub struct PageRead {
+    pub page: GalleryPage,
+    pub source: ReadSource,
+    /// When read from the primary: its position just after the read, which a
+    /// later replica read must reach to show at least as much.
+    pub position: Option<ReplicationPos>,
+}
+
+pub enum NewOwner {
+    Existing(PersonId),
+    /// The first upload of an e-mail address creates its gallery; fails with
+    /// [`StoreError::EmailTaken`] when another browser got there first.
+    Create { id: PersonId, email: Email },
+}
+
+pub struct NewSession {
+    pub token_hash: TokenHash,
+    pub person_id: PersonId,
+    pub expires_at: Millis,
+}
+
+pub struct NewUpload {
+    pub id: UploadId,
+    pub name: DisplayName,
+    pub format: ImageFormat,
+    pub bytes: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// An accepted upload, written in one transaction with its owner and session.
+pub struct AcceptUpload {
+    pub upload: NewUpload,
+    pub owner: NewOwner,
+    pub session: Option<NewSession>,
+    pub person_hash: String,
+    pub now: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub person_id: PersonId,
+    pub email: Email,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigninOutcome {
+    SignedIn(Person),
+    AlreadyUsed,
+    Expired,
+    Unknown,
+}
+
+/// How a failed attempt ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Try again at this time.
+    RetryAt(Millis),
+    /// Give up: the upload is `failed` with the reason.
+    Permanent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    pub person_id: PersonId,
+    /// The owner's hashed e-mail: the gallery cache's key.
+    pub person_hash: String,
+    pub receipt: WriteReceipt,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadStats {
+    pub by_state: BTreeMap<String, u64>,
+    /// Creation time of the oldest upload still waiting to be flipped.
+    pub oldest_unfinished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_at: Millis,
+    pub heartbeat_at: Millis,
+    /// `idle`, `busy` or `draining`.
+    pub status: String,
+    pub current_upload: Option<UploadId>,
+    pub jobs_done: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at: Millis,
+    /// `uploaded`, `done`, `retry`, `failed`, `deleted`.
+    pub kind: String,
+    pub upload_id: Option<UploadId>,
+    pub person_hash: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// A value in a dumped row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlValue {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+pub type DumpRow = (&'static str, Vec<String>, Vec<SqlValue>);
+
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// `sqlite` or `mysql`.
+    fn backend(&self) -> &'static str;
+
+    // People and uploads.
+    async fn person_by_email(&self, email: &Email) -> StoreResult<Option<Person>>;
+    async fn accept_upload(&self, accept: AcceptUpload) -> StoreResult<WriteReceipt>;
+    async fn upload(&self, id: UploadId) -> StoreResult<Option<Upload>>;
+    /// The owner and format of an upload, which never change.
+    async fn upload_owner(&self, id: UploadId) -> StoreResult<Option<(PersonId, ImageFormat)>>;
+    async fn gallery_page(&self, person: PersonId, offset: u64, limit: u64, from: ReadFrom) -> StoreResult<PageRead>;
+    /// Removes an upload of this person with its events; returns it so its blobs can go too.
+    async fn delete_upload(&self, id: UploadId, person: PersonId, person_hash: &str) -> StoreResult<Option<(Upload, WriteReceipt)>>;
+
+    // The job life cycle; every change is conditional, so a job delivered twice is done once.
+    /// Takes the job when it is due (pending) or its worker's lease ran out.
+    async fn claim(&self, id: UploadId, owner: &str, now: Millis, lease_until: Millis) -> StoreResult<Option<Upload>>;
+    async fn renew_lease(&self, id: UploadId, owner: &str, lease_until: Millis) -> StoreResult<bool>;
+    async fn complete(&self, id: UploadId, owner: &str, outcome: &FlipOutcome, now: Millis) -> StoreResult<Option<StateChange>>;
+    async fn fail_attempt(&self, id: UploadId, owner: &str, reason: &str, failure: Failure, now: Millis) -> StoreResult<Option<StateChange>>;
+    /// Marks an unfinished upload failed whoever holds it (dead-letter queue, claim limit).
+    async fn give_up(&self, id: UploadId, reason: &str, now: Millis) -> StoreResult<Option<StateChange>>;
+    /// Jobs a worker may claim now, oldest first.
+    async fn claimable(&self, now: Millis, limit: u32) -> StoreResult<Vec<UploadId>>;
+    /// Unfinished jobs last sent to the queue before `cutoff` and not leased now.
+    async fn unqueued(&self, now: Millis, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>>;
+    async fn mark_enqueued(&self, id: UploadId, now: Millis) -> StoreResult<()>;
+    async fn upload_stats(&self) -> StoreResult<UploadStats>;
+    async fn recent_failures(&self, limit: u32) -> StoreResult<Vec<Upload>>;
+
+    // Sessions and sign-in links.
+    async fn create_session(&self, session: NewSession, now: Millis) -> StoreResult<()>;
+    async fn session(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<SessionInfo>>;
+    async fn delete_session(&self, token_hash: &TokenHash) -> StoreResult<()>;
+    async fn create_signin_token(&self, token_hash: &TokenHash, person: PersonId, expires_at: Millis, now: Millis) -> StoreResult<()>;
+    async fn consume_signin_token(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<SigninOutcome>;
+    /// Deletes expired sessions and sign-in links; returns how many went.
+    async fn purge_expired(&self, now: Millis) -> StoreResult<u64>;
+
+    // Settings shared by every instance (uploads blocked, the cookie secret).
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
+    async fn set_setting(&self, key: &str, value: &str, now: Millis) -> StoreResult<()>;
+    /// Stores `value` unless the key has one; returns the stored value.
+    async fn setting_or_init(&self, key: &str, value: &str, now: Millis) -> StoreResult<String>;
+
+    // Workers and events.
+    async fn worker_heartbeat(&self, worker: &WorkerInfo) -> StoreResult<()>;
+    async fn remove_worker(&self, id: &str) -> StoreResult<()>;
+    async fn workers(&self) -> StoreResult<Vec<WorkerInfo>>;
+    async fn events_since(&self, after_id: i64, limit: u32) -> StoreResult<Vec<Event>>;
+    async fn events_for_upload(&self, id: UploadId) -> StoreResult<Vec<Event>>;
+
+    // Dump and restore.
+    /// Streams every row of [`TABLES`] from one consistent snapshot.
+    async fn dump_rows(&self, out: tokio::sync::mpsc::Sender<DumpRow>) -> StoreResult<u64>;
+    async fn row_count(&self) -> StoreResult<u64>;
+    /// Writes rows into the tables (emptying them first when `replace`), in one transaction.
+    async fn restore_rows(&self, rows: Vec<DumpRow>, replace: bool) -> StoreResult<u64>;
+
+    /// Is the primary answering?
+    async fn ping(&self) -> StoreResult<()>;
+    /// How far behind the primary each replica is, in milliseconds (None when unknown or down).
+    async fn replica_lag(&self) -> Vec<(String, Option<u64>)>;
+}
+
+/// Opens the store a URL names and brings its schema up to date.
+pub async fn connect(
+    primary_url: &str,
+    replica_urls: &[String],
+    metrics: Arc<Metrics>,
+    replica_wait: std::time::Duration,
+    replica_max_lag: std::time::Duration,
+) -> StoreResult<Arc<dyn MetadataStore>> {
+    if let Some(path) = primary_url.strip_prefix("sqlite://") {
+        if !replica_urls.is_empty() {
+            return Err(StoreError::Query(
+                "read replicas need a MySQL/MariaDB primary; unset FLIPSTACK_REPLICA_URLS or use a mysql:// database".into(),
+            ));
+        }
+        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path), metrics).await?))
+    } else if primary_url.starts_with("mysql://") {
+        Ok(Arc::new(
+            mysql::MysqlStore::connect(primary_url, replica_urls, metrics, replica_wait, replica_max_lag).await?,
+        ))
+    } else {
+        Err(StoreError::Query(format!(
+            "FLIPSTACK_DATABASE_URL must start with sqlite:// or mysql://, not {:?}",
+            primary_url.split("://").next().unwrap_or("")
+        )))
+    }
+}
+
+/// Shared SQL fragments, identical for both back ends (both take `?` placeholders).
+pub(crate) mod sql {
+    pub const UPLOAD_COLUMNS: &str = "id, person_id, display_name, format, bytes, width, height, state, attempts, claims, \
+        next_attempt_at, lease_owner, lease_until, failure_reason, flipped_bytes, flipped_width, flipped_height, \
+        flip_method, thumb_width, thumb_height, created_at, updated_at, finished_at";
+
+    pub const GALLERY_COLUMNS: &str = "id, display_name, format, state, failure_reason, width, height, \
+        flipped_width, flipped_height, thumb_width, thumb_height, bytes, created_at";
+
+    /// Due pending jobs, and jobs whose worker's lease ran out.
+    pub const CLAIMABLE_WHERE: &str =
+        "((state = 'pending' AND next_attempt_at <= ?) OR (state = 'processing' AND lease_until < ?))";
+
+    pub const EVENT_INSERT: &str =
+        "INSERT INTO events (id, at, kind, upload_id, person_hash, detail) VALUES (?, ?, ?, ?, ?, ?)";
+}
+
+/// Columns of the uploads table, decoded the same way by both back ends.
+pub(crate) struct UploadRow {
+    pub id: i64,
+    pub person_id: i64,
+    pub display_name: String,
+    pub format: String,
+    pub bytes: i64,
+    pub width: i64,
+    pub height: i64,
+    pub state: String,
+    pub attempts: i64,
+    pub claims: i64,
+    pub next_attempt_at: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub failure_reason: Option<String>,
+    pub flipped_bytes: Option<i64>,
+    pub flipped_width: Option<i64>,
+    pub flipped_height: Option<i64>,
+    pub flip_method: Option<String>,
+    pub thumb_width: Option<i64>,
+    pub thumb_height: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl UploadRow {
+    pub fn into_upload(self) -> StoreResult<Upload> {
+        let format = ImageFormat::parse(&self.format)
+            .ok_or_else(|| StoreError::Corrupt(format!("upload {} has format {:?}", self.id, self.format)))?;
+        let state = UploadState::parse(&self.state)
+            .ok_or_else(|| StoreError::Corrupt(format!("upload {} has state {:?}", self.id, self.state)))?;
+        let outcome = match (self.flipped_bytes, self.flipped_width, self.flipped_height) {
+            (Some(b), Some(w), Some(h)) => Some(FlipOutcome {
+                flipped_bytes: b as u64,
+                flipped_width: w as u32,
+                flipped_height: h as u32,
+                method: self.flip_method.unwrap_or_default(),
+                thumb_width: self.thumb_width.map(|v| v as u32),
+                thumb_height: self.thumb_height.map(|v| v as u32),
+            }),
+            _ => None,
+        };
+        Ok(Upload {
+            id: UploadId(self.id),
+            person_id: PersonId(self.person_id),
+            name: DisplayName::from_stored(self.display_name),
+            format,
+            bytes: self.bytes as u64,
+            width: self.width as u32,
+            height: self.height as u32,
+            state,
+            attempts: self.attempts as u32,
+            claims: self.claims as u32,
+            next_attempt_at: self.next_attempt_at,
+            lease_owner: self.lease_owner,
+            lease_until: self.lease_until,
+            failure_reason: self.failure_reason,
+            outcome,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+pub(crate) struct GalleryRow {
+    pub id: i64,
+    pub display_name: String,
+    pub format: String,
+    pub state: String,
+    pub failure_reason: Option<String>,
+    pub width: i64,
+    pub height: i64,
+    pub flipped_width: Option<i64>,
+    pub flipped_height: Option<i64>,
+    pub thumb_width: Option<i64>,
+    pub thumb_height: Option<i64>,
+    pub bytes: i64,
+    pub created_at: i64,
+}
+
+impl GalleryRow {
+    pub fn into_item(self) -> StoreResult<GalleryItem> {
+        Ok(GalleryItem {
+            id: UploadId(self.id),
+            name: DisplayName::from_stored(self.display_name),
+            format: ImageFormat::parse(&self.format)
+                .ok_or_else(|| StoreError::Corrupt(format!("upload {} has format {:?}", self.id, self.format)))?,
+            state: UploadState::parse(&self.state)
+                .ok_or_else(|| StoreError::Corrupt(format!("upload {} has state {:?}", self.id, self.state)))?,
+            failure_reason: self.failure_reason,
+            width: self.width as u32,
+            height: self.height as u32,
+            flipped_width: self.flipped_width.map(|v| v as u32),
+            flipped_height: self.flipped_height.map(|v| v as u32),
+            thumb_width: self.thumb_width.map(|v| v as u32),
+            thumb_height: self.thumb_height.map(|v| v as u32),
+            bytes: self.bytes as u64,
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// Cuts a failure reason to what the column holds, on a character boundary.
+pub(crate) fn clip_reason(reason: &str) -> String {
+    reason.chars().filter(|c| !c.is_control()).take(480).collect()
+}

@@ -1,0 +1,178 @@
+//! The imaging layer against real photos and hostile files.
+//!
+//! The shared corpus (`../shared/testdata`, or `FLIPSTACK_TESTDATA`) is used
+//! when it is there, and the test says so; generated fixtures run always, so a
+//! fresh clone without the corpus still tests every path.
+
+use std::path::PathBuf;
+
+use flipstack_core::domain::ImageFormat;
+use flipstack_core::imaging::{self, ImageInfo, Inspector, Limits, Rejection, exif};
+
+fn limits() -> Limits {
+    Limits::new(50_000_000, 1000)
+}
+
+fn corpus() -> Option<PathBuf> {
+    let dir = std::env::var_os("FLIPSTACK_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"));
+    if dir.join("photos").is_dir() && dir.join("bad").is_dir() {
+        eprintln!("corpus: using {}", dir.display());
+        Some(dir)
+    } else {
+        eprintln!("corpus: {} not found; running the generated fixtures only", dir.display());
+        None
+    }
+}
+
+/// The upload check as the server runs it: stream in pieces, then verify.
+fn check(bytes: &[u8]) -> Result<ImageInfo, Rejection> {
+    check_named("", bytes)
+}
+
+fn check_named(name: &str, bytes: &[u8]) -> Result<ImageInfo, Rejection> {
+    let l = limits();
+    let mut i = Inspector::new(l);
+    for piece in bytes.chunks(64 * 1024) {
+        i.feed(piece)?;
+    }
+    let info = i.finish()?;
+    imaging::check_name(name, info.format)?;
+    imaging::verify(bytes, &info, &l)?;
+    Ok(info)
+}
+
+/// Decoded pixels as RGBA8, for comparisons.
+fn decode_rgba(bytes: &[u8], format: ImageFormat, orientation: u8) -> image::RgbaImage {
+    let img = match format {
+        ImageFormat::Jpeg => {
+            let d = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGBA).expect("reference JPEG decode");
+            image::DynamicImage::ImageRgba8(image::RgbaImage::from_raw(d.width as u32, d.height as u32, d.pixels).unwrap())
+        }
+        _ => image::load_from_memory(bytes).expect("reference decode"),
+    };
+    let mut img = img;
+    if let Some(o) = image::metadata::Orientation::from_exif(orientation) {
+        img.apply_orientation(o);
+    }
+    img.into_rgba8()
+}
+
+fn mean_abs_diff(a: &image::RgbaImage, b: &image::RgbaImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions(), "flipped size differs from the displayed original's");
+    let sum: u64 = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y) as u64).sum();
+    sum as f64 / a.as_raw().len() as f64
+}
+
+/// Checks that `flipped` is the vertical flip of the displayed `original`.
+fn assert_flipped(name: &str, original: &[u8], info: &ImageInfo, flipped: &imaging::Flipped) {
+    let shown = decode_rgba(original, info.format, info.orientation);
+    let expected = image::imageops::flip_vertical(&shown);
+    // The output is upright already (orientation applied, tag dropped).
+    let got = decode_rgba(&flipped.bytes, info.format, 1);
+    let diff = mean_abs_diff(&expected, &got);
+    match info.format {
+        ImageFormat::Jpeg => assert!(diff < 4.0, "{name}: mean difference {diff:.2} is more than JPEG error"),
+        _ => assert_eq!(diff, 0.0, "{name}: the flip is not exact"),
+    }
+    // And it is not the unflipped picture (every test picture has a top and a bottom).
+    if info.format != ImageFormat::Jpeg || diff < 4.0 {
+        let same = mean_abs_diff(&shown, &got);
+        assert!(same > diff, "{name}: the output looks like the original, not its flip");
+    }
+}
+
+#[test]
+fn generated_fixtures_flip_exactly() {
+    let mut img = image::RgbaImage::new(64, 48);
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        *p = image::Rgba([(x * 4) as u8, (y * 5) as u8, 90, if x < 32 { 255 } else { 100 }]);
+    }
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let png = png.into_inner();
+    let info = check(&png).unwrap();
+    let out = imaging::flip(&png, info.format, &limits()).unwrap();
+    assert_flipped("generated.png", &png, &info, &out);
+
+    let rgb = image::DynamicImage::ImageRgba8(img.clone()).into_rgb8();
+    let jpeg = turbojpeg::compress(
+        turbojpeg::Image { pixels: rgb.as_raw().as_slice(), width: 64, pitch: 64 * 3, height: 48, format: turbojpeg::PixelFormat::RGB },
+        90,
+        turbojpeg::Subsamp::Sub2x2,
+    )
+    .unwrap()
+    .to_vec();
+    let info = check(&jpeg).unwrap();
+    let out = imaging::flip(&jpeg, info.format, &limits()).unwrap();
+    assert_flipped("generated.jpg", &jpeg, &info, &out);
+}
+
+#[test]
+fn every_corpus_photo_passes_the_check_and_flips() {
+    let Some(dir) = corpus() else { return };
+    let mut names: Vec<_> = std::fs::read_dir(dir.join("photos")).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    let mut seen = 0;
+    for path in names {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".tsv") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let info = check_named(&name, &bytes).unwrap_or_else(|r| panic!("{name} refused: {r}"));
+        let out = imaging::flip(&bytes, info.format, &limits()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((out.width, out.height), info.displayed_size(), "{name}");
+        assert_flipped(&name, &bytes, &info, &out);
+        eprintln!("corpus: {name}: {:?} {}x{} orientation {} -> {} ({} bytes)", info.format, info.width, info.height, info.orientation, out.method, out.bytes.len());
+        seen += 1;
+    }
+    assert!(seen >= 14, "expected the 14 corpus photos, saw {seen}");
+}
+
+#[test]
+fn every_hostile_file_is_refused_with_a_reason() {
+    let Some(dir) = corpus() else { return };
+    let mut refused = 0;
+    for entry in std::fs::read_dir(dir.join("bad")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".tsv") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let started = std::time::Instant::now();
+        match check_named(&name, &bytes) {
+            Ok(info) => panic!("{name} was accepted as {info:?}"),
+            Err(r) => {
+                assert!((400..500).contains(&r.status()), "{name}: status {}", r.status());
+                eprintln!("corpus: {name}: {} {} ({:?})", r.status(), r, started.elapsed());
+                refused += 1;
+            }
+        }
+    }
+    // Every file the corpus README lists (name-only rows have no file) was seen.
+    let readme = std::fs::read_to_string(dir.join("bad/README.tsv")).unwrap();
+    let listed = readme.lines().skip(1).filter(|l| l.split('\t').nth(1).is_some_and(|b| b != "-")).count();
+    assert_eq!(refused, listed, "README.tsv lists {listed} files; {refused} were checked");
+}
+
+#[test]
+fn the_worker_survives_hostile_files_that_reach_it() {
+    // Defence in depth: files the upload check refuses must still fail
+    // cleanly (no panic, bounded time) if one reaches a worker.
+    let Some(dir) = corpus() else { return };
+    for entry in std::fs::read_dir(dir.join("bad")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let bytes = std::fs::read(&path).unwrap();
+        for format in ImageFormat::ALL {
+            let _ = imaging::flip(&bytes, format, &limits());
+        }
+        if let Some(tiff) = exif::jpeg_exif(&bytes) {
+            let o = exif::orientation_lenient(tiff);
+            assert!((1..=8).contains(&o), "{name}: orientation {o}");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Who is asking: sessions (random tokens, stored hashed, looked up through
+//! the cache so a cached gallery touches no database) and CSRF tokens.
+//!
+//! Cookies: `fs_session` (the session token, when signed in) and `fs_anon`
+//! (a random value for visitors who are not, so their forms carry a CSRF
+//! token too). Both are HttpOnly and SameSite=Lax, and Secure when the site
+//! is served over TLS. A CSRF token is an HMAC of the session (or anonymous)
+//! value under a secret shared by every instance through the database.
+
+use std::time::Duration;
+
+use base64::Engine;
+use flipstack_core::domain::{Email, PersonId, SecretToken, TokenHash, now_millis};
+use flipstack_core::store::{SessionInfo, StoreError};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::state::AppState;
+
+pub const SESSION_COOKIE: &str = "fs_session";
+pub const ANON_COOKIE: &str = "fs_anon";
+pub const SESSION_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
+const SESSION_CACHE_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub token: SecretToken,
+    pub person_id: PersonId,
+    pub email: Email,
+}
+
+impl SignedIn {
+    pub fn token_hash(&self) -> TokenHash {
+        self.token.hash()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Visitor {
+    pub signed_in: Option<SignedIn>,
+    csrf_seed: String,
+    /// An anonymous cookie to set with the response (first visit).
+    pub new_anon_cookie: Option<String>,
+}
+
+fn session_cache_key(hash: &TokenHash) -> String {
+    format!("fs:s:{}", hash.0)
+}
+
+/// Reads one cookie out of a `Cookie:` header.
+pub fn cookie<'a>(header: Option<&'a str>, name: &str) -> Option<&'a str> {
+    header?.split(';').map(str::trim).find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == name).then_some(v.trim())
+    })
+}
+
+/// A `Set-Cookie` value.
+pub fn set_cookie(name: &str, value: &str, max_age_secs: i64, secure: bool) -> String {
+    format!(
+        "{name}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+impl Visitor {
+    pub async fn resolve(state: &AppState, cookie_header: Option<&str>) -> Result<Visitor, StoreError> {
+        let mut signed_in = None;
+        if let Some(token) = cookie(cookie_header, SESSION_COOKIE).and_then(SecretToken::parse) {
+            if let Some(info) = lookup_session(state, &token.hash()).await? {
+                signed_in = Some(SignedIn { token, person_id: info.person_id, email: info.email });
+            }
+        }
+        let anon = cookie(cookie_header, ANON_COOKIE).and_then(SecretToken::parse);
+        let (csrf_seed, new_anon_cookie) = match (&signed_in, anon) {
+            (Some(s), _) => (s.token.as_str().to_owned(), None),
+            (None, Some(a)) => (a.as_str().to_owned(), None),
+            (None, None) => {
+                let fresh = SecretToken::generate();
+                (fresh.as_str().to_owned(), Some(fresh.as_str().to_owned()))
+            }
+        };
+        Ok(Visitor { signed_in, csrf_seed, new_anon_cookie })
+    }
+
+    pub fn csrf_token(&self, secret: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+        mac.update(b"csrf\0");
+        mac.update(self.csrf_seed.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    pub fn csrf_ok(&self, secret: &[u8], submitted: &str) -> bool {
+        let expected = self.csrf_token(secret);
+        expected.len() == submitted.len() && bool::from(expected.as_bytes().ct_eq(submitted.as_bytes()))
+    }
+
+    /// For pages shown when the database cannot say who is asking.
+    pub fn resolve_offline() -> Visitor {
+        Visitor { signed_in: None, csrf_seed: String::new(), new_anon_cookie: None }
+    }
+
+    /// A visitor who just signed in: later tokens derive from the new session.
+    pub fn signed_in_as(&self, signed: SignedIn) -> Visitor {
+        Visitor { csrf_seed: signed.token.as_str().to_owned(), signed_in: Some(signed), new_anon_cookie: None }
+    }
+}
+
+async fn lookup_session(state: &AppState, hash: &TokenHash) -> Result<Option<SessionInfo>, StoreError> {
+    let services = &state.services;
+    let key = session_cache_key(hash);
+    let now = now_millis();
+    match services.cache.get_many(&[&key]).await {
+        Ok(found) => {
+            if let Some(c) = found.get(&key)
+                && let Ok(info) = serde_json::from_slice::<SessionInfo>(&c.data)
+                && info.expires_at > now
+            {
+                return Ok(Some(info));
+            }
+        }
+        Err(_) => services.metrics.cache_errors.inc(),
+    }
+    let info = services.store.session(hash, now).await?;
+    if let Some(info) = &info {
+        remember_session(state, hash, info).await;
+    }
+    Ok(info)
+}
+
+/// Puts a session in the cache (after sign-in, or a lookup that missed).
+pub async fn remember_session(state: &AppState, hash: &TokenHash, info: &SessionInfo) {
+    let ttl = SESSION_CACHE_TTL.min(Duration::from_millis((info.expires_at - now_millis()).max(1000) as u64));
+    if let Ok(bytes) = serde_json::to_vec(info) {
+        let _ = state.services.cache.set(&session_cache_key(hash), &bytes, ttl).await;
+    }
+}
+
+/// Ends a session everywhere: the database row and the cached copy.
+pub async fn forget_session(state: &AppState, hash: &TokenHash) -> Result<(), StoreError> {
+    state.services.store.delete_session(hash).await?;
+    if state.services.cache.delete(&session_cache_key(hash)).await.is_err() {
+        state.services.metrics.cache_errors.inc();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cookies() {
+        let h = Some("a=1; fs_session=abc ; other=x=y");
+        assert_eq!(cookie(h, "fs_session"), Some("abc"));
+        assert_eq!(cookie(h, "other"), Some("x=y"));
+        assert_eq!(cookie(h, "missing"), None);
+        assert_eq!(cookie(None, "a"), None);
+    }
+
+    #[test]
+    fn set_cookie_is_http_only_and_lax() {
+        let c = set_cookie("fs_session", "v", 60, true);
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Lax") && c.contains("Secure"));
+        assert!(!set_cookie("fs_session", "v", 60, false).contains("Secure"));
+    }
+}

@@ -1,0 +1,95 @@
+//! What every request handler shares.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use flipstack_core::Services;
+use flipstack_core::domain::{ImageFormat, PersonId, UploadId, now_millis};
+use serde::Serialize;
+use tokio::sync::{Mutex, Semaphore, broadcast};
+
+/// The settings key of the upload block, shared by every server instance.
+pub const UPLOADS_BLOCKED: &str = "uploads_blocked";
+/// The key that signs CSRF tokens, made once and shared through the database.
+pub const COOKIE_SECRET: &str = "cookie_secret";
+
+pub struct AppState {
+    pub services: Arc<Services>,
+    /// Signs CSRF tokens.
+    pub secret: Vec<u8>,
+    pub admin_token: String,
+    pub blocked: BlockFlag,
+    pub events: broadcast::Sender<AdminEvent>,
+    /// Bounds the uploads being verified at once (each holds a decoder).
+    pub verify_slots: Semaphore,
+    pub spool_dir: PathBuf,
+    /// Owner and format of uploads, which never change: images are served
+    /// without a database query after the first.
+    pub owners: moka::sync::Cache<UploadId, (PersonId, ImageFormat)>,
+    pub started_at: Instant,
+}
+
+/// One thing that happened, for the admin API's event stream.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AdminEvent {
+    /// An upload, completion, retry, failure or deletion, from the events table.
+    Job { id: i64, at: i64, kind: String, upload_id: Option<i64>, person: Option<String>, detail: Option<String> },
+    /// A gallery read answered by this server.
+    GalleryRead { at: i64, person: String, source: &'static str },
+    /// Uploads were blocked or unblocked.
+    Blocked { at: i64, blocked: bool },
+}
+
+impl AppState {
+    pub fn emit(&self, event: AdminEvent) {
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
+    }
+
+    pub fn emit_read(&self, person: &str, source: &'static str) {
+        if self.events.receiver_count() > 0 {
+            self.emit(AdminEvent::GalleryRead { at: now_millis(), person: person.to_owned(), source });
+        }
+    }
+}
+
+/// The upload block as this instance sees it: read from the primary at most
+/// every half second, so a change reaches every instance within a second.
+pub struct BlockFlag {
+    value: AtomicBool,
+    checked: Mutex<Option<Instant>>,
+}
+
+const BLOCK_TTL: Duration = Duration::from_millis(500);
+
+impl BlockFlag {
+    pub fn new(initial: bool) -> BlockFlag {
+        BlockFlag { value: AtomicBool::new(initial), checked: Mutex::new(Some(Instant::now())) }
+    }
+
+    pub async fn get(&self, services: &Services) -> bool {
+        let mut checked = self.checked.lock().await;
+        if checked.is_none_or(|t| t.elapsed() >= BLOCK_TTL) {
+            match services.store.setting(UPLOADS_BLOCKED).await {
+                Ok(v) => {
+                    let blocked = v.as_deref() == Some("true");
+                    self.value.store(blocked, Ordering::Relaxed);
+                    services.metrics.uploads_blocked.set(blocked as i64);
+                    *checked = Some(Instant::now());
+                }
+                // Keep the last known value; the next request tries again.
+                Err(e) => tracing::warn!(error = %e, "could not read the upload block setting"),
+            }
+        }
+        self.value.load(Ordering::Relaxed)
+    }
+
+    /// After this instance changed it.
+    pub async fn set_local(&self, blocked: bool) {
+        self.value.store(blocked, Ordering::Relaxed);
+        *self.checked.lock().await = Some(Instant::now());
+    }
+}

@@ -1,0 +1,130 @@
+//! Page templates (askama: compiled in, HTML auto-escaped) and the small view
+//! models they show.
+
+use askama::Template;
+use flipstack_core::store::{GalleryItem, GalleryPage};
+use flipstack_core::domain::UploadState;
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+use crate::session::Visitor;
+
+/// What every page's header needs.
+pub struct Chrome {
+    pub email: Option<String>,
+    pub csrf: String,
+}
+
+impl Chrome {
+    pub fn for_visitor(visitor: &Visitor, secret: &[u8]) -> Chrome {
+        Chrome { email: visitor.signed_in.as_ref().map(|s| s.email.to_string()), csrf: visitor.csrf_token(secret) }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "form.html")]
+pub struct FormPage {
+    pub chrome: Chrome,
+    pub blocked: bool,
+    pub error: Option<String>,
+    pub email_value: String,
+    pub max_mb: u64,
+    pub max_mp: u64,
+}
+
+#[derive(Template)]
+#[template(path = "gallery.html")]
+pub struct GalleryView {
+    pub chrome: Chrome,
+    pub items: Vec<ItemView>,
+    pub total: u64,
+    pub unfinished: u64,
+    pub page: u64,
+    pub pages: u64,
+}
+
+pub struct ItemView {
+    pub id: i64,
+    pub name: String,
+    pub state: &'static str,
+    pub status_text: &'static str,
+    pub failure_reason: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub flipped_width: u32,
+    pub flipped_height: u32,
+    pub created: String,
+    pub created_iso: String,
+}
+
+impl ItemView {
+    pub fn from_item(item: &GalleryItem) -> ItemView {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(item.created_at as i128 * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let created = at
+            .format(format_description!("[year]-[month]-[day] [hour]:[minute] UTC"))
+            .unwrap_or_default();
+        let created_iso = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let (fw, fh) = (item.flipped_width.unwrap_or(item.width), item.flipped_height.unwrap_or(item.height));
+        ItemView {
+            id: item.id.0,
+            name: item.name.as_str().to_owned(),
+            state: item.state.as_str(),
+            status_text: match item.state {
+                UploadState::Pending => "waiting to be flipped",
+                UploadState::Processing => "flipping",
+                UploadState::Done => "flipped",
+                UploadState::Failed => "failed",
+            },
+            failure_reason: item.failure_reason.clone(),
+            width: item.width,
+            height: item.height,
+            flipped_width: fw,
+            flipped_height: fh,
+            created,
+            created_iso,
+        }
+    }
+}
+
+impl GalleryView {
+    pub fn new(chrome: Chrome, page: &GalleryPage, page_no: u64, per_page: u64) -> GalleryView {
+        GalleryView {
+            chrome,
+            items: page.items.iter().map(ItemView::from_item).collect(),
+            total: page.total,
+            unfinished: page.unfinished,
+            page: page_no,
+            pages: page.total.div_ceil(per_page).max(1),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "signin.html")]
+pub struct SigninPage {
+    pub chrome: Chrome,
+    pub sent: bool,
+    pub error: Option<String>,
+    pub email_value: String,
+}
+
+#[derive(Template)]
+#[template(path = "signin_link.html")]
+pub struct SigninLinkPage {
+    pub chrome: Chrome,
+    pub token: String,
+    pub problem: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct MessagePage {
+    pub chrome: Chrome,
+    pub title: String,
+    pub message: String,
+    /// `error`, `ok` or `paused`.
+    pub tone: &'static str,
+    pub link: Option<(String, String)>,
+}
