@@ -1,1 +1,313 @@
-fn main() {}
+//! `flipstack`: the one binary. Commands and their flags only; the work is in
+//! the crates (core, server, worker, provision).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use flipstack_core::store::dump::{read_dump, write_dump};
+use flipstack_core::{Config, Services};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "flipstack",
+    version,
+    about = "A photo service that flips pictures and scales itself",
+    long_about = "A photo service that flips pictures and scales itself.\n\n\
+        `flipstack up` runs everything on this machine with embedded defaults (SQLite, \
+        an in-process cache, a local folder, an outbox for mail): no other program needed.\n\n\
+        Every setting has an environment variable FLIPSTACK_<KEY>, the same key in an \
+        optional TOML file (--config), and for the common ones a flag; flags win over the \
+        environment, the environment over the file.",
+    after_help = "See README.md for the configuration table and ARCHITECTURE.md for how it fits together."
+)]
+struct Cli {
+    /// A TOML file with configuration keys (as in README.md).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: ConfigFlags,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The configuration keys that make sense as flags. Secrets (the admin
+/// token) are not among them: command lines are visible to other users.
+#[derive(Args, Serialize, Default)]
+struct ConfigFlags {
+    /// Address the HTTP server listens on [env: FLIPSTACK_LISTEN] [default: 127.0.0.1:5000]
+    #[arg(long, global = true, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// Where the embedded defaults keep their files [env: FLIPSTACK_DATA_DIR] [default: ./data]
+    #[arg(long, global = true, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Primary database: sqlite://PATH or mysql://user:pass@host:port/db [env: FLIPSTACK_DATABASE_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+    /// Read replicas, comma-separated mysql:// URLs [env: FLIPSTACK_REPLICA_URLS]
+    #[arg(long, global = true, value_name = "URLS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica_urls: Option<String>,
+    /// Gallery cache: memory:// or memcache://host:port[,host:port…] [env: FLIPSTACK_CACHE_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_url: Option<String>,
+    /// Blob store: file://PATH or s3://bucket[/prefix] [env: FLIPSTACK_BLOB_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blob_url: Option<String>,
+    /// Job queue: db:// or an SQS queue URL [env: FLIPSTACK_QUEUE_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_url: Option<String>,
+    /// Mailer: outbox://DIR or smtp://user:pass@host:port [env: FLIPSTACK_MAIL_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mail_url: Option<String>,
+    /// Endpoint override for every AWS client (moto_server, LocalStack) [env: FLIPSTACK_AWS_ENDPOINT_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aws_endpoint_url: Option<String>,
+    /// The address people reach the server at, for mailed links [env: FLIPSTACK_PUBLIC_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_url: Option<String>,
+    /// Fewest local workers `up` keeps [env: FLIPSTACK_WORKERS_MIN] [default: 1]
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers_min: Option<u32>,
+    /// Most local workers `up` starts [env: FLIPSTACK_WORKERS_MAX] [default: 2]
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers_max: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on this machine: the server and a worker pool that scales with the backlog.
+    Up,
+    /// Run the HTTP server alone (pages, uploads, galleries, images, admin API).
+    Serve,
+    /// Run one worker alone: take jobs, flip pictures, store them. SIGTERM lets it finish its job first.
+    Work,
+    /// Database tools: dump, restore, migrate.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Write the whole database as SQL (schema and rows) from one consistent snapshot.
+    Dump {
+        /// Write here instead of standard output (written to a temporary file, renamed when complete).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Load a dump written by `flipstack db dump` (or GET /admin/api/dump) into an empty database.
+    Restore {
+        /// The dump file.
+        file: PathBuf,
+        /// Replace the rows of a database that is not empty.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Bring the schema up to date and say which version it is at.
+    Migrate,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let config = Config::load(cli.config.as_deref(), &cli.flags)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up => up(config).await,
+            Command::Serve => serve(config).await,
+            Command::Work => work(config).await,
+            Command::Db(cmd) => db(config, cmd).await,
+        }
+    })
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,refinery_core=warn,mysql_async=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn connect(config: Config) -> Result<Arc<Services>> {
+    Services::connect(config)
+        .await
+        .context("connecting to flipstack's services")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let listen = config.listen;
+    let services = connect(config).await?;
+    let server = flipstack_server::start(services, listen).await?;
+    eprintln!("flipstack server listening on {}", server.public_url);
+    server.run_until(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn work(config: Config) -> Result<()> {
+    let services = connect(config).await?;
+    let options = flipstack_worker::WorkerOptions::from_services(&services);
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: finishing the job in hand first");
+        signal.cancel();
+    });
+    flipstack_worker::run(services, options, stop).await?;
+    Ok(())
+}
+
+async fn up(config: Config) -> Result<()> {
+    let services = connect(config.clone()).await?;
+    let server = flipstack_server::start(services.clone(), config.listen).await?;
+    let program =
+        std::env::current_exe().context("finding the flipstack binary to start workers")?;
+    let mut env = config.to_env();
+    // Workers must send people's links to where the server really is.
+    env.push(("FLIPSTACK_PUBLIC_URL".into(), server.public_url.clone()));
+    let pool = flipstack_provision::local::PoolConfig {
+        program,
+        env,
+        policy: flipstack_provision::policy::Policy {
+            min: config.workers_min,
+            max: config.workers_max,
+            target: config.backlog_per_worker.max(1) as f64,
+            tolerance: 0.1,
+            scale_in_window_ms: 30_000,
+        },
+        tick: Duration::from_secs(1),
+        drain_timeout: Duration::from_secs(config.job_timeout_secs + 10),
+    };
+    let stop = CancellationToken::new();
+    let pool_task = tokio::spawn(flipstack_provision::local::run(
+        pool,
+        services,
+        stop.clone(),
+    ));
+    println!(
+        "flipstack is running at {}/  (Ctrl-C to stop)",
+        server.public_url
+    );
+    println!(
+        "  data: {}   admin token: {}",
+        config.data_dir.display(),
+        config.data_dir.join("admin-token").display()
+    );
+    server.run_until(shutdown_signal()).await;
+    stop.cancel();
+    let _ = pool_task.await;
+    Ok(())
+}
+
+async fn db(config: Config, cmd: DbCommand) -> Result<()> {
+    let services = connect(config).await?;
+    let store = services.store.as_ref();
+    match cmd {
+        DbCommand::Migrate => {
+            let schema = flipstack_core::store::schema_sql();
+            eprintln!(
+                "the {} database is at schema version {} ({})",
+                store.backend(),
+                schema.len(),
+                schema.last().map(|s| s.0.as_str()).unwrap_or("-")
+            );
+        }
+        DbCommand::Dump { out } => {
+            let total = store.row_count().await?;
+            let bar = indicatif::ProgressBar::new(total).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} dumping {pos}/{len} rows, {msg} [{elapsed}]",
+                )
+                .expect("valid template"),
+            );
+            let progress = |rows: u64, bytes: u64| {
+                bar.set_position(rows);
+                bar.set_message(indicatif::HumanBytes(bytes).to_string());
+            };
+            let summary = match &out {
+                Some(path) => {
+                    // Written beside the target and renamed when complete: a reader
+                    // never sees half a dump under the final name.
+                    let dir = path
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(std::path::Path::new("."));
+                    let tmp = tempfile::Builder::new()
+                        .prefix(".flipstack-dump-")
+                        .tempfile_in(dir)
+                        .context("creating the dump file")?;
+                    let mut file =
+                        tokio::io::BufWriter::new(tokio::fs::File::from_std(tmp.reopen()?));
+                    let summary = write_dump(store, &mut file, progress).await?;
+                    drop(file);
+                    tmp.as_file().sync_all()?;
+                    tmp.persist(path)
+                        .with_context(|| format!("moving the dump to {}", path.display()))?;
+                    summary
+                }
+                None => {
+                    let mut stdout = tokio::io::stdout();
+                    write_dump(store, &mut stdout, progress).await?
+                }
+            };
+            bar.finish_and_clear();
+            eprintln!(
+                "dumped {} rows ({}){}",
+                summary.rows,
+                indicatif::HumanBytes(summary.bytes),
+                out.map(|p| format!(" to {}", p.display()))
+                    .unwrap_or_default()
+            );
+        }
+        DbCommand::Restore { file, force } => {
+            let existing = store.row_count().await?;
+            if existing > 0 && !force {
+                bail!(
+                    "the database is not empty ({existing} rows); restore into an empty database, or add --force to replace its rows"
+                );
+            }
+            let reader = tokio::io::BufReader::new(
+                tokio::fs::File::open(&file)
+                    .await
+                    .with_context(|| format!("opening {}", file.display()))?,
+            );
+            let rows = read_dump(reader).await?;
+            let n = store.restore_rows(rows, force).await?;
+            eprintln!("restored {n} rows from {}", file.display());
+        }
+    }
+    Ok(())
+}

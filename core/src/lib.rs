@@ -13,6 +13,7 @@ pub mod mail;
 pub mod metrics;
 pub mod queue;
 pub mod services;
+pub mod status;
 pub mod store;
 
 pub use config::Config;

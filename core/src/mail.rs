@@ -26,11 +26,16 @@ pub trait Mailer: Send + Sync + 'static {
 }
 
 pub fn from_url(url: &str, from: &str) -> Result<Arc<dyn Mailer>, MailError> {
-    let from: lettre::message::Mailbox =
-        from.parse().map_err(|e| MailError::Config(format!("FLIPSTACK_MAIL_FROM {from:?}: {e}")))?;
+    let from: lettre::message::Mailbox = from
+        .parse()
+        .map_err(|e| MailError::Config(format!("FLIPSTACK_MAIL_FROM {from:?}: {e}")))?;
     if let Some(dir) = url.strip_prefix("outbox://") {
-        std::fs::create_dir_all(dir).map_err(|e| MailError::Config(format!("cannot create the outbox {dir}: {e}")))?;
-        return Ok(Arc::new(Outbox { transport: AsyncFileTransport::new(dir), from }));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| MailError::Config(format!("cannot create the outbox {dir}: {e}")))?;
+        return Ok(Arc::new(Outbox {
+            transport: AsyncFileTransport::new(dir),
+            from,
+        }));
     }
     if url.starts_with("smtp://") || url.starts_with("smtps://") {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
@@ -38,11 +43,21 @@ pub fn from_url(url: &str, from: &str) -> Result<Arc<dyn Mailer>, MailError> {
             .build();
         return Ok(Arc::new(Smtp { transport, from }));
     }
-    Err(MailError::Config(format!("FLIPSTACK_MAIL_URL must be outbox://DIR or smtp://…, not {url:?}")))
+    Err(MailError::Config(format!(
+        "FLIPSTACK_MAIL_URL must be outbox://DIR or smtp://…, not {url:?}"
+    )))
 }
 
-fn message(from: &lettre::message::Mailbox, to: &Email, subject: &str, body: &str) -> Result<Message, MailError> {
-    let to = to.as_str().parse().map_err(|e| MailError::Send(format!("recipient: {e}")))?;
+fn message(
+    from: &lettre::message::Mailbox,
+    to: &Email,
+    subject: &str,
+    body: &str,
+) -> Result<Message, MailError> {
+    let to = to
+        .as_str()
+        .parse()
+        .map_err(|e| MailError::Send(format!("recipient: {e}")))?;
     Message::builder()
         .from(from.clone())
         .to(to)
@@ -64,7 +79,11 @@ impl Mailer for Outbox {
     }
 
     async fn send(&self, to: &Email, subject: &str, body: &str) -> Result<(), MailError> {
-        let id = self.transport.send(message(&self.from, to, subject, body)?).await.map_err(|e| MailError::Send(e.to_string()))?;
+        let id = self
+            .transport
+            .send(message(&self.from, to, subject, body)?)
+            .await
+            .map_err(|e| MailError::Send(e.to_string()))?;
         tracing::debug!(%id, to = %to.hashed_id(), "mail written to the outbox");
         Ok(())
     }
@@ -82,7 +101,10 @@ impl Mailer for Smtp {
     }
 
     async fn send(&self, to: &Email, subject: &str, body: &str) -> Result<(), MailError> {
-        self.transport.send(message(&self.from, to, subject, body)?).await.map_err(|e| MailError::Send(e.to_string()))?;
+        self.transport
+            .send(message(&self.from, to, subject, body)?)
+            .await
+            .map_err(|e| MailError::Send(e.to_string()))?;
         Ok(())
     }
 }

@@ -1,1 +1,427 @@
-//! (being written)
+//! flipstack's HTTP server (warp): the pages people use, uploads, galleries,
+//! images, health, metrics and the admin API. It talks to the worker only
+//! through the metadata store and the job queue.
+
+pub mod admin;
+mod assets;
+pub mod images;
+pub mod pages;
+pub mod session;
+pub mod state;
+mod tasks;
+pub mod upload;
+pub mod views;
+pub mod web;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use flipstack_core::Services;
+use flipstack_core::domain::now_millis;
+use rand::Rng;
+use tokio::sync::{Semaphore, broadcast, oneshot};
+use warp::Filter;
+use warp::http::StatusCode;
+
+use crate::state::{AppState, BlockFlag, COOKIE_SECRET, UPLOADS_BLOCKED};
+use crate::web::Resp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "cannot listen on {addr}: {source}. Is another flipstack (or something else) using it? Pick another address with --listen or FLIPSTACK_LISTEN."
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: warp::Error,
+    },
+    #[error("the database did not answer while starting: {0}")]
+    Store(#[from] flipstack_core::store::StoreError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A server that is running; dropping it does not stop it, [`Self::shutdown`] does.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub public_url: String,
+    pub admin_token: String,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops taking connections, lets requests in flight finish, stops the background tasks.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.done).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Runs until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down the server: finishing requests in flight");
+        self.shutdown().await;
+    }
+}
+
+/// The admin token: the configured one, or one made once and kept in
+/// `<data>/admin-token` (readable by its owner only).
+pub fn admin_token(services: &Services) -> Result<String, ServerError> {
+    if let Some(t) = services
+        .config
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(t.trim().to_owned());
+    }
+    let path = services.config.data_dir.join("admin-token");
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_owned());
+    }
+    let bytes: [u8; 32] = rand::rng().random();
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    write_private(&path, &token).map_err(|e| {
+        ServerError::Setup(format!(
+            "cannot write the admin token to {}: {e}",
+            path.display()
+        ))
+    })?;
+    tracing::info!(path = %path.display(), "made an admin token");
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+/// Starts the server on `addr` (port 0 picks a free one) with its background tasks.
+pub async fn start(
+    services: Arc<Services>,
+    addr: SocketAddr,
+) -> Result<RunningServer, ServerError> {
+    let now = now_millis();
+    let fresh_secret: [u8; 32] = rand::rng().random();
+    let secret_hex = services
+        .store
+        .setting_or_init(COOKIE_SECRET, &hex::encode(fresh_secret), now)
+        .await?;
+    let secret = hex::decode(secret_hex.trim())
+        .map_err(|_| ServerError::Setup("the stored cookie secret is not hex".into()))?;
+    let blocked = services.store.setting(UPLOADS_BLOCKED).await?.as_deref() == Some("true");
+    let admin_token = admin_token(&services)?;
+    let spool_dir = prepare_spool(&services.config.data_dir)?;
+    let (events, _) = broadcast::channel(1024);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let state = Arc::new(AppState {
+        services: services.clone(),
+        secret,
+        admin_token: admin_token.clone(),
+        blocked: BlockFlag::new(blocked),
+        events,
+        verify_slots: Semaphore::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        ),
+        spool_dir,
+        owners: moka::sync::Cache::new(100_000),
+        started_at: Instant::now(),
+        public_url: std::sync::OnceLock::new(),
+    });
+    let (bound, serving) = warp::serve(routes(state.clone()))
+        .try_bind_with_graceful_shutdown(addr, async {
+            let _ = stopped.await;
+        })
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let public = services
+        .config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let _ = state
+        .public_url
+        .set(public.trim_end_matches('/').to_owned());
+    let done = tokio::spawn(serving);
+    let tasks = tasks::spawn_all(state.clone());
+    tracing::info!(addr = %bound, database = services.store.backend(), cache = services.cache.kind(), blobs = services.blobs.kind(), queue = services.queue.kind(), "server listening");
+    Ok(RunningServer {
+        addr: bound,
+        public_url: state.public_url().to_owned(),
+        admin_token,
+        stop: Some(stop),
+        done,
+        tasks,
+    })
+}
+
+/// Uploads are spooled here while they are checked; leftovers of a crash are cleared.
+fn prepare_spool(data_dir: &Path) -> Result<PathBuf, ServerError> {
+    let dir = data_dir.join("spool");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(dir)
+}
+
+fn with_state(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+fn cookie() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("cookie")
+}
+
+fn auth() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+}
+
+/// Small urlencoded forms (sign-in, logout).
+fn small_form() -> impl Filter<Extract = (HashMap<String, String>,), Error = warp::Rejection> + Clone
+{
+    warp::body::content_length_limit(16 * 1024).and(warp::body::form())
+}
+
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    let s = || with_state(state.clone());
+    let index = warp::path::end().and(warp::get()).and_then(pages::index);
+    let form = warp::path!("form")
+        .and(warp::get())
+        .and(s())
+        .and(cookie())
+        .and_then(pages::form);
+    let upload = warp::path!("upload")
+        .and(warp::post())
+        .and(s())
+        .and(cookie())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::multipart::form().max_length(None))
+        .and_then(upload::upload);
+    let gallery = warp::path!("gallery")
+        .and(warp::get())
+        .and(s())
+        .and(cookie())
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(pages::gallery);
+    let signin = warp::path!("signin")
+        .and(warp::get())
+        .and(s())
+        .and(cookie())
+        .and_then(pages::signin_form);
+    let signin_post = warp::path!("signin")
+        .and(warp::post())
+        .and(s())
+        .and(cookie())
+        .and(small_form())
+        .and_then(pages::signin_submit);
+    let link = warp::path!("signin" / "link")
+        .and(warp::get())
+        .and(s())
+        .and(cookie())
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(pages::signin_link);
+    let link_post = warp::path!("signin" / "link")
+        .and(warp::post())
+        .and(s())
+        .and(cookie())
+        .and(small_form())
+        .and_then(pages::signin_link_submit);
+    let logout = warp::path!("logout")
+        .and(warp::post())
+        .and(s())
+        .and(cookie())
+        .and(small_form())
+        .and_then(pages::logout);
+    let images = warp::path!("images" / String / String)
+        .and(warp::get())
+        .and(s())
+        .and(cookie())
+        .and(warp::header::optional::<String>("if-none-match"))
+        .and_then(|id, variant, state, cookie, inm| images::image(state, id, variant, cookie, inm));
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .and(s())
+        .and_then(admin::healthz);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(s())
+        .and(warp::addr::remote())
+        .and(auth())
+        .and_then(admin::metrics);
+    let assets = warp::path!("assets" / String)
+        .and(warp::get())
+        .and_then(assets::serve);
+
+    let admin_status = warp::path!("admin" / "api" / "status")
+        .and(warp::get())
+        .and(s())
+        .and(auth())
+        .and_then(admin::status);
+    let admin_block = warp::path!("admin" / "api" / "uploads" / "block")
+        .and(warp::post())
+        .and(s())
+        .and(auth())
+        .and_then(|state, auth| admin::set_blocked(state, auth, true));
+    let admin_unblock = warp::path!("admin" / "api" / "uploads" / "unblock")
+        .and(warp::post())
+        .and(s())
+        .and(auth())
+        .and_then(|state, auth| admin::set_blocked(state, auth, false));
+    let admin_dump = warp::path!("admin" / "api" / "dump")
+        .and(warp::get())
+        .and(s())
+        .and(auth())
+        .and_then(admin::dump);
+    let admin_events = warp::path!("admin" / "api" / "events")
+        .and(warp::get())
+        .and(s())
+        .and(auth())
+        .and_then(admin::events);
+    // Everything under /admin that is not a known route still wants the token first.
+    let admin_other = warp::path("admin").and(s()).and(auth()).and_then(
+        |state: Arc<AppState>, auth: Option<String>| async move {
+            Ok::<_, Infallible>(if admin::authorized(&state, auth.as_deref()) {
+                web::json(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({"error": "no such admin route"}),
+                )
+            } else {
+                admin::unauthorized()
+            })
+        },
+    );
+
+    let pages = index
+        .or(form)
+        .unify()
+        .or(upload)
+        .unify()
+        .or(gallery)
+        .unify()
+        .or(signin)
+        .unify()
+        .or(signin_post)
+        .unify();
+    let pages = pages
+        .or(link)
+        .unify()
+        .or(link_post)
+        .unify()
+        .or(logout)
+        .unify()
+        .or(images)
+        .unify();
+    let ops = healthz.or(metrics).unify().or(assets).unify();
+    let admin = admin_status
+        .or(admin_block)
+        .unify()
+        .or(admin_unblock)
+        .unify()
+        .or(admin_dump)
+        .unify()
+        .or(admin_events)
+        .unify()
+        .or(admin_other)
+        .unify();
+    let fallback_state = state.clone();
+    pages
+        .or(ops)
+        .unify()
+        .or(admin)
+        .unify()
+        .recover(move |rejection| recover(fallback_state.clone(), rejection))
+        .unify()
+        .map(web::security_headers)
+        .with(warp::log::custom(|info| {
+            tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), ms = info.elapsed().as_secs_f64() * 1000.0, "request");
+        }))
+}
+
+/// Pages for requests no route took: a clear answer, never warp's default text.
+async fn recover(state: Arc<AppState>, rejection: warp::Rejection) -> Result<Resp, Infallible> {
+    let nobody = session::Visitor::resolve_offline();
+    let (status, title, text) = if rejection.is_not_found() {
+        (
+            StatusCode::NOT_FOUND,
+            "Page not found",
+            "There is no page at this address.",
+        )
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Not allowed",
+            "This address does not take that kind of request.",
+        )
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Too large",
+            "What was sent is larger than this address takes.",
+        )
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+        || rejection.find::<warp::reject::InvalidHeader>().is_some()
+    {
+        (
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The form was not sent the way this page expects. Go back, reload and try again.",
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "Bad request",
+            "The request did not say how long it is.",
+        )
+    } else {
+        tracing::debug!(?rejection, "request rejected");
+        (
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "This request could not be understood.",
+        )
+    };
+    Ok(web::message(
+        &state,
+        &nobody,
+        status,
+        title,
+        text,
+        Some(("/form", "Go to the upload page")),
+    ))
+}

@@ -5,11 +5,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flipstack_core::domain::{Email, Person, SecretToken, TokenHash, now_millis};
-use flipstack_core::store::{NewSession, SessionInfo, SigninOutcome, StoreError};
+use flipstack_core::domain::{Email, SecretToken, TokenHash, now_millis};
+use flipstack_core::store::{NewSession, Person, SessionInfo, SigninOutcome, StoreError};
 use warp::http::{HeaderValue, StatusCode};
 
-use crate::session::{SESSION_COOKIE, SESSION_LIFETIME_MS, SignedIn, Visitor, forget_session, remember_session, set_cookie};
+use crate::session::{
+    SESSION_COOKIE, SESSION_LIFETIME_MS, SignedIn, Visitor, forget_session, remember_session,
+    set_cookie,
+};
 use crate::state::AppState;
 use crate::views::{Chrome, FormPage, GalleryView, SigninLinkPage, SigninPage};
 use crate::web::{Resp, add_cookie, finish, message, render, see_other};
@@ -37,7 +40,8 @@ pub fn unavailable_page(state: &AppState) -> Resp {
         "flipstack cannot reach its database right now. Nothing you sent was lost or half-saved; please try again in a minute.",
         Some(("/form", "Back to the upload page")),
     );
-    r.headers_mut().insert("retry-after", HeaderValue::from_static("10"));
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("10"));
     r
 }
 
@@ -54,7 +58,13 @@ pub async fn form(state: Arc<AppState>, cookie: Option<String>) -> Result<Resp, 
 }
 
 /// The upload form, with an error and the e-mail the person typed kept.
-pub async fn form_page(state: &AppState, visitor: &Visitor, status: StatusCode, error: Option<String>, email: &str) -> Resp {
+pub async fn form_page(
+    state: &AppState,
+    visitor: &Visitor,
+    status: StatusCode,
+    error: Option<String>,
+    email: &str,
+) -> Resp {
     let blocked = state.blocked.get(&state.services).await;
     let c = &state.services.config;
     let page = FormPage {
@@ -68,7 +78,11 @@ pub async fn form_page(state: &AppState, visitor: &Visitor, status: StatusCode, 
     finish(state, visitor, render(status, &page))
 }
 
-pub async fn gallery(state: Arc<AppState>, cookie: Option<String>, query: HashMap<String, String>) -> Result<Resp, Infallible> {
+pub async fn gallery(
+    state: Arc<AppState>,
+    cookie: Option<String>,
+    query: HashMap<String, String>,
+) -> Result<Resp, Infallible> {
     let visitor = match visitor(&state, cookie.as_deref()).await {
         Ok(v) => v,
         Err(r) => return Ok(r),
@@ -76,9 +90,18 @@ pub async fn gallery(state: Arc<AppState>, cookie: Option<String>, query: HashMa
     let Some(me) = &visitor.signed_in else {
         return Ok(finish(&state, &visitor, see_other("/signin")));
     };
-    let page_no = query.get("page").and_then(|p| p.parse::<u64>().ok()).unwrap_or(1).clamp(1, 100_000);
+    let page_no = query
+        .get("page")
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(1)
+        .clamp(1, 100_000);
     let hash = me.email.hashed_id();
-    let read = match state.services.gallery.read(me.person_id, &hash, page_no - 1, PER_PAGE).await {
+    let read = match state
+        .services
+        .gallery
+        .read(me.person_id, &hash, page_no - 1, PER_PAGE)
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "gallery read failed");
@@ -86,9 +109,17 @@ pub async fn gallery(state: Arc<AppState>, cookie: Option<String>, query: HashMa
         }
     };
     state.emit_read(&hash, read.source.as_str());
-    let view = GalleryView::new(Chrome::for_visitor(&visitor, &state.secret), &read.page, page_no, PER_PAGE);
+    let view = GalleryView::new(
+        Chrome::for_visitor(&visitor, &state.secret),
+        &read.page,
+        page_no,
+        PER_PAGE,
+    );
     let mut r = render(StatusCode::OK, &view);
-    r.headers_mut().insert("x-read-source", HeaderValue::from_static(read.source.as_str()));
+    r.headers_mut().insert(
+        "x-read-source",
+        HeaderValue::from_static(read.source.as_str()),
+    );
     Ok(r)
 }
 
@@ -97,25 +128,51 @@ pub async fn signin_form(state: Arc<AppState>, cookie: Option<String>) -> Result
         Ok(v) => v,
         Err(r) => return Ok(r),
     };
-    let page = SigninPage { chrome: Chrome::for_visitor(&visitor, &state.secret), sent: false, error: None, email_value: String::new() };
+    let page = SigninPage {
+        chrome: Chrome::for_visitor(&visitor, &state.secret),
+        sent: false,
+        error: None,
+        email_value: String::new(),
+    };
     Ok(finish(&state, &visitor, render(StatusCode::OK, &page)))
 }
 
-pub async fn signin_submit(state: Arc<AppState>, cookie: Option<String>, form: HashMap<String, String>) -> Result<Resp, Infallible> {
+pub async fn signin_submit(
+    state: Arc<AppState>,
+    cookie: Option<String>,
+    form: HashMap<String, String>,
+) -> Result<Resp, Infallible> {
     let visitor = match visitor(&state, cookie.as_deref()).await {
         Ok(v) => v,
         Err(r) => return Ok(r),
     };
-    if !visitor.csrf_ok(&state.secret, form.get("csrf").map(String::as_str).unwrap_or("")) {
+    if !visitor.csrf_ok(
+        &state.secret,
+        form.get("csrf").map(String::as_str).unwrap_or(""),
+    ) {
         return Ok(csrf_refused(&state, &visitor));
     }
-    let typed = form.get("email").map(String::as_str).unwrap_or("").trim().to_owned();
+    let typed = form
+        .get("email")
+        .map(String::as_str)
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     let chrome = Chrome::for_visitor(&visitor, &state.secret);
     let email = match Email::parse(&typed) {
         Ok(e) => e,
         Err(e) => {
-            let page = SigninPage { chrome, sent: false, error: Some(format!("{e}.")), email_value: typed };
-            return Ok(finish(&state, &visitor, render(StatusCode::UNPROCESSABLE_ENTITY, &page)));
+            let page = SigninPage {
+                chrome,
+                sent: false,
+                error: Some(format!("{e}.")),
+                email_value: typed,
+            };
+            return Ok(finish(
+                &state,
+                &visitor,
+                render(StatusCode::UNPROCESSABLE_ENTITY, &page),
+            ));
         }
     };
     match state.services.store.person_by_email(&email).await {
@@ -125,10 +182,17 @@ pub async fn signin_submit(state: Arc<AppState>, cookie: Option<String>, form: H
             }
         }
         // The same answer either way: the page does not tell who has a gallery.
-        Ok(None) => tracing::info!(person = %email.hashed_id(), "sign-in asked for an address with no gallery"),
+        Ok(None) => {
+            tracing::info!(person = %email.hashed_id(), "sign-in asked for an address with no gallery")
+        }
         Err(_) => return Ok(unavailable_page(&state)),
     }
-    let page = SigninPage { chrome, sent: true, error: None, email_value: email.to_string() };
+    let page = SigninPage {
+        chrome,
+        sent: true,
+        error: None,
+        email_value: email.to_string(),
+    };
     Ok(finish(&state, &visitor, render(StatusCode::OK, &page)))
 }
 
@@ -138,21 +202,37 @@ pub async fn send_signin_link(state: &AppState, person: &Person) -> Result<(), R
     let services = &state.services;
     let hash = person.email.hashed_id();
     let throttle_key = format!("fs:mailed:{hash}");
-    if let Ok(false) = services.cache.add(&throttle_key, b"1", SIGNIN_MAIL_INTERVAL).await {
+    if let Ok(false) = services
+        .cache
+        .add(&throttle_key, b"1", SIGNIN_MAIL_INTERVAL)
+        .await
+    {
         tracing::info!(person = %hash, "sign-in link already mailed in the last minute; not sending another");
         return Ok(());
     }
     let token = SecretToken::generate();
     let now = now_millis();
-    if let Err(e) = services.store.create_signin_token(&token.hash(), person.id, now + SIGNIN_LINK_LIFETIME_MS, now).await {
+    if let Err(e) = services
+        .store
+        .create_signin_token(&token.hash(), person.id, now + SIGNIN_LINK_LIFETIME_MS, now)
+        .await
+    {
         tracing::warn!(error = %e, "could not store a sign-in link");
         return Err(unavailable_page(state));
     }
-    let link = format!("{}/signin/link?token={}", services.config.public_url(), token.as_str());
+    let link = format!(
+        "{}/signin/link?token={}",
+        state.public_url(),
+        token.as_str()
+    );
     let body = format!(
         "Hello,\n\nopen this link to sign in to your flipstack gallery:\n\n{link}\n\nIt works once, for 15 minutes, in the browser you open it in.\nIf you did not ask for it, you can ignore this mail: nobody gets in without it.\n"
     );
-    if let Err(e) = services.mailer.send(&person.email, "Your flipstack sign-in link", &body).await {
+    if let Err(e) = services
+        .mailer
+        .send(&person.email, "Your flipstack sign-in link", &body)
+        .await
+    {
         tracing::error!(error = %e, person = %hash, "could not send a sign-in mail");
         return Err(message(
             state,
@@ -172,7 +252,11 @@ pub async fn send_signin_link(state: &AppState, person: &Person) -> Result<(), R
     Ok(())
 }
 
-pub async fn signin_link(state: Arc<AppState>, cookie: Option<String>, query: HashMap<String, String>) -> Result<Resp, Infallible> {
+pub async fn signin_link(
+    state: Arc<AppState>,
+    cookie: Option<String>,
+    query: HashMap<String, String>,
+) -> Result<Resp, Infallible> {
     let visitor = match visitor(&state, cookie.as_deref()).await {
         Ok(v) => v,
         Err(r) => return Ok(r),
@@ -188,22 +272,41 @@ pub async fn signin_link(state: Arc<AppState>, cookie: Option<String>, query: Ha
     Ok(finish(&state, &visitor, render(status, &page)))
 }
 
-pub async fn signin_link_submit(state: Arc<AppState>, cookie: Option<String>, form: HashMap<String, String>) -> Result<Resp, Infallible> {
+pub async fn signin_link_submit(
+    state: Arc<AppState>,
+    cookie: Option<String>,
+    form: HashMap<String, String>,
+) -> Result<Resp, Infallible> {
     let visitor = match visitor(&state, cookie.as_deref()).await {
         Ok(v) => v,
         Err(r) => return Ok(r),
     };
-    if !visitor.csrf_ok(&state.secret, form.get("csrf").map(String::as_str).unwrap_or("")) {
+    if !visitor.csrf_ok(
+        &state.secret,
+        form.get("csrf").map(String::as_str).unwrap_or(""),
+    ) {
         return Ok(csrf_refused(&state, &visitor));
     }
     let problem = |status: StatusCode, text: &str| {
-        let page = SigninLinkPage { chrome: Chrome::for_visitor(&visitor, &state.secret), token: String::new(), problem: Some(text.to_owned()) };
+        let page = SigninLinkPage {
+            chrome: Chrome::for_visitor(&visitor, &state.secret),
+            token: String::new(),
+            problem: Some(text.to_owned()),
+        };
         finish(&state, &visitor, render(status, &page))
     };
     let Some(token) = form.get("token").and_then(|t| SecretToken::parse(t)) else {
-        return Ok(problem(StatusCode::NOT_FOUND, "This sign-in link is not valid. Ask for a new one."));
+        return Ok(problem(
+            StatusCode::NOT_FOUND,
+            "This sign-in link is not valid. Ask for a new one.",
+        ));
     };
-    let outcome = match state.services.store.consume_signin_token(&token.hash(), now_millis()).await {
+    let outcome = match state
+        .services
+        .store
+        .consume_signin_token(&token.hash(), now_millis())
+        .await
+    {
         Ok(o) => o,
         Err(_) => return Ok(unavailable_page(&state)),
     };
@@ -215,14 +318,26 @@ pub async fn signin_link_submit(state: Arc<AppState>, cookie: Option<String>, fo
             }
             Err(_) => Ok(unavailable_page(&state)),
         },
-        SigninOutcome::AlreadyUsed => Ok(problem(StatusCode::GONE, "This sign-in link was already used. Each link works once; ask for a new one.")),
-        SigninOutcome::Expired => Ok(problem(StatusCode::GONE, "This sign-in link has expired (links work for 15 minutes). Ask for a new one.")),
-        SigninOutcome::Unknown => Ok(problem(StatusCode::NOT_FOUND, "This sign-in link is not valid. Ask for a new one.")),
+        SigninOutcome::AlreadyUsed => Ok(problem(
+            StatusCode::GONE,
+            "This sign-in link was already used. Each link works once; ask for a new one.",
+        )),
+        SigninOutcome::Expired => Ok(problem(
+            StatusCode::GONE,
+            "This sign-in link has expired (links work for 15 minutes). Ask for a new one.",
+        )),
+        SigninOutcome::Unknown => Ok(problem(
+            StatusCode::NOT_FOUND,
+            "This sign-in link is not valid. Ask for a new one.",
+        )),
     }
 }
 
 /// A new session for a person: stored hashed, cached, and its cookie.
-pub async fn start_session(state: &AppState, person: &Person) -> Result<(SignedIn, String), StoreError> {
+pub async fn start_session(
+    state: &AppState,
+    person: &Person,
+) -> Result<(SignedIn, String), StoreError> {
     let token = SecretToken::generate();
     let now = now_millis();
     let expires_at = now + SESSION_LIFETIME_MS;
@@ -230,23 +345,58 @@ pub async fn start_session(state: &AppState, person: &Person) -> Result<(SignedI
     state
         .services
         .store
-        .create_session(NewSession { token_hash: hash.clone(), person_id: person.id, expires_at }, now)
+        .create_session(
+            NewSession {
+                token_hash: hash.clone(),
+                person_id: person.id,
+                expires_at,
+            },
+            now,
+        )
         .await?;
-    remember_session(state, &hash, &SessionInfo { person_id: person.id, email: person.email.clone(), expires_at }).await;
+    remember_session(
+        state,
+        &hash,
+        &SessionInfo {
+            person_id: person.id,
+            email: person.email.clone(),
+            expires_at,
+        },
+    )
+    .await;
     let cookie = session_cookie(state, &token);
-    Ok((SignedIn { token, person_id: person.id, email: person.email.clone() }, cookie))
+    Ok((
+        SignedIn {
+            token,
+            person_id: person.id,
+            email: person.email.clone(),
+        },
+        cookie,
+    ))
 }
 
 pub fn session_cookie(state: &AppState, token: &SecretToken) -> String {
-    set_cookie(SESSION_COOKIE, token.as_str(), SESSION_LIFETIME_MS / 1000, state.services.config.cookie_secure())
+    set_cookie(
+        SESSION_COOKIE,
+        token.as_str(),
+        SESSION_LIFETIME_MS / 1000,
+        state.cookie_secure(),
+    )
 }
 
-pub async fn logout(state: Arc<AppState>, cookie: Option<String>, form: HashMap<String, String>) -> Result<Resp, Infallible> {
+pub async fn logout(
+    state: Arc<AppState>,
+    cookie: Option<String>,
+    form: HashMap<String, String>,
+) -> Result<Resp, Infallible> {
     let visitor = match visitor(&state, cookie.as_deref()).await {
         Ok(v) => v,
         Err(r) => return Ok(r),
     };
-    if !visitor.csrf_ok(&state.secret, form.get("csrf").map(String::as_str).unwrap_or("")) {
+    if !visitor.csrf_ok(
+        &state.secret,
+        form.get("csrf").map(String::as_str).unwrap_or(""),
+    ) {
         return Ok(csrf_refused(&state, &visitor));
     }
     if let Some(me) = &visitor.signed_in {
@@ -255,7 +405,7 @@ pub async fn logout(state: Arc<AppState>, cookie: Option<String>, form: HashMap<
         }
         tracing::info!(person = %me.email.hashed_id(), "logged out");
     }
-    let gone = set_cookie(SESSION_COOKIE, "", 0, state.services.config.cookie_secure());
+    let gone = set_cookie(SESSION_COOKIE, "", 0, state.cookie_secure());
     Ok(add_cookie(see_other("/form"), &gone))
 }
 

@@ -2,8 +2,8 @@
 //! models they show.
 
 use askama::Template;
-use flipstack_core::store::{GalleryItem, GalleryPage};
 use flipstack_core::domain::UploadState;
+use flipstack_core::store::{GalleryItem, GalleryPage};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
@@ -17,7 +17,10 @@ pub struct Chrome {
 
 impl Chrome {
     pub fn for_visitor(visitor: &Visitor, secret: &[u8]) -> Chrome {
-        Chrome { email: visitor.signed_in.as_ref().map(|s| s.email.to_string()), csrf: visitor.csrf_token(secret) }
+        Chrome {
+            email: visitor.signed_in.as_ref().map(|s| s.email.to_string()),
+            csrf: visitor.csrf_token(secret),
+        }
     }
 }
 
@@ -59,14 +62,20 @@ pub struct ItemView {
 
 impl ItemView {
     pub fn from_item(item: &GalleryItem) -> ItemView {
-        let at = OffsetDateTime::from_unix_timestamp_nanos(item.created_at as i128 * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let at = OffsetDateTime::from_unix_timestamp_nanos(item.created_at as i128 * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let created = at
-            .format(format_description!("[year]-[month]-[day] [hour]:[minute] UTC"))
+            .format(format_description!(
+                "[year]-[month]-[day] [hour]:[minute] UTC"
+            ))
             .unwrap_or_default();
         let created_iso = at
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        let (fw, fh) = (item.flipped_width.unwrap_or(item.width), item.flipped_height.unwrap_or(item.height));
+        let (fw, fh) = (
+            item.flipped_width.unwrap_or(item.width),
+            item.flipped_height.unwrap_or(item.height),
+        );
         ItemView {
             id: item.id.0,
             name: item.name.as_str().to_owned(),

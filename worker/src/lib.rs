@@ -1,1 +1,508 @@
-//! (being written)
+//! flipstack's worker: take a job, flip the picture, store it, complete the
+//! job, and only then let the queue forget the message.
+//!
+//! Every state change is a conditional update on the primary (see the
+//! store's `claim`, `complete`, `fail_attempt`), so a message delivered twice
+//! is flipped once in effect, and a worker killed mid-job leaves a lease that
+//! runs out and lets the next worker take the job. The flipped picture's key
+//! is made from the upload id, so a job done again writes the same object.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flipstack_core::Services;
+use flipstack_core::blob::BlobKind;
+use flipstack_core::domain::{UploadId, UploadState, now_millis};
+use flipstack_core::imaging::{self, FlipError};
+use flipstack_core::metrics::background;
+use flipstack_core::queue::Delivery;
+use flipstack_core::store::{Failure, FlipOutcome, StateChange, Upload, WorkerInfo};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub id: String,
+    pub lease: Duration,
+    pub max_attempts: u32,
+    pub job_timeout: Duration,
+}
+
+impl WorkerOptions {
+    pub fn from_services(services: &Services) -> WorkerOptions {
+        let c = &services.config;
+        WorkerOptions {
+            id: worker_id(),
+            lease: Duration::from_secs(c.job_lease_secs),
+            max_attempts: c.job_max_attempts.max(1),
+            job_timeout: Duration::from_secs(c.job_timeout_secs.max(1)),
+        }
+    }
+}
+
+/// `host-pid-xxxx`: unique per process, readable in the console.
+pub fn worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let suffix: u16 = rand::rng().random();
+    format!("{host}-{}-{suffix:04x}", std::process::id())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A flip ran past its time limit; its thread cannot be stopped, so the
+    /// process should exit and be started again.
+    #[error("a flip of upload {0} ran past its time limit; exiting so a fresh process takes over")]
+    Stuck(UploadId),
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSummary {
+    pub jobs_done: u64,
+}
+
+struct Shared {
+    info: Mutex<WorkerInfo>,
+}
+
+/// Runs jobs until `stop` is cancelled, then finishes the job in hand (graceful drain).
+pub async fn run(
+    services: Arc<Services>,
+    options: WorkerOptions,
+    stop: CancellationToken,
+) -> Result<WorkerSummary, WorkerError> {
+    background(run_inner(services, options, stop)).await
+}
+
+async fn run_inner(
+    services: Arc<Services>,
+    options: WorkerOptions,
+    stop: CancellationToken,
+) -> Result<WorkerSummary, WorkerError> {
+    let now = now_millis();
+    let shared = Arc::new(Shared {
+        info: Mutex::new(WorkerInfo {
+            id: options.id.clone(),
+            host: options
+                .id
+                .rsplitn(3, '-')
+                .nth(2)
+                .unwrap_or("host")
+                .to_owned(),
+            pid: std::process::id(),
+            started_at: now,
+            heartbeat_at: now,
+            status: "idle".into(),
+            current_upload: None,
+            jobs_done: 0,
+        }),
+    });
+    let beat = tokio::spawn(background(heartbeat(services.clone(), shared.clone())));
+    let mut helpers = Vec::new();
+    if services.queue.needs_reconciler() {
+        helpers.push(tokio::spawn(background(reconcile(services.clone()))));
+        helpers.push(tokio::spawn(background(watch_dead_letters(
+            services.clone(),
+        ))));
+    }
+    tracing::info!(worker = %options.id, queue = services.queue.kind(), "worker started");
+    let result = loop {
+        if stop.is_cancelled() {
+            break Ok(());
+        }
+        let deliveries = tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            r = services.queue.receive(Duration::from_secs(10), 1) => r,
+        };
+        let deliveries = match deliveries {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "the queue did not answer; trying again shortly");
+                tokio::select! {
+                    _ = stop.cancelled() => break Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let mut stuck = None;
+        for d in deliveries {
+            if let Err(e) = handle(&services, &options, &shared, &d).await {
+                stuck = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = stuck {
+            break Err(e);
+        }
+    };
+    shared.info.lock().unwrap_or_else(|p| p.into_inner()).status = "draining".into();
+    beat.abort();
+    for h in helpers {
+        h.abort();
+    }
+    let _ = services.store.remove_worker(&options.id).await;
+    let jobs_done = shared
+        .info
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .jobs_done;
+    tracing::info!(worker = %options.id, jobs_done, "worker stopped");
+    result.map(|()| WorkerSummary { jobs_done })
+}
+
+async fn heartbeat(services: Arc<Services>, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let info = {
+            let mut i = shared.info.lock().unwrap_or_else(|p| p.into_inner());
+            i.heartbeat_at = now_millis();
+            i.clone()
+        };
+        if let Err(e) = services.store.worker_heartbeat(&info).await {
+            tracing::debug!(error = %e, "heartbeat not recorded");
+        }
+    }
+}
+
+fn set_status(shared: &Shared, status: &str, current: Option<UploadId>) {
+    let mut i = shared.info.lock().unwrap_or_else(|p| p.into_inner());
+    i.status = status.into();
+    i.current_upload = current;
+}
+
+/// Waits before the next attempt: 2, 4, 8 … seconds (with jitter), at most a minute.
+fn backoff(attempts: u32) -> Duration {
+    let base = 2u64.saturating_pow(attempts.min(6)).min(60);
+    Duration::from_millis(base * 1000 + rand::rng().random_range(0..500))
+}
+
+async fn handle(
+    services: &Arc<Services>,
+    options: &WorkerOptions,
+    shared: &Shared,
+    d: &Delivery,
+) -> Result<(), WorkerError> {
+    let now = now_millis();
+    let claimed = match services
+        .store
+        .claim(
+            d.upload_id,
+            &options.id,
+            now,
+            now + options.lease.as_millis() as i64,
+        )
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, upload = %d.upload_id, "could not claim a job; it stays queued");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return Ok(());
+        }
+    };
+    let Some(upload) = claimed else {
+        not_claimable(services, d).await;
+        return Ok(());
+    };
+    set_status(shared, "busy", Some(upload.id));
+    let result = process(services, options, d, upload).await;
+    set_status(shared, "idle", None);
+    if let Ok(true) = result {
+        shared
+            .info
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .jobs_done += 1;
+    }
+    result.map(|_| ())
+}
+
+/// A delivery whose job this worker could not claim: settle the message.
+async fn not_claimable(services: &Services, d: &Delivery) {
+    match services.store.upload(d.upload_id).await {
+        // Deleted, or already done (a duplicate delivery): nothing left to do.
+        Ok(None) => ack(services, d).await,
+        Ok(Some(u)) if u.state == UploadState::Done => ack(services, d).await,
+        // Failed: the message is left to reach the dead-letter queue, where
+        // operators can see what failed.
+        Ok(Some(u)) if u.state == UploadState::Failed => {
+            let _ = services.queue.release(d, Duration::ZERO).await;
+        }
+        // Another worker holds it, or it waits for a retry: look again then.
+        Ok(Some(u)) => {
+            let until = u
+                .lease_until
+                .unwrap_or(u.next_attempt_at)
+                .max(u.next_attempt_at);
+            let wait = Duration::from_millis((until - now_millis()).clamp(1000, 600_000) as u64);
+            let _ = services.queue.release(d, wait).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, upload = %d.upload_id, "could not look at an unclaimable job")
+        }
+    }
+}
+
+async fn ack(services: &Services, d: &Delivery) {
+    if let Err(e) = services.queue.ack(d).await {
+        // Delivered again later, it is recognised as done and acknowledged then.
+        tracing::warn!(error = %e, upload = %d.upload_id, "could not acknowledge a message");
+    }
+}
+
+async fn after_change(services: &Services, change: &StateChange) {
+    services
+        .gallery
+        .invalidate(&change.person_hash, &change.receipt)
+        .await;
+}
+
+/// Flips one claimed upload. Ok(true) when it ended `done`.
+async fn process(
+    services: &Arc<Services>,
+    options: &WorkerOptions,
+    d: &Delivery,
+    upload: Upload,
+) -> Result<bool, WorkerError> {
+    let id = upload.id;
+    let max_claims = options.max_attempts + 3;
+    if upload.claims > max_claims {
+        let reason = format!(
+            "Flipping stopped {} times without finishing (the worker was restarted each time); flipstack gave up on this picture.",
+            upload.claims - 1
+        );
+        if let Ok(Some(change)) = services.store.give_up(id, &reason, now_millis()).await {
+            after_change(services, &change).await;
+        }
+        services.metrics.job("failed");
+        return Ok(false);
+    }
+    if upload.claims == 1 {
+        services
+            .metrics
+            .observe_queue_wait((now_millis() - upload.created_at).max(0) as f64 / 1000.0);
+    }
+    // Keep the lease (and the message's visibility) while the job runs.
+    let keepalive = {
+        let services = services.clone();
+        let (owner, lease, d) = (options.id.clone(), options.lease, d.clone());
+        tokio::spawn(background(async move {
+            let mut tick = tokio::time::interval(lease / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match services
+                    .store
+                    .renew_lease(id, &owner, now_millis() + lease.as_millis() as i64)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(upload = %id, "lost the lease on a job; its result will not be recorded by this worker")
+                    }
+                    Err(e) => tracing::warn!(error = %e, upload = %id, "could not renew a lease"),
+                }
+                let _ = services.queue.extend(&d, lease).await;
+            }
+        }))
+    };
+    let started = Instant::now();
+    let outcome = flip_and_store(services, options, &upload).await;
+    keepalive.abort();
+    let now = now_millis();
+    match outcome {
+        Ok(result) => match services.store.complete(id, &options.id, &result, now).await {
+            Ok(Some(change)) => {
+                after_change(services, &change).await;
+                ack(services, d).await;
+                services.metrics.job("done");
+                services
+                    .metrics
+                    .observe_job(started.elapsed().as_secs_f64());
+                tracing::info!(upload = %id, method = %result.method, ms = started.elapsed().as_millis() as u64, "flipped");
+                Ok(true)
+            }
+            Ok(None) => {
+                tracing::warn!(upload = %id, "the job was taken over while it ran; leaving it to its new worker");
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, upload = %id, "flipped, but could not record it; the job will run again");
+                Ok(false)
+            }
+        },
+        Err(JobError::Permanent(reason)) => {
+            if let Ok(Some(change)) = services
+                .store
+                .fail_attempt(id, &options.id, &reason, Failure::Permanent, now)
+                .await
+            {
+                after_change(services, &change).await;
+            }
+            // Left unacknowledged: on SQS it reaches the dead-letter queue.
+            let _ = services.queue.release(d, Duration::ZERO).await;
+            services.metrics.job("failed");
+            tracing::info!(upload = %id, %reason, "job failed for good");
+            Ok(false)
+        }
+        Err(JobError::Transient(reason)) => {
+            let attempts = upload.attempts + 1;
+            let failure = if attempts >= options.max_attempts {
+                Failure::Permanent
+            } else {
+                Failure::RetryAt(now + backoff(attempts).as_millis() as i64)
+            };
+            let shown = if failure == Failure::Permanent {
+                format!("flipstack tried {attempts} times and gave up: {reason}")
+            } else {
+                reason.clone()
+            };
+            if let Ok(Some(change)) = services
+                .store
+                .fail_attempt(id, &options.id, &shown, failure.clone(), now)
+                .await
+            {
+                after_change(services, &change).await;
+            }
+            match failure {
+                Failure::RetryAt(at) => {
+                    let _ = services
+                        .queue
+                        .release(d, Duration::from_millis((at - now).max(0) as u64))
+                        .await;
+                    services.metrics.job("retry");
+                    tracing::warn!(upload = %id, attempts, %reason, "job failed; will retry");
+                }
+                Failure::Permanent => {
+                    let _ = services.queue.release(d, Duration::ZERO).await;
+                    services.metrics.job("failed");
+                    tracing::warn!(upload = %id, attempts, %reason, "job failed too often; giving up");
+                }
+            }
+            Ok(false)
+        }
+        Err(JobError::Stuck) => {
+            let reason = format!(
+                "Flipping took longer than {} seconds; this picture is too complex for flipstack.",
+                options.job_timeout.as_secs()
+            );
+            if let Ok(Some(change)) = services
+                .store
+                .fail_attempt(id, &options.id, &reason, Failure::Permanent, now)
+                .await
+            {
+                after_change(services, &change).await;
+            }
+            services.metrics.job("failed");
+            Err(WorkerError::Stuck(id))
+        }
+    }
+}
+
+enum JobError {
+    /// The picture itself is the problem: trying again cannot help.
+    Permanent(String),
+    /// Something around it failed (storage, this machine): try again later.
+    Transient(String),
+    /// The flip ran past its time limit.
+    Stuck,
+}
+
+async fn flip_and_store(
+    services: &Services,
+    options: &WorkerOptions,
+    upload: &Upload,
+) -> Result<FlipOutcome, JobError> {
+    let original = match services
+        .blobs
+        .get_bytes(BlobKind::Original, upload.id)
+        .await
+    {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return Err(JobError::Permanent(
+                "The original picture is missing from storage.".into(),
+            ));
+        }
+        Err(e) => {
+            return Err(JobError::Transient(format!(
+                "could not read the original: {e}"
+            )));
+        }
+    };
+    let (format, limits) = (upload.format, services.limits);
+    let work = tokio::task::spawn_blocking(move || imaging::flip(&original, format, &limits));
+    let flipped = match tokio::time::timeout(options.job_timeout, work).await {
+        Err(_) => return Err(JobError::Stuck),
+        Ok(Err(join)) => return Err(JobError::Transient(format!("the flip crashed: {join}"))),
+        Ok(Ok(Err(FlipError::Unreadable(reason)))) => return Err(JobError::Permanent(reason)),
+        Ok(Ok(Err(FlipError::Internal(reason)))) => return Err(JobError::Transient(reason)),
+        Ok(Ok(Ok(f))) => f,
+    };
+    let outcome = FlipOutcome {
+        flipped_bytes: flipped.bytes.len() as u64,
+        flipped_width: flipped.width,
+        flipped_height: flipped.height,
+        method: flipped.method.to_owned(),
+        thumb_width: None,
+        thumb_height: None,
+    };
+    services
+        .blobs
+        .put(BlobKind::Flipped, upload.id, flipped.bytes)
+        .await
+        .map_err(|e| JobError::Transient(format!("could not store the flipped picture: {e}")))?;
+    Ok(outcome)
+}
+
+/// SQS only: sends again the jobs whose message was lost (a failed send, a
+/// crash between the insert and the send). Duplicates are harmless.
+async fn reconcile(services: Arc<Services>) {
+    const CUTOFF_MS: i64 = 120_000;
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        let now = now_millis();
+        let ids = match services.store.unqueued(now, now - CUTOFF_MS, 100).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::debug!(error = %e, "reconciler could not read the uploads");
+                continue;
+            }
+        };
+        for id in ids {
+            if services.queue.enqueue(id).await.is_ok() {
+                let _ = services.store.mark_enqueued(id, now).await;
+                tracing::info!(upload = %id, "re-sent a job whose message was missing");
+            }
+        }
+    }
+}
+
+/// SQS only: a message in the dead-letter queue marks its upload failed.
+async fn watch_dead_letters(services: Arc<Services>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        let Ok(letters) = services.queue.dead_letters(10).await else {
+            continue;
+        };
+        for d in letters {
+            let reason = format!(
+                "Flipping failed {} times in a row; the job was set aside for the operators.",
+                d.receive_count.max(1)
+            );
+            if let Ok(Some(change)) = services
+                .store
+                .give_up(d.upload_id, &reason, now_millis())
+                .await
+            {
+                after_change(&services, &change).await;
+                tracing::warn!(upload = %d.upload_id, "job reached the dead-letter queue; marked failed");
+            }
+        }
+    }
+}

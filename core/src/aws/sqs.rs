@@ -33,27 +33,58 @@ impl SqsQueue {
             .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await
-            .map_err(|e| QueueError::Config(format!("cannot read the SQS queue {url}: {}", aws_sdk_sqs::error::DisplayErrorContext(e))))?;
+            .map_err(|e| {
+                QueueError::Config(format!(
+                    "cannot read the SQS queue {url}: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(e)
+                ))
+            })?;
         // The dead-letter queue is found from the redrive policy's target ARN.
-        let dead_letter_url = match attrs.attributes().and_then(|a| a.get(&QueueAttributeName::RedrivePolicy)) {
+        let dead_letter_url = match attrs
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+        {
             Some(policy) => {
                 let arn = serde_json::from_str::<serde_json::Value>(policy)
                     .ok()
-                    .and_then(|v| v.get("deadLetterTargetArn").and_then(|a| a.as_str()).map(String::from));
+                    .and_then(|v| {
+                        v.get("deadLetterTargetArn")
+                            .and_then(|a| a.as_str())
+                            .map(String::from)
+                    });
                 match arn.as_deref().and_then(|a| a.rsplit(':').next()) {
-                    Some(name) => client.get_queue_url().queue_name(name).send().await.ok().and_then(|o| o.queue_url().map(String::from)),
+                    Some(name) => client
+                        .get_queue_url()
+                        .queue_name(name)
+                        .send()
+                        .await
+                        .ok()
+                        .and_then(|o| o.queue_url().map(String::from)),
                     None => None,
                 }
             }
             None => {
-                tracing::warn!(queue = url, "the SQS queue has no redrive policy: poison messages will not reach a dead-letter queue");
+                tracing::warn!(
+                    queue = url,
+                    "the SQS queue has no redrive policy: poison messages will not reach a dead-letter queue"
+                );
                 None
             }
         };
-        Ok(SqsQueue { client, url: url.to_owned(), dead_letter_url })
+        Ok(SqsQueue {
+            client,
+            url: url.to_owned(),
+            dead_letter_url,
+        })
     }
 
-    async fn receive_from(&self, url: &str, wait: Duration, max: u32, visibility: Option<i32>) -> Result<Vec<Delivery>, QueueError> {
+    async fn receive_from(
+        &self,
+        url: &str,
+        wait: Duration,
+        max: u32,
+        visibility: Option<i32>,
+    ) -> Result<Vec<Delivery>, QueueError> {
         let mut req = self
             .client
             .receive_message()
@@ -64,7 +95,10 @@ impl SqsQueue {
         if let Some(v) = visibility {
             req = req.visibility_timeout(v);
         }
-        let out = req.send().await.map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
         let mut deliveries = Vec::new();
         for m in out.messages() {
             let handle = m.receipt_handle().map(String::from);
@@ -75,13 +109,23 @@ impl SqsQueue {
                         .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                         .and_then(|c| c.parse().ok())
                         .unwrap_or(1);
-                    deliveries.push(Delivery { upload_id, handle, receive_count });
+                    deliveries.push(Delivery {
+                        upload_id,
+                        handle,
+                        receive_count,
+                    });
                 }
                 None => {
                     // Not one of ours: drop it rather than let it circle forever.
                     tracing::warn!(queue = url, body = ?m.body().map(|b| b.chars().take(60).collect::<String>()), "deleting a message that is not an upload id");
                     if let Some(h) = handle {
-                        let _ = self.client.delete_message().queue_url(url).receipt_handle(h).send().await;
+                        let _ = self
+                            .client
+                            .delete_message()
+                            .queue_url(url)
+                            .receipt_handle(h)
+                            .send()
+                            .await;
                     }
                 }
             }
@@ -100,14 +144,22 @@ impl SqsQueue {
             .await
             .map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
         let get = |n: QueueAttributeName| {
-            out.attributes().and_then(|a| a.get(&n)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            out.attributes()
+                .and_then(|a| a.get(&n))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
         };
-        Ok((get(QueueAttributeName::ApproximateNumberOfMessages), get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)))
+        Ok((
+            get(QueueAttributeName::ApproximateNumberOfMessages),
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        ))
     }
 }
 
 fn handle(d: &Delivery) -> Result<&str, QueueError> {
-    d.handle.as_deref().ok_or_else(|| QueueError::Unavailable("an SQS delivery without a receipt handle".into()))
+    d.handle
+        .as_deref()
+        .ok_or_else(|| QueueError::Unavailable("an SQS delivery without a receipt handle".into()))
 }
 
 #[async_trait]
@@ -167,7 +219,11 @@ impl JobQueue for SqsQueue {
             }
             None => None,
         };
-        Ok(QueueDepth { visible, in_flight, dead_letters })
+        Ok(QueueDepth {
+            visible,
+            in_flight,
+            dead_letters,
+        })
     }
 
     fn needs_reconciler(&self) -> bool {

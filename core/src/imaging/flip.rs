@@ -60,7 +60,9 @@ fn image_limits(limits: &Limits) -> image::Limits {
 /// Decode → orient → flip → encode with libjpeg-turbo, at the source's
 /// chroma subsampling.
 fn flip_jpeg(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
-    let orientation = exif::jpeg_exif(input).map(exif::orientation_lenient).unwrap_or(1);
+    let orientation = exif::jpeg_exif(input)
+        .map(exif::orientation_lenient)
+        .unwrap_or(1);
     let mut d = TjDecoder::new(limits.max_scans, limits.max_pixels).map_err(FlipError::Internal)?;
     let header = d.header(input).map_err(|e| unreadable("JPEG", e))?;
     let gray = header.colorspace == turbojpeg::raw::TJCS_TJCS_GRAY as i32;
@@ -69,11 +71,19 @@ fn flip_jpeg(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
     } else {
         (turbojpeg::raw::TJPF_TJPF_RGB as i32, 3)
     };
-    let (pixels, w, h) = d.decode(input, 1, 1, pf, channels).map_err(|e| unreadable("JPEG", e))?;
+    let (pixels, w, h) = d
+        .decode(input, 1, 1, pf, channels)
+        .map_err(|e| unreadable("JPEG", e))?;
     let mut img = if gray {
-        DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, pixels).ok_or_else(|| FlipError::Internal("decoded buffer size".into()))?)
+        DynamicImage::ImageLuma8(
+            image::GrayImage::from_raw(w, h, pixels)
+                .ok_or_else(|| FlipError::Internal("decoded buffer size".into()))?,
+        )
     } else {
-        DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, pixels).ok_or_else(|| FlipError::Internal("decoded buffer size".into()))?)
+        DynamicImage::ImageRgb8(
+            image::RgbImage::from_raw(w, h, pixels)
+                .ok_or_else(|| FlipError::Internal("decoded buffer size".into()))?,
+        )
     };
     if let Some(o) = image::metadata::Orientation::from_exif(orientation) {
         img.apply_orientation(o);
@@ -87,15 +97,32 @@ fn flip_jpeg(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
     let (width, height) = (img.width(), img.height());
     let bytes = if gray {
         let luma = img.into_luma8();
-        let image = turbojpeg::Image { pixels: luma.as_raw().as_slice(), width: width as usize, pitch: width as usize, height: height as usize, format: turbojpeg::PixelFormat::GRAY };
+        let image = turbojpeg::Image {
+            pixels: luma.as_raw().as_slice(),
+            width: width as usize,
+            pitch: width as usize,
+            height: height as usize,
+            format: turbojpeg::PixelFormat::GRAY,
+        };
         turbojpeg::compress(image, 92, subsamp)
     } else {
         let rgb = img.into_rgb8();
-        let image = turbojpeg::Image { pixels: rgb.as_raw().as_slice(), width: width as usize, pitch: width as usize * 3, height: height as usize, format: turbojpeg::PixelFormat::RGB };
+        let image = turbojpeg::Image {
+            pixels: rgb.as_raw().as_slice(),
+            width: width as usize,
+            pitch: width as usize * 3,
+            height: height as usize,
+            format: turbojpeg::PixelFormat::RGB,
+        };
         turbojpeg::compress(image, 92, subsamp)
     }
     .map_err(|e| FlipError::Internal(format!("JPEG encoding failed: {e}")))?;
-    Ok(Flipped { bytes: bytes.to_vec(), width, height, method: "jpeg-reencode" })
+    Ok(Flipped {
+        bytes: bytes.to_vec(),
+        width,
+        height,
+        method: "jpeg-reencode",
+    })
 }
 
 /// The source's chroma subsampling, turned with the picture when EXIF turned it.
@@ -122,16 +149,28 @@ fn source_subsamp(tjsamp: i32, transposed: bool) -> turbojpeg::Subsamp {
     }
 }
 
-fn flip_with_image_crate(input: &[u8], format: image::ImageFormat, limits: &Limits) -> Result<Flipped, FlipError> {
-    let name = if format == image::ImageFormat::Png { "PNG" } else { "WebP" };
+fn flip_with_image_crate(
+    input: &[u8],
+    format: image::ImageFormat,
+    limits: &Limits,
+) -> Result<Flipped, FlipError> {
+    let name = if format == image::ImageFormat::Png {
+        "PNG"
+    } else {
+        "WebP"
+    };
     let mut reader = ImageReader::with_format(Cursor::new(input), format);
     reader.limits(image_limits(limits));
     let mut decoder = reader.into_decoder().map_err(|e| unreadable(name, e))?;
     let (w, h) = decoder.dimensions();
     if w as u64 * h as u64 > limits.max_pixels {
-        return Err(FlipError::Unreadable(format!("the {name} picture is {w}×{h}, over the pixel limit")));
+        return Err(FlipError::Unreadable(format!(
+            "the {name} picture is {w}×{h}, over the pixel limit"
+        )));
     }
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let icc = decoder.icc_profile().ok().flatten();
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| unreadable(name, e))?;
     img.apply_orientation(orientation);
@@ -139,7 +178,8 @@ fn flip_with_image_crate(input: &[u8], format: image::ImageFormat, limits: &Limi
     let (width, height) = (img.width(), img.height());
     let mut out = Vec::new();
     let method = if format == image::ImageFormat::Png {
-        let mut enc = PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
+        let mut enc =
+            PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
         if let Some(icc) = icc {
             let _ = enc.set_icc_profile(icc);
         }
@@ -149,7 +189,11 @@ fn flip_with_image_crate(input: &[u8], format: image::ImageFormat, limits: &Limi
     } else {
         // image-webp encodes losslessly only: the flipped picture is pixel-exact,
         // at the cost of a larger file than a lossy source.
-        let img = if img.color().has_alpha() { DynamicImage::ImageRgba8(img.into_rgba8()) } else { DynamicImage::ImageRgb8(img.into_rgb8()) };
+        let img = if img.color().has_alpha() {
+            DynamicImage::ImageRgba8(img.into_rgba8())
+        } else {
+            DynamicImage::ImageRgb8(img.into_rgb8())
+        };
         let mut enc = WebPEncoder::new_lossless(&mut out);
         if let Some(icc) = icc {
             let _ = enc.set_icc_profile(icc);
@@ -158,7 +202,12 @@ fn flip_with_image_crate(input: &[u8], format: image::ImageFormat, limits: &Limi
             .map_err(|e| FlipError::Internal(format!("WebP encoding failed: {e}")))?;
         "webp-lossless"
     };
-    Ok(Flipped { bytes: out, width, height, method })
+    Ok(Flipped {
+        bytes: out,
+        width,
+        height,
+        method,
+    })
 }
 
 /// Flips every frame in its palette indices and mirrors its position on the
@@ -166,39 +215,73 @@ fn flip_with_image_crate(input: &[u8], format: image::ImageFormat, limits: &Limi
 fn flip_gif(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
     let mut opts = gif::DecodeOptions::new();
     opts.set_color_output(gif::ColorOutput::Indexed);
-    let budget = std::num::NonZeroU64::new(limits.max_pixels.saturating_mul(4).max(1)).expect("non-zero");
+    let budget =
+        std::num::NonZeroU64::new(limits.max_pixels.saturating_mul(4).max(1)).expect("non-zero");
     opts.set_memory_limit(gif::MemoryLimit::Bytes(budget));
-    let mut decoder = opts.read_info(Cursor::new(input)).map_err(|e| unreadable("GIF", e))?;
+    let mut decoder = opts
+        .read_info(Cursor::new(input))
+        .map_err(|e| unreadable("GIF", e))?;
     let (w, h) = (decoder.width(), decoder.height());
     if w as u64 * h as u64 > limits.max_pixels {
-        return Err(FlipError::Unreadable(format!("the GIF canvas is {w}×{h}, over the pixel limit")));
+        return Err(FlipError::Unreadable(format!(
+            "the GIF canvas is {w}×{h}, over the pixel limit"
+        )));
     }
-    let palette = decoder.global_palette().map(<[u8]>::to_vec).unwrap_or_default();
+    let palette = decoder
+        .global_palette()
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
     let mut out = Vec::new();
     {
-        let mut encoder = gif::Encoder::new(&mut out, w, h, &palette).map_err(|e| FlipError::Internal(e.to_string()))?;
+        let mut encoder = gif::Encoder::new(&mut out, w, h, &palette)
+            .map_err(|e| FlipError::Internal(e.to_string()))?;
         let mut frames = 0u32;
         loop {
-            let Some(frame) = decoder.read_next_frame().map_err(|e| unreadable("GIF", e))? else { break };
+            let Some(frame) = decoder
+                .read_next_frame()
+                .map_err(|e| unreadable("GIF", e))?
+            else {
+                break;
+            };
             let mut f = frame.clone();
             frames += 1;
-            if frames > limits.max_frames || frames as u64 * w as u64 * h as u64 > limits.max_total_pixels {
-                return Err(FlipError::Unreadable(format!("the animation has more than {} frames", frames - 1)));
+            if frames > limits.max_frames
+                || frames as u64 * w as u64 * h as u64 > limits.max_total_pixels
+            {
+                return Err(FlipError::Unreadable(format!(
+                    "the animation has more than {} frames",
+                    frames - 1
+                )));
             }
             if frames == 1 {
                 // The loop count is read with the first frame's extensions.
-                encoder.set_repeat(decoder.repeat()).map_err(|e| FlipError::Internal(e.to_string()))?;
+                encoder
+                    .set_repeat(decoder.repeat())
+                    .map_err(|e| FlipError::Internal(e.to_string()))?;
             }
             let fw = f.width as usize;
-            let flipped: Vec<u8> = f.buffer.chunks(fw.max(1)).rev().flatten().copied().collect();
+            let flipped: Vec<u8> = f
+                .buffer
+                .chunks(fw.max(1))
+                .rev()
+                .flatten()
+                .copied()
+                .collect();
             f.buffer = flipped.into();
             f.top = h.saturating_sub(f.top.saturating_add(f.height));
             f.interlaced = false;
-            encoder.write_frame(&f).map_err(|e| FlipError::Internal(e.to_string()))?;
+            encoder
+                .write_frame(&f)
+                .map_err(|e| FlipError::Internal(e.to_string()))?;
         }
         if frames == 0 {
             return Err(FlipError::Unreadable("the GIF has no frames".into()));
         }
     }
-    Ok(Flipped { bytes: out, width: w as u32, height: h as u32, method: "gif-frames" })
+    Ok(Flipped {
+        bytes: out,
+        width: w as u32,
+        height: h as u32,
+        method: "gif-frames",
+    })
 }

@@ -30,8 +30,14 @@ impl TjDecoder {
         }
         let d = TjDecoder(h);
         d.set(raw::TJPARAM_TJPARAM_STOPONWARNING, 1)?;
-        d.set(raw::TJPARAM_TJPARAM_SCANLIMIT, max_scans.min(i32::MAX as u32) as i32)?;
-        d.set(raw::TJPARAM_TJPARAM_MAXPIXELS, max_pixels.min(i32::MAX as u64) as i32)?;
+        d.set(
+            raw::TJPARAM_TJPARAM_SCANLIMIT,
+            max_scans.min(i32::MAX as u32) as i32,
+        )?;
+        d.set(
+            raw::TJPARAM_TJPARAM_MAXPIXELS,
+            max_pixels.min(i32::MAX as u64) as i32,
+        )?;
         Ok(d)
     }
 
@@ -52,7 +58,11 @@ impl TjDecoder {
         // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the handle.
         unsafe {
             let p = raw::tj3GetErrorStr(self.0);
-            if p.is_null() { "unknown libjpeg-turbo error".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+            if p.is_null() {
+                "unknown libjpeg-turbo error".into()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
         }
     }
 
@@ -71,7 +81,14 @@ impl TjDecoder {
 
     /// Decodes at `num/denom` scale into `pixel_format` (TJPF_*); returns the
     /// pixels and the scaled width and height.
-    pub fn decode(&mut self, jpeg: &[u8], num: i32, denom: i32, pixel_format: i32, channels: usize) -> Result<(Vec<u8>, u32, u32), String> {
+    pub fn decode(
+        &mut self,
+        jpeg: &[u8],
+        num: i32,
+        denom: i32,
+        pixel_format: i32,
+        channels: usize,
+    ) -> Result<(Vec<u8>, u32, u32), String> {
         let header = self.header(jpeg)?;
         let factor = raw::tjscalingfactor { num, denom };
         // SAFETY: valid handle; the factor is one libjpeg-turbo supports (1/8 … 1).
@@ -84,7 +101,16 @@ impl TjDecoder {
         let mut out = vec![0u8; pitch * h];
         // SAFETY: `out` holds pitch × h bytes, the size libjpeg-turbo writes for
         // this scaling factor and pixel format.
-        let rc = unsafe { raw::tj3Decompress8(self.0, jpeg.as_ptr(), jpeg.len() as _, out.as_mut_ptr(), pitch as i32, pixel_format) };
+        let rc = unsafe {
+            raw::tj3Decompress8(
+                self.0,
+                jpeg.as_ptr(),
+                jpeg.len() as _,
+                out.as_mut_ptr(),
+                pitch as i32,
+                pixel_format,
+            )
+        };
         if rc != 0 {
             return Err(self.error());
         }

@@ -1,0 +1,165 @@
+//! The operator's view of a running flipstack: what `GET /admin/api/status`
+//! answers and the console shows. One type for both ends.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Services;
+use crate::domain::now_millis;
+use crate::metrics::MetricsSnapshot;
+use crate::queue::QueueDepth;
+use crate::store::WorkerInfo;
+
+/// A worker that has not reported for this long is shown as gone.
+pub const WORKER_STALE_MS: i64 = 30_000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AdminStatus {
+    pub version: String,
+    /// Milliseconds since the epoch when this answer was made.
+    pub at: i64,
+    pub uptime_secs: u64,
+    pub blocked: bool,
+    pub database: String,
+    pub cache: String,
+    pub blobs: String,
+    /// Uploads by state (`pending`, `processing`, `done`, `failed`).
+    pub uploads: BTreeMap<String, u64>,
+    pub oldest_unfinished_age_secs: Option<f64>,
+    pub queue: QueueStatus,
+    pub metrics: MetricsSnapshot,
+    pub replicas: Vec<ReplicaStatus>,
+    pub workers: Vec<WorkerInfo>,
+    pub recent_failures: Vec<FailureInfo>,
+    /// The local worker pool of `flipstack up`, when there is one.
+    pub pool: Option<PoolStatus>,
+    /// Parts that did not answer while this status was made.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct QueueStatus {
+    pub kind: String,
+    #[serde(flatten)]
+    pub depth: QueueDepth,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaStatus {
+    pub name: String,
+    /// None when the replica is down or its lag is unknown.
+    pub lag_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FailureInfo {
+    pub upload_id: i64,
+    pub at: Option<i64>,
+    pub reason: String,
+}
+
+/// The local supervisor's view, published through the settings table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PoolStatus {
+    pub min: u32,
+    pub max: u32,
+    pub desired: u32,
+    pub running: u32,
+    pub backlog: u64,
+    pub updated_at: i64,
+}
+
+/// The settings key the local supervisor publishes its [`PoolStatus`] under.
+pub const POOL_STATUS_KEY: &str = "local_pool";
+
+impl AdminStatus {
+    pub fn live_workers(&self) -> impl Iterator<Item = &WorkerInfo> {
+        let now = self.at;
+        self.workers
+            .iter()
+            .filter(move |w| now - w.heartbeat_at < WORKER_STALE_MS)
+    }
+
+    pub fn cache_hit_ratio(&self) -> Option<f64> {
+        let total = self.metrics.cache_hits + self.metrics.cache_misses;
+        (total > 0).then(|| self.metrics.cache_hits as f64 / total as f64)
+    }
+}
+
+/// Gathers the status; a part that fails is listed in `problems` rather than
+/// failing the whole answer.
+pub async fn collect(services: &Services, blocked: bool, uptime_secs: u64) -> AdminStatus {
+    let now = now_millis();
+    let mut problems = Vec::new();
+    let (uploads, oldest) = match services.store.upload_stats().await {
+        Ok(s) => (
+            s.by_state,
+            s.oldest_unfinished_at
+                .map(|t| (now - t).max(0) as f64 / 1000.0),
+        ),
+        Err(e) => {
+            problems.push(format!("database: {e}"));
+            (BTreeMap::new(), None)
+        }
+    };
+    let depth = services.queue.depth().await.unwrap_or_else(|e| {
+        problems.push(format!("queue: {e}"));
+        QueueDepth::default()
+    });
+    let workers = services.store.workers().await.unwrap_or_else(|e| {
+        problems.push(format!("workers: {e}"));
+        Vec::new()
+    });
+    let recent_failures = services
+        .store
+        .recent_failures(10)
+        .await
+        .map(|v| {
+            v.into_iter()
+                .map(|u| FailureInfo {
+                    upload_id: u.id.0,
+                    at: u.finished_at,
+                    reason: u.failure_reason.unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let pool = services
+        .store
+        .setting(POOL_STATUS_KEY)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| serde_json::from_str::<PoolStatus>(&s).ok())
+        // A pool that stopped publishing is gone.
+        .filter(|p| now - p.updated_at < WORKER_STALE_MS);
+    let replicas = services
+        .store
+        .replica_lag()
+        .await
+        .into_iter()
+        .map(|(name, lag_ms)| ReplicaStatus { name, lag_ms })
+        .collect();
+    AdminStatus {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        at: now,
+        uptime_secs,
+        blocked,
+        database: services.store.backend().to_owned(),
+        cache: services.cache.kind().to_owned(),
+        blobs: services.blobs.kind().to_owned(),
+        uploads,
+        oldest_unfinished_age_secs: oldest,
+        queue: QueueStatus {
+            kind: services.queue.kind().to_owned(),
+            depth,
+        },
+        metrics: services.metrics.snapshot(),
+        replicas,
+        workers,
+        recent_failures,
+        pool,
+        problems,
+    }
+}

@@ -1,0 +1,6 @@
+//! Where flipstack runs and how big it is: the autoscaling [`policy`] (a pure
+//! function, shared by both targets), the [`local`] worker pool of
+//! `flipstack up`, and the AWS provisioner.
+
+pub mod local;
+pub mod policy;

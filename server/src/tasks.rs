@@ -1,0 +1,110 @@
+//! The server's background work, off every request path.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flipstack_core::domain::now_millis;
+use flipstack_core::metrics::background;
+use flipstack_core::store::WriteReceipt;
+
+use crate::state::{AdminEvent, AppState};
+
+pub fn spawn_all(state: Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![
+        tokio::spawn(background(tail_events(state.clone()))),
+        tokio::spawn(background(retry_invalidations(state.clone()))),
+        tokio::spawn(background(purge(state.clone()))),
+    ];
+    if state.services.on_aws() {
+        let s = state.services.clone();
+        tasks.push(tokio::spawn(background(async move {
+            let publisher = flipstack_core::aws::cloudwatch::Publisher::new(
+                &s.aws,
+                &s.config.metrics_namespace,
+                "web",
+            )
+            .await;
+            publisher
+                .run(s.metrics.clone(), s.queue.clone(), Duration::from_secs(60))
+                .await;
+        })));
+    }
+    tasks
+}
+
+/// Follows the events table (written by every process): feeds the admin
+/// event stream, and invalidates galleries whose jobs finished in another
+/// process when the cache is this process's own memory.
+async fn tail_events(state: Arc<AppState>) {
+    const WINDOW_MS: i64 = 5_000;
+    let services = &state.services;
+    let local_cache = services.cache.kind() == "memory";
+    let mut seen: HashSet<i64> = HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !local_cache && state.events.receiver_count() == 0 {
+            continue;
+        }
+        // Ids are time-ordered but written by several processes, so an event
+        // can commit a little after a later id: re-read a short window.
+        let since = ((now_millis() - WINDOW_MS - 1_577_836_800_000).max(0)) << 20;
+        let events = match services.store.events_since(since, 1000).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read events");
+                continue;
+            }
+        };
+        seen.retain(|id| *id >= since);
+        for e in events {
+            if !seen.insert(e.id) {
+                continue;
+            }
+            if local_cache
+                && matches!(e.kind.as_str(), "done" | "failed" | "retry")
+                && let Some(person) = &e.person_hash
+            {
+                services
+                    .gallery
+                    .invalidate(person, &WriteReceipt::default())
+                    .await;
+            }
+            state.emit(AdminEvent::Job {
+                id: e.id,
+                at: e.at,
+                kind: e.kind,
+                upload_id: e.upload_id.map(|u| u.0),
+                person: e.person_hash,
+                detail: e.detail,
+            });
+        }
+    }
+}
+
+async fn retry_invalidations(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if state.services.gallery.unsent_invalidations() > 0 {
+            state.services.gallery.retry_unsent().await;
+        }
+    }
+}
+
+async fn purge(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match state.services.store.purge_expired(now_millis()).await {
+            Ok(n) if n > 0 => tracing::info!(
+                rows = n,
+                "removed expired sessions, links, events and workers"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not purge expired rows"),
+        }
+    }
+}
