@@ -2,5 +2,6 @@
 //! function, shared by both targets), the [`local`] worker pool of
 //! `flipstack up`, and the AWS provisioner.
 
+pub mod fleet;
 pub mod local;
 pub mod policy;
