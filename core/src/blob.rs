@@ -236,6 +236,18 @@ impl BlobStore {
         Ok(Some(url))
     }
 
+    /// Every key in the store (under its prefix), for checks and operators.
+    pub async fn list(&self) -> Result<Vec<String>, BlobError> {
+        let prefix = self.prefix.as_ref().map(|p| Path::from(p.as_str()));
+        let mut keys = Vec::new();
+        let mut stream = self.store.list(prefix.as_ref());
+        while let Some(meta) = stream.next().await {
+            keys.push(meta?.location.to_string());
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     /// Is the store reachable? (A missing key is an answer, so it counts as yes.)
     pub async fn ping(&self) -> Result<(), BlobError> {
         self.exists(BlobKind::Original, UploadId(1))

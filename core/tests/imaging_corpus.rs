@@ -46,47 +46,12 @@ fn check_named(name: &str, bytes: &[u8]) -> Result<ImageInfo, Rejection> {
     Ok(info)
 }
 
-/// Decoded pixels as RGBA8, for comparisons.
-fn decode_rgba(bytes: &[u8], format: ImageFormat, orientation: u8) -> image::RgbaImage {
-    let img = match format {
-        ImageFormat::Jpeg => {
-            let d = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGBA)
-                .expect("reference JPEG decode");
-            image::DynamicImage::ImageRgba8(
-                image::RgbaImage::from_raw(d.width as u32, d.height as u32, d.pixels).unwrap(),
-            )
-        }
-        _ => image::load_from_memory(bytes).expect("reference decode"),
-    };
-    let mut img = img;
-    if let Some(o) = image::metadata::Orientation::from_exif(orientation) {
-        img.apply_orientation(o);
-    }
-    img.into_rgba8()
-}
-
-fn mean_abs_diff(a: &image::RgbaImage, b: &image::RgbaImage) -> f64 {
-    assert_eq!(
-        a.dimensions(),
-        b.dimensions(),
-        "flipped size differs from the displayed original's"
-    );
-    let sum: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y) as u64)
-        .sum();
-    sum as f64 / a.as_raw().len() as f64
-}
-
 /// Checks that `flipped` is the vertical flip of the displayed `original`.
 fn assert_flipped(name: &str, original: &[u8], info: &ImageInfo, flipped: &imaging::Flipped) {
-    let shown = decode_rgba(original, info.format, info.orientation);
+    let shown = imaging::decode_displayed(original, info.format).unwrap();
     let expected = image::imageops::flip_vertical(&shown);
-    // The output is upright already (orientation applied, tag dropped).
-    let got = decode_rgba(&flipped.bytes, info.format, 1);
-    let diff = mean_abs_diff(&expected, &got);
+    let got = imaging::decode_displayed(&flipped.bytes, info.format).unwrap();
+    let diff = imaging::mean_abs_diff(&expected, &got).expect("flipped size differs from the displayed original's");
     match info.format {
         ImageFormat::Jpeg => assert!(
             diff < 4.0,
@@ -96,7 +61,7 @@ fn assert_flipped(name: &str, original: &[u8], info: &ImageInfo, flipped: &imagi
     }
     // And it is not the unflipped picture (every test picture has a top and a bottom).
     if info.format != ImageFormat::Jpeg || diff < 4.0 {
-        let same = mean_abs_diff(&shown, &got);
+        let same = imaging::mean_abs_diff(&shown, &got).unwrap();
         assert!(
             same > diff,
             "{name}: the output looks like the original, not its flip"
