@@ -27,7 +27,8 @@ pub fn decode_displayed(bytes: &[u8], format: ImageFormat) -> Result<image::Rgba
             let mut decoder = image::ImageReader::with_format(std::io::Cursor::new(bytes), f)
                 .into_decoder()
                 .map_err(|e| e.to_string())?;
-            let o = image::ImageDecoder::orientation(&mut decoder).unwrap_or(image::metadata::Orientation::NoTransforms);
+            let o =
+                image::ImageDecoder::orientation(&mut decoder).unwrap_or(image::metadata::Orientation::NoTransforms);
             let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
             img.apply_orientation(o);
             img
