@@ -37,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "job_max_attempts",
     "job_timeout_secs",
     "queue_poll_ms",
+    "requeue_after_secs",
     "cache_ttl_secs",
     "replica_wait_ms",
     "replica_max_lag_ms",
@@ -88,6 +89,8 @@ pub struct Config {
     pub job_timeout_secs: u64,
     /// How often an idle worker looks at the database queue.
     pub queue_poll_ms: u64,
+    /// SQS: a job still waiting this long after its message was sent is sent again.
+    pub requeue_after_secs: u64,
     pub cache_ttl_secs: u64,
     /// How long a replica read waits for the person's last write (MASTER_GTID_WAIT).
     pub replica_wait_ms: u64,
@@ -124,6 +127,7 @@ impl Default for Config {
             job_max_attempts: 3,
             job_timeout_secs: 60,
             queue_poll_ms: 100,
+            requeue_after_secs: 120,
             cache_ttl_secs: 600,
             replica_wait_ms: 75,
             replica_max_lag_ms: 2000,

@@ -52,6 +52,7 @@ async fn tail_events(state: Arc<AppState>) {
                 continue;
             }
         };
+        tracing::trace!(events = events.len(), since, "event tail");
         seen.retain(|id| *id >= since);
         for e in events {
             if !seen.insert(e.id) {

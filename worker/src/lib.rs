@@ -403,12 +403,13 @@ async fn flip_and_store(
 /// SQS only: sends again the jobs whose message was lost (a failed send, a
 /// crash between the insert and the send). Duplicates are harmless.
 async fn reconcile(services: Arc<Services>) {
-    const CUTOFF_MS: i64 = 120_000;
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let after = Duration::from_secs(services.config.requeue_after_secs.max(1));
+    let cutoff_ms = after.as_millis() as i64;
+    let mut tick = tokio::time::interval((after / 2).min(Duration::from_secs(30)));
     loop {
         tick.tick().await;
         let now = now_millis();
-        let ids = match services.store.unqueued(now, now - CUTOFF_MS, 100).await {
+        let ids = match services.store.unqueued(now, now - cutoff_ms, 100).await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::debug!(error = %e, "reconciler could not read the uploads");
