@@ -685,27 +685,21 @@ async fn teardown(
     let groups = of(Kind::AutoScalingGroup);
     for g in &groups {
         run.emit(g.kind, &g.name, Step::Deleting);
-        match run
-            .c
-            .asg
-            .delete_auto_scaling_group()
-            .auto_scaling_group_name(&g.name)
-            .force_delete(true)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            // Already being deleted by an earlier run.
-            Err(e) if code_in(&e, &["ScalingActivityInProgress", "ResourceInUse"]) => {}
-            Err(e) => return Err(aws_error(format!("deleting the group {}", g.name), e)),
-        }
+        delete_group(&run, &g.name).await?;
     }
     for g in &groups {
+        // Asked again while AWS refuses (a scaling activity in progress).
         run.wait_for(
             g.kind,
             &g.name,
             "to finish terminating its instances",
-            || async { Ok(find_group(&run, &g.name).await?.is_none().then_some(())) },
+            || async {
+                match find_group(&run, &g.name).await? {
+                    None => Ok(Some(())),
+                    Some(found) if found.status() == Some("Delete in progress") => Ok(None),
+                    Some(_) => delete_group(&run, &g.name).await.map(|_| None),
+                }
+            },
         )
         .await?;
         run.done(g.kind, &g.name);
@@ -825,7 +819,8 @@ async fn teardown(
     }
 
     // The cluster's deletion is waited for through its subnet group, which
-    // AWS keeps "in use" until the cluster is gone.
+    // AWS keeps "in use" until the cluster is gone; here only until AWS has
+    // accepted the deletion (a cluster being created or modified refuses it).
     for cl in of(Kind::CacheCluster) {
         if cl.deleting {
             run.emit(
@@ -836,26 +831,33 @@ async fn teardown(
             continue;
         }
         run.emit(cl.kind, &cl.name, Step::Deleting);
-        match run
-            .c
-            .cache
-            .delete_cache_cluster()
-            .cache_cluster_id(&cl.name)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if code_in(&e, &["InvalidCacheClusterState", "CacheClusterNotFound"]) => {}
-            Err(e) => {
-                return Err(aws_error(
+        run.wait_for(cl.kind, &cl.name, "to accept its deletion", || async {
+            match run
+                .c
+                .cache
+                .delete_cache_cluster()
+                .cache_cluster_id(&cl.name)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(Some(())),
+                Err(e) if code_in(&e, &["CacheClusterNotFound"]) => Ok(Some(())),
+                Err(e) if code_in(&e, &["InvalidCacheClusterState"]) => {
+                    let status = describe_cache(&run, &cl.name).await?;
+                    let status = status.as_ref().and_then(|c| c.cache_cluster_status());
+                    Ok(matches!(status, None | Some("deleting")).then_some(()))
+                }
+                Err(e) => Err(aws_error(
                     format!("deleting the cache cluster {}", cl.name),
                     e,
-                ));
+                )),
             }
-        }
+        })
+        .await?;
         run.done(cl.kind, &cl.name);
         report.deleted.push((cl.kind, cl.name));
     }
+
     // From here on, what fails to go does not stop the rest: nothing else
     // depends on it. It is reported, and `down` can be run again.
     for g in of(Kind::CacheSubnetGroup) {
@@ -892,32 +894,44 @@ async fn teardown(
     for kind in [Kind::DatabaseReplica, Kind::Database] {
         for db in of(kind) {
             run.emit(db.kind, &db.name, Step::Deleting);
-            let mut req = run
-                .c
-                .rds
-                .delete_db_instance()
-                .db_instance_identifier(&db.name)
-                .delete_automated_backups(true);
-            req = if kind == Kind::Database && options.final_snapshot {
-                let snapshot = format!(
-                    "{}-final-{}",
-                    db.name,
-                    flipstack_core::domain::now_millis() / 1000
+            let snapshot = (kind == Kind::Database && options.final_snapshot).then(|| {
+                let name = format!("{}-final-{}", db.name, flipstack_core::domain::now_millis() / 1000);
+                run.emit(
+                    db.kind,
+                    &db.name,
+                    Step::Warning(format!(
+                        "taking the final snapshot {name} (kept after down; delete it yourself when no longer needed)"
+                    )),
                 );
-                run.emit(db.kind, &db.name, Step::Warning(format!("taking the final snapshot {snapshot} (kept after down; delete it yourself when no longer needed)")));
-                req.skip_final_snapshot(false)
-                    .final_db_snapshot_identifier(snapshot)
-            } else {
-                req.skip_final_snapshot(true)
-            };
-            match req.send().await {
-                Ok(_) => {}
-                Err(e) if code_in(&e, &["InvalidDBInstanceState"]) => {} // already deleting
-                Err(e) if code_in(&e, &["DBInstanceNotFound"]) => {}
-                Err(e) => return Err(aws_error(format!("deleting the {kind} {}", db.name), e)),
-            }
+                name
+            });
+            // Asked again while RDS refuses (an instance being created,
+            // backed up or modified), until it is gone.
             run.wait_for(db.kind, &db.name, "to be deleted", || async {
-                Ok(describe_db(&run, &db.name).await?.is_none().then_some(()))
+                let Some(found) = describe_db(&run, &db.name).await? else {
+                    return Ok(Some(()));
+                };
+                if found.db_instance_status() == Some("deleting") {
+                    return Ok(None);
+                }
+                let req = run
+                    .c
+                    .rds
+                    .delete_db_instance()
+                    .db_instance_identifier(&db.name)
+                    .delete_automated_backups(true);
+                let req = match &snapshot {
+                    Some(name) => req
+                        .skip_final_snapshot(false)
+                        .final_db_snapshot_identifier(name),
+                    None => req.skip_final_snapshot(true),
+                };
+                match req.send().await {
+                    Ok(_) => Ok(describe_db(&run, &db.name).await?.is_none().then_some(())),
+                    Err(e) if code_in(&e, &["InvalidDBInstanceState"]) => Ok(None),
+                    Err(e) if code_in(&e, &["DBInstanceNotFound"]) => Ok(Some(())),
+                    Err(e) => Err(aws_error(format!("deleting the {kind} {}", db.name), e)),
+                }
             })
             .await?;
             run.done(db.kind, &db.name);
@@ -1064,6 +1078,27 @@ async fn teardown(
         settle(&run, &mut report, sg, r);
     }
     Ok(report)
+}
+
+/// Asks for a group's deletion, instances and all. AWS refusing because of
+/// an activity in progress is not an error: the caller asks again.
+async fn delete_group(run: &Run<'_>, name: &str) -> Result<(), ProvisionError> {
+    match run
+        .c
+        .asg
+        .delete_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .force_delete(true)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if code_in(&e, &["ScalingActivityInProgress", "ResourceInUse"]) => Ok(()),
+        Err(e) if code_in(&e, &["ValidationError"]) && find_group(run, name).await?.is_none() => {
+            Ok(())
+        }
+        Err(e) => Err(aws_error(format!("deleting the group {name}"), e)),
+    }
 }
 
 /// Records a leaf's deletion, or its failure (reported, not fatal).
