@@ -101,6 +101,9 @@ enum Command {
     /// Database tools: dump, restore, migrate.
     #[command(subcommand)]
     Db(DbCommand),
+    /// The stack on AWS: plan, up, down, status (see docs/aws.md).
+    #[command(subcommand)]
+    Provision(flipstack_provision::cli::ProvisionCommand),
 }
 
 #[derive(Subcommand)]
@@ -135,6 +138,7 @@ fn main() -> Result<()> {
             Command::Serve => serve(config).await,
             Command::Work => work(config).await,
             Command::Db(cmd) => db(config, cmd).await,
+            Command::Provision(cmd) => flipstack_provision::cli::run(cmd, &config).await,
         }
     })
 }
