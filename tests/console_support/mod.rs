@@ -1,0 +1,157 @@
+//! Runs `flipstack console` in a real pseudo-terminal (tmux) and reads the
+//! screen as a person would, with send-keys and capture-pane.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flipstack");
+
+/// A free loopback port: bound, read, released.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A command for the flipstack binary with no FLIPSTACK_* setting inherited
+/// from the test's environment, so only what the test says applies.
+pub fn flipstack() -> Command {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLIPSTACK_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// A tmux server of the test's own (its own socket), holding one session.
+pub struct Tmux {
+    socket: String,
+    conf: tempfile::NamedTempFile,
+}
+
+impl Tmux {
+    /// Starts `argv` in a `cols`×`rows` terminal in `cwd`, with `env` added.
+    pub fn start(
+        cols: u16,
+        rows: u16,
+        cwd: &Path,
+        env: &[(&str, String)],
+        argv: &[String],
+    ) -> Tmux {
+        let mut conf = tempfile::NamedTempFile::new().unwrap();
+        // Keep the pane after the program exits: its exit status is checked.
+        use std::io::Write;
+        writeln!(conf, "set -g remain-on-exit on").unwrap();
+        let socket = format!("flipstack-test-{}-{}", std::process::id(), free_port());
+        let tmux = Tmux { socket, conf };
+        let mut args: Vec<String> = vec![
+            "new-session".into(),
+            "-d".into(),
+            "-s".into(),
+            "console".into(),
+            "-x".into(),
+            cols.to_string(),
+            "-y".into(),
+            rows.to_string(),
+            "-c".into(),
+            cwd.display().to_string(),
+        ];
+        for (k, v) in env {
+            args.push("-e".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.push("--".into());
+        args.extend(argv.iter().cloned());
+        let out = tmux.run(&args);
+        assert!(
+            out.status.success(),
+            "tmux new-session failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tmux
+    }
+
+    fn run(&self, args: &[String]) -> Output {
+        let mut c = Command::new("tmux");
+        c.arg("-L")
+            .arg(&self.socket)
+            .arg("-f")
+            .arg(self.conf.path());
+        // The programs in the pane see only the FLIPSTACK_* the test gives.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FLIPSTACK_") || k == "TMUX" {
+                c.env_remove(k);
+            }
+        }
+        c.args(args).output().expect("tmux is installed")
+    }
+
+    pub fn screen(&self) -> String {
+        let out = self.run(&[
+            "capture-pane".into(),
+            "-p".into(),
+            "-t".into(),
+            "console".into(),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types keys (tmux key names: "b", "y", "Enter", "Escape").
+    pub fn keys(&self, keys: &[&str]) {
+        let mut args: Vec<String> = vec!["send-keys".into(), "-t".into(), "console".into()];
+        args.extend(keys.iter().map(|k| k.to_string()));
+        let out = self.run(&args);
+        assert!(out.status.success(), "tmux send-keys failed");
+    }
+
+    /// Waits until the screen satisfies `ok`; fails with the screen if it
+    /// does not within `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if ok(&screen) {
+                return screen;
+            }
+            if Instant::now() > deadline {
+                panic!("the console did not show {what} within {timeout:?}; the screen:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The program's exit status once it has exited.
+    pub fn exit_status(&self) -> Option<i32> {
+        let out = self.run(&[
+            "display-message".into(),
+            "-p".into(),
+            "-t".into(),
+            "console".into(),
+            "#{pane_dead} #{pane_dead_status}".into(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut parts = text.split_whitespace();
+        match (parts.next(), parts.next()) {
+            (Some("1"), Some(code)) => code.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server".into()]);
+    }
+}
+
+/// A line of the screen that contains `needle`.
+pub fn line_with<'a>(screen: &'a str, needle: &str) -> Option<&'a str> {
+    screen.lines().find(|l| l.contains(needle))
+}
