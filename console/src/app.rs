@@ -357,7 +357,7 @@ impl App {
                 self.quit = true;
                 Some(Action::Quit)
             }
-            KeyCode::Char('?') | KeyCode::Char('h') => {
+            KeyCode::Char('?') => {
                 self.mode = Mode::Help;
                 None
             }

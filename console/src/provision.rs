@@ -23,10 +23,15 @@ impl ProvisionOp {
     }
 }
 
+/// Where one step of `up` or `down` is, with what to say about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepState {
-    Running,
-    Done(Option<String>),
+    /// Under way: checking, creating, waiting for AWS…
+    Running(String),
+    /// Finished: created, exists, deleted, absent…
+    Done(String),
+    /// Something the operator should know; the run goes on.
+    Warning(String),
     Failed(String),
 }
 
@@ -233,8 +238,10 @@ impl ProvisionState {
             ProvisionMsg::Step { index, name, state } => {
                 let run = self.run.as_mut()?;
                 if run.steps.len() <= index {
-                    run.steps
-                        .resize(index + 1, (String::new(), StepState::Running));
+                    run.steps.resize(
+                        index + 1,
+                        (String::new(), StepState::Running(String::new())),
+                    );
                 }
                 run.steps[index] = (name, state);
                 None
@@ -244,7 +251,15 @@ impl ProvisionState {
                 let op = run.op.name();
                 let line = match &result {
                     Ok(()) => (Level::Info, format!("provision {op} finished")),
-                    Err(e) => (Level::Error, format!("provision {op} failed: {e}")),
+                    Err(e) => {
+                        // The step under way when it failed is where it stopped.
+                        for (_, state) in run.steps.iter_mut() {
+                            if let StepState::Running(_) = state {
+                                *state = StepState::Failed("stopped here".into());
+                            }
+                        }
+                        (Level::Error, format!("provision {op} failed: {e}"))
+                    }
                 };
                 run.outcome = Some(result);
                 // What exists changed: the old plan no longer says what `up` would do.

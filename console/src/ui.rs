@@ -901,8 +901,9 @@ fn provision_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::la
         }
         for (name, state) in &run.steps {
             let (mark, style, note) = match state {
-                StepState::Running => ("…", WARN, String::new()),
-                StepState::Done(note) => ("✓", GOOD, note.clone().unwrap_or_default()),
+                StepState::Running(note) => ("…", WARN, note.clone()),
+                StepState::Done(note) => ("✓", GOOD, note.clone()),
+                StepState::Warning(note) => ("!", WARN, note.clone()),
                 StepState::Failed(e) => ("✗", BAD, e.clone()),
             };
             lines.push(Line::from(vec![

@@ -244,11 +244,16 @@ fn provisioning_progress_and_outcome() {
     a.on_msg(Msg::Provision(ProvisionMsg::Step {
         index: 1,
         name: "queue q".into(),
-        state: flipstack_console::provision::StepState::Running,
+        state: flipstack_console::provision::StepState::Running("creating".into()),
     }));
     let run = a.provision.run.as_ref().unwrap();
     assert_eq!(run.steps.len(), 2);
     a.on_msg(Msg::Provision(ProvisionMsg::Finished(Err("boom".into()))));
+    // The step under way is marked as where it stopped.
+    assert!(matches!(
+        &a.provision.run.as_ref().unwrap().steps[1].1,
+        flipstack_console::provision::StepState::Failed(_)
+    ));
     assert!(!a.provision.running());
     let (level, text) = flash(&a);
     assert_eq!(level, Level::Error);

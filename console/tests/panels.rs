@@ -184,13 +184,22 @@ fn provisioning_plan_confirm_down_and_progress() {
     for (i, (name, state)) in [
         (
             "security group flipstack-demo-web",
-            StepState::Done(Some("created".into())),
+            StepState::Done("created".into()),
         ),
         (
             "queue flipstack-demo-jobs",
-            StepState::Done(Some("exists".into())),
+            StepState::Done("exists".into()),
         ),
-        ("database flipstack-demo-db", StepState::Running),
+        (
+            "database flipstack-demo-db",
+            StepState::Running("waiting for it to be available (40 s)".into()),
+        ),
+        (
+            "warning",
+            StepState::Warning(
+                "the default VPC has one subnet: the database has no standby".into(),
+            ),
+        ),
     ]
     .into_iter()
     .enumerate()
