@@ -39,9 +39,7 @@ fn aws_endpoint() -> Option<String> {
 fn group_row(screen: &str, role: &str) -> Option<(u32, u32, u32)> {
     screen.lines().find_map(|line| {
         let left: String = line.chars().take(40).collect();
-        let mut words = left
-            .trim_matches(|c| c == '│' || c == ' ')
-            .split_whitespace();
+        let mut words = left.trim_matches(|c| c == '│' || c == ' ').split_whitespace();
         if words.next()? != role {
             return None;
         }
@@ -72,12 +70,7 @@ async fn make_group(asg: &Client, stack: &str, role: &str, lc: &str, desired: i3
         .tags(tag("flipstack:role", role))
         .send()
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "creating {name}: {}",
-                aws_sdk_autoscaling::error::DisplayErrorContext(e)
-            )
-        });
+        .unwrap_or_else(|e| panic!("creating {name}: {}", aws_sdk_autoscaling::error::DisplayErrorContext(e)));
 }
 
 /// Deletes what the test made, even when it fails part-way.
@@ -94,24 +87,12 @@ impl Drop for Cleanup {
         let lc = self.lc.clone();
         // Drop cannot await: a thread of its own runs the deletions.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 for g in groups {
-                    let _ = asg
-                        .delete_auto_scaling_group()
-                        .auto_scaling_group_name(g)
-                        .force_delete(true)
-                        .send()
-                        .await;
+                    let _ = asg.delete_auto_scaling_group().auto_scaling_group_name(g).force_delete(true).send().await;
                 }
-                let _ = asg
-                    .delete_launch_configuration()
-                    .launch_configuration_name(lc)
-                    .send()
-                    .await;
+                let _ = asg.delete_launch_configuration().launch_configuration_name(lc).send().await;
             });
         })
         .join();
@@ -140,10 +121,7 @@ async fn fleet_panel_follows_the_stacks_auto_scaling_groups() {
         .expect("creating a launch configuration in moto_server");
     let _cleanup = Cleanup {
         asg: asg.clone(),
-        groups: vec![
-            format!("flipstack-{stack}-web"),
-            format!("flipstack-{stack}-worker"),
-        ],
+        groups: vec![format!("flipstack-{stack}-web"), format!("flipstack-{stack}-worker")],
         lc: lc.clone(),
     };
     make_group(&asg, &stack, "web", &lc, 1, 4).await;
@@ -156,10 +134,7 @@ async fn fleet_panel_follows_the_stacks_auto_scaling_groups() {
         80,
         24,
         cwd.path(),
-        &[
-            ("FLIPSTACK_AWS_ENDPOINT_URL", endpoint.clone()),
-            ("FLIPSTACK_AWS_REGION", REGION.into()),
-        ],
+        &[("FLIPSTACK_AWS_ENDPOINT_URL", endpoint.clone()), ("FLIPSTACK_AWS_REGION", REGION.into())],
         &[
             console_support::BIN.to_owned(),
             "console".into(),
@@ -176,14 +151,8 @@ async fn fleet_panel_follows_the_stacks_auto_scaling_groups() {
     let screen = tmux.wait_for("both groups", Duration::from_secs(30), |s| {
         group_row(s, "web") == Some((1, 1, 0)) && group_row(s, "worker") == Some((2, 2, 0))
     });
-    assert!(
-        screen.contains(&format!("fleet · stack {stack}")),
-        "{screen}"
-    );
-    assert!(
-        screen.contains("waiting for the server"),
-        "the server's panels wait while the fleet shows:\n{screen}"
-    );
+    assert!(screen.contains(&format!("fleet · stack {stack}")), "{screen}");
+    assert!(screen.contains("waiting for the server"), "the server's panels wait while the fleet shows:\n{screen}");
 
     asg.set_desired_capacity()
         .auto_scaling_group_name(format!("flipstack-{stack}-worker"))

@@ -31,18 +31,13 @@ impl Up {
             .stderr(log)
             .spawn()
             .expect("starting flipstack up");
-        Up {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
+        Up { child, base: format!("http://127.0.0.1:{port}") }
     }
 }
 
 impl Drop for Up {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -56,9 +51,8 @@ impl Drop for Up {
 }
 
 fn png(seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(32, 24, |x, y| {
-        image::Rgb([seed.wrapping_mul(40), (x * 8) as u8, (y * 10) as u8])
-    });
+    let img =
+        image::RgbImage::from_fn(32, 24, |x, y| image::Rgb([seed.wrapping_mul(40), (x * 8) as u8, (y * 10) as u8]));
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
@@ -73,22 +67,13 @@ struct Visitor {
 impl Visitor {
     fn new(base: &str) -> Visitor {
         Visitor {
-            http: reqwest::Client::builder()
-                .cookie_store(true)
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
+            http: reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(10)).build().unwrap(),
             base: base.to_owned(),
         }
     }
 
     async fn form(&self) -> String {
-        let r = self
-            .http
-            .get(format!("{}/form", self.base))
-            .send()
-            .await
-            .unwrap();
+        let r = self.http.get(format!("{}/form", self.base)).send().await.unwrap();
         r.text().await.unwrap()
     }
 
@@ -105,28 +90,13 @@ impl Visitor {
             .file_name(format!("picture-{seed}.png"))
             .mime_str("image/png")
             .unwrap();
-        let form = reqwest::multipart::Form::new()
-            .text("csrf", csrf)
-            .text("email", "operator@example.com")
-            .part("file", file);
-        self.http
-            .post(format!("{}/upload", self.base))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        let form =
+            reqwest::multipart::Form::new().text("csrf", csrf).text("email", "operator@example.com").part("file", file);
+        self.http.post(format!("{}/upload", self.base)).multipart(form).send().await.unwrap().status().as_u16()
     }
 
     async fn gallery(&self) -> u16 {
-        self.http
-            .get(format!("{}/gallery", self.base))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        self.http.get(format!("{}/gallery", self.base)).send().await.unwrap().status().as_u16()
     }
 }
 
@@ -137,10 +107,7 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {timeout:?}"
-        );
+        assert!(Instant::now() < deadline, "{what} did not happen within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -150,10 +117,7 @@ where
 fn number_after(screen: &str, marker: &str, label: &str) -> Option<u64> {
     let line = line_with(screen, marker)?;
     let rest = line.split(&format!("{label} ")).nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,17 +129,9 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
     let up = Up::start(&data, &dir.path().join("up.log"));
     let visitor = Visitor::new(&up.base);
     let health = reqwest::Client::new();
-    wait_until(
-        "flipstack up answering /healthz",
-        Duration::from_secs(30),
-        || async {
-            health
-                .get(format!("{}/healthz", up.base))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
+    wait_until("flipstack up answering /healthz", Duration::from_secs(30), || async {
+        health.get(format!("{}/healthz", up.base)).send().await.is_ok_and(|r| r.status().is_success())
+    })
     .await;
 
     // The token comes from <data>/admin-token, as an operator's would.
@@ -199,10 +155,7 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
         s.contains("uploads open") && number_after(s, "processing", "done") == Some(0)
     });
     for panel in ["fleet", "queue", "cache", "reads", "uploads"] {
-        assert!(
-            screen.contains(&format!("┌ {panel}")),
-            "no {panel} panel:\n{screen}"
-        );
+        assert!(screen.contains(&format!("┌ {panel}")), "no {panel} panel:\n{screen}");
     }
 
     // Live numbers after uploads and gallery reads.
@@ -212,55 +165,31 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
     for _ in 0..3 {
         assert_eq!(visitor.gallery().await, 200);
     }
-    let screen = tmux.wait_for(
-        "three finished uploads and the reads",
-        Duration::from_secs(60),
-        |s| {
-            number_after(s, "processing", "done") == Some(3)
-                && s.lines().any(|l| {
-                    l.contains("s cache ") || l.contains("s primary ") || l.contains("s replica ")
-                })
-        },
-    );
+    let screen = tmux.wait_for("three finished uploads and the reads", Duration::from_secs(60), |s| {
+        number_after(s, "processing", "done") == Some(3)
+            && s.lines().any(|l| l.contains("s cache ") || l.contains("s primary ") || l.contains("s replica "))
+    });
     let reads = ["cache", "replica", "primary"]
         .iter()
         .map(|src| number_after(&screen, "primary ", src).unwrap_or(0))
         .sum::<u64>();
-    assert!(
-        reads >= 3,
-        "the reads panel counts the gallery reads:\n{screen}"
-    );
-    assert!(
-        line_with(&screen, "jobs").is_some(),
-        "the fleet panel lists the local worker and its jobs:\n{screen}"
-    );
+    assert!(reads >= 3, "the reads panel counts the gallery reads:\n{screen}");
+    assert!(line_with(&screen, "jobs").is_some(), "the fleet panel lists the local worker and its jobs:\n{screen}");
 
     // b, then y: uploads are blocked for real.
     tmux.keys(&["b"]);
-    tmux.wait_for("the block confirmation", Duration::from_secs(5), |s| {
-        s.contains("block uploads?")
-    });
+    tmux.wait_for("the block confirmation", Duration::from_secs(5), |s| s.contains("block uploads?"));
     tmux.keys(&["y"]);
-    tmux.wait_for("uploads blocked", Duration::from_secs(10), |s| {
-        s.contains("uploads BLOCKED")
-    });
-    wait_until(
-        "POST /upload answering 503",
-        Duration::from_secs(10),
-        || async { visitor.upload(9).await == 503 },
-    )
-    .await;
+    tmux.wait_for("uploads blocked", Duration::from_secs(10), |s| s.contains("uploads BLOCKED"));
+    wait_until("POST /upload answering 503", Duration::from_secs(10), || async { visitor.upload(9).await == 503 })
+        .await;
     assert!(visitor.form().await.contains("Uploads are paused"));
 
     // Again: open.
     tmux.keys(&["b"]);
-    tmux.wait_for("the unblock confirmation", Duration::from_secs(5), |s| {
-        s.contains("unblock uploads?")
-    });
+    tmux.wait_for("the unblock confirmation", Duration::from_secs(5), |s| s.contains("unblock uploads?"));
     tmux.keys(&["y"]);
-    tmux.wait_for("uploads open again", Duration::from_secs(10), |s| {
-        s.contains("uploads open")
-    });
+    tmux.wait_for("uploads open again", Duration::from_secs(10), |s| s.contains("uploads open"));
     wait_until("uploads taken again", Duration::from_secs(10), || async {
         !visitor.form().await.contains("Uploads are paused")
     })
@@ -269,22 +198,11 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
 
     // d, Enter: the proposed file in the dump folder.
     tmux.keys(&["d"]);
-    tmux.wait_for("the dump prompt", Duration::from_secs(5), |s| {
-        s.contains("dump the database")
-    });
+    tmux.wait_for("the dump prompt", Duration::from_secs(5), |s| s.contains("dump the database"));
     tmux.keys(&["Enter"]);
-    let screen = tmux.wait_for("the dump written", Duration::from_secs(30), |s| {
-        s.contains("Dump written")
-    });
-    let files: Vec<_> = std::fs::read_dir(&dumps)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(
-        files.len(),
-        1,
-        "one dump and no temporary file left: {files:?}"
-    );
+    let screen = tmux.wait_for("the dump written", Duration::from_secs(30), |s| s.contains("Dump written"));
+    let files: Vec<_> = std::fs::read_dir(&dumps).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "one dump and no temporary file left: {files:?}");
     let dump = &files[0];
     let size = std::fs::metadata(dump).unwrap().len();
     assert!(
@@ -307,28 +225,17 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
 
     // Esc closes the dump view; q quits and gives the terminal back.
     tmux.keys(&["Escape"]);
-    tmux.wait_for("the dump view closed", Duration::from_secs(5), |s| {
-        !s.contains("Dump written")
-    });
+    tmux.wait_for("the dump view closed", Duration::from_secs(5), |s| !s.contains("Dump written"));
     tmux.keys(&["q"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(code) = tmux.exit_status() {
             break code;
         }
-        assert!(
-            Instant::now() < deadline,
-            "q did not quit:\n{}",
-            tmux.screen()
-        );
+        assert!(Instant::now() < deadline, "q did not quit:\n{}", tmux.screen());
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(
-        status,
-        0,
-        "the console exited with {status}:\n{}",
-        tmux.screen()
-    );
+    assert_eq!(status, 0, "the console exited with {status}:\n{}", tmux.screen());
     // Off the alternate screen: the panels are gone from the terminal.
     assert!(!tmux.screen().contains("┌ fleet"), "{}", tmux.screen());
 }

@@ -149,11 +149,7 @@ impl App {
     }
 
     fn say(&mut self, level: Level, text: impl Into<String>) {
-        self.flash = Some(Flash {
-            at: self.now,
-            level,
-            text: text.into(),
-        });
+        self.flash = Some(Flash { at: self.now, level, text: text.into() });
     }
 
     /// The uploads block as last reported, if known.
@@ -217,11 +213,7 @@ impl App {
                     let text = match &result {
                         Ok(w) => (
                             Level::Info,
-                            format!(
-                                "dump written: {} ({})",
-                                w.path.display(),
-                                crate::model::human_bytes(w.bytes)
-                            ),
+                            format!("dump written: {} ({})", w.path.display(), crate::model::human_bytes(w.bytes)),
                         ),
                         Err(e) => (Level::Error, format!("the dump failed: {e}")),
                     };
@@ -283,18 +275,10 @@ impl App {
                     }
                     let path = PathBuf::from(value);
                     if path.exists() {
-                        self.say(
-                            Level::Warn,
-                            format!("{} exists: choose another name", path.display()),
-                        );
+                        self.say(Level::Warn, format!("{} exists: choose another name", path.display()));
                         return None;
                     }
-                    self.dump = Some(DumpState {
-                        path: path.clone(),
-                        started: self.now,
-                        bytes: 0,
-                        outcome: None,
-                    });
+                    self.dump = Some(DumpState { path: path.clone(), started: self.now, bytes: 0, outcome: None });
                     self.mode = Mode::Dump;
                     Some(Action::Dump(path))
                 }
@@ -372,10 +356,7 @@ impl App {
                 }
                 match self.blocked() {
                     Some(blocked) => self.mode = Mode::ConfirmBlock(!blocked),
-                    None => self.say(
-                        Level::Warn,
-                        "the server's state is not known yet: wait for its status",
-                    ),
+                    None => self.say(Level::Warn, "the server's state is not known yet: wait for its status"),
                 }
                 None
             }
@@ -395,10 +376,7 @@ impl App {
             }
             KeyCode::Char('p') => {
                 if self.options.stack.is_none() {
-                    self.say(
-                        Level::Warn,
-                        "provisioning needs a stack: start the console with --stack NAME",
-                    );
+                    self.say(Level::Warn, "provisioning needs a stack: start the console with --stack NAME");
                     return None;
                 }
                 self.mode = Mode::Provision;
@@ -413,7 +391,5 @@ impl App {
 
 /// `<dir>/flipstack-<unix seconds>.sql`.
 pub fn default_dump_name(dir: &Path, now: Millis) -> String {
-    dir.join(format!("flipstack-{}.sql", now / 1000))
-        .display()
-        .to_string()
+    dir.join(format!("flipstack-{}.sql", now / 1000)).display().to_string()
 }

@@ -24,9 +24,7 @@ const DUMP_TRAILER: &[u8] = b"-- end of flipstack dump: ";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "the server refused the admin token (401): check --token, FLIPSTACK_ADMIN_TOKEN or <data>/admin-token"
-    )]
+    #[error("the server refused the admin token (401): check --token, FLIPSTACK_ADMIN_TOKEN or <data>/admin-token")]
     Unauthorized,
     #[error("the server answered {status}: {body}")]
     Status { status: StatusCode, body: String },
@@ -74,19 +72,11 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(base_url: &str, token: &str) -> Result<AdminClient, ClientError> {
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
-                ClientError::Decode("the admin token has characters a header cannot carry".into())
-            })?;
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| ClientError::Decode("the admin token has characters a header cannot carry".into()))?;
         auth.set_sensitive(true);
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .build()?;
-        Ok(AdminClient {
-            http,
-            base: base_url.trim_end_matches('/').to_owned(),
-            auth,
-        })
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?;
+        Ok(AdminClient { http, base: base_url.trim_end_matches('/').to_owned(), auth })
     }
 
     pub fn base_url(&self) -> &str {
@@ -94,9 +84,7 @@ impl AdminClient {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .header(AUTHORIZATION, self.auth.clone())
+        self.http.request(method, format!("{}{path}", self.base)).header(AUTHORIZATION, self.auth.clone())
     }
 
     async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
@@ -107,76 +95,41 @@ impl AdminClient {
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
             let body = body.trim();
-            return Err(ClientError::Status {
-                status,
-                body: body.chars().take(200).collect(),
-            });
+            return Err(ClientError::Status { status, body: body.chars().take(200).collect() });
         }
         Ok(resp)
     }
 
     pub async fn status(&self) -> Result<AdminStatus, ClientError> {
-        let resp = self
-            .request(reqwest::Method::GET, "/admin/api/status")
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await?;
-        Self::check(resp)
-            .await?
-            .json::<AdminStatus>()
-            .await
-            .map_err(|e| ClientError::Decode(e.to_string()))
+        let resp = self.request(reqwest::Method::GET, "/admin/api/status").timeout(REQUEST_TIMEOUT).send().await?;
+        Self::check(resp).await?.json::<AdminStatus>().await.map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// Blocks or unblocks uploads; answers the state the server now has.
     pub async fn set_blocked(&self, blocked: bool) -> Result<bool, ClientError> {
-        let path = if blocked {
-            "/admin/api/uploads/block"
-        } else {
-            "/admin/api/uploads/unblock"
-        };
-        let resp = self
-            .request(reqwest::Method::POST, path)
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await?;
+        let path = if blocked { "/admin/api/uploads/block" } else { "/admin/api/uploads/unblock" };
+        let resp = self.request(reqwest::Method::POST, path).timeout(REQUEST_TIMEOUT).send().await?;
         #[derive(serde::Deserialize)]
         struct Answer {
             blocked: bool,
         }
-        let answer: Answer = Self::check(resp)
-            .await?
-            .json()
-            .await
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let answer: Answer = Self::check(resp).await?.json().await.map_err(|e| ClientError::Decode(e.to_string()))?;
         Ok(answer.blocked)
     }
 
     /// Streams the database dump into `path`: written beside it under a
     /// temporary name and renamed only once complete, so `path` never holds
     /// half a dump. `progress(bytes)` is called as it goes.
-    pub async fn dump_to(
-        &self,
-        path: &Path,
-        mut progress: impl FnMut(u64),
-    ) -> Result<DumpWritten, ClientError> {
+    pub async fn dump_to(&self, path: &Path, mut progress: impl FnMut(u64)) -> Result<DumpWritten, ClientError> {
         let io = |what: &str, e: std::io::Error| ClientError::Io(format!("{what}: {e}"));
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let tmp = tempfile::Builder::new()
             .prefix(".flipstack-dump-")
             .tempfile_in(dir)
             .map_err(|e| io(&format!("creating a file in {}", dir.display()), e))?;
-        let resp = self
-            .request(reqwest::Method::GET, "/admin/api/dump")
-            .send()
-            .await?;
+        let resp = self.request(reqwest::Method::GET, "/admin/api/dump").send().await?;
         let resp = Self::check(resp).await?;
-        let file = tmp
-            .reopen()
-            .map_err(|e| io("opening the temporary file", e))?;
+        let file = tmp.reopen().map_err(|e| io("opening the temporary file", e))?;
         let mut out = tokio::io::BufWriter::new(tokio::fs::File::from_std(file));
         let mut stream = resp.bytes_stream();
         let mut bytes = 0u64;
@@ -188,14 +141,11 @@ impl AdminClient {
                 Ok(None) => break,
                 Err(_) => {
                     return Err(ClientError::Io(
-                        "the server stopped sending the dump (nothing for 40 s); take it again"
-                            .into(),
+                        "the server stopped sending the dump (nothing for 40 s); take it again".into(),
                     ));
                 }
             };
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| io("writing the dump", e))?;
+            out.write_all(&chunk).await.map_err(|e| io("writing the dump", e))?;
             bytes += chunk.len() as u64;
             tail.extend_from_slice(&chunk);
             if tail.len() > 4096 {
@@ -208,22 +158,15 @@ impl AdminClient {
         if !ends_with_trailer(&tail) {
             return Err(ClientError::IncompleteDump);
         }
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| io("flushing the dump to disk", e))?;
-        tmp.persist(path)
-            .map_err(|e| io(&format!("moving the dump to {}", path.display()), e.error))?;
-        Ok(DumpWritten {
-            path: path.to_owned(),
-            bytes,
-        })
+        tmp.as_file().sync_all().map_err(|e| io("flushing the dump to disk", e))?;
+        tmp.persist(path).map_err(|e| io(&format!("moving the dump to {}", path.display()), e.error))?;
+        Ok(DumpWritten { path: path.to_owned(), bytes })
     }
 
     /// The event stream, until it ends or fails; reconnecting is the caller's.
     pub async fn events(
         &self,
-    ) -> Result<impl Stream<Item = Result<Option<AdminEvent>, ClientError>> + use<>, ClientError>
-    {
+    ) -> Result<impl Stream<Item = Result<Option<AdminEvent>, ClientError>> + use<>, ClientError> {
         let resp = self
             .request(reqwest::Method::GET, "/admin/api/events")
             .header(reqwest::header::ACCEPT, "text/event-stream")
@@ -254,13 +197,9 @@ mod tests {
 
     #[test]
     fn a_dump_is_complete_only_with_its_closing_line() {
-        assert!(ends_with_trailer(
-            b"INSERT INTO x VALUES (1);\n-- end of flipstack dump: 1 rows\n"
-        ));
+        assert!(ends_with_trailer(b"INSERT INTO x VALUES (1);\n-- end of flipstack dump: 1 rows\n"));
         assert!(!ends_with_trailer(b"INSERT INTO x VALUES (1);\n"));
-        assert!(!ends_with_trailer(
-            b"-- end of flipstack dump: 1 rows\nINSERT INTO x VALUES (1);\n"
-        ));
+        assert!(!ends_with_trailer(b"-- end of flipstack dump: 1 rows\nINSERT INTO x VALUES (1);\n"));
         assert!(!ends_with_trailer(b""));
     }
 }

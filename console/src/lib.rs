@@ -89,20 +89,10 @@ pub async fn run(config: ConsoleConfig) -> Result<(), ConsoleError> {
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let refresh = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
-    tasks.spawn(sources::status(
-        client.clone(),
-        tx.clone(),
-        config.status_every,
-        refresh.clone(),
-    ));
+    tasks.spawn(sources::status(client.clone(), tx.clone(), config.status_every, refresh.clone()));
     tasks.spawn(sources::events(client.clone(), tx.clone()));
     if let Some(stack) = &config.stack {
-        tasks.spawn(sources::fleet(
-            config.aws.clone(),
-            stack.clone(),
-            tx.clone(),
-            config.fleet_every,
-        ));
+        tasks.spawn(sources::fleet(config.aws.clone(), stack.clone(), tx.clone(), config.fleet_every));
     }
     let mut app = App::new(
         Options {
@@ -187,8 +177,7 @@ impl Actions {
         match action {
             Action::Quit => {}
             Action::SetBlocked(blocked) => {
-                let (client, tx, refresh) =
-                    (self.client.clone(), self.tx.clone(), self.refresh.clone());
+                let (client, tx, refresh) = (self.client.clone(), self.tx.clone(), self.refresh.clone());
                 tokio::spawn(async move {
                     let r = client.set_blocked(blocked).await.map_err(|e| e.to_string());
                     let _ = tx.send(Msg::BlockDone(r)).await;
@@ -221,21 +210,13 @@ impl Actions {
             }
             Action::Plan => {
                 if let Some(stack) = &self.stack {
-                    tokio::spawn(runner::plan(
-                        self.aws.clone(),
-                        stack.clone(),
-                        self.tx.clone(),
-                    ));
+                    tokio::spawn(runner::plan(self.aws.clone(), stack.clone(), self.tx.clone()));
                 }
             }
             Action::Provision(op) => {
                 if let Some(stack) = &self.stack {
-                    self.provision = Some(tokio::spawn(runner::apply(
-                        self.aws.clone(),
-                        stack.clone(),
-                        op,
-                        self.tx.clone(),
-                    )));
+                    self.provision =
+                        Some(tokio::spawn(runner::apply(self.aws.clone(), stack.clone(), op, self.tx.clone())));
                 }
             }
         }

@@ -21,23 +21,9 @@ pub const FEED: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AdminEvent {
-    Job {
-        id: i64,
-        at: Millis,
-        kind: String,
-        upload_id: Option<i64>,
-        person: Option<String>,
-        detail: Option<String>,
-    },
-    GalleryRead {
-        at: Millis,
-        person: String,
-        source: String,
-    },
-    Blocked {
-        at: Millis,
-        blocked: bool,
-    },
+    Job { id: i64, at: Millis, kind: String, upload_id: Option<i64>, person: Option<String>, detail: Option<String> },
+    GalleryRead { at: Millis, person: String, source: String },
+    Blocked { at: Millis, blocked: bool },
 }
 
 /// Whether a source answers, and since when it does not.
@@ -75,10 +61,7 @@ impl SourceHealth {
         match self.last_ok {
             None => Freshness::Waiting { error },
             Some(t) if error.is_none() && now - t <= max_age_ms => Freshness::Live,
-            Some(t) => Freshness::Stale {
-                age_ms: (now - t).max(0),
-                error,
-            },
+            Some(t) => Freshness::Stale { age_ms: (now - t).max(0), error },
         }
     }
 }
@@ -173,33 +156,17 @@ impl StatusData {
     pub fn update(&mut self, now: Millis, status: AdminStatus) {
         let d = &status.queue.depth;
         self.queue_depth.push(d.visible + d.in_flight);
-        if let Some(step) = self
-            .last
-            .as_ref()
-            .and_then(|prev| Rates::between(prev, &status))
-        {
+        if let Some(step) = self.last.as_ref().and_then(|prev| Rates::between(prev, &status)) {
             self.cache_hits_per_s.push(step.cache_hits.round() as u64);
         }
         // A restart resets the counters: what came before cannot be compared.
-        if self
-            .window
-            .back()
-            .is_some_and(|p| status.uptime_secs < p.uptime_secs)
-        {
+        if self.window.back().is_some_and(|p| status.uptime_secs < p.uptime_secs) {
             self.window.clear();
         }
-        while self
-            .window
-            .front()
-            .is_some_and(|p| status.at - p.at > RATE_WINDOW_MS)
-            && self.window.len() > 1
-        {
+        while self.window.front().is_some_and(|p| status.at - p.at > RATE_WINDOW_MS) && self.window.len() > 1 {
             self.window.pop_front();
         }
-        self.rates = self
-            .window
-            .front()
-            .and_then(|first| Rates::between(first, &status));
+        self.rates = self.window.front().and_then(|first| Rates::between(first, &status));
         self.window.push_back(status.clone());
         let running = match &status.pool {
             Some(p) => p.running as u64,
@@ -274,9 +241,7 @@ impl EventData {
     pub fn push(&mut self, now: Millis, event: AdminEvent) {
         self.health.ok(now);
         match event {
-            AdminEvent::GalleryRead { at, person, source } => {
-                push_front(&mut self.reads, Read { at, person, source })
-            }
+            AdminEvent::GalleryRead { at, person, source } => push_front(&mut self.reads, Read { at, person, source }),
             e @ AdminEvent::Job { .. } => push_front(&mut self.jobs, e),
             AdminEvent::Blocked { .. } => {}
         }
@@ -318,11 +283,7 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
 /// `4s`, `3m10s`, `2h05m`: ages short enough for a panel title.
@@ -346,26 +307,14 @@ mod tests {
     #[test]
     fn freshness_goes_stale_with_its_age() {
         let mut h = SourceHealth::default();
-        assert_eq!(
-            h.freshness(1_000, 3_000),
-            Freshness::Waiting { error: None }
-        );
+        assert_eq!(h.freshness(1_000, 3_000), Freshness::Waiting { error: None });
         h.ok(1_000);
         assert_eq!(h.freshness(2_000, 3_000), Freshness::Live);
-        assert_eq!(
-            h.freshness(9_000, 3_000),
-            Freshness::Stale {
-                age_ms: 8_000,
-                error: None
-            }
-        );
+        assert_eq!(h.freshness(9_000, 3_000), Freshness::Stale { age_ms: 8_000, error: None });
         h.failed(9_500, "connection refused".into());
         assert_eq!(
             h.freshness(9_600, 3_000),
-            Freshness::Stale {
-                age_ms: 8_600,
-                error: Some("connection refused".into())
-            }
+            Freshness::Stale { age_ms: 8_600, error: Some("connection refused".into()) }
         );
         h.ok(10_000);
         assert_eq!(h.freshness(10_100, 3_000), Freshness::Live);
@@ -373,11 +322,7 @@ mod tests {
 
     #[test]
     fn rates_ignore_a_restarted_server() {
-        let mut a = AdminStatus {
-            at: 10_000,
-            uptime_secs: 100,
-            ..Default::default()
-        };
+        let mut a = AdminStatus { at: 10_000, uptime_secs: 100, ..Default::default() };
         a.metrics.cache_hits = 100;
         let mut b = a.clone();
         b.at = 12_000;

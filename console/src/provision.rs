@@ -154,10 +154,7 @@ impl ProvisionState {
                         self.confirm = Confirm::None;
                         Some(self.start(ProvisionOp::Down))
                     } else {
-                        self.notice(
-                            Level::Warn,
-                            format!("the name does not match: type {stack} exactly, or Esc"),
-                        );
+                        self.notice(Level::Warn, format!("the name does not match: type {stack} exactly, or Esc"));
                         None
                     }
                 }
@@ -200,10 +197,7 @@ impl ProvisionState {
                     }
                     if key.code == KeyCode::Char('u') {
                         if !matches!(self.plan, Some(Ok(_))) {
-                            self.notice(
-                                Level::Warn,
-                                "no plan yet: wait for it, or r to plan again",
-                            );
+                            self.notice(Level::Warn, "no plan yet: wait for it, or r to plan again");
                             return None;
                         }
                         self.confirm = Confirm::Up;
@@ -218,11 +212,7 @@ impl ProvisionState {
     }
 
     fn start(&mut self, op: ProvisionOp) -> Action {
-        self.run = Some(Run {
-            op,
-            steps: Vec::new(),
-            outcome: None,
-        });
+        self.run = Some(Run { op, steps: Vec::new(), outcome: None });
         Action::Provision(op)
     }
 
@@ -238,10 +228,7 @@ impl ProvisionState {
             ProvisionMsg::Step { index, name, state } => {
                 let run = self.run.as_mut()?;
                 if run.steps.len() <= index {
-                    run.steps.resize(
-                        index + 1,
-                        (String::new(), StepState::Running(String::new())),
-                    );
+                    run.steps.resize(index + 1, (String::new(), StepState::Running(String::new())));
                 }
                 run.steps[index] = (name, state);
                 None

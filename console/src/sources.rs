@@ -15,12 +15,7 @@ use crate::client::{AdminClient, EVENTS_IDLE};
 
 /// Polls `GET /admin/api/status` every `every`, and at once when `refresh`
 /// is notified (after the console changed something).
-pub async fn status(
-    client: AdminClient,
-    tx: mpsc::Sender<Msg>,
-    every: Duration,
-    refresh: Arc<Notify>,
-) {
+pub async fn status(client: AdminClient, tx: mpsc::Sender<Msg>, every: Duration, refresh: Arc<Notify>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -28,13 +23,7 @@ pub async fn status(
             _ = tick.tick() => {}
             _ = refresh.notified() => {}
         }
-        let msg = Msg::Status(
-            client
-                .status()
-                .await
-                .map(Box::new)
-                .map_err(|e| e.to_string()),
-        );
+        let msg = Msg::Status(client.status().await.map(Box::new).map_err(|e| e.to_string()));
         if tx.send(msg).await.is_err() {
             return;
         }
@@ -64,10 +53,7 @@ pub async fn events(client: AdminClient, tx: mpsc::Sender<Msg>) {
                         Ok(Some(Err(e))) => break e.to_string(),
                         Ok(None) => break "the server closed the event stream".to_owned(),
                         Err(_) => {
-                            break format!(
-                                "no event or keep-alive for {} s",
-                                EVENTS_IDLE.as_secs()
-                            );
+                            break format!("no event or keep-alive for {} s", EVENTS_IDLE.as_secs());
                         }
                     }
                 }
@@ -89,16 +75,14 @@ pub async fn fleet(aws: AwsSettings, stack: String, tx: mpsc::Sender<Msg>, every
     loop {
         tick.tick().await;
         // AWS calls can hang on a bad network; a poll never outlives two intervals.
-        let answer = tokio::time::timeout(
-            every * 2 + Duration::from_secs(5),
-            flipstack_provision::fleet::fleet(&aws, &stack),
-        )
-        .await;
+        let answer =
+            tokio::time::timeout(every * 2 + Duration::from_secs(5), flipstack_provision::fleet::fleet(&aws, &stack))
+                .await;
         let msg = match answer {
             Ok(Ok(groups)) => Msg::Fleet(Ok(groups)),
-            Ok(Err(e)) => Msg::Fleet(Err(format!(
-                "{e} (check the region, credentials and FLIPSTACK_AWS_ENDPOINT_URL)"
-            ))),
+            Ok(Err(e)) => {
+                Msg::Fleet(Err(format!("{e} (check the region, credentials and FLIPSTACK_AWS_ENDPOINT_URL)")))
+            }
             Err(_) => Msg::Fleet(Err("AWS did not answer in time".into())),
         };
         if tx.send(msg).await.is_err() {

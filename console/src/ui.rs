@@ -28,18 +28,12 @@ pub enum Panel {
 
 pub fn draw(frame: &mut Frame, app: &App) {
     let area = frame.area();
-    let [header, body, footer] = area.layout(&Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Min(0),
-        Constraint::Length(1),
-    ]));
+    let [header, body, footer] =
+        area.layout(&Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]));
     let buf = frame.buffer_mut();
     render_header(app, header, buf);
-    let [top, middle, bottom] = body.layout(&Layout::vertical([
-        Constraint::Fill(1),
-        Constraint::Fill(1),
-        Constraint::Fill(1),
-    ]));
+    let [top, middle, bottom] =
+        body.layout(&Layout::vertical([Constraint::Fill(1), Constraint::Fill(1), Constraint::Fill(1)]));
     let halves = Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)]);
     let [fleet, queue] = top.layout(&halves);
     let [cache, reads] = middle.layout(&halves);
@@ -82,10 +76,7 @@ fn panel_block<'a>(name: &'a str, detail: String, freshness: &Freshness) -> Bloc
     match freshness {
         Freshness::Live => block,
         Freshness::Stale { age_ms, .. } => block
-            .title(
-                Line::from(Span::styled(format!(" stale {} ", human_age(*age_ms)), BAD))
-                    .right_aligned(),
-            )
+            .title(Line::from(Span::styled(format!(" stale {} ", human_age(*age_ms)), BAD)).right_aligned())
             .border_style(Style::new().fg(Color::Red)),
         Freshness::Waiting { .. } => block
             .title(Line::from(Span::styled(" waiting ", WARN)).right_aligned())
@@ -101,10 +92,7 @@ fn status_freshness(app: &App) -> Freshness {
 /// source (`with_error`) says why.
 fn waiting_text(source: &str, freshness: &Freshness, with_error: bool) -> Text<'static> {
     let mut t = Text::from(Line::styled(format!("waiting for {source}…"), WARN));
-    if with_error
-        && let Freshness::Waiting { error: Some(e) } | Freshness::Stale { error: Some(e), .. } =
-            freshness
-    {
+    if with_error && let Freshness::Waiting { error: Some(e) } | Freshness::Stale { error: Some(e), .. } = freshness {
         t.push_line(Line::styled(e.clone(), BAD));
     }
     t
@@ -117,10 +105,7 @@ fn spark_row(label: &str, series: &Series, top: u64, area: Rect, buf: &mut Buffe
         return;
     }
     let label_w = (label.chars().count() as u16 + 1).min(area.width);
-    let [l, s] = area.layout(&Layout::horizontal([
-        Constraint::Length(label_w),
-        Constraint::Min(0),
-    ]));
+    let [l, s] = area.layout(&Layout::horizontal([Constraint::Length(label_w), Constraint::Min(0)]));
     Paragraph::new(Span::styled(label.to_owned(), DIM)).render(l, buf);
     sparkline(series, top, s, buf, style);
 }
@@ -132,11 +117,7 @@ fn sparkline(series: &Series, top: u64, area: Rect, buf: &mut Buffer, style: Sty
     let data = series.last(area.width as usize);
     // Never scale to less than 1: a flat zero series stays at the bottom.
     let max = data.iter().copied().max().unwrap_or(0).max(top).max(1);
-    Sparkline::default()
-        .data(&data)
-        .max(max)
-        .style(style)
-        .render(area, buf);
+    Sparkline::default().data(&data).max(max).style(style).render(area, buf);
 }
 
 fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
@@ -149,14 +130,7 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
         spans.push(Span::styled(format!(" · stack {stack}"), DIM));
     }
     if let Some(s) = &app.status.last {
-        spans.push(Span::styled(
-            format!(
-                " · v{} up {}",
-                s.version,
-                human_age(s.uptime_secs as i64 * 1000)
-            ),
-            DIM,
-        ));
+        spans.push(Span::styled(format!(" · v{} up {}", s.version, human_age(s.uptime_secs as i64 * 1000)), DIM));
     }
     match app.blocked() {
         Some(true) => spans.push(Span::styled(" · uploads BLOCKED", BAD)),
@@ -183,14 +157,7 @@ fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
             &[("p", "plan"), ("?", "help"), ("q", "quit")]
         } else {
             &[
-                (
-                    "b",
-                    if app.blocked() == Some(true) {
-                        "unblock"
-                    } else {
-                        "block"
-                    },
-                ),
+                ("b", if app.blocked() == Some(true) { "unblock" } else { "block" }),
                 ("d", "dump"),
                 ("p", "provision"),
                 ("?", "help"),
@@ -202,16 +169,10 @@ fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
             spans.push(Span::raw(format!(" {what}  ")));
         }
         if let Some(d) = app.dump.as_ref().filter(|d| d.running()) {
-            spans.push(Span::styled(
-                format!("dumping {}…  ", human_bytes(d.bytes)),
-                WARN,
-            ));
+            spans.push(Span::styled(format!("dumping {}…  ", human_bytes(d.bytes)), WARN));
         }
         if let Some(run) = app.provision.run.as_ref().filter(|r| r.running()) {
-            spans.push(Span::styled(
-                format!("provision {}: step {}…", run.op.name(), run.steps.len()),
-                WARN,
-            ));
+            spans.push(Span::styled(format!("provision {}: step {}…", run.op.name(), run.steps.len()), WARN));
         }
         Line::from(spans)
     };
@@ -226,25 +187,17 @@ fn fleet(app: &App, area: Rect, buf: &mut Buffer) {
 }
 
 fn aws_fleet(app: &App, stack: &str, area: Rect, buf: &mut Buffer) {
-    let freshness = app
-        .fleet
-        .health
-        .freshness(app.now, app.options.fleet_interval_ms * 3);
+    let freshness = app.fleet.health.freshness(app.now, app.options.fleet_interval_ms * 3);
     let block = panel_block("fleet", format!("stack {stack}"), &freshness);
     let inner = block.inner(area);
     block.render(area, buf);
     if let Freshness::Waiting { .. } = freshness {
-        Paragraph::new(waiting_text("AWS", &freshness, true))
-            .wrap(Wrap { trim: true })
-            .render(inner, buf);
+        Paragraph::new(waiting_text("AWS", &freshness, true)).wrap(Wrap { trim: true }).render(inner, buf);
         return;
     }
     if app.fleet.groups.is_empty() {
         Paragraph::new(vec![
-            Line::styled(
-                format!("no Auto Scaling groups tagged flipstack:stack={stack}"),
-                WARN,
-            ),
+            Line::styled(format!("no Auto Scaling groups tagged flipstack:stack={stack}"), WARN),
             Line::styled("provision it with p, or check --stack and the region", DIM),
         ])
         .wrap(Wrap { trim: true })
@@ -254,10 +207,7 @@ fn aws_fleet(app: &App, stack: &str, area: Rect, buf: &mut Buffer) {
     let mut rows = inner.rows();
     if let Some(r) = rows.next() {
         Paragraph::new(Line::styled(
-            format!(
-                "{:<7}{:>5}{:>4}{:>5}{:>6}  history",
-                "group", "want", "in", "pend", "range"
-            ),
+            format!("{:<7}{:>5}{:>4}{:>5}{:>6}  history", "group", "want", "in", "pend", "range"),
             DIM,
         ))
         .render(r, buf);
@@ -274,15 +224,9 @@ fn aws_fleet(app: &App, stack: &str, area: Rect, buf: &mut Buffer) {
             s.pending,
             format!("{}-{}", s.min, s.max)
         );
-        let [t, h] = r.layout(&Layout::horizontal([
-            Constraint::Length(text.chars().count() as u16),
-            Constraint::Min(0),
-        ]));
-        let style = if s.in_service < s.desired {
-            WARN
-        } else {
-            Style::new()
-        };
+        let [t, h] =
+            r.layout(&Layout::horizontal([Constraint::Length(text.chars().count() as u16), Constraint::Min(0)]));
+        let style = if s.in_service < s.desired { WARN } else { Style::new() };
         Paragraph::new(Span::styled(text, style)).render(t, buf);
         sparkline(&g.in_service, s.max as u64, h, buf, GOOD);
     }
@@ -306,10 +250,7 @@ fn aws_fleet(app: &App, stack: &str, area: Rect, buf: &mut Buffer) {
 fn worker_lines(s: &AdminStatus) -> Vec<Line<'static>> {
     s.live_workers()
         .map(|w| {
-            let job = w
-                .current_upload
-                .map(|u| format!("#{}", u.0))
-                .unwrap_or_default();
+            let job = w.current_upload.map(|u| format!("#{}", u.0)).unwrap_or_default();
             let status_style = match w.status.as_str() {
                 "busy" => GOOD,
                 "draining" => WARN,
@@ -337,19 +278,14 @@ fn local_fleet(app: &App, area: Rect, buf: &mut Buffer) {
     let inner = block.inner(area);
     block.render(area, buf);
     let Some(s) = &app.status.last else {
-        Paragraph::new(waiting_text("the server", &freshness, false))
-            .wrap(Wrap { trim: true })
-            .render(inner, buf);
+        Paragraph::new(waiting_text("the server", &freshness, false)).wrap(Wrap { trim: true }).render(inner, buf);
         return;
     };
     let mut lines = Vec::new();
     match &s.pool {
         Some(p) => lines.push(Line::from(vec![
             Span::raw(format!("running {}/{}", p.running, p.desired)),
-            Span::styled(
-                format!(" (min {} max {}) backlog {}", p.min, p.max, p.backlog),
-                DIM,
-            ),
+            Span::styled(format!(" (min {} max {}) backlog {}", p.min, p.max, p.backlog), DIM),
         ])),
         None => lines.push(Line::styled("no local pool (not `flipstack up`)", DIM)),
     }
@@ -360,10 +296,7 @@ fn local_fleet(app: &App, area: Rect, buf: &mut Buffer) {
     lines.extend(workers);
     // The last line is the history of running workers.
     let text_h = inner.height.saturating_sub(1);
-    let [text, spark] = inner.layout(&Layout::vertical([
-        Constraint::Length(text_h),
-        Constraint::Length(1),
-    ]));
+    let [text, spark] = inner.layout(&Layout::vertical([Constraint::Length(text_h), Constraint::Length(1)]));
     if lines.len() > text_h as usize && text_h > 0 {
         let more = lines.len() - text_h as usize + 1;
         lines.truncate(text_h as usize - 1);
@@ -376,19 +309,12 @@ fn local_fleet(app: &App, area: Rect, buf: &mut Buffer) {
 
 fn queue(app: &App, area: Rect, buf: &mut Buffer) {
     let freshness = status_freshness(app);
-    let kind = app
-        .status
-        .last
-        .as_ref()
-        .map(|s| s.queue.kind.clone())
-        .unwrap_or_default();
+    let kind = app.status.last.as_ref().map(|s| s.queue.kind.clone()).unwrap_or_default();
     let block = panel_block("queue", kind, &freshness);
     let inner = block.inner(area);
     block.render(area, buf);
     let Some(s) = &app.status.last else {
-        Paragraph::new(waiting_text("the server", &freshness, false))
-            .wrap(Wrap { trim: true })
-            .render(inner, buf);
+        Paragraph::new(waiting_text("the server", &freshness, false)).wrap(Wrap { trim: true }).render(inner, buf);
         return;
     };
     let d = &s.queue.depth;
@@ -399,28 +325,12 @@ fn queue(app: &App, area: Rect, buf: &mut Buffer) {
     };
     let m = &s.metrics;
     let avg = |sum: f64, n: u64| {
-        if n == 0 {
-            "—".to_owned()
-        } else {
-            format!("{:.2}s", sum / n as f64)
-        }
+        if n == 0 { "—".to_owned() } else { format!("{:.2}s", sum / n as f64) }
     };
-    let oldest = s
-        .oldest_unfinished_age_secs
-        .map(|a| human_age((a * 1000.0) as i64))
-        .unwrap_or_else(|| "—".into());
+    let oldest = s.oldest_unfinished_age_secs.map(|a| human_age((a * 1000.0) as i64)).unwrap_or_else(|| "—".into());
     let mut lines = vec![
-        Line::from(vec![
-            Span::raw(format!(
-                "waiting {}  in flight {}  dead ",
-                d.visible, d.in_flight
-            )),
-            dlq,
-        ]),
-        Line::raw(format!(
-            "oldest {oldest}  done {}/min",
-            app.events.jobs_done_within(app.now, 60_000)
-        )),
+        Line::from(vec![Span::raw(format!("waiting {}  in flight {}  dead ", d.visible, d.in_flight)), dlq]),
+        Line::raw(format!("oldest {oldest}  done {}/min", app.events.jobs_done_within(app.now, 60_000))),
     ];
     // This process's own job timings: none where workers run apart from it.
     if m.job_count > 0 || m.queue_wait_count > 0 {
@@ -438,10 +348,7 @@ fn queue(app: &App, area: Rect, buf: &mut Buffer) {
             lines.push(Line::from(timings.content.trim_start().to_owned()).style(DIM));
         }
     }
-    let [text, spark] = inner.layout(&Layout::vertical([
-        Constraint::Length(lines.len() as u16),
-        Constraint::Min(0),
-    ]));
+    let [text, spark] = inner.layout(&Layout::vertical([Constraint::Length(lines.len() as u16), Constraint::Min(0)]));
     Paragraph::new(lines).render(text, buf);
     let color = if d.visible > 0 { WARN } else { GOOD };
     sparkline_with_label("depth", &app.status.queue_depth, spark, buf, color);
@@ -453,29 +360,19 @@ fn sparkline_with_label(label: &str, series: &Series, area: Rect, buf: &mut Buff
         return;
     }
     let label_w = (label.len() as u16 + 1).min(area.width);
-    let [l, s] = area.layout(&Layout::horizontal([
-        Constraint::Length(label_w),
-        Constraint::Min(0),
-    ]));
+    let [l, s] = area.layout(&Layout::horizontal([Constraint::Length(label_w), Constraint::Min(0)]));
     Paragraph::new(Span::styled(label.to_owned(), DIM)).render(l, buf);
     sparkline(series, 0, s, buf, style);
 }
 
 fn cache(app: &App, area: Rect, buf: &mut Buffer) {
     let freshness = status_freshness(app);
-    let kind = app
-        .status
-        .last
-        .as_ref()
-        .map(|s| s.cache.clone())
-        .unwrap_or_default();
+    let kind = app.status.last.as_ref().map(|s| s.cache.clone()).unwrap_or_default();
     let block = panel_block("cache", kind, &freshness);
     let inner = block.inner(area);
     block.render(area, buf);
     let Some(s) = &app.status.last else {
-        Paragraph::new(waiting_text("the server", &freshness, false))
-            .wrap(Wrap { trim: true })
-            .render(inner, buf);
+        Paragraph::new(waiting_text("the server", &freshness, false)).wrap(Wrap { trim: true }).render(inner, buf);
         return;
     };
     let pct = |r: Option<f64>| r.map_or("—".to_owned(), |r| format!("{:.1}%", r * 100.0));
@@ -500,10 +397,7 @@ fn cache(app: &App, area: Rect, buf: &mut Buffer) {
             errors,
         ]),
     ];
-    let [text, spark] = inner.layout(&Layout::vertical([
-        Constraint::Length(2),
-        Constraint::Min(0),
-    ]));
+    let [text, spark] = inner.layout(&Layout::vertical([Constraint::Length(2), Constraint::Min(0)]));
     Paragraph::new(lines).render(text, buf);
     sparkline_with_label("hits/s", &app.status.cache_hits_per_s, spark, buf, GOOD);
 }
@@ -515,13 +409,10 @@ fn reads(app: &App, area: Rect, buf: &mut Buffer) {
         Freshness::Live
     } else {
         match app.events.health.last_ok {
-            None => Freshness::Waiting {
-                error: app.events.health.error.as_ref().map(|e| e.1.clone()),
-            },
-            Some(t) => Freshness::Stale {
-                age_ms: app.now - t,
-                error: app.events.health.error.as_ref().map(|e| e.1.clone()),
-            },
+            None => Freshness::Waiting { error: app.events.health.error.as_ref().map(|e| e.1.clone()) },
+            Some(t) => {
+                Freshness::Stale { age_ms: app.now - t, error: app.events.health.error.as_ref().map(|e| e.1.clone()) }
+            }
         }
     };
     let detail = match (app.events.connected, app.status.rates) {
@@ -561,9 +452,7 @@ fn reads(app: &App, area: Rect, buf: &mut Buffer) {
         }
         None => lines.extend(waiting_text("the server", &status_fresh, false).lines),
     }
-    if let Freshness::Waiting { error: Some(e) } | Freshness::Stale { error: Some(e), .. } =
-        &events_fresh
-    {
+    if let Freshness::Waiting { error: Some(e) } | Freshness::Stale { error: Some(e), .. } = &events_fresh {
         lines.push(Line::styled(format!("events: {e}"), BAD));
     }
     if app.events.reads.is_empty() {
@@ -595,17 +484,12 @@ fn uploads(app: &App, area: Rect, buf: &mut Buffer) {
     let inner = block.inner(area);
     block.render(area, buf);
     let Some(s) = &app.status.last else {
-        Paragraph::new(waiting_text("the server", &freshness, true))
-            .wrap(Wrap { trim: true })
-            .render(inner, buf);
+        Paragraph::new(waiting_text("the server", &freshness, true)).wrap(Wrap { trim: true }).render(inner, buf);
         return;
     };
     // Wide terminals get a column of recent job events.
     let (left, right) = if inner.width >= 100 {
-        let [l, r] = inner.layout(&Layout::horizontal([
-            Constraint::Fill(3),
-            Constraint::Fill(2),
-        ]));
+        let [l, r] = inner.layout(&Layout::horizontal([Constraint::Fill(3), Constraint::Fill(2)]));
         (l, Some(r))
     } else {
         (inner, None)
@@ -615,18 +499,10 @@ fn uploads(app: &App, area: Rect, buf: &mut Buffer) {
     if let Freshness::Stale { error: Some(e), .. } = &freshness {
         lines.push(Line::styled(format!("no answer: {e}"), BAD));
     }
-    let mut first = vec![if s.blocked {
-        Span::styled("BLOCKED ", BAD)
-    } else {
-        Span::styled("open ", GOOD)
-    }];
+    let mut first = vec![if s.blocked { Span::styled("BLOCKED ", BAD) } else { Span::styled("open ", GOOD) }];
     for state in ["pending", "processing", "done", "failed"] {
         let n = s.uploads.get(state).copied().unwrap_or(0);
-        let style = if state == "failed" && n > 0 {
-            BAD
-        } else {
-            Style::new()
-        };
+        let style = if state == "failed" && n > 0 { BAD } else { Style::new() };
         first.push(Span::styled(format!(" {state} {n}"), style));
     }
     for (state, n) in &s.uploads {
@@ -635,10 +511,7 @@ fn uploads(app: &App, area: Rect, buf: &mut Buffer) {
         }
     }
     if let Some(a) = s.oldest_unfinished_age_secs {
-        first.push(Span::styled(
-            format!("  oldest {}", human_age((a * 1000.0) as i64)),
-            DIM,
-        ));
+        first.push(Span::styled(format!("  oldest {}", human_age((a * 1000.0) as i64)), DIM));
     }
     lines.push(Line::from(first));
     for p in &s.problems {
@@ -649,9 +522,7 @@ fn uploads(app: &App, area: Rect, buf: &mut Buffer) {
     } else {
         lines.push(Line::styled("recent failures", DIM));
         for f in &s.recent_failures {
-            let when =
-                f.at.map(|t| format!("{} ago", human_age(s.at - t)))
-                    .unwrap_or_default();
+            let when = f.at.map(|t| format!("{} ago", human_age(s.at - t))).unwrap_or_default();
             lines.push(Line::from(vec![
                 Span::raw(format!(" #{:<6}", f.upload_id)),
                 Span::styled(format!("{when:>9}  "), DIM),
@@ -663,14 +534,7 @@ fn uploads(app: &App, area: Rect, buf: &mut Buffer) {
     if let Some(right) = right {
         let mut jobs = vec![Line::styled("recent jobs", DIM)];
         for e in &app.events.jobs {
-            if let AdminEvent::Job {
-                at,
-                kind,
-                upload_id,
-                detail,
-                ..
-            } = e
-            {
+            if let AdminEvent::Job { at, kind, upload_id, detail, .. } = e {
                 let style = match kind.as_str() {
                     "failed" => BAD,
                     "retry" => WARN,
@@ -686,11 +550,7 @@ fn uploads(app: &App, area: Rect, buf: &mut Buffer) {
             }
         }
         Paragraph::new(jobs)
-            .block(
-                Block::new()
-                    .borders(ratatui::widgets::Borders::LEFT)
-                    .border_style(DIM),
-            )
+            .block(Block::new().borders(ratatui::widgets::Borders::LEFT).border_style(DIM))
             .render(right, buf);
     }
 }
@@ -707,14 +567,10 @@ fn truncate(s: &str, n: usize) -> String {
 
 /// A centred box of at most `w`×`h`, cleared, with a border and title.
 fn popup(area: Rect, w: u16, h: u16, title: &str, buf: &mut Buffer) -> Rect {
-    let rect = area.centered(
-        Constraint::Length(w.min(area.width)),
-        Constraint::Length(h.min(area.height)),
-    );
+    let rect = area.centered(Constraint::Length(w.min(area.width)), Constraint::Length(h.min(area.height)));
     Clear.render(rect, buf);
-    let block = Block::bordered()
-        .title(Line::from(format!(" {title} ").bold()))
-        .border_style(Style::new().fg(Color::Cyan));
+    let block =
+        Block::bordered().title(Line::from(format!(" {title} ").bold())).border_style(Style::new().fg(Color::Cyan));
     let inner = block.inner(rect);
     block.render(rect, buf);
     inner
@@ -772,12 +628,8 @@ fn hint(keys: &[(&str, &str)]) -> Line<'static> {
 }
 
 fn help(app: &App, area: Rect, buf: &mut Buffer) {
-    let row = |k: &str, what: &str| {
-        Line::from(vec![
-            Span::styled(format!("  {k:<6}"), KEY),
-            Span::raw(what.to_owned()),
-        ])
-    };
+    let row =
+        |k: &str, what: &str| Line::from(vec![Span::styled(format!("  {k:<6}"), KEY), Span::raw(what.to_owned())]);
     let mut lines = vec![
         row("b", "block or unblock uploads (asks first)"),
         row("d", "dump the database to a file (SQL)"),
@@ -785,31 +637,16 @@ fn help(app: &App, area: Rect, buf: &mut Buffer) {
         row("?", "this help; any key closes it"),
         row("q", "quit (Ctrl-C too)"),
         Line::raw(""),
-        Line::styled(
-            "Panels refresh in the background: status every second,",
-            DIM,
-        ),
-        Line::styled(
-            "reads as they happen, the AWS fleet every few seconds.",
-            DIM,
-        ),
-        Line::styled(
-            "A red border and \"stale 12s\" mean that source has not",
-            DIM,
-        ),
-        Line::styled(
-            "answered for that long: the numbers are its last ones.",
-            DIM,
-        ),
+        Line::styled("Panels refresh in the background: status every second,", DIM),
+        Line::styled("reads as they happen, the AWS fleet every few seconds.", DIM),
+        Line::styled("A red border and \"stale 12s\" mean that source has not", DIM),
+        Line::styled("answered for that long: the numbers are its last ones.", DIM),
         Line::raw(""),
         Line::styled("Restore a dump with: flipstack db restore FILE", DIM),
     ];
     if app.options.read_only {
         lines.push(Line::raw(""));
-        lines.push(Line::styled(
-            "Read-only: b, d and provisioning up/down are off.",
-            WARN,
-        ));
+        lines.push(Line::styled("Read-only: b, d and provisioning up/down are off.", WARN));
     }
     let inner = popup(area, 62, lines.len() as u16 + 2, "help", buf);
     Paragraph::new(lines).render(inner, buf);
@@ -826,21 +663,12 @@ fn confirm_block(block: bool, area: Rect, buf: &mut Buffer) {
             ],
         )
     } else {
-        (
-            "unblock uploads?",
-            vec![
-                Line::raw("Every server will take new uploads again within a"),
-                Line::raw("second."),
-            ],
-        )
+        ("unblock uploads?", vec![Line::raw("Every server will take new uploads again within a"), Line::raw("second.")])
     };
     let inner = popup(area, 60, lines.len() as u16 + 4, title, buf);
     let mut lines = lines;
     lines.push(Line::raw(""));
-    lines.push(hint(&[
-        ("y", if block { "block" } else { "unblock" }),
-        ("n/Esc", "leave as it is"),
-    ]));
+    lines.push(hint(&[("y", if block { "block" } else { "unblock" }), ("n/Esc", "leave as it is")]));
     Paragraph::new(lines).render(inner, buf);
 }
 
@@ -861,10 +689,7 @@ fn dump_view(app: &App, d: &DumpState, area: Rect, buf: &mut Buffer) {
         Some(Ok(w)) => vec![
             Line::styled(format!("Dump written: {}", w.path.display()), GOOD),
             Line::raw(format!("{} ({} bytes)", human_bytes(w.bytes), w.bytes)),
-            Line::styled(
-                format!("restore with: flipstack db restore {}", w.path.display()),
-                DIM,
-            ),
+            Line::styled(format!("restore with: flipstack db restore {}", w.path.display()), DIM),
             Line::raw(""),
             hint(&[("Esc", "close")]),
         ],
@@ -875,9 +700,7 @@ fn dump_view(app: &App, d: &DumpState, area: Rect, buf: &mut Buffer) {
             hint(&[("Esc", "close"), ("d", "try again after closing")]),
         ],
     };
-    Paragraph::new(lines)
-        .wrap(Wrap { trim: false })
-        .render(inner, buf);
+    Paragraph::new(lines).wrap(Wrap { trim: false }).render(inner, buf);
 }
 
 fn provision_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::layout::Position> {
@@ -886,16 +709,10 @@ fn provision_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::la
     let w = area.width.saturating_sub(4).max(20);
     let h = area.height.saturating_sub(2).max(8);
     let inner = popup(area, w, h, &format!("provision · stack {stack}"), buf);
-    let [body, bottom] = inner.layout(&Layout::vertical([
-        Constraint::Min(0),
-        Constraint::Length(3),
-    ]));
+    let [body, bottom] = inner.layout(&Layout::vertical([Constraint::Min(0), Constraint::Length(3)]));
     let mut lines: Vec<Line> = Vec::new();
     if let Some(run) = &p.run {
-        lines.push(Line::styled(
-            format!("provision {}", run.op.name()),
-            Style::new().bold(),
-        ));
+        lines.push(Line::styled(format!("provision {}", run.op.name()), Style::new().bold()));
         if run.steps.is_empty() && run.running() {
             lines.push(Line::styled("starting…", DIM));
         }
@@ -909,22 +726,12 @@ fn provision_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::la
             lines.push(Line::from(vec![
                 Span::styled(format!(" {mark} "), style),
                 Span::raw(name.clone()),
-                Span::styled(
-                    if note.is_empty() {
-                        String::new()
-                    } else {
-                        format!("  {note}")
-                    },
-                    DIM,
-                ),
+                Span::styled(if note.is_empty() { String::new() } else { format!("  {note}") }, DIM),
             ]));
         }
         match &run.outcome {
             None => {}
-            Some(Ok(())) => lines.push(Line::styled(
-                format!("done: provision {} finished", run.op.name()),
-                GOOD,
-            )),
+            Some(Ok(())) => lines.push(Line::styled(format!("done: provision {} finished", run.op.name()), GOOD)),
             Some(Err(e)) => lines.push(Line::styled(format!("failed: {e}"), BAD)),
         }
     } else {
@@ -935,43 +742,27 @@ fn provision_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::la
                 lines.push(Line::raw(e.clone()));
             }
             Some(Ok(plan)) => {
-                lines.push(Line::styled(
-                    format!("plan for stack {stack} (what `up` would do):"),
-                    Style::new().bold(),
-                ));
+                lines.push(Line::styled(format!("plan for stack {stack} (what `up` would do):"), Style::new().bold()));
                 lines.extend(plan.iter().map(|l| Line::raw(l.clone())));
             }
         }
     }
     // Keep the newest steps in view during a run; the plan scrolls by hand.
-    let scroll = if p.run.is_some() {
-        (lines.len() as u16).saturating_sub(body.height)
-    } else {
-        p.scroll
-    };
+    let scroll = if p.run.is_some() { (lines.len() as u16).saturating_sub(body.height) } else { p.scroll };
     Paragraph::new(lines).scroll((scroll, 0)).render(body, buf);
 
     let mut cursor = None;
     let bottom_lines = match &p.confirm {
         Confirm::Up => vec![
-            Line::styled(
-                format!("Create or update stack {stack} on AWS as planned?"),
-                WARN,
-            ),
+            Line::styled(format!("Create or update stack {stack} on AWS as planned?"), WARN),
             hint(&[("y", "yes, up"), ("n/Esc", "no")]),
         ],
         Confirm::Down(input) => {
             let prompt = format!("Delete everything stack {stack} owns? Type its name: ");
             let x = inner.x + prompt.chars().count() as u16 + input.visual_cursor() as u16;
-            cursor = Some(ratatui::layout::Position::new(
-                x.min(inner.right().saturating_sub(1)),
-                bottom.y + 1,
-            ));
+            cursor = Some(ratatui::layout::Position::new(x.min(inner.right().saturating_sub(1)), bottom.y + 1));
             vec![
-                Line::styled(
-                    "This deletes the stack's instances, groups, queues and bucket.",
-                    BAD,
-                ),
+                Line::styled("This deletes the stack's instances, groups, queues and bucket.", BAD),
                 Line::from(vec![
                     Span::styled(prompt, BAD),
                     Span::styled(input.value().to_owned(), Style::new().bold()),
@@ -995,11 +786,7 @@ fn provision_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::la
                 l.push(Line::styled(
                     format!(
                         "running {}: Esc hides this view, the run goes on",
-                        p.run
-                            .as_ref()
-                            .map(|r| r.op)
-                            .unwrap_or(ProvisionOp::Up)
-                            .name()
+                        p.run.as_ref().map(|r| r.op).unwrap_or(ProvisionOp::Up).name()
                     ),
                     WARN,
                 ));

@@ -31,25 +31,8 @@ fn every_server_event_is_understood() {
         }
     );
     assert_eq!(
-        round_trip(&Sent::GalleryRead {
-            at: 2_000,
-            person: "abc".into(),
-            source: "replica",
-        }),
-        Seen::GalleryRead {
-            at: 2_000,
-            person: "abc".into(),
-            source: "replica".into(),
-        }
+        round_trip(&Sent::GalleryRead { at: 2_000, person: "abc".into(), source: "replica" }),
+        Seen::GalleryRead { at: 2_000, person: "abc".into(), source: "replica".into() }
     );
-    assert_eq!(
-        round_trip(&Sent::Blocked {
-            at: 3_000,
-            blocked: true
-        }),
-        Seen::Blocked {
-            at: 3_000,
-            blocked: true
-        }
-    );
+    assert_eq!(round_trip(&Sent::Blocked { at: 3_000, blocked: true }), Seen::Blocked { at: 3_000, blocked: true });
 }

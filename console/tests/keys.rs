@@ -66,9 +66,7 @@ fn a_failed_block_says_so_and_keeps_the_state() {
     let mut a = app(None, false);
     chr(&mut a, 'b');
     chr(&mut a, 'y');
-    a.on_msg(Msg::BlockDone(Err(
-        "cannot connect: Connection refused".into()
-    )));
+    a.on_msg(Msg::BlockDone(Err("cannot connect: Connection refused".into())));
     assert_eq!(a.blocked(), Some(false));
     let (level, text) = flash(&a);
     assert_eq!(level, Level::Error);
@@ -95,9 +93,7 @@ fn read_only_refuses_every_action() {
 
     // The provisioning view opens (a plan changes nothing) but up and down do not.
     assert_eq!(chr(&mut a, 'p'), Some(Action::Plan));
-    a.on_msg(Msg::Provision(ProvisionMsg::Plan(Ok(vec![
-        "+ create queue".into(),
-    ]))));
+    a.on_msg(Msg::Provision(ProvisionMsg::Plan(Ok(vec!["+ create queue".into()]))));
     assert_eq!(chr(&mut a, 'u'), None);
     assert!(matches!(a.provision.confirm, Confirm::None));
     assert!(flash(&a).1.contains("read-only"));
@@ -116,9 +112,7 @@ fn dump_asks_for_a_file_then_runs_until_done() {
     let mut a = app(None, false);
     a.options.dump_dir = dir.path().to_owned();
     assert_eq!(chr(&mut a, 'd'), None);
-    let Mode::DumpPath(input) = &a.mode else {
-        panic!("expected the file prompt, got {:?}", a.mode)
-    };
+    let Mode::DumpPath(input) = &a.mode else { panic!("expected the file prompt, got {:?}", a.mode) };
     let proposed = dir.path().join(format!("flipstack-{}.sql", a.now / 1000));
     assert_eq!(input.value(), proposed.display().to_string());
     // Edit the name: drop ".sql", type ".backup.sql".
@@ -126,13 +120,8 @@ fn dump_asks_for_a_file_then_runs_until_done() {
         press(&mut a, KeyCode::Backspace);
     }
     typed(&mut a, ".backup.sql");
-    let wanted = dir
-        .path()
-        .join(format!("flipstack-{}.backup.sql", a.now / 1000));
-    assert_eq!(
-        press(&mut a, KeyCode::Enter),
-        Some(Action::Dump(wanted.clone()))
-    );
+    let wanted = dir.path().join(format!("flipstack-{}.backup.sql", a.now / 1000));
+    assert_eq!(press(&mut a, KeyCode::Enter), Some(Action::Dump(wanted.clone())));
     assert!(matches!(a.mode, Mode::Dump));
     assert!(a.dump.as_ref().unwrap().running());
     // Hiding the view leaves it running; d shows it again rather than a second dump.
@@ -142,10 +131,7 @@ fn dump_asks_for_a_file_then_runs_until_done() {
     assert!(matches!(a.mode, Mode::Dump));
     a.on_msg(Msg::DumpProgress(1234));
     assert_eq!(a.dump.as_ref().unwrap().bytes, 1234);
-    a.on_msg(Msg::DumpDone(Ok(DumpWritten {
-        path: wanted.clone(),
-        bytes: 5000,
-    })));
+    a.on_msg(Msg::DumpDone(Ok(DumpWritten { path: wanted.clone(), bytes: 5000 })));
     assert!(!a.dump.as_ref().unwrap().running());
     assert!(flash(&a).1.contains("5000") || flash(&a).1.contains("4.9 KiB"));
     press(&mut a, KeyCode::Esc);
@@ -170,10 +156,7 @@ fn dump_refuses_an_existing_file_and_can_be_cancelled() {
     assert!(matches!(a.mode, Mode::DumpPath(_)));
     press(&mut a, KeyCode::Backspace);
     press(&mut a, KeyCode::Backspace);
-    assert!(matches!(
-        press(&mut a, KeyCode::Enter),
-        Some(Action::Dump(_))
-    ));
+    assert!(matches!(press(&mut a, KeyCode::Enter), Some(Action::Dump(_))));
     assert_eq!(chr(&mut a, 'c'), Some(Action::CancelDump));
     assert!(a.dump.is_none());
     assert!(matches!(a.mode, Mode::Normal));
@@ -194,9 +177,7 @@ fn provisioning_up_asks_yes_and_down_asks_for_the_name() {
     // Up before the plan arrived is refused.
     assert_eq!(chr(&mut a, 'u'), None);
     assert!(matches!(a.provision.confirm, Confirm::None));
-    a.on_msg(Msg::Provision(ProvisionMsg::Plan(Ok(vec![
-        "+ create queue".into(),
-    ]))));
+    a.on_msg(Msg::Provision(ProvisionMsg::Plan(Ok(vec!["+ create queue".into()]))));
 
     chr(&mut a, 'u');
     assert!(matches!(a.provision.confirm, Confirm::Up));
@@ -215,10 +196,7 @@ fn provisioning_up_asks_yes_and_down_asks_for_the_name() {
     typed(&mut a, "dem");
     assert_eq!(press(&mut a, KeyCode::Enter), None);
     typed(&mut a, "o");
-    assert_eq!(
-        press(&mut a, KeyCode::Enter),
-        Some(Action::Provision(ProvisionOp::Down))
-    );
+    assert_eq!(press(&mut a, KeyCode::Enter), Some(Action::Provision(ProvisionOp::Down)));
     assert!(a.provision.running());
 
     // While it runs: no second run, and q asks twice.
@@ -236,9 +214,7 @@ fn provisioning_up_asks_yes_and_down_asks_for_the_name() {
 fn provisioning_progress_and_outcome() {
     let mut a = app(Some("demo"), false);
     chr(&mut a, 'p');
-    a.on_msg(Msg::Provision(ProvisionMsg::Plan(Ok(vec![
-        "+ create queue".into(),
-    ]))));
+    a.on_msg(Msg::Provision(ProvisionMsg::Plan(Ok(vec!["+ create queue".into()]))));
     chr(&mut a, 'u');
     assert_eq!(chr(&mut a, 'y'), Some(Action::Provision(ProvisionOp::Up)));
     a.on_msg(Msg::Provision(ProvisionMsg::Step {
@@ -274,19 +250,13 @@ fn help_opens_and_any_key_closes_it_and_quit_quits() {
     assert_eq!(chr(&mut a, 'q'), None);
     assert!(matches!(a.mode, Mode::Normal));
     assert!(!a.quit);
-    assert_eq!(
-        a.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
-        Some(Action::Quit)
-    );
+    assert_eq!(a.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)), Some(Action::Quit));
     assert!(a.quit);
 }
 
 #[test]
 fn blocked_event_shows_at_once() {
     let mut a = app(None, false);
-    a.on_msg(Msg::Event(flipstack_console::model::AdminEvent::Blocked {
-        at: T0,
-        blocked: true,
-    }));
+    a.on_msg(Msg::Event(flipstack_console::model::AdminEvent::Blocked { at: T0, blocked: true }));
     assert_eq!(a.blocked(), Some(true));
 }

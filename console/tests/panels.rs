@@ -17,8 +17,7 @@ use ratatui::layout::Rect;
 
 fn panel(app: &App, panel: Panel, w: u16, h: u16) -> String {
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-    t.draw(|f| ui::render_panel(panel, app, Rect::new(0, 0, w, h), f.buffer_mut()))
-        .unwrap();
+    t.draw(|f| ui::render_panel(panel, app, Rect::new(0, 0, w, h), f.buffer_mut())).unwrap();
     t.backend().to_string()
 }
 
@@ -46,9 +45,7 @@ fn fleet_aws_groups() {
 fn fleet_aws_not_answering() {
     let mut a = app(Some("demo"), false);
     a.tick(T0 + 60_000);
-    a.on_msg(Msg::Fleet(Err(
-        "cannot reach AWS: connection refused".into()
-    )));
+    a.on_msg(Msg::Fleet(Err("cannot reach AWS: connection refused".into())));
     assert_snapshot!(panel(&a, Panel::Fleet, 40, 7));
 }
 
@@ -109,12 +106,8 @@ fn whole_screen_with_a_stack_140x40() {
 fn whole_screen_stale_after_the_server_stopped_answering() {
     let mut a = app(None, false);
     a.tick(T0 + 47_000);
-    a.on_msg(Msg::Status(Err(
-        "cannot connect: Connection refused (os error 111)".into(),
-    )));
-    a.on_msg(Msg::EventsDown(
-        "cannot connect: Connection refused (os error 111)".into(),
-    ));
+    a.on_msg(Msg::Status(Err("cannot connect: Connection refused (os error 111)".into())));
+    a.on_msg(Msg::EventsDown("cannot connect: Connection refused (os error 111)".into()));
     assert_snapshot!(screen(&a, 80, 24));
 }
 
@@ -155,10 +148,7 @@ fn dump_overlays_prompt_progress_and_done() {
     a.tick(T0 + 32_000);
     a.on_msg(Msg::DumpProgress(3 * 1024 * 1024 + 300_000));
     assert_snapshot!("dump_progress", screen(&a, 80, 24));
-    a.on_msg(Msg::DumpDone(Ok(DumpWritten {
-        path: "/var/backups/flipstack-1700000029.sql".into(),
-        bytes: 4_404_019,
-    })));
+    a.on_msg(Msg::DumpDone(Ok(DumpWritten { path: "/var/backups/flipstack-1700000029.sql".into(), bytes: 4_404_019 })));
     assert_snapshot!("dump_done", screen(&a, 80, 24));
 }
 
@@ -182,33 +172,15 @@ fn provisioning_plan_confirm_down_and_progress() {
     key(&mut a, 'u');
     key(&mut a, 'y');
     for (i, (name, state)) in [
-        (
-            "security group flipstack-demo-web",
-            StepState::Done("created".into()),
-        ),
-        (
-            "queue flipstack-demo-jobs",
-            StepState::Done("exists".into()),
-        ),
-        (
-            "database flipstack-demo-db",
-            StepState::Running("waiting for it to be available (40 s)".into()),
-        ),
-        (
-            "warning",
-            StepState::Warning(
-                "the default VPC has one subnet: the database has no standby".into(),
-            ),
-        ),
+        ("security group flipstack-demo-web", StepState::Done("created".into())),
+        ("queue flipstack-demo-jobs", StepState::Done("exists".into())),
+        ("database flipstack-demo-db", StepState::Running("waiting for it to be available (40 s)".into())),
+        ("warning", StepState::Warning("the default VPC has one subnet: the database has no standby".into())),
     ]
     .into_iter()
     .enumerate()
     {
-        a.on_msg(Msg::Provision(ProvisionMsg::Step {
-            index: i,
-            name: name.into(),
-            state,
-        }));
+        a.on_msg(Msg::Provision(ProvisionMsg::Step { index: i, name: name.into(), state }));
     }
     assert_snapshot!("provision_running", screen(&a, 80, 24));
 }

@@ -11,11 +11,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_flipstack");
 
 /// A free loopback port: bound, read, released.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A command for the flipstack binary with no FLIPSTACK_* setting inherited
@@ -38,13 +34,7 @@ pub struct Tmux {
 
 impl Tmux {
     /// Starts `argv` in a `cols`×`rows` terminal in `cwd`, with `env` added.
-    pub fn start(
-        cols: u16,
-        rows: u16,
-        cwd: &Path,
-        env: &[(&str, String)],
-        argv: &[String],
-    ) -> Tmux {
+    pub fn start(cols: u16, rows: u16, cwd: &Path, env: &[(&str, String)], argv: &[String]) -> Tmux {
         let mut conf = tempfile::NamedTempFile::new().unwrap();
         // Keep the pane after the program exits: its exit status is checked.
         use std::io::Write;
@@ -70,20 +60,13 @@ impl Tmux {
         args.push("--".into());
         args.extend(argv.iter().cloned());
         let out = tmux.run(&args);
-        assert!(
-            out.status.success(),
-            "tmux new-session failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "tmux new-session failed: {}", String::from_utf8_lossy(&out.stderr));
         tmux
     }
 
     fn run(&self, args: &[String]) -> Output {
         let mut c = Command::new("tmux");
-        c.arg("-L")
-            .arg(&self.socket)
-            .arg("-f")
-            .arg(self.conf.path());
+        c.arg("-L").arg(&self.socket).arg("-f").arg(self.conf.path());
         // The programs in the pane see only the FLIPSTACK_* the test gives.
         for (k, _) in std::env::vars() {
             if k.starts_with("FLIPSTACK_") || k == "TMUX" {
@@ -94,12 +77,7 @@ impl Tmux {
     }
 
     pub fn screen(&self) -> String {
-        let out = self.run(&[
-            "capture-pane".into(),
-            "-p".into(),
-            "-t".into(),
-            "console".into(),
-        ]);
+        let out = self.run(&["capture-pane".into(), "-p".into(), "-t".into(), "console".into()]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -50,11 +50,7 @@ pub fn status_at(i: i64) -> AdminStatus {
         oldest_unfinished_age_secs: Some(12.4),
         queue: QueueStatus {
             kind: "sqs".into(),
-            depth: QueueDepth {
-                visible: depth,
-                in_flight: 2,
-                dead_letters: Some(1),
-            },
+            depth: QueueDepth { visible: depth, in_flight: 2, dead_letters: Some(1) },
         },
         metrics: flipstack_core::metrics::MetricsSnapshot {
             cache_hits: hits,
@@ -71,14 +67,8 @@ pub fn status_at(i: i64) -> AdminStatus {
             job_count: 120,
         },
         replicas: vec![
-            ReplicaStatus {
-                name: "replica-1".into(),
-                lag_ms: Some(35),
-            },
-            ReplicaStatus {
-                name: "replica-2".into(),
-                lag_ms: None,
-            },
+            ReplicaStatus { name: "replica-1".into(), lag_ms: Some(35) },
+            ReplicaStatus { name: "replica-2".into(), lag_ms: None },
         ],
         workers: vec![
             WorkerInfo {
@@ -174,10 +164,7 @@ pub fn app(stack: Option<&str>, read_only: bool) -> App {
         app.tick(T0 + i * 1000);
         app.on_msg(Msg::Status(Ok(Box::new(status_at(i)))));
         if stack.is_some() && i % 5 == 0 {
-            app.on_msg(Msg::Fleet(Ok(groups(
-                1 + (i / 10) as u32,
-                2 + (i / 5) as u32,
-            ))));
+            app.on_msg(Msg::Fleet(Ok(groups(1 + (i / 10) as u32, 2 + (i / 5) as u32))));
         }
     }
     app.on_msg(Msg::EventsConnected);

@@ -60,20 +60,13 @@ fn image_limits(limits: &Limits) -> image::Limits {
 /// Decode → orient → flip → encode with libjpeg-turbo, at the source's
 /// chroma subsampling.
 fn flip_jpeg(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
-    let orientation = exif::jpeg_exif(input)
-        .map(exif::orientation_lenient)
-        .unwrap_or(1);
+    let orientation = exif::jpeg_exif(input).map(exif::orientation_lenient).unwrap_or(1);
     let mut d = TjDecoder::new(limits.max_scans, limits.max_pixels).map_err(FlipError::Internal)?;
     let header = d.header(input).map_err(|e| unreadable("JPEG", e))?;
     let gray = header.colorspace == turbojpeg::raw::TJCS_TJCS_GRAY as i32;
-    let (pf, channels) = if gray {
-        (turbojpeg::raw::TJPF_TJPF_GRAY as i32, 1)
-    } else {
-        (turbojpeg::raw::TJPF_TJPF_RGB as i32, 3)
-    };
-    let (pixels, w, h) = d
-        .decode(input, 1, 1, pf, channels)
-        .map_err(|e| unreadable("JPEG", e))?;
+    let (pf, channels) =
+        if gray { (turbojpeg::raw::TJPF_TJPF_GRAY as i32, 1) } else { (turbojpeg::raw::TJPF_TJPF_RGB as i32, 3) };
+    let (pixels, w, h) = d.decode(input, 1, 1, pf, channels).map_err(|e| unreadable("JPEG", e))?;
     let mut img = if gray {
         DynamicImage::ImageLuma8(
             image::GrayImage::from_raw(w, h, pixels)
@@ -81,19 +74,14 @@ fn flip_jpeg(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
         )
     } else {
         DynamicImage::ImageRgb8(
-            image::RgbImage::from_raw(w, h, pixels)
-                .ok_or_else(|| FlipError::Internal("decoded buffer size".into()))?,
+            image::RgbImage::from_raw(w, h, pixels).ok_or_else(|| FlipError::Internal("decoded buffer size".into()))?,
         )
     };
     if let Some(o) = image::metadata::Orientation::from_exif(orientation) {
         img.apply_orientation(o);
     }
     let img = img.flipv();
-    let subsamp = if gray {
-        turbojpeg::Subsamp::Gray
-    } else {
-        source_subsamp(header.subsamp, orientation >= 5)
-    };
+    let subsamp = if gray { turbojpeg::Subsamp::Gray } else { source_subsamp(header.subsamp, orientation >= 5) };
     let (width, height) = (img.width(), img.height());
     let bytes = if gray {
         let luma = img.into_luma8();
@@ -117,12 +105,7 @@ fn flip_jpeg(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
         turbojpeg::compress(image, 92, subsamp)
     }
     .map_err(|e| FlipError::Internal(format!("JPEG encoding failed: {e}")))?;
-    Ok(Flipped {
-        bytes: bytes.to_vec(),
-        width,
-        height,
-        method: "jpeg-reencode",
-    })
+    Ok(Flipped { bytes: bytes.to_vec(), width, height, method: "jpeg-reencode" })
 }
 
 /// The source's chroma subsampling, turned with the picture when EXIF turned it.
@@ -149,28 +132,16 @@ fn source_subsamp(tjsamp: i32, transposed: bool) -> turbojpeg::Subsamp {
     }
 }
 
-fn flip_with_image_crate(
-    input: &[u8],
-    format: image::ImageFormat,
-    limits: &Limits,
-) -> Result<Flipped, FlipError> {
-    let name = if format == image::ImageFormat::Png {
-        "PNG"
-    } else {
-        "WebP"
-    };
+fn flip_with_image_crate(input: &[u8], format: image::ImageFormat, limits: &Limits) -> Result<Flipped, FlipError> {
+    let name = if format == image::ImageFormat::Png { "PNG" } else { "WebP" };
     let mut reader = ImageReader::with_format(Cursor::new(input), format);
     reader.limits(image_limits(limits));
     let mut decoder = reader.into_decoder().map_err(|e| unreadable(name, e))?;
     let (w, h) = decoder.dimensions();
     if w as u64 * h as u64 > limits.max_pixels {
-        return Err(FlipError::Unreadable(format!(
-            "the {name} picture is {w}×{h}, over the pixel limit"
-        )));
+        return Err(FlipError::Unreadable(format!("the {name} picture is {w}×{h}, over the pixel limit")));
     }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let icc = decoder.icc_profile().ok().flatten();
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| unreadable(name, e))?;
     img.apply_orientation(orientation);
@@ -178,8 +149,7 @@ fn flip_with_image_crate(
     let (width, height) = (img.width(), img.height());
     let mut out = Vec::new();
     let method = if format == image::ImageFormat::Png {
-        let mut enc =
-            PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
+        let mut enc = PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
         if let Some(icc) = icc {
             let _ = enc.set_icc_profile(icc);
         }
@@ -202,12 +172,7 @@ fn flip_with_image_crate(
             .map_err(|e| FlipError::Internal(format!("WebP encoding failed: {e}")))?;
         "webp-lossless"
     };
-    Ok(Flipped {
-        bytes: out,
-        width,
-        height,
-        method,
-    })
+    Ok(Flipped { bytes: out, width, height, method })
 }
 
 /// Flips every frame in its palette indices and mirrors its position on the
@@ -215,73 +180,42 @@ fn flip_with_image_crate(
 fn flip_gif(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
     let mut opts = gif::DecodeOptions::new();
     opts.set_color_output(gif::ColorOutput::Indexed);
-    let budget =
-        std::num::NonZeroU64::new(limits.max_pixels.saturating_mul(4).max(1)).expect("non-zero");
+    let budget = std::num::NonZeroU64::new(limits.max_pixels.saturating_mul(4).max(1)).expect("non-zero");
     opts.set_memory_limit(gif::MemoryLimit::Bytes(budget));
-    let mut decoder = opts
-        .read_info(Cursor::new(input))
-        .map_err(|e| unreadable("GIF", e))?;
+    let mut decoder = opts.read_info(Cursor::new(input)).map_err(|e| unreadable("GIF", e))?;
     let (w, h) = (decoder.width(), decoder.height());
     if w as u64 * h as u64 > limits.max_pixels {
-        return Err(FlipError::Unreadable(format!(
-            "the GIF canvas is {w}×{h}, over the pixel limit"
-        )));
+        return Err(FlipError::Unreadable(format!("the GIF canvas is {w}×{h}, over the pixel limit")));
     }
-    let palette = decoder
-        .global_palette()
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default();
+    let palette = decoder.global_palette().map(<[u8]>::to_vec).unwrap_or_default();
     let mut out = Vec::new();
     {
-        let mut encoder = gif::Encoder::new(&mut out, w, h, &palette)
-            .map_err(|e| FlipError::Internal(e.to_string()))?;
+        let mut encoder =
+            gif::Encoder::new(&mut out, w, h, &palette).map_err(|e| FlipError::Internal(e.to_string()))?;
         let mut frames = 0u32;
         loop {
-            let Some(frame) = decoder
-                .read_next_frame()
-                .map_err(|e| unreadable("GIF", e))?
-            else {
+            let Some(frame) = decoder.read_next_frame().map_err(|e| unreadable("GIF", e))? else {
                 break;
             };
             let mut f = frame.clone();
             frames += 1;
-            if frames > limits.max_frames
-                || frames as u64 * w as u64 * h as u64 > limits.max_total_pixels
-            {
-                return Err(FlipError::Unreadable(format!(
-                    "the animation has more than {} frames",
-                    frames - 1
-                )));
+            if frames > limits.max_frames || frames as u64 * w as u64 * h as u64 > limits.max_total_pixels {
+                return Err(FlipError::Unreadable(format!("the animation has more than {} frames", frames - 1)));
             }
             if frames == 1 {
                 // The loop count is read with the first frame's extensions.
-                encoder
-                    .set_repeat(decoder.repeat())
-                    .map_err(|e| FlipError::Internal(e.to_string()))?;
+                encoder.set_repeat(decoder.repeat()).map_err(|e| FlipError::Internal(e.to_string()))?;
             }
             let fw = f.width as usize;
-            let flipped: Vec<u8> = f
-                .buffer
-                .chunks(fw.max(1))
-                .rev()
-                .flatten()
-                .copied()
-                .collect();
+            let flipped: Vec<u8> = f.buffer.chunks(fw.max(1)).rev().flatten().copied().collect();
             f.buffer = flipped.into();
             f.top = h.saturating_sub(f.top.saturating_add(f.height));
             f.interlaced = false;
-            encoder
-                .write_frame(&f)
-                .map_err(|e| FlipError::Internal(e.to_string()))?;
+            encoder.write_frame(&f).map_err(|e| FlipError::Internal(e.to_string()))?;
         }
         if frames == 0 {
             return Err(FlipError::Unreadable("the GIF has no frames".into()));
         }
     }
-    Ok(Flipped {
-        bytes: out,
-        width: w as u32,
-        height: h as u32,
-        method: "gif-frames",
-    })
+    Ok(Flipped { bytes: out, width: w as u32, height: h as u32, method: "gif-frames" })
 }

@@ -30,14 +30,8 @@ impl TjDecoder {
         }
         let d = TjDecoder(h);
         d.set(raw::TJPARAM_TJPARAM_STOPONWARNING, 1)?;
-        d.set(
-            raw::TJPARAM_TJPARAM_SCANLIMIT,
-            max_scans.min(i32::MAX as u32) as i32,
-        )?;
-        d.set(
-            raw::TJPARAM_TJPARAM_MAXPIXELS,
-            max_pixels.min(i32::MAX as u64) as i32,
-        )?;
+        d.set(raw::TJPARAM_TJPARAM_SCANLIMIT, max_scans.min(i32::MAX as u32) as i32)?;
+        d.set(raw::TJPARAM_TJPARAM_MAXPIXELS, max_pixels.min(i32::MAX as u64) as i32)?;
         Ok(d)
     }
 
@@ -102,14 +96,7 @@ impl TjDecoder {
         // SAFETY: `out` holds pitch × h bytes, the size libjpeg-turbo writes for
         // this scaling factor and pixel format.
         let rc = unsafe {
-            raw::tj3Decompress8(
-                self.0,
-                jpeg.as_ptr(),
-                jpeg.len() as _,
-                out.as_mut_ptr(),
-                pitch as i32,
-                pixel_format,
-            )
+            raw::tj3Decompress8(self.0, jpeg.as_ptr(), jpeg.len() as _, out.as_mut_ptr(), pitch as i32, pixel_format)
         };
         if rc != 0 {
             return Err(self.error());
