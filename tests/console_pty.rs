@@ -3,12 +3,14 @@
 //! over HTTP), `d` writes a dump that `flipstack db restore` accepts, `q`
 //! quits and gives the terminal back. 80×24, the smallest size it supports.
 
+mod common;
 mod console_support;
 
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Browser;
 use console_support::{Tmux, flipstack, free_port, line_with};
 
 /// `flipstack up` on a free loopback port with its own data folder; stopped
@@ -50,54 +52,9 @@ impl Drop for Up {
     }
 }
 
-fn png(seed: u8) -> Vec<u8> {
-    let img =
-        image::RgbImage::from_fn(32, 24, |x, y| image::Rgb([seed.wrapping_mul(40), (x * 8) as u8, (y * 10) as u8]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
-/// A browser: a cookie jar, the form's CSRF token, multipart uploads.
-struct Visitor {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Visitor {
-    fn new(base: &str) -> Visitor {
-        Visitor {
-            http: reqwest::Client::builder().cookie_store(true).timeout(Duration::from_secs(10)).build().unwrap(),
-            base: base.to_owned(),
-        }
-    }
-
-    async fn form(&self) -> String {
-        let r = self.http.get(format!("{}/form", self.base)).send().await.unwrap();
-        r.text().await.unwrap()
-    }
-
-    /// Uploads a picture; answers the HTTP status (after redirects).
-    async fn upload(&self, seed: u8) -> u16 {
-        let html = self.form().await;
-        let csrf = html
-            .split("name=\"csrf\" value=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .expect("the form carries a csrf field")
-            .to_owned();
-        let file = reqwest::multipart::Part::bytes(png(seed))
-            .file_name(format!("picture-{seed}.png"))
-            .mime_str("image/png")
-            .unwrap();
-        let form =
-            reqwest::multipart::Form::new().text("csrf", csrf).text("email", "operator@example.com").part("file", file);
-        self.http.post(format!("{}/upload", self.base)).multipart(form).send().await.unwrap().status().as_u16()
-    }
-
-    async fn gallery(&self) -> u16 {
-        self.http.get(format!("{}/gallery", self.base)).send().await.unwrap().status().as_u16()
-    }
+/// A picture of its own for each upload.
+fn picture(n: u32) -> Vec<u8> {
+    common::png(32 + n, 24)
 }
 
 async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
@@ -127,12 +84,26 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
     let dumps = dir.path().join("dumps");
     std::fs::create_dir_all(&dumps).unwrap();
     let up = Up::start(&data, &dir.path().join("up.log"));
-    let visitor = Visitor::new(&up.base);
+    let visitor = Browser::new(&up.base);
+    // Answers the upload's status: 303 (to the gallery) when taken.
+    let upload = |n: u32| {
+        let visitor = &visitor;
+        async move {
+            visitor
+                .upload(Some("operator@example.com"), &format!("picture-{n}.png"), &picture(n))
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    let form = || async { visitor.text("/form").await.1 };
     let health = reqwest::Client::new();
-    wait_until("flipstack up answering /healthz", Duration::from_secs(30), || async {
-        health.get(format!("{}/healthz", up.base)).send().await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !health.get(format!("{}/healthz", up.base)).send().await.is_ok_and(|r| r.status().is_success()) {
+        let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "flipstack up did not answer /healthz within 30 s; its log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The token comes from <data>/admin-token, as an operator's would.
     let tmux = Tmux::start(
@@ -159,11 +130,11 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
     }
 
     // Live numbers after uploads and gallery reads.
-    for seed in 0..3 {
-        assert_eq!(visitor.upload(seed).await, 200, "upload {seed}");
+    for n in 0..3 {
+        assert_eq!(upload(n).await, 303, "upload {n}");
     }
     for _ in 0..3 {
-        assert_eq!(visitor.gallery().await, 200);
+        assert_eq!(visitor.get("/gallery").await.status().as_u16(), 200);
     }
     let screen = tmux.wait_for("three finished uploads and the reads", Duration::from_secs(60), |s| {
         number_after(s, "processing", "done") == Some(3)
@@ -181,9 +152,8 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
     tmux.wait_for("the block confirmation", Duration::from_secs(5), |s| s.contains("block uploads?"));
     tmux.keys(&["y"]);
     tmux.wait_for("uploads blocked", Duration::from_secs(10), |s| s.contains("uploads BLOCKED"));
-    wait_until("POST /upload answering 503", Duration::from_secs(10), || async { visitor.upload(9).await == 503 })
-        .await;
-    assert!(visitor.form().await.contains("Uploads are paused"));
+    wait_until("POST /upload answering 503", Duration::from_secs(10), || async { upload(9).await == 503 }).await;
+    assert!(form().await.contains("Uploads are paused"));
 
     // Again: open.
     tmux.keys(&["b"]);
@@ -191,10 +161,10 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
     tmux.keys(&["y"]);
     tmux.wait_for("uploads open again", Duration::from_secs(10), |s| s.contains("uploads open"));
     wait_until("uploads taken again", Duration::from_secs(10), || async {
-        !visitor.form().await.contains("Uploads are paused")
+        !form().await.contains("Uploads are paused")
     })
     .await;
-    assert_eq!(visitor.upload(10).await, 200);
+    assert_eq!(upload(10).await, 303);
 
     // d, Enter: the proposed file in the dump folder.
     tmux.keys(&["d"]);
