@@ -103,6 +103,9 @@ enum Command {
     /// Database tools: dump, restore, migrate.
     #[command(subcommand)]
     Db(DbCommand),
+    /// The stack on AWS: plan, up, down, status (see docs/aws.md).
+    #[command(subcommand)]
+    Provision(flipstack_provision::cli::ProvisionCommand),
 }
 
 #[derive(Args)]
@@ -163,6 +166,7 @@ fn main() -> Result<()> {
             Command::Work => work(config).await,
             Command::Console(args) => console(config, args).await,
             Command::Db(cmd) => db(config, cmd).await,
+            Command::Provision(cmd) => flipstack_provision::cli::run(cmd, &config).await,
         }
     })
 }
