@@ -122,6 +122,9 @@ struct ConsoleArgs {
     /// Show everything, change nothing: block, dump and provisioning up/down are off.
     #[arg(long)]
     read_only: bool,
+    /// With --stack: the flipstack binary (Linux x86-64) that `p` → up uploads as the release when it differs.
+    #[arg(long, value_name = "FILE", requires = "stack")]
+    binary: Option<PathBuf>,
     /// Where `d` proposes to write dumps.
     #[arg(long, value_name = "DIR", default_value = ".")]
     dump_dir: PathBuf,
@@ -264,9 +267,8 @@ async fn console(config: Config, args: ConsoleArgs) -> Result<()> {
     flipstack_console::run(flipstack_console::ConsoleConfig {
         url: args.url,
         token: token.trim().to_owned(),
-        stack: args.stack,
+        stack: args.stack.map(|s| flipstack_console::stack_spec(&s, &config, args.binary)),
         read_only: args.read_only,
-        aws: flipstack_core::aws::AwsSettings::from_config(&config),
         dump_dir: args.dump_dir,
         status_every: Duration::from_secs(1),
         fleet_every: Duration::from_secs(args.fleet_every.max(1)),

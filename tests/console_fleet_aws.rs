@@ -13,40 +13,7 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_sdk_autoscaling::Client;
 use aws_sdk_autoscaling::types::Tag;
-use console_support::{Tmux, free_port};
-
-const REGION: &str = "us-east-1";
-
-fn aws_endpoint() -> Option<String> {
-    match std::env::var("FLIPSTACK_TEST_AWS_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            let tiers = std::env::var("FLIPSTACK_TEST_TIERS").unwrap_or_default();
-            assert!(
-                !tiers.split(',').any(|t| t.trim() == "aws"),
-                "FLIPSTACK_TEST_TIERS asks for the aws tier but FLIPSTACK_TEST_AWS_ENDPOINT is not set: start moto_server (scripts/services.sh up DIR --only moto) and export the endpoint"
-            );
-            eprintln!(
-                "the AWS test was not requested (no FLIPSTACK_TEST_AWS_ENDPOINT): skipping the fleet panel against moto_server"
-            );
-            None
-        }
-    }
-}
-
-/// The numbers of a group's row in the fleet panel (the left half of an
-/// 80-column screen): want, in service, pending.
-fn group_row(screen: &str, role: &str) -> Option<(u32, u32, u32)> {
-    screen.lines().find_map(|line| {
-        let left: String = line.chars().take(40).collect();
-        let mut words = left.trim_matches(|c| c == '│' || c == ' ').split_whitespace();
-        if words.next()? != role {
-            return None;
-        }
-        let mut n = || words.next()?.parse::<u32>().ok();
-        Some((n()?, n()?, n()?))
-    })
-}
+use console_support::{REGION, Tmux, aws_endpoint, free_port, group_row};
 
 async fn make_group(asg: &Client, stack: &str, role: &str, lc: &str, desired: i32, max: i32) {
     let name = format!("flipstack-{stack}-{role}");

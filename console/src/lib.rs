@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossterm::event::EventStream;
+use flipstack_core::Config;
 use flipstack_core::aws::AwsSettings;
 use flipstack_core::domain::now_millis;
+use flipstack_provision::aws::{Capacity, StackSpec};
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
@@ -35,9 +37,10 @@ use crate::client::{AdminClient, ClientError};
 pub struct ConsoleConfig {
     pub url: String,
     pub token: String,
-    pub stack: Option<String>,
+    /// `--stack`: the AWS stack whose fleet is shown and which `p` provisions
+    /// (see [`stack_spec`]).
+    pub stack: Option<StackSpec>,
     pub read_only: bool,
-    pub aws: AwsSettings,
     pub dump_dir: PathBuf,
     pub status_every: Duration,
     pub fleet_every: Duration,
@@ -47,10 +50,25 @@ pub struct ConsoleConfig {
 pub enum ConsoleError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("--stack: {0}")]
+    Stack(String),
     #[error("the terminal failed: {0} (is this an interactive terminal?)")]
     Terminal(#[from] io::Error),
     #[error("the console stopped after an internal error (printed above); please report it")]
     Panicked,
+}
+
+/// The stack the console provisions: the CLI's defaults (`flipstack
+/// provision up` without flags), sized from the configuration as the CLI
+/// does; `binary` is uploaded as the release when it differs from the one in
+/// the stack's bucket (needed on a stack's first `up`).
+pub fn stack_spec(stack: &str, config: &Config, binary: Option<PathBuf>) -> StackSpec {
+    let mut spec = StackSpec::new(stack, AwsSettings::from_config(config));
+    spec.worker = Capacity { min: config.workers_min, max: config.workers_max };
+    spec.backlog_per_worker = config.backlog_per_worker as f64;
+    spec.metrics_namespace = config.metrics_namespace.clone();
+    spec.binary = binary;
+    spec
 }
 
 /// Set by the panic hook: a panic in any task ends the console, whose
@@ -91,28 +109,21 @@ pub async fn run(config: ConsoleConfig) -> Result<(), ConsoleError> {
     let mut tasks = JoinSet::new();
     tasks.spawn(sources::status(client.clone(), tx.clone(), config.status_every, refresh.clone()));
     tasks.spawn(sources::events(client.clone(), tx.clone()));
-    if let Some(stack) = &config.stack {
-        tasks.spawn(sources::fleet(config.aws.clone(), stack.clone(), tx.clone(), config.fleet_every));
+    if let Some(spec) = &config.stack {
+        flipstack_provision::aws::validate_stack_name(&spec.stack).map_err(|e| ConsoleError::Stack(e.to_string()))?;
+        tasks.spawn(sources::fleet(spec.aws.clone(), spec.stack.clone(), tx.clone(), config.fleet_every));
     }
     let mut app = App::new(
         Options {
             url: client.base_url().to_owned(),
-            stack: config.stack.clone(),
+            stack: config.stack.as_ref().map(|s| s.stack.clone()),
             read_only: config.read_only,
             dump_dir: config.dump_dir.clone(),
             fleet_interval_ms: config.fleet_every.as_millis() as i64,
         },
         now_millis(),
     );
-    let mut actions = Actions {
-        client,
-        tx,
-        refresh,
-        aws: config.aws.clone(),
-        stack: config.stack.clone(),
-        dump: None,
-        provision: None,
-    };
+    let mut actions = Actions { client, tx, refresh, stack: config.stack.clone(), dump: None, provision: None };
 
     let mut screen = Screen::enter()?;
     let mut keys = EventStream::new();
@@ -166,8 +177,7 @@ struct Actions {
     client: AdminClient,
     tx: mpsc::Sender<Msg>,
     refresh: Arc<Notify>,
-    aws: AwsSettings,
-    stack: Option<String>,
+    stack: Option<StackSpec>,
     dump: Option<tokio::task::JoinHandle<()>>,
     provision: Option<tokio::task::JoinHandle<()>>,
 }
@@ -209,14 +219,13 @@ impl Actions {
                 }
             }
             Action::Plan => {
-                if let Some(stack) = &self.stack {
-                    tokio::spawn(runner::plan(self.aws.clone(), stack.clone(), self.tx.clone()));
+                if let Some(spec) = &self.stack {
+                    tokio::spawn(runner::plan(spec.clone(), self.tx.clone()));
                 }
             }
             Action::Provision(op) => {
-                if let Some(stack) = &self.stack {
-                    self.provision =
-                        Some(tokio::spawn(runner::apply(self.aws.clone(), stack.clone(), op, self.tx.clone())));
+                if let Some(spec) = &self.stack {
+                    self.provision = Some(tokio::spawn(runner::apply(spec.clone(), op, self.tx.clone())));
                 }
             }
         }

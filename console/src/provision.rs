@@ -41,12 +41,9 @@ pub enum ProvisionMsg {
     /// The plan, one line per change (or the reason there is none).
     Plan(Result<Vec<String>, String>),
     /// A step started, finished or failed; steps are keyed by their index.
-    Step {
-        index: usize,
-        name: String,
-        state: StepState,
-    },
-    Finished(Result<(), String>),
+    Step { index: usize, name: String, state: StepState },
+    /// What the run did (a summary), or why it stopped.
+    Finished(Result<String, String>),
 }
 
 #[derive(Debug, Clone)]
@@ -62,7 +59,7 @@ pub struct Run {
     pub op: ProvisionOp,
     pub steps: Vec<(String, StepState)>,
     /// None while it runs.
-    pub outcome: Option<Result<(), String>>,
+    pub outcome: Option<Result<String, String>>,
 }
 
 impl Run {
@@ -237,7 +234,7 @@ impl ProvisionState {
                 let run = self.run.as_mut()?;
                 let op = run.op.name();
                 let line = match &result {
-                    Ok(()) => (Level::Info, format!("provision {op} finished")),
+                    Ok(summary) => (Level::Info, format!("provision {op} finished: {summary}")),
                     Err(e) => {
                         // The step under way when it failed is where it stopped.
                         for (_, state) in run.steps.iter_mut() {

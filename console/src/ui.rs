@@ -709,7 +709,9 @@ fn provision_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::la
     let w = area.width.saturating_sub(4).max(20);
     let h = area.height.saturating_sub(2).max(8);
     let inner = popup(area, w, h, &format!("provision · stack {stack}"), buf);
-    let [body, bottom] = inner.layout(&Layout::vertical([Constraint::Min(0), Constraint::Length(3)]));
+    let (bottom_lines, input_at) = provision_prompt(app, stack);
+    let [body, bottom] =
+        inner.layout(&Layout::vertical([Constraint::Min(0), Constraint::Length(bottom_lines.len() as u16)]));
     let mut lines: Vec<Line> = Vec::new();
     if let Some(run) = &p.run {
         lines.push(Line::styled(format!("provision {}", run.op.name()), Style::new().bold()));
@@ -731,7 +733,20 @@ fn provision_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::la
         }
         match &run.outcome {
             None => {}
-            Some(Ok(())) => lines.push(Line::styled(format!("done: provision {} finished", run.op.name()), GOOD)),
+            Some(Ok(summary)) => {
+                let failed = run.steps.iter().filter(|(_, s)| matches!(s, StepState::Failed(_))).count();
+                if failed == 0 {
+                    lines.push(Line::styled(format!("done: provision {} finished: {summary}", run.op.name()), GOOD))
+                } else {
+                    lines.push(Line::styled(
+                        format!(
+                            "provision {} finished: {summary}; {failed} step(s) failed (✗): run it again once fixed",
+                            run.op.name()
+                        ),
+                        WARN,
+                    ))
+                }
+            }
             Some(Err(e)) => lines.push(Line::styled(format!("failed: {e}"), BAD)),
         }
     } else {
@@ -742,33 +757,57 @@ fn provision_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::la
                 lines.push(Line::raw(e.clone()));
             }
             Some(Ok(plan)) => {
-                lines.push(Line::styled(format!("plan for stack {stack} (what `up` would do):"), Style::new().bold()));
-                lines.extend(plan.iter().map(|l| Line::raw(l.clone())));
+                // The plan ends with its summary ("stack … : 3 to create, …"): it heads the view.
+                let (summary, changes) = match plan.split_last() {
+                    Some((last, rest)) if last.starts_with("stack ") => (last.clone(), rest),
+                    _ => (format!("plan for stack {stack}"), plan.as_slice()),
+                };
+                lines.push(Line::styled(format!("{summary} (what `up` would do)"), Style::new().bold()));
+                lines.extend(changes.iter().map(|l| Line::raw(l.clone())));
             }
         }
     }
-    // Keep the newest steps in view during a run; the plan scrolls by hand.
-    let scroll = if p.run.is_some() { (lines.len() as u16).saturating_sub(body.height) } else { p.scroll };
-    Paragraph::new(lines).scroll((scroll, 0)).render(body, buf);
+    // Long lines wrap (an error must be read whole). During a run the newest
+    // steps stay in view; the plan scrolls by hand.
+    let width = body.width.max(1) as usize;
+    let rows: usize = lines.iter().map(|l| l.width().div_ceil(width).max(1)).sum();
+    let scroll = if p.run.is_some() { (rows as u16).saturating_sub(body.height) } else { p.scroll };
+    Paragraph::new(lines).wrap(Wrap { trim: false }).scroll((scroll, 0)).render(body, buf);
 
-    let mut cursor = None;
-    let bottom_lines = match &p.confirm {
-        Confirm::Up => vec![
-            Line::styled(format!("Create or update stack {stack} on AWS as planned?"), WARN),
-            hint(&[("y", "yes, up"), ("n/Esc", "no")]),
-        ],
-        Confirm::Down(input) => {
-            let prompt = format!("Delete everything stack {stack} owns? Type its name: ");
-            let x = inner.x + prompt.chars().count() as u16 + input.visual_cursor() as u16;
-            cursor = Some(ratatui::layout::Position::new(x.min(inner.right().saturating_sub(1)), bottom.y + 1));
+    Paragraph::new(bottom_lines).render(bottom, buf);
+    // The typed name's cursor: on its line, after the prompt.
+    input_at.map(|(row, col)| {
+        ratatui::layout::Position::new((inner.x + col).min(inner.right().saturating_sub(1)), bottom.y + row)
+    })
+}
+
+/// The provisioning view's last lines: its keys, or the confirmation asked;
+/// with where the cursor goes (line, column) while a name is typed.
+fn provision_prompt(app: &App, stack: &str) -> (Vec<Line<'static>>, Option<(u16, u16)>) {
+    let p = &app.provision;
+    match &p.confirm {
+        Confirm::Up => (
             vec![
-                Line::styled("This deletes the stack's instances, groups, queues and bucket.", BAD),
-                Line::from(vec![
-                    Span::styled(prompt, BAD),
-                    Span::styled(input.value().to_owned(), Style::new().bold()),
-                ]),
-                hint(&[("Enter", "delete"), ("Esc", "cancel")]),
-            ]
+                Line::styled(format!("Create or correct stack {stack} on AWS as planned?"), WARN),
+                hint(&[("y", "yes, up"), ("n/Esc", "no")]),
+            ],
+            None,
+        ),
+        Confirm::Down(input) => {
+            let prompt = "Type the stack's name to delete it: ".to_owned();
+            let col = (prompt.chars().count() + input.visual_cursor()) as u16;
+            (
+                vec![
+                    Line::styled(format!("Down deletes everything tagged with stack {stack}: instances, load"), BAD),
+                    Line::styled("balancer, database (no final snapshot), cache, queues, bucket and pictures.", BAD),
+                    Line::from(vec![
+                        Span::styled(prompt, BAD),
+                        Span::styled(input.value().to_owned(), Style::new().bold()),
+                    ]),
+                    hint(&[("Enter", "delete"), ("Esc", "cancel")]),
+                ],
+                Some((2, col)),
+            )
         }
         Confirm::None => {
             let mut keys = vec![("↑↓", "scroll"), ("Esc", "close")];
@@ -791,9 +830,7 @@ fn provision_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::la
                     WARN,
                 ));
             }
-            l
+            (l, None)
         }
-    };
-    Paragraph::new(bottom_lines).render(bottom, buf);
-    cursor
+    }
 }

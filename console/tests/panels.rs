@@ -156,11 +156,14 @@ fn dump_overlays_prompt_progress_and_done() {
 fn provisioning_plan_confirm_down_and_progress() {
     let mut a = app(Some("demo"), false);
     key(&mut a, 'p');
+    // As flipstack-provision's Plan prints itself.
     a.on_msg(Msg::Provision(ProvisionMsg::Plan(Ok(vec![
-        "+ create security group      flipstack-demo-web".into(),
-        "+ create queue               flipstack-demo-jobs".into(),
-        "= keep   bucket              flipstack-demo-1234".into(),
-        "stack demo in us-east-1: 2 to create, 0 to change, 1 unchanged".into(),
+        "+ create security group     flipstack-demo-lb".into(),
+        "           allow tcp 80 from 0.0.0.0/0".into(),
+        "~ change queue              flipstack-demo-jobs".into(),
+        "           - visibility timeout 30 s → 300 s".into(),
+        "= keep   bucket             flipstack-demo-123456789012-us-east-1".into(),
+        "stack demo in us-east-1: 1 to create, 1 to change, 1 unchanged".into(),
     ]))));
     assert_snapshot!("provision_plan", screen(&a, 80, 24));
     key(&mut a, 'D');
@@ -175,7 +178,10 @@ fn provisioning_plan_confirm_down_and_progress() {
         ("security group flipstack-demo-web", StepState::Done("created".into())),
         ("queue flipstack-demo-jobs", StepState::Done("exists".into())),
         ("database flipstack-demo-db", StepState::Running("waiting for it to be available (40 s)".into())),
-        ("warning", StepState::Warning("the default VPC has one subnet: the database has no standby".into())),
+        (
+            "cache cluster flipstack-demo-cache",
+            StepState::Warning("the cluster reported no endpoint, so the configuration names none".into()),
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -183,4 +189,11 @@ fn provisioning_plan_confirm_down_and_progress() {
         a.on_msg(Msg::Provision(ProvisionMsg::Step { index: i, name: name.into(), state }));
     }
     assert_snapshot!("provision_running", screen(&a, 80, 24));
+    a.on_msg(Msg::Provision(ProvisionMsg::Step {
+        index: 4,
+        name: "cache subnet group flipstack-demo-cache".into(),
+        state: StepState::Failed("deleting the cache subnet group: it is still in use by cluster flipstack-demo-cache (CacheSubnetGroupInUse)".into()),
+    }));
+    a.on_msg(Msg::Provision(ProvisionMsg::Finished(Ok("3 created, 0 changed, 1 unchanged".into()))));
+    assert_snapshot!("provision_finished_with_a_failed_step", screen(&a, 80, 24));
 }

@@ -133,3 +133,37 @@ impl Drop for Tmux {
 pub fn line_with<'a>(screen: &'a str, needle: &str) -> Option<&'a str> {
     screen.lines().find(|l| l.contains(needle))
 }
+
+/// The region every AWS test uses.
+pub const REGION: &str = "us-east-1";
+
+/// moto_server's endpoint, or None when the AWS tests were not asked for
+/// (a clear failure when FLIPSTACK_TEST_TIERS asks for them without it).
+pub fn aws_endpoint() -> Option<String> {
+    match std::env::var("FLIPSTACK_TEST_AWS_ENDPOINT") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            let tiers = std::env::var("FLIPSTACK_TEST_TIERS").unwrap_or_default();
+            assert!(
+                !tiers.split([',', ' ']).any(|t| t.trim() == "aws"),
+                "FLIPSTACK_TEST_TIERS asks for the aws tier but FLIPSTACK_TEST_AWS_ENDPOINT is not set: start moto_server (scripts/services.sh up DIR --only moto) and export the endpoint"
+            );
+            eprintln!("the AWS test was not requested (no FLIPSTACK_TEST_AWS_ENDPOINT): skipping it");
+            None
+        }
+    }
+}
+
+/// The numbers of a group's row in the fleet panel (the left half of an
+/// 80-column screen): want, in service, pending.
+pub fn group_row(screen: &str, role: &str) -> Option<(u32, u32, u32)> {
+    screen.lines().find_map(|line| {
+        let left: String = line.chars().take(40).collect();
+        let mut words = left.trim_matches(|c| c == '│' || c == ' ').split_whitespace();
+        if words.next()? != role {
+            return None;
+        }
+        let mut n = || words.next()?.parse::<u32>().ok();
+        Some((n()?, n()?, n()?))
+    })
+}
