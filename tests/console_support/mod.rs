@@ -30,17 +30,19 @@ pub fn flipstack() -> Command {
 pub struct Tmux {
     socket: String,
     conf: tempfile::NamedTempFile,
+    /// Where the program's exit status is written when it ends.
+    status: tempfile::TempDir,
 }
 
 impl Tmux {
     /// Starts `argv` in a `cols`×`rows` terminal in `cwd`, with `env` added.
     pub fn start(cols: u16, rows: u16, cwd: &Path, env: &[(&str, String)], argv: &[String]) -> Tmux {
         let mut conf = tempfile::NamedTempFile::new().unwrap();
-        // Keep the pane after the program exits: its exit status is checked.
+        // Keep the pane after the program exits: its last screen is read.
         use std::io::Write;
         writeln!(conf, "set -g remain-on-exit on").unwrap();
         let socket = format!("flipstack-test-{}-{}", std::process::id(), free_port());
-        let tmux = Tmux { socket, conf };
+        let tmux = Tmux { socket, conf, status: tempfile::tempdir().unwrap() };
         let mut args: Vec<String> = vec![
             "new-session".into(),
             "-d".into(),
@@ -57,7 +59,16 @@ impl Tmux {
             args.push("-e".into());
             args.push(format!("{k}={v}"));
         }
-        args.push("--".into());
+        // A shell waits for the program and writes its exit status (tmux's
+        // own pane_dead_status now and then lags behind a program's exit).
+        let status = tmux.status.path().join("status");
+        args.extend([
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            format!("\"$@\"; echo $? > '{0}.tmp' && mv '{0}.tmp' '{0}'", status.display()),
+            "sh".into(),
+        ]);
         args.extend(argv.iter().cloned());
         let out = tmux.run(&args);
         assert!(out.status.success(), "tmux new-session failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -107,19 +118,7 @@ impl Tmux {
 
     /// The program's exit status once it has exited.
     pub fn exit_status(&self) -> Option<i32> {
-        let out = self.run(&[
-            "display-message".into(),
-            "-p".into(),
-            "-t".into(),
-            "console".into(),
-            "#{pane_dead} #{pane_dead_status}".into(),
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut parts = text.split_whitespace();
-        match (parts.next(), parts.next()) {
-            (Some("1"), Some(code)) => code.parse().ok(),
-            _ => None,
-        }
+        std::fs::read_to_string(self.status.path().join("status")).ok()?.trim().parse().ok()
     }
 }
 
