@@ -1,5 +1,5 @@
 //! `flipstack`: the one binary. Commands and their flags only; the work is in
-//! the crates (core, server, worker, provision).
+//! the crates (core, server, worker, console, provision).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -98,12 +98,39 @@ enum Command {
     Serve,
     /// Run one worker alone: take jobs, flip pictures, store them. SIGTERM lets it finish its job first.
     Work,
+    /// The operator console: fleet, queue, cache, reads and uploads, live; block uploads, dump, provision.
+    Console(ConsoleArgs),
     /// Database tools: dump, restore, migrate.
     #[command(subcommand)]
     Db(DbCommand),
     /// The stack on AWS: plan, up, down, status (see docs/aws.md).
     #[command(subcommand)]
     Provision(flipstack_provision::cli::ProvisionCommand),
+}
+
+#[derive(Args)]
+struct ConsoleArgs {
+    /// The running flipstack's address (a local `up`, or the load balancer).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000")]
+    url: String,
+    /// The admin token [default: FLIPSTACK_ADMIN_TOKEN, else <data-dir>/admin-token].
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Also show this AWS stack's Auto Scaling groups, and provision it with `p`.
+    #[arg(long, value_name = "NAME")]
+    stack: Option<String>,
+    /// Show everything, change nothing: block, dump and provisioning up/down are off.
+    #[arg(long)]
+    read_only: bool,
+    /// With --stack: the flipstack binary (Linux x86-64) that `p` → up uploads as the release when it differs.
+    #[arg(long, value_name = "FILE", requires = "stack")]
+    binary: Option<PathBuf>,
+    /// Where `d` proposes to write dumps.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    dump_dir: PathBuf,
+    /// How often the AWS fleet is read, in seconds (with --stack).
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    fleet_every: u64,
 }
 
 #[derive(Subcommand)]
@@ -128,7 +155,10 @@ enum DbCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    // The console owns the terminal: log lines would draw over it.
+    if !matches!(cli.command, Command::Console(_)) {
+        init_logging();
+    }
     let config = Config::load(cli.config.as_deref(), &cli.flags)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
@@ -137,6 +167,7 @@ fn main() -> Result<()> {
             Command::Up => up(config).await,
             Command::Serve => serve(config).await,
             Command::Work => work(config).await,
+            Command::Console(args) => console(config, args).await,
             Command::Db(cmd) => db(config, cmd).await,
             Command::Provision(cmd) => flipstack_provision::cli::run(cmd, &config).await,
         }
@@ -214,6 +245,35 @@ async fn up(config: Config) -> Result<()> {
     server.run_until(shutdown_signal()).await;
     stop.cancel();
     let _ = pool_task.await;
+    Ok(())
+}
+
+async fn console(config: Config, args: ConsoleArgs) -> Result<()> {
+    let token = match args.token.or(config.admin_token.clone()) {
+        Some(t) => t,
+        None => {
+            let path = config.data_dir.join("admin-token");
+            std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "no admin token: pass --token, set FLIPSTACK_ADMIN_TOKEN, or point --data-dir at the server's data ({} cannot be read)",
+                    path.display()
+                )
+            })?
+        }
+    };
+    if token.trim().is_empty() {
+        bail!("the admin token is empty: pass --token or set FLIPSTACK_ADMIN_TOKEN");
+    }
+    flipstack_console::run(flipstack_console::ConsoleConfig {
+        url: args.url,
+        token: token.trim().to_owned(),
+        stack: args.stack.map(|s| flipstack_console::stack_spec(&s, &config, args.binary)),
+        read_only: args.read_only,
+        dump_dir: args.dump_dir,
+        status_every: Duration::from_secs(1),
+        fleet_every: Duration::from_secs(args.fleet_every.max(1)),
+    })
+    .await?;
     Ok(())
 }
 

@@ -1,0 +1,836 @@
+//! Drawing: a pure function of the [`App`]. Nothing here waits or fetches.
+//!
+//! At 80×24 the five panels sit in three rows (fleet | queue, cache | reads,
+//! uploads); a larger terminal gives every panel more lines and the uploads
+//! panel a column of recent jobs.
+
+use flipstack_core::status::AdminStatus;
+use ratatui::Frame;
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span, Text};
+use ratatui::widgets::{Block, Clear, Paragraph, Sparkline, Widget, Wrap};
+
+use crate::app::{App, DumpState, Level, Mode, STATUS_STALE_MS};
+use crate::model::{AdminEvent, Freshness, Series, human_age, human_bytes};
+use crate::provision::{Confirm, ProvisionOp, StepState};
+
+/// The panels, for drawing one alone (the snapshot tests do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Panel {
+    Fleet,
+    Queue,
+    Cache,
+    Reads,
+    Uploads,
+}
+
+pub fn draw(frame: &mut Frame, app: &App) {
+    let area = frame.area();
+    let [header, body, footer] =
+        area.layout(&Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]));
+    let buf = frame.buffer_mut();
+    render_header(app, header, buf);
+    let [top, middle, bottom] =
+        body.layout(&Layout::vertical([Constraint::Fill(1), Constraint::Fill(1), Constraint::Fill(1)]));
+    let halves = Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)]);
+    let [fleet, queue] = top.layout(&halves);
+    let [cache, reads] = middle.layout(&halves);
+    render_panel(Panel::Fleet, app, fleet, buf);
+    render_panel(Panel::Queue, app, queue, buf);
+    render_panel(Panel::Cache, app, cache, buf);
+    render_panel(Panel::Reads, app, reads, buf);
+    render_panel(Panel::Uploads, app, bottom, buf);
+    render_footer(app, footer, buf);
+
+    if let Some(cursor) = render_overlay(app, area, frame.buffer_mut()) {
+        frame.set_cursor_position(cursor);
+    }
+}
+
+pub fn render_panel(panel: Panel, app: &App, area: Rect, buf: &mut Buffer) {
+    match panel {
+        Panel::Fleet => fleet(app, area, buf),
+        Panel::Queue => queue(app, area, buf),
+        Panel::Cache => cache(app, area, buf),
+        Panel::Reads => reads(app, area, buf),
+        Panel::Uploads => uploads(app, area, buf),
+    }
+}
+
+const DIM: Style = Style::new().fg(Color::DarkGray);
+const KEY: Style = Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD);
+const GOOD: Style = Style::new().fg(Color::Green);
+const BAD: Style = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
+const WARN: Style = Style::new().fg(Color::Yellow);
+
+/// A panel's frame: its name, what it shows, and how fresh that is.
+fn panel_block<'a>(name: &'a str, detail: String, freshness: &Freshness) -> Block<'a> {
+    let mut title = vec![Span::raw(" "), Span::styled(name, Style::new().bold())];
+    if !detail.is_empty() {
+        title.push(Span::styled(format!(" · {detail}"), DIM));
+    }
+    title.push(Span::raw(" "));
+    let block = Block::bordered().title(Line::from(title));
+    match freshness {
+        Freshness::Live => block,
+        Freshness::Stale { age_ms, .. } => block
+            .title(Line::from(Span::styled(format!(" stale {} ", human_age(*age_ms)), BAD)).right_aligned())
+            .border_style(Style::new().fg(Color::Red)),
+        Freshness::Waiting { .. } => block
+            .title(Line::from(Span::styled(" waiting ", WARN)).right_aligned())
+            .border_style(Style::new().fg(Color::Yellow)),
+    }
+}
+
+fn status_freshness(app: &App) -> Freshness {
+    app.status.health.freshness(app.now, STATUS_STALE_MS)
+}
+
+/// What a panel shows while its source has never answered; one panel per
+/// source (`with_error`) says why.
+fn waiting_text(source: &str, freshness: &Freshness, with_error: bool) -> Text<'static> {
+    let mut t = Text::from(Line::styled(format!("waiting for {source}…"), WARN));
+    if with_error && let Freshness::Waiting { error: Some(e) } | Freshness::Stale { error: Some(e), .. } = freshness {
+        t.push_line(Line::styled(e.clone(), BAD));
+    }
+    t
+}
+
+/// `label` then a one-line sparkline of `series` filling the rest of `area`,
+/// scaled to at least `top`.
+fn spark_row(label: &str, series: &Series, top: u64, area: Rect, buf: &mut Buffer, style: Style) {
+    if area.height == 0 || area.width == 0 {
+        return;
+    }
+    let label_w = (label.chars().count() as u16 + 1).min(area.width);
+    let [l, s] = area.layout(&Layout::horizontal([Constraint::Length(label_w), Constraint::Min(0)]));
+    Paragraph::new(Span::styled(label.to_owned(), DIM)).render(l, buf);
+    sparkline(series, top, s, buf, style);
+}
+
+fn sparkline(series: &Series, top: u64, area: Rect, buf: &mut Buffer, style: Style) {
+    if area.width == 0 || area.height == 0 {
+        return;
+    }
+    let data = series.last(area.width as usize);
+    // Never scale to less than 1: a flat zero series stays at the bottom.
+    let max = data.iter().copied().max().unwrap_or(0).max(top).max(1);
+    Sparkline::default().data(&data).max(max).style(style).render(area, buf);
+}
+
+fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
+    let mut spans = vec![
+        Span::styled(" flipstack ", Style::new().bold().reversed()),
+        Span::raw(" "),
+        Span::raw(app.options.url.clone()),
+    ];
+    if let Some(stack) = &app.options.stack {
+        spans.push(Span::styled(format!(" · stack {stack}"), DIM));
+    }
+    if let Some(s) = &app.status.last {
+        spans.push(Span::styled(format!(" · v{} up {}", s.version, human_age(s.uptime_secs as i64 * 1000)), DIM));
+    }
+    match app.blocked() {
+        Some(true) => spans.push(Span::styled(" · uploads BLOCKED", BAD)),
+        Some(false) => spans.push(Span::styled(" · uploads open", GOOD)),
+        None => {}
+    }
+    if app.options.read_only {
+        spans.push(Span::styled(" · READ-ONLY", WARN));
+    }
+    Paragraph::new(Line::from(spans)).render(area, buf);
+}
+
+fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
+    let line = if let Some(f) = &app.flash {
+        let style = match f.level {
+            Level::Info => GOOD,
+            Level::Warn => WARN,
+            Level::Error => BAD,
+        };
+        Line::from(Span::styled(format!(" {}", f.text), style))
+    } else {
+        let mut spans = vec![Span::raw(" ")];
+        let keys: &[(&str, &str)] = if app.options.read_only {
+            &[("p", "plan"), ("?", "help"), ("q", "quit")]
+        } else {
+            &[
+                ("b", if app.blocked() == Some(true) { "unblock" } else { "block" }),
+                ("d", "dump"),
+                ("p", "provision"),
+                ("?", "help"),
+                ("q", "quit"),
+            ]
+        };
+        for (k, what) in keys {
+            spans.push(Span::styled(*k, KEY));
+            spans.push(Span::raw(format!(" {what}  ")));
+        }
+        if let Some(d) = app.dump.as_ref().filter(|d| d.running()) {
+            spans.push(Span::styled(format!("dumping {}…  ", human_bytes(d.bytes)), WARN));
+        }
+        if let Some(run) = app.provision.run.as_ref().filter(|r| r.running()) {
+            spans.push(Span::styled(format!("provision {}: step {}…", run.op.name(), run.steps.len()), WARN));
+        }
+        Line::from(spans)
+    };
+    Paragraph::new(line).render(area, buf);
+}
+
+fn fleet(app: &App, area: Rect, buf: &mut Buffer) {
+    match &app.options.stack {
+        Some(stack) => aws_fleet(app, stack, area, buf),
+        None => local_fleet(app, area, buf),
+    }
+}
+
+fn aws_fleet(app: &App, stack: &str, area: Rect, buf: &mut Buffer) {
+    let freshness = app.fleet.health.freshness(app.now, app.options.fleet_interval_ms * 3);
+    let block = panel_block("fleet", format!("stack {stack}"), &freshness);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    if let Freshness::Waiting { .. } = freshness {
+        Paragraph::new(waiting_text("AWS", &freshness, true)).wrap(Wrap { trim: true }).render(inner, buf);
+        return;
+    }
+    if app.fleet.groups.is_empty() {
+        Paragraph::new(vec![
+            Line::styled(format!("no Auto Scaling groups tagged flipstack:stack={stack}"), WARN),
+            Line::styled("provision it with p, or check --stack and the region", DIM),
+        ])
+        .wrap(Wrap { trim: true })
+        .render(inner, buf);
+        return;
+    }
+    let mut rows = inner.rows();
+    if let Some(r) = rows.next() {
+        Paragraph::new(Line::styled(
+            format!("{:<7}{:>5}{:>4}{:>5}{:>6}  history", "group", "want", "in", "pend", "range"),
+            DIM,
+        ))
+        .render(r, buf);
+    }
+    for g in &app.fleet.groups {
+        let Some(r) = rows.next() else { break };
+        let s = &g.status;
+        let role = if s.role.is_empty() { &s.name } else { &s.role };
+        let text = format!(
+            "{:<7}{:>5}{:>4}{:>5}{:>6}  ",
+            truncate(role, 7),
+            s.desired,
+            s.in_service,
+            s.pending,
+            format!("{}-{}", s.min, s.max)
+        );
+        let [t, h] =
+            r.layout(&Layout::horizontal([Constraint::Length(text.chars().count() as u16), Constraint::Min(0)]));
+        let style = if s.in_service < s.desired { WARN } else { Style::new() };
+        Paragraph::new(Span::styled(text, style)).render(t, buf);
+        sparkline(&g.in_service, s.max as u64, h, buf, GOOD);
+    }
+    let mut rest: Vec<Rect> = rows.collect();
+    // AWS's trouble takes the last line; the workers reporting fill the rest.
+    if let Freshness::Stale { error: Some(e), .. } = &freshness
+        && let Some(r) = rest.pop()
+    {
+        Paragraph::new(Line::styled(e.clone(), BAD)).render(r, buf);
+    }
+    if let Some(st) = &app.status.last {
+        let mut lines = vec![Line::styled(workers_line(st), DIM)];
+        lines.extend(worker_lines(st));
+        for (r, line) in rest.into_iter().zip(lines) {
+            Paragraph::new(line).render(r, buf);
+        }
+    }
+}
+
+/// One line per worker that reports: id, state, its job, jobs done.
+fn worker_lines(s: &AdminStatus) -> Vec<Line<'static>> {
+    s.live_workers()
+        .map(|w| {
+            let job = w.current_upload.map(|u| format!("#{}", u.0)).unwrap_or_default();
+            let status_style = match w.status.as_str() {
+                "busy" => GOOD,
+                "draining" => WARN,
+                _ => DIM,
+            };
+            Line::from(vec![
+                Span::raw(format!("{:<15}", truncate(&w.id, 14))),
+                Span::styled(format!("{:<6}", w.status), status_style),
+                Span::raw(format!("{job:<7}")),
+                Span::styled(format!("{} jobs", w.jobs_done), DIM),
+            ])
+        })
+        .collect()
+}
+
+fn workers_line(s: &AdminStatus) -> String {
+    let live: Vec<_> = s.live_workers().collect();
+    let busy = live.iter().filter(|w| w.status == "busy").count();
+    format!("workers reporting {} (busy {busy})", live.len())
+}
+
+fn local_fleet(app: &App, area: Rect, buf: &mut Buffer) {
+    let freshness = status_freshness(app);
+    let block = panel_block("fleet", "local".into(), &freshness);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let Some(s) = &app.status.last else {
+        Paragraph::new(waiting_text("the server", &freshness, false)).wrap(Wrap { trim: true }).render(inner, buf);
+        return;
+    };
+    let mut lines = Vec::new();
+    match &s.pool {
+        Some(p) => lines.push(Line::from(vec![
+            Span::raw(format!("running {}/{}", p.running, p.desired)),
+            Span::styled(format!(" (min {} max {}) backlog {}", p.min, p.max, p.backlog), DIM),
+        ])),
+        None => lines.push(Line::styled("no local pool (not `flipstack up`)", DIM)),
+    }
+    let workers = worker_lines(s);
+    if workers.is_empty() {
+        lines.push(Line::styled("no worker reporting: jobs wait", WARN));
+    }
+    lines.extend(workers);
+    // The last line is the history of running workers.
+    let text_h = inner.height.saturating_sub(1);
+    let [text, spark] = inner.layout(&Layout::vertical([Constraint::Length(text_h), Constraint::Length(1)]));
+    if lines.len() > text_h as usize && text_h > 0 {
+        let more = lines.len() - text_h as usize + 1;
+        lines.truncate(text_h as usize - 1);
+        lines.push(Line::styled(format!("… {more} more"), DIM));
+    }
+    Paragraph::new(lines).render(text, buf);
+    let top = s.pool.as_ref().map_or(0, |p| p.max as u64);
+    spark_row("running", &app.status.pool_running, top, spark, buf, GOOD);
+}
+
+fn queue(app: &App, area: Rect, buf: &mut Buffer) {
+    let freshness = status_freshness(app);
+    let kind = app.status.last.as_ref().map(|s| s.queue.kind.clone()).unwrap_or_default();
+    let block = panel_block("queue", kind, &freshness);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let Some(s) = &app.status.last else {
+        Paragraph::new(waiting_text("the server", &freshness, false)).wrap(Wrap { trim: true }).render(inner, buf);
+        return;
+    };
+    let d = &s.queue.depth;
+    let dlq = match d.dead_letters {
+        Some(0) => Span::raw("0"),
+        Some(n) => Span::styled(n.to_string(), BAD),
+        None => Span::styled("—", DIM),
+    };
+    let m = &s.metrics;
+    let avg = |sum: f64, n: u64| {
+        if n == 0 { "—".to_owned() } else { format!("{:.2}s", sum / n as f64) }
+    };
+    let oldest = s.oldest_unfinished_age_secs.map(|a| human_age((a * 1000.0) as i64)).unwrap_or_else(|| "—".into());
+    let mut lines = vec![
+        Line::from(vec![Span::raw(format!("waiting {}  in flight {}  dead ", d.visible, d.in_flight)), dlq]),
+        Line::raw(format!("oldest {oldest}  done {}/min", app.events.jobs_done_within(app.now, 60_000))),
+    ];
+    // This process's own job timings: none where workers run apart from it.
+    if m.job_count > 0 || m.queue_wait_count > 0 {
+        let timings = Span::styled(
+            format!(
+                "  wait {} job {}",
+                avg(m.queue_wait_seconds_sum, m.queue_wait_count),
+                avg(m.job_seconds_sum, m.job_count)
+            ),
+            DIM,
+        );
+        if inner.width >= 50 {
+            lines[1].push_span(timings);
+        } else if inner.height >= 6 {
+            lines.push(Line::from(timings.content.trim_start().to_owned()).style(DIM));
+        }
+    }
+    let [text, spark] = inner.layout(&Layout::vertical([Constraint::Length(lines.len() as u16), Constraint::Min(0)]));
+    Paragraph::new(lines).render(text, buf);
+    let color = if d.visible > 0 { WARN } else { GOOD };
+    sparkline_with_label("depth", &app.status.queue_depth, spark, buf, color);
+}
+
+/// A sparkline taking the whole area, its label on the first row.
+fn sparkline_with_label(label: &str, series: &Series, area: Rect, buf: &mut Buffer, style: Style) {
+    if area.height == 0 {
+        return;
+    }
+    let label_w = (label.len() as u16 + 1).min(area.width);
+    let [l, s] = area.layout(&Layout::horizontal([Constraint::Length(label_w), Constraint::Min(0)]));
+    Paragraph::new(Span::styled(label.to_owned(), DIM)).render(l, buf);
+    sparkline(series, 0, s, buf, style);
+}
+
+fn cache(app: &App, area: Rect, buf: &mut Buffer) {
+    let freshness = status_freshness(app);
+    let kind = app.status.last.as_ref().map(|s| s.cache.clone()).unwrap_or_default();
+    let block = panel_block("cache", kind, &freshness);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let Some(s) = &app.status.last else {
+        Paragraph::new(waiting_text("the server", &freshness, false)).wrap(Wrap { trim: true }).render(inner, buf);
+        return;
+    };
+    let pct = |r: Option<f64>| r.map_or("—".to_owned(), |r| format!("{:.1}%", r * 100.0));
+    let rates = app.status.rates;
+    let now_ratio = rates.and_then(|r| r.hit_ratio());
+    let m = &s.metrics;
+    let errors = if m.cache_errors > 0 {
+        Span::styled(format!("  errors {}", m.cache_errors), BAD)
+    } else {
+        Span::styled("  errors 0", DIM)
+    };
+    let lines = vec![
+        Line::from(vec![
+            Span::raw(format!("hit ratio {}", pct(now_ratio))),
+            Span::styled(format!("  overall {}", pct(s.cache_hit_ratio())), DIM),
+        ]),
+        Line::from(vec![
+            Span::raw(match rates {
+                Some(r) => format!("hits {:.1}/s  misses {:.1}/s", r.cache_hits, r.cache_misses),
+                None => "hits —/s  misses —/s".to_owned(),
+            }),
+            errors,
+        ]),
+    ];
+    let [text, spark] = inner.layout(&Layout::vertical([Constraint::Length(2), Constraint::Min(0)]));
+    Paragraph::new(lines).render(text, buf);
+    sparkline_with_label("hits/s", &app.status.cache_hits_per_s, spark, buf, GOOD);
+}
+
+fn reads(app: &App, area: Rect, buf: &mut Buffer) {
+    let status_fresh = status_freshness(app);
+    // The feed comes from the event stream: its state is the panel's.
+    let events_fresh = if app.events.connected {
+        Freshness::Live
+    } else {
+        match app.events.health.last_ok {
+            None => Freshness::Waiting { error: app.events.health.error.as_ref().map(|e| e.1.clone()) },
+            Some(t) => {
+                Freshness::Stale { age_ms: app.now - t, error: app.events.health.error.as_ref().map(|e| e.1.clone()) }
+            }
+        }
+    };
+    let detail = match (app.events.connected, app.status.rates) {
+        (true, Some(r)) => format!("{:.1}/s · live", r.reads),
+        (true, None) => "live".to_owned(),
+        (false, _) => "feed down".to_owned(),
+    };
+    let block = panel_block("reads", detail, &events_fresh);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let mut lines = Vec::new();
+    match &app.status.last {
+        Some(s) => {
+            let m = &s.metrics;
+            lines.push(Line::raw(format!(
+                "cache {}  replica {}  primary {}",
+                m.reads_cache, m.reads_replica, m.reads_primary
+            )));
+            let lag = if s.replicas.is_empty() {
+                Line::styled("no replica: reads go to the primary", DIM)
+            } else {
+                let mut spans = vec![Span::raw("lag ")];
+                for (i, r) in s.replicas.iter().enumerate() {
+                    if i > 0 {
+                        spans.push(Span::raw("  "));
+                    }
+                    spans.push(Span::raw(format!("{} ", truncate(&r.name, 14))));
+                    spans.push(match r.lag_ms {
+                        Some(ms) if ms >= 1000 => Span::styled(format!("{ms}ms"), WARN),
+                        Some(ms) => Span::styled(format!("{ms}ms"), GOOD),
+                        None => Span::styled("down", BAD),
+                    });
+                }
+                Line::from(spans)
+            };
+            lines.push(lag);
+        }
+        None => lines.extend(waiting_text("the server", &status_fresh, false).lines),
+    }
+    if let Freshness::Waiting { error: Some(e) } | Freshness::Stale { error: Some(e), .. } = &events_fresh {
+        lines.push(Line::styled(format!("events: {e}"), BAD));
+    }
+    if app.events.reads.is_empty() {
+        lines.push(Line::styled("no gallery read seen yet", DIM));
+    }
+    for r in &app.events.reads {
+        let style = match r.source.as_str() {
+            "cache" => GOOD,
+            "replica" => Style::new().fg(Color::Cyan),
+            _ => WARN,
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{:>6} ", human_age(app.now - r.at)), DIM),
+            Span::styled(format!("{:<8}", r.source), style),
+            Span::styled(truncate(&r.person, 12), DIM),
+        ]));
+    }
+    Paragraph::new(lines).render(inner, buf);
+}
+
+fn uploads(app: &App, area: Rect, buf: &mut Buffer) {
+    let freshness = status_freshness(app);
+    let detail = match app.blocked() {
+        Some(true) => "BLOCKED",
+        Some(false) => "open",
+        None => "",
+    };
+    let block = panel_block("uploads", detail.into(), &freshness);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let Some(s) = &app.status.last else {
+        Paragraph::new(waiting_text("the server", &freshness, true)).wrap(Wrap { trim: true }).render(inner, buf);
+        return;
+    };
+    // Wide terminals get a column of recent job events.
+    let (left, right) = if inner.width >= 100 {
+        let [l, r] = inner.layout(&Layout::horizontal([Constraint::Fill(3), Constraint::Fill(2)]));
+        (l, Some(r))
+    } else {
+        (inner, None)
+    };
+    let mut lines = Vec::new();
+    // The status source's trouble is told here, the widest panel.
+    if let Freshness::Stale { error: Some(e), .. } = &freshness {
+        lines.push(Line::styled(format!("no answer: {e}"), BAD));
+    }
+    let mut first = vec![if s.blocked { Span::styled("BLOCKED ", BAD) } else { Span::styled("open ", GOOD) }];
+    for state in ["pending", "processing", "done", "failed"] {
+        let n = s.uploads.get(state).copied().unwrap_or(0);
+        let style = if state == "failed" && n > 0 { BAD } else { Style::new() };
+        first.push(Span::styled(format!(" {state} {n}"), style));
+    }
+    for (state, n) in &s.uploads {
+        if !["pending", "processing", "done", "failed"].contains(&state.as_str()) {
+            first.push(Span::raw(format!(" {state} {n}")));
+        }
+    }
+    if let Some(a) = s.oldest_unfinished_age_secs {
+        first.push(Span::styled(format!("  oldest {}", human_age((a * 1000.0) as i64)), DIM));
+    }
+    lines.push(Line::from(first));
+    for p in &s.problems {
+        lines.push(Line::styled(format!("problem: {p}"), BAD));
+    }
+    if s.recent_failures.is_empty() {
+        lines.push(Line::styled("no recent failures", DIM));
+    } else {
+        lines.push(Line::styled("recent failures", DIM));
+        for f in &s.recent_failures {
+            let when = f.at.map(|t| format!("{} ago", human_age(s.at - t))).unwrap_or_default();
+            lines.push(Line::from(vec![
+                Span::raw(format!(" #{:<6}", f.upload_id)),
+                Span::styled(format!("{when:>9}  "), DIM),
+                Span::styled(f.reason.clone(), WARN),
+            ]));
+        }
+    }
+    Paragraph::new(lines).render(left, buf);
+    if let Some(right) = right {
+        let mut jobs = vec![Line::styled("recent jobs", DIM)];
+        for e in &app.events.jobs {
+            if let AdminEvent::Job { at, kind, upload_id, detail, .. } = e {
+                let style = match kind.as_str() {
+                    "failed" => BAD,
+                    "retry" => WARN,
+                    "done" => GOOD,
+                    _ => Style::new(),
+                };
+                jobs.push(Line::from(vec![
+                    Span::styled(format!("{:>6} ", human_age(app.now - at)), DIM),
+                    Span::styled(format!("{kind:<9}"), style),
+                    Span::raw(upload_id.map(|u| format!("#{u} ")).unwrap_or_default()),
+                    Span::styled(detail.clone().unwrap_or_default(), DIM),
+                ]));
+            }
+        }
+        Paragraph::new(jobs)
+            .block(Block::new().borders(ratatui::widgets::Borders::LEFT).border_style(DIM))
+            .render(right, buf);
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// A centred box of at most `w`×`h`, cleared, with a border and title.
+fn popup(area: Rect, w: u16, h: u16, title: &str, buf: &mut Buffer) -> Rect {
+    let rect = area.centered(Constraint::Length(w.min(area.width)), Constraint::Length(h.min(area.height)));
+    Clear.render(rect, buf);
+    let block =
+        Block::bordered().title(Line::from(format!(" {title} ").bold())).border_style(Style::new().fg(Color::Cyan));
+    let inner = block.inner(rect);
+    block.render(rect, buf);
+    inner
+}
+
+/// Draws the overlay of the current mode; answers where the cursor goes.
+fn render_overlay(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::layout::Position> {
+    match &app.mode {
+        Mode::Normal => None,
+        Mode::Help => {
+            help(app, area, buf);
+            None
+        }
+        Mode::ConfirmBlock(block) => {
+            confirm_block(*block, area, buf);
+            None
+        }
+        Mode::DumpPath(input) => {
+            let inner = popup(area, 72, 7, "dump the database", buf);
+            let width = inner.width.max(1) as usize;
+            let scroll = input.visual_scroll(width.saturating_sub(1));
+            let lines = vec![
+                Line::raw("Write the whole database as SQL to this file:"),
+                Line::raw(""),
+                Line::styled(
+                    input.value().chars().skip(scroll).collect::<String>(),
+                    Style::new().fg(Color::White).bg(Color::DarkGray),
+                ),
+                Line::raw(""),
+                hint(&[("Enter", "start"), ("Esc", "cancel")]),
+            ];
+            Paragraph::new(lines).render(inner, buf);
+            Some(ratatui::layout::Position::new(
+                inner.x + (input.visual_cursor().saturating_sub(scroll)) as u16,
+                inner.y + 2,
+            ))
+        }
+        Mode::Dump => {
+            if let Some(d) = &app.dump {
+                dump_view(app, d, area, buf);
+            }
+            None
+        }
+        Mode::Provision => provision_view(app, area, buf),
+    }
+}
+
+fn hint(keys: &[(&str, &str)]) -> Line<'static> {
+    let mut spans = Vec::new();
+    for (k, what) in keys {
+        spans.push(Span::styled(k.to_string(), KEY));
+        spans.push(Span::raw(format!(" {what}   ")));
+    }
+    Line::from(spans)
+}
+
+fn help(app: &App, area: Rect, buf: &mut Buffer) {
+    let row =
+        |k: &str, what: &str| Line::from(vec![Span::styled(format!("  {k:<6}"), KEY), Span::raw(what.to_owned())]);
+    let mut lines = vec![
+        row("b", "block or unblock uploads (asks first)"),
+        row("d", "dump the database to a file (SQL)"),
+        row("p", "provisioning: plan, then up or down (--stack)"),
+        row("?", "this help; any key closes it"),
+        row("q", "quit (Ctrl-C too)"),
+        Line::raw(""),
+        Line::styled("Panels refresh in the background: status every second,", DIM),
+        Line::styled("reads as they happen, the AWS fleet every few seconds.", DIM),
+        Line::styled("A red border and \"stale 12s\" mean that source has not", DIM),
+        Line::styled("answered for that long: the numbers are its last ones.", DIM),
+        Line::raw(""),
+        Line::styled("Restore a dump with: flipstack db restore FILE", DIM),
+    ];
+    if app.options.read_only {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled("Read-only: b, d and provisioning up/down are off.", WARN));
+    }
+    let inner = popup(area, 62, lines.len() as u16 + 2, "help", buf);
+    Paragraph::new(lines).render(inner, buf);
+}
+
+fn confirm_block(block: bool, area: Rect, buf: &mut Buffer) {
+    let (title, lines) = if block {
+        (
+            "block uploads?",
+            vec![
+                Line::raw("Every server will refuse new uploads (503) within a"),
+                Line::raw("second, and the form will say uploads are paused."),
+                Line::raw("Galleries and jobs already queued keep working."),
+            ],
+        )
+    } else {
+        ("unblock uploads?", vec![Line::raw("Every server will take new uploads again within a"), Line::raw("second.")])
+    };
+    let inner = popup(area, 60, lines.len() as u16 + 4, title, buf);
+    let mut lines = lines;
+    lines.push(Line::raw(""));
+    lines.push(hint(&[("y", if block { "block" } else { "unblock" }), ("n/Esc", "leave as it is")]));
+    Paragraph::new(lines).render(inner, buf);
+}
+
+fn dump_view(app: &App, d: &DumpState, area: Rect, buf: &mut Buffer) {
+    let inner = popup(area, 72, 8, "database dump", buf);
+    let path = d.path.display().to_string();
+    let lines = match &d.outcome {
+        None => vec![
+            Line::raw(format!("Writing {path}")),
+            Line::raw(""),
+            Line::from(vec![
+                Span::styled(format!("{} written", human_bytes(d.bytes)), GOOD),
+                Span::styled(format!("  after {}", human_age(app.now - d.started)), DIM),
+            ]),
+            Line::raw(""),
+            hint(&[("c", "cancel"), ("Esc", "hide (it goes on)")]),
+        ],
+        Some(Ok(w)) => vec![
+            Line::styled(format!("Dump written: {}", w.path.display()), GOOD),
+            Line::raw(format!("{} ({} bytes)", human_bytes(w.bytes), w.bytes)),
+            Line::styled(format!("restore with: flipstack db restore {}", w.path.display()), DIM),
+            Line::raw(""),
+            hint(&[("Esc", "close")]),
+        ],
+        Some(Err(e)) => vec![
+            Line::styled("The dump failed; nothing was kept.", BAD),
+            Line::raw(e.clone()),
+            Line::raw(""),
+            hint(&[("Esc", "close"), ("d", "try again after closing")]),
+        ],
+    };
+    Paragraph::new(lines).wrap(Wrap { trim: false }).render(inner, buf);
+}
+
+fn provision_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::layout::Position> {
+    let stack = app.options.stack.as_deref().unwrap_or("");
+    let p = &app.provision;
+    let w = area.width.saturating_sub(4).max(20);
+    let h = area.height.saturating_sub(2).max(8);
+    let inner = popup(area, w, h, &format!("provision · stack {stack}"), buf);
+    let (bottom_lines, input_at) = provision_prompt(app, stack);
+    let [body, bottom] =
+        inner.layout(&Layout::vertical([Constraint::Min(0), Constraint::Length(bottom_lines.len() as u16)]));
+    let mut lines: Vec<Line> = Vec::new();
+    if let Some(run) = &p.run {
+        lines.push(Line::styled(format!("provision {}", run.op.name()), Style::new().bold()));
+        if run.steps.is_empty() && run.running() {
+            lines.push(Line::styled("starting…", DIM));
+        }
+        for (name, state) in &run.steps {
+            let (mark, style, note) = match state {
+                StepState::Running(note) => ("…", WARN, note.clone()),
+                StepState::Done(note) => ("✓", GOOD, note.clone()),
+                StepState::Warning(note) => ("!", WARN, note.clone()),
+                StepState::Failed(e) => ("✗", BAD, e.clone()),
+            };
+            lines.push(Line::from(vec![
+                Span::styled(format!(" {mark} "), style),
+                Span::raw(name.clone()),
+                Span::styled(if note.is_empty() { String::new() } else { format!("  {note}") }, DIM),
+            ]));
+        }
+        match &run.outcome {
+            None => {}
+            Some(Ok(summary)) => {
+                let failed = run.steps.iter().filter(|(_, s)| matches!(s, StepState::Failed(_))).count();
+                if failed == 0 {
+                    lines.push(Line::styled(format!("done: provision {} finished: {summary}", run.op.name()), GOOD))
+                } else {
+                    lines.push(Line::styled(
+                        format!(
+                            "provision {} finished: {summary}; {failed} step(s) failed (✗): run it again once fixed",
+                            run.op.name()
+                        ),
+                        WARN,
+                    ))
+                }
+            }
+            Some(Err(e)) => lines.push(Line::styled(format!("failed: {e}"), BAD)),
+        }
+    } else {
+        match &p.plan {
+            None => lines.push(Line::styled("making the plan…", DIM)),
+            Some(Err(e)) => {
+                lines.push(Line::styled("The plan could not be made:", BAD));
+                lines.push(Line::raw(e.clone()));
+            }
+            Some(Ok(plan)) => {
+                // The plan ends with its summary ("stack … : 3 to create, …"): it heads the view.
+                let (summary, changes) = match plan.split_last() {
+                    Some((last, rest)) if last.starts_with("stack ") => (last.clone(), rest),
+                    _ => (format!("plan for stack {stack}"), plan.as_slice()),
+                };
+                lines.push(Line::styled(format!("{summary} (what `up` would do)"), Style::new().bold()));
+                lines.extend(changes.iter().map(|l| Line::raw(l.clone())));
+            }
+        }
+    }
+    // Long lines wrap (an error must be read whole). During a run the newest
+    // steps stay in view; the plan scrolls by hand.
+    let width = body.width.max(1) as usize;
+    let rows: usize = lines.iter().map(|l| l.width().div_ceil(width).max(1)).sum();
+    let scroll = if p.run.is_some() { (rows as u16).saturating_sub(body.height) } else { p.scroll };
+    Paragraph::new(lines).wrap(Wrap { trim: false }).scroll((scroll, 0)).render(body, buf);
+
+    Paragraph::new(bottom_lines).render(bottom, buf);
+    // The typed name's cursor: on its line, after the prompt.
+    input_at.map(|(row, col)| {
+        ratatui::layout::Position::new((inner.x + col).min(inner.right().saturating_sub(1)), bottom.y + row)
+    })
+}
+
+/// The provisioning view's last lines: its keys, or the confirmation asked;
+/// with where the cursor goes (line, column) while a name is typed.
+fn provision_prompt(app: &App, stack: &str) -> (Vec<Line<'static>>, Option<(u16, u16)>) {
+    let p = &app.provision;
+    match &p.confirm {
+        Confirm::Up => (
+            vec![
+                Line::styled(format!("Create or correct stack {stack} on AWS as planned?"), WARN),
+                hint(&[("y", "yes, up"), ("n/Esc", "no")]),
+            ],
+            None,
+        ),
+        Confirm::Down(input) => {
+            let prompt = "Type the stack's name to delete it: ".to_owned();
+            let col = (prompt.chars().count() + input.visual_cursor()) as u16;
+            (
+                vec![
+                    Line::styled(format!("Down deletes everything tagged with stack {stack}: instances, load"), BAD),
+                    Line::styled("balancer, database (no final snapshot), cache, queues, bucket and pictures.", BAD),
+                    Line::from(vec![
+                        Span::styled(prompt, BAD),
+                        Span::styled(input.value().to_owned(), Style::new().bold()),
+                    ]),
+                    hint(&[("Enter", "delete"), ("Esc", "cancel")]),
+                ],
+                Some((2, col)),
+            )
+        }
+        Confirm::None => {
+            let mut keys = vec![("↑↓", "scroll"), ("Esc", "close")];
+            if !p.running() {
+                keys.insert(0, ("r", "plan again"));
+                if !app.options.read_only {
+                    keys.insert(0, ("D", "down"));
+                    keys.insert(0, ("u", "up"));
+                }
+            }
+            let mut l = vec![Line::raw(""), hint(&keys)];
+            if app.options.read_only {
+                l.push(Line::styled("read-only: up and down are off", WARN));
+            } else if p.running() {
+                l.push(Line::styled(
+                    format!(
+                        "running {}: Esc hides this view, the run goes on",
+                        p.run.as_ref().map(|r| r.op).unwrap_or(ProvisionOp::Up).name()
+                    ),
+                    WARN,
+                ));
+            }
+            (l, None)
+        }
+    }
+}

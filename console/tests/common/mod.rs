@@ -1,0 +1,191 @@
+//! Fixed data for the console's tests: an app fed a known history.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use flipstack_console::app::{App, Msg, Options};
+use flipstack_console::model::AdminEvent;
+use flipstack_core::domain::UploadId;
+use flipstack_core::queue::QueueDepth;
+use flipstack_core::status::{AdminStatus, FailureInfo, PoolStatus, QueueStatus, ReplicaStatus};
+use flipstack_core::store::WorkerInfo;
+use flipstack_provision::fleet::GroupStatus;
+
+/// 2023-11-14 22:13:20 UTC: every age in the snapshots is measured from here.
+pub const T0: i64 = 1_700_000_000_000;
+
+pub fn options(stack: Option<&str>, read_only: bool) -> Options {
+    Options {
+        url: "http://127.0.0.1:5000".into(),
+        stack: stack.map(String::from),
+        read_only,
+        dump_dir: PathBuf::from("/var/backups"),
+        fleet_interval_ms: 5_000,
+    }
+}
+
+/// The status the server answers at `T0 + i` seconds, for `i` in 0..30:
+/// traffic that grows, a queue that fills then drains.
+pub fn status_at(i: i64) -> AdminStatus {
+    let at = T0 + i * 1000;
+    let hits: u64 = (0..=i as u64).map(|k| 10 + k).sum();
+    let misses: u64 = (0..=i as u64).map(|k| 2 + k % 3).sum();
+    let depth = if i < 15 { i as u64 } else { (30 - i) as u64 };
+    let mut uploads = BTreeMap::new();
+    uploads.insert("pending".to_owned(), depth);
+    uploads.insert("processing".to_owned(), 2);
+    uploads.insert("done".to_owned(), 1200 + i as u64 * 3);
+    uploads.insert("failed".to_owned(), 2);
+    AdminStatus {
+        version: "0.1.0".into(),
+        at,
+        uptime_secs: 3_600 + i as u64,
+        blocked: false,
+        database: "mysql".into(),
+        cache: "memcached".into(),
+        blobs: "s3".into(),
+        uploads,
+        oldest_unfinished_age_secs: Some(12.4),
+        queue: QueueStatus {
+            kind: "sqs".into(),
+            depth: QueueDepth { visible: depth, in_flight: 2, dead_letters: Some(1) },
+        },
+        metrics: flipstack_core::metrics::MetricsSnapshot {
+            cache_hits: hits,
+            cache_misses: misses,
+            cache_errors: 0,
+            reads_cache: hits,
+            reads_replica: misses - 5.min(misses),
+            reads_primary: 5.min(misses),
+            db_queries_primary: 900,
+            db_queries_replica: 300,
+            queue_wait_seconds_sum: 42.0,
+            queue_wait_count: 120,
+            job_seconds_sum: 30.0,
+            job_count: 120,
+        },
+        replicas: vec![
+            ReplicaStatus { name: "replica-1".into(), lag_ms: Some(35) },
+            ReplicaStatus { name: "replica-2".into(), lag_ms: None },
+        ],
+        workers: vec![
+            WorkerInfo {
+                id: "ip-10-0-1-17-9f2a".into(),
+                host: "ip-10-0-1-17".into(),
+                pid: 4242,
+                started_at: T0 - 600_000,
+                heartbeat_at: at - 500,
+                status: "busy".into(),
+                current_upload: Some(UploadId(1207)),
+                jobs_done: 311,
+            },
+            WorkerInfo {
+                id: "ip-10-0-2-9-11c0".into(),
+                host: "ip-10-0-2-9".into(),
+                pid: 4243,
+                started_at: T0 - 600_000,
+                heartbeat_at: at - 1500,
+                status: "idle".into(),
+                current_upload: None,
+                jobs_done: 298,
+            },
+            // Gone: no heartbeat for a minute, so not shown as live.
+            WorkerInfo {
+                id: "ip-10-0-3-4-dead".into(),
+                host: "ip-10-0-3-4".into(),
+                pid: 17,
+                started_at: T0 - 900_000,
+                heartbeat_at: at - 60_000,
+                status: "busy".into(),
+                current_upload: Some(UploadId(999)),
+                jobs_done: 12,
+            },
+        ],
+        recent_failures: vec![
+            FailureInfo {
+                upload_id: 1180,
+                at: Some(at - 95_000),
+                reason: "the picture could not be decoded: truncated JPEG".into(),
+            },
+            FailureInfo {
+                upload_id: 1102,
+                at: Some(at - 3_700_000),
+                reason: "gave up after 5 attempts: the blob store did not answer".into(),
+            },
+        ],
+        pool: Some(PoolStatus {
+            min: 1,
+            max: 4,
+            desired: 3,
+            running: if i < 10 {
+                1
+            } else if i < 20 {
+                2
+            } else {
+                3
+            },
+            backlog: depth,
+            updated_at: at - 200,
+        }),
+        problems: vec![],
+    }
+}
+
+pub fn groups(web_desired: u32, worker_desired: u32) -> Vec<GroupStatus> {
+    vec![
+        GroupStatus {
+            name: "flipstack-demo-web".into(),
+            role: "web".into(),
+            desired: web_desired,
+            in_service: web_desired,
+            pending: 0,
+            min: 1,
+            max: 4,
+        },
+        GroupStatus {
+            name: "flipstack-demo-worker".into(),
+            role: "worker".into(),
+            desired: worker_desired,
+            in_service: worker_desired.saturating_sub(1),
+            pending: 1,
+            min: 1,
+            max: 8,
+        },
+    ]
+}
+
+/// An app that has seen 30 seconds of status, fleet and events; its clock
+/// stands at the last answer.
+pub fn app(stack: Option<&str>, read_only: bool) -> App {
+    let mut app = App::new(options(stack, read_only), T0);
+    for i in 0..30 {
+        app.tick(T0 + i * 1000);
+        app.on_msg(Msg::Status(Ok(Box::new(status_at(i)))));
+        if stack.is_some() && i % 5 == 0 {
+            app.on_msg(Msg::Fleet(Ok(groups(1 + (i / 10) as u32, 2 + (i / 5) as u32))));
+        }
+    }
+    app.on_msg(Msg::EventsConnected);
+    let sources = ["cache", "cache", "replica", "cache", "primary", "cache"];
+    for (k, source) in sources.iter().enumerate() {
+        app.on_msg(Msg::Event(AdminEvent::GalleryRead {
+            at: T0 + 29_000 - (sources.len() - k) as i64 * 1_500,
+            person: format!("{k}f3a9c1d2e4b5a6978"),
+            source: (*source).into(),
+        }));
+    }
+    for (k, kind) in ["uploaded", "done", "done", "failed"].iter().enumerate() {
+        app.on_msg(Msg::Event(AdminEvent::Job {
+            id: k as i64,
+            at: T0 + 20_000 + k as i64 * 2_000,
+            kind: (*kind).into(),
+            upload_id: Some(1200 + k as i64),
+            person: Some("f3a9c1d2".into()),
+            detail: (*kind == "failed").then(|| "not a picture".into()),
+        }));
+    }
+    app.tick(T0 + 29_000);
+    app
+}
