@@ -51,7 +51,8 @@ fn assert_flipped(name: &str, original: &[u8], info: &ImageInfo, flipped: &imagi
     let shown = imaging::decode_displayed(original, info.format).unwrap();
     let expected = image::imageops::flip_vertical(&shown);
     let got = imaging::decode_displayed(&flipped.bytes, info.format).unwrap();
-    let diff = imaging::mean_abs_diff(&expected, &got).expect("flipped size differs from the displayed original's");
+    let diff = imaging::mean_abs_diff(&expected, &got)
+        .expect("flipped size differs from the displayed original's");
     match info.format {
         ImageFormat::Jpeg => assert!(
             diff < 4.0,

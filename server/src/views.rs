@@ -56,6 +56,10 @@ pub struct ItemView {
     pub height: u32,
     pub flipped_width: u32,
     pub flipped_height: u32,
+    /// Both thumbnails exist (the worker made them) at this size.
+    pub has_thumbs: bool,
+    pub thumb_width: u32,
+    pub thumb_height: u32,
     pub created: String,
     pub created_iso: String,
 }
@@ -76,6 +80,7 @@ impl ItemView {
             item.flipped_width.unwrap_or(item.width),
             item.flipped_height.unwrap_or(item.height),
         );
+        let thumb = item.thumb_width.zip(item.thumb_height);
         ItemView {
             id: item.id.0,
             name: item.name.as_str().to_owned(),
@@ -91,6 +96,9 @@ impl ItemView {
             height: item.height,
             flipped_width: fw,
             flipped_height: fh,
+            has_thumbs: item.state == UploadState::Done && thumb.is_some(),
+            thumb_width: thumb.map_or(0, |t| t.0),
+            thumb_height: thumb.map_or(0, |t| t.1),
             created,
             created_iso,
         }

@@ -5,11 +5,17 @@
 pub mod decode;
 pub mod exif;
 pub mod flip;
+pub mod flip_jpeg;
 pub mod inspect;
+pub mod jpeg;
+pub mod orient;
 mod tj;
 pub mod verify;
 
 pub use decode::{decode_displayed, mean_abs_diff};
-pub use flip::{FlipError, Flipped, flip};
+pub use flip::{
+    FlipError, Flipped, Processed, THUMB_LONG_SIDE, Thumbnails, flip, flip_with_thumbnails,
+    thumbnail_format, thumbnails,
+};
 pub use inspect::{ImageInfo, Inspector, Limits, Rejection, check_name};
 pub use verify::verify;
