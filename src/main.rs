@@ -127,10 +127,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
     let config = Config::load(cli.config.as_deref(), &cli.flags)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
             Command::Up => up(config).await,
@@ -146,16 +144,11 @@ fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,refinery_core=warn,mysql_async=warn")
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 async fn connect(config: Config) -> Result<Arc<Services>> {
-    Services::connect(config)
-        .await
-        .context("connecting to flipstack's services")
+    Services::connect(config).await.context("connecting to flipstack's services")
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -193,8 +186,7 @@ async fn work(config: Config) -> Result<()> {
 async fn up(config: Config) -> Result<()> {
     let services = connect(config.clone()).await?;
     let server = flipstack_server::start(services.clone(), config.listen).await?;
-    let program =
-        std::env::current_exe().context("finding the flipstack binary to start workers")?;
+    let program = std::env::current_exe().context("finding the flipstack binary to start workers")?;
     let mut env = config.to_env();
     // Workers must send people's links to where the server really is.
     env.push(("FLIPSTACK_PUBLIC_URL".into(), server.public_url.clone()));
@@ -212,20 +204,9 @@ async fn up(config: Config) -> Result<()> {
         drain_timeout: Duration::from_secs(config.job_timeout_secs + 10),
     };
     let stop = CancellationToken::new();
-    let pool_task = tokio::spawn(flipstack_provision::local::run(
-        pool,
-        services,
-        stop.clone(),
-    ));
-    println!(
-        "flipstack is running at {}/  (Ctrl-C to stop)",
-        server.public_url
-    );
-    println!(
-        "  data: {}   admin token: {}",
-        config.data_dir.display(),
-        config.data_dir.join("admin-token").display()
-    );
+    let pool_task = tokio::spawn(flipstack_provision::local::run(pool, services, stop.clone()));
+    println!("flipstack is running at {}/  (Ctrl-C to stop)", server.public_url);
+    println!("  data: {}   admin token: {}", config.data_dir.display(), config.data_dir.join("admin-token").display());
     server.run_until(shutdown_signal()).await;
     stop.cancel();
     let _ = pool_task.await;
@@ -248,10 +229,8 @@ async fn db(config: Config, cmd: DbCommand) -> Result<()> {
         DbCommand::Dump { out } => {
             let total = store.row_count().await?;
             let bar = indicatif::ProgressBar::new(total).with_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} dumping {pos}/{len} rows, {msg} [{elapsed}]",
-                )
-                .expect("valid template"),
+                indicatif::ProgressStyle::with_template("{spinner} dumping {pos}/{len} rows, {msg} [{elapsed}]")
+                    .expect("valid template"),
             );
             let progress = |rows: u64, bytes: u64| {
                 bar.set_position(rows);
@@ -261,21 +240,16 @@ async fn db(config: Config, cmd: DbCommand) -> Result<()> {
                 Some(path) => {
                     // Written beside the target and renamed when complete: a reader
                     // never sees half a dump under the final name.
-                    let dir = path
-                        .parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .unwrap_or(std::path::Path::new("."));
+                    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
                     let tmp = tempfile::Builder::new()
                         .prefix(".flipstack-dump-")
                         .tempfile_in(dir)
                         .context("creating the dump file")?;
-                    let mut file =
-                        tokio::io::BufWriter::new(tokio::fs::File::from_std(tmp.reopen()?));
+                    let mut file = tokio::io::BufWriter::new(tokio::fs::File::from_std(tmp.reopen()?));
                     let summary = write_dump(store, &mut file, progress).await?;
                     drop(file);
                     tmp.as_file().sync_all()?;
-                    tmp.persist(path)
-                        .with_context(|| format!("moving the dump to {}", path.display()))?;
+                    tmp.persist(path).with_context(|| format!("moving the dump to {}", path.display()))?;
                     summary
                 }
                 None => {
@@ -288,8 +262,7 @@ async fn db(config: Config, cmd: DbCommand) -> Result<()> {
                 "dumped {} rows ({}){}",
                 summary.rows,
                 indicatif::HumanBytes(summary.bytes),
-                out.map(|p| format!(" to {}", p.display()))
-                    .unwrap_or_default()
+                out.map(|p| format!(" to {}", p.display())).unwrap_or_default()
             );
         }
         DbCommand::Restore { file, force } => {
@@ -300,9 +273,7 @@ async fn db(config: Config, cmd: DbCommand) -> Result<()> {
                 );
             }
             let reader = tokio::io::BufReader::new(
-                tokio::fs::File::open(&file)
-                    .await
-                    .with_context(|| format!("opening {}", file.display()))?,
+                tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?,
             );
             let rows = read_dump(reader).await?;
             let n = store.restore_rows(rows, force).await?;

@@ -93,14 +93,8 @@ enum Tool {
 }
 
 impl Tool {
-    const ALL: [Tool; 6] = [
-        Tool::JpegtranPerfect,
-        Tool::JpegtranTrim,
-        Tool::Lossless,
-        Tool::Reencode,
-        Tool::Worker,
-        Tool::ImageCrate,
-    ];
+    const ALL: [Tool; 6] =
+        [Tool::JpegtranPerfect, Tool::JpegtranTrim, Tool::Lossless, Tool::Reencode, Tool::Worker, Tool::ImageCrate];
 
     fn name(self) -> &'static str {
         match self {
@@ -119,11 +113,7 @@ fn run(tool: Tool, path: &Path, bytes: &[u8], out: &Path) -> Option<Duration> {
     let started = Instant::now();
     match tool {
         Tool::JpegtranPerfect | Tool::JpegtranTrim => {
-            let opt = if tool == Tool::JpegtranPerfect {
-                "-perfect"
-            } else {
-                "-trim"
-            };
+            let opt = if tool == Tool::JpegtranPerfect { "-perfect" } else { "-trim" };
             let status = Command::new("jpegtran")
                 .args(["-flip", "vertical", opt, "-outfile"])
                 .arg(out)
@@ -143,14 +133,12 @@ fn run(tool: Tool, path: &Path, bytes: &[u8], out: &Path) -> Option<Duration> {
             std::hint::black_box(flip_jpeg::reencode(bytes, &limits()).expect("re-encode"));
         }
         Tool::Worker => {
-            let p = imaging::flip_with_thumbnails(bytes, ImageFormat::Jpeg, &limits())
-                .expect("worker path");
+            let p = imaging::flip_with_thumbnails(bytes, ImageFormat::Jpeg, &limits()).expect("worker path");
             assert!(p.thumbnails.is_ok());
             std::hint::black_box(p);
         }
         Tool::ImageCrate => {
-            let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
-                .expect("image crate decode");
+            let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg).expect("image crate decode");
             let img = img.flipv();
             let mut out = Vec::new();
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
@@ -165,11 +153,7 @@ fn run(tool: Tool, path: &Path, bytes: &[u8], out: &Path) -> Option<Duration> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 fn corpus(a: &Args) {
@@ -185,18 +169,14 @@ fn corpus(a: &Args) {
     let mut tsv = String::from(
         "image\tmegapixels\tpath_chosen\ttool\tmedian_s\tmin_s\truns\tMP_per_s\tratio_vs_jpegtran\treference\tspeedup_vs_image_crate\n",
     );
-    println!(
-        "| image | MP | path chosen | tool | median ms | MP/s | × jpegtran | faster than image crate |"
-    );
+    println!("| image | MP | path chosen | tool | median ms | MP/s | × jpegtran | faster than image crate |");
     println!("|---|---:|---|---|---:|---:|---:|---:|");
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let bytes = std::fs::read(path).unwrap();
         let header = turbojpeg::read_header(&bytes).unwrap();
         let mp = (header.width * header.height) as f64 / 1e6;
-        let chosen = imaging::flip(&bytes, ImageFormat::Jpeg, &limits())
-            .unwrap()
-            .method;
+        let chosen = imaging::flip(&bytes, ImageFormat::Jpeg, &limits()).unwrap().method;
         // Times per tool per round; None where the tool cannot do it.
         let mut times: Vec<Vec<Option<f64>>> = vec![Vec::new(); Tool::ALL.len()];
         // One warm-up round (page cache, lazy initialisation), not counted.
@@ -215,31 +195,20 @@ fn corpus(a: &Args) {
         let image_idx = Tool::ALL.len() - 1;
         for (i, t) in Tool::ALL.iter().enumerate() {
             if times[i].iter().any(Option::is_none) {
-                let reason = if *t == Tool::JpegtranPerfect {
-                    "FAIL (not perfect)"
-                } else {
-                    "n/a (no perfect transform)"
-                };
-                println!(
-                    "| {name} | {mp:.2} | {chosen} | {} | {reason} | | | |",
-                    t.name()
-                );
-                tsv.push_str(&format!(
-                    "{name}\t{mp:.2}\t{chosen}\t{}\t{reason}\t\t\t\t\t\t\n",
-                    t.name()
-                ));
+                let reason =
+                    if *t == Tool::JpegtranPerfect { "FAIL (not perfect)" } else { "n/a (no perfect transform)" };
+                println!("| {name} | {mp:.2} | {chosen} | {} | {reason} | | | |", t.name());
+                tsv.push_str(&format!("{name}\t{mp:.2}\t{chosen}\t{}\t{reason}\t\t\t\t\t\t\n", t.name()));
                 continue;
             }
             let mut secs: Vec<f64> = times[i].iter().map(|d| d.unwrap()).collect();
             let min = secs.iter().cloned().fold(f64::MAX, f64::min);
             let med = median(&mut secs);
-            let mut ratio: Vec<f64> = (0..a.rounds)
-                .map(|r| times[i][r].unwrap() / times[reference][r].unwrap())
-                .collect();
+            let mut ratio: Vec<f64> =
+                (0..a.rounds).map(|r| times[i][r].unwrap() / times[reference][r].unwrap()).collect();
             let ratio = median(&mut ratio);
-            let mut speedup: Vec<f64> = (0..a.rounds)
-                .map(|r| times[image_idx][r].unwrap() / times[i][r].unwrap())
-                .collect();
+            let mut speedup: Vec<f64> =
+                (0..a.rounds).map(|r| times[image_idx][r].unwrap() / times[i][r].unwrap()).collect();
             let speedup = median(&mut speedup);
             let refname = Tool::ALL[reference].name();
             println!(
@@ -298,11 +267,7 @@ fn throughput(file: &Path, threads: usize, seconds: u64) {
         println!(
             "throughput\t{}\t{}\tthreads={threads}\tjobs={n}\tseconds={elapsed:.2}\tjobs_per_s={:.2}",
             file.file_name().unwrap().to_string_lossy(),
-            if with_thumbs {
-                "flip+thumbnails"
-            } else {
-                "flip"
-            },
+            if with_thumbs { "flip+thumbnails" } else { "flip" },
             n as f64 / elapsed
         );
     }

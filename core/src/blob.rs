@@ -30,12 +30,7 @@ pub enum BlobKind {
 }
 
 impl BlobKind {
-    pub const ALL: [BlobKind; 4] = [
-        Self::Original,
-        Self::Flipped,
-        Self::OriginalThumb,
-        Self::FlippedThumb,
-    ];
+    pub const ALL: [BlobKind; 4] = [Self::Original, Self::Flipped, Self::OriginalThumb, Self::FlippedThumb];
 
     fn folder(self) -> &'static str {
         match self {
@@ -82,58 +77,30 @@ pub struct BlobStore {
 impl BlobStore {
     /// `file://PATH` or `s3://bucket[/prefix]`; S3 takes its credentials from the
     /// usual AWS variables and `endpoint` (moto, LocalStack) when given.
-    pub fn from_url(
-        url: &str,
-        region: &str,
-        endpoint: Option<&str>,
-    ) -> Result<BlobStore, BlobError> {
+    pub fn from_url(url: &str, region: &str, endpoint: Option<&str>) -> Result<BlobStore, BlobError> {
         if let Some(dir) = url.strip_prefix("file://") {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                BlobError::Config(format!("cannot create the blob folder {dir}: {e}"))
-            })?;
-            let fs = LocalFileSystem::new_with_prefix(dir)
-                .map_err(|e| BlobError::Config(e.to_string()))?;
-            return Ok(BlobStore {
-                store: Arc::new(fs),
-                signer: None,
-                kind: "file",
-                prefix: None,
-            });
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BlobError::Config(format!("cannot create the blob folder {dir}: {e}")))?;
+            let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| BlobError::Config(e.to_string()))?;
+            return Ok(BlobStore { store: Arc::new(fs), signer: None, kind: "file", prefix: None });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = match rest.split_once('/') {
-                Some((b, p)) => (
-                    b,
-                    Some(p.trim_matches('/').to_owned()).filter(|p| !p.is_empty()),
-                ),
+                Some((b, p)) => (b, Some(p.trim_matches('/').to_owned()).filter(|p| !p.is_empty())),
                 None => (rest, None),
             };
             if bucket.is_empty() {
-                return Err(BlobError::Config(
-                    "s3:// needs a bucket name, e.g. s3://my-bucket/flipstack".into(),
-                ));
+                return Err(BlobError::Config("s3:// needs a bucket name, e.g. s3://my-bucket/flipstack".into()));
             }
-            let mut b = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_region(region);
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_region(region);
             if let Some(ep) = endpoint {
                 // moto and LocalStack answer path-style requests, often over plain HTTP.
-                b = b
-                    .with_endpoint(ep)
-                    .with_allow_http(true)
-                    .with_virtual_hosted_style_request(false);
+                b = b.with_endpoint(ep).with_allow_http(true).with_virtual_hosted_style_request(false);
             }
             let s3 = Arc::new(b.build().map_err(|e| BlobError::Config(e.to_string()))?);
-            return Ok(BlobStore {
-                store: s3.clone(),
-                signer: Some(s3),
-                kind: "s3",
-                prefix,
-            });
+            return Ok(BlobStore { store: s3.clone(), signer: Some(s3), kind: "s3", prefix });
         }
-        Err(BlobError::Config(format!(
-            "FLIPSTACK_BLOB_URL must be file://PATH or s3://bucket[/prefix], not {url:?}"
-        )))
+        Err(BlobError::Config(format!("FLIPSTACK_BLOB_URL must be file://PATH or s3://bucket[/prefix], not {url:?}")))
     }
 
     pub fn kind(&self) -> &'static str {
@@ -149,30 +116,22 @@ impl BlobStore {
     }
 
     /// Streams a local file into the store (multipart for large files).
-    pub async fn put_file(
-        &self,
-        kind: BlobKind,
-        id: UploadId,
-        file: &FsPath,
-    ) -> Result<u64, BlobError> {
+    pub async fn put_file(&self, kind: BlobKind, id: UploadId, file: &FsPath) -> Result<u64, BlobError> {
         let mut src = tokio::fs::File::open(file)
             .await
             .map_err(|e| BlobError::Unavailable(format!("reading the spooled upload: {e}")))?;
-        let mut w =
-            BufWriter::with_capacity(self.store.clone(), self.path(kind, id), 8 * 1024 * 1024);
+        let mut w = BufWriter::with_capacity(self.store.clone(), self.path(kind, id), 8 * 1024 * 1024);
         let n = tokio::io::copy(&mut src, &mut w)
             .await
             .map_err(|e| BlobError::Unavailable(format!("writing to the blob store: {e}")))?;
-        w.shutdown().await.map_err(|e| {
-            BlobError::Unavailable(format!("finishing the upload to the blob store: {e}"))
-        })?;
+        w.shutdown()
+            .await
+            .map_err(|e| BlobError::Unavailable(format!("finishing the upload to the blob store: {e}")))?;
         Ok(n)
     }
 
     pub async fn put(&self, kind: BlobKind, id: UploadId, bytes: Vec<u8>) -> Result<(), BlobError> {
-        self.store
-            .put(&self.path(kind, id), PutPayload::from(bytes))
-            .await?;
+        self.store.put(&self.path(kind, id), PutPayload::from(bytes)).await?;
         Ok(())
     }
 
@@ -189,11 +148,7 @@ impl BlobStore {
         }
     }
 
-    pub async fn get_bytes(
-        &self,
-        kind: BlobKind,
-        id: UploadId,
-    ) -> Result<Option<Bytes>, BlobError> {
+    pub async fn get_bytes(&self, kind: BlobKind, id: UploadId) -> Result<Option<Bytes>, BlobError> {
         match self.store.get(&self.path(kind, id)).await {
             Ok(r) => Ok(Some(r.bytes().await?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -230,9 +185,7 @@ impl BlobStore {
         let Some(signer) = &self.signer else {
             return Ok(None);
         };
-        let url = signer
-            .signed_url(http::Method::GET, &self.path(kind, id), ttl)
-            .await?;
+        let url = signer.signed_url(http::Method::GET, &self.path(kind, id), ttl).await?;
         Ok(Some(url))
     }
 
@@ -250,8 +203,6 @@ impl BlobStore {
 
     /// Is the store reachable? (A missing key is an answer, so it counts as yes.)
     pub async fn ping(&self) -> Result<(), BlobError> {
-        self.exists(BlobKind::Original, UploadId(1))
-            .await
-            .map(|_| ())
+        self.exists(BlobKind::Original, UploadId(1)).await.map(|_| ())
     }
 }

@@ -175,16 +175,12 @@ impl Config {
             return bad("max_upload_bytes and max_pixels must be above zero".into());
         }
         if self.job_lease_secs < 2 {
-            return bad(
-                "job_lease_secs must be at least 2 (the lease is renewed every third of it)".into(),
-            );
+            return bad("job_lease_secs must be at least 2 (the lease is renewed every third of it)".into());
         }
         if let Some(url) = &self.public_url
             && url::Url::parse(url).is_err()
         {
-            return bad(format!(
-                "public_url {url:?} is not a URL; use e.g. https://photos.example.com"
-            ));
+            return bad(format!("public_url {url:?} is not a URL; use e.g. https://photos.example.com"));
         }
         Ok(())
     }
@@ -196,28 +192,20 @@ impl Config {
     }
 
     pub fn blob_url(&self) -> String {
-        self.blob_url
-            .clone()
-            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("blobs").display()))
+        self.blob_url.clone().unwrap_or_else(|| format!("file://{}", self.data_dir.join("blobs").display()))
     }
 
     pub fn mail_url(&self) -> String {
-        self.mail_url
-            .clone()
-            .unwrap_or_else(|| format!("outbox://{}", self.data_dir.join("outbox").display()))
+        self.mail_url.clone().unwrap_or_else(|| format!("outbox://{}", self.data_dir.join("outbox").display()))
     }
 
     pub fn public_url(&self) -> String {
-        let url = self
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen));
+        let url = self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen));
         url.trim_end_matches('/').to_owned()
     }
 
     pub fn cookie_secure(&self) -> bool {
-        self.cookie_secure
-            .unwrap_or_else(|| self.public_url().starts_with("https://"))
+        self.cookie_secure.unwrap_or_else(|| self.public_url().starts_with("https://"))
     }
 
     /// The pairs to hand a child process (`flipstack work` under `flipstack up`)
@@ -230,11 +218,9 @@ impl Config {
                 let text = match v {
                     serde_json::Value::Null => continue,
                     serde_json::Value::String(s) => s,
-                    serde_json::Value::Array(items) => items
-                        .iter()
-                        .filter_map(|i| i.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    serde_json::Value::Array(items) => {
+                        items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join(",")
+                    }
                     other => other.to_string(),
                 };
                 out.push((format!("FLIPSTACK_{}", key.to_ascii_uppercase()), text));
@@ -253,12 +239,7 @@ fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
         Many(Vec<String>),
     }
     Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
+        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
         OneOrMany::Many(v) => v,
     })
 }
@@ -284,13 +265,9 @@ mod tests {
             jail.set_env("FLIPSTACK_UNRELATED_TEST_KNOB", "ignored");
             let mut flags = BTreeMap::new();
             flags.insert("max_pixels", 20);
-            let c = Config::load(Some(Path::new("flipstack.toml")), flags)
-                .map_err(|e| e.to_string())?;
+            let c = Config::load(Some(Path::new("flipstack.toml")), flags).map_err(|e| e.to_string())?;
             assert_eq!(c.listen.port(), 7001, "env wins over file");
-            assert_eq!(
-                c.cache_url, "memcache://127.0.0.1:1",
-                "file wins over defaults"
-            );
+            assert_eq!(c.cache_url, "memcache://127.0.0.1:1", "file wins over defaults");
             assert_eq!(c.max_pixels, 20, "flags win over everything");
             assert_eq!(c.replica_urls, vec!["mysql://a/x", "mysql://b/x"]);
             Ok(())
@@ -299,10 +276,7 @@ mod tests {
 
     #[test]
     fn derived_urls_follow_the_data_dir() {
-        let c = Config {
-            data_dir: PathBuf::from("/srv/fs"),
-            ..Config::default()
-        };
+        let c = Config { data_dir: PathBuf::from("/srv/fs"), ..Config::default() };
         assert_eq!(c.database_url(), "sqlite:///srv/fs/flipstack.db");
         assert_eq!(c.blob_url(), "file:///srv/fs/blobs");
         assert_eq!(c.mail_url(), "outbox:///srv/fs/outbox");
@@ -321,8 +295,7 @@ mod tests {
             for (k, v) in c.to_env() {
                 jail.set_env(k, v);
             }
-            let back =
-                Config::load(None, BTreeMap::<String, String>::new()).map_err(|e| e.to_string())?;
+            let back = Config::load(None, BTreeMap::<String, String>::new()).map_err(|e| e.to_string())?;
             assert_eq!(back, c);
             Ok(())
         });
@@ -330,11 +303,8 @@ mod tests {
 
     #[test]
     fn missing_file_is_a_clear_error() {
-        let err = Config::load(
-            Some(Path::new("/nonexistent/flipstack.toml")),
-            BTreeMap::<String, String>::new(),
-        )
-        .unwrap_err();
+        let err = Config::load(Some(Path::new("/nonexistent/flipstack.toml")), BTreeMap::<String, String>::new())
+            .unwrap_err();
         assert!(err.to_string().contains("does not exist"));
     }
 }

@@ -14,10 +14,7 @@ use sha2::{Digest, Sha256};
 pub type Millis = i64;
 
 pub fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// An e-mail address that a person can actually receive mail at: lower-cased,
@@ -79,12 +76,9 @@ impl Email {
 
 fn valid_local_part(local: &str) -> bool {
     const SPECIALS: &str = "!#$%&'*+/=?^_`{|}~-";
-    let atoms_ok = local.split('.').all(|atom| {
-        !atom.is_empty()
-            && atom
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c))
-    });
+    let atoms_ok = local
+        .split('.')
+        .all(|atom| !atom.is_empty() && atom.chars().all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c)));
     atoms_ok
 }
 
@@ -145,9 +139,7 @@ pub struct InvalidId;
 macro_rules! id_type {
     ($name:ident, $what:literal) => {
         #[doc = concat!("The id of ", $what, ".")]
-        #[derive(
-            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-        )]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(pub i64);
 
@@ -293,11 +285,7 @@ impl DisplayName {
             .take(Self::MAX_CHARS)
             .collect();
         let trimmed = cleaned.trim();
-        if trimmed.is_empty() {
-            DisplayName("picture".to_owned())
-        } else {
-            DisplayName(trimmed.to_owned())
-        }
+        if trimmed.is_empty() { DisplayName("picture".to_owned()) } else { DisplayName(trimmed.to_owned()) }
     }
 
     /// For rows read back from the database, which only ever holds cleaned names.
@@ -333,9 +321,7 @@ impl SecretToken {
     /// Accepts only strings shaped like a generated token, so a cookie or a
     /// link can never smuggle arbitrary text into a query or a log line.
     pub fn parse(s: &str) -> Option<SecretToken> {
-        let ok = s.len() == 43
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let ok = s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         ok.then(|| SecretToken(s.to_owned()))
     }
 
@@ -360,10 +346,7 @@ mod tests {
 
     #[test]
     fn emails_are_validated_and_lowercased() {
-        assert_eq!(
-            Email::parse(" Ann.Lee+x@Example.ORG ").unwrap().as_str(),
-            "ann.lee+x@example.org"
-        );
+        assert_eq!(Email::parse(" Ann.Lee+x@Example.ORG ").unwrap().as_str(), "ann.lee+x@example.org");
         for bad in [
             "",
             "plain",
@@ -401,20 +384,9 @@ mod tests {
     fn display_names_drop_control_and_bidi_characters() {
         let n = DisplayName::from_client(Some("a\r\nSet-Cookie: x=1.jpg"));
         assert_eq!(n.as_str(), "aSet-Cookie: x=1.jpg");
-        assert_eq!(
-            DisplayName::from_client(Some("photo.jpg\0.php")).as_str(),
-            "photo.jpg.php"
-        );
-        assert_eq!(
-            DisplayName::from_client(Some("\u{202E}gpj.exe")).as_str(),
-            "gpj.exe"
-        );
-        assert_eq!(
-            DisplayName::from_client(Some(&"x".repeat(304)))
-                .as_str()
-                .len(),
-            200
-        );
+        assert_eq!(DisplayName::from_client(Some("photo.jpg\0.php")).as_str(), "photo.jpg.php");
+        assert_eq!(DisplayName::from_client(Some("\u{202E}gpj.exe")).as_str(), "gpj.exe");
+        assert_eq!(DisplayName::from_client(Some(&"x".repeat(304))).as_str().len(), 200);
         assert_eq!(DisplayName::from_client(None).as_str(), "picture");
     }
 

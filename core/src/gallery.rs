@@ -26,9 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::KvCache;
 use crate::domain::PersonId;
 use crate::metrics::Metrics;
-use crate::store::{
-    GalleryPage, MetadataStore, ReadFrom, ReadSource, ReplicationPos, StoreError, WriteReceipt,
-};
+use crate::store::{GalleryPage, MetadataStore, ReadFrom, ReadSource, ReplicationPos, StoreError, WriteReceipt};
 
 /// How long a watermark outlives the pages that depend on it.
 const WATERMARK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -121,11 +119,7 @@ impl Gallery {
         let page = Arc::new(hit.page);
         self.decoded.insert(
             key.to_owned(),
-            Arc::new(DecodedPage {
-                bytes: bytes.to_vec(),
-                token: hit.token,
-                page: page.clone(),
-            }),
+            Arc::new(DecodedPage { bytes: bytes.to_vec(), token: hit.token, page: page.clone() }),
         );
         Some((hit.token, page))
     }
@@ -150,31 +144,20 @@ impl Gallery {
         };
         let Some(cached) = cached else {
             self.metrics.cache_misses.inc();
-            let read = self
-                .store
-                .gallery_page(person, page * per_page, per_page, ReadFrom::Primary)
-                .await?;
+            let read = self.store.gallery_page(person, page * per_page, per_page, ReadFrom::Primary).await?;
             return Ok(self.answer(person_hash, page, Arc::new(read.page), read.source));
         };
-        let watermark = cached.get(&wm_key).and_then(|c| {
-            serde_json::from_slice::<Watermark>(&c.data)
-                .ok()
-                .map(|w| (w, c.cas))
-        });
+        let watermark =
+            cached.get(&wm_key).and_then(|c| serde_json::from_slice::<Watermark>(&c.data).ok().map(|w| (w, c.cas)));
         if let Some((wm, _)) = &watermark
-            && let Some((token, hit)) = cached
-                .get(&pg_key)
-                .and_then(|c| self.decode_page(&pg_key, &c.data))
+            && let Some((token, hit)) = cached.get(&pg_key).and_then(|c| self.decode_page(&pg_key, &c.data))
             && token == wm.token
         {
             self.metrics.cache_hits.inc();
             return Ok(self.answer(person_hash, page, hit, ReadSource::Cache));
         }
         self.metrics.cache_misses.inc();
-        let flight_key = format!(
-            "{pg_key}:{}",
-            watermark.as_ref().map(|(w, _)| w.token).unwrap_or(0)
-        );
+        let flight_key = format!("{pg_key}:{}", watermark.as_ref().map(|(w, _)| w.token).unwrap_or(0));
         let flight = {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&flight_key) {
@@ -184,10 +167,7 @@ impl Gallery {
                     let (hash, key) = (person_hash.to_owned(), flight_key.clone());
                     let f: Flight = async move {
                         let r = me.load(person, &hash, page, per_page, watermark).await;
-                        me.in_flight
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&key);
+                        me.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
                         r
                     }
                     .boxed()
@@ -201,20 +181,9 @@ impl Gallery {
         Ok(self.answer(person_hash, page, page_data, source))
     }
 
-    fn answer(
-        &self,
-        person_hash: &str,
-        page: u64,
-        data: Arc<GalleryPage>,
-        source: ReadSource,
-    ) -> GalleryRead {
+    fn answer(&self, person_hash: &str, page: u64, data: Arc<GalleryPage>, source: ReadSource) -> GalleryRead {
         self.metrics.gallery_read(source);
-        tracing::info!(
-            person = person_hash,
-            page,
-            source = source.as_str(),
-            "gallery read"
-        );
+        tracing::info!(person = person_hash, page, source = source.as_str(), "gallery read");
         GalleryRead { page: data, source }
     }
 
@@ -232,23 +201,15 @@ impl Gallery {
         let (token, read) = match watermark {
             Some((wm, cas)) => {
                 let from = match &wm.pos {
-                    Some(pos) => ReadFrom::Replica {
-                        at_least: Some(pos.clone()),
-                    },
+                    Some(pos) => ReadFrom::Replica { at_least: Some(pos.clone()) },
                     None => ReadFrom::Primary,
                 };
-                let read = self
-                    .store
-                    .gallery_page(person, offset, per_page, from)
-                    .await?;
+                let read = self.store.gallery_page(person, offset, per_page, from).await?;
                 // A primary read tells a position; keep it so later misses can use a replica.
                 if wm.pos.is_none()
                     && let Some(pos) = &read.position
                 {
-                    let better = Watermark {
-                        token: wm.token,
-                        pos: Some(pos.clone()),
-                    };
+                    let better = Watermark { token: wm.token, pos: Some(pos.clone()) };
                     if let Ok(bytes) = serde_json::to_vec(&better) {
                         let _ = self.cache.cas(&wm_key, &bytes, WATERMARK_TTL, cas).await;
                     }
@@ -260,15 +221,8 @@ impl Gallery {
                 // meanwhile replaces it and outdates what this read stores.
                 let token = new_token();
                 let fresh = serde_json::to_vec(&Watermark { token, pos: None }).unwrap_or_default();
-                let added = self
-                    .cache
-                    .add(&wm_key, &fresh, WATERMARK_TTL)
-                    .await
-                    .unwrap_or(false);
-                let read = self
-                    .store
-                    .gallery_page(person, offset, per_page, ReadFrom::Primary)
-                    .await?;
+                let added = self.cache.add(&wm_key, &fresh, WATERMARK_TTL).await.unwrap_or(false);
+                let read = self.store.gallery_page(person, offset, per_page, ReadFrom::Primary).await?;
                 if added && let Some(pos) = &read.position {
                     self.advance_position(&wm_key, token, pos).await;
                 }
@@ -277,16 +231,9 @@ impl Gallery {
         };
         let data = Arc::new(read.page);
         if let Some(token) = token {
-            let entry = CachedPage {
-                token,
-                page: (*data).clone(),
-            };
+            let entry = CachedPage { token, page: (*data).clone() };
             if let Ok(bytes) = serde_json::to_vec(&entry)
-                && self
-                    .cache
-                    .set(&page_key(hash, page, per_page), &bytes, self.ttl)
-                    .await
-                    .is_err()
+                && self.cache.set(&page_key(hash, page, per_page), &bytes, self.ttl).await.is_err()
             {
                 self.metrics.cache_errors.inc();
             }
@@ -304,10 +251,7 @@ impl Gallery {
             return;
         };
         if wm.token == token {
-            let next = Watermark {
-                token,
-                pos: Some(wm.pos.map(|p| p.merge(pos)).unwrap_or_else(|| pos.clone())),
-            };
+            let next = Watermark { token, pos: Some(wm.pos.map(|p| p.merge(pos)).unwrap_or_else(|| pos.clone())) };
             if let Ok(bytes) = serde_json::to_vec(&next) {
                 let _ = self.cache.cas(wm_key, &bytes, WATERMARK_TTL, cur.cas).await;
             }
@@ -332,26 +276,14 @@ impl Gallery {
         let key = watermark_key(person_hash);
         for _ in 0..8 {
             let got = self.cache.get_many(&[&key]).await.map_err(|_| ())?;
-            let current = got.get(&key).and_then(|c| {
-                serde_json::from_slice::<Watermark>(&c.data)
-                    .ok()
-                    .map(|w| (w, c.cas))
-            });
+            let current =
+                got.get(&key).and_then(|c| serde_json::from_slice::<Watermark>(&c.data).ok().map(|w| (w, c.cas)));
             let pos = match (&current, &receipt.position) {
-                (Some((w, _)), Some(p)) => Some(
-                    w.pos
-                        .as_ref()
-                        .map(|q| q.merge(p))
-                        .unwrap_or_else(|| p.clone()),
-                ),
+                (Some((w, _)), Some(p)) => Some(w.pos.as_ref().map(|q| q.merge(p)).unwrap_or_else(|| p.clone())),
                 (Some((w, _)), None) => w.pos.clone(),
                 (None, p) => p.clone(),
             };
-            let next = serde_json::to_vec(&Watermark {
-                token: new_token(),
-                pos,
-            })
-            .map_err(|_| ())?;
+            let next = serde_json::to_vec(&Watermark { token: new_token(), pos }).map_err(|_| ())?;
             let stored = match current {
                 Some((_, cas)) => self.cache.cas(&key, &next, WATERMARK_TTL, cas).await,
                 None => self.cache.add(&key, &next, WATERMARK_TTL).await,
@@ -368,12 +300,8 @@ impl Gallery {
 
     /// Retries invalidations the cache refused; run every second or so.
     pub async fn retry_unsent(&self) {
-        let pending: Vec<(String, WriteReceipt)> = self
-            .unsent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        let pending: Vec<(String, WriteReceipt)> =
+            self.unsent.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for (hash, receipt) in pending {
             self.invalidate(&hash, &receipt).await;
         }

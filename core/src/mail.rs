@@ -26,16 +26,11 @@ pub trait Mailer: Send + Sync + 'static {
 }
 
 pub fn from_url(url: &str, from: &str) -> Result<Arc<dyn Mailer>, MailError> {
-    let from: lettre::message::Mailbox = from
-        .parse()
-        .map_err(|e| MailError::Config(format!("FLIPSTACK_MAIL_FROM {from:?}: {e}")))?;
+    let from: lettre::message::Mailbox =
+        from.parse().map_err(|e| MailError::Config(format!("FLIPSTACK_MAIL_FROM {from:?}: {e}")))?;
     if let Some(dir) = url.strip_prefix("outbox://") {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| MailError::Config(format!("cannot create the outbox {dir}: {e}")))?;
-        return Ok(Arc::new(Outbox {
-            transport: AsyncFileTransport::new(dir),
-            from,
-        }));
+        std::fs::create_dir_all(dir).map_err(|e| MailError::Config(format!("cannot create the outbox {dir}: {e}")))?;
+        return Ok(Arc::new(Outbox { transport: AsyncFileTransport::new(dir), from }));
     }
     if url.starts_with("smtp://") || url.starts_with("smtps://") {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
@@ -43,21 +38,11 @@ pub fn from_url(url: &str, from: &str) -> Result<Arc<dyn Mailer>, MailError> {
             .build();
         return Ok(Arc::new(Smtp { transport, from }));
     }
-    Err(MailError::Config(format!(
-        "FLIPSTACK_MAIL_URL must be outbox://DIR or smtp://…, not {url:?}"
-    )))
+    Err(MailError::Config(format!("FLIPSTACK_MAIL_URL must be outbox://DIR or smtp://…, not {url:?}")))
 }
 
-fn message(
-    from: &lettre::message::Mailbox,
-    to: &Email,
-    subject: &str,
-    body: &str,
-) -> Result<Message, MailError> {
-    let to = to
-        .as_str()
-        .parse()
-        .map_err(|e| MailError::Send(format!("recipient: {e}")))?;
+fn message(from: &lettre::message::Mailbox, to: &Email, subject: &str, body: &str) -> Result<Message, MailError> {
+    let to = to.as_str().parse().map_err(|e| MailError::Send(format!("recipient: {e}")))?;
     Message::builder()
         .from(from.clone())
         .to(to)

@@ -34,11 +34,7 @@ pub async fn background<F: std::future::Future>(f: F) -> F::Output {
 }
 
 fn origin() -> &'static str {
-    if BACKGROUND.try_with(|b| *b).unwrap_or(false) {
-        "background"
-    } else {
-        "request"
-    }
+    if BACKGROUND.try_with(|b| *b).unwrap_or(false) { "background" } else { "request" }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,27 +107,15 @@ impl Metrics {
             queue_waits: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "gallery_reads",
-            "Gallery reads by where they were answered from",
-            m.gallery_reads.clone(),
-        );
+        registry.register("gallery_reads", "Gallery reads by where they were answered from", m.gallery_reads.clone());
         registry.register("cache_hits", "Gallery cache hits", m.cache_hits.clone());
-        registry.register(
-            "cache_misses",
-            "Gallery cache misses",
-            m.cache_misses.clone(),
-        );
+        registry.register("cache_misses", "Gallery cache misses", m.cache_misses.clone());
         registry.register(
             "cache_errors",
             "Gallery cache operations that failed (cache down or slow)",
             m.cache_errors.clone(),
         );
-        registry.register(
-            "db_queries",
-            "Database operations by target",
-            m.db_queries.clone(),
-        );
+        registry.register("db_queries", "Database operations by target", m.db_queries.clone());
         registry.register(
             "replica_skips",
             "Replica reads that went to the primary instead, by reason",
@@ -148,31 +132,15 @@ impl Metrics {
             m.gtid_wait_seconds.clone(),
         );
         registry.register("uploads", "Upload requests by outcome", m.uploads.clone());
-        registry.register(
-            "upload_rejections",
-            "Refused uploads by reason",
-            m.upload_rejections.clone(),
-        );
-        registry.register(
-            "jobs",
-            "Flip jobs finished by this process, by outcome",
-            m.jobs.clone(),
-        );
-        registry.register(
-            "job_seconds",
-            "Time to flip and store one picture",
-            m.job_seconds.clone(),
-        );
+        registry.register("upload_rejections", "Refused uploads by reason", m.upload_rejections.clone());
+        registry.register("jobs", "Flip jobs finished by this process, by outcome", m.jobs.clone());
+        registry.register("job_seconds", "Time to flip and store one picture", m.job_seconds.clone());
         registry.register(
             "queue_wait_seconds",
             "Time from upload to a worker taking the job",
             m.queue_wait_seconds.clone(),
         );
-        registry.register(
-            "uploads_blocked",
-            "1 while uploads are blocked",
-            m.uploads_blocked.clone(),
-        );
+        registry.register("uploads_blocked", "1 while uploads are blocked", m.uploads_blocked.clone());
         Metrics { registry, ..m }
     }
 
@@ -188,45 +156,24 @@ impl Metrics {
             DbTarget::Primary => "primary",
             DbTarget::Replica => "replica",
         };
-        self.db_queries
-            .get_or_create(&TargetLabel {
-                target,
-                origin: origin(),
-            })
-            .inc();
+        self.db_queries.get_or_create(&TargetLabel { target, origin: origin() }).inc();
     }
 
     pub fn gallery_read(&self, source: ReadSource) {
-        self.gallery_reads
-            .get_or_create(&SourceLabel {
-                source: source.as_str(),
-            })
-            .inc();
+        self.gallery_reads.get_or_create(&SourceLabel { source: source.as_str() }).inc();
     }
 
     pub fn replica_skip(&self, reason: &'static str) {
-        self.replica_skips
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        self.replica_skips.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn upload_rejected(&self, reason: &'static str) {
-        self.uploads
-            .get_or_create(&OutcomeLabel {
-                outcome: "rejected",
-            })
-            .inc();
-        self.upload_rejections
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        self.uploads.get_or_create(&OutcomeLabel { outcome: "rejected" }).inc();
+        self.upload_rejections.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn upload_accepted(&self) {
-        self.uploads
-            .get_or_create(&OutcomeLabel {
-                outcome: "accepted",
-            })
-            .inc();
+        self.uploads.get_or_create(&OutcomeLabel { outcome: "accepted" }).inc();
     }
 
     pub fn job(&self, outcome: &'static str) {
@@ -246,22 +193,11 @@ impl Metrics {
     }
 
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let source = |s: ReadSource| {
-            self.gallery_reads
-                .get_or_create(&SourceLabel { source: s.as_str() })
-                .get()
-        };
+        let source = |s: ReadSource| self.gallery_reads.get_or_create(&SourceLabel { source: s.as_str() }).get();
         let target = |t: &'static str| {
             ["request", "background"]
                 .iter()
-                .map(|o| {
-                    self.db_queries
-                        .get_or_create(&TargetLabel {
-                            target: t,
-                            origin: o,
-                        })
-                        .get()
-                })
+                .map(|o| self.db_queries.get_or_create(&TargetLabel { target: t, origin: o }).get())
                 .sum()
         };
         MetricsSnapshot {
@@ -310,10 +246,7 @@ mod tests {
         m.db_query(DbTarget::Primary);
         let text = m.render();
         assert!(text.contains("flipstack_cache_hits_total 1"), "{text}");
-        assert!(
-            text.contains("flipstack_gallery_reads_total{source=\"replica\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("flipstack_gallery_reads_total{source=\"replica\"} 1"), "{text}");
         assert_eq!(m.snapshot().db_queries_primary, 1);
     }
 }

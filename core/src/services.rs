@@ -53,35 +53,16 @@ impl Services {
         )
         .await?;
         let cache = crate::cache::connect(&config.cache_url).await?;
-        let gallery = Gallery::new(
-            store.clone(),
-            cache.clone(),
-            metrics.clone(),
-            Duration::from_secs(config.cache_ttl_secs),
-        );
+        let gallery =
+            Gallery::new(store.clone(), cache.clone(), metrics.clone(), Duration::from_secs(config.cache_ttl_secs));
         let aws = AwsSettings::from_config(&config);
         let blobs = BlobStore::from_url(&config.blob_url(), &aws.region, aws.endpoint.as_deref())?;
-        let queue = crate::queue::connect(
-            &config.queue_url,
-            store.clone(),
-            Duration::from_millis(config.queue_poll_ms),
-            &aws,
-        )
-        .await?;
+        let queue =
+            crate::queue::connect(&config.queue_url, store.clone(), Duration::from_millis(config.queue_poll_ms), &aws)
+                .await?;
         let mailer = crate::mail::from_url(&config.mail_url(), &config.mail_from)?;
         let limits = Limits::new(config.max_pixels, config.max_frames);
-        Ok(Arc::new(Services {
-            config,
-            store,
-            cache,
-            gallery,
-            blobs,
-            queue,
-            mailer,
-            metrics,
-            limits,
-            aws,
-        }))
+        Ok(Arc::new(Services { config, store, cache, gallery, blobs, queue, mailer, metrics, limits, aws }))
     }
 
     /// True when this process runs on AWS infrastructure (SQS queue), where

@@ -76,9 +76,7 @@ pub const POOL_STATUS_KEY: &str = "local_pool";
 impl AdminStatus {
     pub fn live_workers(&self) -> impl Iterator<Item = &WorkerInfo> {
         let now = self.at;
-        self.workers
-            .iter()
-            .filter(move |w| now - w.heartbeat_at < WORKER_STALE_MS)
+        self.workers.iter().filter(move |w| now - w.heartbeat_at < WORKER_STALE_MS)
     }
 
     pub fn cache_hit_ratio(&self) -> Option<f64> {
@@ -93,11 +91,7 @@ pub async fn collect(services: &Services, blocked: bool, uptime_secs: u64) -> Ad
     let now = now_millis();
     let mut problems = Vec::new();
     let (uploads, oldest) = match services.store.upload_stats().await {
-        Ok(s) => (
-            s.by_state,
-            s.oldest_unfinished_at
-                .map(|t| (now - t).max(0) as f64 / 1000.0),
-        ),
+        Ok(s) => (s.by_state, s.oldest_unfinished_at.map(|t| (now - t).max(0) as f64 / 1000.0)),
         Err(e) => {
             problems.push(format!("database: {e}"));
             (BTreeMap::new(), None)
@@ -134,13 +128,8 @@ pub async fn collect(services: &Services, blocked: bool, uptime_secs: u64) -> Ad
         .and_then(|s| serde_json::from_str::<PoolStatus>(&s).ok())
         // A pool that stopped publishing is gone.
         .filter(|p| now - p.updated_at < WORKER_STALE_MS);
-    let replicas = services
-        .store
-        .replica_lag()
-        .await
-        .into_iter()
-        .map(|(name, lag_ms)| ReplicaStatus { name, lag_ms })
-        .collect();
+    let replicas =
+        services.store.replica_lag().await.into_iter().map(|(name, lag_ms)| ReplicaStatus { name, lag_ms }).collect();
     AdminStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         at: now,
@@ -151,10 +140,7 @@ pub async fn collect(services: &Services, blocked: bool, uptime_secs: u64) -> Ad
         blobs: services.blobs.kind().to_owned(),
         uploads,
         oldest_unfinished_age_secs: oldest,
-        queue: QueueStatus {
-            kind: services.queue.kind().to_owned(),
-            depth,
-        },
+        queue: QueueStatus { kind: services.queue.kind().to_owned(), depth },
         metrics: services.metrics.snapshot(),
         replicas,
         workers,

@@ -21,10 +21,7 @@ fn corpus() -> Option<PathBuf> {
         eprintln!("corpus: using {}", dir.display());
         Some(dir)
     } else {
-        eprintln!(
-            "corpus: {} not found; running the generated fixtures only",
-            dir.display()
-        );
+        eprintln!("corpus: {} not found; running the generated fixtures only", dir.display());
         None
     }
 }
@@ -51,22 +48,15 @@ fn assert_flipped(name: &str, original: &[u8], info: &ImageInfo, flipped: &imagi
     let shown = imaging::decode_displayed(original, info.format).unwrap();
     let expected = image::imageops::flip_vertical(&shown);
     let got = imaging::decode_displayed(&flipped.bytes, info.format).unwrap();
-    let diff = imaging::mean_abs_diff(&expected, &got)
-        .expect("flipped size differs from the displayed original's");
+    let diff = imaging::mean_abs_diff(&expected, &got).expect("flipped size differs from the displayed original's");
     match info.format {
-        ImageFormat::Jpeg => assert!(
-            diff < 4.0,
-            "{name}: mean difference {diff:.2} is more than JPEG error"
-        ),
+        ImageFormat::Jpeg => assert!(diff < 4.0, "{name}: mean difference {diff:.2} is more than JPEG error"),
         _ => assert_eq!(diff, 0.0, "{name}: the flip is not exact"),
     }
     // And it is not the unflipped picture (every test picture has a top and a bottom).
     if info.format != ImageFormat::Jpeg || diff < 4.0 {
         let same = imaging::mean_abs_diff(&shown, &got).unwrap();
-        assert!(
-            same > diff,
-            "{name}: the output looks like the original, not its flip"
-        );
+        assert!(same > diff, "{name}: the output looks like the original, not its flip");
     }
 }
 
@@ -74,12 +64,7 @@ fn assert_flipped(name: &str, original: &[u8], info: &ImageInfo, flipped: &imagi
 fn generated_fixtures_flip_exactly() {
     let mut img = image::RgbaImage::new(64, 48);
     for (x, y, p) in img.enumerate_pixels_mut() {
-        *p = image::Rgba([
-            (x * 4) as u8,
-            (y * 5) as u8,
-            90,
-            if x < 32 { 255 } else { 100 },
-        ]);
+        *p = image::Rgba([(x * 4) as u8, (y * 5) as u8, 90, if x < 32 { 255 } else { 100 }]);
     }
     let mut png = std::io::Cursor::new(Vec::new());
     img.write_to(&mut png, image::ImageFormat::Png).unwrap();
@@ -110,10 +95,7 @@ fn generated_fixtures_flip_exactly() {
 #[test]
 fn every_corpus_photo_passes_the_check_and_flips() {
     let Some(dir) = corpus() else { return };
-    let mut names: Vec<_> = std::fs::read_dir(dir.join("photos"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut names: Vec<_> = std::fs::read_dir(dir.join("photos")).unwrap().map(|e| e.unwrap().path()).collect();
     names.sort();
     let mut seen = 0;
     for path in names {
@@ -123,8 +105,7 @@ fn every_corpus_photo_passes_the_check_and_flips() {
         }
         let bytes = std::fs::read(&path).unwrap();
         let info = check_named(&name, &bytes).unwrap_or_else(|r| panic!("{name} refused: {r}"));
-        let out =
-            imaging::flip(&bytes, info.format, &limits()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = imaging::flip(&bytes, info.format, &limits()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!((out.width, out.height), info.displayed_size(), "{name}");
         assert_flipped(&name, &bytes, &info, &out);
         eprintln!(
@@ -156,32 +137,16 @@ fn every_hostile_file_is_refused_with_a_reason() {
         match check_named(&name, &bytes) {
             Ok(info) => panic!("{name} was accepted as {info:?}"),
             Err(r) => {
-                assert!(
-                    (400..500).contains(&r.status()),
-                    "{name}: status {}",
-                    r.status()
-                );
-                eprintln!(
-                    "corpus: {name}: {} {} ({:?})",
-                    r.status(),
-                    r,
-                    started.elapsed()
-                );
+                assert!((400..500).contains(&r.status()), "{name}: status {}", r.status());
+                eprintln!("corpus: {name}: {} {} ({:?})", r.status(), r, started.elapsed());
                 refused += 1;
             }
         }
     }
     // Every file the corpus README lists (name-only rows have no file) was seen.
     let readme = std::fs::read_to_string(dir.join("bad/README.tsv")).unwrap();
-    let listed = readme
-        .lines()
-        .skip(1)
-        .filter(|l| l.split('\t').nth(1).is_some_and(|b| b != "-"))
-        .count();
-    assert_eq!(
-        refused, listed,
-        "README.tsv lists {listed} files; {refused} were checked"
-    );
+    let listed = readme.lines().skip(1).filter(|l| l.split('\t').nth(1).is_some_and(|b| b != "-")).count();
+    assert_eq!(refused, listed, "README.tsv lists {listed} files; {refused} were checked");
 }
 
 #[test]

@@ -23,10 +23,7 @@ fn corpus() -> Option<PathBuf> {
         eprintln!("corpus: using {}", dir.display());
         Some(dir)
     } else {
-        eprintln!(
-            "corpus: {} not found; running the generated fixtures only",
-            dir.display()
-        );
+        eprintln!("corpus: {} not found; running the generated fixtures only", dir.display());
         None
     }
 }
@@ -48,9 +45,7 @@ fn corpus_jpegs(dir: &std::path::Path) -> Vec<(String, Vec<u8>, String)> {
 }
 
 fn orientation(jpeg: &[u8]) -> u8 {
-    exif::jpeg_exif(jpeg)
-        .map(exif::orientation_lenient)
-        .unwrap_or(1)
+    exif::jpeg_exif(jpeg).map(exif::orientation_lenient).unwrap_or(1)
 }
 
 /// Every DCT coefficient, per component, as libjpeg-turbo reads them.
@@ -80,12 +75,7 @@ fn coefficients(jpeg: &[u8]) -> Vec<Vec<i16>> {
         let h = raw::tj3Init(raw::TJINIT_TJINIT_TRANSFORM as i32);
         assert!(!h.is_null());
         let t = raw::tjtransform {
-            r: raw::tjregion {
-                x: 0,
-                y: 0,
-                w: 0,
-                h: 0,
-            },
+            r: raw::tjregion { x: 0, y: 0, w: 0, h: 0 },
             op: raw::TJXOP_TJXOP_NONE as i32,
             options: raw::TJXOPT_NOOUTPUT as i32,
             data: (&mut out as *mut Vec<Vec<i16>>).cast(),
@@ -93,15 +83,7 @@ fn coefficients(jpeg: &[u8]) -> Vec<Vec<i16>> {
         };
         let mut buf: *mut u8 = std::ptr::null_mut();
         let mut size: raw::size_t = 0;
-        let rc = raw::tj3Transform(
-            h,
-            jpeg.as_ptr(),
-            jpeg.len() as _,
-            1,
-            &mut buf,
-            &mut size,
-            &t,
-        );
+        let rc = raw::tj3Transform(h, jpeg.as_ptr(), jpeg.len() as _, 1, &mut buf, &mut size, &t);
         raw::tj3Free(buf.cast());
         raw::tj3Destroy(h);
         assert_eq!(rc, 0, "coefficients could not be read");
@@ -142,40 +124,25 @@ const IDCT_ROUNDING: u8 = 3;
 /// The lossless checks of issue 7: pixel-equal up to rounding, and flipping
 /// the flip gives back the original's coefficients, tables and tag.
 fn assert_lossless(name: &str, original: &[u8], out: &imaging::Flipped) {
-    assert!(
-        out.method.starts_with("jpeg-lossless"),
-        "{name}: a perfect transform exists but {} ran",
-        out.method
-    );
+    assert!(out.method.starts_with("jpeg-lossless"), "{name}: a perfect transform exists but {} ran", out.method);
     let (max, mean) = displayed_flip_diff(original, &out.bytes);
     assert!(
         max <= IDCT_ROUNDING && mean < 0.5,
         "{name}: lossless flip differs from the flipped original by up to {max} (mean {mean:.3})"
     );
     let again = imaging::flip(&out.bytes, ImageFormat::Jpeg, &limits()).unwrap();
-    assert!(
-        again.method.starts_with("jpeg-lossless"),
-        "{name}: {}",
-        again.method
-    );
+    assert!(again.method.starts_with("jpeg-lossless"), "{name}: {}", again.method);
     assert_eq!(
         orientation(&again.bytes),
         orientation(original),
         "{name}: flipped twice, the orientation tag is not the original's"
     );
-    assert_eq!(
-        jpeg::quant_tables(&again.bytes),
-        jpeg::quant_tables(original),
-        "{name}: quantisation tables changed"
-    );
+    assert_eq!(jpeg::quant_tables(&again.bytes), jpeg::quant_tables(original), "{name}: quantisation tables changed");
     assert!(
         coefficients(&again.bytes) == coefficients(original),
         "{name}: flipped twice, the coefficients are not the original's"
     );
-    eprintln!(
-        "{name}: {} (max {max}, mean {mean:.4}); twice = original's coefficients",
-        out.method
-    );
+    eprintln!("{name}: {} (max {max}, mean {mean:.4}); twice = original's coefficients", out.method);
 }
 
 fn subsamp_of(jpeg: &[u8]) -> turbojpeg::Subsamp {
@@ -197,21 +164,10 @@ fn corpus_jpegs_flip_losslessly_where_a_perfect_transform_exists() {
             assert_lossless(&name, &bytes, &out);
             lossless += 1;
         } else {
-            assert!(
-                out.method.starts_with("jpeg-reencode"),
-                "{name}: {}",
-                out.method
-            );
+            assert!(out.method.starts_with("jpeg-reencode"), "{name}: {}", out.method);
             let (max, mean) = displayed_flip_diff(&bytes, &out.bytes);
-            assert!(
-                mean < 2.0,
-                "{name}: re-encoded flip differs by {mean:.2} on average"
-            );
-            assert_eq!(
-                subsamp_of(&out.bytes),
-                subsamp_of(&bytes),
-                "{name}: subsampling"
-            );
+            assert!(mean < 2.0, "{name}: re-encoded flip differs by {mean:.2} on average");
+            assert_eq!(subsamp_of(&out.bytes), subsamp_of(&bytes), "{name}: subsampling");
             assert_eq!(
                 jpeg::estimate_quality(&out.bytes),
                 jpeg::estimate_quality(&bytes),
@@ -258,19 +214,11 @@ fn exif_photos_flip_as_displayed() {
             // The stored pixels were transposed; the tag now says how to show them.
             "jpeg-lossless-transpose" => {
                 let new = Turn::from_exif(orientation(&out.bytes));
-                assert_eq!(
-                    new.after(Turn::TRANSPOSE),
-                    Turn::VFLIP.after(shown),
-                    "{name}"
-                )
+                assert_eq!(new.after(Turn::TRANSPOSE), Turn::VFLIP.after(shown), "{name}")
             }
             other => panic!("{name}: {other}"),
         }
-        eprintln!(
-            "{name}: orientation {o} → {} with tag {}",
-            out.method,
-            orientation(&out.bytes)
-        );
+        eprintln!("{name}: orientation {o} → {} with tag {}", out.method, orientation(&out.bytes));
         seen += 1;
     }
     assert_eq!(seen, 3, "the corpus has three EXIF-oriented photos");
@@ -282,11 +230,7 @@ fn the_adobe_rgb_photo_keeps_its_icc_profile() {
     let bytes = std::fs::read(dir.join("photos/p06_rocket_640x427_base444_adobergb.jpg")).unwrap();
     let icc = jpeg::icc_profile(&bytes).expect("the source has an ICC profile");
     let out = imaging::flip(&bytes, ImageFormat::Jpeg, &limits()).unwrap();
-    assert_eq!(
-        jpeg::icc_profile(&out.bytes),
-        Some(icc.clone()),
-        "flip dropped the ICC profile"
-    );
+    assert_eq!(jpeg::icc_profile(&out.bytes), Some(icc.clone()), "flip dropped the ICC profile");
     let thumbs = imaging::thumbnails(&bytes, ImageFormat::Jpeg, &limits()).unwrap();
     assert_eq!(jpeg::icc_profile(&thumbs.original), Some(icc.clone()));
     assert_eq!(jpeg::icc_profile(&thumbs.flipped), Some(icc));
@@ -310,10 +254,7 @@ fn every_frame_of_the_animated_gif_is_flipped() {
     assert_eq!(after.len(), before.len());
     for (i, (a, b)) in before.iter().zip(&after).enumerate() {
         let expected = image::imageops::flip_vertical(a.buffer());
-        assert!(
-            expected == *b.buffer(),
-            "frame {i} is not the flip of the original's"
-        );
+        assert!(expected == *b.buffer(), "frame {i} is not the flip of the original's");
         assert_ne!(a.buffer(), b.buffer(), "frame {i} was not changed");
         assert_eq!(a.delay(), b.delay(), "frame {i} delay");
     }
@@ -347,40 +288,21 @@ fn check_thumbnails(name: &str, original: &[u8], format: ImageFormat, t: &imagin
     assert_eq!(t.format, imaging::thumbnail_format(format));
     let shown = imaging::decode_displayed(original, format).unwrap();
     let long = shown.width().max(shown.height());
-    assert_eq!(
-        t.width.max(t.height),
-        long.min(imaging::THUMB_LONG_SIDE),
-        "{name}"
-    );
+    assert_eq!(t.width.max(t.height), long.min(imaging::THUMB_LONG_SIDE), "{name}");
     let small = imaging::decode_displayed(&t.original, t.format).unwrap();
     let small_flipped = imaging::decode_displayed(&t.flipped, t.format).unwrap();
     assert_eq!(small.dimensions(), (t.width, t.height), "{name}");
     // Upright like the displayed original (orientation applied) …
-    let reference = image::imageops::resize(
-        &shown,
-        t.width,
-        t.height,
-        image::imageops::FilterType::Triangle,
-    );
+    let reference = image::imageops::resize(&shown, t.width, t.height, image::imageops::FilterType::Triangle);
     let (_, like) = max_and_mean_diff(&reference, &small);
     let (_, turned) = max_and_mean_diff(&image::imageops::flip_vertical(&reference), &small);
-    assert!(
-        like < 8.0 && like < turned,
-        "{name}: thumbnail is not the displayed picture ({like:.2} vs {turned:.2})"
-    );
+    assert!(like < 8.0 && like < turned, "{name}: thumbnail is not the displayed picture ({like:.2} vs {turned:.2})");
     // … and the flipped one is its flip: exactly for PNG; for JPEG up to the
     // thumbnails' own compression error, which differs once the block grid
     // no longer lines up with the flipped picture.
     let (_, mean) = max_and_mean_diff(&image::imageops::flip_vertical(&small), &small_flipped);
-    let tolerance = if t.format == ImageFormat::Jpeg {
-        4.0
-    } else {
-        0.0
-    };
-    assert!(
-        mean <= tolerance,
-        "{name}: flipped thumbnail differs by {mean:.2}"
-    );
+    let tolerance = if t.format == ImageFormat::Jpeg { 4.0 } else { 0.0 };
+    assert!(mean <= tolerance, "{name}: flipped thumbnail differs by {mean:.2}");
     eprintln!(
         "{name}: thumbnails {}x{} {:?}, {} + {} bytes",
         t.width,
@@ -465,22 +387,14 @@ fn generated_upright_jpegs_take_the_right_path() {
         let out = imaging::flip(&src, ImageFormat::Jpeg, &limits()).unwrap();
         assert_eq!(out.method, expected, "{name}");
         assert_eq!((out.width, out.height), (w, h), "{name}");
-        assert_eq!(
-            jpeg::icc_profile(&out.bytes).as_deref(),
-            Some(&icc[..]),
-            "{name}: ICC"
-        );
+        assert_eq!(jpeg::icc_profile(&out.bytes).as_deref(), Some(&icc[..]), "{name}: ICC");
         if expected.starts_with("jpeg-lossless") {
             assert_lossless(&name, &src, &out);
         } else {
             let (_, mean) = displayed_flip_diff(&src, &out.bytes);
             assert!(mean < 5.0, "{name}: {mean}");
             assert_eq!(subsamp_of(&out.bytes), s, "{name}: subsampling");
-            assert_eq!(
-                jpeg::estimate_quality(&out.bytes),
-                Some(83),
-                "{name}: quality"
-            );
+            assert_eq!(jpeg::estimate_quality(&out.bytes), Some(83), "{name}: quality");
         }
         // The forced re-encode works on every one of them, too.
         let re = flip_jpeg::reencode(&src, &limits()).unwrap();
@@ -570,32 +484,15 @@ fn decoder_limits_hold_on_every_path() {
 #[test]
 fn generated_thumbnails() {
     // Big enough to be shrunk, with an EXIF turn.
-    let src = jpeg::insert_segments(
-        make_jpeg(1200, 800, 85, turbojpeg::Subsamp::Sub2x2),
-        &[exif_segment(6)],
-    );
+    let src = jpeg::insert_segments(make_jpeg(1200, 800, 85, turbojpeg::Subsamp::Sub2x2), &[exif_segment(6)]);
     let t = imaging::thumbnails(&src, ImageFormat::Jpeg, &limits()).unwrap();
-    assert_eq!(
-        (t.width, t.height),
-        (320, 480),
-        "turned to the displayed shape"
-    );
-    check_thumbnails(
-        "generated 1200x800 orientation 6",
-        &src,
-        ImageFormat::Jpeg,
-        &t,
-    );
+    assert_eq!((t.width, t.height), (320, 480), "turned to the displayed shape");
+    check_thumbnails("generated 1200x800 orientation 6", &src, ImageFormat::Jpeg, &t);
 
     // A PNG with alpha keeps it in its thumbnails; a small picture is not enlarged.
     let mut img = image::RgbaImage::new(900, 300);
     for (x, y, p) in img.enumerate_pixels_mut() {
-        *p = image::Rgba([
-            (x % 256) as u8,
-            (y * 255 / 300) as u8,
-            90,
-            if x < 450 { 255 } else { 80 },
-        ]);
+        *p = image::Rgba([(x % 256) as u8, (y * 255 / 300) as u8, 90, if x < 450 { 255 } else { 80 }]);
     }
     let mut png = std::io::Cursor::new(Vec::new());
     img.write_to(&mut png, image::ImageFormat::Png).unwrap();
@@ -604,10 +501,7 @@ fn generated_thumbnails() {
     let t = p.thumbnails.unwrap();
     assert_eq!((t.width, t.height, t.format), (480, 160, ImageFormat::Png));
     let small = image::load_from_memory(&t.original).unwrap().into_rgba8();
-    assert!(
-        small.get_pixel(10, 10)[3] > 250 && small.get_pixel(470, 10)[3] < 100,
-        "alpha kept"
-    );
+    assert!(small.get_pixel(10, 10)[3] > 250 && small.get_pixel(470, 10)[3] < 100, "alpha kept");
     check_thumbnails("generated.png", &png, ImageFormat::Png, &t);
 
     let tiny = make_jpeg(40, 30, 90, turbojpeg::Subsamp::Sub2x2);

@@ -40,31 +40,16 @@ pub async fn fleet(aws: &AwsSettings, stack: &str) -> Result<Vec<GroupStatus>, F
     loop {
         let out = client
             .describe_auto_scaling_groups()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{STACK_TAG}"))
-                    .values(stack)
-                    .build(),
-            )
+            .filters(Filter::builder().name(format!("tag:{STACK_TAG}")).values(stack).build())
             .set_next_token(next.clone())
             .send()
             .await
-            .map_err(|e| {
-                FleetError(aws_sdk_autoscaling::error::DisplayErrorContext(e).to_string())
-            })?;
+            .map_err(|e| FleetError(aws_sdk_autoscaling::error::DisplayErrorContext(e).to_string()))?;
         for g in out.auto_scaling_groups() {
-            let role = g
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some(ROLE_TAG))
-                .and_then(|t| t.value())
-                .unwrap_or("")
-                .to_owned();
+            let role =
+                g.tags().iter().find(|t| t.key() == Some(ROLE_TAG)).and_then(|t| t.value()).unwrap_or("").to_owned();
             let count = |state: &str| {
-                g.instances()
-                    .iter()
-                    .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some(state))
-                    .count() as u32
+                g.instances().iter().filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some(state)).count() as u32
             };
             groups.push(GroupStatus {
                 name: g.auto_scaling_group_name().unwrap_or_default().to_owned(),

@@ -129,10 +129,7 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
             updated_at: now_millis(),
         };
         if let Ok(json) = serde_json::to_string(&status) {
-            let _ = services
-                .store
-                .set_setting(POOL_STATUS_KEY, &json, status.updated_at)
-                .await;
+            let _ = services.store.set_setting(POOL_STATUS_KEY, &json, status.updated_at).await;
         }
     }
     drain_all(&mut workers, config.drain_timeout).await;
@@ -146,11 +143,7 @@ fn spawn(config: &PoolConfig) -> std::io::Result<Worker> {
         .kill_on_drop(true)
         .spawn()?;
     tracing::debug!(pid = child.id(), "started a worker");
-    Ok(Worker {
-        child,
-        started: Instant::now(),
-        draining: false,
-    })
+    Ok(Worker { child, started: Instant::now(), draining: false })
 }
 
 /// SIGTERM to every worker, then SIGKILL to any still running after `timeout`.
@@ -163,10 +156,7 @@ async fn drain_all(workers: &mut [Worker], timeout: Duration) {
     }
     let deadline = tokio::time::Instant::now() + timeout;
     for w in workers.iter_mut() {
-        if tokio::time::timeout_at(deadline, w.child.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, w.child.wait()).await.is_err() {
             tracing::warn!(pid = w.pid(), "a worker did not finish in time; killing it");
             let _ = w.child.kill().await;
         }

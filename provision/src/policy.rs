@@ -55,33 +55,21 @@ pub struct Scaler {
 
 impl Scaler {
     pub fn new(policy: Policy) -> Scaler {
-        Scaler {
-            policy,
-            recent: VecDeque::new(),
-        }
+        Scaler { policy, recent: VecDeque::new() }
     }
 
     /// The desired count at `now_ms` for `current` instances and `backlog` queued jobs.
     pub fn decide(&mut self, now_ms: i64, current: u32, backlog: f64) -> u32 {
         let recommended = self.policy.recommend(current, backlog);
         self.recent.push_back((now_ms, recommended));
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _)| now_ms - t > self.policy.scale_in_window_ms)
-        {
+        while self.recent.front().is_some_and(|(t, _)| now_ms - t > self.policy.scale_in_window_ms) {
             self.recent.pop_front();
         }
         if recommended >= current {
             return recommended;
         }
         // Scale in only as far as the window's highest recommendation allows.
-        let floor = self
-            .recent
-            .iter()
-            .map(|(_, r)| *r)
-            .max()
-            .unwrap_or(recommended);
+        let floor = self.recent.iter().map(|(_, r)| *r).max().unwrap_or(recommended);
         floor.min(current).max(recommended)
     }
 }
@@ -91,13 +79,7 @@ mod tests {
     use super::*;
 
     fn policy() -> Policy {
-        Policy {
-            min: 1,
-            max: 8,
-            target: 4.0,
-            tolerance: 0.1,
-            scale_in_window_ms: 10_000,
-        }
+        Policy { min: 1, max: 8, target: 4.0, tolerance: 0.1, scale_in_window_ms: 10_000 }
     }
 
     #[test]
@@ -125,11 +107,7 @@ mod tests {
         let p = policy();
         assert_eq!(p.recommend(8, 1000.0), 8);
         assert_eq!(p.recommend(1, 0.0), 1);
-        let fixed = Policy {
-            min: 2,
-            max: 2,
-            ..p
-        };
+        let fixed = Policy { min: 2, max: 2, ..p };
         assert_eq!(fixed.recommend(2, 1000.0), 2);
         assert_eq!(fixed.recommend(2, 0.0), 2);
     }
@@ -151,10 +129,6 @@ mod tests {
         s.decide(0, 1, 16.0);
         assert_eq!(s.decide(1_000, 4, 0.0), 4);
         assert_eq!(s.decide(2_000, 4, 16.0), 4);
-        assert_eq!(
-            s.decide(11_500, 4, 0.0),
-            4,
-            "the burst at 2 s is still in the window"
-        );
+        assert_eq!(s.decide(11_500, 4, 0.0), 4, "the burst at 2 s is still in the window");
     }
 }

@@ -35,10 +35,7 @@ pub fn unauthorized() -> Resp {
         StatusCode::UNAUTHORIZED,
         &json!({"error": "missing or wrong admin token; send Authorization: Bearer <token> (see <data>/admin-token or FLIPSTACK_ADMIN_TOKEN)"}),
     );
-    r.headers_mut().insert(
-        WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"flipstack admin\""),
-    );
+    r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"flipstack admin\""));
     r
 }
 
@@ -47,30 +44,16 @@ pub async fn status(state: Arc<AppState>, auth: Option<String>) -> Result<Resp, 
         return Ok(unauthorized());
     }
     let blocked = state.blocked.get(&state.services).await;
-    let status = flipstack_core::status::collect(
-        &state.services,
-        blocked,
-        state.started_at.elapsed().as_secs(),
-    )
-    .await;
+    let status = flipstack_core::status::collect(&state.services, blocked, state.started_at.elapsed().as_secs()).await;
     Ok(json(StatusCode::OK, &status))
 }
 
-pub async fn set_blocked(
-    state: Arc<AppState>,
-    auth: Option<String>,
-    blocked: bool,
-) -> Result<Resp, Infallible> {
+pub async fn set_blocked(state: Arc<AppState>, auth: Option<String>, blocked: bool) -> Result<Resp, Infallible> {
     if !authorized(&state, auth.as_deref()) {
         return Ok(unauthorized());
     }
     let value = if blocked { "true" } else { "false" };
-    if let Err(e) = state
-        .services
-        .store
-        .set_setting(UPLOADS_BLOCKED, value, now_millis())
-        .await
-    {
+    if let Err(e) = state.services.store.set_setting(UPLOADS_BLOCKED, value, now_millis()).await {
         return Ok(json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"error": format!("could not change the setting: {e}")}),
@@ -78,15 +61,8 @@ pub async fn set_blocked(
     }
     state.blocked.set_local(blocked).await;
     state.services.metrics.uploads_blocked.set(blocked as i64);
-    state.emit(AdminEvent::Blocked {
-        at: now_millis(),
-        blocked,
-    });
-    tracing::info!(
-        blocked,
-        "uploads {} by an operator",
-        if blocked { "blocked" } else { "unblocked" }
-    );
+    state.emit(AdminEvent::Blocked { at: now_millis(), blocked });
+    tracing::info!(blocked, "uploads {} by an operator", if blocked { "blocked" } else { "unblocked" });
     Ok(json(StatusCode::OK, &json!({"blocked": blocked})))
 }
 
@@ -109,15 +85,9 @@ pub async fn dump(state: Arc<AppState>, auth: Option<String>) -> Result<Resp, In
     let stream = tokio_util::io::ReaderStream::new(reader).map(|c| c.map(Bytes::from));
     let mut r = warp::http::Response::new(Body::wrap_stream(stream));
     let h = r.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/sql; charset=utf-8"),
-    );
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/sql; charset=utf-8"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let name = format!(
-        "attachment; filename=\"flipstack-{}.sql\"",
-        now_millis() / 1000
-    );
+    let name = format!("attachment; filename=\"flipstack-{}.sql\"", now_millis() / 1000);
     if let Ok(v) = HeaderValue::from_str(&name) {
         h.insert(CONTENT_DISPOSITION, v);
     }
@@ -138,15 +108,12 @@ pub async fn events(state: Arc<AppState>, auth: Option<String>) -> Result<Resp, 
                         AdminEvent::GalleryRead { .. } => "read",
                         AdminEvent::Blocked { .. } => "blocked",
                     };
-                    let sse = warp::sse::Event::default()
-                        .event(name)
-                        .json_data(&event)
-                        .unwrap_or_default();
+                    let sse = warp::sse::Event::default().event(name).json_data(&event).unwrap_or_default();
                     return Some((Ok::<_, Infallible>(sse), rx));
                 }
                 Err(RecvError::Lagged(n)) => {
-                    let sse = warp::sse::Event::default()
-                        .comment(format!("{n} events skipped: the reader was too slow"));
+                    let sse =
+                        warp::sse::Event::default().comment(format!("{n} events skipped: the reader was too slow"));
                     return Some((Ok(sse), rx));
                 }
                 Err(RecvError::Closed) => return None,
@@ -169,24 +136,15 @@ pub async fn metrics(
     }
     let mut r = plain(StatusCode::OK, "");
     *r.body_mut() = Body::from(state.services.metrics.render());
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok(r)
 }
 
 pub async fn healthz(state: Arc<AppState>) -> Result<Resp, Infallible> {
     let s = &state.services;
     let timeout = std::time::Duration::from_secs(2);
-    let db = matches!(
-        tokio::time::timeout(timeout, s.store.ping()).await,
-        Ok(Ok(()))
-    );
-    let cache = matches!(
-        tokio::time::timeout(timeout, s.cache.get_many(&["fs:health"])).await,
-        Ok(Ok(_))
-    );
+    let db = matches!(tokio::time::timeout(timeout, s.store.ping()).await, Ok(Ok(())));
+    let cache = matches!(tokio::time::timeout(timeout, s.cache.get_many(&["fs:health"])).await, Ok(Ok(_)));
     let body = json!({
         "status": if db { "ok" } else { "unavailable" },
         "database": if db { "ok" } else { "unavailable" },
@@ -194,12 +152,5 @@ pub async fn healthz(state: Arc<AppState>) -> Result<Resp, Infallible> {
         "cache": if cache { "ok" } else { "unavailable" },
         "uptime_secs": state.started_at.elapsed().as_secs(),
     });
-    Ok(json(
-        if db {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        &body,
-    ))
+    Ok(json(if db { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body))
 }

@@ -40,10 +40,7 @@ pub async fn image(
         Err(r) => return Ok(r),
     };
     let Some(me) = &visitor.signed_in else {
-        return Ok(plain(
-            StatusCode::FORBIDDEN,
-            "Sign in to see your pictures.",
-        ));
+        return Ok(plain(StatusCode::FORBIDDEN, "Sign in to see your pictures."));
     };
     let owner = match state.owners.get(&id) {
         Some(o) => Some(o),
@@ -62,18 +59,13 @@ pub async fn image(
     };
     // Thumbnails may be stored in another format than the upload's.
     let format = match kind {
-        BlobKind::OriginalThumb | BlobKind::FlippedThumb => {
-            flipstack_core::imaging::thumbnail_format(format)
-        }
+        BlobKind::OriginalThumb | BlobKind::FlippedThumb => flipstack_core::imaging::thumbnail_format(format),
         BlobKind::Original | BlobKind::Flipped => format,
     };
     let etag = format!("\"{}-{}\"", id, variant);
     let unavailable = |e: flipstack_core::blob::BlobError| {
         tracing::warn!(error = %e, upload = %id, "blob store read failed");
-        plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The picture store is not answering; try again in a moment.",
-        )
+        plain(StatusCode::SERVICE_UNAVAILABLE, "The picture store is not answering; try again in a moment.")
     };
     let mut r = if if_none_match.as_deref() == Some(etag.as_str()) {
         // The browser has it; only confirm it still exists (not deleted).
@@ -89,11 +81,9 @@ pub async fn image(
     } else {
         match state.services.blobs.get(kind, id).await {
             Ok(Some(blob)) => {
-                let mut r = warp::http::Response::new(Body::wrap_stream(
-                    blob.stream.map(|c| c.map_err(std::io::Error::other)),
-                ));
-                r.headers_mut()
-                    .insert(CONTENT_LENGTH, HeaderValue::from(blob.size));
+                let mut r =
+                    warp::http::Response::new(Body::wrap_stream(blob.stream.map(|c| c.map_err(std::io::Error::other))));
+                r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(blob.size));
                 r
             }
             // Not flipped yet, or deleted.
@@ -109,15 +99,11 @@ pub async fn image(
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(ETAG, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "inline; filename=\"flipstack-{id}-{variant}.{}\"",
-        format.extension()
-    )) {
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("inline; filename=\"flipstack-{id}-{variant}.{}\"", format.extension()))
+    {
         h.insert(CONTENT_DISPOSITION, v);
     }
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; sandbox"),
-    );
+    h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; sandbox"));
     Ok(r)
 }

@@ -5,6 +5,7 @@
 pub mod admin;
 mod assets;
 pub mod images;
+mod multipart;
 pub mod pages;
 pub mod session;
 pub mod state;
@@ -36,10 +37,7 @@ pub enum ServerError {
     #[error(
         "cannot listen on {addr}: {source}. Is another flipstack (or something else) using it? Pick another address with --listen or FLIPSTACK_LISTEN."
     )]
-    Bind {
-        addr: SocketAddr,
-        source: warp::Error,
-    },
+    Bind { addr: SocketAddr, source: warp::Error },
     #[error("the database did not answer while starting: {0}")]
     Store(#[from] flipstack_core::store::StoreError),
     #[error("{0}")]
@@ -57,15 +55,25 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Stops taking connections, lets requests in flight finish, stops the background tasks.
-    pub async fn shutdown(mut self) {
+    /// Stops taking connections, lets requests in flight finish (for at most
+    /// `grace`; idle keep-alive connections of clients would otherwise hold it
+    /// open), stops the background tasks.
+    pub async fn shutdown_within(mut self, grace: std::time::Duration) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = (&mut self.done).await;
+        if tokio::time::timeout(grace, &mut self.done).await.is_err() {
+            tracing::warn!(?grace, "connections were still open after the grace period; closing them");
+            self.done.abort();
+        }
         for t in &self.tasks {
             t.abort();
         }
+    }
+
+    /// [`Self::shutdown_within`] thirty seconds: long enough for an upload in flight.
+    pub async fn shutdown(self) {
+        self.shutdown_within(std::time::Duration::from_secs(30)).await
     }
 
     /// Runs until `signal` resolves, then shuts down gracefully.
@@ -79,12 +87,7 @@ impl RunningServer {
 /// The admin token: the configured one, or one made once and kept in
 /// `<data>/admin-token` (readable by its owner only).
 pub fn admin_token(services: &Services) -> Result<String, ServerError> {
-    if let Some(t) = services
-        .config
-        .admin_token
-        .as_deref()
-        .filter(|t| !t.trim().is_empty())
-    {
+    if let Some(t) = services.config.admin_token.as_deref().filter(|t| !t.trim().is_empty()) {
         return Ok(t.trim().to_owned());
     }
     let path = services.config.data_dir.join("admin-token");
@@ -95,12 +98,8 @@ pub fn admin_token(services: &Services) -> Result<String, ServerError> {
     }
     let bytes: [u8; 32] = rand::rng().random();
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    write_private(&path, &token).map_err(|e| {
-        ServerError::Setup(format!(
-            "cannot write the admin token to {}: {e}",
-            path.display()
-        ))
-    })?;
+    write_private(&path, &token)
+        .map_err(|e| ServerError::Setup(format!("cannot write the admin token to {}: {e}", path.display())))?;
     tracing::info!(path = %path.display(), "made an admin token");
     Ok(token)
 }
@@ -111,29 +110,18 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(contents.as_bytes())?;
     f.write_all(b"\n")
 }
 
 /// Starts the server on `addr` (port 0 picks a free one) with its background tasks.
-pub async fn start(
-    services: Arc<Services>,
-    addr: SocketAddr,
-) -> Result<RunningServer, ServerError> {
+pub async fn start(services: Arc<Services>, addr: SocketAddr) -> Result<RunningServer, ServerError> {
     let now = now_millis();
     let fresh_secret: [u8; 32] = rand::rng().random();
-    let secret_hex = services
-        .store
-        .setting_or_init(COOKIE_SECRET, &hex::encode(fresh_secret), now)
-        .await?;
-    let secret = hex::decode(secret_hex.trim())
-        .map_err(|_| ServerError::Setup("the stored cookie secret is not hex".into()))?;
+    let secret_hex = services.store.setting_or_init(COOKIE_SECRET, &hex::encode(fresh_secret), now).await?;
+    let secret =
+        hex::decode(secret_hex.trim()).map_err(|_| ServerError::Setup("the stored cookie secret is not hex".into()))?;
     let blocked = services.store.setting(UPLOADS_BLOCKED).await?.as_deref() == Some("true");
     let admin_token = admin_token(&services)?;
     let spool_dir = prepare_spool(&services.config.data_dir)?;
@@ -145,11 +133,7 @@ pub async fn start(
         admin_token: admin_token.clone(),
         blocked: BlockFlag::new(blocked),
         events,
-        verify_slots: Semaphore::new(
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-        ),
+        verify_slots: Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
         spool_dir,
         owners: moka::sync::Cache::new(100_000),
         started_at: Instant::now(),
@@ -161,14 +145,8 @@ pub async fn start(
             let _ = stopped.await;
         })
         .map_err(|source| ServerError::Bind { addr, source })?;
-    let public = services
-        .config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{bound}"));
-    let _ = state
-        .public_url
-        .set(public.trim_end_matches('/').to_owned());
+    let public = services.config.public_url.clone().unwrap_or_else(|| format!("http://{bound}"));
+    let _ = state.public_url.set(public.trim_end_matches('/').to_owned());
     let done = tokio::spawn(serving);
     let tasks = tasks::spawn_all(state.clone());
     tracing::info!(addr = %bound, database = services.store.backend(), cache = services.cache.kind(), blobs = services.blobs.kind(), queue = services.queue.kind(), "server listening");
@@ -185,8 +163,7 @@ pub async fn start(
 /// Uploads are spooled here while they are checked; leftovers of a crash are cleared.
 fn prepare_spool(data_dir: &Path) -> Result<PathBuf, ServerError> {
     let dir = data_dir.join("spool");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", dir.display())))?;
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
             let _ = std::fs::remove_file(e.path());
@@ -195,9 +172,7 @@ fn prepare_spool(data_dir: &Path) -> Result<PathBuf, ServerError> {
     Ok(dir)
 }
 
-fn with_state(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
+fn with_state(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
 }
 
@@ -209,28 +184,46 @@ fn auth() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> +
     warp::header::optional::<String>("authorization")
 }
 
-/// Small urlencoded forms (sign-in, logout).
-fn small_form() -> impl Filter<Extract = (HashMap<String, String>,), Error = warp::Rejection> + Clone
-{
-    warp::body::content_length_limit(16 * 1024).and(warp::body::form())
+/// Small urlencoded forms (sign-in, logout), at most 16 KiB, with or
+/// without a Content-Length (an empty POST is an empty form).
+fn small_form() -> impl Filter<Extract = (HashMap<String, String>,), Error = warp::Rejection> + Clone {
+    warp::body::stream().and_then(collect_small_form)
 }
 
-pub fn routes(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+async fn collect_small_form<S, B>(body: S) -> Result<HashMap<String, String>, warp::Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures::StreamExt;
+    let mut body = Box::pin(body);
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|_| warp::reject::reject())?;
+        buf.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        if buf.len() > 16 * 1024 {
+            return Err(warp::reject::custom(FormTooLarge));
+        }
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&buf).unwrap_or_default();
+    Ok(pairs.into_iter().collect())
+}
+
+#[derive(Debug)]
+struct FormTooLarge;
+impl warp::reject::Reject for FormTooLarge {}
+
+pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     let s = || with_state(state.clone());
     let index = warp::path::end().and(warp::get()).and_then(pages::index);
-    let form = warp::path!("form")
-        .and(warp::get())
-        .and(s())
-        .and(cookie())
-        .and_then(pages::form);
+    let form = warp::path!("form").and(warp::get()).and(s()).and(cookie()).and_then(pages::form);
     let upload = warp::path!("upload")
         .and(warp::post())
         .and(s())
         .and(cookie())
         .and(warp::header::optional::<u64>("content-length"))
-        .and(warp::multipart::form().max_length(None))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::stream())
         .and_then(upload::upload);
     let gallery = warp::path!("gallery")
         .and(warp::get())
@@ -238,17 +231,9 @@ pub fn routes(
         .and(cookie())
         .and(warp::query::<HashMap<String, String>>())
         .and_then(pages::gallery);
-    let signin = warp::path!("signin")
-        .and(warp::get())
-        .and(s())
-        .and(cookie())
-        .and_then(pages::signin_form);
-    let signin_post = warp::path!("signin")
-        .and(warp::post())
-        .and(s())
-        .and(cookie())
-        .and(small_form())
-        .and_then(pages::signin_submit);
+    let signin = warp::path!("signin").and(warp::get()).and(s()).and(cookie()).and_then(pages::signin_form);
+    let signin_post =
+        warp::path!("signin").and(warp::post()).and(s()).and(cookie()).and(small_form()).and_then(pages::signin_submit);
     let link = warp::path!("signin" / "link")
         .and(warp::get())
         .and(s())
@@ -261,37 +246,21 @@ pub fn routes(
         .and(cookie())
         .and(small_form())
         .and_then(pages::signin_link_submit);
-    let logout = warp::path!("logout")
-        .and(warp::post())
-        .and(s())
-        .and(cookie())
-        .and(small_form())
-        .and_then(pages::logout);
+    let logout =
+        warp::path!("logout").and(warp::post()).and(s()).and(cookie()).and(small_form()).and_then(pages::logout);
     let images = warp::path!("images" / String / String)
         .and(warp::get())
         .and(s())
         .and(cookie())
         .and(warp::header::optional::<String>("if-none-match"))
         .and_then(|id, variant, state, cookie, inm| images::image(state, id, variant, cookie, inm));
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .and(s())
-        .and_then(admin::healthz);
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(s())
-        .and(warp::addr::remote())
-        .and(auth())
-        .and_then(admin::metrics);
-    let assets = warp::path!("assets" / String)
-        .and(warp::get())
-        .and_then(assets::serve);
+    let healthz = warp::path!("healthz").and(warp::get()).and(s()).and_then(admin::healthz);
+    let metrics =
+        warp::path!("metrics").and(warp::get()).and(s()).and(warp::addr::remote()).and(auth()).and_then(admin::metrics);
+    let assets = warp::path!("assets" / String).and(warp::get()).and_then(assets::serve);
 
-    let admin_status = warp::path!("admin" / "api" / "status")
-        .and(warp::get())
-        .and(s())
-        .and(auth())
-        .and_then(admin::status);
+    let admin_status =
+        warp::path!("admin" / "api" / "status").and(warp::get()).and(s()).and(auth()).and_then(admin::status);
     let admin_block = warp::path!("admin" / "api" / "uploads" / "block")
         .and(warp::post())
         .and(s())
@@ -302,50 +271,22 @@ pub fn routes(
         .and(s())
         .and(auth())
         .and_then(|state, auth| admin::set_blocked(state, auth, false));
-    let admin_dump = warp::path!("admin" / "api" / "dump")
-        .and(warp::get())
-        .and(s())
-        .and(auth())
-        .and_then(admin::dump);
-    let admin_events = warp::path!("admin" / "api" / "events")
-        .and(warp::get())
-        .and(s())
-        .and(auth())
-        .and_then(admin::events);
+    let admin_dump = warp::path!("admin" / "api" / "dump").and(warp::get()).and(s()).and(auth()).and_then(admin::dump);
+    let admin_events =
+        warp::path!("admin" / "api" / "events").and(warp::get()).and(s()).and(auth()).and_then(admin::events);
     // Everything under /admin that is not a known route still wants the token first.
-    let admin_other = warp::path("admin").and(s()).and(auth()).and_then(
-        |state: Arc<AppState>, auth: Option<String>| async move {
+    let admin_other =
+        warp::path("admin").and(s()).and(auth()).and_then(|state: Arc<AppState>, auth: Option<String>| async move {
             Ok::<_, Infallible>(if admin::authorized(&state, auth.as_deref()) {
-                web::json(
-                    StatusCode::NOT_FOUND,
-                    &serde_json::json!({"error": "no such admin route"}),
-                )
+                web::json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "no such admin route"}))
             } else {
                 admin::unauthorized()
             })
-        },
-    );
+        });
 
-    let pages = index
-        .or(form)
-        .unify()
-        .or(upload)
-        .unify()
-        .or(gallery)
-        .unify()
-        .or(signin)
-        .unify()
-        .or(signin_post)
-        .unify();
-    let pages = pages
-        .or(link)
-        .unify()
-        .or(link_post)
-        .unify()
-        .or(logout)
-        .unify()
-        .or(images)
-        .unify();
+    let pages =
+        index.or(form).unify().or(upload).unify().or(gallery).unify().or(signin).unify().or(signin_post).unify();
+    let pages = pages.or(link).unify().or(link_post).unify().or(logout).unify().or(images).unify();
     let ops = healthz.or(metrics).unify().or(assets).unify();
     let admin = admin_status
         .or(admin_block)
@@ -376,26 +317,13 @@ pub fn routes(
 async fn recover(state: Arc<AppState>, rejection: warp::Rejection) -> Result<Resp, Infallible> {
     let nobody = session::Visitor::resolve_offline();
     let (status, title, text) = if rejection.is_not_found() {
-        (
-            StatusCode::NOT_FOUND,
-            "Page not found",
-            "There is no page at this address.",
-        )
+        (StatusCode::NOT_FOUND, "Page not found", "There is no page at this address.")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Not allowed",
-            "This address does not take that kind of request.",
-        )
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Too large",
-            "What was sent is larger than this address takes.",
-        )
-    } else if rejection
-        .find::<warp::reject::UnsupportedMediaType>()
-        .is_some()
+        (StatusCode::METHOD_NOT_ALLOWED, "Not allowed", "This address does not take that kind of request.")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() || rejection.find::<FormTooLarge>().is_some()
+    {
+        (StatusCode::PAYLOAD_TOO_LARGE, "Too large", "What was sent is larger than this address takes.")
+    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some()
         || rejection.find::<warp::reject::InvalidHeader>().is_some()
     {
         (
@@ -404,25 +332,10 @@ async fn recover(state: Arc<AppState>, rejection: warp::Rejection) -> Result<Res
             "The form was not sent the way this page expects. Go back, reload and try again.",
         )
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        (
-            StatusCode::LENGTH_REQUIRED,
-            "Bad request",
-            "The request did not say how long it is.",
-        )
+        (StatusCode::LENGTH_REQUIRED, "Bad request", "The request did not say how long it is.")
     } else {
         tracing::debug!(?rejection, "request rejected");
-        (
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "This request could not be understood.",
-        )
+        (StatusCode::BAD_REQUEST, "Bad request", "This request could not be understood.")
     };
-    Ok(web::message(
-        &state,
-        &nobody,
-        status,
-        title,
-        text,
-        Some(("/form", "Go to the upload page")),
-    ))
+    Ok(web::message(&state, &nobody, status, title, text, Some(("/form", "Go to the upload page"))))
 }

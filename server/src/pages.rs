@@ -12,8 +12,7 @@ use flipstack_core::store::{NewSession, Person, SessionInfo, SigninOutcome, Stor
 use warp::http::{HeaderValue, StatusCode};
 
 use crate::session::{
-    SESSION_COOKIE, SESSION_LIFETIME_MS, SignedIn, Visitor, forget_session, remember_session,
-    set_cookie,
+    SESSION_COOKIE, SESSION_LIFETIME_MS, SignedIn, Visitor, forget_session, remember_session, set_cookie,
 };
 use crate::state::{AppState, RenderedGallery};
 use crate::views::{Chrome, FormPage, GalleryView, SigninLinkPage, SigninPage};
@@ -42,8 +41,7 @@ pub fn unavailable_page(state: &AppState) -> Resp {
         "flipstack cannot reach its database right now. Nothing you sent was lost or half-saved; please try again in a minute.",
         Some(("/form", "Back to the upload page")),
     );
-    r.headers_mut()
-        .insert("retry-after", HeaderValue::from_static("10"));
+    r.headers_mut().insert("retry-after", HeaderValue::from_static("10"));
     r
 }
 
@@ -74,8 +72,8 @@ pub async fn form_page(
         blocked,
         error,
         email_value: email.to_owned(),
-        max_mb: c.max_upload_bytes / (1024 * 1024),
-        max_mp: c.max_pixels / 1_000_000,
+        max_size: crate::web::human_bytes(c.max_upload_bytes),
+        max_mp: format!("{}", c.max_pixels as f64 / 1e6),
     };
     finish(state, visitor, render(status, &page))
 }
@@ -92,18 +90,9 @@ pub async fn gallery(
     let Some(me) = &visitor.signed_in else {
         return Ok(finish(&state, &visitor, see_other("/signin")));
     };
-    let page_no = query
-        .get("page")
-        .and_then(|p| p.parse::<u64>().ok())
-        .unwrap_or(1)
-        .clamp(1, 100_000);
+    let page_no = query.get("page").and_then(|p| p.parse::<u64>().ok()).unwrap_or(1).clamp(1, 100_000);
     let hash = me.email.hashed_id();
-    let read = match state
-        .services
-        .gallery
-        .read(me.person_id, &hash, page_no - 1, PER_PAGE)
-        .await
-    {
+    let read = match state.services.gallery.read(me.person_id, &hash, page_no - 1, PER_PAGE).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "gallery read failed");
@@ -115,10 +104,7 @@ pub async fn gallery(
     let key = (chrome.csrf.clone(), page_no);
     // The same decoded page (a cache hit whose bytes did not change) renders
     // to the same HTML for this session: reuse it.
-    let memo = state
-        .rendered
-        .get(&key)
-        .filter(|m| Arc::ptr_eq(&m.page, &read.page));
+    let memo = state.rendered.get(&key).filter(|m| Arc::ptr_eq(&m.page, &read.page));
     let mut r = match memo {
         Some(m) => html(StatusCode::OK, m.html.clone()),
         None => {
@@ -126,23 +112,16 @@ pub async fn gallery(
             match view.render() {
                 Ok(body) => {
                     let body = bytes::Bytes::from(body);
-                    state.rendered.insert(
-                        key,
-                        Arc::new(RenderedGallery {
-                            page: read.page.clone(),
-                            html: body.clone(),
-                        }),
-                    );
+                    state
+                        .rendered
+                        .insert(key, Arc::new(RenderedGallery { page: read.page.clone(), html: body.clone() }));
                     html(StatusCode::OK, body)
                 }
                 Err(_) => render(StatusCode::OK, &view),
             }
         }
     };
-    r.headers_mut().insert(
-        "x-read-source",
-        HeaderValue::from_static(read.source.as_str()),
-    );
+    r.headers_mut().insert("x-read-source", HeaderValue::from_static(read.source.as_str()));
     Ok(r)
 }
 
@@ -169,33 +148,16 @@ pub async fn signin_submit(
         Ok(v) => v,
         Err(r) => return Ok(r),
     };
-    if !visitor.csrf_ok(
-        &state.secret,
-        form.get("csrf").map(String::as_str).unwrap_or(""),
-    ) {
+    if !visitor.csrf_ok(&state.secret, form.get("csrf").map(String::as_str).unwrap_or("")) {
         return Ok(csrf_refused(&state, &visitor));
     }
-    let typed = form
-        .get("email")
-        .map(String::as_str)
-        .unwrap_or("")
-        .trim()
-        .to_owned();
+    let typed = form.get("email").map(String::as_str).unwrap_or("").trim().to_owned();
     let chrome = Chrome::for_visitor(&visitor, &state.secret);
     let email = match Email::parse(&typed) {
         Ok(e) => e,
         Err(e) => {
-            let page = SigninPage {
-                chrome,
-                sent: false,
-                error: Some(format!("{e}.")),
-                email_value: typed,
-            };
-            return Ok(finish(
-                &state,
-                &visitor,
-                render(StatusCode::UNPROCESSABLE_ENTITY, &page),
-            ));
+            let page = SigninPage { chrome, sent: false, error: Some(format!("{e}.")), email_value: typed };
+            return Ok(finish(&state, &visitor, render(StatusCode::UNPROCESSABLE_ENTITY, &page)));
         }
     };
     match state.services.store.person_by_email(&email).await {
@@ -210,12 +172,7 @@ pub async fn signin_submit(
         }
         Err(_) => return Ok(unavailable_page(&state)),
     }
-    let page = SigninPage {
-        chrome,
-        sent: true,
-        error: None,
-        email_value: email.to_string(),
-    };
+    let page = SigninPage { chrome, sent: true, error: None, email_value: email.to_string() };
     Ok(finish(&state, &visitor, render(StatusCode::OK, &page)))
 }
 
@@ -225,37 +182,23 @@ pub async fn send_signin_link(state: &AppState, person: &Person) -> Result<(), R
     let services = &state.services;
     let hash = person.email.hashed_id();
     let throttle_key = format!("fs:mailed:{hash}");
-    if let Ok(false) = services
-        .cache
-        .add(&throttle_key, b"1", SIGNIN_MAIL_INTERVAL)
-        .await
-    {
+    if let Ok(false) = services.cache.add(&throttle_key, b"1", SIGNIN_MAIL_INTERVAL).await {
         tracing::info!(person = %hash, "sign-in link already mailed in the last minute; not sending another");
         return Ok(());
     }
     let token = SecretToken::generate();
     let now = now_millis();
-    if let Err(e) = services
-        .store
-        .create_signin_token(&token.hash(), person.id, now + SIGNIN_LINK_LIFETIME_MS, now)
-        .await
+    if let Err(e) =
+        services.store.create_signin_token(&token.hash(), person.id, now + SIGNIN_LINK_LIFETIME_MS, now).await
     {
         tracing::warn!(error = %e, "could not store a sign-in link");
         return Err(unavailable_page(state));
     }
-    let link = format!(
-        "{}/signin/link?token={}",
-        state.public_url(),
-        token.as_str()
-    );
+    let link = format!("{}/signin/link?token={}", state.public_url(), token.as_str());
     let body = format!(
         "Hello,\n\nopen this link to sign in to your flipstack gallery:\n\n{link}\n\nIt works once, for 15 minutes, in the browser you open it in.\nIf you did not ask for it, you can ignore this mail: nobody gets in without it.\n"
     );
-    if let Err(e) = services
-        .mailer
-        .send(&person.email, "Your flipstack sign-in link", &body)
-        .await
-    {
+    if let Err(e) = services.mailer.send(&person.email, "Your flipstack sign-in link", &body).await {
         tracing::error!(error = %e, person = %hash, "could not send a sign-in mail");
         return Err(message(
             state,
@@ -289,7 +232,14 @@ pub async fn signin_link(
         Some(t) => (StatusCode::OK, SigninLinkPage { chrome, token: t.as_str().to_owned(), problem: None }),
         None => (
             StatusCode::NOT_FOUND,
-            SigninLinkPage { chrome, token: String::new(), problem: Some("This sign-in link is not complete. Copy the whole link from the mail, or ask for a new one.".into()) },
+            SigninLinkPage {
+                chrome,
+                token: String::new(),
+                problem: Some(
+                    "This sign-in link is not complete. Copy the whole link from the mail, or ask for a new one."
+                        .into(),
+                ),
+            },
         ),
     };
     Ok(finish(&state, &visitor, render(status, &page)))
@@ -304,10 +254,7 @@ pub async fn signin_link_submit(
         Ok(v) => v,
         Err(r) => return Ok(r),
     };
-    if !visitor.csrf_ok(
-        &state.secret,
-        form.get("csrf").map(String::as_str).unwrap_or(""),
-    ) {
+    if !visitor.csrf_ok(&state.secret, form.get("csrf").map(String::as_str).unwrap_or("")) {
         return Ok(csrf_refused(&state, &visitor));
     }
     let problem = |status: StatusCode, text: &str| {
@@ -319,17 +266,9 @@ pub async fn signin_link_submit(
         finish(&state, &visitor, render(status, &page))
     };
     let Some(token) = form.get("token").and_then(|t| SecretToken::parse(t)) else {
-        return Ok(problem(
-            StatusCode::NOT_FOUND,
-            "This sign-in link is not valid. Ask for a new one.",
-        ));
+        return Ok(problem(StatusCode::NOT_FOUND, "This sign-in link is not valid. Ask for a new one."));
     };
-    let outcome = match state
-        .services
-        .store
-        .consume_signin_token(&token.hash(), now_millis())
-        .await
-    {
+    let outcome = match state.services.store.consume_signin_token(&token.hash(), now_millis()).await {
         Ok(o) => o,
         Err(_) => return Ok(unavailable_page(&state)),
     };
@@ -349,18 +288,14 @@ pub async fn signin_link_submit(
             StatusCode::GONE,
             "This sign-in link has expired (links work for 15 minutes). Ask for a new one.",
         )),
-        SigninOutcome::Unknown => Ok(problem(
-            StatusCode::NOT_FOUND,
-            "This sign-in link is not valid. Ask for a new one.",
-        )),
+        SigninOutcome::Unknown => {
+            Ok(problem(StatusCode::NOT_FOUND, "This sign-in link is not valid. Ask for a new one."))
+        }
     }
 }
 
 /// A new session for a person: stored hashed, cached, and its cookie.
-pub async fn start_session(
-    state: &AppState,
-    person: &Person,
-) -> Result<(SignedIn, String), StoreError> {
+pub async fn start_session(state: &AppState, person: &Person) -> Result<(SignedIn, String), StoreError> {
     let token = SecretToken::generate();
     let now = now_millis();
     let expires_at = now + SESSION_LIFETIME_MS;
@@ -368,43 +303,16 @@ pub async fn start_session(
     state
         .services
         .store
-        .create_session(
-            NewSession {
-                token_hash: hash.clone(),
-                person_id: person.id,
-                expires_at,
-            },
-            now,
-        )
+        .create_session(NewSession { token_hash: hash.clone(), person_id: person.id, expires_at }, now)
         .await?;
-    remember_session(
-        state,
-        &hash,
-        &SessionInfo {
-            person_id: person.id,
-            email: person.email.clone(),
-            expires_at,
-        },
-    )
-    .await;
+    remember_session(state, &hash, &SessionInfo { person_id: person.id, email: person.email.clone(), expires_at })
+        .await;
     let cookie = session_cookie(state, &token);
-    Ok((
-        SignedIn {
-            token,
-            person_id: person.id,
-            email: person.email.clone(),
-        },
-        cookie,
-    ))
+    Ok((SignedIn { token, person_id: person.id, email: person.email.clone() }, cookie))
 }
 
 pub fn session_cookie(state: &AppState, token: &SecretToken) -> String {
-    set_cookie(
-        SESSION_COOKIE,
-        token.as_str(),
-        SESSION_LIFETIME_MS / 1000,
-        state.cookie_secure(),
-    )
+    set_cookie(SESSION_COOKIE, token.as_str(), SESSION_LIFETIME_MS / 1000, state.cookie_secure())
 }
 
 pub async fn logout(
@@ -416,10 +324,7 @@ pub async fn logout(
         Ok(v) => v,
         Err(r) => return Ok(r),
     };
-    if !visitor.csrf_ok(
-        &state.secret,
-        form.get("csrf").map(String::as_str).unwrap_or(""),
-    ) {
+    if !visitor.csrf_ok(&state.secret, form.get("csrf").map(String::as_str).unwrap_or("")) {
         return Ok(csrf_refused(&state, &visitor));
     }
     if let Some(me) = &visitor.signed_in {

@@ -65,18 +65,11 @@ pub fn set_cookie(name: &str, value: &str, max_age_secs: i64, secure: bool) -> S
 }
 
 impl Visitor {
-    pub async fn resolve(
-        state: &AppState,
-        cookie_header: Option<&str>,
-    ) -> Result<Visitor, StoreError> {
+    pub async fn resolve(state: &AppState, cookie_header: Option<&str>) -> Result<Visitor, StoreError> {
         let mut signed_in = None;
         if let Some(token) = cookie(cookie_header, SESSION_COOKIE).and_then(SecretToken::parse) {
             if let Some(info) = lookup_session(state, &token.hash()).await? {
-                signed_in = Some(SignedIn {
-                    token,
-                    person_id: info.person_id,
-                    email: info.email,
-                });
+                signed_in = Some(SignedIn { token, person_id: info.person_id, email: info.email });
             }
         }
         let anon = cookie(cookie_header, ANON_COOKIE).and_then(SecretToken::parse);
@@ -88,11 +81,7 @@ impl Visitor {
                 (fresh.as_str().to_owned(), Some(fresh.as_str().to_owned()))
             }
         };
-        Ok(Visitor {
-            signed_in,
-            csrf_seed,
-            new_anon_cookie,
-        })
+        Ok(Visitor { signed_in, csrf_seed, new_anon_cookie })
     }
 
     pub fn csrf_token(&self, secret: &[u8]) -> String {
@@ -104,33 +93,21 @@ impl Visitor {
 
     pub fn csrf_ok(&self, secret: &[u8], submitted: &str) -> bool {
         let expected = self.csrf_token(secret);
-        expected.len() == submitted.len()
-            && bool::from(expected.as_bytes().ct_eq(submitted.as_bytes()))
+        expected.len() == submitted.len() && bool::from(expected.as_bytes().ct_eq(submitted.as_bytes()))
     }
 
     /// For pages shown when the database cannot say who is asking.
     pub fn resolve_offline() -> Visitor {
-        Visitor {
-            signed_in: None,
-            csrf_seed: String::new(),
-            new_anon_cookie: None,
-        }
+        Visitor { signed_in: None, csrf_seed: String::new(), new_anon_cookie: None }
     }
 
     /// A visitor who just signed in: later tokens derive from the new session.
     pub fn signed_in_as(&self, signed: SignedIn) -> Visitor {
-        Visitor {
-            csrf_seed: signed.token.as_str().to_owned(),
-            signed_in: Some(signed),
-            new_anon_cookie: None,
-        }
+        Visitor { csrf_seed: signed.token.as_str().to_owned(), signed_in: Some(signed), new_anon_cookie: None }
     }
 }
 
-async fn lookup_session(
-    state: &AppState,
-    hash: &TokenHash,
-) -> Result<Option<SessionInfo>, StoreError> {
+async fn lookup_session(state: &AppState, hash: &TokenHash) -> Result<Option<SessionInfo>, StoreError> {
     let services = &state.services;
     let key = session_cache_key(hash);
     let now = now_millis();
@@ -156,28 +133,16 @@ async fn lookup_session(
 
 /// Puts a session in the cache (after sign-in, or a lookup that missed).
 pub async fn remember_session(state: &AppState, hash: &TokenHash, info: &SessionInfo) {
-    let ttl = SESSION_CACHE_TTL.min(Duration::from_millis(
-        (info.expires_at - now_millis()).max(1000) as u64,
-    ));
+    let ttl = SESSION_CACHE_TTL.min(Duration::from_millis((info.expires_at - now_millis()).max(1000) as u64));
     if let Ok(bytes) = serde_json::to_vec(info) {
-        let _ = state
-            .services
-            .cache
-            .set(&session_cache_key(hash), &bytes, ttl)
-            .await;
+        let _ = state.services.cache.set(&session_cache_key(hash), &bytes, ttl).await;
     }
 }
 
 /// Ends a session everywhere: the database row and the cached copy.
 pub async fn forget_session(state: &AppState, hash: &TokenHash) -> Result<(), StoreError> {
     state.services.store.delete_session(hash).await?;
-    if state
-        .services
-        .cache
-        .delete(&session_cache_key(hash))
-        .await
-        .is_err()
-    {
+    if state.services.cache.delete(&session_cache_key(hash)).await.is_err() {
         state.services.metrics.cache_errors.inc();
     }
     Ok(())

@@ -58,20 +58,9 @@ pub fn rendered_cache() -> moka::sync::Cache<(String, u64), Arc<RenderedGallery>
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AdminEvent {
     /// An upload, completion, retry, failure or deletion, from the events table.
-    Job {
-        id: i64,
-        at: i64,
-        kind: String,
-        upload_id: Option<i64>,
-        person: Option<String>,
-        detail: Option<String>,
-    },
+    Job { id: i64, at: i64, kind: String, upload_id: Option<i64>, person: Option<String>, detail: Option<String> },
     /// A gallery read answered by this server.
-    GalleryRead {
-        at: i64,
-        person: String,
-        source: &'static str,
-    },
+    GalleryRead { at: i64, person: String, source: &'static str },
     /// Uploads were blocked or unblocked.
     Blocked { at: i64, blocked: bool },
 }
@@ -82,10 +71,7 @@ impl AppState {
     }
 
     pub fn cookie_secure(&self) -> bool {
-        self.services
-            .config
-            .cookie_secure
-            .unwrap_or_else(|| self.public_url().starts_with("https://"))
+        self.services.config.cookie_secure.unwrap_or_else(|| self.public_url().starts_with("https://"))
     }
 
     pub fn emit(&self, event: AdminEvent) {
@@ -95,11 +81,7 @@ impl AppState {
 
     pub fn emit_read(&self, person: &str, source: &'static str) {
         if self.events.receiver_count() > 0 {
-            self.emit(AdminEvent::GalleryRead {
-                at: now_millis(),
-                person: person.to_owned(),
-                source,
-            });
+            self.emit(AdminEvent::GalleryRead { at: now_millis(), person: person.to_owned(), source });
         }
     }
 }
@@ -115,10 +97,7 @@ const BLOCK_TTL: Duration = Duration::from_millis(500);
 
 impl BlockFlag {
     pub fn new(initial: bool) -> BlockFlag {
-        BlockFlag {
-            value: AtomicBool::new(initial),
-            checked: Mutex::new(Some(Instant::now())),
-        }
+        BlockFlag { value: AtomicBool::new(initial), checked: Mutex::new(Some(Instant::now())) }
     }
 
     pub async fn get(&self, services: &Services) -> bool {

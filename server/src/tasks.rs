@@ -19,15 +19,9 @@ pub fn spawn_all(state: Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
     if state.services.on_aws() {
         let s = state.services.clone();
         tasks.push(tokio::spawn(background(async move {
-            let publisher = flipstack_core::aws::cloudwatch::Publisher::new(
-                &s.aws,
-                &s.config.metrics_namespace,
-                "web",
-            )
-            .await;
-            publisher
-                .run(s.metrics.clone(), s.queue.clone(), Duration::from_secs(60))
-                .await;
+            let publisher =
+                flipstack_core::aws::cloudwatch::Publisher::new(&s.aws, &s.config.metrics_namespace, "web").await;
+            publisher.run(s.metrics.clone(), s.queue.clone(), Duration::from_secs(60)).await;
         })));
     }
     tasks
@@ -67,10 +61,7 @@ async fn tail_events(state: Arc<AppState>) {
                 && matches!(e.kind.as_str(), "done" | "failed" | "retry")
                 && let Some(person) = &e.person_hash
             {
-                services
-                    .gallery
-                    .invalidate(person, &WriteReceipt::default())
-                    .await;
+                services.gallery.invalidate(person, &WriteReceipt::default()).await;
             }
             state.emit(AdminEvent::Job {
                 id: e.id,
@@ -99,10 +90,7 @@ async fn purge(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         match state.services.store.purge_expired(now_millis()).await {
-            Ok(n) if n > 0 => tracing::info!(
-                rows = n,
-                "removed expired sessions, links, events and workers"
-            ),
+            Ok(n) if n > 0 => tracing::info!(rows = n, "removed expired sessions, links, events and workers"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not purge expired rows"),
         }

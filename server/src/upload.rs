@@ -10,17 +10,15 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use flipstack_core::blob::BlobKind;
 use flipstack_core::domain::{DisplayName, Email, PersonId, SecretToken, UploadId, now_millis};
 use flipstack_core::imaging::{self, ImageInfo, Inspector, Rejection};
-use flipstack_core::store::{
-    AcceptUpload, NewOwner, NewSession, NewUpload, SessionInfo, StoreError,
-};
-use futures::StreamExt;
+use flipstack_core::store::{AcceptUpload, NewOwner, NewSession, NewUpload, SessionInfo, StoreError};
+use futures::{Stream, StreamExt};
+use multer::{Field, Multipart};
 use tokio::io::AsyncWriteExt;
 use warp::http::StatusCode;
-use warp::multipart::{FormData, Part};
 
 use crate::pages::{self, csrf_refused, form_page, send_signin_link, unavailable_page};
 use crate::session::{SESSION_LIFETIME_MS, Visitor, remember_session};
@@ -47,12 +45,17 @@ enum Refusal {
     Io(String),
 }
 
-pub async fn upload(
+pub async fn upload<S, B>(
     state: Arc<AppState>,
     cookie: Option<String>,
     content_length: Option<u64>,
-    form: FormData,
-) -> Result<Resp, Infallible> {
+    content_type: Option<String>,
+    body: S,
+) -> Result<Resp, Infallible>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send,
+{
     let visitor = match pages::visitor(&state, cookie.as_deref()).await {
         Ok(v) => v,
         Err(r) => return Ok(r),
@@ -61,8 +64,7 @@ pub async fn upload(
     if state.blocked.get(services).await {
         services.metrics.upload_rejected("blocked");
         let mut r = form_page(&state, &visitor, StatusCode::SERVICE_UNAVAILABLE, None, "").await;
-        r.headers_mut()
-            .insert("retry-after", warp::http::HeaderValue::from_static("60"));
+        r.headers_mut().insert("retry-after", warp::http::HeaderValue::from_static("60"));
         return Ok(r);
     }
     let max = services.config.max_upload_bytes;
@@ -73,6 +75,13 @@ pub async fn upload(
         services.metrics.upload_rejected("too_large");
         return Ok(refusal_page(&state, &visitor, Refusal::TooLarge(len), "").await);
     }
+    let Some(boundary) = content_type.and_then(|ct| multer::parse_boundary(ct).ok()) else {
+        services.metrics.upload_rejected("bad_form");
+        let refusal = Refusal::BadForm("The upload was not sent as a form. Use the upload page.");
+        return Ok(refusal_page(&state, &visitor, refusal, "").await);
+    };
+    let body = Box::pin(body.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining()))));
+    let form = Multipart::new(crate::multipart::strip_nul_in_part_headers(body, &boundary), boundary);
     let (csrf, typed, spooled) = match read_form(&state, &visitor, form).await {
         Ok(parts) => parts,
         Err((refusal, typed)) => {
@@ -111,40 +120,29 @@ pub async fn upload(
 async fn read_form(
     state: &AppState,
     visitor: &Visitor,
-    mut form: FormData,
+    mut form: Multipart<'static>,
 ) -> Result<(bool, String, Option<Spooled>), (Refusal, String)> {
     let mut csrf_ok = false;
     let mut typed = String::new();
     let mut spooled = None;
     loop {
-        let next = match tokio::time::timeout(IDLE_TIMEOUT, form.next()).await {
+        let next = match tokio::time::timeout(IDLE_TIMEOUT, form.next_field()).await {
             Ok(n) => n,
+            Err(_) => return Err((Refusal::BadForm("The upload stalled and was stopped. Please try again."), typed)),
+        };
+        let part = match next {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
             Err(_) => {
-                return Err((
-                    Refusal::BadForm("The upload stalled and was stopped. Please try again."),
-                    typed,
-                ));
+                return Err((Refusal::BadForm("The upload was not a complete form. Please try again."), typed));
             }
         };
-        let Some(part) = next else { break };
-        let part = part.map_err(|_| {
-            (
-                Refusal::BadForm("The upload was not a complete form. Please try again."),
-                typed.clone(),
-            )
-        })?;
-        match part.name() {
+        match part.name().unwrap_or("") {
             "csrf" => {
                 let value = read_small(part).await.map_err(|r| (r, typed.clone()))?;
                 csrf_ok = visitor.csrf_ok(&state.secret, value.trim());
             }
-            "email" => {
-                typed = read_small(part)
-                    .await
-                    .map_err(|r| (r, String::new()))?
-                    .trim()
-                    .to_owned()
-            }
+            "email" => typed = read_small(part).await.map_err(|r| (r, String::new()))?.trim().to_owned(),
             "file" => {
                 if !csrf_ok {
                     return Err((Refusal::Csrf, typed));
@@ -162,13 +160,11 @@ async fn read_form(
     Ok((csrf_ok, typed, spooled))
 }
 
-async fn read_small(mut part: Part) -> Result<String, Refusal> {
+async fn read_small(mut part: Field<'static>) -> Result<String, Refusal> {
     let mut out = Vec::new();
-    while let Some(chunk) = part.data().await {
-        let mut chunk = chunk.map_err(|_| {
-            Refusal::BadForm("The upload was not a complete form. Please try again.")
-        })?;
-        out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    let incomplete = || Refusal::BadForm("The upload was not a complete form. Please try again.");
+    while let Some(chunk) = part.chunk().await.map_err(|_| incomplete())? {
+        out.extend_from_slice(&chunk);
         if out.len() > SMALL_FIELD_LIMIT {
             return Err(Refusal::BadForm("A form field was far too long."));
         }
@@ -177,52 +173,36 @@ async fn read_small(mut part: Part) -> Result<String, Refusal> {
 }
 
 /// Streams the file part to a temporary file while inspecting it.
-async fn spool(state: &AppState, mut part: Part) -> Result<Spooled, Refusal> {
-    let name = DisplayName::from_client(part.filename());
+async fn spool(state: &AppState, mut part: Field<'static>) -> Result<Spooled, Refusal> {
+    let name = DisplayName::from_client(part.file_name());
     let max = state.services.config.max_upload_bytes;
     let tmp = tempfile::Builder::new()
         .prefix("upload-")
         .tempfile_in(&state.spool_dir)
         .map_err(|e| Refusal::Io(format!("cannot create a spool file: {e}")))?;
     let std_file = tmp.reopen().map_err(|e| Refusal::Io(e.to_string()))?;
-    let mut out =
-        tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(std_file));
+    let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(std_file));
     let mut inspector = Inspector::new(state.services.limits);
     let mut total = 0u64;
     loop {
-        let mut chunk = match tokio::time::timeout(IDLE_TIMEOUT, part.data()).await {
-            Ok(Some(Ok(c))) => c,
-            Ok(Some(Err(_))) => {
-                return Err(Refusal::BadForm(
-                    "The upload was interrupted. Please try again.",
-                ));
-            }
-            Ok(None) => break,
-            Err(_) => {
-                return Err(Refusal::BadForm(
-                    "The upload stalled and was stopped. Please try again.",
-                ));
-            }
+        let bytes: Bytes = match tokio::time::timeout(IDLE_TIMEOUT, part.chunk()).await {
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => break,
+            Ok(Err(_)) => return Err(Refusal::BadForm("The upload was interrupted. Please try again.")),
+            Err(_) => return Err(Refusal::BadForm("The upload stalled and was stopped. Please try again.")),
         };
-        let bytes = chunk.copy_to_bytes(chunk.remaining());
         total += bytes.len() as u64;
         if total > max {
             return Err(Refusal::TooLarge(total));
         }
         inspector.feed(&bytes).map_err(Refusal::Picture)?;
-        out.write_all(&bytes)
-            .await
-            .map_err(|e| Refusal::Io(format!("spooling the upload: {e}")))?;
+        out.write_all(&bytes).await.map_err(|e| Refusal::Io(format!("spooling the upload: {e}")))?;
     }
     out.flush().await.map_err(|e| Refusal::Io(e.to_string()))?;
     let info = inspector.finish().map_err(Refusal::Picture)?;
     imaging::check_name(name.as_str(), info.format).map_err(Refusal::Picture)?;
     // What only a decoder sees, on the blocking pool, a few at a time.
-    let _slot = state
-        .verify_slots
-        .acquire()
-        .await
-        .map_err(|e| Refusal::Io(e.to_string()))?;
+    let _slot = state.verify_slots.acquire().await.map_err(|e| Refusal::Io(e.to_string()))?;
     let limits = state.services.limits;
     let path = tmp.path().to_owned();
     tokio::task::spawn_blocking(move || -> Result<(), Refusal> {
@@ -233,26 +213,20 @@ async fn spool(state: &AppState, mut part: Part) -> Result<Spooled, Refusal> {
     })
     .await
     .map_err(|e| Refusal::Io(e.to_string()))??;
-    Ok(Spooled {
-        file: tmp,
-        info,
-        bytes: total,
-        name,
-    })
+    Ok(Spooled { file: tmp, info, bytes: total, name })
 }
 
 async fn refusal_page(state: &AppState, visitor: &Visitor, refusal: Refusal, typed: &str) -> Resp {
-    let max_mb = state.services.config.max_upload_bytes / (1024 * 1024);
+    let max = crate::web::human_bytes(state.services.config.max_upload_bytes);
     let (status, text) = match refusal {
-        Refusal::Picture(r) => (
-            StatusCode::from_u16(r.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
-            r.to_string(),
-        ),
+        Refusal::Picture(r) => {
+            (StatusCode::from_u16(r.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY), r.to_string())
+        }
         Refusal::TooLarge(n) => (
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "The file is {:.1} MB or more; the limit is {max_mb} MB. Make it smaller and try again.",
-                n as f64 / 1048576.0
+                "The file is {} or more; the limit is {max}. Make it smaller and try again.",
+                crate::web::human_bytes(n)
             ),
         ),
         Refusal::BadForm(t) => (StatusCode::BAD_REQUEST, t.to_owned()),
@@ -274,12 +248,7 @@ async fn refusal_page(state: &AppState, visitor: &Visitor, refusal: Refusal, typ
 }
 
 /// Settles the owner, stores the picture, records the upload and queues the job.
-async fn accept(
-    state: &AppState,
-    visitor: &Visitor,
-    typed: String,
-    spooled: Spooled,
-) -> Result<Resp, Infallible> {
+async fn accept(state: &AppState, visitor: &Visitor, typed: String, spooled: Spooled) -> Result<Resp, Infallible> {
     let services = &state.services;
     let typed_email = if typed.is_empty() {
         None
@@ -303,9 +272,7 @@ async fn accept(
     let mut new_session = None;
     let (owner, email) = match (&visitor.signed_in, typed_email) {
         (Some(me), None) => (NewOwner::Existing(me.person_id), me.email.clone()),
-        (Some(me), Some(e)) if e == me.email => {
-            (NewOwner::Existing(me.person_id), me.email.clone())
-        }
+        (Some(me), Some(e)) if e == me.email => (NewOwner::Existing(me.person_id), me.email.clone()),
         (_, Some(e)) => match services.store.person_by_email(&e).await {
             Ok(Some(person)) => {
                 services.metrics.upload_rejected("not_owner");
@@ -315,13 +282,7 @@ async fn accept(
                 let id = PersonId::new();
                 let token = SecretToken::generate();
                 new_session = Some((token, id));
-                (
-                    NewOwner::Create {
-                        id,
-                        email: e.clone(),
-                    },
-                    e,
-                )
+                (NewOwner::Create { id, email: e.clone() }, e)
             }
             Err(_) => return Ok(unavailable_page(state)),
         },
@@ -338,11 +299,7 @@ async fn accept(
         }
     };
     let id = UploadId::new();
-    if let Err(e) = services
-        .blobs
-        .put_file(BlobKind::Original, id, spooled.file.path())
-        .await
-    {
+    if let Err(e) = services.blobs.put_file(BlobKind::Original, id, spooled.file.path()).await {
         tracing::error!(error = %e, "could not store an upload's original");
         return Ok(message(
             state,
@@ -408,11 +365,7 @@ async fn accept(
     );
     let mut r = see_other("/gallery");
     if let Some((token, person_id)) = new_session {
-        let info = SessionInfo {
-            person_id,
-            email: email.clone(),
-            expires_at: now + SESSION_LIFETIME_MS,
-        };
+        let info = SessionInfo { person_id, email: email.clone(), expires_at: now + SESSION_LIFETIME_MS };
         remember_session(state, &token.hash(), &info).await;
         r = add_cookie(r, &pages::session_cookie(state, &token));
         tracing::info!(person = %hash, "new gallery; browser signed in");
@@ -422,11 +375,7 @@ async fn accept(
 
 /// The address has a gallery this browser is not signed in to: store
 /// nothing, mail its owner a sign-in link, and say so.
-async fn refuse_not_owner(
-    state: &AppState,
-    visitor: &Visitor,
-    person: &flipstack_core::store::Person,
-) -> Resp {
+async fn refuse_not_owner(state: &AppState, visitor: &Visitor, person: &flipstack_core::store::Person) -> Resp {
     if let Err(r) = send_signin_link(state, person).await {
         return r;
     }

@@ -17,10 +17,7 @@ pub struct Chrome {
 
 impl Chrome {
     pub fn for_visitor(visitor: &Visitor, secret: &[u8]) -> Chrome {
-        Chrome {
-            email: visitor.signed_in.as_ref().map(|s| s.email.to_string()),
-            csrf: visitor.csrf_token(secret),
-        }
+        Chrome { email: visitor.signed_in.as_ref().map(|s| s.email.to_string()), csrf: visitor.csrf_token(secret) }
     }
 }
 
@@ -31,8 +28,8 @@ pub struct FormPage {
     pub blocked: bool,
     pub error: Option<String>,
     pub email_value: String,
-    pub max_mb: u64,
-    pub max_mp: u64,
+    pub max_size: String,
+    pub max_mp: String,
 }
 
 #[derive(Template)]
@@ -68,18 +65,9 @@ impl ItemView {
     pub fn from_item(item: &GalleryItem) -> ItemView {
         let at = OffsetDateTime::from_unix_timestamp_nanos(item.created_at as i128 * 1_000_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        let created = at
-            .format(format_description!(
-                "[year]-[month]-[day] [hour]:[minute] UTC"
-            ))
-            .unwrap_or_default();
-        let created_iso = at
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let (fw, fh) = (
-            item.flipped_width.unwrap_or(item.width),
-            item.flipped_height.unwrap_or(item.height),
-        );
+        let created = at.format(format_description!("[year]-[month]-[day] [hour]:[minute] UTC")).unwrap_or_default();
+        let created_iso = at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let (fw, fh) = (item.flipped_width.unwrap_or(item.width), item.flipped_height.unwrap_or(item.height));
         let thumb = item.thumb_width.zip(item.thumb_height);
         ItemView {
             id: item.id.0,

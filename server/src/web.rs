@@ -15,13 +15,9 @@ pub type Resp = warp::reply::Response;
 pub fn html(status: StatusCode, body: impl Into<Body>) -> Resp {
     let mut r = warp::http::Response::new(body.into());
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     // Pages show a person's own data: never stored by shared caches.
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -30,10 +26,7 @@ pub fn render<T: Template>(status: StatusCode, page: &T) -> Resp {
         Ok(body) => html(status, body),
         Err(e) => {
             tracing::error!(error = %e, "a page template failed to render");
-            plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong on our side. Please try again.",
-            )
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong on our side. Please try again.")
         }
     }
 }
@@ -41,10 +34,7 @@ pub fn render<T: Template>(status: StatusCode, page: &T) -> Resp {
 pub fn plain(status: StatusCode, text: &'static str) -> Resp {
     let mut r = warp::http::Response::new(Body::from(text));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
@@ -52,10 +42,8 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut r = warp::http::Response::new(Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -78,10 +66,7 @@ pub fn add_cookie(mut r: Resp, cookie: &str) -> Resp {
 /// Sets the anonymous cookie on a first visit, so the page's CSRF token holds.
 pub fn finish(state: &AppState, visitor: &Visitor, r: Resp) -> Resp {
     match &visitor.new_anon_cookie {
-        Some(v) => add_cookie(
-            r,
-            &set_cookie(ANON_COOKIE, v, 24 * 3600, state.cookie_secure()),
-        ),
+        Some(v) => add_cookie(r, &set_cookie(ANON_COOKIE, v, 24 * 3600, state.cookie_secure())),
         None => r,
     }
 }
@@ -120,19 +105,20 @@ pub fn security_headers(mut r: Resp) -> Resp {
         "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; \
          object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     ));
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
-    h.insert(
-        "cross-origin-opener-policy",
-        HeaderValue::from_static("same-origin"),
-    );
-    h.insert(
-        "permissions-policy",
-        HeaderValue::from_static("camera=(), microphone=(), geolocation=()"),
-    );
+    h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    h.insert("permissions-policy", HeaderValue::from_static("camera=(), microphone=(), geolocation=()"));
     r
+}
+
+/// A byte count as people read it: "25 MB", "195 KB".
+pub fn human_bytes(n: u64) -> String {
+    if n >= 1024 * 1024 {
+        let mb = n as f64 / (1024.0 * 1024.0);
+        if mb.fract() < 0.05 { format!("{mb:.0} MB") } else { format!("{mb:.1} MB") }
+    } else {
+        format!("{} KB", n.div_ceil(1024))
+    }
 }

@@ -42,9 +42,7 @@ impl WorkerOptions {
 
 /// `host-pid-xxxx`: unique per process, readable in the console.
 pub fn worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
     let suffix: u16 = rand::rng().random();
     format!("{host}-{}-{suffix:04x}", std::process::id())
 }
@@ -85,12 +83,7 @@ async fn run_inner(
     let shared = Arc::new(Shared {
         info: Mutex::new(WorkerInfo {
             id: options.id.clone(),
-            host: options
-                .id
-                .rsplitn(3, '-')
-                .nth(2)
-                .unwrap_or("host")
-                .to_owned(),
+            host: options.id.rsplitn(3, '-').nth(2).unwrap_or("host").to_owned(),
             pid: std::process::id(),
             started_at: now,
             heartbeat_at: now,
@@ -103,9 +96,7 @@ async fn run_inner(
     let mut helpers = Vec::new();
     if services.queue.needs_reconciler() {
         helpers.push(tokio::spawn(background(reconcile(services.clone()))));
-        helpers.push(tokio::spawn(background(watch_dead_letters(
-            services.clone(),
-        ))));
+        helpers.push(tokio::spawn(background(watch_dead_letters(services.clone()))));
     }
     tracing::info!(worker = %options.id, queue = services.queue.kind(), "worker started");
     let result = loop {
@@ -143,11 +134,7 @@ async fn run_inner(
         h.abort();
     }
     let _ = services.store.remove_worker(&options.id).await;
-    let jobs_done = shared
-        .info
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .jobs_done;
+    let jobs_done = shared.info.lock().unwrap_or_else(|p| p.into_inner()).jobs_done;
     tracing::info!(worker = %options.id, jobs_done, "worker stopped");
     result.map(|()| WorkerSummary { jobs_done })
 }
@@ -186,23 +173,15 @@ async fn handle(
     d: &Delivery,
 ) -> Result<(), WorkerError> {
     let now = now_millis();
-    let claimed = match services
-        .store
-        .claim(
-            d.upload_id,
-            &options.id,
-            now,
-            now + options.lease.as_millis() as i64,
-        )
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, upload = %d.upload_id, "could not claim a job; it stays queued");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            return Ok(());
-        }
-    };
+    let claimed =
+        match services.store.claim(d.upload_id, &options.id, now, now + options.lease.as_millis() as i64).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, upload = %d.upload_id, "could not claim a job; it stays queued");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Ok(());
+            }
+        };
     let Some(upload) = claimed else {
         not_claimable(services, d).await;
         return Ok(());
@@ -211,11 +190,7 @@ async fn handle(
     let result = process(services, options, d, upload).await;
     set_status(shared, "idle", None);
     if let Ok(true) = result {
-        shared
-            .info
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .jobs_done += 1;
+        shared.info.lock().unwrap_or_else(|p| p.into_inner()).jobs_done += 1;
     }
     result.map(|_| ())
 }
@@ -233,10 +208,7 @@ async fn not_claimable(services: &Services, d: &Delivery) {
         }
         // Another worker holds it, or it waits for a retry: look again then.
         Ok(Some(u)) => {
-            let until = u
-                .lease_until
-                .unwrap_or(u.next_attempt_at)
-                .max(u.next_attempt_at);
+            let until = u.lease_until.unwrap_or(u.next_attempt_at).max(u.next_attempt_at);
             let wait = Duration::from_millis((until - now_millis()).clamp(1000, 600_000) as u64);
             let _ = services.queue.release(d, wait).await;
         }
@@ -254,10 +226,7 @@ async fn ack(services: &Services, d: &Delivery) {
 }
 
 async fn after_change(services: &Services, change: &StateChange) {
-    services
-        .gallery
-        .invalidate(&change.person_hash, &change.receipt)
-        .await;
+    services.gallery.invalidate(&change.person_hash, &change.receipt).await;
 }
 
 /// Flips one claimed upload. Ok(true) when it ended `done`.
@@ -281,9 +250,7 @@ async fn process(
         return Ok(false);
     }
     if upload.claims == 1 {
-        services
-            .metrics
-            .observe_queue_wait((now_millis() - upload.created_at).max(0) as f64 / 1000.0);
+        services.metrics.observe_queue_wait((now_millis() - upload.created_at).max(0) as f64 / 1000.0);
     }
     // Keep the lease (and the message's visibility) while the job runs.
     let keepalive = {
@@ -294,11 +261,7 @@ async fn process(
             tick.tick().await;
             loop {
                 tick.tick().await;
-                match services
-                    .store
-                    .renew_lease(id, &owner, now_millis() + lease.as_millis() as i64)
-                    .await
-                {
+                match services.store.renew_lease(id, &owner, now_millis() + lease.as_millis() as i64).await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(upload = %id, "lost the lease on a job; its result will not be recorded by this worker")
@@ -319,9 +282,7 @@ async fn process(
                 after_change(services, &change).await;
                 ack(services, d).await;
                 services.metrics.job("done");
-                services
-                    .metrics
-                    .observe_job(started.elapsed().as_secs_f64());
+                services.metrics.observe_job(started.elapsed().as_secs_f64());
                 tracing::info!(upload = %id, method = %result.method, ms = started.elapsed().as_millis() as u64, "flipped");
                 Ok(true)
             }
@@ -335,10 +296,8 @@ async fn process(
             }
         },
         Err(JobError::Permanent(reason)) => {
-            if let Ok(Some(change)) = services
-                .store
-                .fail_attempt(id, &options.id, &reason, Failure::Permanent, now)
-                .await
+            if let Ok(Some(change)) =
+                services.store.fail_attempt(id, &options.id, &reason, Failure::Permanent, now).await
             {
                 after_change(services, &change).await;
             }
@@ -360,19 +319,12 @@ async fn process(
             } else {
                 reason.clone()
             };
-            if let Ok(Some(change)) = services
-                .store
-                .fail_attempt(id, &options.id, &shown, failure.clone(), now)
-                .await
-            {
+            if let Ok(Some(change)) = services.store.fail_attempt(id, &options.id, &shown, failure.clone(), now).await {
                 after_change(services, &change).await;
             }
             match failure {
                 Failure::RetryAt(at) => {
-                    let _ = services
-                        .queue
-                        .release(d, Duration::from_millis((at - now).max(0) as u64))
-                        .await;
+                    let _ = services.queue.release(d, Duration::from_millis((at - now).max(0) as u64)).await;
                     services.metrics.job("retry");
                     tracing::warn!(upload = %id, attempts, %reason, "job failed; will retry");
                 }
@@ -389,10 +341,8 @@ async fn process(
                 "Flipping took longer than {} seconds; this picture is too complex for flipstack.",
                 options.job_timeout.as_secs()
             );
-            if let Ok(Some(change)) = services
-                .store
-                .fail_attempt(id, &options.id, &reason, Failure::Permanent, now)
-                .await
+            if let Ok(Some(change)) =
+                services.store.fail_attempt(id, &options.id, &reason, Failure::Permanent, now).await
             {
                 after_change(services, &change).await;
             }
@@ -416,27 +366,17 @@ async fn flip_and_store(
     options: &WorkerOptions,
     upload: &Upload,
 ) -> Result<FlipOutcome, JobError> {
-    let original = match services
-        .blobs
-        .get_bytes(BlobKind::Original, upload.id)
-        .await
-    {
+    let original = match services.blobs.get_bytes(BlobKind::Original, upload.id).await {
         Ok(Some(b)) => b,
         Ok(None) => {
-            return Err(JobError::Permanent(
-                "The original picture is missing from storage.".into(),
-            ));
+            return Err(JobError::Permanent("The original picture is missing from storage.".into()));
         }
         Err(e) => {
-            return Err(JobError::Transient(format!(
-                "could not read the original: {e}"
-            )));
+            return Err(JobError::Transient(format!("could not read the original: {e}")));
         }
     };
     let (format, limits) = (upload.format, services.limits);
-    let work = tokio::task::spawn_blocking(move || {
-        imaging::flip_with_thumbnails(&original, format, &limits)
-    });
+    let work = tokio::task::spawn_blocking(move || imaging::flip_with_thumbnails(&original, format, &limits));
     let processed = match tokio::time::timeout(options.job_timeout, work).await {
         Err(_) => return Err(JobError::Stuck),
         Ok(Err(join)) => return Err(JobError::Transient(format!("the flip crashed: {join}"))),
@@ -447,10 +387,8 @@ async fn flip_and_store(
     let flipped = processed.flipped;
     // Thumbnails are a convenience: without them the gallery shows the full
     // pictures, so their failure does not fail the job.
-    let thumbs = processed
-        .thumbnails
-        .inspect_err(|e| tracing::warn!(upload = %upload.id, error = %e, "no thumbnails"))
-        .ok();
+    let thumbs =
+        processed.thumbnails.inspect_err(|e| tracing::warn!(upload = %upload.id, error = %e, "no thumbnails")).ok();
     let outcome = FlipOutcome {
         flipped_bytes: flipped.bytes.len() as u64,
         flipped_width: flipped.width,
@@ -459,29 +397,18 @@ async fn flip_and_store(
         thumb_width: thumbs.as_ref().map(|t| t.width),
         thumb_height: thumbs.as_ref().map(|t| t.height),
     };
-    let stored = |e: flipstack_core::blob::BlobError| {
-        JobError::Transient(format!("could not store the flipped picture: {e}"))
-    };
+    let stored =
+        |e: flipstack_core::blob::BlobError| JobError::Transient(format!("could not store the flipped picture: {e}"));
     match thumbs {
         Some(t) => {
             tokio::try_join!(
-                services
-                    .blobs
-                    .put(BlobKind::Flipped, upload.id, flipped.bytes),
-                services
-                    .blobs
-                    .put(BlobKind::OriginalThumb, upload.id, t.original),
-                services
-                    .blobs
-                    .put(BlobKind::FlippedThumb, upload.id, t.flipped),
+                services.blobs.put(BlobKind::Flipped, upload.id, flipped.bytes),
+                services.blobs.put(BlobKind::OriginalThumb, upload.id, t.original),
+                services.blobs.put(BlobKind::FlippedThumb, upload.id, t.flipped),
             )
             .map_err(stored)?;
         }
-        None => services
-            .blobs
-            .put(BlobKind::Flipped, upload.id, flipped.bytes)
-            .await
-            .map_err(stored)?,
+        None => services.blobs.put(BlobKind::Flipped, upload.id, flipped.bytes).await.map_err(stored)?,
     }
     Ok(outcome)
 }
@@ -523,11 +450,7 @@ async fn watch_dead_letters(services: Arc<Services>) {
                 "Flipping failed {} times in a row; the job was set aside for the operators.",
                 d.receive_count.max(1)
             );
-            if let Ok(Some(change)) = services
-                .store
-                .give_up(d.upload_id, &reason, now_millis())
-                .await
-            {
+            if let Ok(Some(change)) = services.store.give_up(d.upload_id, &reason, now_millis()).await {
                 after_change(&services, &change).await;
                 tracing::warn!(upload = %d.upload_id, "job reached the dead-letter queue; marked failed");
             }

@@ -5,17 +5,13 @@
 use std::time::{Duration, Instant};
 
 use flipstack_core::blob::BlobKind;
-use flipstack_core::domain::{
-    DisplayName, Email, ImageFormat, PersonId, UploadId, UploadState, now_millis,
-};
+use flipstack_core::domain::{DisplayName, Email, ImageFormat, PersonId, UploadId, UploadState, now_millis};
 use flipstack_core::store::{AcceptUpload, NewOwner, NewUpload};
 use flipstack_core::{Config, Services};
 use tokio_util::sync::CancellationToken;
 
 fn jpeg(w: usize, h: usize) -> Vec<u8> {
-    let px: Vec<u8> = (0..w * h * 3)
-        .map(|i| ((i / 3 / w) * 255 / h + (i % 3) * 40) as u8)
-        .collect();
+    let px: Vec<u8> = (0..w * h * 3).map(|i| ((i / 3 / w) * 255 / h + (i % 3) * 40) as u8).collect();
     turbojpeg::compress(
         turbojpeg::Image {
             pixels: px.as_slice(),
@@ -34,20 +30,12 @@ fn jpeg(w: usize, h: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_stores_the_flip_and_both_thumbnails() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        data_dir: dir.path().to_path_buf(),
-        queue_poll_ms: 10,
-        ..Config::default()
-    };
+    let config = Config { data_dir: dir.path().to_path_buf(), queue_poll_ms: 10, ..Config::default() };
     let services = Services::connect(config).await.unwrap();
     let (w, h) = (1280, 960);
     let bytes = jpeg(w, h);
     let id = UploadId::new();
-    services
-        .blobs
-        .put(BlobKind::Original, id, bytes.clone())
-        .await
-        .unwrap();
+    services.blobs.put(BlobKind::Original, id, bytes.clone()).await.unwrap();
     let email = Email::parse("thumbs@example.com").unwrap();
     services
         .store
@@ -60,10 +48,7 @@ async fn a_job_stores_the_flip_and_both_thumbnails() {
                 width: w as u32,
                 height: h as u32,
             },
-            owner: NewOwner::Create {
-                id: PersonId::new(),
-                email: email.clone(),
-            },
+            owner: NewOwner::Create { id: PersonId::new(), email: email.clone() },
             session: None,
             person_hash: email.hashed_id(),
             now: now_millis(),
@@ -73,56 +58,30 @@ async fn a_job_stores_the_flip_and_both_thumbnails() {
 
     let stop = CancellationToken::new();
     let options = flipstack_worker::WorkerOptions::from_services(&services);
-    let worker = tokio::spawn(flipstack_worker::run(
-        services.clone(),
-        options,
-        stop.clone(),
-    ));
+    let worker = tokio::spawn(flipstack_worker::run(services.clone(), options, stop.clone()));
     let started = Instant::now();
     let upload = loop {
         let u = services.store.upload(id).await.unwrap().unwrap();
         if u.state == UploadState::Done || u.state == UploadState::Failed {
             break u;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the job did not finish"
-        );
+        assert!(started.elapsed() < Duration::from_secs(60), "the job did not finish");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     stop.cancel();
     worker.await.unwrap().unwrap();
 
-    assert_eq!(
-        upload.state,
-        UploadState::Done,
-        "{:?}",
-        upload.failure_reason
-    );
+    assert_eq!(upload.state, UploadState::Done, "{:?}", upload.failure_reason);
     let outcome = upload.outcome.unwrap();
     // 960 rows are whole 16-row iMCUs: the lossless path.
     assert_eq!(outcome.method, "jpeg-lossless-vflip");
-    assert_eq!(
-        (outcome.flipped_width, outcome.flipped_height),
-        (w as u32, h as u32)
-    );
-    assert_eq!(
-        (outcome.thumb_width, outcome.thumb_height),
-        (Some(480), Some(360))
-    );
-    for kind in [
-        BlobKind::Flipped,
-        BlobKind::OriginalThumb,
-        BlobKind::FlippedThumb,
-    ] {
+    assert_eq!((outcome.flipped_width, outcome.flipped_height), (w as u32, h as u32));
+    assert_eq!((outcome.thumb_width, outcome.thumb_height), (Some(480), Some(360)));
+    for kind in [BlobKind::Flipped, BlobKind::OriginalThumb, BlobKind::FlippedThumb] {
         let stored = services.blobs.get_bytes(kind, id).await.unwrap();
         let stored = stored.unwrap_or_else(|| panic!("{kind:?} was not stored"));
         let header = turbojpeg::read_header(&stored).unwrap();
-        let expected = if kind == BlobKind::Flipped {
-            (w, h)
-        } else {
-            (480, 360)
-        };
+        let expected = if kind == BlobKind::Flipped { (w, h) } else { (480, 360) };
         assert_eq!((header.width, header.height), expected, "{kind:?}");
     }
 }

@@ -21,20 +21,10 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn new(aws: &AwsSettings, namespace: &str, role: &'static str) -> Publisher {
-        Publisher {
-            client: Client::new(&super::sdk_config(aws).await),
-            namespace: namespace.to_owned(),
-            role,
-        }
+        Publisher { client: Client::new(&super::sdk_config(aws).await), namespace: namespace.to_owned(), role }
     }
 
-    fn datum(
-        &self,
-        name: &str,
-        value: f64,
-        unit: StandardUnit,
-        extra: Option<(&str, &str)>,
-    ) -> MetricDatum {
+    fn datum(&self, name: &str, value: f64, unit: StandardUnit, extra: Option<(&str, &str)>) -> MetricDatum {
         let mut b = MetricDatum::builder()
             .metric_name(name)
             .value(value)
@@ -47,26 +37,11 @@ impl Publisher {
     }
 
     /// The datums for what changed between two snapshots (plus the queue depth).
-    pub fn datums(
-        &self,
-        before: &MetricsSnapshot,
-        now: &MetricsSnapshot,
-        backlog: Option<u64>,
-    ) -> Vec<MetricDatum> {
+    pub fn datums(&self, before: &MetricsSnapshot, now: &MetricsSnapshot, backlog: Option<u64>) -> Vec<MetricDatum> {
         let delta = |a: u64, b: u64| b.saturating_sub(a) as f64;
         let mut d = vec![
-            self.datum(
-                "CacheHits",
-                delta(before.cache_hits, now.cache_hits),
-                StandardUnit::Count,
-                None,
-            ),
-            self.datum(
-                "CacheMisses",
-                delta(before.cache_misses, now.cache_misses),
-                StandardUnit::Count,
-                None,
-            ),
+            self.datum("CacheHits", delta(before.cache_hits, now.cache_hits), StandardUnit::Count, None),
+            self.datum("CacheMisses", delta(before.cache_misses, now.cache_misses), StandardUnit::Count, None),
             self.datum(
                 "GalleryReads",
                 delta(before.reads_cache, now.reads_cache),

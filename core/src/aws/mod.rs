@@ -15,18 +15,14 @@ pub struct AwsSettings {
 
 impl AwsSettings {
     pub fn from_config(c: &crate::config::Config) -> AwsSettings {
-        AwsSettings {
-            region: c.aws_region.clone(),
-            endpoint: c.aws_endpoint_url.clone(),
-        }
+        AwsSettings { region: c.aws_region.clone(), endpoint: c.aws_endpoint_url.clone() }
     }
 }
 
 /// The SDK configuration: credentials and region from the usual AWS sources
 /// (environment, profile, instance role), the endpoint from our setting.
 pub async fn sdk_config(s: &AwsSettings) -> SdkConfig {
-    let mut loader =
-        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(s.region.clone()));
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(s.region.clone()));
     if let Some(endpoint) = &s.endpoint {
         loader = loader.endpoint_url(endpoint);
     }

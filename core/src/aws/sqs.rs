@@ -40,18 +40,11 @@ impl SqsQueue {
                 ))
             })?;
         // The dead-letter queue is found from the redrive policy's target ARN.
-        let dead_letter_url = match attrs
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-        {
+        let dead_letter_url = match attrs.attributes().and_then(|a| a.get(&QueueAttributeName::RedrivePolicy)) {
             Some(policy) => {
                 let arn = serde_json::from_str::<serde_json::Value>(policy)
                     .ok()
-                    .and_then(|v| {
-                        v.get("deadLetterTargetArn")
-                            .and_then(|a| a.as_str())
-                            .map(String::from)
-                    });
+                    .and_then(|v| v.get("deadLetterTargetArn").and_then(|a| a.as_str()).map(String::from));
                 match arn.as_deref().and_then(|a| a.rsplit(':').next()) {
                     Some(name) => client
                         .get_queue_url()
@@ -71,11 +64,7 @@ impl SqsQueue {
                 None
             }
         };
-        Ok(SqsQueue {
-            client,
-            url: url.to_owned(),
-            dead_letter_url,
-        })
+        Ok(SqsQueue { client, url: url.to_owned(), dead_letter_url })
     }
 
     async fn receive_from(
@@ -95,10 +84,7 @@ impl SqsQueue {
         if let Some(v) = visibility {
             req = req.visibility_timeout(v);
         }
-        let out = req
-            .send()
-            .await
-            .map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+        let out = req.send().await.map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
         let mut deliveries = Vec::new();
         for m in out.messages() {
             let handle = m.receipt_handle().map(String::from);
@@ -109,23 +95,13 @@ impl SqsQueue {
                         .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                         .and_then(|c| c.parse().ok())
                         .unwrap_or(1);
-                    deliveries.push(Delivery {
-                        upload_id,
-                        handle,
-                        receive_count,
-                    });
+                    deliveries.push(Delivery { upload_id, handle, receive_count });
                 }
                 None => {
                     // Not one of ours: drop it rather than let it circle forever.
                     tracing::warn!(queue = url, body = ?m.body().map(|b| b.chars().take(60).collect::<String>()), "deleting a message that is not an upload id");
                     if let Some(h) = handle {
-                        let _ = self
-                            .client
-                            .delete_message()
-                            .queue_url(url)
-                            .receipt_handle(h)
-                            .send()
-                            .await;
+                        let _ = self.client.delete_message().queue_url(url).receipt_handle(h).send().await;
                     }
                 }
             }
@@ -144,10 +120,7 @@ impl SqsQueue {
             .await
             .map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
         let get = |n: QueueAttributeName| {
-            out.attributes()
-                .and_then(|a| a.get(&n))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
+            out.attributes().and_then(|a| a.get(&n)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         };
         Ok((
             get(QueueAttributeName::ApproximateNumberOfMessages),
@@ -157,9 +130,7 @@ impl SqsQueue {
 }
 
 fn handle(d: &Delivery) -> Result<&str, QueueError> {
-    d.handle
-        .as_deref()
-        .ok_or_else(|| QueueError::Unavailable("an SQS delivery without a receipt handle".into()))
+    d.handle.as_deref().ok_or_else(|| QueueError::Unavailable("an SQS delivery without a receipt handle".into()))
 }
 
 #[async_trait]
@@ -219,11 +190,7 @@ impl JobQueue for SqsQueue {
             }
             None => None,
         };
-        Ok(QueueDepth {
-            visible,
-            in_flight,
-            dead_letters,
-        })
+        Ok(QueueDepth { visible, in_flight, dead_letters })
     }
 
     fn needs_reconciler(&self) -> bool {

@@ -27,16 +27,9 @@ pub struct Memcached {
 impl Memcached {
     /// `nodes`: `host:port[,host:port…]`.
     pub async fn connect(nodes: &str) -> Result<Memcached, CacheError> {
-        let addrs: Vec<String> = nodes
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
+        let addrs: Vec<String> = nodes.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
         if addrs.is_empty() {
-            return Err(CacheError::Config(
-                "memcache:// needs at least one host:port".into(),
-            ));
+            return Err(CacheError::Config("memcache:// needs at least one host:port".into()));
         }
         let client = AsyncMetaClient::builder()
             .connect_timeout(Some(EXCHANGE_TIMEOUT))
@@ -45,20 +38,15 @@ impl Memcached {
             .connect_multiple_async(addrs)
             .await
             .map_err(|e| CacheError::Config(format!("memcached at {nodes}: {e}")))?;
-        Ok(Memcached {
-            client,
-            nodes: nodes.to_owned(),
-            down_until: Mutex::new(None),
-        })
+        Ok(Memcached { client, nodes: nodes.to_owned(), down_until: Mutex::new(None) })
     }
 
     fn check_available(&self) -> Result<(), CacheError> {
         let until = *self.down_until.lock().unwrap_or_else(|p| p.into_inner());
         match until {
-            Some(t) if Instant::now() < t => Err(CacheError::Unavailable(format!(
-                "memcached at {} failed recently",
-                self.nodes
-            ))),
+            Some(t) if Instant::now() < t => {
+                Err(CacheError::Unavailable(format!("memcached at {} failed recently", self.nodes)))
+            }
             _ => Ok(()),
         }
     }
@@ -103,13 +91,7 @@ impl KvCache for Memcached {
             if got.hit()
                 && let Some(data) = got.value
             {
-                out.insert(
-                    key.to_string(),
-                    Cached {
-                        data,
-                        cas: got.item.cas.unwrap_or(0),
-                    },
-                );
+                out.insert(key.to_string(), Cached { data, cas: got.item.cas.unwrap_or(0) });
             }
         }
         self.succeeded();
@@ -118,57 +100,28 @@ impl KvCache for Memcached {
 
     async fn set(&self, key: &str, value: &[u8], t: Duration) -> Result<(), CacheError> {
         self.check_available()?;
-        self.client
-            .set(key, value)
-            .ttl(ttl(t))
-            .send()
-            .await
-            .map_err(|e| self.failed(e))?;
+        self.client.set(key, value).ttl(ttl(t)).send().await.map_err(|e| self.failed(e))?;
         self.succeeded();
         Ok(())
     }
 
     async fn add(&self, key: &str, value: &[u8], t: Duration) -> Result<bool, CacheError> {
         self.check_available()?;
-        let r = self
-            .client
-            .set(key, value)
-            .ttl(ttl(t))
-            .add()
-            .send()
-            .await
-            .map_err(|e| self.failed(e))?;
+        let r = self.client.set(key, value).ttl(ttl(t)).add().send().await.map_err(|e| self.failed(e))?;
         self.succeeded();
         Ok(r.applied())
     }
 
-    async fn cas(
-        &self,
-        key: &str,
-        value: &[u8],
-        t: Duration,
-        cas: u64,
-    ) -> Result<bool, CacheError> {
+    async fn cas(&self, key: &str, value: &[u8], t: Duration, cas: u64) -> Result<bool, CacheError> {
         self.check_available()?;
-        let r = self
-            .client
-            .set(key, value)
-            .ttl(ttl(t))
-            .compare_cas(cas)
-            .send()
-            .await
-            .map_err(|e| self.failed(e))?;
+        let r = self.client.set(key, value).ttl(ttl(t)).compare_cas(cas).send().await.map_err(|e| self.failed(e))?;
         self.succeeded();
         Ok(r.applied())
     }
 
     async fn delete(&self, key: &str) -> Result<(), CacheError> {
         self.check_available()?;
-        self.client
-            .delete(key)
-            .send()
-            .await
-            .map_err(|e| self.failed(e))?;
+        self.client.delete(key).send().await.map_err(|e| self.failed(e))?;
         self.succeeded();
         Ok(())
     }

@@ -45,23 +45,14 @@ impl MemoryCache {
     pub fn new(max_bytes: u64) -> MemoryCache {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|k: &String, v: &Entry| {
-                (k.len() + v.data.len() + 64).min(u32::MAX as usize) as u32
-            })
+            .weigher(|k: &String, v: &Entry| (k.len() + v.data.len() + 64).min(u32::MAX as usize) as u32)
             .expire_after(PerEntryTtl)
             .build();
-        MemoryCache {
-            entries,
-            next_cas: AtomicU64::new(1),
-        }
+        MemoryCache { entries, next_cas: AtomicU64::new(1) }
     }
 
     fn entry(&self, value: &[u8], ttl: Duration) -> Entry {
-        Entry {
-            data: Arc::from(value),
-            cas: self.next_cas.fetch_add(1, Ordering::Relaxed),
-            ttl,
-        }
+        Entry { data: Arc::from(value), cas: self.next_cas.fetch_add(1, Ordering::Relaxed), ttl }
     }
 }
 
@@ -74,17 +65,7 @@ impl KvCache for MemoryCache {
     async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Cached>, CacheError> {
         Ok(keys
             .iter()
-            .filter_map(|k| {
-                self.entries.get(*k).map(|e| {
-                    (
-                        k.to_string(),
-                        Cached {
-                            data: e.data.to_vec(),
-                            cas: e.cas,
-                        },
-                    )
-                })
-            })
+            .filter_map(|k| self.entries.get(*k).map(|e| (k.to_string(), Cached { data: e.data.to_vec(), cas: e.cas })))
             .collect())
     }
 
@@ -95,38 +76,20 @@ impl KvCache for MemoryCache {
 
     async fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, CacheError> {
         let fresh = self.entry(value, ttl);
-        let result = self
-            .entries
-            .entry(key.to_owned())
-            .and_compute_with(|current| match current {
-                Some(_) => Op::Nop,
-                None => Op::Put(fresh),
-            });
-        Ok(matches!(
-            result,
-            moka::ops::compute::CompResult::Inserted(_)
-        ))
+        let result = self.entries.entry(key.to_owned()).and_compute_with(|current| match current {
+            Some(_) => Op::Nop,
+            None => Op::Put(fresh),
+        });
+        Ok(matches!(result, moka::ops::compute::CompResult::Inserted(_)))
     }
 
-    async fn cas(
-        &self,
-        key: &str,
-        value: &[u8],
-        ttl: Duration,
-        cas: u64,
-    ) -> Result<bool, CacheError> {
+    async fn cas(&self, key: &str, value: &[u8], ttl: Duration, cas: u64) -> Result<bool, CacheError> {
         let fresh = self.entry(value, ttl);
-        let result = self
-            .entries
-            .entry(key.to_owned())
-            .and_compute_with(|current| match current {
-                Some(e) if e.value().cas == cas => Op::Put(fresh),
-                _ => Op::Nop,
-            });
-        Ok(matches!(
-            result,
-            moka::ops::compute::CompResult::ReplacedWith(_)
-        ))
+        let result = self.entries.entry(key.to_owned()).and_compute_with(|current| match current {
+            Some(e) if e.value().cas == cas => Op::Put(fresh),
+            _ => Op::Nop,
+        });
+        Ok(matches!(result, moka::ops::compute::CompResult::ReplacedWith(_)))
     }
 
     async fn delete(&self, key: &str) -> Result<(), CacheError> {
@@ -149,10 +112,7 @@ mod tests {
         assert_eq!(got.len(), 1);
         let token = got["k"].cas;
         assert!(c.cas("k", b"c", ttl, token).await.unwrap());
-        assert!(
-            !c.cas("k", b"d", ttl, token).await.unwrap(),
-            "the token changed with the last write"
-        );
+        assert!(!c.cas("k", b"d", ttl, token).await.unwrap(), "the token changed with the last write");
         assert_eq!(c.get_many(&["k"]).await.unwrap()["k"].data, b"c");
         c.delete("k").await.unwrap();
         assert!(!c.cas("k", b"e", ttl, token).await.unwrap());

@@ -40,13 +40,7 @@ pub trait KvCache: Send + Sync + 'static {
     /// Stores only when the key is absent; false when it was there.
     async fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, CacheError>;
     /// Stores only when the key still has this token; false when it changed or went.
-    async fn cas(
-        &self,
-        key: &str,
-        value: &[u8],
-        ttl: Duration,
-        cas: u64,
-    ) -> Result<bool, CacheError>;
+    async fn cas(&self, key: &str, value: &[u8], ttl: Duration, cas: u64) -> Result<bool, CacheError>;
     async fn delete(&self, key: &str) -> Result<(), CacheError>;
 }
 

@@ -36,28 +36,14 @@ struct Tiff<'a> {
 
 impl Tiff<'_> {
     fn u16_at(&self, off: usize) -> Result<u16, ExifError> {
-        let b = self
-            .data
-            .get(off..off.checked_add(2).ok_or(ExifError::OutOfBounds)?)
-            .ok_or(ExifError::OutOfBounds)?;
-        Ok(if self.little {
-            u16::from_le_bytes([b[0], b[1]])
-        } else {
-            u16::from_be_bytes([b[0], b[1]])
-        })
+        let b = self.data.get(off..off.checked_add(2).ok_or(ExifError::OutOfBounds)?).ok_or(ExifError::OutOfBounds)?;
+        Ok(if self.little { u16::from_le_bytes([b[0], b[1]]) } else { u16::from_be_bytes([b[0], b[1]]) })
     }
 
     fn u32_at(&self, off: usize) -> Result<u32, ExifError> {
-        let b = self
-            .data
-            .get(off..off.checked_add(4).ok_or(ExifError::OutOfBounds)?)
-            .ok_or(ExifError::OutOfBounds)?;
+        let b = self.data.get(off..off.checked_add(4).ok_or(ExifError::OutOfBounds)?).ok_or(ExifError::OutOfBounds)?;
         let a = [b[0], b[1], b[2], b[3]];
-        Ok(if self.little {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        })
+        Ok(if self.little { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) })
     }
 }
 
@@ -111,10 +97,7 @@ pub fn orientation_strict(tiff: &[u8]) -> Result<Orientation, ExifError> {
                 let bytes = size.checked_mul(n).ok_or(ExifError::OutOfBounds)?;
                 if bytes > 4 {
                     let off = t.u32_at(e + 8)? as u64;
-                    if off
-                        .checked_add(bytes)
-                        .is_none_or(|end| end > tiff.len() as u64)
-                    {
+                    if off.checked_add(bytes).is_none_or(|end| end > tiff.len() as u64) {
                         return Err(ExifError::OutOfBounds);
                     }
                 }
@@ -167,11 +150,7 @@ fn entries(tiff: &[u8]) -> Result<Entries, ExifError> {
         _ => return Err(ExifError::NoHeader),
     };
     let t = Tiff { data: tiff, little };
-    let mut found = Entries {
-        little,
-        orientation: None,
-        dims: [None, None],
-    };
+    let mut found = Entries { little, orientation: None, dims: [None, None] };
     let mut visited: Vec<usize> = Vec::new();
     let mut queue = vec![(t.u32_at(4)? as usize, true)];
     while let Some((ifd, is_ifd0)) = queue.pop() {
@@ -209,18 +188,10 @@ fn entries(tiff: &[u8]) -> Result<Entries, ExifError> {
 /// turned a quarter) swaps the EXIF IFD's pixel dimensions. Nothing moves,
 /// so every other offset in the block stays right. Fails when there is no
 /// Orientation entry to rewrite and `orientation` is not 1.
-pub fn rewrite_orientation(
-    tiff: &mut [u8],
-    orientation: Orientation,
-    swap_dims: bool,
-) -> Result<(), ExifError> {
+pub fn rewrite_orientation(tiff: &mut [u8], orientation: Orientation, swap_dims: bool) -> Result<(), ExifError> {
     let found = entries(tiff)?;
     let put16 = |buf: &mut [u8], at: usize, v: u16| {
-        let b = if found.little {
-            v.to_le_bytes()
-        } else {
-            v.to_be_bytes()
-        };
+        let b = if found.little { v.to_le_bytes() } else { v.to_be_bytes() };
         buf[at..at + 2].copy_from_slice(&b);
     };
     match found.orientation {
@@ -296,10 +267,7 @@ mod tests {
     #[test]
     fn reads_orientation() {
         assert_eq!(orientation_strict(&tiff_with(6, 0)), Ok(6));
-        assert_eq!(
-            orientation_strict(&tiff_with(9999, 0)),
-            Err(ExifError::BadOrientation(9999))
-        );
+        assert_eq!(orientation_strict(&tiff_with(9999, 0)), Err(ExifError::BadOrientation(9999)));
         assert_eq!(orientation_lenient(&tiff_with(0, 0)), 1);
     }
 
@@ -309,24 +277,15 @@ mod tests {
         rewrite_orientation(&mut t, 3, true).unwrap();
         assert_eq!(orientation_strict(&t), Ok(3));
         assert_eq!(t.len(), tiff_with(6, 0).len());
-        assert_eq!(
-            rewrite_orientation(&mut b"junk".to_vec(), 1, false),
-            Err(ExifError::NoHeader)
-        );
+        assert_eq!(rewrite_orientation(&mut b"junk".to_vec(), 1, false), Err(ExifError::NoHeader));
     }
 
     #[test]
     fn loops_and_bad_offsets_terminate() {
         assert_eq!(orientation_strict(&tiff_with(6, 8)), Err(ExifError::Loop));
-        assert_eq!(
-            orientation_strict(&tiff_with(6, 0x7fff_0000)),
-            Err(ExifError::OutOfBounds)
-        );
+        assert_eq!(orientation_strict(&tiff_with(6, 0x7fff_0000)), Err(ExifError::OutOfBounds));
         assert_eq!(orientation_lenient(&tiff_with(6, 8)), 1);
-        assert_eq!(
-            orientation_strict(b"II*\0\xff\xff\xff\x7f"),
-            Err(ExifError::OutOfBounds)
-        );
+        assert_eq!(orientation_strict(b"II*\0\xff\xff\xff\x7f"), Err(ExifError::OutOfBounds));
         assert_eq!(orientation_strict(b"junk"), Err(ExifError::NoHeader));
     }
 }

@@ -65,9 +65,7 @@ pub(crate) fn thumb_size(width: u32, height: u32) -> (u32, u32) {
     if long <= THUMB_LONG_SIDE {
         return (width.max(1), height.max(1));
     }
-    let scale = |d: u32| {
-        ((d as u64 * THUMB_LONG_SIDE as u64 + long as u64 / 2) / long as u64).max(1) as u32
-    };
+    let scale = |d: u32| ((d as u64 * THUMB_LONG_SIDE as u64 + long as u64 / 2) / long as u64).max(1) as u32;
     (scale(width), scale(height))
 }
 
@@ -86,18 +84,12 @@ pub(crate) fn resize_packed(
     let size = || FlipError::Internal("decoded buffer size".into());
     let v = pixels.to_vec();
     let img = match channels {
-        1 => {
-            DynamicImage::ImageLuma8(image::GrayImage::from_raw(width, height, v).ok_or_else(size)?)
-        }
+        1 => DynamicImage::ImageLuma8(image::GrayImage::from_raw(width, height, v).ok_or_else(size)?),
         3 => DynamicImage::ImageRgb8(image::RgbImage::from_raw(width, height, v).ok_or_else(size)?),
-        4 => {
-            DynamicImage::ImageRgba8(image::RgbaImage::from_raw(width, height, v).ok_or_else(size)?)
-        }
+        4 => DynamicImage::ImageRgba8(image::RgbaImage::from_raw(width, height, v).ok_or_else(size)?),
         _ => return Err(FlipError::Internal(format!("{channels} channels"))),
     };
-    Ok(img
-        .resize_exact(new_width, new_height, Resample::CatmullRom)
-        .into_bytes())
+    Ok(img.resize_exact(new_width, new_height, Resample::CatmullRom).into_bytes())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,37 +115,23 @@ pub fn flip(input: &[u8], format: ImageFormat, limits: &Limits) -> Result<Flippe
 
 /// The flip and both thumbnails, decoding the picture once where the
 /// format allows. A thumbnail failure does not fail the flip.
-pub fn flip_with_thumbnails(
-    input: &[u8],
-    format: ImageFormat,
-    limits: &Limits,
-) -> Result<Processed, FlipError> {
+pub fn flip_with_thumbnails(input: &[u8], format: ImageFormat, limits: &Limits) -> Result<Processed, FlipError> {
     match format {
         ImageFormat::Png | ImageFormat::Webp => {
             let (img, icc) = decode_with_image_crate(input, format, limits)?;
             let thumbnails = image_thumbnails(&img, icc.clone());
             let flipped = encode_flipped(img.flipv(), icc, format)?;
-            Ok(Processed {
-                flipped,
-                thumbnails,
-            })
+            Ok(Processed { flipped, thumbnails })
         }
         ImageFormat::Jpeg | ImageFormat::Gif => {
             let flipped = flip(input, format, limits)?;
-            Ok(Processed {
-                flipped,
-                thumbnails: thumbnails(input, format, limits),
-            })
+            Ok(Processed { flipped, thumbnails: thumbnails(input, format, limits) })
         }
     }
 }
 
 /// Thumbnails alone (about [`THUMB_LONG_SIDE`] pixels on the long side).
-pub fn thumbnails(
-    input: &[u8],
-    format: ImageFormat,
-    limits: &Limits,
-) -> Result<Thumbnails, FlipError> {
+pub fn thumbnails(input: &[u8], format: ImageFormat, limits: &Limits) -> Result<Thumbnails, FlipError> {
     match format {
         ImageFormat::Jpeg => flip_jpeg::thumbnails(input, limits),
         ImageFormat::Png | ImageFormat::Webp => {
@@ -202,29 +180,20 @@ fn decode_with_image_crate(
     let mut decoder = reader.into_decoder().map_err(|e| unreadable(name, e))?;
     let (w, h) = decoder.dimensions();
     if w as u64 * h as u64 > limits.max_pixels {
-        return Err(FlipError::Unreadable(format!(
-            "the {name} picture is {w}×{h}, over the pixel limit"
-        )));
+        return Err(FlipError::Unreadable(format!("the {name} picture is {w}×{h}, over the pixel limit")));
     }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let icc = decoder.icc_profile().ok().flatten();
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| unreadable(name, e))?;
     img.apply_orientation(orientation);
     Ok((img, icc))
 }
 
-fn encode_flipped(
-    img: DynamicImage,
-    icc: Option<Vec<u8>>,
-    format: ImageFormat,
-) -> Result<Flipped, FlipError> {
+fn encode_flipped(img: DynamicImage, icc: Option<Vec<u8>>, format: ImageFormat) -> Result<Flipped, FlipError> {
     let (width, height) = (img.width(), img.height());
     let mut out = Vec::new();
     let method = if format == ImageFormat::Png {
-        let mut enc =
-            PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
+        let mut enc = PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
         if let Some(icc) = icc {
             let _ = enc.set_icc_profile(icc);
         }
@@ -247,12 +216,7 @@ fn encode_flipped(
             .map_err(|e| FlipError::Internal(format!("WebP encoding failed: {e}")))?;
         "webp-lossless"
     };
-    Ok(Flipped {
-        bytes: out,
-        width,
-        height,
-        method,
-    })
+    Ok(Flipped { bytes: out, width, height, method })
 }
 
 /// PNG thumbnails (alpha kept) of a decoded, displayed picture.
@@ -266,8 +230,7 @@ fn image_thumbnails(img: &DynamicImage, icc: Option<Vec<u8>>) -> Result<Thumbnai
     };
     let png = |img: &DynamicImage| -> Result<Vec<u8>, FlipError> {
         let mut out = Vec::new();
-        let mut enc =
-            PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
+        let mut enc = PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
         if let Some(icc) = icc.clone() {
             let _ = enc.set_icc_profile(icc);
         }
@@ -289,73 +252,42 @@ fn image_thumbnails(img: &DynamicImage, icc: Option<Vec<u8>>) -> Result<Thumbnai
 fn flip_gif(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
     let mut opts = gif::DecodeOptions::new();
     opts.set_color_output(gif::ColorOutput::Indexed);
-    let budget =
-        std::num::NonZeroU64::new(limits.max_pixels.saturating_mul(4).max(1)).expect("non-zero");
+    let budget = std::num::NonZeroU64::new(limits.max_pixels.saturating_mul(4).max(1)).expect("non-zero");
     opts.set_memory_limit(gif::MemoryLimit::Bytes(budget));
-    let mut decoder = opts
-        .read_info(Cursor::new(input))
-        .map_err(|e| unreadable("GIF", e))?;
+    let mut decoder = opts.read_info(Cursor::new(input)).map_err(|e| unreadable("GIF", e))?;
     let (w, h) = (decoder.width(), decoder.height());
     if w as u64 * h as u64 > limits.max_pixels {
-        return Err(FlipError::Unreadable(format!(
-            "the GIF canvas is {w}×{h}, over the pixel limit"
-        )));
+        return Err(FlipError::Unreadable(format!("the GIF canvas is {w}×{h}, over the pixel limit")));
     }
-    let palette = decoder
-        .global_palette()
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default();
+    let palette = decoder.global_palette().map(<[u8]>::to_vec).unwrap_or_default();
     let mut out = Vec::new();
     {
-        let mut encoder = gif::Encoder::new(&mut out, w, h, &palette)
-            .map_err(|e| FlipError::Internal(e.to_string()))?;
+        let mut encoder =
+            gif::Encoder::new(&mut out, w, h, &palette).map_err(|e| FlipError::Internal(e.to_string()))?;
         let mut frames = 0u32;
         loop {
-            let Some(frame) = decoder
-                .read_next_frame()
-                .map_err(|e| unreadable("GIF", e))?
-            else {
+            let Some(frame) = decoder.read_next_frame().map_err(|e| unreadable("GIF", e))? else {
                 break;
             };
             let mut f = frame.clone();
             frames += 1;
-            if frames > limits.max_frames
-                || frames as u64 * w as u64 * h as u64 > limits.max_total_pixels
-            {
-                return Err(FlipError::Unreadable(format!(
-                    "the animation has more than {} frames",
-                    frames - 1
-                )));
+            if frames > limits.max_frames || frames as u64 * w as u64 * h as u64 > limits.max_total_pixels {
+                return Err(FlipError::Unreadable(format!("the animation has more than {} frames", frames - 1)));
             }
             if frames == 1 {
                 // The loop count is read with the first frame's extensions.
-                encoder
-                    .set_repeat(decoder.repeat())
-                    .map_err(|e| FlipError::Internal(e.to_string()))?;
+                encoder.set_repeat(decoder.repeat()).map_err(|e| FlipError::Internal(e.to_string()))?;
             }
             let fw = f.width as usize;
-            let flipped: Vec<u8> = f
-                .buffer
-                .chunks(fw.max(1))
-                .rev()
-                .flatten()
-                .copied()
-                .collect();
+            let flipped: Vec<u8> = f.buffer.chunks(fw.max(1)).rev().flatten().copied().collect();
             f.buffer = flipped.into();
             f.top = h.saturating_sub(f.top.saturating_add(f.height));
             f.interlaced = false;
-            encoder
-                .write_frame(&f)
-                .map_err(|e| FlipError::Internal(e.to_string()))?;
+            encoder.write_frame(&f).map_err(|e| FlipError::Internal(e.to_string()))?;
         }
         if frames == 0 {
             return Err(FlipError::Unreadable("the GIF has no frames".into()));
         }
     }
-    Ok(Flipped {
-        bytes: out,
-        width: w as u32,
-        height: h as u32,
-        method: "gif-frames",
-    })
+    Ok(Flipped { bytes: out, width: w as u32, height: h as u32, method: "gif-frames" })
 }

@@ -31,9 +31,7 @@ const THUMB_QUALITY: u8 = 82;
 const FALLBACK_QUALITY: u8 = 92;
 
 fn orientation(input: &[u8]) -> u8 {
-    exif::jpeg_exif(input)
-        .map(exif::orientation_lenient)
-        .unwrap_or(1)
+    exif::jpeg_exif(input).map(exif::orientation_lenient).unwrap_or(1)
 }
 
 fn internal(e: String) -> FlipError {
@@ -50,8 +48,7 @@ pub fn flip_jpeg(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
 
 /// The lossless flip, or `None` when no perfect transform gives it.
 pub fn lossless(input: &[u8], limits: &Limits) -> Result<Option<Flipped>, FlipError> {
-    let frame = jpeg::frame(input)
-        .ok_or_else(|| unreadable("JPEG", "its frame header could not be read"))?;
+    let frame = jpeg::frame(input).ok_or_else(|| unreadable("JPEG", "its frame header could not be read"))?;
     let o = orientation(input);
     let shown = Turn::from_exif(o);
     let (mw, mh) = frame.imcu();
@@ -64,17 +61,8 @@ pub fn lossless(input: &[u8], limits: &Limits) -> Result<Option<Flipped>, FlipEr
     if keep.is_perfect(w, h, mw, mh) {
         match t.transform(input, keep.tjxop(), frame.progressive) {
             Ok(bytes) => {
-                let method = if keep == Turn::VFLIP {
-                    "jpeg-lossless-vflip"
-                } else {
-                    "jpeg-lossless-hflip"
-                };
-                return Ok(Some(Flipped {
-                    bytes,
-                    width: dw,
-                    height: dh,
-                    method,
-                }));
+                let method = if keep == Turn::VFLIP { "jpeg-lossless-vflip" } else { "jpeg-lossless-hflip" };
+                return Ok(Some(Flipped { bytes, width: dw, height: dh, method }));
             }
             Err(TransformError::NotPerfect) => {}
             Err(TransformError::Failed(e)) => return Err(unreadable("JPEG", e)),
@@ -91,12 +79,7 @@ pub fn lossless(input: &[u8], limits: &Limits) -> Result<Option<Flipped>, FlipEr
                     .map(|tiff| exif::rewrite_orientation(tiff, new_tag.exif(), true).is_ok())
                     .unwrap_or(false);
                 if rewritten {
-                    return Ok(Some(Flipped {
-                        bytes,
-                        width: dw,
-                        height: dh,
-                        method: "jpeg-lossless-transpose",
-                    }));
+                    return Ok(Some(Flipped { bytes, width: dw, height: dh, method: "jpeg-lossless-transpose" }));
                 }
             }
             Err(TransformError::NotPerfect) => {}
@@ -117,11 +100,7 @@ fn vertical_subsampling(subsamp: i32) -> u32 {
 
 /// The source's subsampling, turned with the picture when it was transposed.
 fn turned_subsamp(subsamp: i32, transposed: bool) -> i32 {
-    let s = if subsamp < 0 {
-        raw::TJSAMP_TJSAMP_420 as i32
-    } else {
-        subsamp
-    };
+    let s = if subsamp < 0 { raw::TJSAMP_TJSAMP_420 as i32 } else { subsamp };
     if !transposed {
         return s;
     }
@@ -142,8 +121,7 @@ pub fn reencode(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
     let mut d = TjDecoder::new(limits.max_scans, limits.max_pixels).map_err(internal)?;
     let header = d.header(input).map_err(|e| unreadable("JPEG", e))?;
     let gray = header.colorspace == raw::TJCS_TJCS_GRAY as i32;
-    let cmyk = header.colorspace == raw::TJCS_TJCS_CMYK as i32
-        || header.colorspace == raw::TJCS_TJCS_YCCK as i32;
+    let cmyk = header.colorspace == raw::TJCS_TJCS_CMYK as i32 || header.colorspace == raw::TJCS_TJCS_YCCK as i32;
     let ycc = header.colorspace == raw::TJCS_TJCS_YCbCr as i32;
 
     let (bytes, width, height, method) = if o == 1
@@ -157,11 +135,7 @@ pub fn reencode(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
         for (plane, &w) in yuv.planes.iter_mut().zip(&yuv.widths) {
             flip_rows(plane, w);
         }
-        let cs = if gray {
-            raw::TJCS_TJCS_GRAY
-        } else {
-            raw::TJCS_TJCS_YCbCr
-        };
+        let cs = if gray { raw::TJCS_TJCS_GRAY } else { raw::TJCS_TJCS_YCbCr };
         let mut e = TjEncoder::new(quality, header.subsamp, cs as i32).map_err(internal)?;
         set_density(&mut e, input, false)?;
         let bytes = e.compress_yuv(&yuv).map_err(internal)?;
@@ -176,24 +150,13 @@ pub fn reencode(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
         };
         // Upright: the decoder writes the rows last first, which is the flip.
         d.set_bottom_up(o == 1).map_err(internal)?;
-        let (pixels, w, h) = d
-            .decode(input, 1, 1, pf as i32, channels)
-            .map_err(|e| unreadable("JPEG", e))?;
-        let (pixels, w, h) = if o == 1 {
-            (pixels, w, h)
-        } else {
-            turn_pixels(&pixels, w, h, channels, turn)
-        };
-        let subsamp = if gray {
-            raw::TJSAMP_TJSAMP_GRAY as i32
-        } else {
-            turned_subsamp(header.subsamp, turn.transposes())
-        };
+        let (pixels, w, h) = d.decode(input, 1, 1, pf as i32, channels).map_err(|e| unreadable("JPEG", e))?;
+        let (pixels, w, h) = if o == 1 { (pixels, w, h) } else { turn_pixels(&pixels, w, h, channels, turn) };
+        let subsamp =
+            if gray { raw::TJSAMP_TJSAMP_GRAY as i32 } else { turned_subsamp(header.subsamp, turn.transposes()) };
         let mut e = TjEncoder::new(quality, subsamp, cs).map_err(internal)?;
         set_density(&mut e, input, turn.transposes())?;
-        let bytes = e
-            .compress(&pixels, w, h, pf as i32, channels)
-            .map_err(internal)?;
+        let bytes = e.compress(&pixels, w, h, pf as i32, channels).map_err(internal)?;
         (bytes, w, h, "jpeg-reencode")
     };
 
@@ -209,12 +172,7 @@ pub fn reencode(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
             }
         }
     }
-    Ok(Flipped {
-        bytes: jpeg::insert_segments(bytes, &extra),
-        width,
-        height,
-        method,
-    })
+    Ok(Flipped { bytes: jpeg::insert_segments(bytes, &extra), width, height, method })
 }
 
 fn set_density(e: &mut TjEncoder, input: &[u8], transposed: bool) -> Result<(), FlipError> {
@@ -232,33 +190,23 @@ pub fn thumbnails(input: &[u8], limits: &Limits) -> Result<Thumbnails, FlipError
     let shown = Turn::from_exif(o);
     let mut d = TjDecoder::new(limits.max_scans, limits.max_pixels).map_err(internal)?;
     let header = d.header(input).map_err(|e| unreadable("JPEG", e))?;
-    let (dw, dh) = if shown.transposes() {
-        (header.height, header.width)
-    } else {
-        (header.width, header.height)
-    };
+    let (dw, dh) = if shown.transposes() { (header.height, header.width) } else { (header.width, header.height) };
     let (tw, th) = thumb_size(dw, dh);
     // The smallest of 1/8, 1/4, 1/2, 1 that is still at least the thumbnail.
     let long = header.width.max(header.height) as u64;
     let target = tw.max(th) as u64;
-    let k = [1u64, 2, 4, 8]
-        .into_iter()
-        .find(|k| (long * k).div_ceil(8) >= target)
-        .unwrap_or(8);
+    let k = [1u64, 2, 4, 8].into_iter().find(|k| (long * k).div_ceil(8) >= target).unwrap_or(8);
     let gray = header.colorspace == raw::TJCS_TJCS_GRAY as i32;
-    let cmyk = header.colorspace == raw::TJCS_TJCS_CMYK as i32
-        || header.colorspace == raw::TJCS_TJCS_YCCK as i32;
+    let cmyk = header.colorspace == raw::TJCS_TJCS_CMYK as i32 || header.colorspace == raw::TJCS_TJCS_YCCK as i32;
     // libjpeg-turbo wants the fraction in lowest terms: 1/8, 1/4, 1/2, 1/1.
     let (num, denom) = (1, 8 / k as i32);
     let (pixels, w, h, channels) = if gray {
-        let (p, w, h) = d
-            .decode(input, num, denom, raw::TJPF_TJPF_GRAY as i32, 1)
-            .map_err(|e| unreadable("JPEG", e))?;
+        let (p, w, h) =
+            d.decode(input, num, denom, raw::TJPF_TJPF_GRAY as i32, 1).map_err(|e| unreadable("JPEG", e))?;
         (p, w, h, 1)
     } else if cmyk {
-        let (p, w, h) = d
-            .decode(input, num, denom, raw::TJPF_TJPF_CMYK as i32, 4)
-            .map_err(|e| unreadable("JPEG", e))?;
+        let (p, w, h) =
+            d.decode(input, num, denom, raw::TJPF_TJPF_CMYK as i32, 4).map_err(|e| unreadable("JPEG", e))?;
         // Adobe's inverted CMYK, roughly: enough for a preview.
         let rgb = p
             .chunks_exact(4)
@@ -269,44 +217,24 @@ pub fn thumbnails(input: &[u8], limits: &Limits) -> Result<Thumbnails, FlipError
             .collect();
         (rgb, w, h, 3)
     } else {
-        let (p, w, h) = d
-            .decode(input, num, denom, raw::TJPF_TJPF_RGB as i32, 3)
-            .map_err(|e| unreadable("JPEG", e))?;
+        let (p, w, h) = d.decode(input, num, denom, raw::TJPF_TJPF_RGB as i32, 3).map_err(|e| unreadable("JPEG", e))?;
         (p, w, h, 3)
     };
     let (pixels, w, h) = turn_pixels(&pixels, w, h, channels, shown);
     let mut small = super::flip::resize_packed(&pixels, w, h, channels, tw, th)?;
-    let icc = jpeg::icc_profile(input)
-        .map(|icc| jpeg::icc_segments(&icc))
-        .unwrap_or_default();
+    let icc = jpeg::icc_profile(input).map(|icc| jpeg::icc_segments(&icc)).unwrap_or_default();
     let (pf, subsamp, cs) = if channels == 1 {
-        (
-            raw::TJPF_TJPF_GRAY,
-            raw::TJSAMP_TJSAMP_GRAY,
-            raw::TJCS_TJCS_GRAY,
-        )
+        (raw::TJPF_TJPF_GRAY, raw::TJSAMP_TJSAMP_GRAY, raw::TJCS_TJCS_GRAY)
     } else {
-        (
-            raw::TJPF_TJPF_RGB,
-            raw::TJSAMP_TJSAMP_420,
-            raw::TJCS_TJCS_YCbCr,
-        )
+        (raw::TJPF_TJPF_RGB, raw::TJSAMP_TJSAMP_420, raw::TJCS_TJCS_YCbCr)
     };
     let mut e = TjEncoder::new(THUMB_QUALITY, subsamp as i32, cs as i32).map_err(internal)?;
     let mut encode = |px: &[u8]| -> Result<Vec<u8>, FlipError> {
-        let bytes = e
-            .compress(px, tw, th, pf as i32, channels)
-            .map_err(internal)?;
+        let bytes = e.compress(px, tw, th, pf as i32, channels).map_err(internal)?;
         Ok(jpeg::insert_segments(bytes, &icc))
     };
     let original = encode(&small)?;
     flip_rows(&mut small, tw as usize * channels);
     let flipped = encode(&small)?;
-    Ok(Thumbnails {
-        original,
-        flipped,
-        width: tw,
-        height: th,
-        format: ImageFormat::Jpeg,
-    })
+    Ok(Thumbnails { original, flipped, width: tw, height: th, format: ImageFormat::Jpeg })
 }

@@ -56,25 +56,17 @@ pub enum Rejection {
     #[error("The file ends before the picture does: it was cut off. Upload the whole file.")]
     Truncated,
     #[error("The {format} file is damaged: {detail}.")]
-    Corrupt {
-        format: &'static str,
-        detail: String,
-    },
+    Corrupt { format: &'static str, detail: String },
     #[error(
         "The file has {0} bytes of other data after the end of the picture (for example a hidden archive or a motion-photo video). Save it as a plain picture and upload it again."
     )]
     TrailingData(u64),
-    #[error(
-        "The picture's metadata is damaged: {0}. Save it again with a photo editor and upload the copy."
-    )]
+    #[error("The picture's metadata is damaged: {0}. Save it again with a photo editor and upload the copy.")]
     BadMetadata(String),
     #[error("The picture carries {0} bytes of comments; the limit is {1}.")]
     TooMuchComment(u64, u64),
     #[error("The file name says {name_says} but the file is a {content_is} picture. Rename it to end in .{} and try again.", content_is.to_ascii_lowercase().replace("jpeg", "jpg"))]
-    NameMismatch {
-        name_says: &'static str,
-        content_is: &'static str,
-    },
+    NameMismatch { name_says: &'static str, content_is: &'static str },
 }
 
 fn megapixels(p: u64) -> String {
@@ -86,10 +78,7 @@ fn megapixels(p: u64) -> String {
 /// that lies. Names without a picture extension are fine (the name is only
 /// ever display text).
 pub fn check_name(name: &str, format: ImageFormat) -> Result<(), Rejection> {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
     let says = match ext.as_str() {
         "jpg" | "jpeg" | "jpe" | "jfif" => ImageFormat::Jpeg,
         "png" => ImageFormat::Png,
@@ -100,10 +89,7 @@ pub fn check_name(name: &str, format: ImageFormat) -> Result<(), Rejection> {
     if says == format {
         Ok(())
     } else {
-        Err(Rejection::NameMismatch {
-            name_says: says.display_name(),
-            content_is: format.display_name(),
-        })
+        Err(Rejection::NameMismatch { name_says: says.display_name(), content_is: format.display_name() })
     }
 }
 
@@ -151,11 +137,7 @@ pub struct ImageInfo {
 impl ImageInfo {
     /// Width and height as the picture is displayed (orientations 5–8 turn it).
     pub fn displayed_size(&self) -> (u32, u32) {
-        if self.orientation >= 5 {
-            (self.height, self.width)
-        } else {
-            (self.width, self.height)
-        }
+        if self.orientation >= 5 { (self.height, self.width) } else { (self.width, self.height) }
     }
 }
 
@@ -280,8 +262,7 @@ impl Inspector {
                     }
                     Want::End => {
                         // Zero or 0xFF padding after the end is common and harmless.
-                        self.trailing_other +=
-                            data.iter().filter(|b| **b != 0 && **b != 0xFF).count() as u64;
+                        self.trailing_other += data.iter().filter(|b| **b != 0 && **b != 0xFF).count() as u64;
                         data = &[];
                     }
                 }
@@ -324,50 +305,32 @@ impl Inspector {
             }
             Parser::Png(p) => {
                 if !p.saw_idat {
-                    return Err(Rejection::Corrupt {
-                        format: "PNG",
-                        detail: "it has no image data".into(),
-                    });
+                    return Err(Rejection::Corrupt { format: "PNG", detail: "it has no image data".into() });
                 }
                 (p.orientation, 1)
             }
             Parser::Gif(g) => {
                 if g.frames == 0 {
-                    return Err(Rejection::Corrupt {
-                        format: "GIF",
-                        detail: "it has no frames".into(),
-                    });
+                    return Err(Rejection::Corrupt { format: "GIF", detail: "it has no frames".into() });
                 }
                 (1, g.frames)
             }
             Parser::Webp(w) => {
                 if !w.saw_bitstream {
-                    return Err(Rejection::Corrupt {
-                        format: "WebP",
-                        detail: "it has no image data".into(),
-                    });
+                    return Err(Rejection::Corrupt { format: "WebP", detail: "it has no image data".into() });
                 }
                 (w.orientation, 1)
             }
             Parser::Sniffing => return Err(Rejection::Truncated),
         };
         // Parsers start at 0 for "no EXIF seen": that is upright.
-        Ok(ImageInfo {
-            format,
-            width,
-            height,
-            orientation: orientation.max(1),
-            frames,
-        })
+        Ok(ImageInfo { format, width, height, orientation: orientation.max(1), frames })
     }
 
     fn jpeg(&mut self) -> Result<&mut JpegParser, Rejection> {
         match &mut self.parser {
             Parser::Jpeg(j) => Ok(j),
-            _ => Err(Rejection::Corrupt {
-                format: "JPEG",
-                detail: "internal state".into(),
-            }),
+            _ => Err(Rejection::Corrupt { format: "JPEG", detail: "internal state".into() }),
         }
     }
 
@@ -388,15 +351,9 @@ impl Inspector {
         if head.len() >= 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"WEBP" {
             let riff = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as u64;
             if riff < 4 {
-                return Err(Rejection::Corrupt {
-                    format: "WebP",
-                    detail: "its RIFF size is too small".into(),
-                });
+                return Err(Rejection::Corrupt { format: "WebP", detail: "its RIFF size is too small".into() });
             }
-            self.parser = Parser::Webp(WebpParser {
-                remaining: riff - 4,
-                ..WebpParser::default()
-            });
+            self.parser = Parser::Webp(WebpParser { remaining: riff - 4, ..WebpParser::default() });
             return self.replay(head, 12, Want::Bytes(8));
         }
         Err(classify_unknown(head))
@@ -417,11 +374,7 @@ impl Inspector {
             return Err(Rejection::ZeroSize);
         }
         if width as u64 * height as u64 > self.limits.max_pixels {
-            return Err(Rejection::TooManyPixels {
-                width,
-                height,
-                limit: self.limits.max_pixels,
-            });
+            return Err(Rejection::TooManyPixels { width, height, limit: self.limits.max_pixels });
         }
         self.info = Some((format, width, height));
         Ok(())
@@ -496,36 +449,25 @@ fn classify_unknown(head: &[u8]) -> Rejection {
         }
     }
     if head.len() >= 4 && &head[0..4] == b"RIFF" {
-        return Rejection::Corrupt {
-            format: "WebP",
-            detail: "it is a RIFF file but not a WebP picture".into(),
-        };
+        return Rejection::Corrupt { format: "WebP", detail: "it is a RIFF file but not a WebP picture".into() };
     }
-    let looks_like = if trimmed.starts_with("<!doctype html")
-        || trimmed.starts_with("<html")
-        || trimmed.starts_with('<')
-    {
-        Some("a web page")
-    } else if head.starts_with(b"%PDF") {
-        Some("a PDF document")
-    } else if head.starts_with(b"PK\x03\x04") {
-        Some("a ZIP archive")
-    } else if head
-        .iter()
-        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
-    {
-        Some("plain text")
-    } else {
-        None
-    };
+    let looks_like =
+        if trimmed.starts_with("<!doctype html") || trimmed.starts_with("<html") || trimmed.starts_with('<') {
+            Some("a web page")
+        } else if head.starts_with(b"%PDF") {
+            Some("a PDF document")
+        } else if head.starts_with(b"PK\x03\x04") {
+            Some("a ZIP archive")
+        } else if head.iter().all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) {
+            Some("plain text")
+        } else {
+            None
+        };
     Rejection::UnknownFormat { looks_like }
 }
 
 fn corrupt(format: &'static str, detail: impl Into<String>) -> Rejection {
-    Rejection::Corrupt {
-        format,
-        detail: detail.into(),
-    }
+    Rejection::Corrupt { format, detail: detail.into() }
 }
 
 // ---------------------------------------------------------------- JPEG
@@ -551,18 +493,11 @@ enum JpegState {
 }
 
 impl JpegParser {
-    fn bytes(
-        &mut self,
-        chunk: &[u8],
-        limits: &Limits,
-    ) -> Result<(Want, Option<(u32, u32)>), Rejection> {
+    fn bytes(&mut self, chunk: &[u8], limits: &Limits) -> Result<(Want, Option<(u32, u32)>), Rejection> {
         match self.state {
             JpegState::MarkerStart => {
                 if chunk[0] != 0xFF {
-                    return Err(corrupt(
-                        "JPEG",
-                        "a segment does not start where the previous one ended",
-                    ));
+                    return Err(corrupt("JPEG", "a segment does not start where the previous one ended"));
                 }
                 self.state = JpegState::MarkerCode;
                 Ok((Want::Bytes(1), None))
@@ -584,10 +519,7 @@ impl JpegParser {
                     0xFE => {
                         self.comment_bytes += body as u64;
                         if self.comment_bytes > limits.max_comment_bytes {
-                            return Err(Rejection::TooMuchComment(
-                                self.comment_bytes,
-                                limits.max_comment_bytes,
-                            ));
+                            return Err(Rejection::TooMuchComment(self.comment_bytes, limits.max_comment_bytes));
                         }
                         self.state = JpegState::MarkerStart;
                         Ok((Want::Skip(body as u64, false), None))
@@ -596,11 +528,7 @@ impl JpegParser {
                     0xC0..=0xCF | 0xDA | 0xE1 if body > 0 => Ok((Want::Bytes(body), None)),
                     _ => {
                         self.state = JpegState::MarkerStart;
-                        if body == 0 {
-                            Ok((Want::Bytes(1), None))
-                        } else {
-                            Ok((Want::Skip(body as u64, false), None))
-                        }
+                        if body == 0 { Ok((Want::Bytes(1), None)) } else { Ok((Want::Skip(body as u64, false), None)) }
                     }
                 }
             }
@@ -611,10 +539,7 @@ impl JpegParser {
     fn marker(&mut self, m: u8, limits: &Limits) -> Result<Want, Rejection> {
         self.marker = m;
         match m {
-            0xD8 => Err(corrupt(
-                "JPEG",
-                "it starts a second picture inside the first",
-            )),
+            0xD8 => Err(corrupt("JPEG", "it starts a second picture inside the first")),
             0xD9 => {
                 if !self.saw_sof || self.scans == 0 {
                     return Err(corrupt("JPEG", "it ends before any picture data"));
@@ -633,11 +558,7 @@ impl JpegParser {
         }
     }
 
-    fn payload(
-        &mut self,
-        p: &[u8],
-        limits: &Limits,
-    ) -> Result<(Want, Option<(u32, u32)>), Rejection> {
+    fn payload(&mut self, p: &[u8], limits: &Limits) -> Result<(Want, Option<(u32, u32)>), Rejection> {
         self.state = JpegState::MarkerStart;
         let m = self.marker;
         match m {
@@ -663,37 +584,28 @@ impl JpegParser {
                 let width = u16::from_be_bytes([p[3], p[4]]) as u32;
                 let comps = p[5] as usize;
                 if !(1..=4).contains(&comps) || p.len() < 6 + 3 * comps {
-                    return Err(corrupt(
-                        "JPEG",
-                        "its frame header lists an impossible number of colour components",
-                    ));
+                    return Err(corrupt("JPEG", "its frame header lists an impossible number of colour components"));
                 }
                 self.saw_sof = true;
                 Ok((Want::Bytes(1), Some((width, height))))
             }
             0xDA => {
                 if !self.saw_sof {
-                    return Err(corrupt(
-                        "JPEG",
-                        "picture data comes before the frame header",
-                    ));
+                    return Err(corrupt("JPEG", "picture data comes before the frame header"));
                 }
                 self.scans += 1;
                 if self.scans > limits.max_scans {
                     return Err(corrupt(
                         "JPEG",
-                        format!(
-                            "it has more than {} scans, far more than any real photo",
-                            limits.max_scans
-                        ),
+                        format!("it has more than {} scans, far more than any real photo", limits.max_scans),
                     ));
                 }
                 Ok((Want::Entropy, None))
             }
             0xE1 => {
                 if let Some(tiff) = p.strip_prefix(b"Exif\0\0") {
-                    self.orientation = exif::orientation_strict(tiff)
-                        .map_err(|e| Rejection::BadMetadata(e.to_string()))?;
+                    self.orientation =
+                        exif::orientation_strict(tiff).map_err(|e| Rejection::BadMetadata(e.to_string()))?;
                 }
                 Ok((Want::Bytes(1), None))
             }
@@ -760,11 +672,7 @@ struct PngParser {
 }
 
 impl PngParser {
-    fn bytes(
-        &mut self,
-        c: &[u8],
-        crc: &mut Option<Hasher>,
-    ) -> Result<(Want, Option<(u32, u32)>), Rejection> {
+    fn bytes(&mut self, c: &[u8], crc: &mut Option<Hasher>) -> Result<(Want, Option<(u32, u32)>), Rejection> {
         match self.state {
             PngState::Header => {
                 self.len = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
@@ -784,8 +692,7 @@ impl PngParser {
                     b"acTL" => return Err(Rejection::Unsupported("Animated PNG")),
                     _ => {}
                 }
-                let whole =
-                    &self.chunk == b"IHDR" || (&self.chunk == b"eXIf" && self.len <= 64 * 1024);
+                let whole = &self.chunk == b"IHDR" || (&self.chunk == b"eXIf" && self.len <= 64 * 1024);
                 if self.len == 0 {
                     self.state = PngState::Crc;
                     Ok((Want::Bytes(4), None))
@@ -817,16 +724,13 @@ impl PngParser {
                         _ => false,
                     };
                     if !ok || c[10] != 0 || c[11] != 0 || c[12] > 1 {
-                        return Err(corrupt(
-                            "PNG",
-                            "its header describes an impossible pixel format",
-                        ));
+                        return Err(corrupt("PNG", "its header describes an impossible pixel format"));
                     }
                     self.saw_ihdr = true;
                     size = Some((w, h));
                 } else if &self.chunk == b"eXIf" {
-                    self.orientation = exif::orientation_strict(c)
-                        .map_err(|e| Rejection::BadMetadata(e.to_string()))?;
+                    self.orientation =
+                        exif::orientation_strict(c).map_err(|e| Rejection::BadMetadata(e.to_string()))?;
                 }
                 Ok((Want::Bytes(4), size))
             }
@@ -836,21 +740,11 @@ impl PngParser {
                 if expected != actual {
                     return Err(corrupt(
                         "PNG",
-                        format!(
-                            "the checksum of its {} chunk is wrong",
-                            String::from_utf8_lossy(&self.chunk)
-                        ),
+                        format!("the checksum of its {} chunk is wrong", String::from_utf8_lossy(&self.chunk)),
                     ));
                 }
                 self.state = PngState::Header;
-                Ok((
-                    if self.ended {
-                        Want::End
-                    } else {
-                        Want::Bytes(8)
-                    },
-                    None,
-                ))
+                Ok((if self.ended { Want::End } else { Want::Bytes(8) }, None))
             }
         }
     }
@@ -880,11 +774,7 @@ struct GifParser {
 }
 
 impl GifParser {
-    fn bytes(
-        &mut self,
-        c: &[u8],
-        limits: &Limits,
-    ) -> Result<(Want, Option<(u32, u32)>), Rejection> {
+    fn bytes(&mut self, c: &[u8], limits: &Limits) -> Result<(Want, Option<(u32, u32)>), Rejection> {
         match self.state {
             GifState::Screen => {
                 let w = u16::from_le_bytes([c[0], c[1]]) as u32;
@@ -931,17 +821,11 @@ impl GifParser {
             }
             GifState::ImageDescriptor => {
                 self.frames += 1;
-                let by_area = limits
-                    .max_total_pixels
-                    .checked_div(self.area.max(1))
-                    .unwrap_or(0)
-                    .min(u32::MAX as u64) as u32;
+                let by_area =
+                    limits.max_total_pixels.checked_div(self.area.max(1)).unwrap_or(0).min(u32::MAX as u64) as u32;
                 let limit = limits.max_frames.min(by_area.max(1));
                 if self.frames > limit {
-                    return Err(Rejection::TooManyFrames {
-                        frames: self.frames,
-                        limit,
-                    });
+                    return Err(Rejection::TooManyFrames { frames: self.frames, limit });
                 }
                 let fw = u16::from_le_bytes([c[4], c[5]]);
                 let fh = u16::from_le_bytes([c[6], c[7]]);
@@ -997,11 +881,7 @@ struct WebpParser {
 impl WebpParser {
     fn next(&mut self) -> Want {
         self.in_body = false;
-        if self.remaining == 0 {
-            Want::End
-        } else {
-            Want::Bytes(8)
-        }
+        if self.remaining == 0 { Want::End } else { Want::Bytes(8) }
     }
 
     fn bytes(&mut self, c: &[u8]) -> Result<(Want, Option<(u32, u32)>), Rejection> {
@@ -1030,14 +910,7 @@ impl WebpParser {
                 if matches!(&self.chunk, b"VP8X" | b"VP8 " | b"VP8L") {
                     return Err(corrupt("WebP", "a header chunk is too short"));
                 }
-                return Ok((
-                    if padded == 0 {
-                        self.next()
-                    } else {
-                        Want::Skip(padded, false)
-                    },
-                    None,
-                ));
+                return Ok((if padded == 0 { self.next() } else { Want::Skip(padded, false) }, None));
             }
             self.in_body = true;
             self.after_body = padded - read;
@@ -1072,17 +945,12 @@ impl WebpParser {
             }
             b"EXIF" => {
                 let tiff = c.strip_prefix(b"Exif\0\0").unwrap_or(c);
-                self.orientation = exif::orientation_strict(tiff)
-                    .map_err(|e| Rejection::BadMetadata(e.to_string()))?;
+                self.orientation = exif::orientation_strict(tiff).map_err(|e| Rejection::BadMetadata(e.to_string()))?;
                 None
             }
             _ => None,
         };
-        let want = if self.after_body > 0 {
-            Want::Skip(self.after_body, false)
-        } else {
-            self.next()
-        };
+        let want = if self.after_body > 0 { Want::Skip(self.after_body, false) } else { self.next() };
         Ok((want, size))
     }
 }
@@ -1131,9 +999,7 @@ mod tests {
             height: h,
             format: turbojpeg::PixelFormat::RGB,
         };
-        turbojpeg::compress(img.as_deref(), 80, turbojpeg::Subsamp::Sub2x2)
-            .unwrap()
-            .to_vec()
+        turbojpeg::compress(img.as_deref(), 80, turbojpeg::Subsamp::Sub2x2).unwrap().to_vec()
     }
 
     #[test]
@@ -1142,15 +1008,9 @@ mod tests {
             let i = inspect(&png(30, 20), piece).unwrap();
             assert_eq!((i.format, i.width, i.height), (ImageFormat::Png, 30, 20));
             let i = inspect(&gif(12, 9, 3), piece).unwrap();
-            assert_eq!(
-                (i.format, i.width, i.height, i.frames),
-                (ImageFormat::Gif, 12, 9, 3)
-            );
+            assert_eq!((i.format, i.width, i.height, i.frames), (ImageFormat::Gif, 12, 9, 3));
             let i = inspect(&jpeg(40, 24), piece).unwrap();
-            assert_eq!(
-                (i.format, i.width, i.height, i.orientation),
-                (ImageFormat::Jpeg, 40, 24, 1)
-            );
+            assert_eq!((i.format, i.width, i.height, i.orientation), (ImageFormat::Jpeg, 40, 24, 1));
         }
     }
 
@@ -1159,14 +1019,9 @@ mod tests {
         assert_eq!(inspect(b"", 10), Err(Rejection::Empty));
         assert!(matches!(
             inspect(b"hello, this is text\n", 10),
-            Err(Rejection::UnknownFormat {
-                looks_like: Some("plain text")
-            })
+            Err(Rejection::UnknownFormat { looks_like: Some("plain text") })
         ));
-        assert_eq!(
-            inspect(b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", 10),
-            Err(Rejection::Unsupported("SVG"))
-        );
+        assert_eq!(inspect(b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", 10), Err(Rejection::Unsupported("SVG")));
         assert_eq!(inspect(b"\xff\xd8\xff", 10), Err(Rejection::Truncated));
     }
 
@@ -1176,14 +1031,7 @@ mod tests {
         let bytes = png(30, 20);
         // IHDR ends at byte 33: the refusal comes before any pixel data.
         let r = i.feed(&bytes[..33]);
-        assert_eq!(
-            r,
-            Err(Rejection::TooManyPixels {
-                width: 30,
-                height: 20,
-                limit: 500
-            })
-        );
+        assert_eq!(r, Err(Rejection::TooManyPixels { width: 30, height: 20, limit: 500 }));
         assert_eq!(r.unwrap_err().status(), 413);
     }
 
@@ -1193,22 +1041,13 @@ mod tests {
         assert_eq!(inspect(&p[..p.len() - 5], 64), Err(Rejection::Truncated));
         let mut bad = p.clone();
         bad[29] ^= 0xFF; // a byte of IHDR's CRC
-        assert!(matches!(
-            inspect(&bad, 64),
-            Err(Rejection::Corrupt { format: "PNG", .. })
-        ));
+        assert!(matches!(inspect(&bad, 64), Err(Rejection::Corrupt { format: "PNG", .. })));
         let mut trailing = jpeg(16, 16);
         trailing.extend_from_slice(b"<html><script>alert(1)</script>");
-        assert!(matches!(
-            inspect(&trailing, 64),
-            Err(Rejection::TrailingData(_))
-        ));
+        assert!(matches!(inspect(&trailing, 64), Err(Rejection::TrailingData(_))));
         let mut padded = jpeg(16, 16);
         padded.extend_from_slice(&[0, 0, 0, 0]);
-        assert!(
-            inspect(&padded, 64).is_ok(),
-            "zero padding after EOI is harmless"
-        );
+        assert!(inspect(&padded, 64).is_ok(), "zero padding after EOI is harmless");
     }
 
     #[test]
@@ -1222,13 +1061,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(
-            r,
-            Err(Rejection::TooManyFrames {
-                frames: 5,
-                limit: 4
-            })
-        );
+        assert_eq!(r, Err(Rejection::TooManyFrames { frames: 5, limit: 4 }));
     }
 
     #[test]

@@ -41,11 +41,7 @@ pub fn segments(jpeg: &[u8]) -> Option<Vec<Segment>> {
         if len < 2 || i + 2 + len > jpeg.len() {
             return None;
         }
-        out.push(Segment {
-            marker,
-            range: i..i + 2 + len,
-            payload: i + 4..i + 2 + len,
-        });
+        out.push(Segment { marker, range: i..i + 2 + len, payload: i + 4..i + 2 + len });
         i += 2 + len;
     }
 }
@@ -75,9 +71,7 @@ impl Frame {
 
 pub fn frame(jpeg: &[u8]) -> Option<Frame> {
     let segs = segments(jpeg)?;
-    let sof = segs
-        .iter()
-        .find(|s| matches!(s.marker, 0xC0..=0xCF) && !matches!(s.marker, 0xC4 | 0xC8 | 0xCC))?;
+    let sof = segs.iter().find(|s| matches!(s.marker, 0xC0..=0xCF) && !matches!(s.marker, 0xC4 | 0xC8 | 0xCC))?;
     let p = &jpeg[sof.payload.clone()];
     let height = u16::from_be_bytes([*p.get(1)?, *p.get(2)?]) as u32;
     let width = u16::from_be_bytes([*p.get(3)?, *p.get(4)?]) as u32;
@@ -88,19 +82,14 @@ pub fn frame(jpeg: &[u8]) -> Option<Frame> {
         let hv = *p.get(at + 1)?;
         components.push((hv >> 4, hv & 0x0F, *p.get(at + 2)?));
     }
-    Some(Frame {
-        width,
-        height,
-        progressive: matches!(sof.marker, 0xC2 | 0xC6 | 0xCA | 0xCE),
-        components,
-    })
+    Some(Frame { width, height, progressive: matches!(sof.marker, 0xC2 | 0xC6 | 0xCA | 0xCE), components })
 }
 
 /// Zigzag position → natural (row-major) position in an 8×8 block.
 const NATURAL_ORDER: [usize; 64] = [
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
-    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
-    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21,
+    28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54,
+    47, 55, 62, 63,
 ];
 
 /// The quantisation tables by id (0–3), in natural order.
@@ -116,11 +105,8 @@ pub fn quant_tables(jpeg: &[u8]) -> Option<[Option<[u16; 64]>; 4]> {
             }
             let mut t = [0u16; 64];
             for (k, &natural) in NATURAL_ORDER.iter().enumerate() {
-                t[natural] = if precision == 0 {
-                    rest[k] as u16
-                } else {
-                    u16::from_be_bytes([rest[2 * k], rest[2 * k + 1]])
-                };
+                t[natural] =
+                    if precision == 0 { rest[k] as u16 } else { u16::from_be_bytes([rest[2 * k], rest[2 * k + 1]]) };
             }
             tables[id] = Some(t);
             p = &rest[size..];
@@ -132,24 +118,19 @@ pub fn quant_tables(jpeg: &[u8]) -> Option<[Option<[u16; 64]>; 4]> {
 /// The example tables of the JPEG standard (Annex K), natural order: what
 /// libjpeg scales by its quality setting.
 const STD_LUMA: [u16; 64] = [
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
-    92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51,
+    87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101,
+    72, 92, 95, 98, 112, 100, 103, 99,
 ];
 const STD_CHROMA: [u16; 64] = [
-    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
-    47, 66, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
-    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99,
 ];
 
 fn scaled(std: &[u16; 64], quality: u32) -> impl Iterator<Item = u32> + '_ {
-    let scale = if quality < 50 {
-        5000 / quality
-    } else {
-        200 - 2 * quality
-    };
-    std.iter()
-        .map(move |&v| ((v as u32 * scale + 50) / 100).clamp(1, 255))
+    let scale = if quality < 50 { 5000 / quality } else { 200 - 2 * quality };
+    std.iter().map(move |&v| ((v as u32 * scale + 50) / 100).clamp(1, 255))
 }
 
 /// The libjpeg quality (1–100) whose tables are closest to the source's:
@@ -159,24 +140,15 @@ pub fn estimate_quality(jpeg: &[u8]) -> Option<u8> {
     let tables = quant_tables(jpeg)?;
     let f = frame(jpeg)?;
     let luma = tables.get(f.components.first()?.2 as usize)?.as_ref()?;
-    let chroma = f
-        .components
-        .get(1)
-        .and_then(|c| tables.get(c.2 as usize))
-        .and_then(|t| t.as_ref());
+    let chroma = f.components.get(1).and_then(|c| tables.get(c.2 as usize)).and_then(|t| t.as_ref());
     // Relative error, so the large high-frequency steps do not drown the
     // small low-frequency ones that matter most to the eye.
     let distance = |actual: &[u16; 64], std: &[u16; 64], q: u32| -> f64 {
-        actual
-            .iter()
-            .zip(scaled(std, q))
-            .map(|(&a, e)| ((a.max(1) as f64) / e as f64).ln().abs())
-            .sum()
+        actual.iter().zip(scaled(std, q)).map(|(&a, e)| ((a.max(1) as f64) / e as f64).ln().abs()).sum()
     };
     (1..=100u32)
         .map(|q| {
-            let d =
-                distance(luma, &STD_LUMA, q) + chroma.map_or(0.0, |c| distance(c, &STD_CHROMA, q));
+            let d = distance(luma, &STD_LUMA, q) + chroma.map_or(0.0, |c| distance(c, &STD_CHROMA, q));
             (q, d)
         })
         // On a tie the higher quality wins: never make it worse than needed.
@@ -249,12 +221,7 @@ pub fn insert_segments(encoded: Vec<u8>, extra: &[Vec<u8>]) -> Vec<u8> {
         return encoded;
     }
     let at = segments(&encoded)
-        .and_then(|s| {
-            s.iter()
-                .take_while(|s| matches!(s.marker, 0xE0 | 0xEE))
-                .last()
-                .map(|s| s.range.end)
-        })
+        .and_then(|s| s.iter().take_while(|s| matches!(s.marker, 0xE0 | 0xEE)).last().map(|s| s.range.end))
         .unwrap_or(2)
         .min(encoded.len());
     let mut out = Vec::with_capacity(encoded.len() + extra.iter().map(Vec::len).sum::<usize>());
@@ -268,9 +235,8 @@ pub fn insert_segments(encoded: Vec<u8>, extra: &[Vec<u8>]) -> Vec<u8> {
 
 /// The TIFF data of the EXIF segment, writable in place.
 pub fn exif_tiff_mut(jpeg: &mut [u8]) -> Option<&mut [u8]> {
-    let seg = segments(jpeg)?
-        .into_iter()
-        .find(|s| s.marker == 0xE1 && jpeg[s.payload.clone()].starts_with(b"Exif\0\0"))?;
+    let seg =
+        segments(jpeg)?.into_iter().find(|s| s.marker == 0xE1 && jpeg[s.payload.clone()].starts_with(b"Exif\0\0"))?;
     Some(&mut jpeg[seg.payload.start + 6..seg.payload.end])
 }
 
@@ -282,11 +248,7 @@ pub fn jfif_density(jpeg: &[u8]) -> Option<(u8, u16, u16)> {
     if p.len() < 12 || !p.starts_with(b"JFIF\0") {
         return None;
     }
-    Some((
-        p[7],
-        u16::from_be_bytes([p[8], p[9]]),
-        u16::from_be_bytes([p[10], p[11]]),
-    ))
+    Some((p[7], u16::from_be_bytes([p[8], p[9]]), u16::from_be_bytes([p[10], p[11]])))
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ pub mod verify;
 
 pub use decode::{decode_displayed, mean_abs_diff};
 pub use flip::{
-    FlipError, Flipped, Processed, THUMB_LONG_SIDE, Thumbnails, flip, flip_with_thumbnails,
-    thumbnail_format, thumbnails,
+    FlipError, Flipped, Processed, THUMB_LONG_SIDE, Thumbnails, flip, flip_with_thumbnails, thumbnail_format,
+    thumbnails,
 };
 pub use inspect::{ImageInfo, Inspector, Limits, Rejection, check_name};
 pub use verify::verify;

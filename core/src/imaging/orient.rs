@@ -38,10 +38,7 @@ impl Turn {
     /// What EXIF orientation `o` (1–8) does to the stored picture to display
     /// it; anything else is upright.
     pub fn from_exif(o: u8) -> Turn {
-        Self::EXIF
-            .get((o as usize).wrapping_sub(1))
-            .copied()
-            .unwrap_or(Self::IDENTITY)
+        Self::EXIF.get((o as usize).wrapping_sub(1)).copied().unwrap_or(Self::IDENTITY)
     }
 
     pub fn exif(self) -> u8 {
@@ -107,38 +104,21 @@ impl Turn {
     /// Where the output pixel `(x, y)` of a turned `width`×`height` picture
     /// comes from in the source: for remapping pixel buffers.
     pub fn source_of(self, x: u32, y: u32, width: u32, height: u32) -> (u32, u32) {
-        let (ow, oh) = if self.transposes() {
-            (height, width)
-        } else {
-            (width, height)
-        };
+        let (ow, oh) = if self.transposes() { (height, width) } else { (width, height) };
         // Work in doubled centred coordinates so half pixels stay integers.
         let cx = 2 * x as i64 + 1 - ow as i64;
         let cy = 2 * y as i64 + 1 - oh as i64;
         let inv = self.inverse().0;
         let sx = inv[0][0] as i64 * cx + inv[0][1] as i64 * cy;
         let sy = inv[1][0] as i64 * cx + inv[1][1] as i64 * cy;
-        (
-            ((sx + width as i64 - 1) / 2) as u32,
-            ((sy + height as i64 - 1) / 2) as u32,
-        )
+        (((sx + width as i64 - 1) / 2) as u32, ((sy + height as i64 - 1) / 2) as u32)
     }
 }
 
 /// Applies `turn` to a packed pixel buffer of `channels` bytes per pixel;
 /// returns the new buffer and its width and height.
-pub fn turn_pixels(
-    pixels: &[u8],
-    width: u32,
-    height: u32,
-    channels: usize,
-    turn: Turn,
-) -> (Vec<u8>, u32, u32) {
-    let (ow, oh) = if turn.transposes() {
-        (height, width)
-    } else {
-        (width, height)
-    };
+pub fn turn_pixels(pixels: &[u8], width: u32, height: u32, channels: usize, turn: Turn) -> (Vec<u8>, u32, u32) {
+    let (ow, oh) = if turn.transposes() { (height, width) } else { (width, height) };
     let mut out = vec![0u8; pixels.len()];
     for y in 0..oh {
         let row = &mut out[(y as usize * ow as usize) * channels..][..ow as usize * channels];

@@ -28,14 +28,8 @@ impl Handle {
     fn limited(init: u32, max_scans: u32, max_pixels: u64) -> Result<Handle, String> {
         let h = Handle::new(init)?;
         h.set(raw::TJPARAM_TJPARAM_STOPONWARNING, 1)?;
-        h.set(
-            raw::TJPARAM_TJPARAM_SCANLIMIT,
-            max_scans.min(i32::MAX as u32) as i32,
-        )?;
-        h.set(
-            raw::TJPARAM_TJPARAM_MAXPIXELS,
-            max_pixels.min(i32::MAX as u64) as i32,
-        )?;
+        h.set(raw::TJPARAM_TJPARAM_SCANLIMIT, max_scans.min(i32::MAX as u32) as i32)?;
+        h.set(raw::TJPARAM_TJPARAM_MAXPIXELS, max_pixels.min(i32::MAX as u64) as i32)?;
         Ok(h)
     }
 
@@ -93,10 +87,7 @@ struct TjBuf {
 
 impl TjBuf {
     fn new() -> TjBuf {
-        TjBuf {
-            ptr: std::ptr::null_mut(),
-            len: 0,
-        }
+        TjBuf { ptr: std::ptr::null_mut(), len: 0 }
     }
 
     fn to_vec(&self) -> Vec<u8> {
@@ -182,14 +173,7 @@ impl TjDecoder {
         // SAFETY: `out` holds pitch × h bytes, the size libjpeg-turbo writes for
         // this scaling factor and pixel format.
         let rc = unsafe {
-            raw::tj3Decompress8(
-                self.0.0,
-                jpeg.as_ptr(),
-                jpeg.len() as _,
-                out.as_mut_ptr(),
-                pitch as i32,
-                pixel_format,
-            )
+            raw::tj3Decompress8(self.0.0, jpeg.as_ptr(), jpeg.len() as _, out.as_mut_ptr(), pitch as i32, pixel_format)
         };
         if rc != 0 {
             return Err(self.error());
@@ -205,11 +189,7 @@ impl TjDecoder {
             return Err("the JPEG's chroma subsampling has no YUV layout".into());
         }
         self.set_scale(1, 1)?;
-        let n = if header.subsamp == raw::TJSAMP_TJSAMP_GRAY as i32 {
-            1
-        } else {
-            3
-        };
+        let n = if header.subsamp == raw::TJSAMP_TJSAMP_GRAY as i32 { 1 } else { 3 };
         let mut planes = Vec::with_capacity(n);
         let mut widths = Vec::with_capacity(n);
         for c in 0..n as i32 {
@@ -242,12 +222,7 @@ impl TjDecoder {
         if rc != 0 {
             return Err(self.error());
         }
-        Ok(YuvPlanes {
-            planes,
-            widths,
-            width: header.width,
-            height: header.height,
-        })
+        Ok(YuvPlanes { planes, widths, width: header.width, height: header.height })
     }
 }
 
@@ -269,8 +244,7 @@ impl TjEncoder {
 
     /// JFIF pixel density (units 0 = aspect ratio only, 1 = dpi, 2 = dpcm).
     pub fn set_density(&mut self, units: u8, x: u16, y: u16) -> Result<(), String> {
-        self.0
-            .set(raw::TJPARAM_TJPARAM_DENSITYUNITS, units as i32)?;
+        self.0.set(raw::TJPARAM_TJPARAM_DENSITYUNITS, units as i32)?;
         self.0.set(raw::TJPARAM_TJPARAM_XDENSITY, x.max(1) as i32)?;
         self.0.set(raw::TJPARAM_TJPARAM_YDENSITY, y.max(1) as i32)
     }
@@ -356,23 +330,13 @@ impl TjTransformer {
 
     /// Turns the DCT coefficients (`op` a TJXOP_*), refusing an imperfect
     /// transform; every marker (EXIF, ICC, comments) is copied.
-    pub fn transform(
-        &mut self,
-        jpeg: &[u8],
-        op: i32,
-        progressive: bool,
-    ) -> Result<Vec<u8>, TransformError> {
+    pub fn transform(&mut self, jpeg: &[u8], op: i32, progressive: bool) -> Result<Vec<u8>, TransformError> {
         let mut options = raw::TJXOPT_PERFECT as i32;
         if progressive {
             options |= raw::TJXOPT_PROGRESSIVE as i32;
         }
         let t = raw::tjtransform {
-            r: raw::tjregion {
-                x: 0,
-                y: 0,
-                w: 0,
-                h: 0,
-            },
+            r: raw::tjregion { x: 0, y: 0, w: 0, h: 0 },
             op,
             options,
             data: std::ptr::null_mut(),
@@ -382,25 +346,11 @@ impl TjTransformer {
         let mut size: raw::size_t = 0;
         // SAFETY: one transform, one output slot; libjpeg-turbo allocates the
         // output (freed by TjBuf).
-        let rc = unsafe {
-            raw::tj3Transform(
-                self.0.0,
-                jpeg.as_ptr(),
-                jpeg.len() as _,
-                1,
-                &mut buf.ptr,
-                &mut size,
-                &t,
-            )
-        };
+        let rc = unsafe { raw::tj3Transform(self.0.0, jpeg.as_ptr(), jpeg.len() as _, 1, &mut buf.ptr, &mut size, &t) };
         buf.len = size as usize;
         if rc != 0 {
             let e = self.0.error();
-            return Err(if e.contains("not perfect") {
-                TransformError::NotPerfect
-            } else {
-                TransformError::Failed(e)
-            });
+            return Err(if e.contains("not perfect") { TransformError::NotPerfect } else { TransformError::Failed(e) });
         }
         Ok(buf.to_vec())
     }

@@ -10,10 +10,8 @@ use crate::domain::ImageFormat;
 pub fn verify(bytes: &[u8], info: &ImageInfo, limits: &Limits) -> Result<(), Rejection> {
     match info.format {
         ImageFormat::Jpeg => {
-            let mut d =
-                TjDecoder::new(limits.max_scans, limits.max_pixels).map_err(|e| corrupt(&e))?;
-            d.decode(bytes, 1, 8, turbojpeg::raw::TJPF_TJPF_RGB as i32, 3)
-                .map_err(|e| corrupt(&e))?;
+            let mut d = TjDecoder::new(limits.max_scans, limits.max_pixels).map_err(|e| corrupt(&e))?;
+            d.decode(bytes, 1, 8, turbojpeg::raw::TJPF_TJPF_RGB as i32, 3).map_err(|e| corrupt(&e))?;
             Ok(())
         }
         // Their structure was checked chunk by chunk (with checksums for PNG);
@@ -23,8 +21,5 @@ pub fn verify(bytes: &[u8], info: &ImageInfo, limits: &Limits) -> Result<(), Rej
 }
 
 fn corrupt(detail: &str) -> Rejection {
-    Rejection::Corrupt {
-        format: "JPEG",
-        detail: format!("its picture data could not be decoded ({})", detail.trim()),
-    }
+    Rejection::Corrupt { format: "JPEG", detail: format!("its picture data could not be decoded ({})", detail.trim()) }
 }

@@ -19,10 +19,7 @@ pub struct DbQueue {
 
 impl DbQueue {
     pub fn new(store: Arc<dyn MetadataStore>, poll: Duration) -> DbQueue {
-        DbQueue {
-            store,
-            poll: poll.max(Duration::from_millis(5)),
-        }
+        DbQueue { store, poll: poll.max(Duration::from_millis(5)) }
     }
 }
 
@@ -43,22 +40,14 @@ impl JobQueue for DbQueue {
     async fn receive(&self, wait: Duration, max: u32) -> Result<Vec<Delivery>, QueueError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let mut ids = self
-                .store
-                .claimable(now_millis(), max.max(1) * 4)
-                .await
-                .map_err(unavailable)?;
+            let mut ids = self.store.claimable(now_millis(), max.max(1) * 4).await.map_err(unavailable)?;
             if !ids.is_empty() {
                 // Spread workers over the candidates so they rarely race for one row.
                 ids.shuffle(&mut rand::rng());
                 ids.truncate(max.max(1) as usize);
                 return Ok(ids
                     .into_iter()
-                    .map(|upload_id| Delivery {
-                        upload_id,
-                        handle: None,
-                        receive_count: 1,
-                    })
+                    .map(|upload_id| Delivery { upload_id, handle: None, receive_count: 1 })
                     .collect());
             }
             let now = tokio::time::Instant::now();

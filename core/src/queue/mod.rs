@@ -78,11 +78,7 @@ pub async fn connect(
         return Ok(Arc::new(db::DbQueue::new(store, poll)));
     }
     if url.starts_with("https://") || url.starts_with("http://") {
-        return Ok(Arc::new(
-            crate::aws::sqs::SqsQueue::connect(url, aws).await?,
-        ));
+        return Ok(Arc::new(crate::aws::sqs::SqsQueue::connect(url, aws).await?));
     }
-    Err(QueueError::Config(format!(
-        "FLIPSTACK_QUEUE_URL must be db:// or an SQS queue URL, not {url:?}"
-    )))
+    Err(QueueError::Config(format!("FLIPSTACK_QUEUE_URL must be db:// or an SQS queue URL, not {url:?}")))
 }

@@ -32,10 +32,8 @@ pub async fn write_dump<W: AsyncWrite + Unpin>(
 ) -> StoreResult<DumpSummary> {
     let io = |e: std::io::Error| StoreError::Query(format!("writing the dump: {e}"));
     let mut bytes = 0u64;
-    let mut head = format!(
-        "{HEADER}\n-- from a {} database; restore with: flipstack db restore FILE\n",
-        store.backend()
-    );
+    let mut head =
+        format!("{HEADER}\n-- from a {} database; restore with: flipstack db restore FILE\n", store.backend());
     for (name, sql) in schema_sql() {
         head.push_str(&format!("-- migration {name}\n{}\n", sql.trim_end()));
     }
@@ -63,19 +61,14 @@ pub async fn write_dump<W: AsyncWrite + Unpin>(
     let produced = produced?;
     let written = written?;
     if produced != written {
-        return Err(StoreError::Query(format!(
-            "dump wrote {written} of {produced} rows"
-        )));
+        return Err(StoreError::Query(format!("dump wrote {written} of {produced} rows")));
     }
     let trailer = format!("{TRAILER_PREFIX}{written} rows\n");
     out.write_all(trailer.as_bytes()).await.map_err(io)?;
     out.flush().await.map_err(io)?;
     bytes += trailer.len() as u64;
     progress(written, bytes);
-    Ok(DumpSummary {
-        rows: written,
-        bytes,
-    })
+    Ok(DumpSummary { rows: written, bytes })
 }
 
 fn insert_statement(out: &mut String, table: &str, columns: &[String], values: &[SqlValue]) {
@@ -105,24 +98,15 @@ fn insert_statement(out: &mut String, table: &str, columns: &[String], values: &
 pub async fn read_dump<R: AsyncBufRead + Unpin>(input: R) -> StoreResult<Vec<DumpRow>> {
     let bad = |msg: String| StoreError::Restore(msg);
     let mut lines = input.lines();
-    let first = lines
-        .next_line()
-        .await
-        .map_err(|e| bad(format!("reading the dump: {e}")))?;
+    let first = lines.next_line().await.map_err(|e| bad(format!("reading the dump: {e}")))?;
     if first.as_deref() != Some(HEADER) {
-        return Err(bad(format!(
-            "this is not a flipstack dump (its first line should be {HEADER:?})"
-        )));
+        return Err(bad(format!("this is not a flipstack dump (its first line should be {HEADER:?})")));
     }
     let mut rows = Vec::new();
     let mut pending = String::new();
     let mut trailer: Option<u64> = None;
     let mut line_no = 1u64;
-    while let Some(line) = lines
-        .next_line()
-        .await
-        .map_err(|e| bad(format!("reading the dump: {e}")))?
-    {
+    while let Some(line) = lines.next_line().await.map_err(|e| bad(format!("reading the dump: {e}")))? {
         line_no += 1;
         if pending.is_empty() {
             if let Some(rest) = line.strip_prefix(TRAILER_PREFIX) {
@@ -150,33 +134,21 @@ pub async fn read_dump<R: AsyncBufRead + Unpin>(input: R) -> StoreResult<Vec<Dum
         }
     }
     if !pending.is_empty() {
-        return Err(bad(
-            "the dump ends inside a statement: it was cut off".into()
-        ));
+        return Err(bad("the dump ends inside a statement: it was cut off".into()));
     }
     match trailer {
         Some(n) if n == rows.len() as u64 => Ok(rows),
-        Some(n) => Err(bad(format!(
-            "the dump says it holds {n} rows but {} were read",
-            rows.len()
-        ))),
-        None => Err(bad(
-            "the dump has no closing line: it was cut off, take it again".into(),
-        )),
+        Some(n) => Err(bad(format!("the dump says it holds {n} rows but {} were read", rows.len()))),
+        None => Err(bad("the dump has no closing line: it was cut off, take it again".into())),
     }
 }
 
 /// Parses one `INSERT INTO t (cols) VALUES (vals);`; `Ok(None)` when the
 /// statement is not complete yet.
 fn parse_insert(s: &str) -> Result<Option<DumpRow>, String> {
-    let rest = s
-        .strip_prefix("INSERT INTO ")
-        .ok_or("expected INSERT INTO")?;
+    let rest = s.strip_prefix("INSERT INTO ").ok_or("expected INSERT INTO")?;
     let (table, rest) = rest.split_once(" (").ok_or("expected a column list")?;
-    let table: &'static str = TABLES
-        .iter()
-        .find(|t| **t == table)
-        .ok_or_else(|| format!("unknown table {table:?}"))?;
+    let table: &'static str = TABLES.iter().find(|t| **t == table).ok_or_else(|| format!("unknown table {table:?}"))?;
     let (cols, rest) = rest.split_once(") VALUES (").ok_or("expected VALUES")?;
     let columns: Vec<String> = cols.split(", ").map(str::to_owned).collect();
     let mut values = Vec::new();
@@ -237,11 +209,7 @@ fn parse_insert(s: &str) -> Result<Option<DumpRow>, String> {
         }
     }
     if values.len() != columns.len() {
-        return Err(format!(
-            "{} columns but {} values",
-            columns.len(),
-            values.len()
-        ));
+        return Err(format!("{} columns but {} values", columns.len(), values.len()));
     }
     Ok(Some((table, columns, values)))
 }
@@ -254,9 +222,7 @@ pub(crate) fn checked_insert(
     known: &HashMap<&str, Vec<String>>,
 ) -> StoreResult<String> {
     let Some(cols) = known.get(table) else {
-        return Err(StoreError::Restore(format!(
-            "the dump names an unknown table {table:?}"
-        )));
+        return Err(StoreError::Restore(format!("the dump names an unknown table {table:?}")));
     };
     for c in columns {
         if !cols.iter().any(|k| k.eq_ignore_ascii_case(c)) {
@@ -266,10 +232,7 @@ pub(crate) fn checked_insert(
         }
     }
     let marks = vec!["?"; columns.len()].join(", ");
-    Ok(format!(
-        "INSERT INTO {table} ({}) VALUES ({marks})",
-        columns.join(", ")
-    ))
+    Ok(format!("INSERT INTO {table} ({}) VALUES ({marks})", columns.join(", ")))
 }
 
 #[cfg(test)]
@@ -288,11 +251,7 @@ mod tests {
         let mut line = String::new();
         insert_statement(&mut line, "uploads", &cols, &values);
         let first_line = line.lines().next().unwrap();
-        assert_eq!(
-            parse_insert(first_line).unwrap(),
-            None,
-            "incomplete until the closing line"
-        );
+        assert_eq!(parse_insert(first_line).unwrap(), None, "incomplete until the closing line");
         let row = parse_insert(line.trim_end_matches('\n')).unwrap().unwrap();
         assert_eq!(row, ("uploads", cols, values));
     }

@@ -17,23 +17,13 @@ use serde::{Deserialize, Serialize};
 
 pub use position::ReplicationPos;
 
-use crate::domain::{
-    DisplayName, Email, ImageFormat, Millis, PersonId, TokenHash, UploadId, UploadState,
-};
+use crate::domain::{DisplayName, Email, ImageFormat, Millis, PersonId, TokenHash, UploadId, UploadState};
 use crate::metrics::Metrics;
 
 refinery::embed_migrations!("migrations");
 
 /// The tables, in the order a dump writes and a restore reads them.
-pub const TABLES: &[&str] = &[
-    "people",
-    "uploads",
-    "sessions",
-    "signin_tokens",
-    "settings",
-    "workers",
-    "events",
-];
+pub const TABLES: &[&str] = &["people", "uploads", "sessions", "signin_tokens", "settings", "workers", "events"];
 
 /// The schema's SQL, one migration after another (what a dump starts with).
 pub fn schema_sql() -> Vec<(String, String)> {
@@ -295,13 +285,7 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn upload(&self, id: UploadId) -> StoreResult<Option<Upload>>;
     /// The owner and format of an upload, which never change.
     async fn upload_owner(&self, id: UploadId) -> StoreResult<Option<(PersonId, ImageFormat)>>;
-    async fn gallery_page(
-        &self,
-        person: PersonId,
-        offset: u64,
-        limit: u64,
-        from: ReadFrom,
-    ) -> StoreResult<PageRead>;
+    async fn gallery_page(&self, person: PersonId, offset: u64, limit: u64, from: ReadFrom) -> StoreResult<PageRead>;
     /// Removes an upload of this person with its events; returns it so its blobs can go too.
     async fn delete_upload(
         &self,
@@ -312,19 +296,8 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     // The job life cycle; every change is conditional, so a job delivered twice is done once.
     /// Takes the job when it is due (pending) or its worker's lease ran out.
-    async fn claim(
-        &self,
-        id: UploadId,
-        owner: &str,
-        now: Millis,
-        lease_until: Millis,
-    ) -> StoreResult<Option<Upload>>;
-    async fn renew_lease(
-        &self,
-        id: UploadId,
-        owner: &str,
-        lease_until: Millis,
-    ) -> StoreResult<bool>;
+    async fn claim(&self, id: UploadId, owner: &str, now: Millis, lease_until: Millis) -> StoreResult<Option<Upload>>;
+    async fn renew_lease(&self, id: UploadId, owner: &str, lease_until: Millis) -> StoreResult<bool>;
     async fn complete(
         &self,
         id: UploadId,
@@ -341,28 +314,18 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<Option<StateChange>>;
     /// Marks an unfinished upload failed whoever holds it (dead-letter queue, claim limit).
-    async fn give_up(
-        &self,
-        id: UploadId,
-        reason: &str,
-        now: Millis,
-    ) -> StoreResult<Option<StateChange>>;
+    async fn give_up(&self, id: UploadId, reason: &str, now: Millis) -> StoreResult<Option<StateChange>>;
     /// Jobs a worker may claim now, oldest first.
     async fn claimable(&self, now: Millis, limit: u32) -> StoreResult<Vec<UploadId>>;
     /// Unfinished jobs last sent to the queue before `cutoff` and not leased now.
-    async fn unqueued(&self, now: Millis, cutoff: Millis, limit: u32)
-    -> StoreResult<Vec<UploadId>>;
+    async fn unqueued(&self, now: Millis, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>>;
     async fn mark_enqueued(&self, id: UploadId, now: Millis) -> StoreResult<()>;
     async fn upload_stats(&self) -> StoreResult<UploadStats>;
     async fn recent_failures(&self, limit: u32) -> StoreResult<Vec<Upload>>;
 
     // Sessions and sign-in links.
     async fn create_session(&self, session: NewSession, now: Millis) -> StoreResult<()>;
-    async fn session(
-        &self,
-        token_hash: &TokenHash,
-        now: Millis,
-    ) -> StoreResult<Option<SessionInfo>>;
+    async fn session(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<SessionInfo>>;
     async fn delete_session(&self, token_hash: &TokenHash) -> StoreResult<()>;
     async fn create_signin_token(
         &self,
@@ -371,11 +334,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         expires_at: Millis,
         now: Millis,
     ) -> StoreResult<()>;
-    async fn consume_signin_token(
-        &self,
-        token_hash: &TokenHash,
-        now: Millis,
-    ) -> StoreResult<SigninOutcome>;
+    async fn consume_signin_token(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<SigninOutcome>;
     /// Deletes expired sessions and sign-in links; returns how many went.
     async fn purge_expired(&self, now: Millis) -> StoreResult<u64>;
 
@@ -416,22 +375,14 @@ pub async fn connect(
     if let Some(path) = primary_url.strip_prefix("sqlite://") {
         if !replica_urls.is_empty() {
             return Err(StoreError::Query(
-                "read replicas need a MySQL/MariaDB primary; unset FLIPSTACK_REPLICA_URLS or use a mysql:// database".into(),
+                "read replicas need a MySQL/MariaDB primary; unset FLIPSTACK_REPLICA_URLS or use a mysql:// database"
+                    .into(),
             ));
         }
-        Ok(Arc::new(
-            sqlite::SqliteStore::open(std::path::Path::new(path), metrics).await?,
-        ))
+        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path), metrics).await?))
     } else if primary_url.starts_with("mysql://") {
         Ok(Arc::new(
-            mysql::MysqlStore::connect(
-                primary_url,
-                replica_urls,
-                metrics,
-                replica_wait,
-                replica_max_lag,
-            )
-            .await?,
+            mysql::MysqlStore::connect(primary_url, replica_urls, metrics, replica_wait, replica_max_lag).await?,
         ))
     } else {
         Err(StoreError::Query(format!(
@@ -451,9 +402,11 @@ pub(crate) mod sql {
         flipped_width, flipped_height, thumb_width, thumb_height, bytes, created_at";
 
     /// Due pending jobs, and jobs whose worker's lease ran out.
-    pub const CLAIMABLE_WHERE: &str = "((state = 'pending' AND next_attempt_at <= ?) OR (state = 'processing' AND lease_until < ?))";
+    pub const CLAIMABLE_WHERE: &str =
+        "((state = 'pending' AND next_attempt_at <= ?) OR (state = 'processing' AND lease_until < ?))";
 
-    pub const EVENT_INSERT: &str = "INSERT INTO events (id, at, kind, upload_id, person_hash, detail) VALUES (?, ?, ?, ?, ?, ?)";
+    pub const EVENT_INSERT: &str =
+        "INSERT INTO events (id, at, kind, upload_id, person_hash, detail) VALUES (?, ?, ?, ?, ?, ?)";
 }
 
 /// Columns of the uploads table, decoded the same way by both back ends.
@@ -485,12 +438,10 @@ pub(crate) struct UploadRow {
 
 impl UploadRow {
     pub fn into_upload(self) -> StoreResult<Upload> {
-        let format = ImageFormat::parse(&self.format).ok_or_else(|| {
-            StoreError::Corrupt(format!("upload {} has format {:?}", self.id, self.format))
-        })?;
-        let state = UploadState::parse(&self.state).ok_or_else(|| {
-            StoreError::Corrupt(format!("upload {} has state {:?}", self.id, self.state))
-        })?;
+        let format = ImageFormat::parse(&self.format)
+            .ok_or_else(|| StoreError::Corrupt(format!("upload {} has format {:?}", self.id, self.format)))?;
+        let state = UploadState::parse(&self.state)
+            .ok_or_else(|| StoreError::Corrupt(format!("upload {} has state {:?}", self.id, self.state)))?;
         let outcome = match (self.flipped_bytes, self.flipped_width, self.flipped_height) {
             (Some(b), Some(w), Some(h)) => Some(FlipOutcome {
                 flipped_bytes: b as u64,
@@ -546,12 +497,10 @@ impl GalleryRow {
         Ok(GalleryItem {
             id: UploadId(self.id),
             name: DisplayName::from_stored(self.display_name),
-            format: ImageFormat::parse(&self.format).ok_or_else(|| {
-                StoreError::Corrupt(format!("upload {} has format {:?}", self.id, self.format))
-            })?,
-            state: UploadState::parse(&self.state).ok_or_else(|| {
-                StoreError::Corrupt(format!("upload {} has state {:?}", self.id, self.state))
-            })?,
+            format: ImageFormat::parse(&self.format)
+                .ok_or_else(|| StoreError::Corrupt(format!("upload {} has format {:?}", self.id, self.format)))?,
+            state: UploadState::parse(&self.state)
+                .ok_or_else(|| StoreError::Corrupt(format!("upload {} has state {:?}", self.id, self.state)))?,
             failure_reason: self.failure_reason,
             width: self.width as u32,
             height: self.height as u32,
@@ -567,9 +516,5 @@ impl GalleryRow {
 
 /// Cuts a failure reason to what the column holds, on a character boundary.
 pub(crate) fn clip_reason(reason: &str) -> String {
-    reason
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(480)
-        .collect()
+    reason.chars().filter(|c| !c.is_control()).take(480).collect()
 }

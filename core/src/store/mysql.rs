@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use mysql_async::prelude::*;
-use mysql_async::{
-    Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, TxOpts, Value,
-};
+use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, TxOpts, Value};
 use tokio::sync::mpsc;
 
 use super::sql::{CLAIMABLE_WHERE, EVENT_INSERT, GALLERY_COLUMNS, UPLOAD_COLUMNS};
@@ -63,13 +61,9 @@ impl Drop for MysqlStore {
 
 fn map_err(e: mysql_async::Error) -> StoreError {
     match &e {
-        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => {
-            StoreError::Unavailable(e.to_string())
-        }
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => StoreError::Unavailable(e.to_string()),
         // Lock wait timeout, deadlock, server shutting down, too many connections.
-        mysql_async::Error::Server(s)
-            if matches!(s.code, 1205 | 1213 | 1053 | 1040 | 2006 | 2013) =>
-        {
+        mysql_async::Error::Server(s) if matches!(s.code, 1205 | 1213 | 1053 | 1040 | 2006 | 2013) => {
             StoreError::Unavailable(e.to_string())
         }
         _ => StoreError::Query(e.to_string()),
@@ -81,15 +75,12 @@ fn is_duplicate(e: &mysql_async::Error) -> bool {
 }
 
 fn pool_for(url: &str, max: usize) -> StoreResult<(Pool, String)> {
-    let opts =
-        Opts::from_url(url).map_err(|e| StoreError::Query(format!("bad database URL: {e}")))?;
+    let opts = Opts::from_url(url).map_err(|e| StoreError::Query(format!("bad database URL: {e}")))?;
     let name = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
     let constraints = PoolConstraints::new(0, max).unwrap_or_default();
     let builder = OptsBuilder::from_opts(opts)
         .pool_opts(
-            PoolOpts::default()
-                .with_constraints(constraints)
-                .with_inactive_connection_ttl(Duration::from_secs(60)),
+            PoolOpts::default().with_constraints(constraints).with_inactive_connection_ttl(Duration::from_secs(60)),
         )
         .setup(vec!["SET NAMES utf8mb4 COLLATE utf8mb4_bin"])
         .tcp_nodelay(true)
@@ -97,15 +88,10 @@ fn pool_for(url: &str, max: usize) -> StoreResult<(Pool, String)> {
     Ok((Pool::new(builder), name))
 }
 
-async fn with_timeout<T>(
-    limit: Duration,
-    f: impl Future<Output = Result<T, mysql_async::Error>>,
-) -> StoreResult<T> {
+async fn with_timeout<T>(limit: Duration, f: impl Future<Output = Result<T, mysql_async::Error>>) -> StoreResult<T> {
     match tokio::time::timeout(limit, f).await {
         Ok(r) => r.map_err(map_err),
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "the database did not answer within {limit:?}"
-        ))),
+        Err(_) => Err(StoreError::Unavailable(format!("the database did not answer within {limit:?}"))),
     }
 }
 
@@ -188,20 +174,13 @@ fn event_row(r: &Row) -> StoreResult<Event> {
 }
 
 fn email_hash(email: &str) -> String {
-    Email::parse(email)
-        .map(|e| e.hashed_id())
-        .unwrap_or_default()
+    Email::parse(email).map(|e| e.hashed_id()).unwrap_or_default()
 }
 
 /// The position the connection's last transaction wrote (`@@last_gtid`).
 async fn last_gtid(conn: &mut Conn) -> StoreResult<WriteReceipt> {
-    let gtid: Option<String> = conn
-        .exec_first("SELECT @@last_gtid", ())
-        .await
-        .map_err(map_err)?;
-    Ok(WriteReceipt {
-        position: gtid.and_then(|g| ReplicationPos::parse(&g)),
-    })
+    let gtid: Option<String> = conn.exec_first("SELECT @@last_gtid", ()).await.map_err(map_err)?;
+    Ok(WriteReceipt { position: gtid.and_then(|g| ReplicationPos::parse(&g)) })
 }
 
 async fn insert_event(
@@ -212,17 +191,10 @@ async fn insert_event(
     person_hash: Option<&str>,
     detail: Option<&str>,
 ) -> Result<(), mysql_async::Error> {
-    tx.exec_drop(
-        EVENT_INSERT,
-        (new_id(), now, kind, upload.0, person_hash, detail),
-    )
-    .await
+    tx.exec_drop(EVENT_INSERT, (new_id(), now, kind, upload.0, person_hash, detail)).await
 }
 
-async fn person_of(
-    tx: &mut mysql_async::Transaction<'_>,
-    id: UploadId,
-) -> StoreResult<(i64, String)> {
+async fn person_of(tx: &mut mysql_async::Transaction<'_>, id: UploadId) -> StoreResult<(i64, String)> {
     let row: Option<(i64, String)> = tx
         .exec_first(
             "SELECT u.person_id, p.email FROM uploads u JOIN people p ON p.id = u.person_id WHERE u.id = ?",
@@ -246,15 +218,10 @@ impl MysqlStore {
             let mut conn = with_timeout(PRIMARY_TIMEOUT, primary.get_conn()).await?;
             // Tables take the database's default character set: make it full UTF-8
             // with exact (binary) comparison, as in SQLite.
-            conn.query_drop("ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-                .await
-                .map_err(map_err)?;
+            conn.query_drop("ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin").await.map_err(map_err)?;
         }
         let mut migrating = primary.clone();
-        migrations::runner()
-            .run_async(&mut migrating)
-            .await
-            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        migrations::runner().run_async(&mut migrating).await.map_err(|e| StoreError::Migration(e.to_string()))?;
 
         let mut replicas = Vec::new();
         for url in replica_urls {
@@ -262,11 +229,7 @@ impl MysqlStore {
             replicas.push(Replica {
                 name,
                 pool,
-                health: Mutex::new(ReplicaHealth {
-                    usable: false,
-                    lag_ms: None,
-                    benched_until: None,
-                }),
+                health: Mutex::new(ReplicaHealth { usable: false, lag_ms: None, benched_until: None }),
             });
         }
         let replicas = Arc::new(replicas);
@@ -286,14 +249,7 @@ impl MysqlStore {
         })
         .abort_handle();
 
-        Ok(MysqlStore {
-            primary,
-            replicas,
-            next_replica: AtomicUsize::new(0),
-            metrics,
-            replica_wait,
-            health_task,
-        })
+        Ok(MysqlStore { primary, replicas, next_replica: AtomicUsize::new(0), metrics, replica_wait, health_task })
     }
 
     async fn conn(&self) -> StoreResult<Conn> {
@@ -318,12 +274,7 @@ impl MysqlStore {
         tracing::warn!(replica = %replica.name, reason, "replica skipped until it looks healthy again");
     }
 
-    async fn read_page(
-        conn: &mut Conn,
-        person: PersonId,
-        offset: u64,
-        limit: u64,
-    ) -> StoreResult<GalleryPage> {
+    async fn read_page(conn: &mut Conn, person: PersonId, offset: u64, limit: u64) -> StoreResult<GalleryPage> {
         let mut opts = TxOpts::default();
         opts.with_readonly(Some(true));
         let mut tx = conn.start_transaction(opts).await.map_err(map_err)?;
@@ -348,11 +299,7 @@ impl MysqlStore {
             items.push(gallery_row(r)?.into_item()?);
         }
         let (total, unfinished) = counts.unwrap_or((0, None));
-        Ok(GalleryPage {
-            items,
-            total: total as u64,
-            unfinished: unfinished.unwrap_or(0) as u64,
-        })
+        Ok(GalleryPage { items, total: total as u64, unfinished: unfinished.unwrap_or(0) as u64 })
     }
 
     /// Reads from a replica that has reached `at_least`, or gives the reason it could not.
@@ -364,43 +311,29 @@ impl MysqlStore {
         limit: u64,
         at_least: Option<&ReplicationPos>,
     ) -> Result<GalleryPage, &'static str> {
-        let mut conn =
-            match tokio::time::timeout(REPLICA_CONNECT_TIMEOUT, replica.pool.get_conn()).await {
-                Ok(Ok(c)) => c,
-                _ => return Err("down"),
-            };
+        let mut conn = match tokio::time::timeout(REPLICA_CONNECT_TIMEOUT, replica.pool.get_conn()).await {
+            Ok(Ok(c)) => c,
+            _ => return Err("down"),
+        };
         self.metrics.db_query(DbTarget::Replica);
         if let Some(pos) = at_least {
             let started = Instant::now();
             let waited: Result<Option<i64>, _> = conn
-                .exec_first(
-                    "SELECT MASTER_GTID_WAIT(?, ?)",
-                    (pos.to_string(), self.replica_wait.as_secs_f64()),
-                )
+                .exec_first("SELECT MASTER_GTID_WAIT(?, ?)", (pos.to_string(), self.replica_wait.as_secs_f64()))
                 .await;
-            self.metrics
-                .gtid_wait_seconds
-                .observe(started.elapsed().as_secs_f64());
+            self.metrics.gtid_wait_seconds.observe(started.elapsed().as_secs_f64());
             match waited {
                 Ok(Some(0)) => {
-                    self.metrics
-                        .gtid_waits
-                        .get_or_create(&crate::metrics::OutcomeLabel { outcome: "reached" })
-                        .inc();
+                    self.metrics.gtid_waits.get_or_create(&crate::metrics::OutcomeLabel { outcome: "reached" }).inc();
                 }
                 Ok(_) => {
-                    self.metrics
-                        .gtid_waits
-                        .get_or_create(&crate::metrics::OutcomeLabel { outcome: "timeout" })
-                        .inc();
+                    self.metrics.gtid_waits.get_or_create(&crate::metrics::OutcomeLabel { outcome: "timeout" }).inc();
                     return Err("lagging");
                 }
                 Err(_) => return Err("error"),
             }
         }
-        Self::read_page(&mut conn, person, offset, limit)
-            .await
-            .map_err(|_| "error")
+        Self::read_page(&mut conn, person, offset, limit).await.map_err(|_| "error")
     }
 }
 
@@ -414,9 +347,7 @@ async fn check_replica(r: &Replica, max_lag: Duration) {
     let (usable, lag_ms) = match tokio::time::timeout(Duration::from_millis(800), probe).await {
         Ok(Ok(Some(row))) => {
             let running = |col: &str| row.get::<String, &str>(col).is_some_and(|v| v == "Yes");
-            let behind: Option<u64> = row
-                .get::<Option<u64>, &str>("Seconds_Behind_Master")
-                .flatten();
+            let behind: Option<u64> = row.get::<Option<u64>, &str>("Seconds_Behind_Master").flatten();
             let lag_ms = behind.map(|s| s * 1000);
             let ok = running("Slave_SQL_Running")
                 && running("Slave_IO_Running")
@@ -452,26 +383,16 @@ impl MetadataStore for MysqlStore {
     async fn person_by_email(&self, email: &Email) -> StoreResult<Option<Person>> {
         let mut c = self.conn().await?;
         let row: Option<(i64, i64)> = c
-            .exec_first(
-                "SELECT id, created_at FROM people WHERE email = ?",
-                (email.as_str(),),
-            )
+            .exec_first("SELECT id, created_at FROM people WHERE email = ?", (email.as_str(),))
             .await
             .map_err(map_err)?;
-        Ok(row.map(|(id, at)| Person {
-            id: PersonId(id),
-            email: email.clone(),
-            created_at: at,
-        }))
+        Ok(row.map(|(id, at)| Person { id: PersonId(id), email: email.clone(), created_at: at }))
     }
 
     async fn accept_upload(&self, a: AcceptUpload) -> StoreResult<WriteReceipt> {
         let mut c = self.conn().await?;
         {
-            let mut tx = c
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(map_err)?;
+            let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
             let person_id = match &a.owner {
                 NewOwner::Existing(id) => *id,
                 NewOwner::Create { id, email } => {
@@ -518,16 +439,9 @@ impl MetadataStore for MysqlStore {
                 .await
                 .map_err(map_err)?;
             }
-            insert_event(
-                &mut tx,
-                a.now,
-                "uploaded",
-                u.id,
-                Some(&a.person_hash),
-                Some(u.format.as_str()),
-            )
-            .await
-            .map_err(map_err)?;
+            insert_event(&mut tx, a.now, "uploaded", u.id, Some(&a.person_hash), Some(u.format.as_str()))
+                .await
+                .map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
         }
         last_gtid(&mut c).await
@@ -536,10 +450,7 @@ impl MetadataStore for MysqlStore {
     async fn upload(&self, id: UploadId) -> StoreResult<Option<Upload>> {
         let mut c = self.conn().await?;
         let row: Option<Row> = c
-            .exec_first(
-                format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"),
-                (id.0,),
-            )
+            .exec_first(format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), (id.0,))
             .await
             .map_err(map_err)?;
         row.map(|r| upload_row(&r)?.into_upload()).transpose()
@@ -547,35 +458,17 @@ impl MetadataStore for MysqlStore {
 
     async fn upload_owner(&self, id: UploadId) -> StoreResult<Option<(PersonId, ImageFormat)>> {
         let mut c = self.conn().await?;
-        let row: Option<(i64, String)> = c
-            .exec_first(
-                "SELECT person_id, format FROM uploads WHERE id = ?",
-                (id.0,),
-            )
-            .await
-            .map_err(map_err)?;
+        let row: Option<(i64, String)> =
+            c.exec_first("SELECT person_id, format FROM uploads WHERE id = ?", (id.0,)).await.map_err(map_err)?;
         Ok(row.and_then(|(p, f)| ImageFormat::parse(&f).map(|f| (PersonId(p), f))))
     }
 
-    async fn gallery_page(
-        &self,
-        person: PersonId,
-        offset: u64,
-        limit: u64,
-        from: ReadFrom,
-    ) -> StoreResult<PageRead> {
+    async fn gallery_page(&self, person: PersonId, offset: u64, limit: u64, from: ReadFrom) -> StoreResult<PageRead> {
         if let ReadFrom::Replica { at_least } = &from {
             if let Some(replica) = self.pick_replica() {
-                match self
-                    .replica_read(replica, person, offset, limit, at_least.as_ref())
-                    .await
-                {
+                match self.replica_read(replica, person, offset, limit, at_least.as_ref()).await {
                     Ok(page) => {
-                        return Ok(PageRead {
-                            page,
-                            source: ReadSource::Replica,
-                            position: None,
-                        });
+                        return Ok(PageRead { page, source: ReadSource::Replica, position: None });
                     }
                     Err(reason) => self.bench(replica, reason),
                 }
@@ -585,15 +478,8 @@ impl MetadataStore for MysqlStore {
         }
         let mut c = self.conn().await?;
         let page = Self::read_page(&mut c, person, offset, limit).await?;
-        let position: Option<String> = c
-            .exec_first("SELECT @@gtid_binlog_pos", ())
-            .await
-            .map_err(map_err)?;
-        Ok(PageRead {
-            page,
-            source: ReadSource::Primary,
-            position: position.and_then(|p| ReplicationPos::parse(&p)),
-        })
+        let position: Option<String> = c.exec_first("SELECT @@gtid_binlog_pos", ()).await.map_err(map_err)?;
+        Ok(PageRead { page, source: ReadSource::Primary, position: position.and_then(|p| ReplicationPos::parse(&p)) })
     }
 
     async fn delete_upload(
@@ -604,10 +490,7 @@ impl MetadataStore for MysqlStore {
     ) -> StoreResult<Option<(Upload, WriteReceipt)>> {
         let mut c = self.conn().await?;
         let upload = {
-            let mut tx = c
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(map_err)?;
+            let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
             let row: Option<Row> = tx
                 .exec_first(
                     format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ? AND person_id = ? FOR UPDATE"),
@@ -617,40 +500,18 @@ impl MetadataStore for MysqlStore {
                 .map_err(map_err)?;
             let Some(row) = row else { return Ok(None) };
             let upload = upload_row(&row)?.into_upload()?;
-            tx.exec_drop("DELETE FROM uploads WHERE id = ?", (id.0,))
-                .await
-                .map_err(map_err)?;
-            tx.exec_drop("DELETE FROM events WHERE upload_id = ?", (id.0,))
-                .await
-                .map_err(map_err)?;
-            insert_event(
-                &mut tx,
-                now_millis(),
-                "deleted",
-                id,
-                Some(person_hash),
-                None,
-            )
-            .await
-            .map_err(map_err)?;
+            tx.exec_drop("DELETE FROM uploads WHERE id = ?", (id.0,)).await.map_err(map_err)?;
+            tx.exec_drop("DELETE FROM events WHERE upload_id = ?", (id.0,)).await.map_err(map_err)?;
+            insert_event(&mut tx, now_millis(), "deleted", id, Some(person_hash), None).await.map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
             upload
         };
         Ok(Some((upload, last_gtid(&mut c).await?)))
     }
 
-    async fn claim(
-        &self,
-        id: UploadId,
-        owner: &str,
-        now: Millis,
-        lease_until: Millis,
-    ) -> StoreResult<Option<Upload>> {
+    async fn claim(&self, id: UploadId, owner: &str, now: Millis, lease_until: Millis) -> StoreResult<Option<Upload>> {
         let mut c = self.conn().await?;
-        let mut tx = c
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(map_err)?;
+        let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
         tx.exec_drop(
             format!(
                 "UPDATE uploads SET state = 'processing', lease_owner = ?, lease_until = ?, claims = claims + 1, \
@@ -665,22 +526,14 @@ impl MetadataStore for MysqlStore {
             return Ok(None);
         }
         let row: Option<Row> = tx
-            .exec_first(
-                format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"),
-                (id.0,),
-            )
+            .exec_first(format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), (id.0,))
             .await
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         row.map(|r| upload_row(&r)?.into_upload()).transpose()
     }
 
-    async fn renew_lease(
-        &self,
-        id: UploadId,
-        owner: &str,
-        lease_until: Millis,
-    ) -> StoreResult<bool> {
+    async fn renew_lease(&self, id: UploadId, owner: &str, lease_until: Millis) -> StoreResult<bool> {
         let mut c = self.conn().await?;
         c.exec_drop(
             "UPDATE uploads SET lease_until = ? WHERE id = ? AND state = 'processing' AND lease_owner = ?",
@@ -700,10 +553,7 @@ impl MetadataStore for MysqlStore {
     ) -> StoreResult<Option<StateChange>> {
         let mut c = self.conn().await?;
         let (person, email) = {
-            let mut tx = c
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(map_err)?;
+            let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
             let values: Vec<Value> = vec![
                 (o.flipped_bytes as i64).into(),
                 o.flipped_width.into(),
@@ -730,16 +580,9 @@ impl MetadataStore for MysqlStore {
                 return Ok(None);
             }
             let (person, email) = person_of(&mut tx, id).await?;
-            insert_event(
-                &mut tx,
-                now,
-                "done",
-                id,
-                Some(&email_hash(&email)),
-                Some(&o.method),
-            )
-            .await
-            .map_err(map_err)?;
+            insert_event(&mut tx, now, "done", id, Some(&email_hash(&email)), Some(&o.method))
+                .await
+                .map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
             (person, email)
         };
@@ -761,10 +604,7 @@ impl MetadataStore for MysqlStore {
         let reason = clip_reason(reason);
         let mut c = self.conn().await?;
         let (person, email) = {
-            let mut tx = c
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(map_err)?;
+            let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
             let kind = match failure {
                 Failure::RetryAt(at) => {
                     tx.exec_drop(
@@ -794,16 +634,7 @@ impl MetadataStore for MysqlStore {
                 return Ok(None);
             }
             let (person, email) = person_of(&mut tx, id).await?;
-            insert_event(
-                &mut tx,
-                now,
-                kind,
-                id,
-                Some(&email_hash(&email)),
-                Some(&reason),
-            )
-            .await
-            .map_err(map_err)?;
+            insert_event(&mut tx, now, kind, id, Some(&email_hash(&email)), Some(&reason)).await.map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
             (person, email)
         };
@@ -814,19 +645,11 @@ impl MetadataStore for MysqlStore {
         }))
     }
 
-    async fn give_up(
-        &self,
-        id: UploadId,
-        reason: &str,
-        now: Millis,
-    ) -> StoreResult<Option<StateChange>> {
+    async fn give_up(&self, id: UploadId, reason: &str, now: Millis) -> StoreResult<Option<StateChange>> {
         let reason = clip_reason(reason);
         let mut c = self.conn().await?;
         let (person, email) = {
-            let mut tx = c
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(map_err)?;
+            let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
             tx.exec_drop(
                 "UPDATE uploads SET state = 'failed', lease_owner = NULL, lease_until = NULL, failure_reason = ?, \
                  updated_at = ?, finished_at = ? WHERE id = ? AND state IN ('pending', 'processing')",
@@ -839,16 +662,9 @@ impl MetadataStore for MysqlStore {
                 return Ok(None);
             }
             let (person, email) = person_of(&mut tx, id).await?;
-            insert_event(
-                &mut tx,
-                now,
-                "failed",
-                id,
-                Some(&email_hash(&email)),
-                Some(&reason),
-            )
-            .await
-            .map_err(map_err)?;
+            insert_event(&mut tx, now, "failed", id, Some(&email_hash(&email)), Some(&reason))
+                .await
+                .map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
             (person, email)
         };
@@ -862,18 +678,16 @@ impl MetadataStore for MysqlStore {
     async fn claimable(&self, now: Millis, limit: u32) -> StoreResult<Vec<UploadId>> {
         let mut c = self.conn().await?;
         let ids: Vec<i64> = c
-            .exec(format!("SELECT id FROM uploads WHERE {CLAIMABLE_WHERE} ORDER BY next_attempt_at, id LIMIT ?"), (now, now, limit))
+            .exec(
+                format!("SELECT id FROM uploads WHERE {CLAIMABLE_WHERE} ORDER BY next_attempt_at, id LIMIT ?"),
+                (now, now, limit),
+            )
             .await
             .map_err(map_err)?;
         Ok(ids.into_iter().map(UploadId).collect())
     }
 
-    async fn unqueued(
-        &self,
-        now: Millis,
-        cutoff: Millis,
-        limit: u32,
-    ) -> StoreResult<Vec<UploadId>> {
+    async fn unqueued(&self, now: Millis, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>> {
         let mut c = self.conn().await?;
         let ids: Vec<i64> = c
             .exec(
@@ -888,25 +702,15 @@ impl MetadataStore for MysqlStore {
 
     async fn mark_enqueued(&self, id: UploadId, now: Millis) -> StoreResult<()> {
         let mut c = self.conn().await?;
-        c.exec_drop(
-            "UPDATE uploads SET enqueued_at = ? WHERE id = ?",
-            (now, id.0),
-        )
-        .await
-        .map_err(map_err)
+        c.exec_drop("UPDATE uploads SET enqueued_at = ? WHERE id = ?", (now, id.0)).await.map_err(map_err)
     }
 
     async fn upload_stats(&self) -> StoreResult<UploadStats> {
         let mut c = self.conn().await?;
-        let rows: Vec<(String, i64)> = c
-            .exec("SELECT state, COUNT(*) FROM uploads GROUP BY state", ())
-            .await
-            .map_err(map_err)?;
+        let rows: Vec<(String, i64)> =
+            c.exec("SELECT state, COUNT(*) FROM uploads GROUP BY state", ()).await.map_err(map_err)?;
         let oldest: Option<Option<i64>> = c
-            .exec_first(
-                "SELECT MIN(created_at) FROM uploads WHERE state IN ('pending', 'processing')",
-                (),
-            )
+            .exec_first("SELECT MIN(created_at) FROM uploads WHERE state IN ('pending', 'processing')", ())
             .await
             .map_err(map_err)?;
         Ok(UploadStats {
@@ -918,7 +722,12 @@ impl MetadataStore for MysqlStore {
     async fn recent_failures(&self, limit: u32) -> StoreResult<Vec<Upload>> {
         let mut c = self.conn().await?;
         let rows: Vec<Row> = c
-            .exec(format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?"), (limit,))
+            .exec(
+                format!(
+                    "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?"
+                ),
+                (limit,),
+            )
             .await
             .map_err(map_err)?;
         rows.iter().map(|r| upload_row(r)?.into_upload()).collect()
@@ -934,11 +743,7 @@ impl MetadataStore for MysqlStore {
         .map_err(map_err)
     }
 
-    async fn session(
-        &self,
-        token_hash: &TokenHash,
-        now: Millis,
-    ) -> StoreResult<Option<SessionInfo>> {
+    async fn session(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<SessionInfo>> {
         let mut c = self.conn().await?;
         let row: Option<(i64, String, i64)> = c
             .exec_first(
@@ -949,25 +754,15 @@ impl MetadataStore for MysqlStore {
             .await
             .map_err(map_err)?;
         row.map(|(p, e, x)| {
-            let email = Email::parse(&e)
-                .map_err(|err| StoreError::Corrupt(format!("stored e-mail: {err}")))?;
-            Ok(SessionInfo {
-                person_id: PersonId(p),
-                email,
-                expires_at: x,
-            })
+            let email = Email::parse(&e).map_err(|err| StoreError::Corrupt(format!("stored e-mail: {err}")))?;
+            Ok(SessionInfo { person_id: PersonId(p), email, expires_at: x })
         })
         .transpose()
     }
 
     async fn delete_session(&self, token_hash: &TokenHash) -> StoreResult<()> {
         let mut c = self.conn().await?;
-        c.exec_drop(
-            "DELETE FROM sessions WHERE token_hash = ?",
-            (token_hash.0.as_str(),),
-        )
-        .await
-        .map_err(map_err)
+        c.exec_drop("DELETE FROM sessions WHERE token_hash = ?", (token_hash.0.as_str(),)).await.map_err(map_err)
     }
 
     async fn create_signin_token(
@@ -986,16 +781,9 @@ impl MetadataStore for MysqlStore {
         .map_err(map_err)
     }
 
-    async fn consume_signin_token(
-        &self,
-        token_hash: &TokenHash,
-        now: Millis,
-    ) -> StoreResult<SigninOutcome> {
+    async fn consume_signin_token(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<SigninOutcome> {
         let mut c = self.conn().await?;
-        let mut tx = c
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(map_err)?;
+        let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
         let hash = token_hash.0.as_str();
         tx.exec_drop(
             "UPDATE signin_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
@@ -1014,19 +802,11 @@ impl MetadataStore for MysqlStore {
                 .map_err(map_err)?;
             let (id, email, created) =
                 row.ok_or_else(|| StoreError::Corrupt("sign-in link without a person".into()))?;
-            let email = Email::parse(&email)
-                .map_err(|e| StoreError::Corrupt(format!("stored e-mail: {e}")))?;
-            SigninOutcome::SignedIn(Person {
-                id: PersonId(id),
-                email,
-                created_at: created,
-            })
+            let email = Email::parse(&email).map_err(|e| StoreError::Corrupt(format!("stored e-mail: {e}")))?;
+            SigninOutcome::SignedIn(Person { id: PersonId(id), email, created_at: created })
         } else {
             let row: Option<Option<i64>> = tx
-                .exec_first(
-                    "SELECT used_at FROM signin_tokens WHERE token_hash = ?",
-                    (hash,),
-                )
+                .exec_first("SELECT used_at FROM signin_tokens WHERE token_hash = ?", (hash,))
                 .await
                 .map_err(map_err)?;
             match row {
@@ -1044,10 +824,7 @@ impl MetadataStore for MysqlStore {
         let mut n = 0;
         for (sql, at) in [
             ("DELETE FROM sessions WHERE expires_at <= ?", now),
-            (
-                "DELETE FROM signin_tokens WHERE expires_at <= ?",
-                now - 86_400_000,
-            ),
+            ("DELETE FROM signin_tokens WHERE expires_at <= ?", now - 86_400_000),
             ("DELETE FROM events WHERE at <= ?", now - 7 * 86_400_000),
             ("DELETE FROM workers WHERE heartbeat_at <= ?", now - 600_000),
         ] {
@@ -1059,12 +836,7 @@ impl MetadataStore for MysqlStore {
 
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
         let mut c = self.conn().await?;
-        c.exec_first(
-            "SELECT setting_value FROM settings WHERE setting_key = ?",
-            (key,),
-        )
-        .await
-        .map_err(map_err)
+        c.exec_first("SELECT setting_value FROM settings WHERE setting_key = ?", (key,)).await.map_err(map_err)
     }
 
     async fn set_setting(&self, key: &str, value: &str, now: Millis) -> StoreResult<()> {
@@ -1087,13 +859,8 @@ impl MetadataStore for MysqlStore {
         )
         .await
         .map_err(map_err)?;
-        let stored: Option<String> = c
-            .exec_first(
-                "SELECT setting_value FROM settings WHERE setting_key = ?",
-                (key,),
-            )
-            .await
-            .map_err(map_err)?;
+        let stored: Option<String> =
+            c.exec_first("SELECT setting_value FROM settings WHERE setting_key = ?", (key,)).await.map_err(map_err)?;
         stored.ok_or_else(|| StoreError::Corrupt(format!("setting {key} vanished")))
     }
 
@@ -1120,9 +887,7 @@ impl MetadataStore for MysqlStore {
 
     async fn remove_worker(&self, id: &str) -> StoreResult<()> {
         let mut c = self.conn().await?;
-        c.exec_drop("DELETE FROM workers WHERE id = ?", (id,))
-            .await
-            .map_err(map_err)
+        c.exec_drop("DELETE FROM workers WHERE id = ?", (id,)).await.map_err(map_err)
     }
 
     async fn workers(&self) -> StoreResult<Vec<WorkerInfo>> {
@@ -1152,7 +917,10 @@ impl MetadataStore for MysqlStore {
     async fn events_for_upload(&self, id: UploadId) -> StoreResult<Vec<Event>> {
         let mut c = self.conn().await?;
         let rows: Vec<Row> = c
-            .exec("SELECT id, at, kind, upload_id, person_hash, detail FROM events WHERE upload_id = ? ORDER BY id", (id.0,))
+            .exec(
+                "SELECT id, at, kind, upload_id, person_hash, detail FROM events WHERE upload_id = ? ORDER BY id",
+                (id.0,),
+            )
             .await
             .map_err(map_err)?;
         rows.iter().map(event_row).collect()
@@ -1161,20 +929,13 @@ impl MetadataStore for MysqlStore {
     async fn dump_rows(&self, out: mpsc::Sender<DumpRow>) -> StoreResult<u64> {
         let mut c = self.conn().await?;
         let mut opts = TxOpts::default();
-        opts.with_consistent_snapshot(true)
-            .with_readonly(Some(true));
+        opts.with_consistent_snapshot(true).with_readonly(Some(true));
         let mut tx = c.start_transaction(opts).await.map_err(map_err)?;
         let mut count = 0u64;
         for table in TABLES {
-            let mut stream = tx
-                .exec_stream::<Row, _, _>(format!("SELECT * FROM {table} ORDER BY 1"), ())
-                .await
-                .map_err(map_err)?;
-            let columns: Vec<String> = stream
-                .columns()
-                .iter()
-                .map(|c| c.name_str().into_owned())
-                .collect();
+            let mut stream =
+                tx.exec_stream::<Row, _, _>(format!("SELECT * FROM {table} ORDER BY 1"), ()).await.map_err(map_err)?;
+            let columns: Vec<String> = stream.columns().iter().map(|c| c.name_str().into_owned()).collect();
             while let Some(row) = stream.try_next().await.map_err(map_err)? {
                 let mut values = Vec::with_capacity(columns.len());
                 for (i, col) in columns.iter().enumerate() {
@@ -1182,13 +943,9 @@ impl MetadataStore for MysqlStore {
                         None | Some(Value::NULL) => SqlValue::Null,
                         Some(Value::Int(n)) => SqlValue::Int(*n),
                         Some(Value::UInt(n)) => SqlValue::Int(*n as i64),
-                        Some(Value::Bytes(b)) => {
-                            SqlValue::Text(String::from_utf8_lossy(b).into_owned())
-                        }
+                        Some(Value::Bytes(b)) => SqlValue::Text(String::from_utf8_lossy(b).into_owned()),
                         Some(other) => {
-                            return Err(StoreError::Corrupt(format!(
-                                "{table}.{col} holds {other:?}"
-                            )));
+                            return Err(StoreError::Corrupt(format!("{table}.{col} holds {other:?}")));
                         }
                     });
                 }
@@ -1206,10 +963,7 @@ impl MetadataStore for MysqlStore {
         let mut c = self.conn().await?;
         let mut total = 0u64;
         for table in TABLES {
-            let n: Option<i64> = c
-                .exec_first(format!("SELECT COUNT(*) FROM {table}"), ())
-                .await
-                .map_err(map_err)?;
+            let n: Option<i64> = c.exec_first(format!("SELECT COUNT(*) FROM {table}"), ()).await.map_err(map_err)?;
             total += n.unwrap_or(0) as u64;
         }
         Ok(total)
@@ -1217,28 +971,17 @@ impl MetadataStore for MysqlStore {
 
     async fn restore_rows(&self, rows: Vec<DumpRow>, replace: bool) -> StoreResult<u64> {
         let mut c = self.conn().await?;
-        let mut tx = c
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(map_err)?;
+        let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
         if replace {
             for table in TABLES {
-                tx.exec_drop(format!("DELETE FROM {table}"), ())
-                    .await
-                    .map_err(map_err)?;
+                tx.exec_drop(format!("DELETE FROM {table}"), ()).await.map_err(map_err)?;
             }
         }
         let mut known = std::collections::HashMap::new();
         for table in TABLES {
-            let stream = tx
-                .exec_stream::<Row, _, _>(format!("SELECT * FROM {table} LIMIT 0"), ())
-                .await
-                .map_err(map_err)?;
-            let cols: Vec<String> = stream
-                .columns()
-                .iter()
-                .map(|c| c.name_str().into_owned())
-                .collect();
+            let stream =
+                tx.exec_stream::<Row, _, _>(format!("SELECT * FROM {table} LIMIT 0"), ()).await.map_err(map_err)?;
+            let cols: Vec<String> = stream.columns().iter().map(|c| c.name_str().into_owned()).collect();
             drop(stream);
             known.insert(*table, cols);
         }
@@ -1253,9 +996,7 @@ impl MetadataStore for MysqlStore {
                     SqlValue::Text(t) => Value::Bytes(t.into_bytes()),
                 })
                 .collect();
-            tx.exec_drop(insert, Params::Positional(params))
-                .await
-                .map_err(map_err)?;
+            tx.exec_drop(insert, Params::Positional(params)).await.map_err(map_err)?;
             n += 1;
         }
         tx.commit().await.map_err(map_err)?;
@@ -1272,14 +1013,7 @@ impl MetadataStore for MysqlStore {
             .iter()
             .map(|r| {
                 let h = r.health.lock().unwrap_or_else(|p| p.into_inner());
-                (
-                    r.name.clone(),
-                    if h.usable || h.lag_ms.is_some() {
-                        h.lag_ms
-                    } else {
-                        None
-                    },
-                )
+                (r.name.clone(), if h.usable || h.lag_ms.is_some() { h.lag_ms } else { None })
             })
             .collect()
     }

@@ -39,20 +39,13 @@ impl ReplicationPos {
 
     /// True when `self` has everything `other` has.
     pub fn covers(&self, other: &ReplicationPos) -> bool {
-        other
-            .0
-            .iter()
-            .all(|(d, (_, seq))| self.0.get(d).is_some_and(|(_, mine)| mine >= seq))
+        other.0.iter().all(|(d, (_, seq))| self.0.get(d).is_some_and(|(_, mine)| mine >= seq))
     }
 }
 
 impl fmt::Display for ReplicationPos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self
-            .0
-            .iter()
-            .map(|(d, (s, q))| format!("{d}-{s}-{q}"))
-            .collect();
+        let parts: Vec<String> = self.0.iter().map(|(d, (s, q))| format!("{d}-{s}-{q}")).collect();
         f.write_str(&parts.join(","))
     }
 }

@@ -39,10 +39,7 @@ fn map_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
     match &e {
         rusqlite::Error::SqliteFailure(f, _)
-            if matches!(
-                f.code,
-                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen
-            ) =>
+            if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen) =>
         {
             StoreError::Unavailable(e.to_string())
         }
@@ -132,10 +129,7 @@ fn insert_event(
     person_hash: Option<&str>,
     detail: Option<&str>,
 ) -> rusqlite::Result<()> {
-    tx.execute(
-        EVENT_INSERT,
-        params![new_id(), now, kind, upload.0, person_hash, detail],
-    )?;
+    tx.execute(EVENT_INSERT, params![new_id(), now, kind, upload.0, person_hash, detail])?;
     Ok(())
 }
 
@@ -149,9 +143,7 @@ fn person_of(tx: &rusqlite::Transaction<'_>, id: UploadId) -> rusqlite::Result<(
 }
 
 fn email_hash(email: &str) -> String {
-    Email::parse(email)
-        .map(|e| e.hashed_id())
-        .unwrap_or_default()
+    Email::parse(email).map(|e| e.hashed_id()).unwrap_or_default()
 }
 
 impl SqliteStore {
@@ -163,18 +155,12 @@ impl SqliteStore {
                 && !dir.as_os_str().is_empty()
             {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Unavailable(format!(
-                        "cannot create the data folder {}: {e}",
-                        dir.display()
-                    ))
+                    StoreError::Unavailable(format!("cannot create the data folder {}: {e}", dir.display()))
                 })?;
             }
-            let mut first = open_connection(&p).map_err(|e| {
-                StoreError::Unavailable(format!("cannot open {}: {e}", p.display()))
-            })?;
-            migrations::runner()
-                .run(&mut first)
-                .map_err(|e| StoreError::Migration(e.to_string()))?;
+            let mut first = open_connection(&p)
+                .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", p.display())))?;
+            migrations::runner().run(&mut first).map_err(|e| StoreError::Migration(e.to_string()))?;
             let mut conns = vec![first];
             for _ in 1..POOL_SIZE {
                 conns.push(open_connection(&p).map_err(map_err)?);
@@ -201,11 +187,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let _permit = self.permits.acquire().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
         self.metrics.db_query(DbTarget::Primary);
         let conns = self.conns.clone();
         let path = self.path.clone();
@@ -225,8 +207,7 @@ impl SqliteStore {
 }
 
 fn write_tx(conn: &mut Connection) -> StoreResult<rusqlite::Transaction<'_>> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(map_err)
+    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)
 }
 
 #[async_trait]
@@ -238,17 +219,9 @@ impl MetadataStore for SqliteStore {
     async fn person_by_email(&self, email: &Email) -> StoreResult<Option<Person>> {
         let email = email.clone();
         self.run(move |c| {
-            c.query_row(
-                "SELECT id, created_at FROM people WHERE email = ?",
-                [email.as_str()],
-                |r| {
-                    Ok(Person {
-                        id: PersonId(r.get(0)?),
-                        email: email.clone(),
-                        created_at: r.get(1)?,
-                    })
-                },
-            )
+            c.query_row("SELECT id, created_at FROM people WHERE email = ?", [email.as_str()], |r| {
+                Ok(Person { id: PersonId(r.get(0)?), email: email.clone(), created_at: r.get(1)? })
+            })
             .optional()
             .map_err(map_err)
         })
@@ -298,7 +271,8 @@ impl MetadataStore for SqliteStore {
                 )
                 .map_err(map_err)?;
             }
-            insert_event(&tx, a.now, "uploaded", u.id, Some(&a.person_hash), Some(u.format.as_str())).map_err(map_err)?;
+            insert_event(&tx, a.now, "uploaded", u.id, Some(&a.person_hash), Some(u.format.as_str()))
+                .map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(WriteReceipt::default())
         })
@@ -308,11 +282,7 @@ impl MetadataStore for SqliteStore {
     async fn upload(&self, id: UploadId) -> StoreResult<Option<Upload>> {
         self.run(move |c| {
             let row = c
-                .query_row(
-                    &format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"),
-                    [id.0],
-                    upload_row,
-                )
+                .query_row(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), [id.0], upload_row)
                 .optional()
                 .map_err(map_err)?;
             row.map(UploadRow::into_upload).transpose()
@@ -323,11 +293,7 @@ impl MetadataStore for SqliteStore {
     async fn upload_owner(&self, id: UploadId) -> StoreResult<Option<(PersonId, ImageFormat)>> {
         self.run(move |c| {
             let row: Option<(i64, String)> = c
-                .query_row(
-                    "SELECT person_id, format FROM uploads WHERE id = ?",
-                    [id.0],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_row("SELECT person_id, format FROM uploads WHERE id = ?", [id.0], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
                 .map_err(map_err)?;
             Ok(row.and_then(|(p, f)| ImageFormat::parse(&f).map(|f| (PersonId(p), f))))
@@ -335,13 +301,7 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn gallery_page(
-        &self,
-        person: PersonId,
-        offset: u64,
-        limit: u64,
-        _from: ReadFrom,
-    ) -> StoreResult<PageRead> {
+    async fn gallery_page(&self, person: PersonId, offset: u64, limit: u64, _from: ReadFrom) -> StoreResult<PageRead> {
         self.run(move |c| {
             // One read transaction: the list and the counts come from one snapshot.
             let tx = c.transaction().map_err(map_err)?;
@@ -351,9 +311,8 @@ impl MetadataStore for SqliteStore {
                         "SELECT {GALLERY_COLUMNS} FROM uploads WHERE person_id = ? ORDER BY id DESC LIMIT ? OFFSET ?"
                     ))
                     .map_err(map_err)?;
-                let rows = stmt
-                    .query_map(params![person.0, limit as i64, offset as i64], gallery_row)
-                    .map_err(map_err)?;
+                let rows =
+                    stmt.query_map(params![person.0, limit as i64, offset as i64], gallery_row).map_err(map_err)?;
                 let mut items = Vec::new();
                 for row in rows {
                     items.push(row.map_err(map_err)?.into_item()?);
@@ -397,25 +356,16 @@ impl MetadataStore for SqliteStore {
                 .map_err(map_err)?;
             let Some(row) = row else { return Ok(None) };
             let upload = row.into_upload()?;
-            tx.execute("DELETE FROM uploads WHERE id = ?", [id.0])
-                .map_err(map_err)?;
-            tx.execute("DELETE FROM events WHERE upload_id = ?", [id.0])
-                .map_err(map_err)?;
-            insert_event(&tx, now_millis(), "deleted", id, Some(&person_hash), None)
-                .map_err(map_err)?;
+            tx.execute("DELETE FROM uploads WHERE id = ?", [id.0]).map_err(map_err)?;
+            tx.execute("DELETE FROM events WHERE upload_id = ?", [id.0]).map_err(map_err)?;
+            insert_event(&tx, now_millis(), "deleted", id, Some(&person_hash), None).map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(Some((upload, WriteReceipt::default())))
         })
         .await
     }
 
-    async fn claim(
-        &self,
-        id: UploadId,
-        owner: &str,
-        now: Millis,
-        lease_until: Millis,
-    ) -> StoreResult<Option<Upload>> {
+    async fn claim(&self, id: UploadId, owner: &str, now: Millis, lease_until: Millis) -> StoreResult<Option<Upload>> {
         let owner = owner.to_owned();
         self.run(move |c| {
             let tx = write_tx(c)?;
@@ -440,12 +390,7 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn renew_lease(
-        &self,
-        id: UploadId,
-        owner: &str,
-        lease_until: Millis,
-    ) -> StoreResult<bool> {
+    async fn renew_lease(&self, id: UploadId, owner: &str, lease_until: Millis) -> StoreResult<bool> {
         let owner = owner.to_owned();
         self.run(move |c| {
             let n = c
@@ -496,7 +441,11 @@ impl MetadataStore for SqliteStore {
             let (person, email) = person_of(&tx, id).map_err(map_err)?;
             insert_event(&tx, now, "done", id, Some(&email_hash(&email)), Some(&o.method)).map_err(map_err)?;
             tx.commit().map_err(map_err)?;
-            Ok(Some(StateChange { person_id: PersonId(person), person_hash: email_hash(&email), receipt: WriteReceipt::default() }))
+            Ok(Some(StateChange {
+                person_id: PersonId(person),
+                person_hash: email_hash(&email),
+                receipt: WriteReceipt::default(),
+            }))
         })
         .await
     }
@@ -540,17 +489,16 @@ impl MetadataStore for SqliteStore {
             let (person, email) = person_of(&tx, id).map_err(map_err)?;
             insert_event(&tx, now, kind, id, Some(&email_hash(&email)), Some(&reason)).map_err(map_err)?;
             tx.commit().map_err(map_err)?;
-            Ok(Some(StateChange { person_id: PersonId(person), person_hash: email_hash(&email), receipt: WriteReceipt::default() }))
+            Ok(Some(StateChange {
+                person_id: PersonId(person),
+                person_hash: email_hash(&email),
+                receipt: WriteReceipt::default(),
+            }))
         })
         .await
     }
 
-    async fn give_up(
-        &self,
-        id: UploadId,
-        reason: &str,
-        now: Millis,
-    ) -> StoreResult<Option<StateChange>> {
+    async fn give_up(&self, id: UploadId, reason: &str, now: Millis) -> StoreResult<Option<StateChange>> {
         let reason = clip_reason(reason);
         self.run(move |c| {
             let tx = write_tx(c)?;
@@ -567,7 +515,11 @@ impl MetadataStore for SqliteStore {
             let (person, email) = person_of(&tx, id).map_err(map_err)?;
             insert_event(&tx, now, "failed", id, Some(&email_hash(&email)), Some(&reason)).map_err(map_err)?;
             tx.commit().map_err(map_err)?;
-            Ok(Some(StateChange { person_id: PersonId(person), person_hash: email_hash(&email), receipt: WriteReceipt::default() }))
+            Ok(Some(StateChange {
+                person_id: PersonId(person),
+                person_hash: email_hash(&email),
+                receipt: WriteReceipt::default(),
+            }))
         })
         .await
     }
@@ -589,12 +541,7 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn unqueued(
-        &self,
-        now: Millis,
-        cutoff: Millis,
-        limit: u32,
-    ) -> StoreResult<Vec<UploadId>> {
+    async fn unqueued(&self, now: Millis, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>> {
         self.run(move |c| {
             let mut stmt = c
                 .prepare_cached(
@@ -614,11 +561,7 @@ impl MetadataStore for SqliteStore {
 
     async fn mark_enqueued(&self, id: UploadId, now: Millis) -> StoreResult<()> {
         self.run(move |c| {
-            c.execute(
-                "UPDATE uploads SET enqueued_at = ? WHERE id = ?",
-                params![now, id.0],
-            )
-            .map_err(map_err)?;
+            c.execute("UPDATE uploads SET enqueued_at = ? WHERE id = ?", params![now, id.0]).map_err(map_err)?;
             Ok(())
         })
         .await
@@ -629,23 +572,19 @@ impl MetadataStore for SqliteStore {
             let tx = c.transaction().map_err(map_err)?;
             let mut stats = UploadStats::default();
             {
-                let mut stmt = tx
-                    .prepare_cached("SELECT state, COUNT(*) FROM uploads GROUP BY state")
-                    .map_err(map_err)?;
-                let rows = stmt
-                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                    .map_err(map_err)?;
+                let mut stmt =
+                    tx.prepare_cached("SELECT state, COUNT(*) FROM uploads GROUP BY state").map_err(map_err)?;
+                let rows =
+                    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(map_err)?;
                 for row in rows {
                     let (state, n) = row.map_err(map_err)?;
                     stats.by_state.insert(state, n as u64);
                 }
             }
             stats.oldest_unfinished_at = tx
-                .query_row(
-                    "SELECT MIN(created_at) FROM uploads WHERE state IN ('pending', 'processing')",
-                    [],
-                    |r| r.get(0),
-                )
+                .query_row("SELECT MIN(created_at) FROM uploads WHERE state IN ('pending', 'processing')", [], |r| {
+                    r.get(0)
+                })
                 .map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(stats)
@@ -682,11 +621,7 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn session(
-        &self,
-        token_hash: &TokenHash,
-        now: Millis,
-    ) -> StoreResult<Option<SessionInfo>> {
+    async fn session(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<SessionInfo>> {
         let hash = token_hash.0.clone();
         self.run(move |c| {
             let row: Option<(i64, String, i64)> = c
@@ -710,8 +645,7 @@ impl MetadataStore for SqliteStore {
     async fn delete_session(&self, token_hash: &TokenHash) -> StoreResult<()> {
         let hash = token_hash.0.clone();
         self.run(move |c| {
-            c.execute("DELETE FROM sessions WHERE token_hash = ?", [hash])
-                .map_err(map_err)?;
+            c.execute("DELETE FROM sessions WHERE token_hash = ?", [hash]).map_err(map_err)?;
             Ok(())
         })
         .await
@@ -736,11 +670,7 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn consume_signin_token(
-        &self,
-        token_hash: &TokenHash,
-        now: Millis,
-    ) -> StoreResult<SigninOutcome> {
+    async fn consume_signin_token(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<SigninOutcome> {
         let hash = token_hash.0.clone();
         self.run(move |c| {
             let tx = write_tx(c)?;
@@ -781,25 +711,11 @@ impl MetadataStore for SqliteStore {
     async fn purge_expired(&self, now: Millis) -> StoreResult<u64> {
         self.run(move |c| {
             let tx = write_tx(c)?;
-            let mut n = tx
-                .execute("DELETE FROM sessions WHERE expires_at <= ?", [now])
-                .map_err(map_err)?;
+            let mut n = tx.execute("DELETE FROM sessions WHERE expires_at <= ?", [now]).map_err(map_err)?;
             // Used or expired links are kept a day so a late click still gets a clear answer.
-            n += tx
-                .execute(
-                    "DELETE FROM signin_tokens WHERE expires_at <= ?",
-                    [now - 86_400_000],
-                )
-                .map_err(map_err)?;
-            n += tx
-                .execute("DELETE FROM events WHERE at <= ?", [now - 7 * 86_400_000])
-                .map_err(map_err)?;
-            n += tx
-                .execute(
-                    "DELETE FROM workers WHERE heartbeat_at <= ?",
-                    [now - 600_000],
-                )
-                .map_err(map_err)?;
+            n += tx.execute("DELETE FROM signin_tokens WHERE expires_at <= ?", [now - 86_400_000]).map_err(map_err)?;
+            n += tx.execute("DELETE FROM events WHERE at <= ?", [now - 7 * 86_400_000]).map_err(map_err)?;
+            n += tx.execute("DELETE FROM workers WHERE heartbeat_at <= ?", [now - 600_000]).map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(n as u64)
         })
@@ -809,13 +725,9 @@ impl MetadataStore for SqliteStore {
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
         let key = key.to_owned();
         self.run(move |c| {
-            c.query_row(
-                "SELECT setting_value FROM settings WHERE setting_key = ?",
-                [key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(map_err)
+            c.query_row("SELECT setting_value FROM settings WHERE setting_key = ?", [key], |r| r.get(0))
+                .optional()
+                .map_err(map_err)
         })
         .await
     }
@@ -879,8 +791,7 @@ impl MetadataStore for SqliteStore {
     async fn remove_worker(&self, id: &str) -> StoreResult<()> {
         let id = id.to_owned();
         self.run(move |c| {
-            c.execute("DELETE FROM workers WHERE id = ?", [id])
-                .map_err(map_err)?;
+            c.execute("DELETE FROM workers WHERE id = ?", [id]).map_err(map_err)?;
             Ok(())
         })
         .await
@@ -931,9 +842,7 @@ impl MetadataStore for SqliteStore {
             let tx = c.transaction().map_err(map_err)?;
             let mut count = 0u64;
             for table in TABLES {
-                let mut stmt = tx
-                    .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
-                    .map_err(map_err)?;
+                let mut stmt = tx.prepare(&format!("SELECT * FROM {table} ORDER BY 1")).map_err(map_err)?;
                 let columns: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
                 let mut rows = stmt.query([]).map_err(map_err)?;
                 while let Some(row) = rows.next().map_err(map_err)? {
@@ -942,9 +851,7 @@ impl MetadataStore for SqliteStore {
                         values.push(match row.get_ref(i).map_err(map_err)? {
                             ValueRef::Null => SqlValue::Null,
                             ValueRef::Integer(n) => SqlValue::Int(n),
-                            ValueRef::Text(t) => {
-                                SqlValue::Text(String::from_utf8_lossy(t).into_owned())
-                            }
+                            ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
                             other => {
                                 return Err(StoreError::Corrupt(format!(
                                     "{table}.{} holds a {:?} value",
@@ -971,9 +878,7 @@ impl MetadataStore for SqliteStore {
             let mut total = 0i64;
             for table in TABLES {
                 total += c
-                    .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| {
-                        r.get::<_, i64>(0)
-                    })
+                    .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get::<_, i64>(0))
                     .map_err(map_err)?;
             }
             Ok(total as u64)
@@ -986,15 +891,12 @@ impl MetadataStore for SqliteStore {
             let tx = write_tx(c)?;
             if replace {
                 for table in TABLES {
-                    tx.execute(&format!("DELETE FROM {table}"), [])
-                        .map_err(map_err)?;
+                    tx.execute(&format!("DELETE FROM {table}"), []).map_err(map_err)?;
                 }
             }
             let mut known = std::collections::HashMap::new();
             for table in TABLES {
-                let stmt = tx
-                    .prepare(&format!("SELECT * FROM {table} LIMIT 0"))
-                    .map_err(map_err)?;
+                let stmt = tx.prepare(&format!("SELECT * FROM {table} LIMIT 0")).map_err(map_err)?;
                 let cols: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
                 known.insert(*table, cols);
             }
@@ -1009,8 +911,7 @@ impl MetadataStore for SqliteStore {
                         SqlValue::Text(t) => rusqlite::types::Value::Text(t),
                     })
                     .collect();
-                tx.execute(&insert, rusqlite::params_from_iter(params))
-                    .map_err(map_err)?;
+                tx.execute(&insert, rusqlite::params_from_iter(params)).map_err(map_err)?;
                 n += 1;
             }
             tx.commit().map_err(map_err)?;
@@ -1020,8 +921,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.run(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
-            .await
+        self.run(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err)).await
     }
 
     async fn replica_lag(&self) -> Vec<(String, Option<u64>)> {

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Every test of flipstack, on every tier, with real services:
+#   installs what is missing (apt-get, pip), builds once, starts a MariaDB
+#   primary + GTID replica, memcached and moto_server on free loopback ports in
+#   a temporary folder, runs the whole suite, and stops them, also on failure.
+# Extra arguments go to the test runner (e.g. a filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'test.sh: %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v cargo >/dev/null; then
+  log "cargo is missing: install Rust with https://rustup.rs (curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh)"
+  exit 1
+fi
+
+# Build tools for libjpeg-turbo (the turbojpeg crate builds it from source).
+need=()
+for tool in cmake nasm cc python3 curl; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+  pkgs=()
+  for t in "${need[@]}"; do case $t in cc) pkgs+=(build-essential) ;; *) pkgs+=("$t") ;; esac; done
+  log "installing ${pkgs[*]} with apt-get"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+fi
+scripts/services.sh ensure
+
+# One target folder outside the clone: CI and later runs reuse the build.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/flipstack/target}
+if cargo nextest --version >/dev/null 2>&1; then
+  runner=(cargo nextest run --workspace --no-fail-fast)
+  build=(cargo nextest run --workspace --no-run)
+else
+  log "cargo-nextest not found; using cargo test"
+  runner=(cargo test --workspace --no-fail-fast)
+  build=(cargo test --workspace --no-run)
+fi
+log "building (target: $CARGO_TARGET_DIR)"
+"${build[@]}"
+
+dir=$(mktemp -d "${TMPDIR:-/tmp}/flipstack-services.XXXXXX")
+trap 'scripts/services.sh down "$dir" || true; rm -rf "$dir"' EXIT INT TERM
+scripts/services.sh up "$dir"
+# shellcheck disable=SC1091
+source "$dir/env"
+export FLIPSTACK_TEST_TIERS=embedded,mariadb,aws
+export RUST_BACKTRACE=1
+if [ -d ../shared/testdata ]; then
+  log "corpus: ../shared/testdata is present; the corpus tests run on it"
+else
+  log "corpus: ../shared/testdata is absent; the tests use generated pictures only"
+fi
+"${runner[@]}" "$@"

@@ -1,0 +1,532 @@
+//! The whole flow over HTTP, on every tier: upload, flip, gallery, sessions,
+//! ownership, hostile input, crashes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use flipstack_core::domain::{Email, SecretToken, now_millis};
+
+tier_tests!(
+    upload_flips_every_photo,
+    people_never_see_each_other,
+    typing_someones_email_gives_no_access_and_stores_nothing,
+    signin_link_works_once_and_expires,
+    logout_revokes_the_session,
+    posts_without_csrf_are_refused,
+    every_hostile_file_is_refused_and_nothing_is_stored,
+    suspicious_names_are_stored_and_shown_safely,
+    size_and_pixel_limits_answer_413,
+    a_worker_killed_mid_job_leaves_it_to_the_next_once,
+    pages_and_errors_are_real_pages,
+);
+
+fn email() -> String {
+    format!("person-{:08x}@example.com", rand::random::<u32>())
+}
+
+async fn upload_ok(
+    app: &TestApp,
+    b: &Browser,
+    email: &str,
+    name: &str,
+    bytes: &[u8],
+) -> flipstack_core::domain::UploadId {
+    let r = b.upload(Some(email), name, bytes).await;
+    let status = r.status().as_u16();
+    let location = r.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 303, "{name}: upload answered {status}: {body}");
+    assert_eq!(location.as_deref(), Some("/gallery"));
+    app.latest_upload(email).await.expect("the upload is recorded")
+}
+
+async fn upload_flips_every_photo(tier: Tier) {
+    let app = TestApp::spawn_with(tier, |_| {}, 2).await;
+    let b = app.browser();
+    let me = email();
+    let mut uploaded = Vec::new();
+    for (name, bytes) in photos() {
+        let id = upload_ok(&app, &b, &me, &name, &bytes).await;
+        uploaded.push((name, bytes, id));
+    }
+    for (name, original, id) in &uploaded {
+        app.wait_done(*id).await;
+        let r = b.get(&format!("/images/{id}/flipped")).await;
+        assert_eq!(r.status(), 200, "{name}");
+        let mime = format_of(original).mime();
+        assert_eq!(r.headers()["content-type"], mime, "{name}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        assert!(r.headers()["cache-control"].to_str().unwrap().contains("private"));
+        let flipped = r.bytes().await.unwrap();
+        assert_is_flip(name, original, &flipped);
+        let r = b.get(&format!("/images/{id}/original")).await;
+        assert_eq!(r.bytes().await.unwrap().as_ref(), original.as_slice(), "{name}: the original is served unchanged");
+    }
+    // Newest first, 12 a page; every page names both pictures of each upload.
+    let pages = uploaded.len().div_ceil(12);
+    let mut seen = Vec::new();
+    for page in 1..=pages {
+        let r = b.get(&format!("/gallery?page={page}")).await;
+        assert_eq!(r.status(), 200);
+        let source = r.headers()["x-read-source"].to_str().unwrap().to_owned();
+        assert!(["cache", "replica", "primary"].contains(&source.as_str()), "{source}");
+        let html = r.text().await.unwrap();
+        assert!(
+            html.contains("<figcaption>Original</figcaption>") && html.contains("<figcaption>Flipped</figcaption>")
+        );
+        assert!(!html.contains("http-equiv=\"refresh\""), "nothing is pending any more");
+        let mut on_page: Vec<(usize, _)> = uploaded
+            .iter()
+            .filter_map(|(_, _, id)| html.find(&format!("id=\"upload-{id}\"")).map(|at| (at, *id)))
+            .collect();
+        on_page.sort();
+        seen.extend(on_page.into_iter().map(|(_, id)| id));
+    }
+    let newest_first: Vec<_> = uploaded.iter().rev().map(|(_, _, id)| *id).collect();
+    assert_eq!(seen, newest_first, "every upload once, newest first, across the pages");
+    app.shutdown().await;
+}
+
+async fn people_never_see_each_other(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let (a, b) = (app.browser(), app.browser());
+    let (ea, eb) = (email(), email());
+    let ia = upload_ok(&app, &a, &ea, "a.png", &png(40, 30)).await;
+    let ib = upload_ok(&app, &b, &eb, "b.png", &png(30, 40)).await;
+    app.wait_done(ia).await;
+    app.wait_done(ib).await;
+    let (_, ga) = a.text("/gallery").await;
+    let (_, gb) = b.text("/gallery").await;
+    assert!(ga.contains(&format!("upload-{ia}")) && !ga.contains(&format!("upload-{ib}")));
+    assert!(gb.contains(&format!("upload-{ib}")) && !gb.contains(&format!("upload-{ia}")));
+    assert!(ga.contains(&ea) && !ga.contains(&eb), "each page names only its own person");
+    for variant in ["original", "flipped"] {
+        assert_eq!(a.get(&format!("/images/{ia}/{variant}")).await.status(), 200);
+        assert_eq!(a.get(&format!("/images/{ib}/{variant}")).await.status(), 404, "A must not fetch B's {variant}");
+        assert_eq!(b.get(&format!("/images/{ia}/{variant}")).await.status(), 404, "B must not fetch A's {variant}");
+        assert_eq!(app.browser().get(&format!("/images/{ia}/{variant}")).await.status(), 403, "signed out");
+    }
+    app.shutdown().await;
+}
+
+async fn typing_someones_email_gives_no_access_and_stores_nothing(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let owner = app.browser();
+    let address = email();
+    let id = upload_ok(&app, &owner, &address, "mine.png", &png(20, 20)).await;
+    app.wait_done(id).await;
+    let uploads = app.upload_count().await;
+    let blobs = app.blob_keys().await;
+    for typed in [address.clone(), address.to_uppercase()] {
+        let stranger = app.browser();
+        let r = stranger.upload(Some(&typed), "theirs.png", &png(24, 24)).await;
+        assert_eq!(r.status(), 403, "{typed}");
+        let page = r.text().await.unwrap();
+        assert!(page.contains("Check your mail") && page.contains("nothing was uploaded"), "{page}");
+        assert_eq!(stranger.cookie("fs_session"), None, "no session for the stranger");
+        let (status, _) = stranger.text("/gallery").await;
+        assert_eq!(status, 303, "the stranger has no gallery to see");
+        assert_eq!(stranger.get(&format!("/images/{id}/original")).await.status(), 403);
+    }
+    assert_eq!(app.upload_count().await, uploads, "no upload was recorded");
+    assert_eq!(app.blob_keys().await, blobs, "no blob was stored");
+    // A sign-in link went to the owner (at most one a minute, however often it is asked).
+    assert_eq!(app.mailed_links(&address).len(), 1);
+    app.shutdown().await;
+}
+
+async fn signin_link_works_once_and_expires(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let first = app.browser();
+    let address = email();
+    let id = upload_ok(&app, &first, &address, "mine.png", &png(20, 20)).await;
+
+    let second = app.browser();
+    let csrf = second.csrf().await;
+    let r = second.post_form("/signin", &[("csrf", &csrf), ("email", &address)]).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("sign-in link is on its way"));
+    let links = app.mailed_links(&address);
+    assert_eq!(links.len(), 1, "one mail with one link");
+    let (status, confirm) = second.text(&links[0]).await;
+    assert_eq!(status, 200);
+    let token = hidden_value(&confirm, "token").expect("the link page asks to confirm");
+    let csrf = hidden_value(&confirm, "csrf").unwrap();
+    let r = second.post_form("/signin/link", &[("csrf", &csrf), ("token", &token)]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/gallery");
+    let (status, gallery) = second.text("/gallery").await;
+    assert_eq!(status, 200);
+    assert!(gallery.contains(&format!("upload-{id}")), "the link signed this browser in to the gallery");
+
+    // Used once: a second use (from any browser) is refused.
+    let third = app.browser();
+    let csrf = third.csrf().await;
+    let r = third.post_form("/signin/link", &[("csrf", &csrf), ("token", &token)]).await;
+    assert_eq!(r.status(), 410);
+    assert!(r.text().await.unwrap().contains("already used"));
+    assert_eq!(third.text("/gallery").await.0, 303);
+
+    // Expired links say so.
+    let person = app.services.store.person_by_email(&Email::parse(&address).unwrap()).await.unwrap().unwrap();
+    let old = SecretToken::generate();
+    let now = now_millis();
+    app.services.store.create_signin_token(&old.hash(), person.id, now - 1, now - 15 * 60 * 1000).await.unwrap();
+    let r = third.post_form("/signin/link", &[("csrf", &csrf), ("token", old.as_str())]).await;
+    assert_eq!(r.status(), 410);
+    assert!(r.text().await.unwrap().contains("expired"));
+    let r = third.post_form("/signin/link", &[("csrf", &csrf), ("token", SecretToken::generate().as_str())]).await;
+    assert_eq!(r.status(), 404, "an unknown token");
+    app.shutdown().await;
+}
+
+async fn logout_revokes_the_session(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let b = app.browser();
+    let id = upload_ok(&app, &b, &email(), "mine.png", &png(20, 20)).await;
+    let session = b.cookie("fs_session").expect("signed in by the first upload");
+    let csrf = b.csrf().await;
+    let r = b.post_form("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(b.text("/gallery").await.0, 303, "signed out");
+    // The old cookie, replayed, opens nothing: the session ended on the server.
+    let replay = app.browser();
+    replay.set_cookie("fs_session", &session);
+    assert_eq!(replay.text("/gallery").await.0, 303);
+    assert_eq!(replay.get(&format!("/images/{id}/original")).await.status(), 403);
+    app.shutdown().await;
+}
+
+async fn posts_without_csrf_are_refused(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let b = app.browser();
+    let me = email();
+    upload_ok(&app, &b, &me, "first.png", &png(10, 10)).await;
+    let before = app.upload_count().await;
+    let r = b.upload_raw(&[("email", &me)], Some((b"x.png", &png(10, 10)))).await;
+    assert_eq!(r.status(), 403, "no token");
+    let r = b.upload_raw(&[("csrf", "forged"), ("email", &me)], Some((b"x.png", &png(10, 10)))).await;
+    assert_eq!(r.status(), 403, "a wrong token");
+    let other = app.browser();
+    let foreign = other.csrf().await;
+    let r = b.upload_raw(&[("csrf", &foreign)], Some((b"x.png", &png(10, 10)))).await;
+    assert_eq!(r.status(), 403, "another browser's token");
+    assert_eq!(app.upload_count().await, before);
+    assert_eq!(b.post_form("/logout", &[]).await.status(), 403);
+    assert_eq!(b.text("/gallery").await.0, 200, "still signed in: the forged logout did nothing");
+    assert_eq!(b.post_form("/signin", &[("email", &me)]).await.status(), 403);
+    app.shutdown().await;
+}
+
+/// What each hostile file of the corpus is answered with (README.tsv says what each is).
+fn expected_status(name: &str) -> u16 {
+    match name {
+        "empty.jpg" => 400,
+        "svg_script.svg" | "svg_script_renamed.jpg" | "text_renamed.jpg" | "html_xss_renamed.png" => 415,
+        "png_bomb_30000x30000.png"
+        | "png_bomb_12000x12000.png"
+        | "webp_bomb_16383x16383.webp"
+        | "gif_screen_65535x65535.gif"
+        | "jpeg_header_65500x65500.jpg" => 413,
+        _ => 422,
+    }
+}
+
+async fn every_hostile_file_is_refused_and_nothing_is_stored(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let b = app.browser();
+    let me = email();
+    let first = upload_ok(&app, &b, &me, "first.png", &png(10, 10)).await;
+    app.wait_done(first).await;
+    let mut files: Vec<(String, Vec<u8>, u16)> = vec![
+        ("generated-empty.png".into(), Vec::new(), 400),
+        ("generated-text.jpg".into(), b"just some text, not a picture\n".to_vec(), 415),
+        ("generated-truncated.png".into(), png(64, 64)[..80].to_vec(), 422),
+    ];
+    if let Some(dir) = corpus() {
+        let readme = std::fs::read_to_string(dir.join("bad/README.tsv")).unwrap();
+        for row in readme.lines().skip(1) {
+            let name = row.split('\t').next().unwrap();
+            let path = dir.join("bad").join(name);
+            if path.is_file() {
+                files.push((name.to_owned(), std::fs::read(&path).unwrap(), expected_status(name)));
+            }
+        }
+        assert!(files.len() > 20, "the corpus's hostile files were found");
+    }
+    let uploads = app.upload_count().await;
+    let blobs = app.blob_keys().await;
+    for (name, bytes, status) in &files {
+        let r = b.upload(Some(&me), name, bytes).await;
+        let got = r.status().as_u16();
+        let page = r.text().await.unwrap();
+        assert_eq!(got, *status, "{name}: {page}");
+        // A clear message on the upload page, which keeps the person's place.
+        assert!(page.contains("That did not work.") && page.contains("id=\"upload-form\""), "{name}: {page}");
+        let message = page
+            .split("That did not work.</strong>")
+            .nth(1)
+            .unwrap_or("")
+            .split("</div>")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        assert!(message.len() > 20, "{name}: the message says what was wrong: {message:?}");
+        eprintln!("{name}: {got} {message}");
+        assert_eq!(app.upload_count().await, uploads, "{name}: nothing recorded");
+        assert_eq!(app.blob_keys().await, blobs, "{name}: nothing stored");
+        let health = reqwest::get(format!("{}/healthz", app.base)).await.unwrap();
+        assert_eq!(health.status(), 200, "{name}: the server stays healthy");
+    }
+    app.shutdown().await;
+}
+
+/// The hostile file names of the corpus README (name-only rows), or the same list built in.
+fn suspicious_names() -> Vec<Vec<u8>> {
+    let from_corpus = corpus().map(|dir| {
+        let readme = std::fs::read_to_string(dir.join("bad/README.tsv")).unwrap();
+        readme
+            .lines()
+            .filter_map(|l| l.split('\t').next()?.strip_prefix("(name only) ").map(unescape))
+            .collect::<Vec<_>>()
+    });
+    from_corpus.filter(|v| !v.is_empty()).unwrap_or_else(|| {
+        [
+            "../../etc/passwd.jpg",
+            "..\\\\..\\\\windows\\\\win.ini.jpg",
+            "/etc/passwd",
+            "photo.jpg\\x00.php",
+            "photo.php.jpg",
+            "a\\r\\nSet-Cookie: x=1.jpg",
+            "<img src=x onerror=alert(1)>.jpg",
+            "\\u202Egpj.exe",
+            "CON.jpg",
+            ".htaccess",
+        ]
+        .iter()
+        .map(|s| unescape(s))
+        .chain(std::iter::once(format!("{}.jpg", "x".repeat(300)).into_bytes()))
+        .collect()
+    })
+}
+
+/// The README writes control characters as \x00, \r, \n, \u202E.
+fn unescape(s: &str) -> Vec<u8> {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push('\r'),
+            Some('n') => out.push('\n'),
+            Some('\\') => out.push('\\'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).collect();
+                out.push(u8::from_str_radix(&hex, 16).unwrap() as char);
+            }
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                out.push(char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap());
+            }
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out.into_bytes()
+}
+
+/// A file name as browsers put it in a multipart form: `"`, CR and LF
+/// percent-encoded, everything else (NUL included) as raw bytes.
+fn as_browser_sends(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in name {
+        match b {
+            b'"' => out.extend_from_slice(b"%22"),
+            b'\r' => out.extend_from_slice(b"%0D"),
+            b'\n' => out.extend_from_slice(b"%0A"),
+            other => out.push(*other),
+        }
+    }
+    out
+}
+
+async fn suspicious_names_are_stored_and_shown_safely(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let b = app.browser();
+    let me = email();
+    upload_ok(&app, &b, &me, "first.jpg", &jpeg(16, 16)).await;
+    let names = suspicious_names();
+    assert!(names.len() >= 10);
+    for raw in &names {
+        let shown = String::from_utf8_lossy(raw).into_owned();
+        let csrf = b.csrf().await;
+        let r = b.upload_raw(&[("csrf", &csrf)], Some((&as_browser_sends(raw), &jpeg(16, 16)))).await;
+        assert_eq!(r.status(), 303, "{shown:?} is stored");
+        assert!(
+            r.headers().get_all("set-cookie").iter().all(|v| !v.to_str().unwrap_or("").starts_with("x=")),
+            "no header injection"
+        );
+        let id = app.latest_upload(&me).await.unwrap();
+        let stored = app.services.store.upload(id).await.unwrap().unwrap();
+        let name = stored.name.as_str();
+        assert!(
+            !name.chars().any(|c| c.is_control() || ('\u{202A}'..='\u{202E}').contains(&c)),
+            "{name:?} keeps no control characters"
+        );
+        assert!(name.chars().count() <= 200);
+    }
+    let (_, html) = b.text("/gallery?page=1").await;
+    assert!(!html.contains("<img src=x onerror"), "HTML in a name is escaped");
+    assert!(html.contains("&#60;img src=x onerror=alert(1)&#62;.jpg"), "and still shown as text: {html}");
+    // Keys are made from ids; no part of any name reaches the store.
+    for key in app.blob_keys().await {
+        let last = key.rsplit('/').next().unwrap();
+        assert!(last.chars().all(|c| c.is_ascii_digit()), "blob key {key:?}");
+    }
+    app.shutdown().await;
+}
+
+async fn size_and_pixel_limits_answer_413(tier: Tier) {
+    let app = TestApp::spawn_with(
+        tier,
+        |c| {
+            c.max_upload_bytes = 200_000;
+            c.max_pixels = 1_000_000;
+        },
+        1,
+    )
+    .await;
+    let b = app.browser();
+    let me = email();
+    upload_ok(&app, &b, &me, "small.png", &png(10, 10)).await;
+    let before = app.upload_count().await;
+    let r = b.upload(Some(&me), "wide.jpg", &jpeg(1200, 1000)).await;
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("megapixels"));
+    // Noise does not compress: a PNG over the byte limit.
+    let noise = image::RgbImage::from_fn(400, 400, |_, _| image::Rgb(rand::random()));
+    let mut big = std::io::Cursor::new(Vec::new());
+    noise.write_to(&mut big, image::ImageFormat::Png).unwrap();
+    let r = b.upload(Some(&me), "big.png", big.get_ref()).await;
+    assert_eq!(r.status(), 413);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("; the limit is 196 KB"), "{page}");
+    assert_eq!(app.upload_count().await, before);
+    app.shutdown().await;
+}
+
+/// A picture that takes the worker a while, so it can be killed mid-job.
+fn slow_picture() -> (String, Vec<u8>) {
+    if let Some(dir) = corpus() {
+        let p = dir.join("photos/p01_seeding_5312x2988_prog420.jpg");
+        if p.is_file() {
+            return ("p01.jpg".into(), std::fs::read(p).unwrap());
+        }
+    }
+    let noise =
+        image::RgbImage::from_fn(4000, 3000, |x, y| image::Rgb([(x ^ y) as u8, rand::random(), (y / 12) as u8]));
+    let img = turbojpeg::Image {
+        pixels: noise.as_raw().as_slice(),
+        width: 4000,
+        pitch: 12000,
+        height: 3000,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    ("noise.jpg".into(), turbojpeg::compress(img, 95, turbojpeg::Subsamp::None).unwrap().to_vec())
+}
+
+async fn a_worker_killed_mid_job_leaves_it_to_the_next_once(tier: Tier) {
+    let mut app = TestApp::spawn_with(tier, |c| c.job_lease_secs = 2, 0).await;
+    let b = app.browser();
+    let me = email();
+    let (name, bytes) = slow_picture();
+    let mut killed_mid_job = None;
+    for _ in 0..5 {
+        let id = upload_ok(&app, &b, &me, &name, &bytes).await;
+        let mut worker = app.worker_process();
+        let pid = worker.id();
+        let started = std::time::Instant::now();
+        let mut processing = false;
+        while started.elapsed() < Duration::from_secs(30) {
+            let u = app.services.store.upload(id).await.unwrap().unwrap();
+            if u.state == flipstack_core::domain::UploadState::Processing
+                && u.lease_owner.as_deref().is_some_and(|o| o.contains(&format!("-{pid}-")))
+            {
+                processing = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        worker.kill().unwrap(); // SIGKILL
+        worker.wait().unwrap();
+        let u = app.services.store.upload(id).await.unwrap().unwrap();
+        if processing && u.state == flipstack_core::domain::UploadState::Processing {
+            killed_mid_job = Some(id);
+            break;
+        }
+        eprintln!("the worker finished before it could be killed; trying again");
+        app.wait_finished(id, Duration::from_secs(60)).await;
+    }
+    let id = killed_mid_job.expect("a worker was killed in the middle of a job");
+    app.start_worker().await;
+    let done = app.wait_done(id).await;
+    assert_eq!(done.claims, 2, "taken by the killed worker, then once more");
+    let events = app.services.store.events_for_upload(id).await.unwrap();
+    let completions = events.iter().filter(|e| e.kind == "done").count();
+    assert_eq!(completions, 1, "finished exactly once: {events:?}");
+    let flipped = b.get(&format!("/images/{id}/flipped")).await.bytes().await.unwrap();
+    assert_is_flip(&name, &bytes, &flipped);
+    app.shutdown().await;
+}
+
+async fn pages_and_errors_are_real_pages(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let b = app.browser();
+    let r = b.get("/").await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/form");
+    let r = b.get("/form").await;
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"));
+    assert!(r.text().await.unwrap().contains("name=\"email\""), "signed out: the form asks for an e-mail");
+    let r = b.get("/no/such/page").await;
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("Page not found"));
+    let r = b.client.delete(b.url("/form")).send().await.unwrap();
+    assert!(r.status() == 405 || r.status() == 404);
+    let health: serde_json::Value = reqwest::get(format!("{}/healthz", app.base)).await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    app.shutdown().await;
+}
+
+#[test]
+fn every_command_explains_itself() {
+    let commands: &[&[&str]] = &[
+        &["--help"],
+        &["up", "--help"],
+        &["serve", "--help"],
+        &["work", "--help"],
+        &["db", "--help"],
+        &["db", "dump", "--help"],
+        &["db", "restore", "--help"],
+        &["db", "migrate", "--help"],
+    ];
+    for args in commands {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flipstack")).args(*args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+        let first = text.lines().next().unwrap_or("");
+        assert!(first.len() > 15, "{args:?} starts with a sentence saying what it does: {first:?}");
+    }
+}
