@@ -73,6 +73,8 @@ fn args() -> Args {
 
 fn main() {
     let a = args();
+    // As the worker does before its first flip.
+    imaging::keep_memory_between_flips();
     if let Some(out) = &a.make_jpeg {
         return make_jpeg(out, a.bytes);
     }

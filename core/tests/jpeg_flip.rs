@@ -289,6 +289,10 @@ fn check_thumbnails(name: &str, original: &[u8], format: ImageFormat, t: &imagin
     let shown = imaging::decode_displayed(original, format).unwrap();
     let long = shown.width().max(shown.height());
     assert_eq!(t.width.max(t.height), long.min(imaging::THUMB_LONG_SIDE), "{name}");
+    // Same shape as the displayed picture, to the nearest pixel.
+    let scale = t.width.max(t.height) as f64 / long as f64;
+    let expected = ((shown.width() as f64 * scale).round() as u32, (shown.height() as f64 * scale).round() as u32);
+    assert_eq!((t.width, t.height), expected, "{name}: thumbnail shape");
     let small = imaging::decode_displayed(&t.original, t.format).unwrap();
     let small_flipped = imaging::decode_displayed(&t.flipped, t.format).unwrap();
     assert_eq!(small.dimensions(), (t.width, t.height), "{name}");
@@ -507,4 +511,39 @@ fn generated_thumbnails() {
     let tiny = make_jpeg(40, 30, 90, turbojpeg::Subsamp::Sub2x2);
     let t = imaging::thumbnails(&tiny, ImageFormat::Jpeg, &limits()).unwrap();
     assert_eq!((t.width, t.height), (40, 30));
+}
+
+#[test]
+fn generated_thumbnails_come_from_the_flip_pass() {
+    use turbojpeg::Subsamp::{Gray, Sub2x1, Sub2x2};
+    // Each path the worker's flip can take, with the thumbnails it makes on
+    // the way: DCT cells (vflip, hflip with EXIF 6, a transpose that swaps
+    // sampling factors and tables), YUV planes, RGB pixels.
+    let cases = [
+        (2048, 1536, Sub2x2, None, "jpeg-lossless-vflip"),
+        (4096, 768, Sub2x2, None, "jpeg-lossless-vflip"),
+        (2048, 1536, Sub2x1, Some(6), "jpeg-lossless-hflip"),
+        (2040, 1536, Sub2x1, Some(6), "jpeg-lossless-transpose"),
+        (2048, 1530, Sub2x2, None, "jpeg-reencode-yuv"),
+        (2048, 1531, Sub2x2, None, "jpeg-reencode"),
+        (1000, 1536, Gray, None, "jpeg-lossless-vflip"),
+    ];
+    for (w, h, s, o, method) in cases {
+        let mut src = make_jpeg(w, h, 88, s);
+        if let Some(o) = o {
+            src = jpeg::insert_segments(src, &[exif_segment(o)]);
+        }
+        let name = format!("{w}x{h} {s:?} orientation {o:?}");
+        let p = imaging::flip_with_thumbnails(&src, ImageFormat::Jpeg, &limits()).unwrap();
+        assert_eq!(p.flipped.method, method, "{name}");
+        let t = p.thumbnails.unwrap();
+        check_thumbnails(&name, &src, ImageFormat::Jpeg, &t);
+        // The same as the thumbnails made by decoding the file again.
+        let again = imaging::thumbnails(&src, ImageFormat::Jpeg, &limits()).unwrap();
+        assert_eq!((again.width, again.height), (t.width, t.height), "{name}");
+        let a = imaging::decode_displayed(&again.original, ImageFormat::Jpeg).unwrap();
+        let b = imaging::decode_displayed(&t.original, ImageFormat::Jpeg).unwrap();
+        let (_, mean) = max_and_mean_diff(&a, &b);
+        assert!(mean < 6.0, "{name}: differs from a scaled decode by {mean:.2}");
+    }
 }

@@ -376,6 +376,7 @@ async fn flip_and_store(
         }
     };
     let (format, limits) = (upload.format, services.limits);
+    imaging::keep_memory_between_flips();
     let work = tokio::task::spawn_blocking(move || imaging::flip_with_thumbnails(&original, format, &limits));
     let processed = match tokio::time::timeout(options.job_timeout, work).await {
         Err(_) => return Err(JobError::Stuck),

@@ -69,29 +69,6 @@ pub(crate) fn thumb_size(width: u32, height: u32) -> (u32, u32) {
     (scale(width), scale(height))
 }
 
-/// Resizes packed 8-bit pixels (1, 3 or 4 channels).
-pub(crate) fn resize_packed(
-    pixels: &[u8],
-    width: u32,
-    height: u32,
-    channels: usize,
-    new_width: u32,
-    new_height: u32,
-) -> Result<Vec<u8>, FlipError> {
-    if (width, height) == (new_width, new_height) {
-        return Ok(pixels.to_vec());
-    }
-    let size = || FlipError::Internal("decoded buffer size".into());
-    let v = pixels.to_vec();
-    let img = match channels {
-        1 => DynamicImage::ImageLuma8(image::GrayImage::from_raw(width, height, v).ok_or_else(size)?),
-        3 => DynamicImage::ImageRgb8(image::RgbImage::from_raw(width, height, v).ok_or_else(size)?),
-        4 => DynamicImage::ImageRgba8(image::RgbaImage::from_raw(width, height, v).ok_or_else(size)?),
-        _ => return Err(FlipError::Internal(format!("{channels} channels"))),
-    };
-    Ok(img.resize_exact(new_width, new_height, Resample::CatmullRom).into_bytes())
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlipError {
     /// The picture cannot be flipped, now or later; the reason is for its owner.
@@ -123,7 +100,11 @@ pub fn flip_with_thumbnails(input: &[u8], format: ImageFormat, limits: &Limits) 
             let flipped = encode_flipped(img.flipv(), icc, format)?;
             Ok(Processed { flipped, thumbnails })
         }
-        ImageFormat::Jpeg | ImageFormat::Gif => {
+        ImageFormat::Jpeg => {
+            let (flipped, thumbnails) = flip_jpeg::flip_jpeg_with_thumbnails(input, limits)?;
+            Ok(Processed { flipped, thumbnails })
+        }
+        ImageFormat::Gif => {
             let flipped = flip(input, format, limits)?;
             Ok(Processed { flipped, thumbnails: thumbnails(input, format, limits) })
         }

@@ -238,10 +238,6 @@ impl TjEncoder {
         Ok(TjEncoder(h))
     }
 
-    pub fn set_progressive(&mut self, on: bool) -> Result<(), String> {
-        self.0.set(raw::TJPARAM_TJPARAM_PROGRESSIVE, on as i32)
-    }
-
     /// JFIF pixel density (units 0 = aspect ratio only, 1 = dpi, 2 = dpcm).
     pub fn set_density(&mut self, units: u8, x: u16, y: u16) -> Result<(), String> {
         self.0.set(raw::TJPARAM_TJPARAM_DENSITYUNITS, units as i32)?;
@@ -323,6 +319,34 @@ pub(crate) enum TransformError {
 
 pub(crate) struct TjTransformer(Handle);
 
+/// Receives (component, block row, the component's height in blocks,
+/// coefficients of that row).
+pub(crate) type CoefSink<'a> = dyn FnMut(usize, usize, usize, &[i16]) + 'a;
+
+/// libjpeg-turbo's custom filter, forwarding to the Rust sink in `data`.
+unsafe extern "C" fn coef_trampoline(
+    coeffs: *mut std::ffi::c_short,
+    array: raw::tjregion,
+    plane: raw::tjregion,
+    component: std::ffi::c_int,
+    _transform: std::ffi::c_int,
+    t: *mut raw::tjtransform,
+) -> std::ffi::c_int {
+    // SAFETY: `data` is the `&mut CoefSink` that transform_with lent for
+    // this call; `coeffs` holds w × h coefficients (one row of blocks).
+    let (sink, row) = unsafe {
+        let sink = &mut *((*t).data as *mut &mut CoefSink<'_>);
+        let n = (array.w.max(0) as usize) * (array.h.max(0) as usize);
+        (sink, std::slice::from_raw_parts(coeffs, n))
+    };
+    let (by, height) = ((array.y.max(0) / 8) as usize, (plane.h.max(0) / 8) as usize);
+    // A panic must not unwind into C: report it as the filter's failure.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(component as usize, by, height, row))) {
+        Ok(()) => 0,
+        Err(_) => -1,
+    }
+}
+
 impl TjTransformer {
     pub fn new(max_scans: u32, max_pixels: u64) -> Result<TjTransformer, String> {
         Handle::limited(raw::TJINIT_TJINIT_TRANSFORM, max_scans, max_pixels).map(TjTransformer)
@@ -331,6 +355,21 @@ impl TjTransformer {
     /// Turns the DCT coefficients (`op` a TJXOP_*), refusing an imperfect
     /// transform; every marker (EXIF, ICC, comments) is copied.
     pub fn transform(&mut self, jpeg: &[u8], op: i32, progressive: bool) -> Result<Vec<u8>, TransformError> {
+        self.transform_with(jpeg, op, progressive, None)
+    }
+
+    /// As [`Self::transform`], and shows every row of the turned picture's
+    /// blocks to `sink` (component, block row, component height in blocks,
+    /// that row's coefficients in natural order, 64 per block) before they
+    /// are written. Rows may run past the height (padding to a whole iMCU).
+    pub fn transform_with(
+        &mut self,
+        jpeg: &[u8],
+        op: i32,
+        progressive: bool,
+        mut sink: Option<&mut CoefSink<'_>>,
+    ) -> Result<Vec<u8>, TransformError> {
+        let t_has_sink = sink.is_some();
         let mut options = raw::TJXOPT_PERFECT as i32;
         if progressive {
             options |= raw::TJXOPT_PROGRESSIVE as i32;
@@ -339,8 +378,12 @@ impl TjTransformer {
             r: raw::tjregion { x: 0, y: 0, w: 0, h: 0 },
             op,
             options,
-            data: std::ptr::null_mut(),
-            customFilter: None,
+            // Points at `sink`, which outlives the call below.
+            data: match sink.as_mut() {
+                Some(s) => (s as *mut &mut CoefSink<'_>).cast(),
+                None => std::ptr::null_mut(),
+            },
+            customFilter: if t_has_sink { Some(coef_trampoline) } else { None },
         };
         let mut buf = TjBuf::new();
         let mut size: raw::size_t = 0;
