@@ -29,16 +29,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def binary():
+def binary(src=None):
     """The release binary, copied aside so another build cannot replace it mid-run."""
-    src = os.environ.get("FLIPSTACK_BIN") or os.path.join(
+    src = src or os.environ.get("FLIPSTACK_BIN") or os.path.join(
         os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")),
         "release",
         "flipstack",
     )
     if not os.path.exists(src):
         sys.exit(f"{src} not found: run `cargo build --release` (or set FLIPSTACK_BIN)")
-    dst = os.path.join(tempfile.gettempdir(), f"flipstack-bench-{os.getpid()}")
+    dst = tempfile.mktemp(prefix=f"flipstack-bench-{os.getpid()}-")
     shutil.copy2(src, dst)
     return dst
 
@@ -65,10 +65,10 @@ def load_average():
 class Flipstack:
     """`flipstack up` (or `serve`) in its own temporary data dir, stopped on exit."""
 
-    def __init__(self, env=None, command="up"):
+    def __init__(self, env=None, command="up", bin=None):
         self.port = free_port()
         self.data = tempfile.mkdtemp(prefix="flipstack-bench-data-")
-        self.bin = binary()
+        self.bin = binary(bin)
         e = dict(os.environ)
         e.update(
             {

@@ -56,11 +56,16 @@ def main():
         pid = fs.proc.pid
         idle = status_kb(pid, "VmRSS")
         peak = [idle]
+        # What the peak was made of: anonymous memory and mapped file pages.
+        parts = [(status_kb(pid, "RssAnon"), status_kb(pid, "RssFile"))]
         stop = threading.Event()
 
         def sample():
             while not stop.is_set():
-                peak[0] = max(peak[0], status_kb(pid, "VmRSS"))
+                rss = status_kb(pid, "VmRSS")
+                if rss > peak[0]:
+                    peak[0] = rss
+                    parts[0] = (status_kb(pid, "RssAnon"), status_kb(pid, "RssFile"))
                 time.sleep(0.005)
 
         sampler = threading.Thread(target=sample)
@@ -94,6 +99,7 @@ def main():
         f"server RSS: idle {idle / 1024:.1f} MiB, peak sampled {peak[0] / 1024:.1f} MiB, "
         f"VmHWM {hwm / 1024:.1f} MiB, after {after / 1024:.1f} MiB"
     )
+    print(f"at the sampled peak: RssAnon {parts[0][0] / 1024:.1f} MiB, RssFile {parts[0][1] / 1024:.1f} MiB")
     print(f"load average after: {load_average()}")
 
 

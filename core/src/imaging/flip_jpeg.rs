@@ -107,9 +107,9 @@ impl Small {
         } else {
             (raw::TJPF_TJPF_RGB, raw::TJSAMP_TJSAMP_420, raw::TJCS_TJCS_YCbCr)
         };
-        let mut e = TjEncoder::new(THUMB_QUALITY, subsamp as i32, cs as i32).map_err(internal)?;
+        let mut e = TjEncoder::new(THUMB_QUALITY, subsamp, cs as i32).map_err(internal)?;
         let mut encode = |px: &[u8]| -> Result<Vec<u8>, FlipError> {
-            let bytes = e.compress(px, tw, th, pf as i32, self.channels).map_err(internal)?;
+            let bytes = e.compress(px, tw, th, pf, self.channels).map_err(internal)?;
             Ok(jpeg::insert_segments(bytes, &icc))
         };
         let first = encode(&a)?;
@@ -212,6 +212,9 @@ impl DctThumb {
     }
 }
 
+/// A transform's output and the small picture collected on the way.
+type Transformed = (Vec<u8>, Option<DctThumb>);
+
 fn lossless_inner(
     input: &[u8],
     limits: &Limits,
@@ -232,7 +235,7 @@ fn lossless_inner(
     };
 
     // Runs one transform, with a small picture collected on the way when asked.
-    let mut run = |turn: Turn| -> Result<Option<(Vec<u8>, Option<DctThumb>)>, FlipError> {
+    let mut run = |turn: Turn| -> Result<Option<Transformed>, FlipError> {
         let mut small = if want_small { DctThumb::new(input, &frame, colorspace, turn) } else { None };
         let result = match small.as_mut() {
             Some(s) => {
@@ -288,7 +291,7 @@ fn vertical_subsampling(subsamp: i32) -> u32 {
 
 /// The source's subsampling, turned with the picture when it was transposed.
 fn turned_subsamp(subsamp: i32, transposed: bool) -> i32 {
-    let s = if subsamp < 0 { raw::TJSAMP_TJSAMP_420 as i32 } else { subsamp };
+    let s = if subsamp < 0 { raw::TJSAMP_TJSAMP_420 } else { subsamp };
     if !transposed {
         return s;
     }
@@ -368,7 +371,7 @@ fn reencode_inner(input: &[u8], limits: &Limits, want_small: bool) -> Result<(Fl
         };
         // Upright: the decoder writes the rows last first, which is the flip.
         d.set_bottom_up(o == 1).map_err(internal)?;
-        let (pixels, w, h) = d.decode(input, 1, 1, pf as i32, channels).map_err(|e| unreadable("JPEG", e))?;
+        let (pixels, w, h) = d.decode(input, 1, 1, pf, channels).map_err(|e| unreadable("JPEG", e))?;
         let (pixels, w, h) = if o == 1 { (pixels, w, h) } else { turn_pixels(&pixels, w, h, channels, turn) };
         if want_small && !cmyk {
             // The flip, as displayed.
@@ -384,11 +387,10 @@ fn reencode_inner(input: &[u8], limits: &Limits, want_small: bool) -> Result<(Fl
                 display: (w, h),
             });
         }
-        let subsamp =
-            if gray { raw::TJSAMP_TJSAMP_GRAY as i32 } else { turned_subsamp(header.subsamp, turn.transposes()) };
+        let subsamp = if gray { raw::TJSAMP_TJSAMP_GRAY } else { turned_subsamp(header.subsamp, turn.transposes()) };
         let mut e = TjEncoder::new(quality, subsamp, cs).map_err(internal)?;
         set_density(&mut e, input, turn.transposes())?;
-        let bytes = e.compress(&pixels, w, h, pf as i32, channels).map_err(internal)?;
+        let bytes = e.compress(&pixels, w, h, pf, channels).map_err(internal)?;
         (bytes, w, h, "jpeg-reencode")
     };
 
@@ -434,12 +436,10 @@ pub fn thumbnails(input: &[u8], limits: &Limits) -> Result<Thumbnails, FlipError
     let gray = header.colorspace == raw::TJCS_TJCS_GRAY as i32;
     let cmyk = header.colorspace == raw::TJCS_TJCS_CMYK as i32 || header.colorspace == raw::TJCS_TJCS_YCCK as i32;
     let (pixels, w, h, channels) = if gray {
-        let (p, w, h) =
-            d.decode(input, num, denom, raw::TJPF_TJPF_GRAY as i32, 1).map_err(|e| unreadable("JPEG", e))?;
+        let (p, w, h) = d.decode(input, num, denom, raw::TJPF_TJPF_GRAY, 1).map_err(|e| unreadable("JPEG", e))?;
         (p, w, h, 1)
     } else if cmyk {
-        let (p, w, h) =
-            d.decode(input, num, denom, raw::TJPF_TJPF_CMYK as i32, 4).map_err(|e| unreadable("JPEG", e))?;
+        let (p, w, h) = d.decode(input, num, denom, raw::TJPF_TJPF_CMYK, 4).map_err(|e| unreadable("JPEG", e))?;
         // Adobe's inverted CMYK, roughly: enough for a preview.
         let rgb = p
             .chunks_exact(4)
@@ -450,7 +450,7 @@ pub fn thumbnails(input: &[u8], limits: &Limits) -> Result<Thumbnails, FlipError
             .collect();
         (rgb, w, h, 3)
     } else {
-        let (p, w, h) = d.decode(input, num, denom, raw::TJPF_TJPF_RGB as i32, 3).map_err(|e| unreadable("JPEG", e))?;
+        let (p, w, h) = d.decode(input, num, denom, raw::TJPF_TJPF_RGB, 3).map_err(|e| unreadable("JPEG", e))?;
         (p, w, h, 3)
     };
     Small { pixels, width: w as usize, height: h as usize, channels, shown, flipped: false, display: (dw, dh) }

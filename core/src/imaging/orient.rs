@@ -91,8 +91,8 @@ impl Turn {
     /// made of `mcu_w`×`mcu_h` iMCUs? Only edges that move to the top or left
     /// must be whole iMCUs (libjpeg-turbo's `jtransform_perfect_transform`).
     pub fn is_perfect(self, width: u32, height: u32, mcu_w: u32, mcu_h: u32) -> bool {
-        let whole_w = width % mcu_w.max(1) == 0;
-        let whole_h = height % mcu_h.max(1) == 0;
+        let whole_w = width.is_multiple_of(mcu_w.max(1));
+        let whole_h = height.is_multiple_of(mcu_h.max(1));
         match self {
             t if t == Self::HFLIP || t == Self::ROT270 => whole_w,
             t if t == Self::VFLIP || t == Self::ROT90 => whole_h,

@@ -189,7 +189,7 @@ impl TjDecoder {
             return Err("the JPEG's chroma subsampling has no YUV layout".into());
         }
         self.set_scale(1, 1)?;
-        let n = if header.subsamp == raw::TJSAMP_TJSAMP_GRAY as i32 { 1 } else { 3 };
+        let n = if header.subsamp == raw::TJSAMP_TJSAMP_GRAY { 1 } else { 3 };
         let mut planes = Vec::with_capacity(n);
         let mut widths = Vec::with_capacity(n);
         for c in 0..n as i32 {
