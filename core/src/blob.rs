@@ -120,7 +120,12 @@ impl BlobStore {
         let mut src = tokio::fs::File::open(file)
             .await
             .map_err(|e| BlobError::Unavailable(format!("reading the spooled upload: {e}")))?;
-        let mut w = BufWriter::with_capacity(self.store.clone(), self.path(kind, id), 8 * 1024 * 1024);
+        // S3 wants parts of 5 MiB or more; a local folder takes any size, and
+        // small parts, two at a time, keep a burst of large uploads from
+        // holding tens of MiB each in buffers (32 × 20 MB: peak RSS).
+        let (part, in_flight) = if self.kind == "file" { (1024 * 1024, 2) } else { (8 * 1024 * 1024, 8) };
+        let mut w =
+            BufWriter::with_capacity(self.store.clone(), self.path(kind, id), part).with_max_concurrency(in_flight);
         let n = tokio::io::copy(&mut src, &mut w)
             .await
             .map_err(|e| BlobError::Unavailable(format!("writing to the blob store: {e}")))?;

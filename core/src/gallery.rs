@@ -60,6 +60,16 @@ pub struct Gallery {
     /// Invalidations the cache refused (it was down): retried until they land,
     /// so a cache that comes back cannot serve a page older than a write.
     unsent: Mutex<HashMap<String, WriteReceipt>>,
+    /// Pages last decoded from the cache, with the bytes they came from: a
+    /// hit whose bytes are unchanged is not parsed again (parsing was a
+    /// quarter of a cached gallery request), and callers get the same `Arc`.
+    decoded: moka::sync::Cache<String, Arc<DecodedPage>>,
+}
+
+struct DecodedPage {
+    bytes: Vec<u8>,
+    token: u64,
+    page: Arc<GalleryPage>,
 }
 
 fn watermark_key(person_hash: &str) -> String {
@@ -88,7 +98,30 @@ impl Gallery {
             ttl,
             in_flight: Mutex::new(HashMap::new()),
             unsent: Mutex::new(HashMap::new()),
+            decoded: moka::sync::Cache::builder()
+                // Weighed by the cached bytes (the decoded page is about as big).
+                .weigher(|k: &String, v: &Arc<DecodedPage>| {
+                    (k.len() + 2 * v.bytes.len()).try_into().unwrap_or(u32::MAX)
+                })
+                .max_capacity(32 * 1024 * 1024)
+                .build(),
         })
+    }
+
+    /// The token and page of cached bytes, parsed only when they changed.
+    fn decode_page(&self, key: &str, bytes: &[u8]) -> Option<(u64, Arc<GalleryPage>)> {
+        if let Some(d) = self.decoded.get(key)
+            && d.bytes == bytes
+        {
+            return Some((d.token, d.page.clone()));
+        }
+        let hit = serde_json::from_slice::<CachedPage>(bytes).ok()?;
+        let page = Arc::new(hit.page);
+        self.decoded.insert(
+            key.to_owned(),
+            Arc::new(DecodedPage { bytes: bytes.to_vec(), token: hit.token, page: page.clone() }),
+        );
+        Some((hit.token, page))
     }
 
     /// Page `page` (from 0) of a person's gallery, newest first.
@@ -117,11 +150,11 @@ impl Gallery {
         let watermark =
             cached.get(&wm_key).and_then(|c| serde_json::from_slice::<Watermark>(&c.data).ok().map(|w| (w, c.cas)));
         if let Some((wm, _)) = &watermark
-            && let Some(hit) = cached.get(&pg_key).and_then(|c| serde_json::from_slice::<CachedPage>(&c.data).ok())
-            && hit.token == wm.token
+            && let Some((token, hit)) = cached.get(&pg_key).and_then(|c| self.decode_page(&pg_key, &c.data))
+            && token == wm.token
         {
             self.metrics.cache_hits.inc();
-            return Ok(self.answer(person_hash, page, Arc::new(hit.page), ReadSource::Cache));
+            return Ok(self.answer(person_hash, page, hit, ReadSource::Cache));
         }
         self.metrics.cache_misses.inc();
         let flight_key = format!("{pg_key}:{}", watermark.as_ref().map(|(w, _)| w.token).unwrap_or(0));

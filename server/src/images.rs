@@ -57,6 +57,11 @@ pub async fn image(
         Some((person, format)) if person == me.person_id => format,
         _ => return Ok(plain(StatusCode::NOT_FOUND, "No such picture.")),
     };
+    // Thumbnails may be stored in another format than the upload's.
+    let format = match kind {
+        BlobKind::OriginalThumb | BlobKind::FlippedThumb => flipstack_core::imaging::thumbnail_format(format),
+        BlobKind::Original | BlobKind::Flipped => format,
+    };
     let etag = format!("\"{}-{}\"", id, variant);
     let unavailable = |e: flipstack_core::blob::BlobError| {
         tracing::warn!(error = %e, upload = %id, "blob store read failed");

@@ -138,6 +138,7 @@ pub async fn start(services: Arc<Services>, addr: SocketAddr) -> Result<RunningS
         owners: moka::sync::Cache::new(100_000),
         started_at: Instant::now(),
         public_url: std::sync::OnceLock::new(),
+        rendered: state::rendered_cache(),
     });
     let (bound, serving) = warp::serve(routes(state.clone()))
         .try_bind_with_graceful_shutdown(addr, async {

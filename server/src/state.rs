@@ -32,6 +32,25 @@ pub struct AppState {
     /// Where people reach this server (mailed links): the configured public
     /// URL, else the address it is bound to (known once bound).
     pub public_url: std::sync::OnceLock<String>,
+    /// Gallery pages as rendered for one session (keyed by its CSRF token,
+    /// which no other session has) and page number, with the decoded page
+    /// they show: a cached gallery is rendered again only when it changed.
+    pub rendered: moka::sync::Cache<(String, u64), Arc<RenderedGallery>>,
+}
+
+pub struct RenderedGallery {
+    pub page: Arc<flipstack_core::store::GalleryPage>,
+    pub html: bytes::Bytes,
+}
+
+/// The rendered-gallery memo, bounded by the bytes it holds.
+pub fn rendered_cache() -> moka::sync::Cache<(String, u64), Arc<RenderedGallery>> {
+    moka::sync::Cache::builder()
+        .weigher(|k: &(String, u64), v: &Arc<RenderedGallery>| {
+            (k.0.len() + v.html.len()).try_into().unwrap_or(u32::MAX)
+        })
+        .max_capacity(64 * 1024 * 1024)
+        .build()
 }
 
 /// One thing that happened, for the admin API's event stream.

@@ -53,6 +53,10 @@ pub struct ItemView {
     pub height: u32,
     pub flipped_width: u32,
     pub flipped_height: u32,
+    /// Both thumbnails exist (the worker made them) at this size.
+    pub has_thumbs: bool,
+    pub thumb_width: u32,
+    pub thumb_height: u32,
     pub created: String,
     pub created_iso: String,
 }
@@ -64,6 +68,7 @@ impl ItemView {
         let created = at.format(format_description!("[year]-[month]-[day] [hour]:[minute] UTC")).unwrap_or_default();
         let created_iso = at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         let (fw, fh) = (item.flipped_width.unwrap_or(item.width), item.flipped_height.unwrap_or(item.height));
+        let thumb = item.thumb_width.zip(item.thumb_height);
         ItemView {
             id: item.id.0,
             name: item.name.as_str().to_owned(),
@@ -79,6 +84,9 @@ impl ItemView {
             height: item.height,
             flipped_width: fw,
             flipped_height: fh,
+            has_thumbs: item.state == UploadState::Done && thumb.is_some(),
+            thumb_width: thumb.map_or(0, |t| t.0),
+            thumb_height: thumb.map_or(0, |t| t.1),
             created,
             created_iso,
         }

@@ -12,8 +12,8 @@ use crate::views::{Chrome, MessagePage};
 
 pub type Resp = warp::reply::Response;
 
-pub fn html(status: StatusCode, body: String) -> Resp {
-    let mut r = warp::http::Response::new(Body::from(body));
+pub fn html(status: StatusCode, body: impl Into<Body>) -> Resp {
+    let mut r = warp::http::Response::new(body.into());
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     // Pages show a person's own data: never stored by shared caches.

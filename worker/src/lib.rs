@@ -376,27 +376,41 @@ async fn flip_and_store(
         }
     };
     let (format, limits) = (upload.format, services.limits);
-    let work = tokio::task::spawn_blocking(move || imaging::flip(&original, format, &limits));
-    let flipped = match tokio::time::timeout(options.job_timeout, work).await {
+    imaging::keep_memory_between_flips();
+    let work = tokio::task::spawn_blocking(move || imaging::flip_with_thumbnails(&original, format, &limits));
+    let processed = match tokio::time::timeout(options.job_timeout, work).await {
         Err(_) => return Err(JobError::Stuck),
         Ok(Err(join)) => return Err(JobError::Transient(format!("the flip crashed: {join}"))),
         Ok(Ok(Err(FlipError::Unreadable(reason)))) => return Err(JobError::Permanent(reason)),
         Ok(Ok(Err(FlipError::Internal(reason)))) => return Err(JobError::Transient(reason)),
-        Ok(Ok(Ok(f))) => f,
+        Ok(Ok(Ok(p))) => p,
     };
+    let flipped = processed.flipped;
+    // Thumbnails are a convenience: without them the gallery shows the full
+    // pictures, so their failure does not fail the job.
+    let thumbs =
+        processed.thumbnails.inspect_err(|e| tracing::warn!(upload = %upload.id, error = %e, "no thumbnails")).ok();
     let outcome = FlipOutcome {
         flipped_bytes: flipped.bytes.len() as u64,
         flipped_width: flipped.width,
         flipped_height: flipped.height,
         method: flipped.method.to_owned(),
-        thumb_width: None,
-        thumb_height: None,
+        thumb_width: thumbs.as_ref().map(|t| t.width),
+        thumb_height: thumbs.as_ref().map(|t| t.height),
     };
-    services
-        .blobs
-        .put(BlobKind::Flipped, upload.id, flipped.bytes)
-        .await
-        .map_err(|e| JobError::Transient(format!("could not store the flipped picture: {e}")))?;
+    let stored =
+        |e: flipstack_core::blob::BlobError| JobError::Transient(format!("could not store the flipped picture: {e}"));
+    match thumbs {
+        Some(t) => {
+            tokio::try_join!(
+                services.blobs.put(BlobKind::Flipped, upload.id, flipped.bytes),
+                services.blobs.put(BlobKind::OriginalThumb, upload.id, t.original),
+                services.blobs.put(BlobKind::FlippedThumb, upload.id, t.flipped),
+            )
+            .map_err(stored)?;
+        }
+        None => services.blobs.put(BlobKind::Flipped, upload.id, flipped.bytes).await.map_err(stored)?,
+    }
     Ok(outcome)
 }
 

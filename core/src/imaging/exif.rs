@@ -132,6 +132,84 @@ pub fn orientation_strict(tiff: &[u8]) -> Result<Orientation, ExifError> {
     Ok(orientation.unwrap_or(1))
 }
 
+/// Where IFD0's Orientation entry and the EXIF IFD's pixel dimensions sit.
+struct Entries {
+    little: bool,
+    orientation: Option<usize>,
+    /// (entry offset, type) of PixelXDimension and PixelYDimension.
+    dims: [Option<(usize, u16)>; 2],
+}
+
+const TAG_PIXEL_X: u16 = 0xA002;
+const TAG_PIXEL_Y: u16 = 0xA003;
+
+fn entries(tiff: &[u8]) -> Result<Entries, ExifError> {
+    let little = match tiff.get(0..4) {
+        Some([b'I', b'I', 42, 0]) => true,
+        Some([b'M', b'M', 0, 42]) => false,
+        _ => return Err(ExifError::NoHeader),
+    };
+    let t = Tiff { data: tiff, little };
+    let mut found = Entries { little, orientation: None, dims: [None, None] };
+    let mut visited: Vec<usize> = Vec::new();
+    let mut queue = vec![(t.u32_at(4)? as usize, true)];
+    while let Some((ifd, is_ifd0)) = queue.pop() {
+        if ifd == 0 {
+            continue;
+        }
+        if visited.contains(&ifd) {
+            return Err(ExifError::Loop);
+        }
+        if visited.len() >= MAX_IFDS {
+            return Err(ExifError::TooBig);
+        }
+        visited.push(ifd);
+        let count = t.u16_at(ifd)? as usize;
+        if count > MAX_ENTRIES || ifd + 2 + count * 12 + 4 > tiff.len() {
+            return Err(ExifError::OutOfBounds);
+        }
+        for i in 0..count {
+            let e = ifd + 2 + i * 12;
+            let (tag, typ, n) = (t.u16_at(e)?, t.u16_at(e + 2)?, t.u32_at(e + 4)?);
+            match tag {
+                TAG_ORIENTATION if is_ifd0 && typ == 3 && n == 1 => found.orientation = Some(e),
+                TAG_EXIF_IFD if is_ifd0 => queue.push((t.u32_at(e + 8)? as usize, false)),
+                TAG_PIXEL_X | TAG_PIXEL_Y if !is_ifd0 && (typ == 3 || typ == 4) && n == 1 => {
+                    found.dims[(tag - TAG_PIXEL_X) as usize] = Some((e, typ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Rewrites, in place, IFD0's Orientation tag and (when the picture was
+/// turned a quarter) swaps the EXIF IFD's pixel dimensions. Nothing moves,
+/// so every other offset in the block stays right. Fails when there is no
+/// Orientation entry to rewrite and `orientation` is not 1.
+pub fn rewrite_orientation(tiff: &mut [u8], orientation: Orientation, swap_dims: bool) -> Result<(), ExifError> {
+    let found = entries(tiff)?;
+    let put16 = |buf: &mut [u8], at: usize, v: u16| {
+        let b = if found.little { v.to_le_bytes() } else { v.to_be_bytes() };
+        buf[at..at + 2].copy_from_slice(&b);
+    };
+    match found.orientation {
+        Some(e) => put16(tiff, e + 8, orientation as u16),
+        None if orientation == 1 => {}
+        None => return Err(ExifError::OutOfBounds),
+    }
+    if let (true, [Some((ex, tx)), Some((ey, ty))]) = (swap_dims, found.dims) {
+        // Each value sits in its entry's 4-byte field: swap the fields.
+        if tx == ty {
+            let x: [u8; 4] = tiff[ex + 8..ex + 12].try_into().expect("4 bytes");
+            tiff.copy_within(ey + 8..ey + 12, ex + 8);
+            tiff[ey + 8..ey + 12].copy_from_slice(&x);
+        }
+    }
+    Ok(())
+}
+
 /// The worker's reading: anything unusable means "no rotation".
 pub fn orientation_lenient(tiff: &[u8]) -> Orientation {
     orientation_strict(tiff).unwrap_or(1)
@@ -191,6 +269,15 @@ mod tests {
         assert_eq!(orientation_strict(&tiff_with(6, 0)), Ok(6));
         assert_eq!(orientation_strict(&tiff_with(9999, 0)), Err(ExifError::BadOrientation(9999)));
         assert_eq!(orientation_lenient(&tiff_with(0, 0)), 1);
+    }
+
+    #[test]
+    fn rewrites_orientation_in_place() {
+        let mut t = tiff_with(6, 0);
+        rewrite_orientation(&mut t, 3, true).unwrap();
+        assert_eq!(orientation_strict(&t), Ok(3));
+        assert_eq!(t.len(), tiff_with(6, 0).len());
+        assert_eq!(rewrite_orientation(&mut b"junk".to_vec(), 1, false), Err(ExifError::NoHeader));
     }
 
     #[test]

@@ -1,28 +1,72 @@
 //! The worker's flip: a vertical flip (top row becomes bottom row) of the
-//! picture as it is displayed, so EXIF orientation is applied first. The
-//! output has the input's format; alpha is kept; every frame of an animated
-//! GIF is flipped exactly (palettes, delays and disposal kept). Decoders run
-//! with limits (pixels, memory, scans, frames), so a hostile file fails its
-//! job instead of the worker.
+//! picture as it is displayed. The output has the input's format. JPEG goes
+//! through libjpeg-turbo ([`super::flip_jpeg`]: lossless where possible);
+//! PNG and WebP through the `image` crate with alpha and ICC kept; every
+//! frame of an animated GIF is flipped exactly (palettes, delays and
+//! disposal kept). The worker also gets thumbnails of the original and of
+//! the flip. Decoders run with limits (pixels, memory, scans, frames), so a
+//! hostile file fails its job instead of the worker.
 
 use std::io::Cursor;
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::codecs::webp::WebPEncoder;
+use image::imageops::FilterType as Resample;
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageReader};
 
-use super::exif;
+use super::flip_jpeg;
 use super::inspect::Limits;
-use super::tj::TjDecoder;
 use crate::domain::ImageFormat;
+
+/// Thumbnails are this many pixels on their long side (never enlarged).
+pub const THUMB_LONG_SIDE: u32 = 480;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flipped {
     pub bytes: Vec<u8>,
     pub width: u32,
     pub height: u32,
-    /// How it was made: `jpeg-reencode`, `png`, `webp-lossless`, `gif-frames`.
+    /// How it was made: `jpeg-lossless-vflip`, `jpeg-lossless-hflip`,
+    /// `jpeg-lossless-transpose`, `jpeg-reencode-yuv`, `jpeg-reencode`,
+    /// `png`, `webp-lossless`, `gif-frames`.
     pub method: &'static str,
+}
+
+/// Thumbnails of the displayed picture and of its flip (one size for both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thumbnails {
+    pub original: Vec<u8>,
+    pub flipped: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    /// What they are encoded as: [`thumbnail_format`] of the upload's format.
+    pub format: ImageFormat,
+}
+
+/// The flip and, when they could be made, the thumbnails.
+#[derive(Debug)]
+pub struct Processed {
+    pub flipped: Flipped,
+    pub thumbnails: Result<Thumbnails, FlipError>,
+}
+
+/// The format thumbnails of an upload are stored in: JPEG stays JPEG; the
+/// others become PNG (alpha kept; a GIF's thumbnail is its first frame).
+pub fn thumbnail_format(format: ImageFormat) -> ImageFormat {
+    match format {
+        ImageFormat::Jpeg => ImageFormat::Jpeg,
+        ImageFormat::Png | ImageFormat::Gif | ImageFormat::Webp => ImageFormat::Png,
+    }
+}
+
+/// The thumbnail size for a displayed `width`×`height` picture.
+pub(crate) fn thumb_size(width: u32, height: u32) -> (u32, u32) {
+    let long = width.max(height).max(1);
+    if long <= THUMB_LONG_SIDE {
+        return (width.max(1), height.max(1));
+    }
+    let scale = |d: u32| ((d as u64 * THUMB_LONG_SIDE as u64 + long as u64 / 2) / long as u64).max(1) as u32;
+    (scale(width), scale(height))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,14 +81,53 @@ pub enum FlipError {
 
 pub fn flip(input: &[u8], format: ImageFormat, limits: &Limits) -> Result<Flipped, FlipError> {
     match format {
-        ImageFormat::Jpeg => flip_jpeg(input, limits),
-        ImageFormat::Png => flip_with_image_crate(input, image::ImageFormat::Png, limits),
-        ImageFormat::Webp => flip_with_image_crate(input, image::ImageFormat::WebP, limits),
+        ImageFormat::Jpeg => flip_jpeg::flip_jpeg(input, limits),
+        ImageFormat::Png | ImageFormat::Webp => {
+            let (img, icc) = decode_with_image_crate(input, format, limits)?;
+            encode_flipped(img.flipv(), icc, format)
+        }
         ImageFormat::Gif => flip_gif(input, limits),
     }
 }
 
-fn unreadable(format: &str, e: impl std::fmt::Display) -> FlipError {
+/// The flip and both thumbnails, decoding the picture once where the
+/// format allows. A thumbnail failure does not fail the flip.
+pub fn flip_with_thumbnails(input: &[u8], format: ImageFormat, limits: &Limits) -> Result<Processed, FlipError> {
+    match format {
+        ImageFormat::Png | ImageFormat::Webp => {
+            let (img, icc) = decode_with_image_crate(input, format, limits)?;
+            let thumbnails = image_thumbnails(&img, icc.clone());
+            let flipped = encode_flipped(img.flipv(), icc, format)?;
+            Ok(Processed { flipped, thumbnails })
+        }
+        ImageFormat::Jpeg => {
+            let (flipped, thumbnails) = flip_jpeg::flip_jpeg_with_thumbnails(input, limits)?;
+            Ok(Processed { flipped, thumbnails })
+        }
+        ImageFormat::Gif => {
+            let flipped = flip(input, format, limits)?;
+            Ok(Processed { flipped, thumbnails: thumbnails(input, format, limits) })
+        }
+    }
+}
+
+/// Thumbnails alone (about [`THUMB_LONG_SIDE`] pixels on the long side).
+pub fn thumbnails(input: &[u8], format: ImageFormat, limits: &Limits) -> Result<Thumbnails, FlipError> {
+    match format {
+        ImageFormat::Jpeg => flip_jpeg::thumbnails(input, limits),
+        ImageFormat::Png | ImageFormat::Webp => {
+            let (img, icc) = decode_with_image_crate(input, format, limits)?;
+            image_thumbnails(&img, icc)
+        }
+        ImageFormat::Gif => {
+            // The first frame, composited on the canvas.
+            let (img, _) = decode_with_image_crate(input, format, limits)?;
+            image_thumbnails(&img, None)
+        }
+    }
+}
+
+pub(crate) fn unreadable(format: &str, e: impl std::fmt::Display) -> FlipError {
     FlipError::Unreadable(format!("the {format} picture could not be decoded: {e}"))
 }
 
@@ -57,83 +140,22 @@ fn image_limits(limits: &Limits) -> image::Limits {
     l
 }
 
-/// Decode → orient → flip → encode with libjpeg-turbo, at the source's
-/// chroma subsampling.
-fn flip_jpeg(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
-    let orientation = exif::jpeg_exif(input).map(exif::orientation_lenient).unwrap_or(1);
-    let mut d = TjDecoder::new(limits.max_scans, limits.max_pixels).map_err(FlipError::Internal)?;
-    let header = d.header(input).map_err(|e| unreadable("JPEG", e))?;
-    let gray = header.colorspace == turbojpeg::raw::TJCS_TJCS_GRAY as i32;
-    let (pf, channels) =
-        if gray { (turbojpeg::raw::TJPF_TJPF_GRAY as i32, 1) } else { (turbojpeg::raw::TJPF_TJPF_RGB as i32, 3) };
-    let (pixels, w, h) = d.decode(input, 1, 1, pf, channels).map_err(|e| unreadable("JPEG", e))?;
-    let mut img = if gray {
-        DynamicImage::ImageLuma8(
-            image::GrayImage::from_raw(w, h, pixels)
-                .ok_or_else(|| FlipError::Internal("decoded buffer size".into()))?,
-        )
-    } else {
-        DynamicImage::ImageRgb8(
-            image::RgbImage::from_raw(w, h, pixels).ok_or_else(|| FlipError::Internal("decoded buffer size".into()))?,
-        )
-    };
-    if let Some(o) = image::metadata::Orientation::from_exif(orientation) {
-        img.apply_orientation(o);
-    }
-    let img = img.flipv();
-    let subsamp = if gray { turbojpeg::Subsamp::Gray } else { source_subsamp(header.subsamp, orientation >= 5) };
-    let (width, height) = (img.width(), img.height());
-    let bytes = if gray {
-        let luma = img.into_luma8();
-        let image = turbojpeg::Image {
-            pixels: luma.as_raw().as_slice(),
-            width: width as usize,
-            pitch: width as usize,
-            height: height as usize,
-            format: turbojpeg::PixelFormat::GRAY,
-        };
-        turbojpeg::compress(image, 92, subsamp)
-    } else {
-        let rgb = img.into_rgb8();
-        let image = turbojpeg::Image {
-            pixels: rgb.as_raw().as_slice(),
-            width: width as usize,
-            pitch: width as usize * 3,
-            height: height as usize,
-            format: turbojpeg::PixelFormat::RGB,
-        };
-        turbojpeg::compress(image, 92, subsamp)
-    }
-    .map_err(|e| FlipError::Internal(format!("JPEG encoding failed: {e}")))?;
-    Ok(Flipped { bytes: bytes.to_vec(), width, height, method: "jpeg-reencode" })
-}
-
-/// The source's chroma subsampling, turned with the picture when EXIF turned it.
-fn source_subsamp(tjsamp: i32, transposed: bool) -> turbojpeg::Subsamp {
-    use turbojpeg::Subsamp::*;
-    let s = match tjsamp {
-        0 => None,
-        1 => Sub2x1,
-        2 => Sub2x2,
-        4 => Sub1x2,
-        5 => Sub4x1,
-        6 => Sub1x4,
-        _ => Sub2x2,
-    };
-    if !transposed {
-        return s;
-    }
-    match s {
-        Sub2x1 => Sub1x2,
-        Sub1x2 => Sub2x1,
-        Sub4x1 => Sub1x4,
-        Sub1x4 => Sub4x1,
-        other => other,
+fn image_format(format: ImageFormat) -> (image::ImageFormat, &'static str) {
+    match format {
+        ImageFormat::Png => (image::ImageFormat::Png, "PNG"),
+        ImageFormat::Gif => (image::ImageFormat::Gif, "GIF"),
+        ImageFormat::Webp | ImageFormat::Jpeg => (image::ImageFormat::WebP, "WebP"),
     }
 }
 
-fn flip_with_image_crate(input: &[u8], format: image::ImageFormat, limits: &Limits) -> Result<Flipped, FlipError> {
-    let name = if format == image::ImageFormat::Png { "PNG" } else { "WebP" };
+/// Decodes with the `image` crate under the limits, orientation applied;
+/// returns the picture as displayed and its ICC profile.
+fn decode_with_image_crate(
+    input: &[u8],
+    format: ImageFormat,
+    limits: &Limits,
+) -> Result<(DynamicImage, Option<Vec<u8>>), FlipError> {
+    let (format, name) = image_format(format);
     let mut reader = ImageReader::with_format(Cursor::new(input), format);
     reader.limits(image_limits(limits));
     let mut decoder = reader.into_decoder().map_err(|e| unreadable(name, e))?;
@@ -145,10 +167,13 @@ fn flip_with_image_crate(input: &[u8], format: image::ImageFormat, limits: &Limi
     let icc = decoder.icc_profile().ok().flatten();
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| unreadable(name, e))?;
     img.apply_orientation(orientation);
-    let img = img.flipv();
+    Ok((img, icc))
+}
+
+fn encode_flipped(img: DynamicImage, icc: Option<Vec<u8>>, format: ImageFormat) -> Result<Flipped, FlipError> {
     let (width, height) = (img.width(), img.height());
     let mut out = Vec::new();
-    let method = if format == image::ImageFormat::Png {
+    let method = if format == ImageFormat::Png {
         let mut enc = PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
         if let Some(icc) = icc {
             let _ = enc.set_icc_profile(icc);
@@ -173,6 +198,34 @@ fn flip_with_image_crate(input: &[u8], format: image::ImageFormat, limits: &Limi
         "webp-lossless"
     };
     Ok(Flipped { bytes: out, width, height, method })
+}
+
+/// PNG thumbnails (alpha kept) of a decoded, displayed picture.
+fn image_thumbnails(img: &DynamicImage, icc: Option<Vec<u8>>) -> Result<Thumbnails, FlipError> {
+    let (tw, th) = thumb_size(img.width(), img.height());
+    // 8 bits per channel is plenty for a preview; 16-bit PNGs are halved.
+    let small = if img.color().has_alpha() {
+        DynamicImage::ImageRgba8(img.resize_exact(tw, th, Resample::CatmullRom).into_rgba8())
+    } else {
+        DynamicImage::ImageRgb8(img.resize_exact(tw, th, Resample::CatmullRom).into_rgb8())
+    };
+    let png = |img: &DynamicImage| -> Result<Vec<u8>, FlipError> {
+        let mut out = Vec::new();
+        let mut enc = PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
+        if let Some(icc) = icc.clone() {
+            let _ = enc.set_icc_profile(icc);
+        }
+        enc.write_image(img.as_bytes(), tw, th, img.color().into())
+            .map_err(|e| FlipError::Internal(format!("PNG thumbnail encoding failed: {e}")))?;
+        Ok(out)
+    };
+    Ok(Thumbnails {
+        original: png(&small)?,
+        flipped: png(&small.flipv())?,
+        width: tw,
+        height: th,
+        format: ImageFormat::Png,
+    })
 }
 
 /// Flips every frame in its palette indices and mirrors its position on the
