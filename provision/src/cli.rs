@@ -149,18 +149,13 @@ pub fn spec(args: &UpArgs, config: &Config) -> StackSpec {
     spec.ami = args.ami.clone();
     spec.web_instance_type = args.web_instance_type.clone();
     spec.worker_instance_type = args.worker_instance_type.clone();
-    spec.web = Capacity {
-        min: args.web_min,
-        max: args.web_max,
-    };
+    spec.web = Capacity { min: args.web_min, max: args.web_max };
     spec.worker = Capacity {
         min: args.worker_min.unwrap_or(config.workers_min),
         max: args.worker_max.unwrap_or(config.workers_max),
     };
     spec.requests_per_target = args.requests_per_target;
-    spec.backlog_per_worker = args
-        .backlog_per_worker
-        .unwrap_or(config.backlog_per_worker as f64);
+    spec.backlog_per_worker = args.backlog_per_worker.unwrap_or(config.backlog_per_worker as f64);
     spec.warmup_secs = args.warmup_secs;
     spec.db_instance_class = args.db_instance_class.clone();
     spec.db_engine_version = args.db_engine_version.clone();
@@ -231,32 +226,19 @@ pub async fn run(cmd: ProvisionCommand, config: &Config) -> Result<()> {
             let aws = settings(&args.target, config);
             let options = DownOptions {
                 final_snapshot: args.final_snapshot,
-                waits: aws::Waits {
-                    poll: Duration::from_secs(args.poll_secs.max(1)),
-                    ..aws::Waits::default()
-                },
+                waits: aws::Waits { poll: Duration::from_secs(args.poll_secs.max(1)), ..aws::Waits::default() },
             };
             let view = Progress::new();
-            let done = aws::down(&aws, &args.target.stack, &options, &|e: &Event| {
-                view.show(e)
-            })
-            .await;
+            let done = aws::down(&aws, &args.target.stack, &options, &|e: &Event| view.show(e)).await;
             view.finish();
             let done = done?;
             for (kind, name, why) in &done.left_alone {
                 eprintln!("left alone: {kind} {name}: {why}");
             }
             if done.deleted.is_empty() && done.failed.is_empty() {
-                println!(
-                    "stack {}: nothing carries its tag; nothing deleted",
-                    done.stack
-                );
+                println!("stack {}: nothing carries its tag; nothing deleted", done.stack);
             } else {
-                println!(
-                    "stack {}: {} resources deleted",
-                    done.stack,
-                    done.deleted.len()
-                );
+                println!("stack {}: {} resources deleted", done.stack, done.deleted.len());
             }
             if !done.failed.is_empty() {
                 for (kind, name, why) in &done.failed {
@@ -298,10 +280,7 @@ pub async fn run(cmd: ProvisionCommand, config: &Config) -> Result<()> {
                 }
             }
             for r in &st.not_ours {
-                println!(
-                    "not this stack's (left alone): {} {}: {}",
-                    r.kind, r.name, r.state
-                );
+                println!("not this stack's (left alone): {} {}: {}", r.kind, r.name, r.state);
             }
             if let Some(u) = &st.public_url {
                 println!("\nthe service: {u}/");
@@ -363,10 +342,7 @@ impl Progress {
             Step::Creating => start("creating"),
             Step::Updating(changes) => start(&format!("changing ({})", changes.join("; "))),
             Step::Deleting => start("deleting"),
-            Step::Waiting {
-                what: waiting,
-                elapsed_secs,
-            } => {
+            Step::Waiting { what: waiting, elapsed_secs } => {
                 let msg = format!("waiting for {what} {waiting} ({elapsed_secs} s)");
                 let shown = self.active.lock().ok().and_then(|a| {
                     a.get(&key).map(|(bar, _)| {

@@ -17,9 +17,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use base64::Engine;
 use clap::Parser;
 use flipstack_core::aws::{AwsSettings, sdk_config};
-use flipstack_provision::aws::{
-    self, Change, DownOptions, Event, Kind, Plan, ProvisionError, StackSpec, Step, Waits,
-};
+use flipstack_provision::aws::{self, Change, DownOptions, Event, Kind, Plan, ProvisionError, StackSpec, Step, Waits};
 use flipstack_provision::cli::ProvisionCommand;
 use flipstack_provision::fleet::{ROLE_TAG, STACK_TAG, fleet, group_name};
 use rand::Rng;
@@ -37,13 +35,8 @@ fn endpoint() -> Option<String> {
                 host == "localhost" || host == "[::1]" || host.starts_with("127."),
                 "FLIPSTACK_TEST_AWS_ENDPOINT must be a loopback address, not {host}"
             );
-            let port = parsed
-                .port()
-                .expect("FLIPSTACK_TEST_AWS_ENDPOINT names its port");
-            assert!(
-                port >= 1024,
-                "the test endpoint must not be on a standard port ({port})"
-            );
+            let port = parsed.port().expect("FLIPSTACK_TEST_AWS_ENDPOINT names its port");
+            assert!(port >= 1024, "the test endpoint must not be on a standard port ({port})");
             Some(url)
         }
         _ => {
@@ -53,27 +46,20 @@ fn endpoint() -> Option<String> {
                     "FLIPSTACK_TEST_TIERS asks for the aws tests but FLIPSTACK_TEST_AWS_ENDPOINT is not set: start `moto_server -H 127.0.0.1 -p PORT` and set it to http://127.0.0.1:PORT (with AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing)"
                 );
             }
-            println!(
-                "AWS tests not requested: FLIPSTACK_TEST_AWS_ENDPOINT is not set (see docs/aws.md)"
-            );
+            println!("AWS tests not requested: FLIPSTACK_TEST_AWS_ENDPOINT is not set (see docs/aws.md)");
             None
         }
     }
 }
 
 fn settings(endpoint: &str) -> AwsSettings {
-    AwsSettings {
-        region: REGION.into(),
-        endpoint: Some(endpoint.into()),
-    }
+    AwsSettings { region: REGION.into(), endpoint: Some(endpoint.into()) }
 }
 
 /// A stack name no other test uses.
 fn unique(prefix: &str) -> String {
     let mut rng = rand::rng();
-    let tail: String = (0..6)
-        .map(|_| (b'a' + rng.random_range(0..26u8)) as char)
-        .collect();
+    let tail: String = (0..6).map(|_| (b'a' + rng.random_range(0..26u8)) as char).collect();
     format!("{prefix}{tail}")
 }
 
@@ -101,10 +87,7 @@ fn spec(endpoint: &str, stack: &str, binary: &std::path::Path) -> StackSpec {
     s.backlog_per_worker = 6.0;
     s.requests_per_target = 500.0;
     s.warmup_secs = 90;
-    s.waits = Waits {
-        poll: Duration::from_millis(50),
-        timeout: Duration::from_secs(60),
-    };
+    s.waits = Waits { poll: Duration::from_millis(50), timeout: Duration::from_secs(60) };
     s
 }
 
@@ -128,29 +111,20 @@ async fn clients(endpoint: &str) -> Clients {
         iam: aws_sdk_iam::Client::new(&conf),
         rds: aws_sdk_rds::Client::new(&conf),
         cache: aws_sdk_elasticache::Client::new(&conf),
-        s3: aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&conf)
-                .force_path_style(true)
-                .build(),
-        ),
+        s3: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build()),
         sqs: aws_sdk_sqs::Client::new(&conf),
     }
 }
 
 fn kinds(plan: &Plan) -> Vec<(Kind, String)> {
-    plan.actions
-        .iter()
-        .map(|a| (a.kind, a.name.clone()))
-        .collect()
+    plan.actions.iter().map(|a| (a.kind, a.name.clone())).collect()
 }
 
 /// Every resource `up` makes for a stack, as (kind, name).
 fn expected_resources(stack: &str) -> BTreeSet<(Kind, String)> {
     let f = |s: &str| format!("flipstack-{stack}-{s}");
-    let mut out: BTreeSet<(Kind, String)> = ["lb", "web", "worker", "db", "cache"]
-        .iter()
-        .map(|r| (Kind::SecurityGroup, f(r)))
-        .collect();
+    let mut out: BTreeSet<(Kind, String)> =
+        ["lb", "web", "worker", "db", "cache"].iter().map(|r| (Kind::SecurityGroup, f(r))).collect();
     out.extend([
         (Kind::Queue, f("jobs")),
         (Kind::DeadLetterQueue, f("jobs-dlq")),
@@ -184,12 +158,7 @@ async fn ingress(c: &Clients, stack: &str) -> BTreeMap<String, BTreeSet<(i32, St
     let out = c
         .ec2
         .describe_security_groups()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{STACK_TAG}"))
-                .values(stack)
-                .build(),
-        )
+        .filters(Filter::builder().name(format!("tag:{STACK_TAG}")).values(stack).build())
         .send()
         .await
         .unwrap();
@@ -197,13 +166,8 @@ async fn ingress(c: &Clients, stack: &str) -> BTreeMap<String, BTreeSet<(i32, St
         .security_groups()
         .iter()
         .map(|g| {
-            let role = g
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some(ROLE_TAG))
-                .and_then(|t| t.value())
-                .unwrap_or("?")
-                .to_owned();
+            let role =
+                g.tags().iter().find(|t| t.key() == Some(ROLE_TAG)).and_then(|t| t.value()).unwrap_or("?").to_owned();
             (g.group_id().unwrap().to_owned(), role)
         })
         .collect();
@@ -219,10 +183,7 @@ async fn ingress(c: &Clients, stack: &str) -> BTreeMap<String, BTreeSet<(i32, St
             }
             for pair in p.user_id_group_pairs() {
                 let id = pair.group_id().unwrap();
-                set.insert((
-                    port,
-                    format!("sg:{}", roles.get(id).cloned().unwrap_or(id.to_owned())),
-                ));
+                set.insert((port, format!("sg:{}", roles.get(id).cloned().unwrap_or(id.to_owned()))));
             }
             assert!(p.ipv6_ranges().is_empty() && p.prefix_list_ids().is_empty());
         }
@@ -251,11 +212,7 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
 
     // Security groups: exactly these rules; 0.0.0.0/0 only on the load balancer.
     let rules = ingress(c, stack).await;
-    let set = |v: &[(i32, &str)]| {
-        v.iter()
-            .map(|(p, s)| (*p, s.to_string()))
-            .collect::<BTreeSet<_>>()
-    };
+    let set = |v: &[(i32, &str)]| v.iter().map(|(p, s)| (*p, s.to_string())).collect::<BTreeSet<_>>();
     assert_eq!(rules["lb"], set(&[(80, "0.0.0.0/0")]));
     assert_eq!(rules["web"], set(&[(8080, "sg:lb")]));
     assert_eq!(rules["worker"], set(&[]));
@@ -264,75 +221,26 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
     assert_eq!(rules.len(), 5);
 
     // The bucket: tagged, public access blocked (all four), encrypted, ACLs off.
-    let tags =
-        c.s3.get_bucket_tagging()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap();
-    assert!(has_stack_tag(
-        tags.tag_set().iter().map(|t| (t.key(), t.value())),
-        stack
-    ));
-    let pab =
-        c.s3.get_public_access_block()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap();
+    let tags = c.s3.get_bucket_tagging().bucket(&bucket).send().await.unwrap();
+    assert!(has_stack_tag(tags.tag_set().iter().map(|t| (t.key(), t.value())), stack));
+    let pab = c.s3.get_public_access_block().bucket(&bucket).send().await.unwrap();
     let pab = pab.public_access_block_configuration().unwrap();
     assert_eq!(
-        (
-            pab.block_public_acls(),
-            pab.ignore_public_acls(),
-            pab.block_public_policy(),
-            pab.restrict_public_buckets()
-        ),
+        (pab.block_public_acls(), pab.ignore_public_acls(), pab.block_public_policy(), pab.restrict_public_buckets()),
         (Some(true), Some(true), Some(true), Some(true))
     );
-    c.s3.get_bucket_encryption()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
-    let own =
-        c.s3.get_bucket_ownership_controls()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(
-        own.ownership_controls().unwrap().rules()[0]
-            .object_ownership()
-            .as_str(),
-        "BucketOwnerEnforced"
-    );
-    let head =
-        c.s3.head_object()
-            .bucket(&bucket)
-            .key("release/flipstack")
-            .send()
-            .await
-            .unwrap();
+    c.s3.get_bucket_encryption().bucket(&bucket).send().await.unwrap();
+    let own = c.s3.get_bucket_ownership_controls().bucket(&bucket).send().await.unwrap();
+    assert_eq!(own.ownership_controls().unwrap().rules()[0].object_ownership().as_str(), "BucketOwnerEnforced");
+    let head = c.s3.head_object().bucket(&bucket).key("release/flipstack").send().await.unwrap();
     assert_eq!(head.metadata().unwrap()["sha256"], release_sha);
 
     // The configuration the instances fetch.
-    let conf =
-        c.s3.get_object()
-            .bucket(&bucket)
-            .key("config/flipstack.env")
-            .send()
-            .await
-            .unwrap();
+    let conf = c.s3.get_object().bucket(&bucket).key("config/flipstack.env").send().await.unwrap();
     let conf = String::from_utf8(conf.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
     let vars: BTreeMap<&str, &str> = conf.lines().filter_map(|l| l.split_once('=')).collect();
-    let primary = c
-        .rds
-        .describe_db_instances()
-        .db_instance_identifier(format!("flipstack-{stack}-db"))
-        .send()
-        .await
-        .unwrap();
+    let primary =
+        c.rds.describe_db_instances().db_instance_identifier(format!("flipstack-{stack}-db")).send().await.unwrap();
     let primary = &primary.db_instances()[0];
     let replica = c
         .rds
@@ -342,8 +250,7 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
         .await
         .unwrap();
     let replica = &replica.db_instances()[0];
-    let host =
-        |d: &aws_sdk_rds::types::DbInstance| d.endpoint().unwrap().address().unwrap().to_owned();
+    let host = |d: &aws_sdk_rds::types::DbInstance| d.endpoint().unwrap().address().unwrap().to_owned();
     assert!(vars["FLIPSTACK_DATABASE_URL"].starts_with("mysql://flipstack:"));
     assert!(vars["FLIPSTACK_DATABASE_URL"].contains(&format!("@{}:3306/flipstack", host(primary))));
     assert!(vars["FLIPSTACK_REPLICA_URLS"].contains(&format!("@{}:3306/flipstack", host(replica))));
@@ -351,46 +258,18 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
     assert!(vars["FLIPSTACK_QUEUE_URL"].ends_with(&format!("/flipstack-{stack}-jobs")));
     assert_eq!(vars["FLIPSTACK_AWS_REGION"], REGION);
     assert_eq!(vars["FLIPSTACK_ADMIN_TOKEN"].len(), 64);
-    let lb = c
-        .elb
-        .describe_load_balancers()
-        .names(format!("flipstack-{stack}"))
-        .send()
-        .await
-        .unwrap();
+    let lb = c.elb.describe_load_balancers().names(format!("flipstack-{stack}")).send().await.unwrap();
     let lb = &lb.load_balancers()[0];
-    assert_eq!(
-        vars["FLIPSTACK_PUBLIC_URL"],
-        format!("http://{}", lb.dns_name().unwrap())
-    );
+    assert_eq!(vars["FLIPSTACK_PUBLIC_URL"], format!("http://{}", lb.dns_name().unwrap()));
 
     // Queue and dead-letter queue: tagged, redrive after 5 receives.
-    for name in [
-        format!("flipstack-{stack}-jobs"),
-        format!("flipstack-{stack}-jobs-dlq"),
-    ] {
-        let url = c
-            .sqs
-            .get_queue_url()
-            .queue_name(&name)
-            .send()
-            .await
-            .unwrap();
+    for name in [format!("flipstack-{stack}-jobs"), format!("flipstack-{stack}-jobs-dlq")] {
+        let url = c.sqs.get_queue_url().queue_name(&name).send().await.unwrap();
         let url = url.queue_url().unwrap();
         let tags = c.sqs.list_queue_tags().queue_url(url).send().await.unwrap();
-        assert_eq!(
-            tags.tags().unwrap().get(STACK_TAG).map(String::as_str),
-            Some(stack),
-            "{name}"
-        );
+        assert_eq!(tags.tags().unwrap().get(STACK_TAG).map(String::as_str), Some(stack), "{name}");
     }
-    let url = c
-        .sqs
-        .get_queue_url()
-        .queue_name(format!("flipstack-{stack}-jobs"))
-        .send()
-        .await
-        .unwrap();
+    let url = c.sqs.get_queue_url().queue_name(format!("flipstack-{stack}-jobs")).send().await.unwrap();
     let attrs = c
         .sqs
         .get_queue_attributes()
@@ -400,80 +279,31 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
         .await
         .unwrap();
     let redrive: serde_json::Value =
-        serde_json::from_str(&attrs.attributes().unwrap()[&QueueAttributeName::RedrivePolicy])
-            .unwrap();
+        serde_json::from_str(&attrs.attributes().unwrap()[&QueueAttributeName::RedrivePolicy]).unwrap();
+    assert_eq!(redrive["deadLetterTargetArn"], format!("arn:aws:sqs:{REGION}:{account}:flipstack-{stack}-jobs-dlq"));
     assert_eq!(
-        redrive["deadLetterTargetArn"],
-        format!("arn:aws:sqs:{REGION}:{account}:flipstack-{stack}-jobs-dlq")
-    );
-    assert_eq!(
-        redrive["maxReceiveCount"]
-            .as_u64()
-            .or(redrive["maxReceiveCount"]
-                .as_str()
-                .and_then(|s| s.parse().ok())),
+        redrive["maxReceiveCount"].as_u64().or(redrive["maxReceiveCount"].as_str().and_then(|s| s.parse().ok())),
         Some(5)
     );
 
     // IAM: role and profile tagged; the policy names only the stack's resources.
-    let role = c
-        .iam
-        .get_role()
-        .role_name(format!("flipstack-{stack}-instance"))
-        .send()
-        .await
-        .unwrap();
+    let role = c.iam.get_role().role_name(format!("flipstack-{stack}-instance")).send().await.unwrap();
     let role = role.role().unwrap();
-    assert!(has_stack_tag(
-        role.tags().iter().map(|t| (t.key(), t.value())),
-        stack
-    ));
-    let profile = c
-        .iam
-        .get_instance_profile()
-        .instance_profile_name(format!("flipstack-{stack}-instance"))
-        .send()
-        .await
-        .unwrap();
+    assert!(has_stack_tag(role.tags().iter().map(|t| (t.key(), t.value())), stack));
+    let profile =
+        c.iam.get_instance_profile().instance_profile_name(format!("flipstack-{stack}-instance")).send().await.unwrap();
     let profile = profile.instance_profile().unwrap();
-    assert!(has_stack_tag(
-        profile.tags().iter().map(|t| (t.key(), t.value())),
-        stack
-    ));
-    assert_eq!(
-        profile
-            .roles()
-            .iter()
-            .map(|r| r.role_name())
-            .collect::<Vec<_>>(),
-        vec![role.role_name()]
-    );
-    let policy = c
-        .iam
-        .get_role_policy()
-        .role_name(role.role_name())
-        .policy_name("flipstack-app")
-        .send()
-        .await
-        .unwrap();
+    assert!(has_stack_tag(profile.tags().iter().map(|t| (t.key(), t.value())), stack));
+    assert_eq!(profile.roles().iter().map(|r| r.role_name()).collect::<Vec<_>>(), vec![role.role_name()]);
+    let policy = c.iam.get_role_policy().role_name(role.role_name()).policy_name("flipstack-app").send().await.unwrap();
     let doc = policy.policy_document();
     let doc: serde_json::Value = serde_json::from_str(doc).unwrap_or_else(|_| {
-        serde_json::from_str(
-            &percent_encoding::percent_decode_str(doc)
-                .decode_utf8()
-                .unwrap(),
-        )
-        .unwrap()
+        serde_json::from_str(&percent_encoding::percent_decode_str(doc).decode_utf8().unwrap()).unwrap()
     });
     for s in doc["Statement"].as_array().unwrap() {
         let resources: Vec<String> = match &s["Resource"] {
             serde_json::Value::String(r) => vec![r.clone()],
-            v => v
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r.as_str().unwrap().to_owned())
-                .collect(),
+            v => v.as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect(),
         };
         for r in resources {
             assert!(
@@ -487,130 +317,54 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
 
     // RDS: MariaDB, private, in the db group; the replica linked to the primary.
     assert_eq!(primary.engine(), Some("mariadb"));
-    assert_eq!(
-        replica.read_replica_source_db_instance_identifier(),
-        Some(format!("flipstack-{stack}-db").as_str())
-    );
-    assert!(
-        primary
-            .read_replica_db_instance_identifiers()
-            .contains(&format!("flipstack-{stack}-db-replica"))
-    );
+    assert_eq!(replica.read_replica_source_db_instance_identifier(), Some(format!("flipstack-{stack}-db").as_str()));
+    assert!(primary.read_replica_db_instance_identifiers().contains(&format!("flipstack-{stack}-db-replica")));
     let db_sg = c
         .ec2
         .describe_security_groups()
-        .filters(
-            Filter::builder()
-                .name("group-name")
-                .values(format!("flipstack-{stack}-db"))
-                .build(),
-        )
+        .filters(Filter::builder().name("group-name").values(format!("flipstack-{stack}-db")).build())
         .send()
         .await
         .unwrap();
     let db_sg = db_sg.security_groups()[0].group_id().unwrap().to_owned();
     for d in [primary, replica] {
         assert_eq!(d.publicly_accessible(), Some(false));
-        assert!(has_stack_tag(
-            d.tag_list()
-                .iter()
-                .map(|t| (t.key().unwrap(), t.value().unwrap())),
-            stack
-        ));
+        assert!(has_stack_tag(d.tag_list().iter().map(|t| (t.key().unwrap(), t.value().unwrap())), stack));
         assert_eq!(
-            d.vpc_security_groups()
-                .iter()
-                .map(|g| g.vpc_security_group_id().unwrap())
-                .collect::<Vec<_>>(),
+            d.vpc_security_groups().iter().map(|g| g.vpc_security_group_id().unwrap()).collect::<Vec<_>>(),
             vec![db_sg.as_str()]
         );
     }
-    let subnet_group = c
-        .rds
-        .describe_db_subnet_groups()
-        .db_subnet_group_name(format!("flipstack-{stack}-db"))
-        .send()
-        .await
-        .unwrap();
-    let arn = subnet_group.db_subnet_groups()[0]
-        .db_subnet_group_arn()
-        .unwrap();
-    let t = c
-        .rds
-        .list_tags_for_resource()
-        .resource_name(arn)
-        .send()
-        .await
-        .unwrap();
-    assert!(has_stack_tag(
-        t.tag_list()
-            .iter()
-            .map(|t| (t.key().unwrap(), t.value().unwrap())),
-        stack
-    ));
+    let subnet_group =
+        c.rds.describe_db_subnet_groups().db_subnet_group_name(format!("flipstack-{stack}-db")).send().await.unwrap();
+    let arn = subnet_group.db_subnet_groups()[0].db_subnet_group_arn().unwrap();
+    let t = c.rds.list_tags_for_resource().resource_name(arn).send().await.unwrap();
+    assert!(has_stack_tag(t.tag_list().iter().map(|t| (t.key().unwrap(), t.value().unwrap())), stack));
 
     // ElastiCache memcached, tagged (cluster and subnet group).
-    let cl = c
-        .cache
-        .describe_cache_clusters()
-        .cache_cluster_id(format!("flipstack-{stack}-cache"))
-        .send()
-        .await
-        .unwrap();
+    let cl =
+        c.cache.describe_cache_clusters().cache_cluster_id(format!("flipstack-{stack}-cache")).send().await.unwrap();
     let cl = &cl.cache_clusters()[0];
     assert_eq!(cl.engine(), Some("memcached"));
     for arn in [
         cl.arn().unwrap().to_owned(),
         format!("arn:aws:elasticache:{REGION}:{account}:subnetgroup:flipstack-{stack}-cache"),
     ] {
-        let t = c
-            .cache
-            .list_tags_for_resource()
-            .resource_name(&arn)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            has_stack_tag(
-                t.tag_list()
-                    .iter()
-                    .map(|t| (t.key().unwrap(), t.value().unwrap())),
-                stack
-            ),
-            "{arn}"
-        );
+        let t = c.cache.list_tags_for_resource().resource_name(&arn).send().await.unwrap();
+        assert!(has_stack_tag(t.tag_list().iter().map(|t| (t.key().unwrap(), t.value().unwrap())), stack), "{arn}");
     }
 
     // Load balancer, target group (health check /healthz), listener: tagged.
-    let tg = c
-        .elb
-        .describe_target_groups()
-        .names(format!("flipstack-{stack}-web"))
-        .send()
-        .await
-        .unwrap();
+    let tg = c.elb.describe_target_groups().names(format!("flipstack-{stack}-web")).send().await.unwrap();
     let tg = &tg.target_groups()[0];
     assert_eq!(tg.health_check_path(), Some("/healthz"));
     assert_eq!(tg.port(), Some(8080));
-    let listeners = c
-        .elb
-        .describe_listeners()
-        .load_balancer_arn(lb.load_balancer_arn().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let listeners = c.elb.describe_listeners().load_balancer_arn(lb.load_balancer_arn().unwrap()).send().await.unwrap();
     assert_eq!(listeners.listeners().len(), 1);
     let l = &listeners.listeners()[0];
     assert_eq!(l.port(), Some(80));
-    assert_eq!(
-        l.default_actions()[0].target_group_arn(),
-        tg.target_group_arn()
-    );
-    let arns = [
-        lb.load_balancer_arn().unwrap(),
-        tg.target_group_arn().unwrap(),
-        l.listener_arn().unwrap(),
-    ];
+    assert_eq!(l.default_actions()[0].target_group_arn(), tg.target_group_arn());
+    let arns = [lb.load_balancer_arn().unwrap(), tg.target_group_arn().unwrap(), l.listener_arn().unwrap()];
     let tags = c
         .elb
         .describe_tags()
@@ -621,12 +375,7 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
     assert_eq!(tags.tag_descriptions().len(), 3);
     for d in tags.tag_descriptions() {
         assert!(
-            has_stack_tag(
-                d.tags()
-                    .iter()
-                    .map(|t| (t.key().unwrap(), t.value().unwrap())),
-                stack
-            ),
+            has_stack_tag(d.tags().iter().map(|t| (t.key().unwrap(), t.value().unwrap())), stack),
             "{:?}",
             d.resource_arn()
         );
@@ -636,20 +385,9 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
     // digest) and the configuration, and runs serve or work under systemd.
     for (role, command) in [("web", "serve"), ("worker", "work")] {
         let name = group_name(stack, role);
-        let lt = c
-            .ec2
-            .describe_launch_templates()
-            .launch_template_names(&name)
-            .send()
-            .await
-            .unwrap();
+        let lt = c.ec2.describe_launch_templates().launch_template_names(&name).send().await.unwrap();
         let lt = &lt.launch_templates()[0];
-        assert!(has_stack_tag(
-            lt.tags()
-                .iter()
-                .map(|t| (t.key().unwrap(), t.value().unwrap())),
-            stack
-        ));
+        assert!(has_stack_tag(lt.tags().iter().map(|t| (t.key().unwrap(), t.value().unwrap())), stack));
         let v = c
             .ec2
             .describe_launch_template_versions()
@@ -658,33 +396,16 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
             .send()
             .await
             .unwrap();
-        let data = v.launch_template_versions()[0]
-            .launch_template_data()
-            .unwrap();
-        let script = base64::engine::general_purpose::STANDARD
-            .decode(data.user_data().unwrap())
-            .unwrap();
+        let data = v.launch_template_versions()[0].launch_template_data().unwrap();
+        let script = base64::engine::general_purpose::STANDARD.decode(data.user_data().unwrap()).unwrap();
         let script = String::from_utf8(script).unwrap();
-        assert!(
-            script.contains(&format!("s3://{bucket}/release/flipstack")),
-            "{script}"
-        );
+        assert!(script.contains(&format!("s3://{bucket}/release/flipstack")), "{script}");
         assert!(script.contains(release_sha));
         assert!(script.contains(&format!("s3://{bucket}/config/flipstack.env")));
         assert!(script.contains(&format!("ExecStart=/usr/local/bin/flipstack {command}\n")));
         assert!(script.contains("systemctl enable --now flipstack.service"));
-        assert_eq!(
-            data.iam_instance_profile().unwrap().name(),
-            Some(format!("flipstack-{stack}-instance").as_str())
-        );
-        assert_eq!(
-            data.metadata_options()
-                .unwrap()
-                .http_tokens()
-                .unwrap()
-                .as_str(),
-            "required"
-        );
+        assert_eq!(data.iam_instance_profile().unwrap().name(), Some(format!("flipstack-{stack}-instance").as_str()));
+        assert_eq!(data.metadata_options().unwrap().http_tokens().unwrap().as_str(), "required");
         assert_eq!(data.instance_type(), Some(&InstanceType::T3Small));
     }
 
@@ -700,61 +421,27 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
     assert_eq!(groups.auto_scaling_groups().len(), 2);
     for g in groups.auto_scaling_groups() {
         let name = g.auto_scaling_group_name().unwrap();
-        let role = if name.ends_with("-web") {
-            "web"
-        } else {
-            "worker"
-        };
+        let role = if name.ends_with("-web") { "web" } else { "worker" };
         let want = if role == "web" { spec.web } else { spec.worker };
-        assert_eq!(
-            (g.min_size(), g.max_size()),
-            (Some(want.min as i32), Some(want.max as i32)),
-            "{name}"
-        );
-        let tags: BTreeSet<(&str, &str, bool)> = g
-            .tags()
-            .iter()
-            .map(|t| {
-                (
-                    t.key().unwrap(),
-                    t.value().unwrap(),
-                    t.propagate_at_launch().unwrap(),
-                )
-            })
-            .collect();
+        assert_eq!((g.min_size(), g.max_size()), (Some(want.min as i32), Some(want.max as i32)), "{name}");
+        let tags: BTreeSet<(&str, &str, bool)> =
+            g.tags().iter().map(|t| (t.key().unwrap(), t.value().unwrap(), t.propagate_at_launch().unwrap())).collect();
         assert!(tags.contains(&(STACK_TAG, stack, true)), "{name}: {tags:?}");
         assert!(tags.contains(&(ROLE_TAG, role, true)), "{name}: {tags:?}");
         assert_eq!(g.launch_template().unwrap().version(), Some("$Default"));
-        let policies = c
-            .asg
-            .describe_policies()
-            .auto_scaling_group_name(name)
-            .send()
-            .await
-            .unwrap();
+        let policies = c.asg.describe_policies().auto_scaling_group_name(name).send().await.unwrap();
         assert_eq!(policies.scaling_policies().len(), 1, "{name}");
         let p = &policies.scaling_policies()[0];
         assert_eq!(p.policy_type(), Some("TargetTrackingScaling"));
         let t = p.target_tracking_configuration().unwrap();
         if role == "web" {
             assert_eq!(g.health_check_type(), Some("ELB"));
-            assert_eq!(
-                g.target_group_arns(),
-                &[tg.target_group_arn().unwrap().to_owned()]
-            );
+            assert_eq!(g.target_group_arns(), &[tg.target_group_arn().unwrap().to_owned()]);
             assert_eq!(t.target_value(), Some(spec.requests_per_target));
             let m = t.predefined_metric_specification().unwrap();
-            assert_eq!(
-                m.predefined_metric_type().unwrap().as_str(),
-                "ALBRequestCountPerTarget"
-            );
+            assert_eq!(m.predefined_metric_type().unwrap().as_str(), "ALBRequestCountPerTarget");
             let label = m.resource_label().unwrap();
-            let lb_part = lb
-                .load_balancer_arn()
-                .unwrap()
-                .split_once(":loadbalancer/")
-                .unwrap()
-                .1;
+            let lb_part = lb.load_balancer_arn().unwrap().split_once(":loadbalancer/").unwrap().1;
             let tg_part = tg.target_group_arn().unwrap().rsplit_once(':').unwrap().1;
             assert_eq!(label, format!("{lb_part}/{tg_part}"));
         } else {
@@ -763,36 +450,21 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
             let stat = |metric: &str| {
                 queries
                     .iter()
-                    .find(|q| {
-                        q.metric_stat()
-                            .and_then(|s| s.metric())
-                            .and_then(|m| m.metric_name())
-                            == Some(metric)
-                    })
+                    .find(|q| q.metric_stat().and_then(|s| s.metric()).and_then(|m| m.metric_name()) == Some(metric))
                     .unwrap_or_else(|| panic!("no {metric} in the worker policy"))
             };
             let visible = stat("ApproximateNumberOfMessagesVisible");
             let m = visible.metric_stat().unwrap().metric().unwrap();
             assert_eq!(m.namespace(), Some("AWS/SQS"));
-            assert_eq!(
-                m.dimensions()[0].value(),
-                Some(format!("flipstack-{stack}-jobs").as_str())
-            );
+            assert_eq!(m.dimensions()[0].value(), Some(format!("flipstack-{stack}-jobs").as_str()));
             let workers = stat("GroupInServiceInstances");
             let m = workers.metric_stat().unwrap().metric().unwrap();
             assert_eq!(m.namespace(), Some("AWS/AutoScaling"));
             assert_eq!(m.dimensions()[0].value(), Some(name));
             let expr = queries.iter().find(|q| q.expression().is_some()).unwrap();
-            assert_eq!(
-                expr.expression().unwrap(),
-                format!("{} / {}", visible.id().unwrap(), workers.id().unwrap())
-            );
+            assert_eq!(expr.expression().unwrap(), format!("{} / {}", visible.id().unwrap(), workers.id().unwrap()));
             assert_eq!(expr.return_data(), Some(true));
-            assert!(
-                g.enabled_metrics()
-                    .iter()
-                    .any(|e| e.metric() == Some("GroupInServiceInstances"))
-            );
+            assert!(g.enabled_metrics().iter().any(|e| e.metric() == Some("GroupInServiceInstances")));
         }
     }
 
@@ -800,12 +472,7 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
     let inst = c
         .ec2
         .describe_instances()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{STACK_TAG}"))
-                .values(stack)
-                .build(),
-        )
+        .filters(Filter::builder().name(format!("tag:{STACK_TAG}")).values(stack).build())
         .send()
         .await
         .unwrap();
@@ -827,16 +494,12 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
 /// as not deleted and goes on; these two are not counted against it.
 fn moto_cannot_delete(kind: Kind, state_or_error: &str) -> bool {
     (kind == Kind::CacheCluster && state_or_error.ends_with("deleting"))
-        || (kind == Kind::CacheSubnetGroup
-            && (state_or_error.contains("500") || state_or_error.ends_with("subnets")))
+        || (kind == Kind::CacheSubnetGroup && (state_or_error.contains("500") || state_or_error.ends_with("subnets")))
 }
 
 /// What a stack still has after `down`, less moto's limits above.
 fn left_after_down(st: &aws::StackStatus) -> Vec<&aws::ResourceStatus> {
-    st.resources
-        .iter()
-        .filter(|r| !moto_cannot_delete(r.kind, &r.state))
-        .collect()
+    st.resources.iter().filter(|r| !moto_cannot_delete(r.kind, &r.state)).collect()
 }
 
 fn sha256_of(path: &std::path::Path) -> String {
@@ -858,21 +521,12 @@ async fn plan_up_again_status_down_leaves_others_alone() {
     let other_spec = self::spec(&ep, &other, &release);
     aws::up(&other_spec, &aws::no_progress).await.unwrap();
     let stray_bucket = unique("stray-bucket-");
-    c.s3.create_bucket()
-        .bucket(&stray_bucket)
-        .send()
-        .await
-        .unwrap();
+    c.s3.create_bucket().bucket(&stray_bucket).send().await.unwrap();
     let images = c
         .ec2
         .describe_images()
         .owners("amazon")
-        .filters(
-            Filter::builder()
-                .name("name")
-                .values("al2023-ami-2023.*-x86_64")
-                .build(),
-        )
+        .filters(Filter::builder().name("name").values("al2023-ami-2023.*-x86_64").build())
         .send()
         .await
         .unwrap();
@@ -894,70 +548,34 @@ async fn plan_up_again_status_down_leaves_others_alone() {
     let expected = expected_resources(&stack);
     let planned: BTreeSet<(Kind, String)> = kinds(&plan)
         .into_iter()
-        .filter(|(k, _)| {
-            !matches!(
-                k,
-                Kind::ReleaseArtifact | Kind::Configuration | Kind::Bucket
-            )
-        })
+        .filter(|(k, _)| !matches!(k, Kind::ReleaseArtifact | Kind::Configuration | Kind::Bucket))
         .collect();
     assert_eq!(planned, expected);
-    assert!(
-        plan.actions.iter().all(|a| a.change == Change::Create),
-        "{plan}"
-    );
-    assert_eq!(
-        plan.creates(),
-        expected.len() + 3,
-        "plus bucket, release, configuration"
-    );
+    assert!(plan.actions.iter().all(|a| a.change == Change::Create), "{plan}");
+    assert_eq!(plan.creates(), expected.len() + 3, "plus bucket, release, configuration");
     let printed = plan.to_string();
-    assert!(
-        printed.contains(&format!("+ create security group     flipstack-{stack}-lb")),
-        "{printed}"
-    );
+    assert!(printed.contains(&format!("+ create security group     flipstack-{stack}-lb")), "{printed}");
     assert!(printed.contains("allow tcp 80 from 0.0.0.0/0"), "{printed}");
     assert!(
-        c.sqs
-            .get_queue_url()
-            .queue_name(format!("flipstack-{stack}-jobs"))
-            .send()
-            .await
-            .is_err(),
+        c.sqs.get_queue_url().queue_name(format!("flipstack-{stack}-jobs")).send().await.is_err(),
         "plan created nothing"
     );
 
     // up: creates what plan said, reporting each step.
     let events = Recorder::default();
     let done = aws::up(&spec, &|e: &Event| events.push(e)).await.unwrap();
-    assert_eq!(
-        kinds(&done),
-        kinds(&plan),
-        "up did what plan said, in order"
-    );
+    assert_eq!(kinds(&done), kinds(&plan), "up did what plan said, in order");
     assert!(done.actions.iter().all(|a| a.change == Change::Create));
     let events = events.events();
     for a in &done.actions {
-        let steps: Vec<&Step> = events
-            .iter()
-            .filter(|e| e.kind == a.kind && e.name == a.name)
-            .map(|e| &e.step)
-            .collect();
-        assert!(
-            steps.contains(&&Step::Creating),
-            "{} {}: {steps:?}",
-            a.kind,
-            a.name
-        );
+        let steps: Vec<&Step> =
+            events.iter().filter(|e| e.kind == a.kind && e.name == a.name).map(|e| &e.step).collect();
+        assert!(steps.contains(&&Step::Creating), "{} {}: {steps:?}", a.kind, a.name);
         let last = steps.iter().rev().find(|s| !matches!(s, Step::Warning(_)));
         assert_eq!(last, Some(&&Step::Done), "{} {}: {steps:?}", a.kind, a.name);
     }
     // moto lists no endpoint for memcached: up says so instead of inventing one.
-    let cache = done
-        .actions
-        .iter()
-        .find(|a| a.kind == Kind::CacheCluster)
-        .unwrap();
+    let cache = done.actions.iter().find(|a| a.kind == Kind::CacheCluster).unwrap();
     let cl = c
         .cache
         .describe_cache_clusters()
@@ -966,17 +584,8 @@ async fn plan_up_again_status_down_leaves_others_alone() {
         .send()
         .await
         .unwrap();
-    if cl.cache_clusters()[0].cache_nodes().is_empty()
-        && cl.cache_clusters()[0].configuration_endpoint().is_none()
-    {
-        assert!(
-            cache
-                .warnings
-                .iter()
-                .any(|n| n.contains("reported no endpoint")),
-            "{:?}",
-            cache.warnings
-        );
+    if cl.cache_clusters()[0].cache_nodes().is_empty() && cl.cache_clusters()[0].configuration_endpoint().is_none() {
+        assert!(cache.warnings.iter().any(|n| n.contains("reported no endpoint")), "{:?}", cache.warnings);
     }
 
     assert_configured(&c, &stack, &spec, &sha).await;
@@ -987,10 +596,7 @@ async fn plan_up_again_status_down_leaves_others_alone() {
     assert!(again.is_noop(), "{again}");
     assert_eq!(again.keeps(), done.actions.len());
     assert!(
-        events
-            .events()
-            .iter()
-            .all(|e| matches!(e.step, Step::Checking | Step::Exists | Step::Warning(_))),
+        events.events().iter().all(|e| matches!(e.step, Step::Checking | Step::Exists | Step::Warning(_))),
         "a second up acts on nothing"
     );
     assert!(aws::plan(&spec).await.unwrap().is_noop());
@@ -1000,12 +606,7 @@ async fn plan_up_again_status_down_leaves_others_alone() {
     let web_sg = c
         .ec2
         .describe_security_groups()
-        .filters(
-            Filter::builder()
-                .name("group-name")
-                .values(format!("flipstack-{stack}-web"))
-                .build(),
-        )
+        .filters(Filter::builder().name("group-name").values(format!("flipstack-{stack}-web")).build())
         .send()
         .await
         .unwrap();
@@ -1039,16 +640,8 @@ async fn plan_up_again_status_down_leaves_others_alone() {
     assert_eq!(
         changed,
         vec![
-            (
-                Kind::SecurityGroup,
-                format!("flipstack-{stack}-web"),
-                vec!["revoke tcp 22 from 0.0.0.0/0".to_owned()]
-            ),
-            (
-                Kind::AutoScalingGroup,
-                group_name(&stack, "worker"),
-                vec!["size from 1-9 to 1-5".to_owned()]
-            ),
+            (Kind::SecurityGroup, format!("flipstack-{stack}-web"), vec!["revoke tcp 22 from 0.0.0.0/0".to_owned()]),
+            (Kind::AutoScalingGroup, group_name(&stack, "worker"), vec!["size from 1-9 to 1-5".to_owned()]),
         ]
     );
     let fixed = aws::up(&spec, &aws::no_progress).await.unwrap();
@@ -1058,39 +651,19 @@ async fn plan_up_again_status_down_leaves_others_alone() {
 
     // status: every resource, and the groups' counts from fleet().
     let st = aws::status(&spec.aws, &stack).await.unwrap();
-    let listed: BTreeSet<(Kind, String)> = st
-        .resources
-        .iter()
-        .map(|r| (r.kind, r.name.clone()))
-        .filter(|(k, _)| *k != Kind::Bucket)
-        .collect();
+    let listed: BTreeSet<(Kind, String)> =
+        st.resources.iter().map(|r| (r.kind, r.name.clone())).filter(|(k, _)| *k != Kind::Bucket).collect();
     assert_eq!(listed, expected);
-    assert!(
-        st.resources
-            .iter()
-            .any(|r| r.kind == Kind::Bucket && r.state == "private, encrypted")
-    );
+    assert!(st.resources.iter().any(|r| r.kind == Kind::Bucket && r.state == "private, encrypted"));
     assert!(st.not_ours.is_empty());
     let groups = fleet(&spec.aws, &stack).await.unwrap();
     assert_eq!(st.groups, groups);
     assert_eq!(
-        groups
-            .iter()
-            .map(|g| (g.role.as_str(), g.desired, g.in_service, g.min, g.max))
-            .collect::<Vec<_>>(),
+        groups.iter().map(|g| (g.role.as_str(), g.desired, g.in_service, g.min, g.max)).collect::<Vec<_>>(),
         vec![("web", 1, 1, 1, 3), ("worker", 1, 1, 1, 5)]
     );
-    let db = st
-        .resources
-        .iter()
-        .find(|r| r.kind == Kind::DatabaseReplica)
-        .unwrap();
-    assert!(
-        db.state
-            .contains(&format!("replica of flipstack-{stack}-db")),
-        "{}",
-        db.state
-    );
+    let db = st.resources.iter().find(|r| r.kind == Kind::DatabaseReplica).unwrap();
+    assert!(db.state.contains(&format!("replica of flipstack-{stack}-db")), "{}", db.state);
     let access = aws::access(&spec.aws, &stack).await.unwrap().unwrap();
     assert_eq!(st.public_url.as_deref(), Some(access.public_url.as_str()));
     assert_eq!(access.admin_token.len(), 64);
@@ -1098,22 +671,13 @@ async fn plan_up_again_status_down_leaves_others_alone() {
 
     // down: everything of the stack, in order, waiting where needed.
     let events = Recorder::default();
-    let gone = aws::down(
-        &spec.aws,
-        &stack,
-        &DownOptions {
-            final_snapshot: false,
-            waits: spec.waits,
-        },
-        &|e: &Event| events.push(e),
-    )
+    let gone = aws::down(&spec.aws, &stack, &DownOptions { final_snapshot: false, waits: spec.waits }, &|e: &Event| {
+        events.push(e)
+    })
     .await
     .unwrap();
     for (kind, name, why) in &gone.failed {
-        assert!(
-            moto_cannot_delete(*kind, why),
-            "{kind} {name} not deleted: {why}"
-        );
+        assert!(moto_cannot_delete(*kind, why), "{kind} {name} not deleted: {why}");
     }
     let deleted: BTreeSet<(Kind, String)> = gone
         .deleted
@@ -1123,17 +687,10 @@ async fn plan_up_again_status_down_leaves_others_alone() {
         .filter(|(k, _)| *k != Kind::Bucket)
         .collect();
     assert_eq!(deleted, expected);
-    assert!(gone.deleted.contains(&(
-        Kind::Bucket,
-        format!("flipstack-{stack}-123456789012-{REGION}")
-    )));
+    assert!(gone.deleted.contains(&(Kind::Bucket, format!("flipstack-{stack}-123456789012-{REGION}"))));
     assert!(gone.left_alone.is_empty());
     let events = events.events();
-    let order: Vec<Kind> = events
-        .iter()
-        .filter(|e| e.step == Step::Deleting)
-        .map(|e| e.kind)
-        .collect();
+    let order: Vec<Kind> = events.iter().filter(|e| e.step == Step::Deleting).map(|e| e.kind).collect();
     let first = |k: Kind| order.iter().position(|x| *x == k).unwrap();
     assert!(first(Kind::AutoScalingGroup) < first(Kind::LaunchTemplate));
     assert!(first(Kind::LoadBalancer) < first(Kind::TargetGroup));
@@ -1150,12 +707,7 @@ async fn plan_up_again_status_down_leaves_others_alone() {
     let left = c
         .ec2
         .describe_instances()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{STACK_TAG}"))
-                .values(&stack)
-                .build(),
-        )
+        .filters(Filter::builder().name(format!("tag:{STACK_TAG}")).values(&stack).build())
         .send()
         .await
         .unwrap();
@@ -1170,68 +722,27 @@ async fn plan_up_again_status_down_leaves_others_alone() {
     let other_after = aws::status(&spec.aws, &other).await.unwrap();
     assert_eq!(other_after.resources.len(), other_before.resources.len());
     assert_eq!(other_after.groups, other_before.groups);
-    c.s3.head_bucket()
-        .bucket(&stray_bucket)
-        .send()
-        .await
-        .expect("the untagged bucket survives");
-    let stray = c
-        .ec2
-        .describe_instances()
-        .instance_ids(&stray_id)
-        .send()
-        .await
-        .unwrap();
+    c.s3.head_bucket().bucket(&stray_bucket).send().await.expect("the untagged bucket survives");
+    let stray = c.ec2.describe_instances().instance_ids(&stray_id).send().await.unwrap();
     assert_eq!(
-        stray.reservations()[0].instances()[0]
-            .state()
-            .and_then(|s| s.name()),
+        stray.reservations()[0].instances()[0].state().and_then(|s| s.name()),
         Some(&InstanceStateName::Running),
         "the untagged instance survives"
     );
 
     // down again: nothing left to delete.
-    let again = aws::down(
-        &spec.aws,
-        &stack,
-        &DownOptions {
-            final_snapshot: false,
-            waits: spec.waits,
-        },
-        &aws::no_progress,
-    )
-    .await
-    .unwrap();
+    let again =
+        aws::down(&spec.aws, &stack, &DownOptions { final_snapshot: false, waits: spec.waits }, &aws::no_progress)
+            .await
+            .unwrap();
     assert!(again.deleted.is_empty(), "{:?}", again.deleted);
-    assert!(
-        again
-            .failed
-            .iter()
-            .all(|(k, _, why)| moto_cannot_delete(*k, why))
-    );
+    assert!(again.failed.iter().all(|(k, _, why)| moto_cannot_delete(*k, why)));
 
-    aws::down(
-        &spec.aws,
-        &other,
-        &DownOptions {
-            final_snapshot: false,
-            waits: spec.waits,
-        },
-        &aws::no_progress,
-    )
-    .await
-    .unwrap();
-    c.s3.delete_bucket()
-        .bucket(&stray_bucket)
-        .send()
+    aws::down(&spec.aws, &other, &DownOptions { final_snapshot: false, waits: spec.waits }, &aws::no_progress)
         .await
         .unwrap();
-    c.ec2
-        .terminate_instances()
-        .instance_ids(&stray_id)
-        .send()
-        .await
-        .unwrap();
+    c.s3.delete_bucket().bucket(&stray_bucket).send().await.unwrap();
+    c.ec2.terminate_instances().instance_ids(&stray_id).send().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1245,74 +756,31 @@ async fn names_held_by_others_are_refused_and_left_alone() {
 
     // A queue under the stack's name, not tagged for it.
     let queue = format!("flipstack-{stack}-jobs-dlq");
-    let made = c
-        .sqs
-        .create_queue()
-        .queue_name(&queue)
-        .tags("owner", "someone-else")
-        .send()
-        .await
-        .unwrap();
+    let made = c.sqs.create_queue().queue_name(&queue).tags("owner", "someone-else").send().await.unwrap();
     let err = aws::plan(&spec).await.unwrap_err();
     assert!(matches!(err, ProvisionError::Conflict(_)), "{err}");
     let msg = err.to_string();
-    assert!(
-        msg.contains(&queue) && msg.contains("carries no flipstack:stack tag"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("Choose another stack name"),
-        "the error says what to do: {msg}"
-    );
-    assert!(matches!(
-        aws::up(&spec, &aws::no_progress).await,
-        Err(ProvisionError::Conflict(_))
-    ));
+    assert!(msg.contains(&queue) && msg.contains("carries no flipstack:stack tag"), "{msg}");
+    assert!(msg.contains("Choose another stack name"), "the error says what to do: {msg}");
+    assert!(matches!(aws::up(&spec, &aws::no_progress).await, Err(ProvisionError::Conflict(_))));
 
     // down deletes what is the stack's (its security groups, made before the
     // conflict stopped up) and leaves the queue alone.
-    let gone = aws::down(
-        &spec.aws,
-        &stack,
-        &DownOptions {
-            final_snapshot: false,
-            waits: spec.waits,
-        },
-        &aws::no_progress,
-    )
-    .await
-    .unwrap();
+    let gone =
+        aws::down(&spec.aws, &stack, &DownOptions { final_snapshot: false, waits: spec.waits }, &aws::no_progress)
+            .await
+            .unwrap();
     assert_eq!(
-        gone.left_alone
-            .iter()
-            .map(|(k, n, _)| (*k, n.clone()))
-            .collect::<Vec<_>>(),
+        gone.left_alone.iter().map(|(k, n, _)| (*k, n.clone())).collect::<Vec<_>>(),
         vec![(Kind::DeadLetterQueue, queue.clone())]
     );
-    assert!(
-        gone.deleted
-            .iter()
-            .all(|(k, _)| *k != Kind::DeadLetterQueue)
-    );
-    c.sqs
-        .get_queue_url()
-        .queue_name(&queue)
-        .send()
-        .await
-        .expect("the foreign queue survives");
-    c.sqs
-        .delete_queue()
-        .queue_url(made.queue_url().unwrap())
-        .send()
-        .await
-        .unwrap();
+    assert!(gone.deleted.iter().all(|(k, _)| *k != Kind::DeadLetterQueue));
+    c.sqs.get_queue_url().queue_name(&queue).send().await.expect("the foreign queue survives");
+    c.sqs.delete_queue().queue_url(made.queue_url().unwrap()).send().await.unwrap();
 
     // A stack name AWS would refuse is refused before any call.
     let bad = StackSpec::new("Bad_Name", settings(&ep));
-    assert!(matches!(
-        aws::plan(&bad).await,
-        Err(ProvisionError::Invalid(_))
-    ));
+    assert!(matches!(aws::plan(&bad).await, Err(ProvisionError::Invalid(_))));
 }
 
 /// The command-line path: the same clap commands the binary mounts under
@@ -1342,33 +810,9 @@ async fn the_cli_runs_plan_up_status_down() {
         async move { flipstack_provision::cli::run(cmd, &config).await }
     };
     let release = release.to_str().unwrap();
-    run(&["plan", "--stack", &stack, "--binary", release])
-        .await
-        .unwrap();
-    run(&[
-        "up",
-        "--stack",
-        &stack,
-        "--binary",
-        release,
-        "--poll-secs",
-        "1",
-        "--worker-max",
-        "3",
-    ])
-    .await
-    .unwrap();
-    run(&[
-        "up",
-        "--stack",
-        &stack,
-        "--poll-secs",
-        "1",
-        "--worker-max",
-        "3",
-    ])
-    .await
-    .unwrap();
+    run(&["plan", "--stack", &stack, "--binary", release]).await.unwrap();
+    run(&["up", "--stack", &stack, "--binary", release, "--poll-secs", "1", "--worker-max", "3"]).await.unwrap();
+    run(&["up", "--stack", &stack, "--poll-secs", "1", "--worker-max", "3"]).await.unwrap();
     let plan = aws::plan(&{
         let mut s = StackSpec::new(&stack, settings(&ep));
         s.worker = aws::Capacity { min: 1, max: 3 };
@@ -1380,21 +824,11 @@ async fn the_cli_runs_plan_up_status_down() {
     run(&["status", "--stack", &stack, "--json"]).await.unwrap();
     let refused = run(&["down", "--stack", &stack]).await.unwrap_err();
     assert!(refused.to_string().contains("--yes"), "{refused}");
-    assert!(
-        !aws::status(&settings(&ep), &stack)
-            .await
-            .unwrap()
-            .resources
-            .is_empty()
-    );
+    assert!(!aws::status(&settings(&ep), &stack).await.unwrap().resources.is_empty());
     if let Err(e) = run(&["down", "--stack", &stack, "--yes", "--poll-secs", "1"]).await {
         // Only what moto cannot delete may remain (see moto_cannot_delete).
         assert!(e.to_string().starts_with("1 resource(s) of stack"), "{e}");
-        assert!(
-            e.to_string()
-                .contains("run `flipstack provision down` again"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("run `flipstack provision down` again"), "{e}");
     }
     assert!(left_after_down(&aws::status(&settings(&ep), &stack).await.unwrap()).is_empty());
 }

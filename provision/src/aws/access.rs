@@ -76,9 +76,7 @@ pub fn app_policy(names: &Names, namespace: &str) -> Value {
 /// IAM hands policy documents back URL-encoded; some endpoints do not.
 pub fn parse_policy(doc: &str) -> Option<Value> {
     serde_json::from_str(doc).ok().or_else(|| {
-        let decoded = percent_encoding::percent_decode_str(doc)
-            .decode_utf8()
-            .ok()?;
+        let decoded = percent_encoding::percent_decode_str(doc).decode_utf8().ok()?;
         serde_json::from_str(&decoded).ok()
     })
 }
@@ -91,10 +89,7 @@ fn iam_tag(stack: &str) -> Result<aws_sdk_iam::types::Tag, ProvisionError> {
         .map_err(|e| ProvisionError::Invalid(format!("building an IAM tag: {e}")))
 }
 
-pub async fn ensure_instance_role(
-    run: &mut Run<'_>,
-    spec: &StackSpec,
-) -> Result<(), ProvisionError> {
+pub async fn ensure_instance_role(run: &mut Run<'_>, spec: &StackSpec) -> Result<(), ProvisionError> {
     let stack = run.stack().to_owned();
     let iam = run.c.iam.clone();
     let role = run.names.role();
@@ -129,17 +124,8 @@ pub async fn ensure_instance_role(
         Some(r) => {
             let tags = r.tags().iter().map(|t| (t.key(), t.value()));
             ensure_ours(Kind::Role, &role, owner(tags, &stack), &stack)?;
-            let trust_ok = r
-                .assume_role_policy_document()
-                .and_then(parse_policy)
-                .is_some_and(|d| d == trust_policy());
-            let have = match iam
-                .get_role_policy()
-                .role_name(&role)
-                .policy_name(policy_name)
-                .send()
-                .await
-            {
+            let trust_ok = r.assume_role_policy_document().and_then(parse_policy).is_some_and(|d| d == trust_policy());
+            let have = match iam.get_role_policy().role_name(&role).policy_name(policy_name).send().await {
                 Ok(out) => parse_policy(out.policy_document()),
                 Err(e) if code_in(&e, &["NoSuchEntity"]) => None,
                 Err(e) => return Err(aws_error(format!("reading the policy of {role}"), e)),
@@ -158,9 +144,7 @@ pub async fn ensure_instance_role(
                         .policy_document(trust_policy().to_string())
                         .send()
                         .await
-                        .map_err(|e| {
-                            aws_error(format!("updating the trust policy of {role}"), e)
-                        })?;
+                        .map_err(|e| aws_error(format!("updating the trust policy of {role}"), e))?;
                 }
                 if have.as_ref() != Some(&policy) {
                     put_policy(run, &role, policy_name, &policy).await?;
@@ -172,26 +156,15 @@ pub async fn ensure_instance_role(
 
     let profile = run.names.instance_profile();
     run.checking(Kind::InstanceProfile, &profile);
-    match iam
-        .get_instance_profile()
-        .instance_profile_name(&profile)
-        .send()
-        .await
-    {
+    match iam.get_instance_profile().instance_profile_name(&profile).send().await {
         Err(e) if code_in(&e, &["NoSuchEntity"]) => {
-            if run.create(
-                Kind::InstanceProfile,
-                &profile,
-                vec![format!("holds the role {role}")],
-            ) {
+            if run.create(Kind::InstanceProfile, &profile, vec![format!("holds the role {role}")]) {
                 iam.create_instance_profile()
                     .instance_profile_name(&profile)
                     .tags(iam_tag(&stack)?)
                     .send()
                     .await
-                    .map_err(|e| {
-                        aws_error(format!("creating the instance profile {profile}"), e)
-                    })?;
+                    .map_err(|e| aws_error(format!("creating the instance profile {profile}"), e))?;
                 iam.add_role_to_instance_profile()
                     .instance_profile_name(&profile)
                     .role_name(&role)
@@ -202,10 +175,7 @@ pub async fn ensure_instance_role(
             }
         }
         Err(e) => {
-            return Err(aws_error(
-                format!("looking for the instance profile {profile}"),
-                e,
-            ));
+            return Err(aws_error(format!("looking for the instance profile {profile}"), e));
         }
         Ok(out) => {
             let Some(p) = out.instance_profile() else {
@@ -215,17 +185,10 @@ pub async fn ensure_instance_role(
             };
             let tags = p.tags().iter().map(|t| (t.key(), t.value()));
             ensure_ours(Kind::InstanceProfile, &profile, owner(tags, &stack), &stack)?;
-            let others: Vec<String> = p
-                .roles()
-                .iter()
-                .map(|r| r.role_name().to_owned())
-                .filter(|n| *n != role)
-                .collect();
+            let others: Vec<String> =
+                p.roles().iter().map(|r| r.role_name().to_owned()).filter(|n| *n != role).collect();
             let has_ours = p.roles().iter().any(|r| r.role_name() == role);
-            let mut what: Vec<String> = others
-                .iter()
-                .map(|o| format!("remove the role {o}"))
-                .collect();
+            let mut what: Vec<String> = others.iter().map(|o| format!("remove the role {o}")).collect();
             if !has_ours {
                 what.push(format!("add the role {role}"));
             }
@@ -253,12 +216,7 @@ pub async fn ensure_instance_role(
     Ok(())
 }
 
-async fn put_policy(
-    run: &Run<'_>,
-    role: &str,
-    name: &str,
-    policy: &Value,
-) -> Result<(), ProvisionError> {
+async fn put_policy(run: &Run<'_>, role: &str, name: &str, policy: &Value) -> Result<(), ProvisionError> {
     run.c
         .iam
         .put_role_policy()
@@ -285,9 +243,7 @@ mod tests {
         };
         let p = app_policy(&names, "flipstack");
         let text = p.to_string();
-        let encoded =
-            percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC)
-                .to_string();
+        let encoded = percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC).to_string();
         assert_eq!(parse_policy(&text), Some(p.clone()));
         assert_eq!(parse_policy(&encoded), Some(p.clone()));
         // Nothing in it reaches beyond the stack: no wildcard resource except
@@ -295,10 +251,7 @@ mod tests {
         for s in p["Statement"].as_array().unwrap() {
             if s["Resource"] == "*" {
                 assert_eq!(s["Action"], "cloudwatch:PutMetricData");
-                assert_eq!(
-                    s["Condition"]["StringEquals"]["cloudwatch:namespace"],
-                    "flipstack"
-                );
+                assert_eq!(s["Condition"]["StringEquals"]["cloudwatch:namespace"], "flipstack");
             }
         }
         assert!(text.contains("arn:aws:s3:::flipstack-a-123456789012-us-east-1/blobs/*"));

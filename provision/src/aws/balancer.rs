@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use aws_sdk_elasticloadbalancingv2::types::{
-    Action, ActionTypeEnum, Certificate, Listener, LoadBalancerSchemeEnum, LoadBalancerTypeEnum,
-    Matcher, ProtocolEnum, RedirectActionConfig, RedirectActionStatusCodeEnum, Tag, TargetTypeEnum,
+    Action, ActionTypeEnum, Certificate, Listener, LoadBalancerSchemeEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum,
+    RedirectActionConfig, RedirectActionStatusCodeEnum, Tag, TargetTypeEnum,
 };
 
 use super::clients::{aws_error, code_in};
@@ -53,29 +53,14 @@ pub async fn elb_tags(run: &Run<'_>, arn: &str) -> Result<Vec<(String, String)>,
         .tag_descriptions()
         .iter()
         .flat_map(|d| d.tags())
-        .map(|t| {
-            (
-                t.key().unwrap_or("").to_owned(),
-                t.value().unwrap_or("").to_owned(),
-            )
-        })
+        .map(|t| (t.key().unwrap_or("").to_owned(), t.value().unwrap_or("").to_owned()))
         .collect())
 }
 
-async fn check_ours(
-    run: &Run<'_>,
-    kind: Kind,
-    name: &str,
-    arn: &str,
-) -> Result<(), ProvisionError> {
+async fn check_ours(run: &Run<'_>, kind: Kind, name: &str, arn: &str) -> Result<(), ProvisionError> {
     let tags = elb_tags(run, arn).await?;
     let stack = run.stack();
-    ensure_ours(
-        kind,
-        name,
-        owner(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())), stack),
-        stack,
-    )
+    ensure_ours(kind, name, owner(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())), stack), stack)
 }
 
 pub async fn find_target_group(
@@ -96,10 +81,7 @@ pub async fn find_load_balancer(
     match run.c.elb.describe_load_balancers().names(name).send().await {
         Ok(out) => Ok(out.load_balancers().first().cloned()),
         Err(e) if code_in(&e, &["LoadBalancerNotFound"]) => Ok(None),
-        Err(e) => Err(aws_error(
-            format!("looking for the load balancer {name}"),
-            e,
-        )),
+        Err(e) => Err(aws_error(format!("looking for the load balancer {name}"), e)),
     }
 }
 
@@ -117,9 +99,7 @@ pub async fn ensure(
     run.checking(Kind::TargetGroup, &tg_name);
     match find_target_group(run, &tg_name).await? {
         None => {
-            let notes = vec![format!(
-                "HTTP {APP_PORT} on the web instances, health check {HEALTH_PATH}"
-            )];
+            let notes = vec![format!("HTTP {APP_PORT} on the web instances, health check {HEALTH_PATH}")];
             if run.create(Kind::TargetGroup, &tg_name, notes) {
                 let created = elb
                     .create_target_group()
@@ -138,11 +118,8 @@ pub async fn ensure(
                     .send()
                     .await
                     .map_err(|e| aws_error(format!("creating the target group {tg_name}"), e))?;
-                out.target_group_arn = created
-                    .target_groups()
-                    .first()
-                    .and_then(|t| t.target_group_arn())
-                    .map(String::from);
+                out.target_group_arn =
+                    created.target_groups().first().and_then(|t| t.target_group_arn()).map(String::from);
                 run.done(Kind::TargetGroup, &tg_name);
             }
         }
@@ -215,21 +192,13 @@ pub async fn ensure(
                     "the load balancer {lb_name} is not an internet-facing application load balancer; delete it and run `up` again"
                 )));
             }
-            let have_sgs: BTreeSet<&str> =
-                lb.security_groups().iter().map(String::as_str).collect();
-            let have_subnets: BTreeSet<&str> = lb
-                .availability_zones()
-                .iter()
-                .filter_map(|z| z.subnet_id())
-                .collect();
+            let have_sgs: BTreeSet<&str> = lb.security_groups().iter().map(String::as_str).collect();
+            let have_subnets: BTreeSet<&str> = lb.availability_zones().iter().filter_map(|z| z.subnet_id()).collect();
             let want_subnets: BTreeSet<&str> = net.subnets.iter().map(String::as_str).collect();
             let mut what = Vec::new();
             let sgs_differ = have_sgs != BTreeSet::from([sg.as_str()]);
             if sgs_differ {
-                what.push(format!(
-                    "security groups to {}",
-                    run.names.security_group("lb")
-                ));
+                what.push(format!("security groups to {}", run.names.security_group("lb")));
             }
             let subnets_differ = have_subnets != want_subnets;
             if subnets_differ {
@@ -242,9 +211,7 @@ pub async fn ensure(
                         .security_groups(&sg)
                         .send()
                         .await
-                        .map_err(|e| {
-                            aws_error(format!("setting the security groups of {lb_name}"), e)
-                        })?;
+                        .map_err(|e| aws_error(format!("setting the security groups of {lb_name}"), e))?;
                 }
                 if subnets_differ {
                     elb.set_subnets()
@@ -256,8 +223,7 @@ pub async fn ensure(
                 }
                 run.done(Kind::LoadBalancer, &lb_name);
             }
-            if run.apply && lb.state().and_then(|s| s.code()).map(|c| c.as_str()) != Some("active")
-            {
+            if run.apply && lb.state().and_then(|s| s.code()).map(|c| c.as_str()) != Some("active") {
                 wait_active(run, &lb_name).await?;
             }
             out.arn = Some(arn);
@@ -272,12 +238,7 @@ pub async fn ensure(
 async fn wait_active(run: &Run<'_>, name: &str) -> Result<(), ProvisionError> {
     run.wait_for(Kind::LoadBalancer, name, "to become active", || async {
         let lb = find_load_balancer(run, name).await?;
-        match lb
-            .as_ref()
-            .and_then(|l| l.state())
-            .and_then(|s| s.code())
-            .map(|c| c.as_str())
-        {
+        match lb.as_ref().and_then(|l| l.state()).and_then(|s| s.code()).map(|c| c.as_str()) {
             Some("active") => Ok(Some(())),
             Some("failed") => Err(ProvisionError::Invalid(format!(
                 "the load balancer {name} failed to start; delete it and run `up` again"
@@ -299,18 +260,12 @@ enum Wanted {
 fn wanted_listeners(spec: &StackSpec) -> Vec<(i32, Wanted)> {
     match &spec.certificate_arn {
         None => vec![(80, Wanted::Forward)],
-        Some(cert) => vec![
-            (80, Wanted::RedirectToHttps),
-            (443, Wanted::HttpsForward(cert.clone())),
-        ],
+        Some(cert) => vec![(80, Wanted::RedirectToHttps), (443, Wanted::HttpsForward(cert.clone()))],
     }
 }
 
 fn forward(tg: &str) -> Action {
-    Action::builder()
-        .r#type(ActionTypeEnum::Forward)
-        .target_group_arn(tg)
-        .build()
+    Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(tg).build()
 }
 
 fn redirect() -> Action {
@@ -331,8 +286,7 @@ fn forwards_to(l: &Listener, tg: &str) -> bool {
         a.r#type() == Some(&ActionTypeEnum::Forward)
             && (a.target_group_arn() == Some(tg)
                 || a.forward_config().is_some_and(|f| {
-                    f.target_groups().len() == 1
-                        && f.target_groups()[0].target_group_arn() == Some(tg)
+                    f.target_groups().len() == 1 && f.target_groups()[0].target_group_arn() == Some(tg)
                 }))
     })
 }
@@ -349,9 +303,7 @@ fn listener_matches(l: &Listener, want: &Wanted, tg: &str) -> Vec<String> {
             let ok = l.protocol() == Some(&ProtocolEnum::Http)
                 && l.default_actions().iter().any(|a| {
                     a.r#type() == Some(&ActionTypeEnum::Redirect)
-                        && a.redirect_config().is_some_and(|r| {
-                            r.protocol() == Some("HTTPS") && r.port() == Some("443")
-                        })
+                        && a.redirect_config().is_some_and(|r| r.protocol() == Some("HTTPS") && r.port() == Some("443"))
                 });
             if !ok {
                 what.push("HTTP, redirecting to HTTPS".into());
@@ -361,11 +313,7 @@ fn listener_matches(l: &Listener, want: &Wanted, tg: &str) -> Vec<String> {
             if l.protocol() != Some(&ProtocolEnum::Https) || !forwards_to(l, tg) {
                 what.push("HTTPS, forwarding to the web target group".into());
             }
-            if !l
-                .certificates()
-                .iter()
-                .any(|c| c.certificate_arn() == Some(cert.as_str()))
-            {
+            if !l.certificates().iter().any(|c| c.certificate_arn() == Some(cert.as_str())) {
                 what.push(format!("certificate {cert}"));
             }
         }
@@ -373,18 +321,11 @@ fn listener_matches(l: &Listener, want: &Wanted, tg: &str) -> Vec<String> {
     what
 }
 
-async fn ensure_listeners(
-    run: &mut Run<'_>,
-    spec: &StackSpec,
-    lb: &LoadBalancer,
-) -> Result<(), ProvisionError> {
+async fn ensure_listeners(run: &mut Run<'_>, spec: &StackSpec, lb: &LoadBalancer) -> Result<(), ProvisionError> {
     let stack = run.stack().to_owned();
     let elb = run.c.elb.clone();
     let lb_name = run.names.load_balancer();
-    let tg = lb
-        .target_group_arn
-        .clone()
-        .unwrap_or_else(|| Run::pending("target group"));
+    let tg = lb.target_group_arn.clone().unwrap_or_else(|| Run::pending("target group"));
     let existing: Vec<Listener> = match &lb.arn {
         Some(arn) => elb
             .describe_listeners()
@@ -428,9 +369,7 @@ async fn ensure_listeners(
                     if let Some(c) = cert {
                         req = req.certificates(c).ssl_policy(TLS_POLICY);
                     }
-                    req.send()
-                        .await
-                        .map_err(|e| aws_error(format!("creating the listener {name}"), e))?;
+                    req.send().await.map_err(|e| aws_error(format!("creating the listener {name}"), e))?;
                     run.done(Kind::Listener, &name);
                 }
             }
@@ -446,9 +385,7 @@ async fn ensure_listeners(
                     if let Some(c) = cert {
                         req = req.certificates(c).ssl_policy(TLS_POLICY);
                     }
-                    req.send()
-                        .await
-                        .map_err(|e| aws_error(format!("updating the listener {name}"), e))?;
+                    req.send().await.map_err(|e| aws_error(format!("updating the listener {name}"), e))?;
                     run.done(Kind::Listener, &name);
                 }
             }
@@ -462,11 +399,7 @@ async fn ensure_listeners(
             continue;
         }
         let name = format!("{lb_name}:{port}");
-        if run.update(
-            Kind::Listener,
-            &name,
-            vec!["remove: not part of the stack".into()],
-        ) {
+        if run.update(Kind::Listener, &name, vec!["remove: not part of the stack".into()]) {
             elb.delete_listener()
                 .listener_arn(l.listener_arn().unwrap_or_default())
                 .send()

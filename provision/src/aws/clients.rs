@@ -25,9 +25,7 @@ impl Clients {
     pub async fn new(aws: &AwsSettings) -> Clients {
         let conf = sdk_config(aws).await;
         // Endpoint overrides (moto, LocalStack) answer path-style bucket URLs.
-        let s3 = aws_sdk_s3::config::Builder::from(&conf)
-            .force_path_style(aws.endpoint.is_some())
-            .build();
+        let s3 = aws_sdk_s3::config::Builder::from(&conf).force_path_style(aws.endpoint.is_some()).build();
         Clients {
             ec2: aws_sdk_ec2::Client::new(&conf),
             asg: aws_sdk_autoscaling::Client::new(&conf),
@@ -51,15 +49,9 @@ impl Clients {
             .await
             .map_err(|e| aws_error("finding the AWS account (sts:GetCallerIdentity)", e))?;
         let account = me.account().unwrap_or_default().to_owned();
-        let partition = me
-            .arn()
-            .and_then(|a| a.split(':').nth(1))
-            .unwrap_or("aws")
-            .to_owned();
+        let partition = me.arn().and_then(|a| a.split(':').nth(1)).unwrap_or("aws").to_owned();
         if account.is_empty() {
-            return Err(ProvisionError::Invalid(
-                "AWS did not say which account these credentials belong to".into(),
-            ));
+            return Err(ProvisionError::Invalid("AWS did not say which account these credentials belong to".into()));
         }
         Ok((account, partition))
     }
@@ -108,9 +100,5 @@ where
         }
         _ => "",
     };
-    ProvisionError::Aws {
-        doing: doing.into(),
-        detail: DisplayErrorContext(&e).to_string(),
-        hint: hint.into(),
-    }
+    ProvisionError::Aws { doing: doing.into(), detail: DisplayErrorContext(&e).to_string(), hint: hint.into() }
 }

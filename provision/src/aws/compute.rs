@@ -7,16 +7,15 @@
 use std::collections::BTreeSet;
 
 use aws_sdk_autoscaling::types::{
-    CustomizedMetricSpecification, LaunchTemplateSpecification, Metric, MetricDimension,
-    MetricType, PredefinedMetricSpecification, ScalingPolicy, TargetTrackingConfiguration,
-    TargetTrackingMetricDataQuery, TargetTrackingMetricStat,
+    CustomizedMetricSpecification, LaunchTemplateSpecification, Metric, MetricDimension, MetricType,
+    PredefinedMetricSpecification, ScalingPolicy, TargetTrackingConfiguration, TargetTrackingMetricDataQuery,
+    TargetTrackingMetricStat,
 };
 use aws_sdk_ec2::types::{
-    LaunchTemplate, LaunchTemplateHttpTokensState,
-    LaunchTemplateIamInstanceProfileSpecificationRequest,
+    LaunchTemplate, LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
     LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
-    LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType,
-    ResponseLaunchTemplateData, TagSpecification,
+    LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType, ResponseLaunchTemplateData,
+    TagSpecification,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -43,11 +42,7 @@ pub fn user_data(names: &Names, role: &str, release_sha256: &str) -> String {
     let release = names.release_key();
     let config = names.config_key();
     let (command, extra_env, stop_timeout) = match role {
-        "web" => (
-            "serve",
-            format!("Environment=FLIPSTACK_LISTEN=0.0.0.0:{APP_PORT}\n"),
-            30,
-        ),
+        "web" => ("serve", format!("Environment=FLIPSTACK_LISTEN=0.0.0.0:{APP_PORT}\n"), 30),
         // A worker told to stop finishes the job in hand first.
         _ => ("work", String::new(), 120),
     };
@@ -102,11 +97,7 @@ systemctl enable --now flipstack.service
 /// The image: the operator's, else the template's current one (so a new
 /// Amazon Linux release does not by itself change the stack), else the newest
 /// Amazon Linux 2023 for x86-64.
-async fn image(
-    run: &Run<'_>,
-    spec: &StackSpec,
-    current: Option<&str>,
-) -> Result<String, ProvisionError> {
+async fn image(run: &Run<'_>, spec: &StackSpec, current: Option<&str>) -> Result<String, ProvisionError> {
     if let Some(ami) = &spec.ami {
         return Ok(ami.clone());
     }
@@ -159,9 +150,7 @@ impl Template {
             .image_id(&self.image)
             .instance_type(self.instance_type.as_str().into())
             .iam_instance_profile(
-                LaunchTemplateIamInstanceProfileSpecificationRequest::builder()
-                    .name(&self.profile)
-                    .build(),
+                LaunchTemplateIamInstanceProfileSpecificationRequest::builder().name(&self.profile).build(),
             )
             .security_group_ids(&self.security_group)
             .user_data(B64.encode(&self.user_data))
@@ -189,24 +178,17 @@ impl Template {
         }
         let profile_ok = have.iam_instance_profile().is_some_and(|p| {
             p.name() == Some(self.profile.as_str())
-                || p.arn()
-                    .is_some_and(|a| a.ends_with(&format!("/{}", self.profile)))
+                || p.arn().is_some_and(|a| a.ends_with(&format!("/{}", self.profile)))
         });
         if !profile_ok {
             what.push(format!("instance profile to {}", self.profile));
         }
-        let sgs: BTreeSet<&str> = have
-            .security_group_ids()
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let sgs: BTreeSet<&str> = have.security_group_ids().iter().map(String::as_str).collect();
         if sgs != BTreeSet::from([self.security_group.as_str()]) {
             what.push("security group".into());
         }
-        let user_data = have
-            .user_data()
-            .and_then(|u| B64.decode(u).ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let user_data =
+            have.user_data().and_then(|u| B64.decode(u).ok()).map(|b| String::from_utf8_lossy(&b).into_owned());
         if user_data.as_deref() != Some(self.user_data.as_str()) {
             what.push("user data (boot script or release digest)".into());
         }
@@ -216,43 +198,20 @@ impl Template {
                 None => "no key pair".into(),
             });
         }
-        if have.metadata_options().and_then(|m| m.http_tokens())
-            != Some(&LaunchTemplateHttpTokensState::Required)
-        {
+        if have.metadata_options().and_then(|m| m.http_tokens()) != Some(&LaunchTemplateHttpTokensState::Required) {
             what.push("require IMDSv2".into());
         }
         what
     }
 }
 
-pub async fn find_template(
-    run: &Run<'_>,
-    name: &str,
-) -> Result<Option<LaunchTemplate>, ProvisionError> {
-    match run
-        .c
-        .ec2
-        .describe_launch_templates()
-        .launch_template_names(name)
-        .send()
-        .await
-    {
+pub async fn find_template(run: &Run<'_>, name: &str) -> Result<Option<LaunchTemplate>, ProvisionError> {
+    match run.c.ec2.describe_launch_templates().launch_template_names(name).send().await {
         Ok(out) => Ok(out.launch_templates().first().cloned()),
-        Err(e)
-            if code_in(
-                &e,
-                &[
-                    "InvalidLaunchTemplateName.NotFoundException",
-                    "InvalidLaunchTemplateId.NotFound",
-                ],
-            ) =>
-        {
+        Err(e) if code_in(&e, &["InvalidLaunchTemplateName.NotFoundException", "InvalidLaunchTemplateId.NotFound"]) => {
             Ok(None)
         }
-        Err(e) => Err(aws_error(
-            format!("looking for the launch template {name}"),
-            e,
-        )),
+        Err(e) => Err(aws_error(format!("looking for the launch template {name}"), e)),
     }
 }
 
@@ -270,11 +229,7 @@ async fn default_version(
         .send()
         .await
         .map_err(|e| aws_error(format!("reading the launch template {id}"), e))?;
-    Ok(out
-        .launch_template_versions()
-        .first()
-        .and_then(|v| v.launch_template_data())
-        .cloned())
+    Ok(out.launch_template_versions().first().and_then(|v| v.launch_template_data()).cloned())
 }
 
 pub async fn ensure_launch_templates(
@@ -285,19 +240,14 @@ pub async fn ensure_launch_templates(
 ) -> Result<(), ProvisionError> {
     let stack = run.stack().to_owned();
     let ec2 = run.c.ec2.clone();
-    let sha = release_sha256
-        .map(String::from)
-        .unwrap_or_else(|| Run::pending("release"));
+    let sha = release_sha256.map(String::from).unwrap_or_else(|| Run::pending("release"));
     for role in ROLES {
         let name = run.names.launch_template(role);
         run.checking(Kind::LaunchTemplate, &name);
         let existing = find_template(run, &name).await?;
         let current = match &existing {
             Some(lt) => {
-                let tags = lt
-                    .tags()
-                    .iter()
-                    .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or("")));
+                let tags = lt.tags().iter().map(|t| (t.key().unwrap_or(""), t.value().unwrap_or("")));
                 ensure_ours(Kind::LaunchTemplate, &name, owner(tags, &stack), &stack)?;
                 default_version(run, lt).await?
             }
@@ -335,9 +285,7 @@ pub async fn ensure_launch_templates(
                         )
                         .send()
                         .await
-                        .map_err(|e| {
-                            aws_error(format!("creating the launch template {name}"), e)
-                        })?;
+                        .map_err(|e| aws_error(format!("creating the launch template {name}"), e))?;
                     run.done(Kind::LaunchTemplate, &name);
                 }
             }
@@ -356,22 +304,17 @@ pub async fn ensure_launch_templates(
                         .send()
                         .await
                         .map_err(|e| aws_error(format!("adding a version to {name}"), e))?;
-                    let version = made
-                        .launch_template_version()
-                        .and_then(|v| v.version_number())
-                        .ok_or_else(|| {
-                            ProvisionError::Invalid(format!(
-                                "EC2 did not say which version of {name} it made; run `up` again"
-                            ))
-                        })?;
+                    let version = made.launch_template_version().and_then(|v| v.version_number()).ok_or_else(|| {
+                        ProvisionError::Invalid(format!(
+                            "EC2 did not say which version of {name} it made; run `up` again"
+                        ))
+                    })?;
                     ec2.modify_launch_template()
                         .launch_template_id(id)
                         .default_version(version.to_string())
                         .send()
                         .await
-                        .map_err(|e| {
-                            aws_error(format!("making version {version} of {name} the default"), e)
-                        })?;
+                        .map_err(|e| aws_error(format!("making version {version} of {name} the default"), e))?;
                     run.warn(
                         Kind::LaunchTemplate,
                         &name,
@@ -449,9 +392,7 @@ pub fn tracking(
                                 Metric::builder()
                                     .namespace(namespace)
                                     .metric_name(metric)
-                                    .dimensions(
-                                        MetricDimension::builder().name(dim.0).value(dim.1).build(),
-                                    )
+                                    .dimensions(MetricDimension::builder().name(dim.0).value(dim.1).build())
                                     .build(),
                             )
                             .stat(stat)
@@ -517,13 +458,7 @@ pub fn fingerprint(t: &TargetTrackingConfiguration) -> String {
                         .map(|m| {
                             m.dimensions()
                                 .iter()
-                                .map(|d| {
-                                    format!(
-                                        "{}={}",
-                                        d.name().unwrap_or(""),
-                                        d.value().unwrap_or("")
-                                    )
-                                })
+                                .map(|d| format!("{}={}", d.name().unwrap_or(""), d.value().unwrap_or("")))
                                 .collect()
                         })
                         .unwrap_or_default();
@@ -552,10 +487,7 @@ pub fn fingerprint(t: &TargetTrackingConfiguration) -> String {
     out
 }
 
-pub async fn group_policies(
-    run: &Run<'_>,
-    group: &str,
-) -> Result<Vec<ScalingPolicy>, ProvisionError> {
+pub async fn group_policies(run: &Run<'_>, group: &str) -> Result<Vec<ScalingPolicy>, ProvisionError> {
     let out = run
         .c
         .asg
@@ -577,10 +509,7 @@ pub async fn ensure_groups(
     let stack = run.stack().to_owned();
     let asg = run.c.asg.clone();
     let subnets = net.subnets.join(",");
-    let tg = lb
-        .target_group_arn
-        .clone()
-        .unwrap_or_else(|| Run::pending("target group"));
+    let tg = lb.target_group_arn.clone().unwrap_or_else(|| Run::pending("target group"));
     for role in ROLES {
         let name = run.names.group(role);
         let capacity = if role == "web" { spec.web } else { spec.worker };
@@ -597,15 +526,9 @@ pub async fn ensure_groups(
         match find_group(run, &name).await? {
             None => {
                 let notes = vec![
-                    format!(
-                        "{min} to {max} instances in {} zones, warmup {} s",
-                        net.subnets.len(),
-                        spec.warmup_secs
-                    ),
+                    format!("{min} to {max} instances in {} zones, warmup {} s", net.subnets.len(), spec.warmup_secs),
                     match role {
-                        "web" => {
-                            "behind the load balancer's target group, health checked by it".into()
-                        }
+                        "web" => "behind the load balancer's target group, health checked by it".into(),
                         _ => "collects GroupInServiceInstances for its scaling metric".into(),
                     },
                 ];
@@ -632,10 +555,7 @@ pub async fn ensure_groups(
                 }
             }
             Some(g) => {
-                let tags = g
-                    .tags()
-                    .iter()
-                    .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or("")));
+                let tags = g.tags().iter().map(|t| (t.key().unwrap_or(""), t.value().unwrap_or("")));
                 ensure_ours(Kind::AutoScalingGroup, &name, owner(tags, &stack), &stack)?;
                 let mut what = Vec::new();
                 if g.min_size() != Some(min) || g.max_size() != Some(max) {
@@ -650,17 +570,10 @@ pub async fn ensure_groups(
                         && t.version() == Some("$Default")
                 });
                 if !lt_ok {
-                    what.push(format!(
-                        "launch template to {} ($Default)",
-                        run.names.launch_template(role)
-                    ));
+                    what.push(format!("launch template to {} ($Default)", run.names.launch_template(role)));
                 }
-                let have_subnets: BTreeSet<&str> = g
-                    .vpc_zone_identifier()
-                    .unwrap_or("")
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .collect();
+                let have_subnets: BTreeSet<&str> =
+                    g.vpc_zone_identifier().unwrap_or("").split(',').filter(|s| !s.is_empty()).collect();
                 if have_subnets != net.subnets.iter().map(String::as_str).collect() {
                     what.push(format!("subnets to {}", net.subnets.join(", ")));
                 }
@@ -668,47 +581,30 @@ pub async fn ensure_groups(
                     what.push(format!("{health} health checks"));
                 }
                 // Reported by AWS; an endpoint that leaves it out (moto) cannot be compared.
-                if g.default_instance_warmup()
-                    .is_some_and(|w| w != spec.warmup_secs)
-                {
+                if g.default_instance_warmup().is_some_and(|w| w != spec.warmup_secs) {
                     what.push(format!("default instance warmup to {} s", spec.warmup_secs));
                 }
-                let have_tgs: BTreeSet<&str> =
-                    g.target_group_arns().iter().map(String::as_str).collect();
+                let have_tgs: BTreeSet<&str> = g.target_group_arns().iter().map(String::as_str).collect();
                 let want_tgs: BTreeSet<&str> = tgs.iter().map(String::as_str).collect();
-                let attach: Vec<String> = want_tgs
-                    .difference(&have_tgs)
-                    .map(|s| s.to_string())
-                    .collect();
-                let detach: Vec<String> = have_tgs
-                    .difference(&want_tgs)
-                    .map(|s| s.to_string())
-                    .collect();
+                let attach: Vec<String> = want_tgs.difference(&have_tgs).map(|s| s.to_string()).collect();
+                let detach: Vec<String> = have_tgs.difference(&want_tgs).map(|s| s.to_string()).collect();
                 if !attach.is_empty() || !detach.is_empty() {
                     what.push("target groups".into());
                 }
                 let have_tags: BTreeSet<(&str, &str, bool)> = g
                     .tags()
                     .iter()
-                    .map(|t| {
-                        (
-                            t.key().unwrap_or(""),
-                            t.value().unwrap_or(""),
-                            t.propagate_at_launch().unwrap_or(false),
-                        )
-                    })
+                    .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""), t.propagate_at_launch().unwrap_or(false)))
                     .collect();
                 let want_tags = group_tags(&stack, &name, role);
-                let tags_ok = want_tags.iter().all(|t| {
-                    have_tags.contains(&(t.key().unwrap_or(""), t.value().unwrap_or(""), true))
-                });
+                let tags_ok = want_tags
+                    .iter()
+                    .all(|t| have_tags.contains(&(t.key().unwrap_or(""), t.value().unwrap_or(""), true)));
                 if !tags_ok {
                     what.push("tags (propagated to instances)".into());
                 }
                 let metrics_ok = role != "worker"
-                    || WORKER_METRICS
-                        .iter()
-                        .all(|m| g.enabled_metrics().iter().any(|e| e.metric() == Some(*m)));
+                    || WORKER_METRICS.iter().all(|m| g.enabled_metrics().iter().any(|e| e.metric() == Some(*m)));
                 if !metrics_ok {
                     what.push("collect GroupInServiceInstances".into());
                 }
@@ -733,9 +629,7 @@ pub async fn ensure_groups(
                             .set_target_group_arns(Some(attach))
                             .send()
                             .await
-                            .map_err(|e| {
-                                aws_error(format!("attaching {name} to its target group"), e)
-                            })?;
+                            .map_err(|e| aws_error(format!("attaching {name} to its target group"), e))?;
                     }
                     if !detach.is_empty() {
                         asg.detach_load_balancer_target_groups()
@@ -743,9 +637,7 @@ pub async fn ensure_groups(
                             .set_target_group_arns(Some(detach))
                             .send()
                             .await
-                            .map_err(|e| {
-                                aws_error(format!("detaching {name} from other target groups"), e)
-                            })?;
+                            .map_err(|e| aws_error(format!("detaching {name} from other target groups"), e))?;
                     }
                     if !tags_ok {
                         asg.create_or_update_tags()
@@ -791,18 +683,12 @@ async fn ensure_policy(
     run.checking(Kind::ScalingPolicy, &name);
     let want = tracking(role, spec, &run.names, lb, queues);
     let existing = if find_group(run, &group).await?.is_some() {
-        group_policies(run, &group)
-            .await?
-            .into_iter()
-            .find(|p| p.policy_name() == Some(name.as_str()))
+        group_policies(run, &group).await?.into_iter().find(|p| p.policy_name() == Some(name.as_str()))
     } else {
         None
     };
     let note = match role {
-        "web" => format!(
-            "target tracking: {} ALB requests per instance per minute",
-            spec.requests_per_target
-        ),
+        "web" => format!("target tracking: {} ALB requests per instance per minute", spec.requests_per_target),
         _ => format!(
             "target tracking: {} visible messages per in-service worker (metric math: ApproximateNumberOfMessagesVisible / GroupInServiceInstances)",
             spec.backlog_per_worker
@@ -849,12 +735,7 @@ mod tests {
     use super::*;
 
     fn names() -> Names {
-        Names {
-            stack: "t".into(),
-            account: "123456789012".into(),
-            partition: "aws".into(),
-            region: "eu-west-1".into(),
-        }
+        Names { stack: "t".into(), account: "123456789012".into(), partition: "aws".into(), region: "eu-west-1".into() }
     }
 
     #[test]
@@ -862,14 +743,10 @@ mod tests {
         let web = user_data(&names(), "web", "abc123");
         assert!(web.starts_with("#!/bin/bash\n"));
         assert!(web.contains("s3://flipstack-t-123456789012-eu-west-1/release/flipstack"));
-        assert!(
-            web.contains("echo \"abc123  /opt/flipstack/flipstack.download\" | sha256sum --check")
-        );
+        assert!(web.contains("echo \"abc123  /opt/flipstack/flipstack.download\" | sha256sum --check"));
         assert!(web.contains("s3://flipstack-t-123456789012-eu-west-1/config/flipstack.env"));
         assert!(web.contains("EnvironmentFile=/etc/flipstack/flipstack.env"));
-        assert!(web.contains(
-            "Environment=FLIPSTACK_LISTEN=0.0.0.0:8080\nExecStart=/usr/local/bin/flipstack serve\n"
-        ));
+        assert!(web.contains("Environment=FLIPSTACK_LISTEN=0.0.0.0:8080\nExecStart=/usr/local/bin/flipstack serve\n"));
         assert!(web.contains("systemctl enable --now flipstack.service"));
         let worker = user_data(&names(), "worker", "abc123");
         assert!(worker.contains("\nExecStart=/usr/local/bin/flipstack work\n"));
@@ -878,30 +755,16 @@ mod tests {
 
     #[test]
     fn the_worker_policy_divides_backlog_by_in_service_workers() {
-        let spec = StackSpec::new(
-            "t",
-            flipstack_core::aws::AwsSettings {
-                region: "eu-west-1".into(),
-                endpoint: None,
-            },
-        );
-        let queues = Queues {
-            name: "flipstack-t-jobs".into(),
-            url: None,
-        };
+        let spec = StackSpec::new("t", flipstack_core::aws::AwsSettings { region: "eu-west-1".into(), endpoint: None });
+        let queues = Queues { name: "flipstack-t-jobs".into(), url: None };
         let t = tracking("worker", &spec, &names(), &LoadBalancer::default(), &queues).unwrap();
         let f = fingerprint(&t);
+        assert!(f.contains("AWS/SQS/ApproximateNumberOfMessagesVisible[QueueName=flipstack-t-jobs]:Sum"), "{f}");
         assert!(
-            f.contains(
-                "AWS/SQS/ApproximateNumberOfMessagesVisible[QueueName=flipstack-t-jobs]:Sum"
-            ),
+            f.contains("AWS/AutoScaling/GroupInServiceInstances[AutoScalingGroupName=flipstack-t-worker]:Average"),
             "{f}"
         );
-        assert!(f.contains("AWS/AutoScaling/GroupInServiceInstances[AutoScalingGroupName=flipstack-t-worker]:Average"), "{f}");
-        assert!(
-            f.contains("backlog_per_worker|backlog / workers||true"),
-            "{f}"
-        );
+        assert!(f.contains("backlog_per_worker|backlog / workers||true"), "{f}");
         assert!(f.starts_with("target=4;"), "{f}");
         // The web policy needs the load balancer's label, unknown in a plan.
         assert!(tracking("web", &spec, &names(), &LoadBalancer::default(), &queues).is_none());

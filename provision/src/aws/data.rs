@@ -39,28 +39,15 @@ pub enum CacheEndpoint {
 }
 
 fn rds_tag(stack: &str) -> aws_sdk_rds::types::Tag {
-    aws_sdk_rds::types::Tag::builder()
-        .key(STACK_TAG)
-        .value(stack)
-        .build()
+    aws_sdk_rds::types::Tag::builder().key(STACK_TAG).value(stack).build()
 }
 
 fn cache_tag(stack: &str) -> aws_sdk_elasticache::types::Tag {
-    aws_sdk_elasticache::types::Tag::builder()
-        .key(STACK_TAG)
-        .value(stack)
-        .build()
+    aws_sdk_elasticache::types::Tag::builder().key(STACK_TAG).value(stack).build()
 }
 
 pub async fn describe_db(run: &Run<'_>, id: &str) -> Result<Option<DbInstance>, ProvisionError> {
-    match run
-        .c
-        .rds
-        .describe_db_instances()
-        .db_instance_identifier(id)
-        .send()
-        .await
-    {
+    match run.c.rds.describe_db_instances().db_instance_identifier(id).send().await {
         Ok(out) => Ok(out.db_instances().first().cloned()),
         Err(e) if code_in(&e, &["DBInstanceNotFound"]) => Ok(None),
         Err(e) => Err(aws_error(format!("looking for the database {id}"), e)),
@@ -68,20 +55,11 @@ pub async fn describe_db(run: &Run<'_>, id: &str) -> Result<Option<DbInstance>, 
 }
 
 fn db_owner(db: &DbInstance, stack: &str) -> super::names::Owner {
-    owner(
-        db.tag_list()
-            .iter()
-            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
-        stack,
-    )
+    owner(db.tag_list().iter().map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))), stack)
 }
 
 fn db_groups(db: &DbInstance) -> BTreeSet<String> {
-    db.vpc_security_groups()
-        .iter()
-        .filter_map(|g| g.vpc_security_group_id())
-        .map(String::from)
-        .collect()
+    db.vpc_security_groups().iter().filter_map(|g| g.vpc_security_group_id()).map(String::from).collect()
 }
 
 fn endpoint(db: &DbInstance) -> Option<(String, i32)> {
@@ -115,29 +93,17 @@ async fn ensure_db_subnet_group(run: &mut Run<'_>, net: &Network) -> Result<(), 
     let stack = run.stack().to_owned();
     let rds = run.c.rds.clone();
     run.checking(Kind::DbSubnetGroup, &name);
-    let found = match rds
-        .describe_db_subnet_groups()
-        .db_subnet_group_name(&name)
-        .send()
-        .await
-    {
+    let found = match rds.describe_db_subnet_groups().db_subnet_group_name(&name).send().await {
         Ok(out) => out.db_subnet_groups().first().cloned(),
         Err(e) if code_in(&e, &["DBSubnetGroupNotFoundFault"]) => None,
         Err(e) => {
-            return Err(aws_error(
-                format!("looking for the DB subnet group {name}"),
-                e,
-            ));
+            return Err(aws_error(format!("looking for the DB subnet group {name}"), e));
         }
     };
     let wanted: BTreeSet<String> = net.subnets.iter().cloned().collect();
     match found {
         None => {
-            if run.create(
-                Kind::DbSubnetGroup,
-                &name,
-                vec![format!("subnets {}", net.subnets.join(", "))],
-            ) {
+            if run.create(Kind::DbSubnetGroup, &name, vec![format!("subnets {}", net.subnets.join(", "))]) {
                 rds.create_db_subnet_group()
                     .db_subnet_group_name(&name)
                     .db_subnet_group_description(format!("flipstack {stack}: databases"))
@@ -157,17 +123,10 @@ async fn ensure_db_subnet_group(run: &mut Run<'_>, net: &Network) -> Result<(), 
                 .send()
                 .await
                 .map_err(|e| aws_error(format!("reading the tags of {name}"), e))?;
-            let tags = tags
-                .tag_list()
-                .iter()
-                .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or("")));
+            let tags = tags.tag_list().iter().map(|t| (t.key().unwrap_or(""), t.value().unwrap_or("")));
             ensure_ours(Kind::DbSubnetGroup, &name, owner(tags, &stack), &stack)?;
-            let have: BTreeSet<String> = g
-                .subnets()
-                .iter()
-                .filter_map(|s| s.subnet_identifier())
-                .map(String::from)
-                .collect();
+            let have: BTreeSet<String> =
+                g.subnets().iter().filter_map(|s| s.subnet_identifier()).map(String::from).collect();
             // Existing subnets may stay (instances live in them); only add.
             let missing: Vec<&String> = wanted.difference(&have).collect();
             let what = missing.iter().map(|s| format!("add subnet {s}")).collect();
@@ -247,21 +206,13 @@ pub async fn ensure_databases(
             }
             let mut what = Vec::new();
             if db.db_instance_class() != Some(spec.db_instance_class.as_str()) {
-                what.push(format!(
-                    "instance class to {} (restarts it)",
-                    spec.db_instance_class
-                ));
+                what.push(format!("instance class to {} (restarts it)", spec.db_instance_class));
             }
             if db_groups(&db) != BTreeSet::from([sg.clone()]) {
-                what.push(format!(
-                    "security groups to {}",
-                    run.names.security_group("db")
-                ));
+                what.push(format!("security groups to {}", run.names.security_group("db")));
             }
             if db.backup_retention_period().unwrap_or(0) < 1 {
-                what.push(format!(
-                    "keep {BACKUP_DAYS} days of backups (the replica needs them)"
-                ));
+                what.push(format!("keep {BACKUP_DAYS} days of backups (the replica needs them)"));
             }
             if !secrets_known {
                 what.push("reset the master password: the stack's configuration, which held it, is missing".into());
@@ -272,16 +223,12 @@ pub async fn ensure_databases(
                     .db_instance_identifier(&id)
                     .db_instance_class(&spec.db_instance_class)
                     .vpc_security_group_ids(&sg)
-                    .backup_retention_period(
-                        db.backup_retention_period().unwrap_or(0).max(BACKUP_DAYS),
-                    )
+                    .backup_retention_period(db.backup_retention_period().unwrap_or(0).max(BACKUP_DAYS))
                     .apply_immediately(true);
                 if !secrets_known {
                     req = req.master_user_password(&secrets.db_password);
                 }
-                req.send()
-                    .await
-                    .map_err(|e| aws_error(format!("updating the database {id}"), e))?;
+                req.send().await.map_err(|e| aws_error(format!("updating the database {id}"), e))?;
                 let db = wait_available(run, Kind::Database, &id).await?;
                 out.primary = endpoint(&db);
                 run.done(Kind::Database, &id);
@@ -298,9 +245,7 @@ pub async fn ensure_databases(
     run.checking(Kind::DatabaseReplica, &replica_id);
     match describe_db(run, &replica_id).await? {
         None => {
-            let notes = vec![format!(
-                "read replica of {id}, same class and security group"
-            )];
+            let notes = vec![format!("read replica of {id}, same class and security group")];
             if run.create(Kind::DatabaseReplica, &replica_id, notes) {
                 rds.create_db_instance_read_replica()
                     .db_instance_identifier(&replica_id)
@@ -320,16 +265,9 @@ pub async fn ensure_databases(
             }
         }
         Some(db) => {
-            ensure_ours(
-                Kind::DatabaseReplica,
-                &replica_id,
-                db_owner(&db, &stack),
-                &stack,
-            )?;
+            ensure_ours(Kind::DatabaseReplica, &replica_id, db_owner(&db, &stack), &stack)?;
             // The source is named by identifier, or by ARN across regions.
-            let source = db
-                .read_replica_source_db_instance_identifier()
-                .unwrap_or("");
+            let source = db.read_replica_source_db_instance_identifier().unwrap_or("");
             if source != id && !source.ends_with(&format!(":db:{id}")) {
                 return Err(ProvisionError::Conflict(format!(
                     "{replica_id} exists but is not a read replica of {id} (its source: {:?}); delete it and run `up` again to create the replica",
@@ -338,16 +276,10 @@ pub async fn ensure_databases(
             }
             let mut what = Vec::new();
             if db.db_instance_class() != Some(spec.db_instance_class.as_str()) {
-                what.push(format!(
-                    "instance class to {} (restarts it)",
-                    spec.db_instance_class
-                ));
+                what.push(format!("instance class to {} (restarts it)", spec.db_instance_class));
             }
             if db_groups(&db) != BTreeSet::from([sg.clone()]) {
-                what.push(format!(
-                    "security groups to {}",
-                    run.names.security_group("db")
-                ));
+                what.push(format!("security groups to {}", run.names.security_group("db")));
             }
             if run.update(Kind::DatabaseReplica, &replica_id, what) {
                 rds.modify_db_instance()
@@ -372,19 +304,8 @@ pub async fn ensure_databases(
     Ok(out)
 }
 
-pub async fn describe_cache(
-    run: &Run<'_>,
-    id: &str,
-) -> Result<Option<CacheCluster>, ProvisionError> {
-    match run
-        .c
-        .cache
-        .describe_cache_clusters()
-        .cache_cluster_id(id)
-        .show_cache_node_info(true)
-        .send()
-        .await
-    {
+pub async fn describe_cache(run: &Run<'_>, id: &str) -> Result<Option<CacheCluster>, ProvisionError> {
+    match run.c.cache.describe_cache_clusters().cache_cluster_id(id).show_cache_node_info(true).send().await {
         Ok(out) => Ok(out.cache_clusters().first().cloned()),
         Err(e) if code_in(&e, &["CacheClusterNotFound"]) => Ok(None),
         Err(e) => Err(aws_error(format!("looking for the cache cluster {id}"), e)),
@@ -400,16 +321,7 @@ pub async fn cache_tags(run: &Run<'_>, arn: &str) -> Result<Vec<(String, String)
         .send()
         .await
         .map_err(|e| aws_error(format!("reading the tags of {arn}"), e))?;
-    Ok(out
-        .tag_list()
-        .iter()
-        .map(|t| {
-            (
-                t.key().unwrap_or("").to_owned(),
-                t.value().unwrap_or("").to_owned(),
-            )
-        })
-        .collect())
+    Ok(out.tag_list().iter().map(|t| (t.key().unwrap_or("").to_owned(), t.value().unwrap_or("").to_owned())).collect())
 }
 
 fn cache_endpoint(c: &CacheCluster) -> CacheEndpoint {
@@ -422,10 +334,7 @@ fn cache_endpoint(c: &CacheCluster) -> CacheEndpoint {
     if !nodes.is_empty() {
         return CacheEndpoint::Nodes(format!("memcache://{}", nodes.join(",")));
     }
-    match c
-        .configuration_endpoint()
-        .and_then(|e| Some((e.address()?, e.port().unwrap_or(11211))))
-    {
+    match c.configuration_endpoint().and_then(|e| Some((e.address()?, e.port().unwrap_or(11211)))) {
         Some((host, port)) => CacheEndpoint::Nodes(format!("memcache://{host}:{port}")),
         None => CacheEndpoint::Unreported,
     }
@@ -436,28 +345,16 @@ async fn ensure_cache_subnet_group(run: &mut Run<'_>, net: &Network) -> Result<(
     let stack = run.stack().to_owned();
     let ec = run.c.cache.clone();
     run.checking(Kind::CacheSubnetGroup, &name);
-    let found = match ec
-        .describe_cache_subnet_groups()
-        .cache_subnet_group_name(&name)
-        .send()
-        .await
-    {
+    let found = match ec.describe_cache_subnet_groups().cache_subnet_group_name(&name).send().await {
         Ok(out) => out.cache_subnet_groups().first().cloned(),
         Err(e) if code_in(&e, &["CacheSubnetGroupNotFoundFault"]) => None,
         Err(e) => {
-            return Err(aws_error(
-                format!("looking for the cache subnet group {name}"),
-                e,
-            ));
+            return Err(aws_error(format!("looking for the cache subnet group {name}"), e));
         }
     };
     match found {
         None => {
-            if run.create(
-                Kind::CacheSubnetGroup,
-                &name,
-                vec![format!("subnets {}", net.subnets.join(", "))],
-            ) {
+            if run.create(Kind::CacheSubnetGroup, &name, vec![format!("subnets {}", net.subnets.join(", "))]) {
                 ec.create_cache_subnet_group()
                     .cache_subnet_group_name(&name)
                     .cache_subnet_group_description(format!("flipstack {stack}: cache"))
@@ -477,17 +374,10 @@ async fn ensure_cache_subnet_group(run: &mut Run<'_>, net: &Network) -> Result<(
                 owner(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())), &stack),
                 &stack,
             )?;
-            let have: BTreeSet<String> = g
-                .subnets()
-                .iter()
-                .filter_map(|s| s.subnet_identifier())
-                .map(String::from)
-                .collect();
+            let have: BTreeSet<String> =
+                g.subnets().iter().filter_map(|s| s.subnet_identifier()).map(String::from).collect();
             let wanted: BTreeSet<String> = net.subnets.iter().cloned().collect();
-            let what = wanted
-                .difference(&have)
-                .map(|s| format!("add subnet {s}"))
-                .collect();
+            let what = wanted.difference(&have).map(|s| format!("add subnet {s}")).collect();
             if run.update(Kind::CacheSubnetGroup, &name, what) {
                 ec.modify_cache_subnet_group()
                     .cache_subnet_group_name(&name)
@@ -506,12 +396,7 @@ async fn wait_cache(run: &Run<'_>, id: &str) -> Result<CacheCluster, ProvisionEr
     run.wait_for(Kind::CacheCluster, id, "to become available", || async {
         match describe_cache(run, id).await? {
             Some(c) if c.cache_cluster_status() == Some("available") => Ok(Some(c)),
-            Some(c)
-                if matches!(
-                    c.cache_cluster_status(),
-                    Some("deleting" | "deleted" | "incompatible-network")
-                ) =>
-            {
+            Some(c) if matches!(c.cache_cluster_status(), Some("deleting" | "deleted" | "incompatible-network")) => {
                 Err(ProvisionError::Invalid(format!(
                     "the cache cluster {id} is {}; wait for it to go, then run `up` again",
                     c.cache_cluster_status().unwrap_or_default()
@@ -585,18 +470,11 @@ pub async fn ensure_cache(
             if c.num_cache_nodes().is_some_and(|n| n < spec.cache_nodes) {
                 what.push(format!("grow to {} nodes", spec.cache_nodes));
             }
-            let have: BTreeSet<String> = c
-                .security_groups()
-                .iter()
-                .filter_map(|g| g.security_group_id())
-                .map(String::from)
-                .collect();
+            let have: BTreeSet<String> =
+                c.security_groups().iter().filter_map(|g| g.security_group_id()).map(String::from).collect();
             // An endpoint that does not report the groups (moto) cannot be compared.
             if !have.is_empty() && have != BTreeSet::from([sg.clone()]) {
-                what.push(format!(
-                    "security groups to {}",
-                    run.names.security_group("cache")
-                ));
+                what.push(format!("security groups to {}", run.names.security_group("cache")));
             }
             if run.update(Kind::CacheCluster, &id, what) {
                 ec.modify_cache_cluster()

@@ -70,20 +70,8 @@ struct Found {
 }
 
 impl Found {
-    fn ours(
-        kind: Kind,
-        name: impl Into<String>,
-        id: impl Into<String>,
-        state: impl Into<String>,
-    ) -> Found {
-        Found {
-            kind,
-            name: name.into(),
-            id: id.into(),
-            state: state.into(),
-            owner: Owner::Stack,
-            deleting: false,
-        }
+    fn ours(kind: Kind, name: impl Into<String>, id: impl Into<String>, state: impl Into<String>) -> Found {
+        Found { kind, name: name.into(), id: id.into(), state: state.into(), owner: Owner::Stack, deleting: false }
     }
 }
 
@@ -121,11 +109,7 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
     match c.s3.head_bucket().bucket(&bucket).send().await {
         Ok(_) => {
             let tags = match c.s3.get_bucket_tagging().bucket(&bucket).send().await {
-                Ok(t) => t
-                    .tag_set()
-                    .iter()
-                    .map(|t| (t.key().to_owned(), t.value().to_owned()))
-                    .collect(),
+                Ok(t) => t.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect(),
                 Err(e) if code_in(&e, &["NoSuchTagSet"]) => Vec::new(),
                 Err(e) => return Err(aws_error(format!("reading the tags of {bucket}"), e)),
             };
@@ -149,21 +133,10 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
     }
 
     // Queues, by name and tag.
-    for (kind, name) in [
-        (Kind::DeadLetterQueue, n.dead_letter_queue()),
-        (Kind::Queue, n.queue()),
-    ] {
+    for (kind, name) in [(Kind::DeadLetterQueue, n.dead_letter_queue()), (Kind::Queue, n.queue())] {
         let url = match c.sqs.get_queue_url().queue_name(&name).send().await {
             Ok(o) => o.queue_url().unwrap_or_default().to_owned(),
-            Err(e)
-                if code_in(
-                    &e,
-                    &[
-                        "AWS.SimpleQueueService.NonExistentQueue",
-                        "QueueDoesNotExist",
-                    ],
-                ) =>
-            {
+            Err(e) if code_in(&e, &["AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"]) => {
                 continue;
             }
             Err(e) => return Err(aws_error(format!("looking for the queue {name}"), e)),
@@ -175,12 +148,7 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
             .send()
             .await
             .map_err(|e| aws_error(format!("reading the tags of {name}"), e))?;
-        let tags: Vec<(String, String)> = tags
-            .tags()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let tags: Vec<(String, String)> = tags.tags().cloned().unwrap_or_default().into_iter().collect();
         let attrs = c
             .sqs
             .get_queue_attributes()
@@ -190,12 +158,8 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
             .send()
             .await
             .map_err(|e| aws_error(format!("reading the queue {name}"), e))?;
-        let get = |a: QueueAttributeName| {
-            attrs
-                .attributes()
-                .and_then(|m| m.get(&a).cloned())
-                .unwrap_or_else(|| "?".into())
-        };
+        let get =
+            |a: QueueAttributeName| attrs.attributes().and_then(|m| m.get(&a).cloned()).unwrap_or_else(|| "?".into());
         out.push(Found {
             kind,
             name: name.clone(),
@@ -215,11 +179,8 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
     match c.iam.get_role().role_name(&role).send().await {
         Ok(o) => {
             if let Some(r) = o.role() {
-                let tags: Vec<(String, String)> = r
-                    .tags()
-                    .iter()
-                    .map(|t| (t.key().to_owned(), t.value().to_owned()))
-                    .collect();
+                let tags: Vec<(String, String)> =
+                    r.tags().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect();
                 out.push(Found {
                     kind: Kind::Role,
                     name: role.clone(),
@@ -234,20 +195,11 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
         Err(e) => return Err(aws_error(format!("looking for the role {role}"), e)),
     }
     let profile = n.instance_profile();
-    match c
-        .iam
-        .get_instance_profile()
-        .instance_profile_name(&profile)
-        .send()
-        .await
-    {
+    match c.iam.get_instance_profile().instance_profile_name(&profile).send().await {
         Ok(o) => {
             if let Some(p) = o.instance_profile() {
-                let tags: Vec<(String, String)> = p
-                    .tags()
-                    .iter()
-                    .map(|t| (t.key().to_owned(), t.value().to_owned()))
-                    .collect();
+                let tags: Vec<(String, String)> =
+                    p.tags().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect();
                 let roles: Vec<&str> = p.roles().iter().map(|r| r.role_name()).collect();
                 out.push(Found {
                     kind: Kind::InstanceProfile,
@@ -261,22 +213,13 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
         }
         Err(e) if code_in(&e, &["NoSuchEntity"]) => {}
         Err(e) => {
-            return Err(aws_error(
-                format!("looking for the instance profile {profile}"),
-                e,
-            ));
+            return Err(aws_error(format!("looking for the instance profile {profile}"), e));
         }
     }
 
     // Databases.
     let sub = n.db_subnet_group();
-    match c
-        .rds
-        .describe_db_subnet_groups()
-        .db_subnet_group_name(&sub)
-        .send()
-        .await
-    {
+    match c.rds.describe_db_subnet_groups().db_subnet_group_name(&sub).send().await {
         Ok(o) => {
             if let Some(g) = o.db_subnet_groups().first() {
                 let arn = g.db_subnet_group_arn().unwrap_or_default().to_owned();
@@ -290,12 +233,7 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
                 let tags: Vec<(String, String)> = tags
                     .tag_list()
                     .iter()
-                    .map(|t| {
-                        (
-                            t.key().unwrap_or("").to_owned(),
-                            t.value().unwrap_or("").to_owned(),
-                        )
-                    })
+                    .map(|t| (t.key().unwrap_or("").to_owned(), t.value().unwrap_or("").to_owned()))
                     .collect();
                 out.push(Found {
                     kind: Kind::DbSubnetGroup,
@@ -309,26 +247,15 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
         }
         Err(e) if code_in(&e, &["DBSubnetGroupNotFoundFault"]) => {}
         Err(e) => {
-            return Err(aws_error(
-                format!("looking for the DB subnet group {sub}"),
-                e,
-            ));
+            return Err(aws_error(format!("looking for the DB subnet group {sub}"), e));
         }
     }
-    for (kind, id) in [
-        (Kind::Database, n.database()),
-        (Kind::DatabaseReplica, n.replica()),
-    ] {
+    for (kind, id) in [(Kind::Database, n.database()), (Kind::DatabaseReplica, n.replica())] {
         if let Some(db) = describe_db(run, &id).await? {
             let tags: Vec<(String, String)> = db
                 .tag_list()
                 .iter()
-                .map(|t| {
-                    (
-                        t.key().unwrap_or("").to_owned(),
-                        t.value().unwrap_or("").to_owned(),
-                    )
-                })
+                .map(|t| (t.key().unwrap_or("").to_owned(), t.value().unwrap_or("").to_owned()))
                 .collect();
             let mut state = format!(
                 "{} {} {}",
@@ -355,13 +282,7 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
 
     // Cache.
     let csub = n.cache_subnet_group();
-    match c
-        .cache
-        .describe_cache_subnet_groups()
-        .cache_subnet_group_name(&csub)
-        .send()
-        .await
-    {
+    match c.cache.describe_cache_subnet_groups().cache_subnet_group_name(&csub).send().await {
         Ok(o) => {
             if let Some(g) = o.cache_subnet_groups().first() {
                 let arn = g.arn().unwrap_or_default().to_owned();
@@ -378,10 +299,7 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
         }
         Err(e) if code_in(&e, &["CacheSubnetGroupNotFoundFault"]) => {}
         Err(e) => {
-            return Err(aws_error(
-                format!("looking for the cache subnet group {csub}"),
-                e,
-            ));
+            return Err(aws_error(format!("looking for the cache subnet group {csub}"), e));
         }
     }
     let cid = n.cache_cluster();
@@ -418,12 +336,7 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
         let targets = health.target_health_descriptions();
         let healthy = targets
             .iter()
-            .filter(|t| {
-                t.target_health()
-                    .and_then(|h| h.state())
-                    .map(|s| s.as_str())
-                    == Some("healthy")
-            })
+            .filter(|t| t.target_health().and_then(|h| h.state()).map(|s| s.as_str()) == Some("healthy"))
             .count();
         out.push(Found {
             kind: Kind::TargetGroup,
@@ -445,10 +358,7 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
             id: arn.clone(),
             state: format!(
                 "{}, {}",
-                lb.state()
-                    .and_then(|s| s.code())
-                    .map(|c| c.as_str())
-                    .unwrap_or("?"),
+                lb.state().and_then(|s| s.code()).map(|c| c.as_str()).unwrap_or("?"),
                 lb.dns_name().unwrap_or("?")
             ),
             owner: ours.clone(),
@@ -466,10 +376,7 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
                 kind: Kind::Listener,
                 name: format!("{lb_name}:{}", l.port().unwrap_or(0)),
                 id: l.listener_arn().unwrap_or_default().to_owned(),
-                state: l
-                    .protocol()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_default(),
+                state: l.protocol().map(|p| p.as_str().to_owned()).unwrap_or_default(),
                 // Listeners go with their load balancer.
                 owner: ours.clone(),
                 deleting: false,
@@ -490,10 +397,7 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
             Kind::LaunchTemplate,
             lt.launch_template_name().unwrap_or_default(),
             lt.launch_template_id().unwrap_or_default(),
-            format!(
-                "default version {}",
-                lt.default_version_number().unwrap_or(0)
-            ),
+            format!("default version {}", lt.default_version_number().unwrap_or(0)),
         ));
     }
     let groups = c
@@ -510,17 +414,9 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
         .map_err(|e| aws_error("listing the stack's Auto Scaling groups", e))?;
     for g in groups.auto_scaling_groups() {
         let name = g.auto_scaling_group_name().unwrap_or_default().to_owned();
-        let role = g
-            .tags()
-            .iter()
-            .find(|t| t.key() == Some(ROLE_TAG))
-            .and_then(|t| t.value())
-            .unwrap_or("?");
-        let in_service = g
-            .instances()
-            .iter()
-            .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
-            .count();
+        let role = g.tags().iter().find(|t| t.key() == Some(ROLE_TAG)).and_then(|t| t.value()).unwrap_or("?");
+        let in_service =
+            g.instances().iter().filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService")).count();
         out.push(Found::ours(
             Kind::AutoScalingGroup,
             &name,
@@ -536,12 +432,7 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
         for p in group_policies(run, &name).await? {
             let target = p
                 .target_tracking_configuration()
-                .map(|t| {
-                    format!(
-                        "target tracking, target {}",
-                        t.target_value().unwrap_or(0.0)
-                    )
-                })
+                .map(|t| format!("target tracking, target {}", t.target_value().unwrap_or(0.0)))
                 .unwrap_or_else(|| p.policy_type().unwrap_or("?").to_owned());
             out.push(Found::ours(
                 Kind::ScalingPolicy,
@@ -555,39 +446,21 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
 }
 
 fn status_of(f: &Found) -> ResourceStatus {
-    ResourceStatus {
-        kind: f.kind,
-        name: f.name.clone(),
-        id: f.id.clone(),
-        state: f.state.clone(),
-    }
+    ResourceStatus { kind: f.kind, name: f.name.clone(), id: f.id.clone(), state: f.state.clone() }
 }
 
 /// Every resource of the stack and the groups' sizes.
 pub async fn status(aws: &AwsSettings, stack: &str) -> Result<StackStatus, ProvisionError> {
     validate_stack_name(stack)?;
-    let run = Box::pin(Run::start(
-        aws,
-        stack,
-        false,
-        &no_progress,
-        Waits::default(),
-    ))
-    .await?;
+    let run = Box::pin(Run::start(aws, stack, false, &no_progress, Waits::default())).await?;
     let found = Box::pin(discover(&run)).await?;
-    let groups = Box::pin(fleet(aws, stack))
-        .await
-        .map_err(|e| ProvisionError::Invalid(e.to_string()))?;
+    let groups = Box::pin(fleet(aws, stack)).await.map_err(|e| ProvisionError::Invalid(e.to_string()))?;
     let public_url = read_object(&run.c.s3, &run.names.bucket(), run.names.config_key())
         .await
         .ok()
         .flatten()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("FLIPSTACK_PUBLIC_URL=").map(String::from))
-        });
-    let (ours, not_ours): (Vec<&Found>, Vec<&Found>) =
-        found.iter().partition(|f| f.owner == Owner::Stack);
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("FLIPSTACK_PUBLIC_URL=").map(String::from)));
+    let (ours, not_ours): (Vec<&Found>, Vec<&Found>) = found.iter().partition(|f| f.owner == Owner::Stack);
     Ok(StackStatus {
         stack: stack.to_owned(),
         region: run.names.region.clone(),
@@ -610,22 +483,11 @@ pub struct Access {
 /// Read from the stack's configuration; None before `up` has written it.
 pub async fn access(aws: &AwsSettings, stack: &str) -> Result<Option<Access>, ProvisionError> {
     validate_stack_name(stack)?;
-    let run = Box::pin(Run::start(
-        aws,
-        stack,
-        false,
-        &no_progress,
-        Waits::default(),
-    ))
-    .await?;
+    let run = Box::pin(Run::start(aws, stack, false, &no_progress, Waits::default())).await?;
     let (bucket, key) = (run.names.bucket(), run.names.config_key());
     let text = read_object(&run.c.s3, &bucket, key).await?;
     let get = |text: &str, key: &str| {
-        text.lines().find_map(|l| {
-            l.strip_prefix(key)
-                .and_then(|r| r.strip_prefix('='))
-                .map(String::from)
-        })
+        text.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(String::from))
     };
     Ok(text.and_then(|t| {
         Some(Access {
@@ -668,17 +530,12 @@ async fn teardown(
         if f.owner == Owner::Stack {
             ours.push(f);
         } else {
-            let why = format!(
-                "{} not carrying {}={stack}",
-                f.owner.describe(),
-                crate::fleet::STACK_TAG
-            );
+            let why = format!("{} not carrying {}={stack}", f.owner.describe(), crate::fleet::STACK_TAG);
             run.emit(f.kind, &f.name, Step::LeftAlone(why.clone()));
             report.left_alone.push((f.kind, f.name, why));
         }
     }
-    let of =
-        |kind: Kind| -> Vec<Found> { ours.iter().filter(|f| f.kind == kind).cloned().collect() };
+    let of = |kind: Kind| -> Vec<Found> { ours.iter().filter(|f| f.kind == kind).cloned().collect() };
 
     // Groups first: their instances hold the security groups, the target
     // group and the instance profile. Their policies go with them.
@@ -689,18 +546,13 @@ async fn teardown(
     }
     for g in &groups {
         // Asked again while AWS refuses (a scaling activity in progress).
-        run.wait_for(
-            g.kind,
-            &g.name,
-            "to finish terminating its instances",
-            || async {
-                match find_group(&run, &g.name).await? {
-                    None => Ok(Some(())),
-                    Some(found) if found.status() == Some("Delete in progress") => Ok(None),
-                    Some(_) => delete_group(&run, &g.name).await.map(|_| None),
-                }
-            },
-        )
+        run.wait_for(g.kind, &g.name, "to finish terminating its instances", || async {
+            match find_group(&run, &g.name).await? {
+                None => Ok(Some(())),
+                Some(found) if found.status() == Some("Delete in progress") => Ok(None),
+                Some(_) => delete_group(&run, &g.name).await.map(|_| None),
+            }
+        })
         .await?;
         run.done(g.kind, &g.name);
         report.deleted.push((g.kind, g.name.clone()));
@@ -712,10 +564,7 @@ async fn teardown(
     }
     let group_names: BTreeSet<String> = groups.iter().map(|g| g.name.clone()).collect();
     if !group_names.is_empty() {
-        let what = format!(
-            "instances of {}",
-            group_names.iter().cloned().collect::<Vec<_>>().join(", ")
-        );
+        let what = format!("instances of {}", group_names.iter().cloned().collect::<Vec<_>>().join(", "));
         run.wait_for(Kind::Instance, &what, "to terminate", || async {
             let out = run
                 .c
@@ -744,21 +593,11 @@ async fn teardown(
 
     for lt in of(Kind::LaunchTemplate) {
         run.emit(lt.kind, &lt.name, Step::Deleting);
-        match run
-            .c
-            .ec2
-            .delete_launch_template()
-            .launch_template_id(&lt.id)
-            .send()
-            .await
-        {
+        match run.c.ec2.delete_launch_template().launch_template_id(&lt.id).send().await {
             Ok(_) => {}
             Err(e) if code_in(&e, &["InvalidLaunchTemplateId.NotFound"]) => {}
             Err(e) => {
-                return Err(aws_error(
-                    format!("deleting the launch template {}", lt.name),
-                    e,
-                ));
+                return Err(aws_error(format!("deleting the launch template {}", lt.name), e));
             }
         }
         run.done(lt.kind, &lt.name);
@@ -775,10 +614,7 @@ async fn teardown(
             .await
             .map_err(|e| aws_error(format!("deleting the load balancer {}", lb.name), e))?;
         run.wait_for(lb.kind, &lb.name, "to be deleted", || async {
-            Ok(find_load_balancer(&run, &lb.name)
-                .await?
-                .is_none()
-                .then_some(()))
+            Ok(find_load_balancer(&run, &lb.name).await?.is_none().then_some(()))
         })
         .await?;
         run.done(lb.kind, &lb.name);
@@ -790,29 +626,14 @@ async fn teardown(
     for tg in of(Kind::TargetGroup) {
         run.emit(tg.kind, &tg.name, Step::Deleting);
         // In use until the load balancer's deletion has gone through.
-        run.wait_for(
-            tg.kind,
-            &tg.name,
-            "to be released by the load balancer",
-            || async {
-                match run
-                    .c
-                    .elb
-                    .delete_target_group()
-                    .target_group_arn(&tg.id)
-                    .send()
-                    .await
-                {
-                    Ok(_) => Ok(Some(())),
-                    Err(e) if code_in(&e, &["ResourceInUse"]) => Ok(None),
-                    Err(e) if code_in(&e, &["TargetGroupNotFound"]) => Ok(Some(())),
-                    Err(e) => Err(aws_error(
-                        format!("deleting the target group {}", tg.name),
-                        e,
-                    )),
-                }
-            },
-        )
+        run.wait_for(tg.kind, &tg.name, "to be released by the load balancer", || async {
+            match run.c.elb.delete_target_group().target_group_arn(&tg.id).send().await {
+                Ok(_) => Ok(Some(())),
+                Err(e) if code_in(&e, &["ResourceInUse"]) => Ok(None),
+                Err(e) if code_in(&e, &["TargetGroupNotFound"]) => Ok(Some(())),
+                Err(e) => Err(aws_error(format!("deleting the target group {}", tg.name), e)),
+            }
+        })
         .await?;
         run.done(tg.kind, &tg.name);
         report.deleted.push((tg.kind, tg.name));
@@ -823,23 +644,12 @@ async fn teardown(
     // accepted the deletion (a cluster being created or modified refuses it).
     for cl in of(Kind::CacheCluster) {
         if cl.deleting {
-            run.emit(
-                cl.kind,
-                &cl.name,
-                Step::Warning("already being deleted".into()),
-            );
+            run.emit(cl.kind, &cl.name, Step::Warning("already being deleted".into()));
             continue;
         }
         run.emit(cl.kind, &cl.name, Step::Deleting);
         run.wait_for(cl.kind, &cl.name, "to accept its deletion", || async {
-            match run
-                .c
-                .cache
-                .delete_cache_cluster()
-                .cache_cluster_id(&cl.name)
-                .send()
-                .await
-            {
+            match run.c.cache.delete_cache_cluster().cache_cluster_id(&cl.name).send().await {
                 Ok(_) => Ok(Some(())),
                 Err(e) if code_in(&e, &["CacheClusterNotFound"]) => Ok(Some(())),
                 Err(e) if code_in(&e, &["InvalidCacheClusterState"]) => {
@@ -847,10 +657,7 @@ async fn teardown(
                     let status = status.as_ref().and_then(|c| c.cache_cluster_status());
                     Ok(matches!(status, None | Some("deleting")).then_some(()))
                 }
-                Err(e) => Err(aws_error(
-                    format!("deleting the cache cluster {}", cl.name),
-                    e,
-                )),
+                Err(e) => Err(aws_error(format!("deleting the cache cluster {}", cl.name), e)),
             }
         })
         .await?;
@@ -863,29 +670,14 @@ async fn teardown(
     for g in of(Kind::CacheSubnetGroup) {
         run.emit(g.kind, &g.name, Step::Deleting);
         let r = run
-            .wait_for(
-                g.kind,
-                &g.name,
-                "to be released by the cache cluster",
-                || async {
-                    match run
-                        .c
-                        .cache
-                        .delete_cache_subnet_group()
-                        .cache_subnet_group_name(&g.name)
-                        .send()
-                        .await
-                    {
-                        Ok(_) => Ok(Some(())),
-                        Err(e) if code_in(&e, &["CacheSubnetGroupInUse"]) => Ok(None),
-                        Err(e) if code_in(&e, &["CacheSubnetGroupNotFoundFault"]) => Ok(Some(())),
-                        Err(e) => Err(aws_error(
-                            format!("deleting the cache subnet group {}", g.name),
-                            e,
-                        )),
-                    }
-                },
-            )
+            .wait_for(g.kind, &g.name, "to be released by the cache cluster", || async {
+                match run.c.cache.delete_cache_subnet_group().cache_subnet_group_name(&g.name).send().await {
+                    Ok(_) => Ok(Some(())),
+                    Err(e) if code_in(&e, &["CacheSubnetGroupInUse"]) => Ok(None),
+                    Err(e) if code_in(&e, &["CacheSubnetGroupNotFoundFault"]) => Ok(Some(())),
+                    Err(e) => Err(aws_error(format!("deleting the cache subnet group {}", g.name), e)),
+                }
+            })
             .await;
         settle(&run, &mut report, g, r);
     }
@@ -914,16 +706,10 @@ async fn teardown(
                 if found.db_instance_status() == Some("deleting") {
                     return Ok(None);
                 }
-                let req = run
-                    .c
-                    .rds
-                    .delete_db_instance()
-                    .db_instance_identifier(&db.name)
-                    .delete_automated_backups(true);
+                let req =
+                    run.c.rds.delete_db_instance().db_instance_identifier(&db.name).delete_automated_backups(true);
                 let req = match &snapshot {
-                    Some(name) => req
-                        .skip_final_snapshot(false)
-                        .final_db_snapshot_identifier(name),
+                    Some(name) => req.skip_final_snapshot(false).final_db_snapshot_identifier(name),
                     None => req.skip_final_snapshot(true),
                 };
                 match req.send().await {
@@ -941,29 +727,14 @@ async fn teardown(
     for g in of(Kind::DbSubnetGroup) {
         run.emit(g.kind, &g.name, Step::Deleting);
         let r = run
-            .wait_for(
-                g.kind,
-                &g.name,
-                "to be released by the databases",
-                || async {
-                    match run
-                        .c
-                        .rds
-                        .delete_db_subnet_group()
-                        .db_subnet_group_name(&g.name)
-                        .send()
-                        .await
-                    {
-                        Ok(_) => Ok(Some(())),
-                        Err(e) if code_in(&e, &["InvalidDBSubnetGroupStateFault"]) => Ok(None),
-                        Err(e) if code_in(&e, &["DBSubnetGroupNotFoundFault"]) => Ok(Some(())),
-                        Err(e) => Err(aws_error(
-                            format!("deleting the DB subnet group {}", g.name),
-                            e,
-                        )),
-                    }
-                },
-            )
+            .wait_for(g.kind, &g.name, "to be released by the databases", || async {
+                match run.c.rds.delete_db_subnet_group().db_subnet_group_name(&g.name).send().await {
+                    Ok(_) => Ok(Some(())),
+                    Err(e) if code_in(&e, &["InvalidDBSubnetGroupStateFault"]) => Ok(None),
+                    Err(e) if code_in(&e, &["DBSubnetGroupNotFoundFault"]) => Ok(Some(())),
+                    Err(e) => Err(aws_error(format!("deleting the DB subnet group {}", g.name), e)),
+                }
+            })
             .await;
         settle(&run, &mut report, g, r);
     }
@@ -973,17 +744,7 @@ async fn teardown(
             run.emit(q.kind, &q.name, Step::Deleting);
             let r = match run.c.sqs.delete_queue().queue_url(&q.id).send().await {
                 Ok(_) => Ok(()),
-                Err(e)
-                    if code_in(
-                        &e,
-                        &[
-                            "AWS.SimpleQueueService.NonExistentQueue",
-                            "QueueDoesNotExist",
-                        ],
-                    ) =>
-                {
-                    Ok(())
-                }
+                Err(e) if code_in(&e, &["AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"]) => Ok(()),
                 Err(e) => Err(aws_error(format!("deleting the queue {}", q.name), e)),
             };
             settle(&run, &mut report, q, r);
@@ -1006,11 +767,7 @@ async fn teardown(
         let r = async {
             let removed = Box::pin(empty_bucket(&run, &b.name)).await?;
             if removed > 0 {
-                run.emit(
-                    b.kind,
-                    &b.name,
-                    Step::Warning(format!("deleted {removed} object(s) and versions")),
-                );
+                run.emit(b.kind, &b.name, Step::Warning(format!("deleted {removed} object(s) and versions")));
             }
             match run.c.s3.delete_bucket().bucket(&b.name).send().await {
                 Ok(_) => Ok(()),
@@ -1051,29 +808,14 @@ async fn teardown(
     for sg in sgs {
         run.emit(sg.kind, &sg.name, Step::Deleting);
         let r = run
-            .wait_for(
-                sg.kind,
-                &sg.name,
-                "to be released by network interfaces",
-                || async {
-                    match run
-                        .c
-                        .ec2
-                        .delete_security_group()
-                        .group_id(&sg.id)
-                        .send()
-                        .await
-                    {
-                        Ok(_) => Ok(Some(())),
-                        Err(e) if code_in(&e, &["DependencyViolation"]) => Ok(None),
-                        Err(e) if code_in(&e, &["InvalidGroup.NotFound"]) => Ok(Some(())),
-                        Err(e) => Err(aws_error(
-                            format!("deleting the security group {}", sg.name),
-                            e,
-                        )),
-                    }
-                },
-            )
+            .wait_for(sg.kind, &sg.name, "to be released by network interfaces", || async {
+                match run.c.ec2.delete_security_group().group_id(&sg.id).send().await {
+                    Ok(_) => Ok(Some(())),
+                    Err(e) if code_in(&e, &["DependencyViolation"]) => Ok(None),
+                    Err(e) if code_in(&e, &["InvalidGroup.NotFound"]) => Ok(Some(())),
+                    Err(e) => Err(aws_error(format!("deleting the security group {}", sg.name), e)),
+                }
+            })
             .await;
         settle(&run, &mut report, sg, r);
     }
@@ -1083,20 +825,10 @@ async fn teardown(
 /// Asks for a group's deletion, instances and all. AWS refusing because of
 /// an activity in progress is not an error: the caller asks again.
 async fn delete_group(run: &Run<'_>, name: &str) -> Result<(), ProvisionError> {
-    match run
-        .c
-        .asg
-        .delete_auto_scaling_group()
-        .auto_scaling_group_name(name)
-        .force_delete(true)
-        .send()
-        .await
-    {
+    match run.c.asg.delete_auto_scaling_group().auto_scaling_group_name(name).force_delete(true).send().await {
         Ok(_) => Ok(()),
         Err(e) if code_in(&e, &["ScalingActivityInProgress", "ResourceInUse"]) => Ok(()),
-        Err(e) if code_in(&e, &["ValidationError"]) && find_group(run, name).await?.is_none() => {
-            Ok(())
-        }
+        Err(e) if code_in(&e, &["ValidationError"]) && find_group(run, name).await?.is_none() => Ok(()),
         Err(e) => Err(aws_error(format!("deleting the group {name}"), e)),
     }
 }
@@ -1118,11 +850,7 @@ fn settle(run: &Run<'_>, report: &mut Teardown, f: Found, r: Result<(), Provisio
 
 async fn delete_instance_profile(run: &Run<'_>, name: &str) -> Result<(), ProvisionError> {
     let iam = &run.c.iam;
-    if let Ok(out) = iam
-        .get_instance_profile()
-        .instance_profile_name(name)
-        .send()
-        .await
+    if let Ok(out) = iam.get_instance_profile().instance_profile_name(name).send().await
         && let Some(profile) = out.instance_profile()
     {
         for r in profile.roles() {
@@ -1134,18 +862,10 @@ async fn delete_instance_profile(run: &Run<'_>, name: &str) -> Result<(), Provis
                 .map_err(|e| aws_error(format!("removing {} from {name}", r.role_name()), e))?;
         }
     }
-    match iam
-        .delete_instance_profile()
-        .instance_profile_name(name)
-        .send()
-        .await
-    {
+    match iam.delete_instance_profile().instance_profile_name(name).send().await {
         Ok(_) => Ok(()),
         Err(e) if code_in(&e, &["NoSuchEntity"]) => Ok(()),
-        Err(e) => Err(aws_error(
-            format!("deleting the instance profile {name}"),
-            e,
-        )),
+        Err(e) => Err(aws_error(format!("deleting the instance profile {name}"), e)),
     }
 }
 
@@ -1217,10 +937,7 @@ async fn empty_bucket(run: &Run<'_>, bucket: &str) -> Result<usize, ProvisionErr
             let objects = chunk
                 .iter()
                 .map(|(k, v)| {
-                    ObjectIdentifier::builder()
-                        .key(k)
-                        .set_version_id(v.clone().filter(|v| v != "null"))
-                        .build()
+                    ObjectIdentifier::builder().key(k).set_version_id(v.clone().filter(|v| v != "null")).build()
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ProvisionError::Invalid(format!("building an S3 request: {e}")))?;

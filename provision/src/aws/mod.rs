@@ -164,26 +164,19 @@ impl StackSpec {
         }
         if let Some(cidr) = &self.ssh_from {
             let ok = cidr.split_once('/').is_some_and(|(ip, bits)| {
-                ip.parse::<std::net::Ipv4Addr>().is_ok()
-                    && bits.parse::<u8>().is_ok_and(|b| b <= 32)
+                ip.parse::<std::net::Ipv4Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 32)
             });
             if !ok {
-                return bad(format!(
-                    "--ssh-from {cidr:?} is not an IPv4 CIDR; give your address like 203.0.113.7/32"
-                ));
+                return bad(format!("--ssh-from {cidr:?} is not an IPv4 CIDR; give your address like 203.0.113.7/32"));
             }
             if cidr.ends_with("/0") {
-                return bad(
-                    "--ssh-from must not open SSH to the whole internet; give your own address (/32)".into(),
-                );
+                return bad("--ssh-from must not open SSH to the whole internet; give your own address (/32)".into());
             }
         }
         if let Some(url) = &self.public_url
             && url::Url::parse(url).is_err()
         {
-            return bad(format!(
-                "--stack-public-url {url:?} is not a URL; use e.g. https://photos.example.com"
-            ));
+            return bad(format!("--stack-public-url {url:?} is not a URL; use e.g. https://photos.example.com"));
         }
         Ok(())
     }
@@ -379,20 +372,13 @@ pub enum ProvisionError {
     #[error("{0}")]
     Conflict(String),
     #[error("{doing}: {detail}{hint}")]
-    Aws {
-        doing: String,
-        detail: String,
-        hint: String,
-    },
+    Aws { doing: String, detail: String, hint: String },
     #[error(
         "gave up after {secs} s waiting for {what}; AWS may still be working on it: run the same command again to continue from where it is"
     )]
     Timeout { what: String, secs: u64 },
     #[error("reading {path}: {source}; give the flipstack binary to upload with --binary")]
-    Binary {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Binary { path: PathBuf, source: std::io::Error },
 }
 
 /// Down's choices.
@@ -414,10 +400,7 @@ mod tests {
     /// The console runs these on tokio tasks: their futures must be Send.
     #[test]
     fn the_operations_can_run_on_spawned_tasks() {
-        let aws = AwsSettings {
-            region: "us-east-1".into(),
-            endpoint: Some("http://127.0.0.1:9".into()),
-        };
+        let aws = AwsSettings { region: "us-east-1".into(), endpoint: Some("http://127.0.0.1:9".into()) };
         let spec = StackSpec::new("a", aws.clone());
         let progress = |_: &Event| {};
         drop(send(plan(&spec)));
@@ -429,31 +412,18 @@ mod tests {
 
     #[test]
     fn the_spec_is_checked_before_any_call() {
-        let aws = AwsSettings {
-            region: "us-east-1".into(),
-            endpoint: None,
-        };
+        let aws = AwsSettings { region: "us-east-1".into(), endpoint: None };
         let ok = StackSpec::new("prod", aws.clone());
         assert!(ok.validate().is_ok());
         let mut s = ok.clone();
         s.worker.min = 0;
-        assert!(
-            s.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("--worker-min 1")
-        );
+        assert!(s.validate().unwrap_err().to_string().contains("--worker-min 1"));
         let mut s = ok.clone();
         s.web = Capacity { min: 3, max: 2 };
         assert!(s.validate().is_err());
         let mut s = ok.clone();
         s.ssh_from = Some("0.0.0.0/0".into());
-        assert!(
-            s.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("whole internet")
-        );
+        assert!(s.validate().unwrap_err().to_string().contains("whole internet"));
         s.ssh_from = Some("203.0.113.7/32".into());
         assert!(s.validate().is_ok());
         s.ssh_from = Some("nonsense".into());
@@ -480,13 +450,7 @@ mod tests {
                     notes: vec![],
                     warnings: vec![],
                 },
-                Action {
-                    kind: Kind::Bucket,
-                    name: "b".into(),
-                    change: Change::Keep,
-                    notes: vec![],
-                    warnings: vec![],
-                },
+                Action { kind: Kind::Bucket, name: "b".into(), change: Change::Keep, notes: vec![], warnings: vec![] },
             ],
         };
         assert!(!plan.is_noop());
@@ -495,10 +459,7 @@ mod tests {
         assert!(text.contains("+ create queue"), "{text}");
         assert!(text.contains("~ change security group"), "{text}");
         assert!(text.contains("- revoke tcp 22 from 0.0.0.0/0"), "{text}");
-        assert!(
-            text.ends_with("1 to create, 1 to change, 1 unchanged"),
-            "{text}"
-        );
+        assert!(text.ends_with("1 to create, 1 to change, 1 unchanged"), "{text}");
         let json = serde_json::to_value(&plan).unwrap();
         assert_eq!(json["actions"][1]["change"]["change"], "update");
         assert_eq!(json["actions"][0]["kind"], "queue");

@@ -16,9 +16,7 @@ pub fn validate_stack_name(stack: &str) -> Result<(), ProvisionError> {
         && stack.starts_with(|c: char| c.is_ascii_lowercase())
         && !stack.ends_with('-')
         && !stack.contains("--")
-        && stack
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && stack.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())
     } else {
@@ -57,10 +55,7 @@ impl Names {
         self.of("jobs-dlq")
     }
     pub fn queue_arn(&self, name: &str) -> String {
-        format!(
-            "arn:{}:sqs:{}:{}:{name}",
-            self.partition, self.region, self.account
-        )
+        format!("arn:{}:sqs:{}:{}:{name}", self.partition, self.region, self.account)
     }
     pub fn role(&self) -> String {
         self.of("instance")
@@ -152,12 +147,7 @@ pub fn conflict(kind: Kind, name: &str, owner: &Owner, stack: &str) -> Provision
 }
 
 /// Fails unless the resource is the stack's.
-pub fn ensure_ours(
-    kind: Kind,
-    name: &str,
-    owner: Owner,
-    stack: &str,
-) -> Result<(), ProvisionError> {
+pub fn ensure_ours(kind: Kind, name: &str, owner: Owner, stack: &str) -> Result<(), ProvisionError> {
     match owner {
         Owner::Stack => Ok(()),
         other => Err(conflict(kind, name, &other, stack)),
@@ -173,16 +163,7 @@ mod tests {
         for good in ["prod", "a", "photos-eu", "s1-2", "abcdefghijklmnop"] {
             assert!(validate_stack_name(good).is_ok(), "{good}");
         }
-        for bad in [
-            "",
-            "Prod",
-            "1abc",
-            "a--b",
-            "abc-",
-            "a_b",
-            "abcdefghijklmnopq",
-            "a.b",
-        ] {
+        for bad in ["", "Prod", "1abc", "a--b", "abc-", "a_b", "abcdefghijklmnopq", "a.b"] {
             assert!(validate_stack_name(bad).is_err(), "{bad}");
         }
     }

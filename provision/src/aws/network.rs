@@ -5,8 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::types::{
-    Filter, IpPermission, IpRange, ResourceType, SecurityGroup, Tag, TagSpecification,
-    UserIdGroupPair,
+    Filter, IpPermission, IpRange, ResourceType, SecurityGroup, Tag, TagSpecification, UserIdGroupPair,
 };
 
 use super::clients::aws_error;
@@ -63,11 +62,7 @@ pub async fn locate(run: &Run<'_>, spec: &StackSpec) -> Result<Network, Provisio
         let (Some(zone), Some(id)) = (s.availability_zone(), s.subnet_id()) else {
             continue;
         };
-        let key = (
-            !s.default_for_az().unwrap_or(false),
-            !s.map_public_ip_on_launch().unwrap_or(false),
-            id.to_owned(),
-        );
+        let key = (!s.default_for_az().unwrap_or(false), !s.map_public_ip_on_launch().unwrap_or(false), id.to_owned());
         by_zone
             .entry(zone.to_owned())
             .and_modify(|k| {
@@ -121,35 +116,15 @@ pub struct Rule {
 /// Least privilege: the load balancer alone is open to the internet.
 pub fn desired_rules(spec: &StackSpec) -> BTreeMap<&'static str, Vec<Rule>> {
     let rule = |port, source, why| Rule { port, source, why };
-    let mut lb = vec![rule(
-        80,
-        Source::Cidr(ANYWHERE.into()),
-        "HTTP from anywhere",
-    )];
+    let mut lb = vec![rule(80, Source::Cidr(ANYWHERE.into()), "HTTP from anywhere")];
     if spec.certificate_arn.is_some() {
-        lb.push(rule(
-            443,
-            Source::Cidr(ANYWHERE.into()),
-            "HTTPS from anywhere",
-        ));
+        lb.push(rule(443, Source::Cidr(ANYWHERE.into()), "HTTPS from anywhere"));
     }
-    let mut web = vec![rule(
-        APP_PORT,
-        Source::Group("lb"),
-        "app port from the load balancer",
-    )];
+    let mut web = vec![rule(APP_PORT, Source::Group("lb"), "app port from the load balancer")];
     let mut worker = Vec::new();
     if let Some(cidr) = &spec.ssh_from {
-        web.push(rule(
-            22,
-            Source::Cidr(cidr.clone()),
-            "SSH, asked for with --ssh-from",
-        ));
-        worker.push(rule(
-            22,
-            Source::Cidr(cidr.clone()),
-            "SSH, asked for with --ssh-from",
-        ));
+        web.push(rule(22, Source::Cidr(cidr.clone()), "SSH, asked for with --ssh-from"));
+        worker.push(rule(22, Source::Cidr(cidr.clone()), "SSH, asked for with --ssh-from"));
     }
     BTreeMap::from([
         ("lb", lb),
@@ -158,22 +133,11 @@ pub fn desired_rules(spec: &StackSpec) -> BTreeMap<&'static str, Vec<Rule>> {
         (
             "db",
             vec![
-                rule(
-                    DB_PORT,
-                    Source::Group("web"),
-                    "MariaDB from the web servers",
-                ),
+                rule(DB_PORT, Source::Group("web"), "MariaDB from the web servers"),
                 rule(DB_PORT, Source::Group("worker"), "MariaDB from the workers"),
             ],
         ),
-        (
-            "cache",
-            vec![rule(
-                CACHE_PORT,
-                Source::Group("web"),
-                "memcached from the web servers",
-            )],
-        ),
+        ("cache", vec![rule(CACHE_PORT, Source::Group("web"), "memcached from the web servers")]),
     ])
 }
 
@@ -186,10 +150,7 @@ pub struct Groups {
 impl Groups {
     /// The group's id, or (in a plan, before it exists) a placeholder.
     pub fn id(&self, role: &str) -> String {
-        self.ids
-            .get(role)
-            .cloned()
-            .unwrap_or_else(|| Run::pending(&format!("{role} security group")))
+        self.ids.get(role).cloned().unwrap_or_else(|| Run::pending(&format!("{role} security group")))
     }
     fn role_of(&self, id: &str) -> Option<&'static str> {
         self.ids.iter().find(|(_, v)| *v == id).map(|(k, _)| *k)
@@ -209,37 +170,12 @@ struct Perm {
 fn flatten(p: &IpPermission) -> Vec<Perm> {
     let proto = p.ip_protocol().unwrap_or("-1").to_owned();
     let (from, to) = (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1));
-    let mk = |source: String| Perm {
-        proto: proto.clone(),
-        from,
-        to,
-        source,
-    };
+    let mk = |source: String| Perm { proto: proto.clone(), from, to, source };
     let mut out = Vec::new();
-    out.extend(
-        p.ip_ranges()
-            .iter()
-            .filter_map(|r| r.cidr_ip())
-            .map(|c| mk(format!("cidr:{c}"))),
-    );
-    out.extend(
-        p.ipv6_ranges()
-            .iter()
-            .filter_map(|r| r.cidr_ipv6())
-            .map(|c| mk(format!("cidr6:{c}"))),
-    );
-    out.extend(
-        p.user_id_group_pairs()
-            .iter()
-            .filter_map(|g| g.group_id())
-            .map(|g| mk(format!("group:{g}"))),
-    );
-    out.extend(
-        p.prefix_list_ids()
-            .iter()
-            .filter_map(|l| l.prefix_list_id())
-            .map(|l| mk(format!("prefix:{l}"))),
-    );
+    out.extend(p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(|c| mk(format!("cidr:{c}"))));
+    out.extend(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(|c| mk(format!("cidr6:{c}"))));
+    out.extend(p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(|g| mk(format!("group:{g}"))));
+    out.extend(p.prefix_list_ids().iter().filter_map(|l| l.prefix_list_id()).map(|l| mk(format!("prefix:{l}"))));
     out
 }
 
@@ -275,51 +211,24 @@ fn describe_perm(p: &Perm, groups: &Groups, run: &Run<'_>) -> String {
 }
 
 fn to_ip_permission(p: &Perm, why: Option<&str>) -> IpPermission {
-    let b = IpPermission::builder()
-        .ip_protocol(&p.proto)
-        .from_port(p.from)
-        .to_port(p.to);
+    let b = IpPermission::builder().ip_protocol(&p.proto).from_port(p.from).to_port(p.to);
     match p.source.split_once(':') {
-        Some(("cidr", c)) => b
-            .ip_ranges(
-                IpRange::builder()
-                    .cidr_ip(c)
-                    .set_description(why.map(String::from))
-                    .build(),
-            )
-            .build(),
-        Some(("cidr6", c)) => b
-            .ipv6_ranges(
-                aws_sdk_ec2::types::Ipv6Range::builder()
-                    .cidr_ipv6(c)
-                    .build(),
-            )
-            .build(),
-        Some(("prefix", l)) => b
-            .prefix_list_ids(
-                aws_sdk_ec2::types::PrefixListId::builder()
-                    .prefix_list_id(l)
-                    .build(),
-            )
-            .build(),
+        Some(("cidr", c)) => {
+            b.ip_ranges(IpRange::builder().cidr_ip(c).set_description(why.map(String::from)).build()).build()
+        }
+        Some(("cidr6", c)) => b.ipv6_ranges(aws_sdk_ec2::types::Ipv6Range::builder().cidr_ipv6(c).build()).build(),
+        Some(("prefix", l)) => {
+            b.prefix_list_ids(aws_sdk_ec2::types::PrefixListId::builder().prefix_list_id(l).build()).build()
+        }
         Some((_, id)) => b
-            .user_id_group_pairs(
-                UserIdGroupPair::builder()
-                    .group_id(id)
-                    .set_description(why.map(String::from))
-                    .build(),
-            )
+            .user_id_group_pairs(UserIdGroupPair::builder().group_id(id).set_description(why.map(String::from)).build())
             .build(),
         None => b.build(),
     }
 }
 
 /// The security groups carrying the stack's tag, found by name in the VPC.
-async fn find_group(
-    run: &Run<'_>,
-    vpc_id: &str,
-    name: &str,
-) -> Result<Option<SecurityGroup>, ProvisionError> {
+async fn find_group(run: &Run<'_>, vpc_id: &str, name: &str) -> Result<Option<SecurityGroup>, ProvisionError> {
     let out = run
         .c
         .ec2
@@ -345,14 +254,9 @@ pub async fn ensure_security_groups(
         let name = run.names.security_group(role);
         run.checking(Kind::SecurityGroup, &name);
         if let Some(sg) = find_group(run, &net.vpc_id, &name).await? {
-            let tags = sg
-                .tags()
-                .iter()
-                .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or("")));
+            let tags = sg.tags().iter().map(|t| (t.key().unwrap_or(""), t.value().unwrap_or("")));
             ensure_ours(Kind::SecurityGroup, &name, owner(tags, &stack), &stack)?;
-            groups
-                .ids
-                .insert(role, sg.group_id().unwrap_or_default().to_owned());
+            groups.ids.insert(role, sg.group_id().unwrap_or_default().to_owned());
             existing.insert(role, sg);
         }
     }
@@ -366,18 +270,9 @@ pub async fn ensure_security_groups(
         let name = run.names.security_group(role);
         let notes = wanted[role]
             .iter()
-            .map(|r| {
-                format!(
-                    "allow {}",
-                    describe_perm(&perm_of(r, &groups), &groups, run)
-                )
-            })
+            .map(|r| format!("allow {}", describe_perm(&perm_of(r, &groups), &groups, run)))
             .collect::<Vec<_>>();
-        let notes = if notes.is_empty() {
-            vec!["no inbound traffic".to_owned()]
-        } else {
-            notes
-        };
+        let notes = if notes.is_empty() { vec!["no inbound traffic".to_owned()] } else { notes };
         if run.create(Kind::SecurityGroup, &name, notes) {
             let out = run
                 .c
@@ -395,39 +290,22 @@ pub async fn ensure_security_groups(
                 .send()
                 .await
                 .map_err(|e| aws_error(format!("creating the security group {name}"), e))?;
-            groups
-                .ids
-                .insert(role, out.group_id().unwrap_or_default().to_owned());
+            groups.ids.insert(role, out.group_id().unwrap_or_default().to_owned());
         }
         created.insert(role);
     }
 
     for role in SG_ROLES {
         let name = run.names.security_group(role);
-        let want: BTreeMap<Perm, &'static str> = wanted[role]
-            .iter()
-            .map(|r| (perm_of(r, &groups), r.why))
-            .collect();
-        let have: BTreeSet<Perm> = existing
-            .get(role)
-            .map(|sg| sg.ip_permissions().iter().flat_map(flatten).collect())
-            .unwrap_or_default();
-        let add: Vec<(&Perm, &str)> = want
-            .iter()
-            .filter(|(p, _)| !have.contains(p))
-            .map(|(p, w)| (p, *w))
-            .collect();
+        let want: BTreeMap<Perm, &'static str> = wanted[role].iter().map(|r| (perm_of(r, &groups), r.why)).collect();
+        let have: BTreeSet<Perm> =
+            existing.get(role).map(|sg| sg.ip_permissions().iter().flat_map(flatten).collect()).unwrap_or_default();
+        let add: Vec<(&Perm, &str)> = want.iter().filter(|(p, _)| !have.contains(p)).map(|(p, w)| (p, *w)).collect();
         let remove: Vec<&Perm> = have.iter().filter(|p| !want.contains_key(p)).collect();
         if !created.contains(role) {
-            let mut what: Vec<String> = add
-                .iter()
-                .map(|(p, _)| format!("allow {}", describe_perm(p, &groups, run)))
-                .collect();
-            what.extend(
-                remove
-                    .iter()
-                    .map(|p| format!("revoke {}", describe_perm(p, &groups, run))),
-            );
+            let mut what: Vec<String> =
+                add.iter().map(|(p, _)| format!("allow {}", describe_perm(p, &groups, run))).collect();
+            what.extend(remove.iter().map(|p| format!("revoke {}", describe_perm(p, &groups, run))));
             if !run.update(Kind::SecurityGroup, &name, what) {
                 continue;
             }
@@ -440,11 +318,7 @@ pub async fn ensure_security_groups(
                 .ec2
                 .authorize_security_group_ingress()
                 .group_id(&id)
-                .set_ip_permissions(Some(
-                    add.iter()
-                        .map(|(p, why)| to_ip_permission(p, Some(why)))
-                        .collect(),
-                ))
+                .set_ip_permissions(Some(add.iter().map(|(p, why)| to_ip_permission(p, Some(why))).collect()))
                 .send()
                 .await
                 .map_err(|e| aws_error(format!("opening the rules of {name}"), e))?;
@@ -454,9 +328,7 @@ pub async fn ensure_security_groups(
                 .ec2
                 .revoke_security_group_ingress()
                 .group_id(&id)
-                .set_ip_permissions(Some(
-                    remove.iter().map(|p| to_ip_permission(p, None)).collect(),
-                ))
+                .set_ip_permissions(Some(remove.iter().map(|p| to_ip_permission(p, None)).collect()))
                 .send()
                 .await
                 .map_err(|e| aws_error(format!("revoking the extra rules of {name}"), e))?;

@@ -9,8 +9,8 @@ use super::clients::Clients;
 use super::names::Names;
 use super::storage::{Config, Secrets};
 use super::{
-    Action, Change, Event, Kind, Plan, Progress, ProvisionError, StackSpec, Step, Waits, access,
-    balancer, compute, data, network, no_progress, storage,
+    Action, Change, Event, Kind, Plan, Progress, ProvisionError, StackSpec, Step, Waits, access, balancer, compute,
+    data, network, no_progress, storage,
 };
 
 pub struct Run<'a> {
@@ -33,20 +33,8 @@ impl<'a> Run<'a> {
     ) -> Result<Run<'a>, ProvisionError> {
         let c = Clients::new(aws).await;
         let (account, partition) = c.identity().await?;
-        let names = Names {
-            stack: stack.to_owned(),
-            account,
-            partition,
-            region: c.region.clone(),
-        };
-        Ok(Run {
-            c,
-            names,
-            apply,
-            progress,
-            actions: Vec::new(),
-            waits,
-        })
+        let names = Names { stack: stack.to_owned(), account, partition, region: c.region.clone() };
+        Ok(Run { c, names, apply, progress, actions: Vec::new(), waits })
     }
 
     pub fn stack(&self) -> &str {
@@ -54,11 +42,7 @@ impl<'a> Run<'a> {
     }
 
     pub fn emit(&self, kind: Kind, name: &str, step: Step) {
-        (self.progress)(&Event {
-            kind,
-            name: name.to_owned(),
-            step,
-        });
+        (self.progress)(&Event { kind, name: name.to_owned(), step });
     }
 
     pub fn checking(&self, kind: Kind, name: &str) {
@@ -68,13 +52,7 @@ impl<'a> Run<'a> {
     /// Records that the resource is (to be) created; true when the caller
     /// should create it now.
     pub fn create(&mut self, kind: Kind, name: &str, notes: Vec<String>) -> bool {
-        self.actions.push(Action {
-            kind,
-            name: name.to_owned(),
-            change: Change::Create,
-            notes,
-            warnings: Vec::new(),
-        });
+        self.actions.push(Action { kind, name: name.to_owned(), change: Change::Create, notes, warnings: Vec::new() });
         if self.apply {
             self.emit(kind, name, Step::Creating);
         }
@@ -118,12 +96,7 @@ impl<'a> Run<'a> {
 
     /// A warning on the resource's action, also sent as an event.
     pub fn warn(&mut self, kind: Kind, name: &str, message: String) {
-        if let Some(a) = self
-            .actions
-            .iter_mut()
-            .rev()
-            .find(|a| a.kind == kind && a.name == name)
-        {
+        if let Some(a) = self.actions.iter_mut().rev().find(|a| a.kind == kind && a.name == name) {
             a.warnings.push(message.clone());
         }
         self.emit(kind, name, Step::Warning(message));
@@ -153,14 +126,7 @@ impl<'a> Run<'a> {
                     secs: elapsed.as_secs(),
                 });
             }
-            self.emit(
-                kind,
-                name,
-                Step::Waiting {
-                    what: what.to_owned(),
-                    elapsed_secs: elapsed.as_secs(),
-                },
-            );
+            self.emit(kind, name, Step::Waiting { what: what.to_owned(), elapsed_secs: elapsed.as_secs() });
             tokio::time::sleep(self.waits.poll).await;
         }
     }
@@ -172,11 +138,7 @@ impl<'a> Run<'a> {
     }
 
     pub fn into_plan(self) -> Plan {
-        Plan {
-            stack: self.names.stack,
-            region: self.names.region,
-            actions: self.actions,
-        }
+        Plan { stack: self.names.stack, region: self.names.region, actions: self.actions }
     }
 }
 
@@ -191,22 +153,11 @@ pub async fn up(spec: &StackSpec, progress: Progress<'_>) -> Result<Plan, Provis
     Box::pin(walk(spec, true, progress)).await
 }
 
-async fn walk(
-    spec: &StackSpec,
-    apply: bool,
-    progress: Progress<'_>,
-) -> Result<Plan, ProvisionError> {
+async fn walk(spec: &StackSpec, apply: bool, progress: Progress<'_>) -> Result<Plan, ProvisionError> {
     spec.validate()?;
     // Each step is boxed: the SDK's futures are large, and nested unboxed
     // they overflow a thread's stack in debug builds.
-    let mut run = Box::pin(Run::start(
-        &spec.aws,
-        &spec.stack,
-        apply,
-        progress,
-        spec.waits,
-    ))
-    .await?;
+    let mut run = Box::pin(Run::start(&spec.aws, &spec.stack, apply, progress, spec.waits)).await?;
 
     let net = Box::pin(network::locate(&run, spec)).await?;
     let groups = Box::pin(network::ensure_security_groups(&mut run, spec, &net)).await?;
@@ -223,33 +174,14 @@ async fn walk(
     let secrets_known = known.is_some();
     let secrets = known.unwrap_or_else(Secrets::generate);
 
-    let db = Box::pin(data::ensure_databases(
-        &mut run,
-        spec,
-        &net,
-        &groups,
-        &secrets,
-        secrets_known,
-    ))
-    .await?;
+    let db = Box::pin(data::ensure_databases(&mut run, spec, &net, &groups, &secrets, secrets_known)).await?;
     let cache = Box::pin(data::ensure_cache(&mut run, spec, &net, &groups)).await?;
     let lb = Box::pin(balancer::ensure(&mut run, spec, &net, &groups)).await?;
 
     let config = Config::render(&run.names, spec, &secrets, &db, &cache, &queues, &lb);
-    Box::pin(storage::ensure_config(
-        &mut run,
-        config.as_ref(),
-        previous.as_ref(),
-    ))
-    .await?;
+    Box::pin(storage::ensure_config(&mut run, config.as_ref(), previous.as_ref())).await?;
 
-    Box::pin(compute::ensure_launch_templates(
-        &mut run,
-        spec,
-        &groups,
-        release.as_deref(),
-    ))
-    .await?;
+    Box::pin(compute::ensure_launch_templates(&mut run, spec, &groups, release.as_deref())).await?;
     Box::pin(compute::ensure_groups(&mut run, spec, &net, &lb, &queues)).await?;
 
     Ok(run.into_plan())

@@ -8,10 +8,9 @@ use std::path::Path;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, CreateBucketConfiguration, ObjectOwnership, OwnershipControls,
-    OwnershipControlsRule, PublicAccessBlockConfiguration, ServerSideEncryption,
-    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
-    Tagging,
+    BucketLocationConstraint, CreateBucketConfiguration, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
+    PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tagging,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use rand::Rng;
@@ -42,12 +41,7 @@ fn built<T>(r: Result<T, aws_sdk_s3::error::BuildError>) -> Result<T, ProvisionE
 }
 
 fn bucket_tagging(stack: &str) -> Result<Tagging, ProvisionError> {
-    let tag = built(
-        aws_sdk_s3::types::Tag::builder()
-            .key(STACK_TAG)
-            .value(stack)
-            .build(),
-    )?;
+    let tag = built(aws_sdk_s3::types::Tag::builder().key(STACK_TAG).value(stack).build())?;
     built(Tagging::builder().tag_set(tag).build())
 }
 
@@ -83,15 +77,11 @@ pub async fn ensure_bucket(run: &mut Run<'_>) -> Result<(), ProvisionError> {
             if run.names.region != "us-east-1" {
                 req = req.create_bucket_configuration(
                     CreateBucketConfiguration::builder()
-                        .location_constraint(BucketLocationConstraint::from(
-                            run.names.region.as_str(),
-                        ))
+                        .location_constraint(BucketLocationConstraint::from(run.names.region.as_str()))
                         .build(),
                 );
             }
-            req.send()
-                .await
-                .map_err(|e| aws_error(format!("creating the bucket {name}"), e))?;
+            req.send().await.map_err(|e| aws_error(format!("creating the bucket {name}"), e))?;
             s3.put_bucket_tagging()
                 .bucket(&name)
                 .tagging(bucket_tagging(&stack)?)
@@ -111,25 +101,13 @@ pub async fn ensure_bucket(run: &mut Run<'_>) -> Result<(), ProvisionError> {
     }
 
     let tags = match s3.get_bucket_tagging().bucket(&name).send().await {
-        Ok(t) => t
-            .tag_set()
-            .iter()
-            .map(|t| (t.key().to_owned(), t.value().to_owned()))
-            .collect::<Vec<_>>(),
+        Ok(t) => t.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect::<Vec<_>>(),
         Err(e) if code_in(&e, &["NoSuchTagSet"]) => Vec::new(),
         Err(e) => {
-            return Err(aws_error(
-                format!("reading the tags of the bucket {name}"),
-                e,
-            ));
+            return Err(aws_error(format!("reading the tags of the bucket {name}"), e));
         }
     };
-    ensure_ours(
-        Kind::Bucket,
-        &name,
-        owner(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())), &stack),
-        &stack,
-    )?;
+    ensure_ours(Kind::Bucket, &name, owner(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())), &stack), &stack)?;
 
     let (block_ok, enc_ok, owner_ok) = bucket_settings(&run.c.s3, &name).await?;
     let mut what = Vec::new();
@@ -151,10 +129,7 @@ pub async fn ensure_bucket(run: &mut Run<'_>) -> Result<(), ProvisionError> {
 
 /// Whether the bucket's public access block (all four), default encryption
 /// and object ownership are as the stack needs.
-pub async fn bucket_settings(
-    s3: &aws_sdk_s3::Client,
-    name: &str,
-) -> Result<(bool, bool, bool), ProvisionError> {
+pub async fn bucket_settings(s3: &aws_sdk_s3::Client, name: &str) -> Result<(bool, bool, bool), ProvisionError> {
     let block = match s3.get_public_access_block().bucket(name).send().await {
         Ok(out) => out.public_access_block_configuration().is_some_and(|c| {
             c.block_public_acls() == Some(true)
@@ -164,33 +139,23 @@ pub async fn bucket_settings(
         }),
         Err(e) if code_in(&e, &["NoSuchPublicAccessBlockConfiguration"]) => false,
         Err(e) => {
-            return Err(aws_error(
-                format!("reading the public access block of {name}"),
-                e,
-            ));
+            return Err(aws_error(format!("reading the public access block of {name}"), e));
         }
     };
     let encrypted = match s3.get_bucket_encryption().bucket(name).send().await {
-        Ok(out) => out.server_side_encryption_configuration().is_some_and(|c| {
-            c.rules()
-                .iter()
-                .any(|r| r.apply_server_side_encryption_by_default().is_some())
-        }),
+        Ok(out) => out
+            .server_side_encryption_configuration()
+            .is_some_and(|c| c.rules().iter().any(|r| r.apply_server_side_encryption_by_default().is_some())),
         Err(e) if code_in(&e, &["ServerSideEncryptionConfigurationNotFoundError"]) => false,
         Err(e) => return Err(aws_error(format!("reading the encryption of {name}"), e)),
     };
     let enforced = match s3.get_bucket_ownership_controls().bucket(name).send().await {
-        Ok(out) => out.ownership_controls().is_some_and(|c| {
-            c.rules()
-                .iter()
-                .any(|r| r.object_ownership() == &ObjectOwnership::BucketOwnerEnforced)
-        }),
+        Ok(out) => out
+            .ownership_controls()
+            .is_some_and(|c| c.rules().iter().any(|r| r.object_ownership() == &ObjectOwnership::BucketOwnerEnforced)),
         Err(e) if code_in(&e, &["OwnershipControlsNotFoundError"]) => false,
         Err(e) => {
-            return Err(aws_error(
-                format!("reading the ownership controls of {name}"),
-                e,
-            ));
+            return Err(aws_error(format!("reading the ownership controls of {name}"), e));
         }
     };
     Ok((block, encrypted, enforced))
@@ -213,18 +178,11 @@ async fn secure_bucket(
             .map_err(|e| aws_error(format!("blocking public access to {name}"), e))?;
     }
     if encrypt {
-        let by_default = built(
-            ServerSideEncryptionByDefault::builder()
-                .sse_algorithm(ServerSideEncryption::Aes256)
-                .build(),
-        )?;
+        let by_default =
+            built(ServerSideEncryptionByDefault::builder().sse_algorithm(ServerSideEncryption::Aes256).build())?;
         let conf = built(
             ServerSideEncryptionConfiguration::builder()
-                .rules(
-                    ServerSideEncryptionRule::builder()
-                        .apply_server_side_encryption_by_default(by_default)
-                        .build(),
-                )
+                .rules(ServerSideEncryptionRule::builder().apply_server_side_encryption_by_default(by_default).build())
                 .build(),
         )?;
         s3.put_bucket_encryption()
@@ -235,11 +193,8 @@ async fn secure_bucket(
             .map_err(|e| aws_error(format!("turning on encryption for {name}"), e))?;
     }
     if enforce_owner {
-        let rule = built(
-            OwnershipControlsRule::builder()
-                .object_ownership(ObjectOwnership::BucketOwnerEnforced)
-                .build(),
-        )?;
+        let rule =
+            built(OwnershipControlsRule::builder().object_ownership(ObjectOwnership::BucketOwnerEnforced).build())?;
         s3.put_bucket_ownership_controls()
             .bucket(name)
             .ownership_controls(built(OwnershipControls::builder().rules(rule).build())?)
@@ -253,10 +208,7 @@ async fn secure_bucket(
 /// SHA-256 of a file, read off the async threads.
 async fn sha256_file(path: &Path) -> Result<String, ProvisionError> {
     let p = path.to_owned();
-    let io = |source| ProvisionError::Binary {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| ProvisionError::Binary { path: path.to_owned(), source };
     tokio::task::spawn_blocking(move || -> std::io::Result<String> {
         use std::io::Read;
         let mut f = std::fs::File::open(&p)?;
@@ -289,10 +241,7 @@ async fn sha256_file(path: &Path) -> Result<String, ProvisionError> {
 /// Uploads the binary when it differs from the bucket's release; returns
 /// the SHA-256 of the release the instances will fetch (None only in a plan
 /// whose bucket does not exist yet and no binary was given).
-pub async fn ensure_release(
-    run: &mut Run<'_>,
-    spec: &StackSpec,
-) -> Result<Option<String>, ProvisionError> {
+pub async fn ensure_release(run: &mut Run<'_>, spec: &StackSpec) -> Result<Option<String>, ProvisionError> {
     let bucket = run.names.bucket();
     let key = run.names.release_key();
     let shown = format!("s3://{bucket}/{key}");
@@ -323,24 +272,13 @@ pub async fn ensure_release(
             run.keep(Kind::ReleaseArtifact, &shown);
             false
         }
-        Some(_) => run.update(
-            Kind::ReleaseArtifact,
-            &shown,
-            vec![format!("upload {note}")],
-        ),
-        None => run.create(
-            Kind::ReleaseArtifact,
-            &shown,
-            vec![format!("upload {note}")],
-        ),
+        Some(_) => run.update(Kind::ReleaseArtifact, &shown, vec![format!("upload {note}")]),
+        None => run.create(Kind::ReleaseArtifact, &shown, vec![format!("upload {note}")]),
     };
     if go {
         let body = ByteStream::from_path(path)
             .await
-            .map_err(|e| ProvisionError::Binary {
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            })?;
+            .map_err(|e| ProvisionError::Binary { path: path.clone(), source: std::io::Error::other(e) })?;
         run.c
             .s3
             .put_object()
@@ -366,24 +304,13 @@ pub struct Queues {
 async fn queue_url(run: &Run<'_>, name: &str) -> Result<Option<String>, ProvisionError> {
     match run.c.sqs.get_queue_url().queue_name(name).send().await {
         Ok(out) => Ok(out.queue_url().map(String::from)),
-        Err(e)
-            if code_in(
-                &e,
-                &[
-                    "AWS.SimpleQueueService.NonExistentQueue",
-                    "QueueDoesNotExist",
-                ],
-            ) =>
-        {
-            Ok(None)
-        }
+        Err(e) if code_in(&e, &["AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"]) => Ok(None),
         Err(e) => Err(aws_error(format!("looking for the queue {name}"), e)),
     }
 }
 
 pub fn redrive_policy(dlq_arn: &str) -> String {
-    serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT })
-        .to_string()
+    serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT }).to_string()
 }
 
 /// Whether a redrive policy sends to `dlq_arn` after MAX_RECEIVE_COUNT receives.
@@ -391,12 +318,8 @@ pub fn redrive_matches(policy: &str, dlq_arn: &str) -> bool {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(policy) else {
         return false;
     };
-    let count = v.get("maxReceiveCount").and_then(|c| {
-        c.as_u64()
-            .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
-    });
-    v.get("deadLetterTargetArn").and_then(|a| a.as_str()) == Some(dlq_arn)
-        && count == Some(MAX_RECEIVE_COUNT)
+    let count = v.get("maxReceiveCount").and_then(|c| c.as_u64().or_else(|| c.as_str().and_then(|s| s.parse().ok())));
+    v.get("deadLetterTargetArn").and_then(|a| a.as_str()) == Some(dlq_arn) && count == Some(MAX_RECEIVE_COUNT)
 }
 
 async fn ensure_queue(
@@ -431,12 +354,7 @@ async fn ensure_queue(
         .await
         .map_err(|e| aws_error(format!("reading the tags of the queue {name}"), e))?;
     let tags = tags.tags().cloned().unwrap_or_default();
-    ensure_ours(
-        kind,
-        name,
-        owner(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())), &stack),
-        &stack,
-    )?;
+    ensure_ours(kind, name, owner(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())), &stack), &stack)?;
     let attrs = sqs
         .get_queue_attributes()
         .queue_url(&url)
@@ -484,10 +402,7 @@ pub async fn ensure_queues(run: &mut Run<'_>) -> Result<Queues, ProvisionError> 
         Kind::DeadLetterQueue,
         &dlq,
         BTreeMap::from([
-            (
-                QueueAttributeName::MessageRetentionPeriod,
-                DLQ_RETENTION_SECS.into(),
-            ),
+            (QueueAttributeName::MessageRetentionPeriod, DLQ_RETENTION_SECS.into()),
             (QueueAttributeName::SqsManagedSseEnabled, "true".into()),
         ]),
         vec!["keeps failed jobs 14 days".into()],
@@ -499,15 +414,10 @@ pub async fn ensure_queues(run: &mut Run<'_>) -> Result<Queues, ProvisionError> 
         &name,
         BTreeMap::from([
             (QueueAttributeName::RedrivePolicy, redrive_policy(&dlq_arn)),
-            (
-                QueueAttributeName::ReceiveMessageWaitTimeSeconds,
-                LONG_POLL_SECS.into(),
-            ),
+            (QueueAttributeName::ReceiveMessageWaitTimeSeconds, LONG_POLL_SECS.into()),
             (QueueAttributeName::SqsManagedSseEnabled, "true".into()),
         ]),
-        vec![format!(
-            "redrive to {dlq} after {MAX_RECEIVE_COUNT} receives; long polling"
-        )],
+        vec![format!("redrive to {dlq} after {MAX_RECEIVE_COUNT} receives; long polling")],
     )
     .await?;
     Ok(Queues { name, url })
@@ -533,10 +443,7 @@ impl Secrets {
             })
             .collect();
         let token: [u8; 32] = rng.random();
-        Secrets {
-            db_password: password,
-            admin_token: hex::encode(token),
-        }
+        Secrets { db_password: password, admin_token: hex::encode(token) }
     }
 
     pub fn from_config(config: &Config) -> Option<Secrets> {
@@ -579,39 +486,25 @@ impl Config {
         queues: &Queues,
         lb: &LoadBalancer,
     ) -> Option<Config> {
-        let mysql = |host: &str, port: i32| {
-            format!(
-                "mysql://{DB_USER}:{}@{host}:{port}/{DB_NAME}",
-                secrets.db_password
-            )
-        };
+        let mysql =
+            |host: &str, port: i32| format!("mysql://{DB_USER}:{}@{host}:{port}/{DB_NAME}", secrets.db_password);
         let (primary, replica) = (db.primary.as_ref()?, db.replica.as_ref()?);
         let public_url = match &spec.public_url {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => {
-                let scheme = if spec.certificate_arn.is_some() {
-                    "https"
-                } else {
-                    "http"
-                };
+                let scheme = if spec.certificate_arn.is_some() { "https" } else { "http" };
                 format!("{scheme}://{}", lb.dns.as_ref()?)
             }
         };
         let mut vars = vec![
             ("FLIPSTACK_DATABASE_URL", mysql(&primary.0, primary.1)),
             ("FLIPSTACK_REPLICA_URLS", mysql(&replica.0, replica.1)),
-            (
-                "FLIPSTACK_BLOB_URL",
-                format!("s3://{}/{}", names.bucket(), names.blob_prefix()),
-            ),
+            ("FLIPSTACK_BLOB_URL", format!("s3://{}/{}", names.bucket(), names.blob_prefix())),
             ("FLIPSTACK_QUEUE_URL", queues.url.clone()?),
             ("FLIPSTACK_AWS_REGION", names.region.clone()),
             ("FLIPSTACK_PUBLIC_URL", public_url),
             ("FLIPSTACK_ADMIN_TOKEN", secrets.admin_token.clone()),
-            (
-                "FLIPSTACK_METRICS_NAMESPACE",
-                spec.metrics_namespace.clone(),
-            ),
+            ("FLIPSTACK_METRICS_NAMESPACE", spec.metrics_namespace.clone()),
             ("FLIPSTACK_DATA_DIR", "/var/lib/flipstack".into()),
         ];
         match cache {
@@ -624,12 +517,7 @@ impl Config {
         if let Some(mail) = &spec.mail_url {
             vars.push(("FLIPSTACK_MAIL_URL", mail.clone()));
         }
-        if spec
-            .public_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("https://"))
-            || spec.certificate_arn.is_some()
-        {
+        if spec.public_url.as_deref().is_some_and(|u| u.starts_with("https://")) || spec.certificate_arn.is_some() {
             vars.push(("FLIPSTACK_COOKIE_SECURE", "true".into()));
         }
         let mut text = format!(
@@ -645,16 +533,10 @@ impl Config {
 
 pub async fn read_config(run: &Run<'_>) -> Result<Option<Config>, ProvisionError> {
     let (bucket, key) = (run.names.bucket(), run.names.config_key());
-    read_object(&run.c.s3, &bucket, key)
-        .await
-        .map(|t| t.map(|text| Config { text }))
+    read_object(&run.c.s3, &bucket, key).await.map(|t| t.map(|text| Config { text }))
 }
 
-pub async fn read_object(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
-) -> Result<Option<String>, ProvisionError> {
+pub async fn read_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Option<String>, ProvisionError> {
     match s3.get_object().bucket(bucket).key(key).send().await {
         Ok(out) => {
             let bytes = out.body.collect().await.map_err(|e| ProvisionError::Aws {
@@ -662,13 +544,9 @@ pub async fn read_object(
                 detail: e.to_string(),
                 hint: String::new(),
             })?;
-            Ok(Some(
-                String::from_utf8_lossy(&bytes.into_bytes()).into_owned(),
-            ))
+            Ok(Some(String::from_utf8_lossy(&bytes.into_bytes()).into_owned()))
         }
-        Err(e) if code_in(&e, &["NoSuchKey", "NoSuchBucket"]) || s3_status(&e) == Some(404) => {
-            Ok(None)
-        }
+        Err(e) if code_in(&e, &["NoSuchKey", "NoSuchBucket"]) || s3_status(&e) == Some(404) => Ok(None),
         Err(e) => Err(aws_error(format!("reading s3://{bucket}/{key}"), e)),
     }
 }
@@ -694,16 +572,9 @@ pub async fn ensure_config(
         ),
         (Some(p), Some(w)) => {
             let (old, new) = (p.vars(), w.vars());
-            let mut what: Vec<String> = new
-                .iter()
-                .filter(|(k, v)| old.get(*k) != Some(v))
-                .map(|(k, _)| format!("set {k}"))
-                .collect();
-            what.extend(
-                old.keys()
-                    .filter(|k| !new.contains_key(*k))
-                    .map(|k| format!("remove {k}")),
-            );
+            let mut what: Vec<String> =
+                new.iter().filter(|(k, v)| old.get(*k) != Some(v)).map(|(k, _)| format!("set {k}")).collect();
+            what.extend(old.keys().filter(|k| !new.contains_key(*k)).map(|k| format!("remove {k}")));
             if what.is_empty() && p.text != w.text {
                 what.push("rewrite".into());
             }
@@ -715,8 +586,7 @@ pub async fn ensure_config(
     }
     let Some(config) = wanted else {
         return Err(ProvisionError::Invalid(
-            "the stack's endpoints are still unknown after creating its resources; run `up` again"
-                .into(),
+            "the stack's endpoints are still unknown after creating its resources; run `up` again".into(),
         ));
     };
     run.c
@@ -743,14 +613,8 @@ mod tests {
         let arn = "arn:aws:sqs:us-east-1:1:flipstack-a-jobs-dlq";
         assert!(redrive_matches(&redrive_policy(arn), arn));
         // AWS answers with a number, some endpoints with a string.
-        assert!(redrive_matches(
-            &format!(r#"{{"deadLetterTargetArn": "{arn}", "maxReceiveCount": "5"}}"#),
-            arn
-        ));
-        assert!(!redrive_matches(
-            &format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":10}}"#),
-            arn
-        ));
+        assert!(redrive_matches(&format!(r#"{{"deadLetterTargetArn": "{arn}", "maxReceiveCount": "5"}}"#), arn));
+        assert!(!redrive_matches(&format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":10}}"#), arn));
         assert!(!redrive_matches(&redrive_policy("arn:other"), arn));
     }
 
@@ -766,11 +630,6 @@ mod tests {
             ),
         };
         assert_eq!(Secrets::from_config(&config), Some(s));
-        assert_eq!(
-            Secrets::from_config(&Config {
-                text: String::new()
-            }),
-            None
-        );
+        assert_eq!(Secrets::from_config(&Config { text: String::new() }), None);
     }
 }
