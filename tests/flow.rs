@@ -20,6 +20,9 @@ tier_tests!(
     size_and_pixel_limits_answer_413,
     a_worker_killed_mid_job_leaves_it_to_the_next_once,
     pages_and_errors_are_real_pages,
+    delete_removes_the_picture_everywhere,
+    several_pictures_in_one_plain_form_post,
+    the_upload_pages_script_gets_json_answers,
 );
 
 fn email() -> String {
@@ -529,4 +532,117 @@ fn every_command_explains_itself() {
         let first = text.lines().next().unwrap_or("");
         assert!(first.len() > 15, "{args:?} starts with a sentence saying what it does: {first:?}");
     }
+}
+
+async fn delete_removes_the_picture_everywhere(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let b = app.browser();
+    let me = email();
+    let keep = upload_ok(&app, &b, &me, "keep.jpg", &jpeg(64, 48)).await;
+    let gone = upload_ok(&app, &b, &me, "gone.jpg", &jpeg(48, 64)).await;
+    app.wait_done(keep).await;
+    app.wait_done(gone).await;
+    let other = second_server(&app).await;
+    let elsewhere = Browser::new(&other.base);
+    elsewhere.set_cookie("fs_session", &b.cookie("fs_session").unwrap());
+    assert!(
+        elsewhere.text("/gallery").await.1.contains(&format!("upload-{gone}")),
+        "the other instance shows it first"
+    );
+    let keys = app.blob_keys().await;
+    assert!(
+        keys.iter().filter(|k| k.ends_with(&format!("/{gone}"))).count() >= 2,
+        "original and flipped are stored: {keys:?}"
+    );
+
+    // Another person cannot delete it; without the form's token nothing happens either.
+    let stranger = app.browser();
+    upload_ok(&app, &stranger, &email(), "s.png", &png(8, 8)).await;
+    let csrf = stranger.csrf().await;
+    stranger.post_form(&format!("/uploads/{gone}/delete"), &[("csrf", &csrf)]).await;
+    assert_eq!(b.get(&format!("/images/{gone}/original")).await.status(), 200);
+    assert_eq!(b.post_form(&format!("/uploads/{gone}/delete"), &[]).await.status(), 403);
+
+    let (status, confirm) = b.text(&format!("/uploads/{gone}/delete?page=1")).await;
+    assert_eq!(status, 200);
+    assert!(confirm.contains("Delete this picture?") && confirm.contains("gone.jpg"));
+    let csrf = hidden_value(&confirm, "csrf").unwrap();
+    let r = b.post_form(&format!("/uploads/{gone}/delete"), &[("csrf", &csrf), ("page", "1")]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/gallery?page=1", "back to the page it was on");
+
+    for variant in ["original", "flipped", "original-thumb", "flipped-thumb"] {
+        assert_eq!(b.get(&format!("/images/{gone}/{variant}")).await.status(), 404, "{variant}");
+    }
+    assert!(
+        app.blob_keys().await.iter().all(|k| !k.ends_with(&format!("/{gone}"))),
+        "its objects are removed from the blob store"
+    );
+    assert!(app.services.store.upload(gone).await.unwrap().is_none(), "and its row");
+    let (_, html) = b.text("/gallery").await;
+    assert!(!html.contains(&format!("upload-{gone}")) && html.contains(&format!("upload-{keep}")));
+    // Every instance: the other server's cache and image route agree.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, there) = elsewhere.text("/gallery").await;
+        if !there.contains(&format!("upload-{gone}")) {
+            assert!(there.contains(&format!("upload-{keep}")));
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "the other instance still lists the deleted picture");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(elsewhere.get(&format!("/images/{gone}/flipped")).await.status(), 404);
+    assert_eq!(elsewhere.get(&format!("/images/{keep}/flipped")).await.status(), 200);
+    drop(other);
+    app.shutdown().await;
+}
+
+async fn several_pictures_in_one_plain_form_post(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let b = app.browser();
+    let me = email();
+    let csrf = b.csrf().await;
+    let (one, two) = (png(20, 10), jpeg(16, 24));
+    let files: [(&[u8], &[u8]); 2] = [(b"one.png", &one), (b"two.jpg", &two)];
+    let r = b.upload_parts(&[("csrf", &csrf), ("email", &me)], &files, false).await;
+    assert_eq!(r.status(), 303, "two pictures in one post, as a browser without JavaScript sends them");
+    assert_eq!(app.upload_count().await, 2);
+    // Mixed: the good one is stored, the bad one named with its reason.
+    let csrf = b.csrf().await;
+    let text = b"not a picture".to_vec();
+    let files: [(&[u8], &[u8]); 2] = [(b"three.png", &one), (b"notes.jpg", &text)];
+    let r = b.upload_parts(&[("csrf", &csrf)], &files, false).await;
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("1 picture(s) were uploaded") && page.contains("notes.jpg: This file is not a picture"),
+        "{page}"
+    );
+    assert_eq!(app.upload_count().await, 3);
+    app.shutdown().await;
+}
+
+async fn the_upload_pages_script_gets_json_answers(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let b = app.browser();
+    let me = email();
+    let csrf = b.csrf().await;
+    let pic = png(12, 12);
+    let r = b.upload_parts(&[("csrf", &csrf), ("email", &me)], &[(b"a.png", &pic)], true).await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["ok"], true, "{body}");
+    assert_eq!(body["ids"].as_array().unwrap().len(), 1);
+    // Signed in by that upload: the token changed, and the answer carries the new one.
+    let fresh = body["csrf"].as_str().unwrap().to_owned();
+    assert_ne!(fresh, csrf);
+    let r = b.upload_parts(&[("csrf", &fresh), ("email", &me)], &[(b"b.png", &pic)], true).await;
+    assert_eq!(r.status(), 200, "the next file goes through with the new token");
+    let r = b.upload_parts(&[("csrf", &fresh)], &[(b"bad.png", b"<html>")], true).await;
+    assert_eq!(r.status(), 415);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["ok"], false);
+    assert!(body["error"].as_str().unwrap().contains("not a picture"));
+    app.shutdown().await;
 }

@@ -230,38 +230,6 @@ async fn a_poison_picture_fails_with_a_reason(tier: Tier) {
     app.shutdown().await;
 }
 
-/// `flipstack serve` as a second process over the same configuration.
-struct SecondServer {
-    child: Child,
-    base: String,
-}
-
-impl Drop for SecondServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn second_server(app: &TestApp) -> SecondServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_flipstack"))
-        .arg("serve")
-        .envs(app.config.to_env())
-        .env("FLIPSTACK_LISTEN", format!("127.0.0.1:{port}"))
-        .env("FLIPSTACK_ADMIN_TOKEN", &app.admin_token)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while reqwest::get(format!("{base}/healthz")).await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(started.elapsed() < Duration::from_secs(30), "the second server starts");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    SecondServer { child, base }
-}
-
 async fn a_block_reaches_another_server_within_a_second(tier: Tier) {
     let app = TestApp::spawn(tier).await;
     let other = second_server(&app).await;

@@ -24,6 +24,7 @@ pub async fn image(
     variant: String,
     cookie: Option<String>,
     if_none_match: Option<String>,
+    download: bool,
 ) -> Result<Resp, Infallible> {
     let kind = match variant.as_str() {
         "original" => BlobKind::Original,
@@ -99,9 +100,11 @@ pub async fn image(
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(ETAG, v);
     }
-    if let Ok(v) =
-        HeaderValue::from_str(&format!("inline; filename=\"flipstack-{id}-{variant}.{}\"", format.extension()))
-    {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}; filename=\"flipstack-{id}-{variant}.{}\"",
+        if download { "attachment" } else { "inline" },
+        format.extension()
+    )) {
         h.insert(CONTENT_DISPOSITION, v);
     }
     h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; sandbox"));

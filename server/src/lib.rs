@@ -223,6 +223,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and(cookie())
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>("accept"))
         .and(warp::body::stream())
         .and_then(upload::upload);
     let gallery = warp::path!("gallery")
@@ -246,6 +247,19 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and(cookie())
         .and(small_form())
         .and_then(pages::signin_link_submit);
+    let delete_confirm = warp::path!("uploads" / String / "delete")
+        .and(warp::get())
+        .and(s())
+        .and(cookie())
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(|id, state, cookie, query| pages::delete_confirm(state, id, cookie, query));
+    let delete_submit = warp::path!("uploads" / String / "delete")
+        .and(warp::post())
+        .and(s())
+        .and(cookie())
+        .and(warp::header::optional::<String>("accept"))
+        .and(small_form())
+        .and_then(|id, state, cookie, accept, form| pages::delete_submit(state, id, cookie, accept, form));
     let logout =
         warp::path!("logout").and(warp::post()).and(s()).and(cookie()).and(small_form()).and_then(pages::logout);
     let images = warp::path!("images" / String / String)
@@ -253,7 +267,10 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and(s())
         .and(cookie())
         .and(warp::header::optional::<String>("if-none-match"))
-        .and_then(|id, variant, state, cookie, inm| images::image(state, id, variant, cookie, inm));
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(|id, variant, state, cookie, inm, query: HashMap<String, String>| {
+            images::image(state, id, variant, cookie, inm, query.contains_key("download"))
+        });
     let healthz = warp::path!("healthz").and(warp::get()).and(s()).and_then(admin::healthz);
     let metrics =
         warp::path!("metrics").and(warp::get()).and(s()).and(warp::addr::remote()).and(auth()).and_then(admin::metrics);
@@ -286,7 +303,19 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
 
     let pages =
         index.or(form).unify().or(upload).unify().or(gallery).unify().or(signin).unify().or(signin_post).unify();
-    let pages = pages.or(link).unify().or(link_post).unify().or(logout).unify().or(images).unify();
+    let pages = pages
+        .or(link)
+        .unify()
+        .or(link_post)
+        .unify()
+        .or(logout)
+        .unify()
+        .or(delete_confirm)
+        .unify()
+        .or(delete_submit)
+        .unify()
+        .or(images)
+        .unify();
     let ops = healthz.or(metrics).unify().or(assets).unify();
     let admin = admin_status
         .or(admin_block)

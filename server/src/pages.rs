@@ -73,6 +73,7 @@ pub async fn form_page(
         error,
         email_value: email.to_owned(),
         max_size: crate::web::human_bytes(c.max_upload_bytes),
+        max_bytes: c.max_upload_bytes,
         max_mp: format!("{}", c.max_pixels as f64 / 1e6),
     };
     finish(state, visitor, render(status, &page))
@@ -346,4 +347,112 @@ pub fn csrf_refused(state: &AppState, visitor: &Visitor) -> Resp {
         "This form was out of date or did not come from this site, so nothing was done. Go back, reload the page and send it again.",
         Some(("/form", "Back to the upload page")),
     )
+}
+
+/// `GET /uploads/{id}/delete`: asks first (the page's script asks in a dialog instead).
+pub async fn delete_confirm(
+    state: Arc<AppState>,
+    id: String,
+    cookie: Option<String>,
+    query: HashMap<String, String>,
+) -> Result<Resp, Infallible> {
+    let visitor = match visitor(&state, cookie.as_deref()).await {
+        Ok(v) => v,
+        Err(r) => return Ok(r),
+    };
+    let Some(me) = &visitor.signed_in else {
+        return Ok(finish(&state, &visitor, see_other("/signin")));
+    };
+    let page = query.get("page").and_then(|p| p.parse::<u64>().ok()).unwrap_or(1).max(1);
+    let upload = match id.parse::<flipstack_core::domain::UploadId>() {
+        Ok(id) => match state.services.store.upload(id).await {
+            Ok(u) => u.filter(|u| u.person_id == me.person_id),
+            Err(_) => return Ok(unavailable_page(&state)),
+        },
+        Err(_) => None,
+    };
+    let Some(upload) = upload else {
+        return Ok(message(
+            &state,
+            &visitor,
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such picture in your gallery.",
+            Some(("/gallery", "Your gallery")),
+        ));
+    };
+    let view = crate::views::DeletePage {
+        chrome: Chrome::for_visitor(&visitor, &state.secret),
+        id: upload.id.0,
+        name: upload.name.as_str().to_owned(),
+        page,
+        has_thumbs: upload.outcome.as_ref().is_some_and(|o| o.thumb_width.is_some()),
+    };
+    Ok(render(StatusCode::OK, &view))
+}
+
+/// `POST /uploads/{id}/delete`: removes the rows, the blobs and the cached
+/// pages, so the picture is gone for every replica read and every instance.
+pub async fn delete_submit(
+    state: Arc<AppState>,
+    id: String,
+    cookie: Option<String>,
+    accept: Option<String>,
+    form: HashMap<String, String>,
+) -> Result<Resp, Infallible> {
+    let visitor = match visitor(&state, cookie.as_deref()).await {
+        Ok(v) => v,
+        Err(r) => return Ok(r),
+    };
+    let wants_json = accept.as_deref().is_some_and(|a| a.contains("application/json"));
+    let answer = |status: StatusCode, text: &str| {
+        crate::web::json(status, &serde_json::json!({"ok": status.is_success(), "error": text}))
+    };
+    if !visitor.csrf_ok(&state.secret, form.get("csrf").map(String::as_str).unwrap_or("")) {
+        return Ok(if wants_json {
+            answer(StatusCode::FORBIDDEN, "This page was out of date; reload it and try again.")
+        } else {
+            csrf_refused(&state, &visitor)
+        });
+    }
+    let Some(me) = &visitor.signed_in else {
+        return Ok(if wants_json { answer(StatusCode::FORBIDDEN, "Sign in first.") } else { see_other("/signin") });
+    };
+    let page = form.get("page").and_then(|p| p.parse::<u64>().ok()).unwrap_or(1).max(1);
+    let Ok(id) = id.parse::<flipstack_core::domain::UploadId>() else {
+        return Ok(if wants_json {
+            answer(StatusCode::NOT_FOUND, "No such picture.")
+        } else {
+            see_other(&format!("/gallery?page={page}"))
+        });
+    };
+    let services = &state.services;
+    let hash = me.email.hashed_id();
+    let removed = match services.store.delete_upload(id, me.person_id, &hash).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, upload = %id, "could not delete an upload");
+            return Ok(if wants_json {
+                answer(StatusCode::SERVICE_UNAVAILABLE, "flipstack could not delete it just now; try again.")
+            } else {
+                unavailable_page(&state)
+            });
+        }
+    };
+    let Some((_, receipt)) = removed else {
+        return Ok(if wants_json {
+            answer(StatusCode::NOT_FOUND, "No such picture in your gallery.")
+        } else {
+            see_other(&format!("/gallery?page={page}"))
+        });
+    };
+    // The row is gone, so nothing can reach the blobs any more; a blob that
+    // cannot be removed now is only wasted space, and is logged.
+    if let Err(e) = services.blobs.delete_all(id).await {
+        tracing::warn!(error = %e, upload = %id, "could not remove the blobs of a deleted upload");
+    }
+    state.owners.invalidate(&id);
+    services.gallery.invalidate(&hash, &receipt).await;
+    tracing::info!(upload = %id, person = %hash, "upload deleted");
+    Ok(if wants_json { answer(StatusCode::OK, "") } else { see_other(&format!("/gallery?page={page}")) })
 }

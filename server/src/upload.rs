@@ -1,10 +1,13 @@
-//! `POST /upload`: the multipart form is read as it arrives. The file is
+//! `POST /upload`: the multipart form is read as it arrives. Each file is
 //! spooled to disk (never held in memory) while the inspector checks it, so a
 //! picture over the pixel limit is refused as soon as its header arrives; a
 //! JPEG's scan data is then verified off the async threads. Only an accepted
 //! picture reaches the blob store, and only after its owner is settled:
 //! a browser that is not signed in as an address with a gallery cannot add to
 //! that gallery by typing the address (a sign-in link is mailed instead).
+//!
+//! A plain form post may carry several files; the upload page's script sends
+//! one file a request (for a progress bar each) and asks for JSON answers.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,20 +17,23 @@ use bytes::{Buf, Bytes};
 use flipstack_core::blob::BlobKind;
 use flipstack_core::domain::{DisplayName, Email, PersonId, SecretToken, UploadId, now_millis};
 use flipstack_core::imaging::{self, ImageInfo, Inspector, Rejection};
-use flipstack_core::store::{AcceptUpload, NewOwner, NewSession, NewUpload, SessionInfo, StoreError};
+use flipstack_core::store::{AcceptUpload, NewOwner, NewSession, NewUpload, Person, SessionInfo, StoreError};
 use futures::{Stream, StreamExt};
 use multer::{Field, Multipart};
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use warp::http::StatusCode;
+use warp::http::{HeaderValue, StatusCode};
 
-use crate::pages::{self, csrf_refused, form_page, send_signin_link, unavailable_page};
-use crate::session::{SESSION_LIFETIME_MS, Visitor, remember_session};
+use crate::pages::{self, form_page, send_signin_link};
+use crate::session::{SESSION_LIFETIME_MS, SignedIn, Visitor, remember_session};
 use crate::state::AppState;
-use crate::web::{Resp, add_cookie, message, see_other};
+use crate::web::{Resp, add_cookie, human_bytes, json as json_reply, message, see_other};
 
 /// A client that stops sending for this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SMALL_FIELD_LIMIT: usize = 1024;
+/// Most files in one form post.
+const MAX_FILES: usize = 20;
 
 struct Spooled {
     file: tempfile::NamedTempFile,
@@ -36,7 +42,7 @@ struct Spooled {
     name: DisplayName,
 }
 
-/// Why the form could not be taken, and how to answer.
+/// Why a file or the form could not be taken.
 enum Refusal {
     Picture(Rejection),
     TooLarge(u64),
@@ -45,11 +51,90 @@ enum Refusal {
     Io(String),
 }
 
+/// One refused file of a form that carried several.
+struct FileRefusal {
+    name: String,
+    status: StatusCode,
+    message: String,
+}
+
+/// How an upload ends, before it is shown as a page or as JSON.
+enum Answer {
+    Accepted {
+        ids: Vec<UploadId>,
+        refused: Vec<FileRefusal>,
+        signed: Option<SignedIn>,
+        cookie: Option<String>,
+    },
+    /// Refused; the upload form is shown again with the message and the address typed.
+    Form {
+        status: StatusCode,
+        message: Option<String>,
+        typed: String,
+    },
+    /// Refused with a page of its own (not the owner, CSRF, unavailable).
+    Page {
+        status: StatusCode,
+        title: &'static str,
+        message: String,
+        retry_after: bool,
+    },
+}
+
+fn unavailable(what: &str) -> Answer {
+    Answer::Page {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        title: "Please try again in a moment",
+        message: format!("flipstack could not {what} just now. Nothing was stored; please try again."),
+        retry_after: true,
+    }
+}
+
+fn csrf_answer() -> Answer {
+    Answer::Page {
+        status: StatusCode::FORBIDDEN,
+        title: "Please try again",
+        message: "This form was out of date or did not come from this site, so nothing was done. Go back, reload the page and send it again.".into(),
+        retry_after: false,
+    }
+}
+
+fn describe(max: u64, refusal: &Refusal) -> (StatusCode, String) {
+    match refusal {
+        Refusal::Picture(r) => {
+            (StatusCode::from_u16(r.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY), r.to_string())
+        }
+        Refusal::TooLarge(n) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "The file is {} or more; the limit is {}. Make it smaller and try again.",
+                human_bytes(*n),
+                human_bytes(max)
+            ),
+        ),
+        Refusal::BadForm(t) => (StatusCode::BAD_REQUEST, (*t).to_owned()),
+        Refusal::Csrf => (StatusCode::FORBIDDEN, "This form was out of date; reload the page and try again.".into()),
+        Refusal::Io(_) => (StatusCode::SERVICE_UNAVAILABLE, "flipstack could not take the upload just now.".into()),
+    }
+}
+
+fn refusal_code(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::Picture(r) => r.code(),
+        Refusal::TooLarge(_) => "too_large",
+        Refusal::BadForm(_) => "bad_form",
+        Refusal::Csrf => "csrf",
+        Refusal::Io(_) => "io",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn upload<S, B>(
     state: Arc<AppState>,
     cookie: Option<String>,
     content_length: Option<u64>,
     content_type: Option<String>,
+    accept: Option<String>,
     body: S,
 ) -> Result<Resp, Infallible>
 where
@@ -60,71 +145,113 @@ where
         Ok(v) => v,
         Err(r) => return Ok(r),
     };
+    let wants_json = accept.as_deref().is_some_and(|a| a.contains("application/json"));
+    let answer = take(&state, &visitor, content_length, content_type, body).await;
+    Ok(respond(&state, &visitor, answer, wants_json).await)
+}
+
+async fn take<S, B>(
+    state: &AppState,
+    visitor: &Visitor,
+    content_length: Option<u64>,
+    content_type: Option<String>,
+    body: S,
+) -> Answer
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send,
+{
     let services = &state.services;
     if state.blocked.get(services).await {
         services.metrics.upload_rejected("blocked");
-        let mut r = form_page(&state, &visitor, StatusCode::SERVICE_UNAVAILABLE, None, "").await;
-        r.headers_mut().insert("retry-after", warp::http::HeaderValue::from_static("60"));
-        return Ok(r);
+        return Answer::Form {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: Some("Uploads are paused for a moment; please try again later.".into()),
+            typed: String::new(),
+        };
     }
     let max = services.config.max_upload_bytes;
-    // The form's other fields and boundaries take a few kilobytes at most.
+    // Several files may come in one form; its other fields take a few kilobytes.
     if let Some(len) = content_length
-        && len > max + 64 * 1024
+        && len > max * MAX_FILES as u64 + 64 * 1024
     {
         services.metrics.upload_rejected("too_large");
-        return Ok(refusal_page(&state, &visitor, Refusal::TooLarge(len), "").await);
+        let (status, message) = describe(max, &Refusal::TooLarge(len));
+        return Answer::Form { status, message: Some(message), typed: String::new() };
     }
     let Some(boundary) = content_type.and_then(|ct| multer::parse_boundary(ct).ok()) else {
         services.metrics.upload_rejected("bad_form");
-        let refusal = Refusal::BadForm("The upload was not sent as a form. Use the upload page.");
-        return Ok(refusal_page(&state, &visitor, refusal, "").await);
+        return Answer::Form {
+            status: StatusCode::BAD_REQUEST,
+            message: Some("The upload was not sent as a form. Use the upload page.".into()),
+            typed: String::new(),
+        };
     };
     let body = Box::pin(body.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining()))));
     let form = Multipart::new(crate::multipart::strip_nul_in_part_headers(body, &boundary), boundary);
-    let (csrf, typed, spooled) = match read_form(&state, &visitor, form).await {
+    let (typed, files) = match read_form(state, visitor, form).await {
         Ok(parts) => parts,
         Err((refusal, typed)) => {
-            let code = match &refusal {
-                Refusal::Picture(r) => r.code(),
-                Refusal::TooLarge(_) => "too_large",
-                Refusal::BadForm(_) => "bad_form",
-                Refusal::Csrf => "csrf",
-                Refusal::Io(_) => "io",
+            services.metrics.upload_rejected(refusal_code(&refusal));
+            return match refusal {
+                Refusal::Csrf => csrf_answer(),
+                Refusal::Io(e) => {
+                    tracing::error!(error = %e, "upload spooling failed");
+                    unavailable("take the upload")
+                }
+                other => {
+                    let (status, message) = describe(max, &other);
+                    tracing::info!(status = status.as_u16(), reason = %message, "upload refused");
+                    Answer::Form { status, message: Some(message), typed }
+                }
             };
-            services.metrics.upload_rejected(code);
-            return Ok(refusal_page(&state, &visitor, refusal, &typed).await);
         }
     };
-    if !csrf {
-        services.metrics.upload_rejected("csrf");
-        return Ok(csrf_refused(&state, &visitor));
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for (name, file) in files {
+        match file {
+            Ok(s) => accepted.push(s),
+            Err(r) => {
+                services.metrics.upload_rejected(refusal_code(&r));
+                let (status, message) = describe(max, &r);
+                tracing::info!(status = status.as_u16(), reason = %message, "upload refused");
+                refused.push(FileRefusal { name, status, message });
+            }
+        }
     }
-    let Some(spooled) = spooled else {
-        services.metrics.upload_rejected("no_file");
-        return Ok(form_page(
-            &state,
-            &visitor,
-            StatusCode::BAD_REQUEST,
-            Some("Choose a picture to upload.".into()),
-            &typed,
-        )
-        .await);
-    };
-    accept(&state, &visitor, typed, spooled).await
+    if accepted.is_empty() {
+        let Some(first) = refused.first() else {
+            services.metrics.upload_rejected("no_file");
+            return Answer::Form {
+                status: StatusCode::BAD_REQUEST,
+                message: Some("Choose a picture to upload.".into()),
+                typed,
+            };
+        };
+        let status = first.status;
+        let message = if refused.len() == 1 {
+            first.message.clone()
+        } else {
+            refused.iter().map(|r| format!("{}: {}", r.name, r.message)).collect::<Vec<_>>().join(" ")
+        };
+        return Answer::Form { status, message: Some(message), typed };
+    }
+    store_all(state, visitor, typed, accepted, refused).await
 }
 
-/// Reads the form's parts in order: `csrf`, `email`, `file`. The CSRF token
-/// and the owner are settled before the file is read when the browser sends
-/// them first (as the page's form does).
+/// Reads the form's parts in order: `csrf`, `email`, then each `file`. The
+/// CSRF token is settled before any file is read (the page's form sends it
+/// first). A refused file is reported and the next one read.
+#[allow(clippy::type_complexity)]
 async fn read_form(
     state: &AppState,
     visitor: &Visitor,
     mut form: Multipart<'static>,
-) -> Result<(bool, String, Option<Spooled>), (Refusal, String)> {
+) -> Result<(String, Vec<(String, Result<Spooled, Refusal>)>), (Refusal, String)> {
     let mut csrf_ok = false;
     let mut typed = String::new();
-    let mut spooled = None;
+    let mut files = Vec::new();
     loop {
         let next = match tokio::time::timeout(IDLE_TIMEOUT, form.next_field()).await {
             Ok(n) => n,
@@ -147,17 +274,28 @@ async fn read_form(
                 if !csrf_ok {
                     return Err((Refusal::Csrf, typed));
                 }
-                if spooled.is_some() {
-                    return Err((Refusal::BadForm("Upload one picture at a time."), typed));
+                if files.len() >= MAX_FILES {
+                    return Err((Refusal::BadForm("At most 20 pictures at a time, please."), typed));
                 }
-                spooled = Some(spool(state, part).await.map_err(|r| (r, typed.clone()))?);
+                let unnamed = part.file_name().is_none_or(str::is_empty);
+                let name = DisplayName::from_client(part.file_name()).as_str().to_owned();
+                match spool(state, part).await {
+                    Ok(s) => files.push((name, Ok(s))),
+                    // A file input with no file chosen sends an empty, nameless part.
+                    Err(Refusal::Picture(Rejection::Empty)) if unnamed => {}
+                    Err(r @ (Refusal::Picture(_) | Refusal::TooLarge(_))) => files.push((name, Err(r))),
+                    Err(other) => return Err((other, typed)),
+                }
             }
             _ => {
                 read_small(part).await.map_err(|r| (r, typed.clone()))?;
             }
         }
     }
-    Ok((csrf_ok, typed, spooled))
+    if !csrf_ok {
+        return Err((Refusal::Csrf, typed));
+    }
+    Ok((typed, files))
 }
 
 async fn read_small(mut part: Field<'static>) -> Result<String, Refusal> {
@@ -216,39 +354,14 @@ async fn spool(state: &AppState, mut part: Field<'static>) -> Result<Spooled, Re
     Ok(Spooled { file: tmp, info, bytes: total, name })
 }
 
-async fn refusal_page(state: &AppState, visitor: &Visitor, refusal: Refusal, typed: &str) -> Resp {
-    let max = crate::web::human_bytes(state.services.config.max_upload_bytes);
-    let (status, text) = match refusal {
-        Refusal::Picture(r) => {
-            (StatusCode::from_u16(r.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY), r.to_string())
-        }
-        Refusal::TooLarge(n) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "The file is {} or more; the limit is {max}. Make it smaller and try again.",
-                crate::web::human_bytes(n)
-            ),
-        ),
-        Refusal::BadForm(t) => (StatusCode::BAD_REQUEST, t.to_owned()),
-        Refusal::Csrf => return csrf_refused(state, visitor),
-        Refusal::Io(e) => {
-            tracing::error!(error = %e, "upload spooling failed");
-            return message(
-                state,
-                visitor,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Please try again in a moment",
-                "flipstack could not take the upload just now. Nothing was stored; please try again.",
-                Some(("/form", "Back to the upload page")),
-            );
-        }
-    };
-    tracing::info!(status = status.as_u16(), reason = %text, "upload refused");
-    form_page(state, visitor, status, Some(text), typed).await
-}
-
-/// Settles the owner, stores the picture, records the upload and queues the job.
-async fn accept(state: &AppState, visitor: &Visitor, typed: String, spooled: Spooled) -> Result<Resp, Infallible> {
+/// Settles the owner, then stores each picture, records it and queues its job.
+async fn store_all(
+    state: &AppState,
+    visitor: &Visitor,
+    typed: String,
+    files: Vec<Spooled>,
+    mut refused: Vec<FileRefusal>,
+) -> Answer {
     let services = &state.services;
     let typed_email = if typed.is_empty() {
         None
@@ -257,138 +370,216 @@ async fn accept(state: &AppState, visitor: &Visitor, typed: String, spooled: Spo
             Ok(e) => Some(e),
             Err(e) => {
                 services.metrics.upload_rejected("bad_email");
-                return Ok(form_page(
-                    state,
-                    visitor,
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    Some(format!("E-mail address: {e}.")),
-                    &typed,
-                )
-                .await);
+                return Answer::Form {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    message: Some(format!("E-mail address: {e}.")),
+                    typed,
+                };
             }
         }
     };
     let now = now_millis();
     let mut new_session = None;
-    let (owner, email) = match (&visitor.signed_in, typed_email) {
+    let (mut owner, email) = match (&visitor.signed_in, typed_email) {
         (Some(me), None) => (NewOwner::Existing(me.person_id), me.email.clone()),
         (Some(me), Some(e)) if e == me.email => (NewOwner::Existing(me.person_id), me.email.clone()),
         (_, Some(e)) => match services.store.person_by_email(&e).await {
             Ok(Some(person)) => {
                 services.metrics.upload_rejected("not_owner");
-                return Ok(refuse_not_owner(state, visitor, &person).await);
+                return refuse_not_owner(state, &person).await;
             }
             Ok(None) => {
                 let id = PersonId::new();
-                let token = SecretToken::generate();
-                new_session = Some((token, id));
+                new_session = Some((SecretToken::generate(), id));
                 (NewOwner::Create { id, email: e.clone() }, e)
             }
-            Err(_) => return Ok(unavailable_page(state)),
+            Err(_) => return unavailable("check who owns that address"),
         },
         (None, None) => {
             services.metrics.upload_rejected("no_email");
-            return Ok(form_page(
-                state,
-                visitor,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Some("Enter your e-mail address: your gallery is kept under it.".into()),
-                "",
-            )
-            .await);
+            return Answer::Form {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: Some("Enter your e-mail address: your gallery is kept under it.".into()),
+                typed,
+            };
         }
     };
-    let id = UploadId::new();
-    if let Err(e) = services.blobs.put_file(BlobKind::Original, id, spooled.file.path()).await {
-        tracing::error!(error = %e, "could not store an upload's original");
-        return Ok(message(
-            state,
-            visitor,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Please try again in a moment",
-            "flipstack could not store your picture just now. Nothing was saved; please try again.",
-            Some(("/form", "Back to the upload page")),
-        ));
-    }
-    let (width, height) = spooled.info.displayed_size();
-    let session = new_session.as_ref().map(|(token, person_id)| NewSession {
-        token_hash: token.hash(),
-        person_id: *person_id,
-        expires_at: now + SESSION_LIFETIME_MS,
-    });
+    let person_id = match &owner {
+        NewOwner::Existing(id) | NewOwner::Create { id, .. } => *id,
+    };
     let hash = email.hashed_id();
-    let accepted = services
-        .store
-        .accept_upload(AcceptUpload {
-            upload: NewUpload {
-                id,
-                name: spooled.name.clone(),
-                format: spooled.info.format,
-                bytes: spooled.bytes,
-                width,
-                height,
-            },
-            owner,
-            session,
-            person_hash: hash.clone(),
-            now,
-        })
-        .await;
-    let receipt = match accepted {
-        Ok(r) => r,
-        Err(e) => {
-            // Nothing is left behind: the row was not written, so the blob goes too.
-            if let Err(be) = services.blobs.delete_all(id).await {
-                tracing::warn!(error = %be, upload = %id, "could not remove the original of a refused upload");
+    let mut ids = Vec::new();
+    for spooled in files {
+        let id = UploadId::new();
+        if let Err(e) = services.blobs.put_file(BlobKind::Original, id, spooled.file.path()).await {
+            tracing::error!(error = %e, "could not store an upload's original");
+            if ids.is_empty() {
+                return unavailable("store your picture");
             }
-            return Ok(match e {
-                StoreError::EmailTaken => match services.store.person_by_email(&email).await {
-                    Ok(Some(person)) => refuse_not_owner(state, visitor, &person).await,
-                    _ => unavailable_page(state),
-                },
-                other => {
-                    tracing::warn!(error = %other, "could not record an upload");
-                    unavailable_page(state)
-                }
+            refused.push(FileRefusal {
+                name: spooled.name.as_str().into(),
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "It could not be stored just now; upload it again.".into(),
             });
+            continue;
         }
+        let (width, height) = spooled.info.displayed_size();
+        // Only the first picture of a new address creates its gallery and session.
+        let session = match (&owner, &new_session) {
+            (NewOwner::Create { .. }, Some((token, pid))) => {
+                Some(NewSession { token_hash: token.hash(), person_id: *pid, expires_at: now + SESSION_LIFETIME_MS })
+            }
+            _ => None,
+        };
+        let accepted = services
+            .store
+            .accept_upload(AcceptUpload {
+                upload: NewUpload {
+                    id,
+                    name: spooled.name.clone(),
+                    format: spooled.info.format,
+                    bytes: spooled.bytes,
+                    width,
+                    height,
+                },
+                owner: std::mem::replace(&mut owner, NewOwner::Existing(person_id)),
+                session,
+                person_hash: hash.clone(),
+                now,
+            })
+            .await;
+        let receipt = match accepted {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing is left behind: the row was not written, so the blob goes too.
+                if let Err(be) = services.blobs.delete_all(id).await {
+                    tracing::warn!(error = %be, upload = %id, "could not remove the original of a refused upload");
+                }
+                if !ids.is_empty() {
+                    tracing::warn!(error = %e, "could not record an upload");
+                    refused.push(FileRefusal {
+                        name: spooled.name.as_str().into(),
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        message: "It could not be recorded just now; upload it again.".into(),
+                    });
+                    continue;
+                }
+                return match e {
+                    StoreError::EmailTaken => match services.store.person_by_email(&email).await {
+                        Ok(Some(person)) => refuse_not_owner(state, &person).await,
+                        _ => unavailable("record your picture"),
+                    },
+                    other => {
+                        tracing::warn!(error = %other, "could not record an upload");
+                        unavailable("record your picture")
+                    }
+                };
+            }
+        };
+        services.gallery.invalidate(&hash, &receipt).await;
+        if let Err(e) = services.queue.enqueue(id).await {
+            // The row is the truth: the reconciler sends it again.
+            tracing::warn!(error = %e, upload = %id, "could not queue a job; the reconciler will");
+        }
+        services.metrics.upload_accepted();
+        tracing::info!(
+            upload = %id, person = %hash, format = spooled.info.format.as_str(), bytes = spooled.bytes,
+            width, height, "upload accepted"
+        );
+        ids.push(id);
+    }
+    let (signed, cookie) = match new_session {
+        Some((token, person_id)) => {
+            let info = SessionInfo { person_id, email: email.clone(), expires_at: now + SESSION_LIFETIME_MS };
+            remember_session(state, &token.hash(), &info).await;
+            tracing::info!(person = %hash, "new gallery; browser signed in");
+            let cookie = pages::session_cookie(state, &token);
+            (Some(SignedIn { token, person_id, email }), Some(cookie))
+        }
+        None => (None, None),
     };
-    services.gallery.invalidate(&hash, &receipt).await;
-    if let Err(e) = services.queue.enqueue(id).await {
-        // The row is the truth: the reconciler sends it again.
-        tracing::warn!(error = %e, upload = %id, "could not queue a job; the reconciler will");
-    }
-    services.metrics.upload_accepted();
-    tracing::info!(
-        upload = %id, person = %hash, format = spooled.info.format.as_str(), bytes = spooled.bytes,
-        width, height, "upload accepted"
-    );
-    let mut r = see_other("/gallery");
-    if let Some((token, person_id)) = new_session {
-        let info = SessionInfo { person_id, email: email.clone(), expires_at: now + SESSION_LIFETIME_MS };
-        remember_session(state, &token.hash(), &info).await;
-        r = add_cookie(r, &pages::session_cookie(state, &token));
-        tracing::info!(person = %hash, "new gallery; browser signed in");
-    }
-    Ok(r)
+    Answer::Accepted { ids, refused, signed, cookie }
 }
 
 /// The address has a gallery this browser is not signed in to: store
 /// nothing, mail its owner a sign-in link, and say so.
-async fn refuse_not_owner(state: &AppState, visitor: &Visitor, person: &flipstack_core::store::Person) -> Resp {
-    if let Err(r) = send_signin_link(state, person).await {
-        return r;
+async fn refuse_not_owner(state: &AppState, person: &Person) -> Answer {
+    if send_signin_link(state, person).await.is_err() {
+        return unavailable("send the sign-in mail");
     }
     tracing::info!(person = %person.email.hashed_id(), "upload refused: the address has a gallery this browser is not signed in to");
-    message(
-        state,
-        visitor,
-        StatusCode::FORBIDDEN,
-        "Check your mail",
-        &format!(
+    Answer::Page {
+        status: StatusCode::FORBIDDEN,
+        title: "Check your mail",
+        message: format!(
             "{} already has a gallery, and this browser is not signed in to it. To keep galleries private, nothing was uploaded; we mailed a sign-in link to that address instead. Open it in this browser, then upload again.",
             person.email
         ),
-        Some(("/form", "Back to the upload page")),
-    )
+        retry_after: false,
+    }
+}
+
+/// The answer as a page (plain form posts) or JSON (the upload page's script).
+async fn respond(state: &AppState, visitor: &Visitor, answer: Answer, wants_json: bool) -> Resp {
+    match answer {
+        Answer::Accepted { ids, refused, signed, cookie } => {
+            let now_visitor = match signed {
+                Some(s) => visitor.signed_in_as(s),
+                None => visitor.clone(),
+            };
+            let mut r = if wants_json {
+                let refused: Vec<_> = refused
+                    .iter()
+                    .map(|f| json!({"name": f.name, "status": f.status.as_u16(), "error": f.message}))
+                    .collect();
+                json_reply(
+                    StatusCode::OK,
+                    &json!({"ok": true, "ids": ids.iter().map(|i| i.to_string()).collect::<Vec<_>>(), "refused": refused, "csrf": now_visitor.csrf_token(&state.secret)}),
+                )
+            } else if refused.is_empty() {
+                see_other("/gallery")
+            } else {
+                let listed = refused.iter().map(|f| format!("{}: {}", f.name, f.message)).collect::<Vec<_>>().join(" ");
+                let text = format!("{} picture(s) were uploaded. These were not: {listed}", ids.len());
+                form_page(state, &now_visitor, StatusCode::OK, Some(text), "").await
+            };
+            if let Some(c) = cookie {
+                r = add_cookie(r, &c);
+            }
+            r
+        }
+        Answer::Form { status, message, typed } => {
+            if wants_json {
+                let text = message.unwrap_or_else(|| "The upload was refused.".into());
+                let mut r =
+                    json_reply(status, &json!({"ok": false, "error": text, "csrf": visitor.csrf_token(&state.secret)}));
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    r.headers_mut().insert("retry-after", HeaderValue::from_static("60"));
+                }
+                return r;
+            }
+            // A paused service shows its banner; the message would repeat it.
+            let shown = if status == StatusCode::SERVICE_UNAVAILABLE && state.blocked.get(&state.services).await {
+                None
+            } else {
+                message
+            };
+            let mut r = form_page(state, visitor, status, shown, &typed).await;
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                r.headers_mut().insert("retry-after", HeaderValue::from_static("60"));
+            }
+            r
+        }
+        Answer::Page { status, title, message: text, retry_after } => {
+            let mut r = if wants_json {
+                json_reply(status, &json!({"ok": false, "error": text, "csrf": visitor.csrf_token(&state.secret)}))
+            } else {
+                message(state, visitor, status, title, &text, Some(("/form", "Back to the upload page")))
+            };
+            if retry_after {
+                r.headers_mut().insert("retry-after", HeaderValue::from_static("10"));
+            }
+            r
+        }
+    }
 }

@@ -29,6 +29,7 @@ pub struct FormPage {
     pub error: Option<String>,
     pub email_value: String,
     pub max_size: String,
+    pub max_bytes: u64,
     pub max_mp: String,
 }
 
@@ -132,4 +133,14 @@ pub struct MessagePage {
     /// `error`, `ok` or `paused`.
     pub tone: &'static str,
     pub link: Option<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "delete.html")]
+pub struct DeletePage {
+    pub chrome: Chrome,
+    pub id: i64,
+    pub name: String,
+    pub page: u64,
+    pub has_thumbs: bool,
 }

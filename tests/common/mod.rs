@@ -397,6 +397,38 @@ impl TestApp {
     }
 }
 
+/// `flipstack serve` as a second process over the same configuration.
+pub struct SecondServer {
+    child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for SecondServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn second_server(app: &TestApp) -> SecondServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_flipstack"))
+        .arg("serve")
+        .envs(app.config.to_env())
+        .env("FLIPSTACK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FLIPSTACK_ADMIN_TOKEN", &app.admin_token)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while reqwest::get(format!("{base}/healthz")).await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the second server starts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    SecondServer { child, base }
+}
+
 /// A browser: a cookie jar, no automatic redirects (tests look at them).
 pub struct Browser {
     pub client: reqwest::Client,
@@ -450,6 +482,16 @@ impl Browser {
 
     /// A multipart form built by hand, so file names go on the wire exactly as given.
     pub async fn upload_raw(&self, fields: &[(&str, &str)], file: Option<(&[u8], &[u8])>) -> reqwest::Response {
+        self.upload_parts(fields, file.as_slice(), false).await
+    }
+
+    /// Any number of `file` parts; `json` asks for the answer the page's script gets.
+    pub async fn upload_parts(
+        &self,
+        fields: &[(&str, &str)],
+        files: &[(&[u8], &[u8])],
+        json: bool,
+    ) -> reqwest::Response {
         let boundary = format!("----flipstacktest{:016x}", rand::random::<u64>());
         let mut body = Vec::new();
         for (k, v) in fields {
@@ -457,7 +499,7 @@ impl Browser {
                 format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes(),
             );
         }
-        if let Some((name, bytes)) = file {
+        for (name, bytes) in files {
             body.extend_from_slice(
                 format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"").as_bytes(),
             );
@@ -467,13 +509,15 @@ impl Browser {
             body.extend_from_slice(b"\r\n");
         }
         body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-        self.client
+        let mut req = self
+            .client
             .post(self.url("/upload"))
             .header("content-type", format!("multipart/form-data; boundary={boundary}"))
-            .body(body)
-            .send()
-            .await
-            .unwrap()
+            .body(body);
+        if json {
+            req = req.header("accept", "application/json");
+        }
+        req.send().await.unwrap()
     }
 
     pub fn cookie(&self, name: &str) -> Option<String> {
