@@ -26,6 +26,12 @@ if [ ${#need[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 fi
 scripts/services.sh ensure
+# The browser suite drives Debian's Chromium through chromedriver.
+if ! command -v chromedriver >/dev/null || ! [ -x /usr/bin/chromium ]; then
+  log "installing chromium and chromium-driver with apt-get"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver
+fi
 
 # One target folder outside the clone: CI and later runs reuse the build.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/flipstack/target}
@@ -53,3 +59,4 @@ else
   log "corpus: ../shared/testdata is absent; the tests use generated pictures only"
 fi
 "${runner[@]}" "$@"
+log "browser screenshots (375 and 1280 px wide): target/screenshots/"

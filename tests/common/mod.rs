@@ -13,6 +13,8 @@
 
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
