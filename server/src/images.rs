@@ -15,6 +15,7 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::hyper::Body;
 
 use crate::pages;
+use crate::session::Visitor;
 use crate::state::AppState;
 use crate::web::{Resp, plain};
 
@@ -22,7 +23,7 @@ pub async fn image(
     state: Arc<AppState>,
     id: String,
     variant: String,
-    cookie: Option<String>,
+    visitor: Visitor,
     if_none_match: Option<String>,
     download: bool,
 ) -> Result<Resp, Infallible> {
@@ -35,10 +36,6 @@ pub async fn image(
     };
     let Ok(id) = id.parse::<UploadId>() else {
         return Ok(plain(StatusCode::NOT_FOUND, "No such picture."));
-    };
-    let visitor = match pages::visitor(&state, cookie.as_deref()).await {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
     };
     let Some(me) = &visitor.signed_in else {
         return Ok(plain(StatusCode::FORBIDDEN, "Sign in to see your pictures."));

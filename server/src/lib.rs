@@ -176,9 +176,22 @@ fn with_state(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), E
     warp::any().map(move || state.clone())
 }
 
-fn cookie() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("cookie")
+/// Who is asking (session and CSRF seed from the cookies). When the database
+/// cannot tell, the request is rejected and answered with the 503 page.
+fn visitor(state: Arc<AppState>) -> impl Filter<Extract = (session::Visitor,), Error = warp::Rejection> + Clone {
+    with_state(state).and(warp::header::optional::<String>("cookie")).and_then(
+        |state: Arc<AppState>, cookie: Option<String>| async move {
+            session::Visitor::resolve(&state, cookie.as_deref()).await.map_err(|e| {
+                tracing::warn!(error = %e, "could not look up a session");
+                warp::reject::custom(DatabaseUnavailable)
+            })
+        },
+    )
 }
+
+#[derive(Debug)]
+struct DatabaseUnavailable;
+impl warp::reject::Reject for DatabaseUnavailable {}
 
 fn auth() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
     warp::header::optional::<String>("authorization")
@@ -216,11 +229,11 @@ impl warp::reject::Reject for FormTooLarge {}
 pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     let s = || with_state(state.clone());
     let index = warp::path::end().and(warp::get()).and_then(pages::index);
-    let form = warp::path!("form").and(warp::get()).and(s()).and(cookie()).and_then(pages::form);
+    let form = warp::path!("form").and(warp::get()).and(s()).and(visitor(state.clone())).and_then(pages::form);
     let upload = warp::path!("upload")
         .and(warp::post())
         .and(s())
-        .and(cookie())
+        .and(visitor(state.clone()))
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("accept"))
@@ -229,43 +242,52 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
     let gallery = warp::path!("gallery")
         .and(warp::get())
         .and(s())
-        .and(cookie())
+        .and(visitor(state.clone()))
         .and(warp::query::<HashMap<String, String>>())
         .and_then(pages::gallery);
-    let signin = warp::path!("signin").and(warp::get()).and(s()).and(cookie()).and_then(pages::signin_form);
-    let signin_post =
-        warp::path!("signin").and(warp::post()).and(s()).and(cookie()).and(small_form()).and_then(pages::signin_submit);
+    let signin =
+        warp::path!("signin").and(warp::get()).and(s()).and(visitor(state.clone())).and_then(pages::signin_form);
+    let signin_post = warp::path!("signin")
+        .and(warp::post())
+        .and(s())
+        .and(visitor(state.clone()))
+        .and(small_form())
+        .and_then(pages::signin_submit);
     let link = warp::path!("signin" / "link")
         .and(warp::get())
         .and(s())
-        .and(cookie())
+        .and(visitor(state.clone()))
         .and(warp::query::<HashMap<String, String>>())
         .and_then(pages::signin_link);
     let link_post = warp::path!("signin" / "link")
         .and(warp::post())
         .and(s())
-        .and(cookie())
+        .and(visitor(state.clone()))
         .and(small_form())
         .and_then(pages::signin_link_submit);
     let delete_confirm = warp::path!("uploads" / String / "delete")
         .and(warp::get())
         .and(s())
-        .and(cookie())
+        .and(visitor(state.clone()))
         .and(warp::query::<HashMap<String, String>>())
         .and_then(|id, state, cookie, query| pages::delete_confirm(state, id, cookie, query));
     let delete_submit = warp::path!("uploads" / String / "delete")
         .and(warp::post())
         .and(s())
-        .and(cookie())
+        .and(visitor(state.clone()))
         .and(warp::header::optional::<String>("accept"))
         .and(small_form())
         .and_then(|id, state, cookie, accept, form| pages::delete_submit(state, id, cookie, accept, form));
-    let logout =
-        warp::path!("logout").and(warp::post()).and(s()).and(cookie()).and(small_form()).and_then(pages::logout);
+    let logout = warp::path!("logout")
+        .and(warp::post())
+        .and(s())
+        .and(visitor(state.clone()))
+        .and(small_form())
+        .and_then(pages::logout);
     let images = warp::path!("images" / String / String)
         .and(warp::get())
         .and(s())
-        .and(cookie())
+        .and(visitor(state.clone()))
         .and(warp::header::optional::<String>("if-none-match"))
         .and(warp::query::<HashMap<String, String>>())
         .and_then(|id, variant, state, cookie, inm, query: HashMap<String, String>| {
@@ -344,6 +366,9 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
 
 /// Pages for requests no route took: a clear answer, never warp's default text.
 async fn recover(state: Arc<AppState>, rejection: warp::Rejection) -> Result<Resp, Infallible> {
+    if rejection.find::<DatabaseUnavailable>().is_some() {
+        return Ok(pages::unavailable_page(&state));
+    }
     let nobody = session::Visitor::resolve_offline();
     let (status, title, text) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "Page not found", "There is no page at this address.")

@@ -23,14 +23,6 @@ const SIGNIN_LINK_LIFETIME_MS: i64 = 15 * 60 * 1000;
 /// At most one sign-in mail per address in this window.
 const SIGNIN_MAIL_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The visitor, or the page to answer when the database cannot tell.
-pub async fn visitor(state: &AppState, cookie: Option<&str>) -> Result<Visitor, Resp> {
-    Visitor::resolve(state, cookie).await.map_err(|e| {
-        tracing::warn!(error = %e, "could not look up a session");
-        unavailable_page(state)
-    })
-}
-
 pub fn unavailable_page(state: &AppState) -> Resp {
     let nobody = Visitor::resolve_offline();
     let mut r = message(
@@ -49,11 +41,7 @@ pub async fn index() -> Result<Resp, Infallible> {
     Ok(see_other("/form"))
 }
 
-pub async fn form(state: Arc<AppState>, cookie: Option<String>) -> Result<Resp, Infallible> {
-    let visitor = match visitor(&state, cookie.as_deref()).await {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
+pub async fn form(state: Arc<AppState>, visitor: Visitor) -> Result<Resp, Infallible> {
     Ok(form_page(&state, &visitor, StatusCode::OK, None, "").await)
 }
 
@@ -81,13 +69,9 @@ pub async fn form_page(
 
 pub async fn gallery(
     state: Arc<AppState>,
-    cookie: Option<String>,
+    visitor: Visitor,
     query: HashMap<String, String>,
 ) -> Result<Resp, Infallible> {
-    let visitor = match visitor(&state, cookie.as_deref()).await {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
     let Some(me) = &visitor.signed_in else {
         return Ok(finish(&state, &visitor, see_other("/signin")));
     };
@@ -126,11 +110,7 @@ pub async fn gallery(
     Ok(r)
 }
 
-pub async fn signin_form(state: Arc<AppState>, cookie: Option<String>) -> Result<Resp, Infallible> {
-    let visitor = match visitor(&state, cookie.as_deref()).await {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
+pub async fn signin_form(state: Arc<AppState>, visitor: Visitor) -> Result<Resp, Infallible> {
     let page = SigninPage {
         chrome: Chrome::for_visitor(&visitor, &state.secret),
         sent: false,
@@ -142,13 +122,9 @@ pub async fn signin_form(state: Arc<AppState>, cookie: Option<String>) -> Result
 
 pub async fn signin_submit(
     state: Arc<AppState>,
-    cookie: Option<String>,
+    visitor: Visitor,
     form: HashMap<String, String>,
 ) -> Result<Resp, Infallible> {
-    let visitor = match visitor(&state, cookie.as_deref()).await {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
     if !visitor.csrf_ok(&state.secret, form.get("csrf").map(String::as_str).unwrap_or("")) {
         return Ok(csrf_refused(&state, &visitor));
     }
@@ -221,13 +197,9 @@ pub async fn send_signin_link(state: &AppState, person: &Person) -> Result<(), R
 
 pub async fn signin_link(
     state: Arc<AppState>,
-    cookie: Option<String>,
+    visitor: Visitor,
     query: HashMap<String, String>,
 ) -> Result<Resp, Infallible> {
-    let visitor = match visitor(&state, cookie.as_deref()).await {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
     let chrome = Chrome::for_visitor(&visitor, &state.secret);
     let (status, page) = match query.get("token").and_then(|t| SecretToken::parse(t)) {
         Some(t) => (StatusCode::OK, SigninLinkPage { chrome, token: t.as_str().to_owned(), problem: None }),
@@ -248,13 +220,9 @@ pub async fn signin_link(
 
 pub async fn signin_link_submit(
     state: Arc<AppState>,
-    cookie: Option<String>,
+    visitor: Visitor,
     form: HashMap<String, String>,
 ) -> Result<Resp, Infallible> {
-    let visitor = match visitor(&state, cookie.as_deref()).await {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
     if !visitor.csrf_ok(&state.secret, form.get("csrf").map(String::as_str).unwrap_or("")) {
         return Ok(csrf_refused(&state, &visitor));
     }
@@ -316,15 +284,7 @@ pub fn session_cookie(state: &AppState, token: &SecretToken) -> String {
     set_cookie(SESSION_COOKIE, token.as_str(), SESSION_LIFETIME_MS / 1000, state.cookie_secure())
 }
 
-pub async fn logout(
-    state: Arc<AppState>,
-    cookie: Option<String>,
-    form: HashMap<String, String>,
-) -> Result<Resp, Infallible> {
-    let visitor = match visitor(&state, cookie.as_deref()).await {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
+pub async fn logout(state: Arc<AppState>, visitor: Visitor, form: HashMap<String, String>) -> Result<Resp, Infallible> {
     if !visitor.csrf_ok(&state.secret, form.get("csrf").map(String::as_str).unwrap_or("")) {
         return Ok(csrf_refused(&state, &visitor));
     }
@@ -353,13 +313,9 @@ pub fn csrf_refused(state: &AppState, visitor: &Visitor) -> Resp {
 pub async fn delete_confirm(
     state: Arc<AppState>,
     id: String,
-    cookie: Option<String>,
+    visitor: Visitor,
     query: HashMap<String, String>,
 ) -> Result<Resp, Infallible> {
-    let visitor = match visitor(&state, cookie.as_deref()).await {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
     let Some(me) = &visitor.signed_in else {
         return Ok(finish(&state, &visitor, see_other("/signin")));
     };
@@ -396,14 +352,10 @@ pub async fn delete_confirm(
 pub async fn delete_submit(
     state: Arc<AppState>,
     id: String,
-    cookie: Option<String>,
+    visitor: Visitor,
     accept: Option<String>,
     form: HashMap<String, String>,
 ) -> Result<Resp, Infallible> {
-    let visitor = match visitor(&state, cookie.as_deref()).await {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
     let wants_json = accept.as_deref().is_some_and(|a| a.contains("application/json"));
     let answer = |status: StatusCode, text: &str| {
         crate::web::json(status, &serde_json::json!({"ok": status.is_success(), "error": text}))

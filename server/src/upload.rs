@@ -131,7 +131,7 @@ fn refusal_code(r: &Refusal) -> &'static str {
 #[allow(clippy::too_many_arguments)]
 pub async fn upload<S, B>(
     state: Arc<AppState>,
-    cookie: Option<String>,
+    visitor: Visitor,
     content_length: Option<u64>,
     content_type: Option<String>,
     accept: Option<String>,
@@ -141,10 +141,6 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf + Send,
 {
-    let visitor = match pages::visitor(&state, cookie.as_deref()).await {
-        Ok(v) => v,
-        Err(r) => return Ok(r),
-    };
     let wants_json = accept.as_deref().is_some_and(|a| a.contains("application/json"));
     let answer = take(&state, &visitor, content_length, content_type, body).await;
     Ok(respond(&state, &visitor, answer, wants_json).await)

@@ -127,7 +127,8 @@ impl Session {
 
     /// Chooses files in an `<input type=file>`.
     pub async fn choose_files(&self, e: &Element, paths: &[&Path]) {
-        let joined = paths.iter().map(|p| p.canonicalize().unwrap().display().to_string()).collect::<Vec<_>>().join("\n");
+        let joined =
+            paths.iter().map(|p| p.canonicalize().unwrap().display().to_string()).collect::<Vec<_>>().join("\n");
         self.type_into(e, &joined).await;
     }
 
