@@ -90,6 +90,8 @@ struct ConfigFlags {
     workers_max: Option<u32>,
 }
 
+// Parsed once at start; the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run everything on this machine: the server and a worker pool that scales with the backlog.

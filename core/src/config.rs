@@ -249,6 +249,8 @@ fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
 }
 
 #[cfg(test)]
+// figment's Jail returns its own (large) error type from test closures.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;

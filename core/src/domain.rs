@@ -76,10 +76,9 @@ impl Email {
 
 fn valid_local_part(local: &str) -> bool {
     const SPECIALS: &str = "!#$%&'*+/=?^_`{|}~-";
-    let atoms_ok = local
+    local
         .split('.')
-        .all(|atom| !atom.is_empty() && atom.chars().all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c)));
-    atoms_ok
+        .all(|atom| !atom.is_empty() && atom.chars().all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c)))
 }
 
 fn valid_domain(domain: &str) -> bool {

@@ -6,10 +6,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use flipstack_core::domain::now_millis;
 use flipstack_core::store::dump::write_dump;
-use futures::StreamExt;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::broadcast::error::RecvError;
@@ -82,7 +80,7 @@ pub async fn dump(state: Arc<AppState>, auth: Option<String>) -> Result<Resp, In
             Err(e) => tracing::error!(error = %e, "database dump failed part-way"),
         }
     });
-    let stream = tokio_util::io::ReaderStream::new(reader).map(|c| c.map(Bytes::from));
+    let stream = tokio_util::io::ReaderStream::new(reader);
     let mut r = warp::http::Response::new(Body::wrap_stream(stream));
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/sql; charset=utf-8"));
@@ -100,25 +98,21 @@ pub async fn events(state: Arc<AppState>, auth: Option<String>) -> Result<Resp, 
     }
     let rx = state.events.subscribe();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(event) => {
-                    let name = match &event {
-                        AdminEvent::Job { .. } => "job",
-                        AdminEvent::GalleryRead { .. } => "read",
-                        AdminEvent::Blocked { .. } => "blocked",
-                    };
-                    let sse = warp::sse::Event::default().event(name).json_data(&event).unwrap_or_default();
-                    return Some((Ok::<_, Infallible>(sse), rx));
-                }
-                Err(RecvError::Lagged(n)) => {
-                    let sse =
-                        warp::sse::Event::default().comment(format!("{n} events skipped: the reader was too slow"));
-                    return Some((Ok(sse), rx));
-                }
-                Err(RecvError::Closed) => return None,
+        let sse = match rx.recv().await {
+            Ok(event) => {
+                let name = match &event {
+                    AdminEvent::Job { .. } => "job",
+                    AdminEvent::GalleryRead { .. } => "read",
+                    AdminEvent::Blocked { .. } => "blocked",
+                };
+                warp::sse::Event::default().event(name).json_data(&event).unwrap_or_default()
             }
-        }
+            Err(RecvError::Lagged(n)) => {
+                warp::sse::Event::default().comment(format!("{n} events skipped: the reader was too slow"))
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(sse), rx))
     });
     let reply = warp::sse::reply(warp::sse::keep_alive().stream(stream));
     Ok(warp::reply::Reply::into_response(reply))

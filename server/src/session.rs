@@ -67,10 +67,10 @@ pub fn set_cookie(name: &str, value: &str, max_age_secs: i64, secure: bool) -> S
 impl Visitor {
     pub async fn resolve(state: &AppState, cookie_header: Option<&str>) -> Result<Visitor, StoreError> {
         let mut signed_in = None;
-        if let Some(token) = cookie(cookie_header, SESSION_COOKIE).and_then(SecretToken::parse) {
-            if let Some(info) = lookup_session(state, &token.hash()).await? {
-                signed_in = Some(SignedIn { token, person_id: info.person_id, email: info.email });
-            }
+        if let Some(token) = cookie(cookie_header, SESSION_COOKIE).and_then(SecretToken::parse)
+            && let Some(info) = lookup_session(state, &token.hash()).await?
+        {
+            signed_in = Some(SignedIn { token, person_id: info.person_id, email: info.email });
         }
         let anon = cookie(cookie_header, ANON_COOKIE).and_then(SecretToken::parse);
         let (csrf_seed, new_anon_cookie) = match (&signed_in, anon) {

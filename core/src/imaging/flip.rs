@@ -246,10 +246,7 @@ fn flip_gif(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
         let mut encoder =
             gif::Encoder::new(&mut out, w, h, &palette).map_err(|e| FlipError::Internal(e.to_string()))?;
         let mut frames = 0u32;
-        loop {
-            let Some(frame) = decoder.read_next_frame().map_err(|e| unreadable("GIF", e))? else {
-                break;
-            };
+        while let Some(frame) = decoder.read_next_frame().map_err(|e| unreadable("GIF", e))? {
             let mut f = frame.clone();
             frames += 1;
             if frames > limits.max_frames || frames as u64 * w as u64 * h as u64 > limits.max_total_pixels {

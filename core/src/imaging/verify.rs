@@ -11,7 +11,7 @@ pub fn verify(bytes: &[u8], info: &ImageInfo, limits: &Limits) -> Result<(), Rej
     match info.format {
         ImageFormat::Jpeg => {
             let mut d = TjDecoder::new(limits.max_scans, limits.max_pixels).map_err(|e| corrupt(&e))?;
-            d.decode(bytes, 1, 8, turbojpeg::raw::TJPF_TJPF_RGB as i32, 3).map_err(|e| corrupt(&e))?;
+            d.decode(bytes, 1, 8, turbojpeg::raw::TJPF_TJPF_RGB, 3).map_err(|e| corrupt(&e))?;
             Ok(())
         }
         // Their structure was checked chunk by chunk (with checksums for PNG);

@@ -51,7 +51,7 @@ pub async fn write_dump<W: AsyncWrite + Unpin>(
             out.write_all(line.as_bytes()).await.map_err(io)?;
             bytes += line.len() as u64;
             rows += 1;
-            if rows % 200 == 0 {
+            if rows.is_multiple_of(200) {
                 progress(rows, bytes);
             }
         }

@@ -847,7 +847,7 @@ impl MetadataStore for SqliteStore {
                 let mut rows = stmt.query([]).map_err(map_err)?;
                 while let Some(row) = rows.next().map_err(map_err)? {
                     let mut values = Vec::with_capacity(columns.len());
-                    for i in 0..columns.len() {
+                    for (i, column) in columns.iter().enumerate() {
                         values.push(match row.get_ref(i).map_err(map_err)? {
                             ValueRef::Null => SqlValue::Null,
                             ValueRef::Integer(n) => SqlValue::Int(n),
@@ -855,7 +855,7 @@ impl MetadataStore for SqliteStore {
                             other => {
                                 return Err(StoreError::Corrupt(format!(
                                     "{table}.{} holds a {:?} value",
-                                    columns[i],
+                                    column,
                                     other.data_type()
                                 )));
                             }
