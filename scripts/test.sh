@@ -17,7 +17,7 @@ fi
 
 # Build tools for libjpeg-turbo (the turbojpeg crate builds it from source).
 need=()
-for tool in cmake nasm cc python3 curl; do command -v "$tool" >/dev/null || need+=("$tool"); done
+for tool in cmake nasm cc python3 curl tmux; do command -v "$tool" >/dev/null || need+=("$tool"); done
 if [ ${#need[@]} -gt 0 ]; then
   pkgs=()
   for t in "${need[@]}"; do case $t in cc) pkgs+=(build-essential) ;; *) pkgs+=("$t") ;; esac; done

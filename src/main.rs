@@ -235,7 +235,7 @@ async fn up(config: Config) -> Result<()> {
             max: config.workers_max,
             target: config.backlog_per_worker.max(1) as f64,
             tolerance: 0.1,
-            scale_in_window_ms: 30_000,
+            scale_in_window_ms: config.scale_in_secs as i64 * 1000,
         },
         tick: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(config.job_timeout_secs + 10),

@@ -523,6 +523,12 @@ fn every_command_explains_itself() {
         &["db", "dump", "--help"],
         &["db", "restore", "--help"],
         &["db", "migrate", "--help"],
+        &["console", "--help"],
+        &["provision", "--help"],
+        &["provision", "plan", "--help"],
+        &["provision", "up", "--help"],
+        &["provision", "down", "--help"],
+        &["provision", "status", "--help"],
     ];
     for args in commands {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_flipstack")).args(*args).output().unwrap();

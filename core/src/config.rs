@@ -33,6 +33,7 @@ pub const KEYS: &[&str] = &[
     "workers_min",
     "workers_max",
     "backlog_per_worker",
+    "scale_in_secs",
     "job_lease_secs",
     "job_max_attempts",
     "job_timeout_secs",
@@ -84,6 +85,8 @@ pub struct Config {
     pub workers_max: u32,
     /// Scaling target: queued jobs per worker.
     pub backlog_per_worker: u32,
+    /// The local pool scales in only after the backlog stayed low this long.
+    pub scale_in_secs: u64,
     pub job_lease_secs: u64,
     pub job_max_attempts: u32,
     pub job_timeout_secs: u64,
@@ -123,6 +126,7 @@ impl Default for Config {
             workers_min: 1,
             workers_max: 2,
             backlog_per_worker: 4,
+            scale_in_secs: 30,
             job_lease_secs: 30,
             job_max_attempts: 3,
             job_timeout_secs: 60,
