@@ -161,7 +161,7 @@ dlq = sqs.create_queue(QueueName="flipstack-test-dlq")["QueueUrl"]
 arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 q = sqs.create_queue(QueueName="flipstack-test", Attributes={
     "VisibilityTimeout": "30",
-    "RedrivePolicy": json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "3"})})["QueueUrl"]
+    "RedrivePolicy": json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "10"})})["QueueUrl"]
 print(q)
 PY
 }

@@ -262,7 +262,7 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
     let lb = &lb.load_balancers()[0];
     assert_eq!(vars["FLIPSTACK_PUBLIC_URL"], format!("http://{}", lb.dns_name().unwrap()));
 
-    // Queue and dead-letter queue: tagged, redrive after 5 receives.
+    // Queue and dead-letter queue: tagged, redrive after 10 receives.
     for name in [format!("flipstack-{stack}-jobs"), format!("flipstack-{stack}-jobs-dlq")] {
         let url = c.sqs.get_queue_url().queue_name(&name).send().await.unwrap();
         let url = url.queue_url().unwrap();
@@ -283,7 +283,7 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
     assert_eq!(redrive["deadLetterTargetArn"], format!("arn:aws:sqs:{REGION}:{account}:flipstack-{stack}-jobs-dlq"));
     assert_eq!(
         redrive["maxReceiveCount"].as_u64().or(redrive["maxReceiveCount"].as_str().and_then(|s| s.parse().ok())),
-        Some(5)
+        Some(10)
     );
 
     // IAM: role and profile tagged; the policy names only the stack's resources.

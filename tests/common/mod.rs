@@ -113,7 +113,7 @@ pub async fn fresh_database(primary: &str) -> String {
     name
 }
 
-/// A fresh SQS queue with a dead-letter queue (three receives) on moto.
+/// A fresh SQS queue with a dead-letter queue, redriven as production is, on moto.
 pub async fn fresh_queue(endpoint: &str, visibility_secs: u32) -> String {
     let aws = flipstack_core::aws::AwsSettings { region: "us-east-1".into(), endpoint: Some(endpoint.into()) };
     let sqs = aws_sdk_sqs::Client::new(&flipstack_core::aws::sdk_config(&aws).await);
@@ -130,7 +130,10 @@ pub async fn fresh_queue(endpoint: &str, visibility_secs: u32) -> String {
         .attributes()
         .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
         .clone();
-    let redrive = format!("{{\"deadLetterTargetArn\":\"{arn}\",\"maxReceiveCount\":\"3\"}}");
+    let redrive = format!(
+        "{{\"deadLetterTargetArn\":\"{arn}\",\"maxReceiveCount\":\"{}\"}}",
+        flipstack_core::queue::REDRIVE_AFTER_RECEIVES
+    );
     sqs.create_queue()
         .queue_name(&name)
         .attributes(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy, redrive)

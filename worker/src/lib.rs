@@ -237,7 +237,7 @@ async fn process(
     upload: Upload,
 ) -> Result<bool, WorkerError> {
     let id = upload.id;
-    let max_claims = options.max_attempts + 3;
+    let max_claims = (options.max_attempts + 3).min(flipstack_core::queue::REDRIVE_AFTER_RECEIVES - 1);
     if upload.claims > max_claims {
         let reason = format!(
             "Flipping stopped {} times without finishing (the worker was restarted each time); flipstack gave up on this picture.",

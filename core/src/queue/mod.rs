@@ -14,6 +14,14 @@ use serde::{Deserialize, Serialize};
 use crate::domain::UploadId;
 use crate::store::MetadataStore;
 
+/// Receives after which SQS's redrive policy parks a message in the
+/// dead-letter queue. It stays above the worker's own limit on take-overs (a
+/// job whose worker died mid-flip is taken again, a few times), so a crash or
+/// two never sends a good job to the dead-letter queue: the worker judges
+/// those, and only a message that keeps coming back without ever being
+/// handled reaches it.
+pub const REDRIVE_AFTER_RECEIVES: u32 = 10;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     #[error("queue configuration: {0}")]

@@ -24,8 +24,9 @@ use super::run::Run;
 use super::{Kind, ProvisionError, StackSpec};
 use crate::fleet::STACK_TAG;
 
-/// Messages received this often without being deleted go to the dead-letter queue.
-pub const MAX_RECEIVE_COUNT: u64 = 5;
+/// Messages received this often without being deleted go to the dead-letter
+/// queue (see `flipstack_core::queue::REDRIVE_AFTER_RECEIVES` for why so many).
+pub const MAX_RECEIVE_COUNT: u64 = flipstack_core::queue::REDRIVE_AFTER_RECEIVES as u64;
 /// The dead-letter queue keeps messages as long as SQS allows (14 days).
 const DLQ_RETENTION_SECS: &str = "1209600";
 const LONG_POLL_SECS: &str = "20";
@@ -613,8 +614,8 @@ mod tests {
         let arn = "arn:aws:sqs:us-east-1:1:flipstack-a-jobs-dlq";
         assert!(redrive_matches(&redrive_policy(arn), arn));
         // AWS answers with a number, some endpoints with a string.
-        assert!(redrive_matches(&format!(r#"{{"deadLetterTargetArn": "{arn}", "maxReceiveCount": "5"}}"#), arn));
-        assert!(!redrive_matches(&format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":10}}"#), arn));
+        assert!(redrive_matches(&format!(r#"{{"deadLetterTargetArn": "{arn}", "maxReceiveCount": "10"}}"#), arn));
+        assert!(!redrive_matches(&format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":5}}"#), arn));
         assert!(!redrive_matches(&redrive_policy("arn:other"), arn));
     }
 
