@@ -302,6 +302,17 @@ async fn private_app(services: &PrivateServices) -> TestApp {
     TestApp::spawn_config(Tier::Mariadb, config, data, 1).await
 }
 
+/// Private services, an app on them, and a browser whose gallery holds one flipped picture.
+async fn private_app_with_a_picture() -> (PrivateServices, TestApp, Browser, String, UploadId) {
+    let services = PrivateServices::start("mariadb,memcached");
+    let app = private_app(&services).await;
+    let b = app.browser();
+    let me = email();
+    let id = upload(&app, &b, &me).await;
+    app.wait_done(id).await;
+    (services, app, b, me, id)
+}
+
 fn replica_sql(services: &PrivateServices, sql: &str) {
     let socket = services.dir.path().join("replica/mysqld.sock");
     let ok = std::process::Command::new("mariadb")
@@ -329,12 +340,7 @@ async fn the_uploaders_next_read_shows_the_upload_despite_a_delayed_replica() {
     if !Tier::Mariadb.requested() {
         return;
     }
-    let services = PrivateServices::start("mariadb,memcached");
-    let app = private_app(&services).await;
-    let b = app.browser();
-    let me = email();
-    let first = upload(&app, &b, &me).await;
-    app.wait_done(first).await;
+    let (services, app, b, me, _first) = private_app_with_a_picture().await;
     assert_eq!(wait_for_source(&b, &app, &me, "replica", Duration::from_secs(10)).await, (200, "replica".into()));
     let (_, source, _) = gallery(&b).await;
     assert_eq!(source, "cache", "the gallery is cached before the write");
@@ -371,12 +377,7 @@ async fn galleries_survive_replica_and_cache_outages_and_recover() {
     if !Tier::Mariadb.requested() {
         return;
     }
-    let services = PrivateServices::start("mariadb,memcached");
-    let app = private_app(&services).await;
-    let b = app.browser();
-    let me = email();
-    let id = upload(&app, &b, &me).await;
-    app.wait_done(id).await;
+    let (services, app, b, me, id) = private_app_with_a_picture().await;
     assert_eq!(wait_for_source(&b, &app, &me, "replica", Duration::from_secs(10)).await.1, "replica");
 
     services.control("stop", "replica");
@@ -423,12 +424,7 @@ async fn uploads_during_a_primary_restart_get_a_503_and_all_works_after() {
     if !Tier::Mariadb.requested() {
         return;
     }
-    let services = PrivateServices::start("mariadb,memcached");
-    let app = private_app(&services).await;
-    let b = app.browser();
-    let me = email();
-    let id = upload(&app, &b, &me).await;
-    app.wait_done(id).await;
+    let (services, app, b, me, id) = private_app_with_a_picture().await;
     let count = app.blob_keys().await.len();
 
     services.control("stop", "primary");
