@@ -57,19 +57,43 @@ fn type_size(t: u16) -> Option<u64> {
     })
 }
 
-/// Reads a TIFF-structured EXIF block (after the `Exif\0\0` prefix) and
-/// returns its orientation (1 when the tag is absent), or why it is unusable.
-pub fn orientation_strict(tiff: &[u8]) -> Result<Orientation, ExifError> {
+/// Which directory an entry is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// The main picture's (IFD0).
+    Main,
+    /// The thumbnail's (IFD1).
+    Thumbnail,
+    /// A sub-directory IFD0 points to (EXIF, GPS).
+    Sub,
+}
+
+/// One directory entry: where it sits and what it says.
+struct Entry {
+    at: usize,
+    tag: u16,
+    typ: u16,
+    count: u32,
+    dir: Dir,
+}
+
+fn header(tiff: &[u8]) -> Result<Tiff<'_>, ExifError> {
     let little = match tiff.get(0..4) {
         Some([b'I', b'I', 42, 0]) => true,
         Some([b'M', b'M', 0, 42]) => false,
         _ => return Err(ExifError::NoHeader),
     };
-    let t = Tiff { data: tiff, little };
-    let mut orientation: Option<Orientation> = None;
+    Ok(Tiff { data: tiff, little })
+}
+
+/// Visits every entry of IFD0, IFD1 and the EXIF and GPS directories, with
+/// every offset and count checked before use, loops detected and at most
+/// `MAX_IFDS` directories followed.
+fn walk(t: &Tiff<'_>, mut visit: impl FnMut(&Tiff<'_>, &Entry) -> Result<(), ExifError>) -> Result<(), ExifError> {
+    let len = t.data.len();
     let mut visited: Vec<usize> = Vec::new();
-    let mut queue: Vec<usize> = vec![t.u32_at(4)? as usize];
-    while let Some(ifd) = queue.pop() {
+    let mut queue = vec![(t.u32_at(4)? as usize, Dir::Main)];
+    while let Some((ifd, dir)) = queue.pop() {
         if ifd == 0 {
             continue;
         }
@@ -85,50 +109,57 @@ pub fn orientation_strict(tiff: &[u8]) -> Result<Orientation, ExifError> {
             return Err(ExifError::TooBig);
         }
         let entries_end = ifd + 2 + count * 12;
-        if entries_end + 4 > tiff.len() {
+        if entries_end + 4 > len {
             return Err(ExifError::OutOfBounds);
         }
         for i in 0..count {
-            let e = ifd + 2 + i * 12;
-            let tag = t.u16_at(e)?;
-            let typ = t.u16_at(e + 2)?;
-            let n = t.u32_at(e + 4)? as u64;
-            if let Some(size) = type_size(typ) {
-                let bytes = size.checked_mul(n).ok_or(ExifError::OutOfBounds)?;
+            let at = ifd + 2 + i * 12;
+            let entry = Entry { at, tag: t.u16_at(at)?, typ: t.u16_at(at + 2)?, count: t.u32_at(at + 4)?, dir };
+            if let Some(size) = type_size(entry.typ) {
+                let bytes = size.checked_mul(entry.count as u64).ok_or(ExifError::OutOfBounds)?;
                 if bytes > 4 {
-                    let off = t.u32_at(e + 8)? as u64;
-                    if off.checked_add(bytes).is_none_or(|end| end > tiff.len() as u64) {
+                    let off = t.u32_at(at + 8)? as u64;
+                    if off.checked_add(bytes).is_none_or(|end| end > len as u64) {
                         return Err(ExifError::OutOfBounds);
                     }
                 }
             }
-            match tag {
-                // Only IFD0's orientation describes the main picture.
-                TAG_ORIENTATION if visited.len() == 1 => {
-                    if typ != 3 || n != 1 {
-                        return Err(ExifError::OutOfBounds);
-                    }
-                    let v = t.u16_at(e + 8)? as u32;
-                    if !(1..=8).contains(&v) {
-                        return Err(ExifError::BadOrientation(v));
-                    }
-                    orientation = Some(v as u8);
+            if dir == Dir::Main && matches!(entry.tag, TAG_EXIF_IFD | TAG_GPS_IFD) {
+                let off = t.u32_at(at + 8)? as usize;
+                if off + 2 > len {
+                    return Err(ExifError::OutOfBounds);
                 }
-                TAG_EXIF_IFD | TAG_GPS_IFD => {
-                    let off = t.u32_at(e + 8)? as usize;
-                    if off + 2 > tiff.len() {
-                        return Err(ExifError::OutOfBounds);
-                    }
-                    queue.push(off);
-                }
-                _ => {}
+                queue.push((off, Dir::Sub));
             }
+            visit(t, &entry)?;
         }
         // IFD0's successor is the thumbnail's directory (IFD1).
-        if visited.len() == 1 {
-            queue.push(t.u32_at(entries_end)? as usize);
+        if dir == Dir::Main {
+            queue.push((t.u32_at(entries_end)? as usize, Dir::Thumbnail));
         }
     }
+    Ok(())
+}
+
+/// Reads a TIFF-structured EXIF block (after the `Exif\0\0` prefix) and
+/// returns its orientation (1 when the tag is absent), or why it is unusable.
+pub fn orientation_strict(tiff: &[u8]) -> Result<Orientation, ExifError> {
+    let t = header(tiff)?;
+    let mut orientation: Option<Orientation> = None;
+    walk(&t, |t, e| {
+        // Only IFD0's orientation describes the main picture.
+        if e.tag == TAG_ORIENTATION && e.dir == Dir::Main {
+            if e.typ != 3 || e.count != 1 {
+                return Err(ExifError::OutOfBounds);
+            }
+            let v = t.u16_at(e.at + 8)? as u32;
+            if !(1..=8).contains(&v) {
+                return Err(ExifError::BadOrientation(v));
+            }
+            orientation = Some(v as u8);
+        }
+        Ok(())
+    })?;
     Ok(orientation.unwrap_or(1))
 }
 
@@ -144,43 +175,18 @@ const TAG_PIXEL_X: u16 = 0xA002;
 const TAG_PIXEL_Y: u16 = 0xA003;
 
 fn entries(tiff: &[u8]) -> Result<Entries, ExifError> {
-    let little = match tiff.get(0..4) {
-        Some([b'I', b'I', 42, 0]) => true,
-        Some([b'M', b'M', 0, 42]) => false,
-        _ => return Err(ExifError::NoHeader),
-    };
-    let t = Tiff { data: tiff, little };
-    let mut found = Entries { little, orientation: None, dims: [None, None] };
-    let mut visited: Vec<usize> = Vec::new();
-    let mut queue = vec![(t.u32_at(4)? as usize, true)];
-    while let Some((ifd, is_ifd0)) = queue.pop() {
-        if ifd == 0 {
-            continue;
-        }
-        if visited.contains(&ifd) {
-            return Err(ExifError::Loop);
-        }
-        if visited.len() >= MAX_IFDS {
-            return Err(ExifError::TooBig);
-        }
-        visited.push(ifd);
-        let count = t.u16_at(ifd)? as usize;
-        if count > MAX_ENTRIES || ifd + 2 + count * 12 + 4 > tiff.len() {
-            return Err(ExifError::OutOfBounds);
-        }
-        for i in 0..count {
-            let e = ifd + 2 + i * 12;
-            let (tag, typ, n) = (t.u16_at(e)?, t.u16_at(e + 2)?, t.u32_at(e + 4)?);
-            match tag {
-                TAG_ORIENTATION if is_ifd0 && typ == 3 && n == 1 => found.orientation = Some(e),
-                TAG_EXIF_IFD if is_ifd0 => queue.push((t.u32_at(e + 8)? as usize, false)),
-                TAG_PIXEL_X | TAG_PIXEL_Y if !is_ifd0 && (typ == 3 || typ == 4) && n == 1 => {
-                    found.dims[(tag - TAG_PIXEL_X) as usize] = Some((e, typ));
-                }
-                _ => {}
+    let t = header(tiff)?;
+    let mut found = Entries { little: t.little, orientation: None, dims: [None, None] };
+    walk(&t, |_, e| {
+        match e.tag {
+            TAG_ORIENTATION if e.dir == Dir::Main && e.typ == 3 && e.count == 1 => found.orientation = Some(e.at),
+            TAG_PIXEL_X | TAG_PIXEL_Y if e.dir == Dir::Sub && (e.typ == 3 || e.typ == 4) && e.count == 1 => {
+                found.dims[(e.tag - TAG_PIXEL_X) as usize] = Some((e.at, e.typ));
             }
+            _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(found)
 }
 
