@@ -43,6 +43,21 @@ pub const KEYS: &[&str] = &[
     "replica_wait_ms",
     "replica_max_lag_ms",
     "metrics_namespace",
+    "header_timeout_secs",
+    "idle_timeout_secs",
+    "body_min_bytes_per_sec",
+    "request_deadline_secs",
+    "max_connections",
+    "max_connections_per_client",
+    "max_uploads_per_client",
+    "spool_budget_bytes",
+    "trusted_proxy_hops",
+    "galleries_per_client_per_hour",
+    "uploads_per_client_per_hour",
+    "uploads_per_person_per_hour",
+    "signin_mails_per_client_per_hour",
+    "signin_mails_per_address_per_hour",
+    "quota_bytes_per_person",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,6 +116,34 @@ pub struct Config {
     pub replica_max_lag_ms: u64,
     /// CloudWatch namespace of the metrics sent when running on AWS.
     pub metrics_namespace: String,
+    /// A client must send a request's headers within this time.
+    pub header_timeout_secs: u64,
+    /// A connection with no request and no traffic for this long is closed; so
+    /// is an upload body that sends nothing for this long.
+    pub idle_timeout_secs: u64,
+    /// An upload body slower than this on average (after its first 10 s) is stopped.
+    pub body_min_bytes_per_sec: u64,
+    /// Longest a request may take in all, body included.
+    pub request_deadline_secs: u64,
+    /// Open connections at most, in all and from one client address.
+    pub max_connections: u32,
+    pub max_connections_per_client: u32,
+    /// Uploads one client address may send at the same time.
+    pub max_uploads_per_client: u32,
+    /// Disk the upload spool may take; an upload past it is answered 503.
+    pub spool_budget_bytes: u64,
+    /// Proxies in front of the server whose `X-Forwarded-For` entry is trusted
+    /// (1 behind the AWS load balancer); 0 takes the peer address.
+    pub trusted_proxy_hops: u32,
+    /// Rate limits (per hour): new galleries and sign-in mails per client
+    /// address; uploads per client address and per person; mails per address.
+    pub galleries_per_client_per_hour: u32,
+    pub uploads_per_client_per_hour: u32,
+    pub uploads_per_person_per_hour: u32,
+    pub signin_mails_per_client_per_hour: u32,
+    pub signin_mails_per_address_per_hour: u32,
+    /// Storage a person's pictures may take (originals and flips).
+    pub quota_bytes_per_person: u64,
 }
 
 impl Default for Config {
@@ -136,6 +179,21 @@ impl Default for Config {
             replica_wait_ms: 75,
             replica_max_lag_ms: 2000,
             metrics_namespace: "flipstack".into(),
+            header_timeout_secs: 10,
+            idle_timeout_secs: 30,
+            body_min_bytes_per_sec: 1024,
+            request_deadline_secs: 600,
+            max_connections: 4096,
+            max_connections_per_client: 64,
+            max_uploads_per_client: 4,
+            spool_budget_bytes: 2 * 1024 * 1024 * 1024,
+            trusted_proxy_hops: 0,
+            galleries_per_client_per_hour: 20,
+            uploads_per_client_per_hour: 1000,
+            uploads_per_person_per_hour: 1000,
+            signin_mails_per_client_per_hour: 30,
+            signin_mails_per_address_per_hour: 6,
+            quota_bytes_per_person: 10 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -184,6 +242,12 @@ impl Config {
         }
         if self.job_lease_secs < 2 {
             return bad("job_lease_secs must be at least 2 (the lease is renewed every third of it)".into());
+        }
+        if self.header_timeout_secs == 0 || self.idle_timeout_secs == 0 || self.request_deadline_secs == 0 {
+            return bad("header_timeout_secs, idle_timeout_secs and request_deadline_secs must be above zero".into());
+        }
+        if self.max_connections == 0 || self.max_connections_per_client == 0 || self.max_uploads_per_client == 0 {
+            return bad("max_connections, max_connections_per_client and max_uploads_per_client must be above zero".into());
         }
         if let Some(url) = &self.public_url
             && url::Url::parse(url).is_err()

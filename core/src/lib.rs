@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod gallery;
 pub mod imaging;
+pub mod limits;
 pub mod mail;
 pub mod metrics;
 pub mod queue;

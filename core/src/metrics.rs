@@ -70,6 +70,10 @@ pub struct Metrics {
     pub job_seconds: Histogram,
     pub queue_wait_seconds: Histogram,
     pub uploads_blocked: Gauge,
+    pub rate_limited: Family<ReasonLabel, Counter>,
+    /// Connections closed for being slow or idle, and connections refused at a cap.
+    pub connections_timed_out: Counter,
+    pub connections_refused: Counter,
     // Running sums for averages (the histograms do not expose theirs).
     job_seconds_total: Counter<f64, std::sync::atomic::AtomicU64>,
     jobs_timed: Counter,
@@ -101,6 +105,9 @@ impl Metrics {
             job_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             queue_wait_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
             uploads_blocked: Gauge::default(),
+            rate_limited: Family::default(),
+            connections_timed_out: Counter::default(),
+            connections_refused: Counter::default(),
             job_seconds_total: Counter::default(),
             jobs_timed: Counter::default(),
             queue_wait_seconds_total: Counter::default(),
@@ -141,6 +148,17 @@ impl Metrics {
             m.queue_wait_seconds.clone(),
         );
         registry.register("uploads_blocked", "1 while uploads are blocked", m.uploads_blocked.clone());
+        registry.register("rate_limited", "Requests refused by a rate limit, by limit", m.rate_limited.clone());
+        registry.register(
+            "connections_timed_out",
+            "Connections closed for sending their request too slowly or idling",
+            m.connections_timed_out.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once: too many open, in all or from one client",
+            m.connections_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -170,6 +188,10 @@ impl Metrics {
     pub fn upload_rejected(&self, reason: &'static str) {
         self.uploads.get_or_create(&OutcomeLabel { outcome: "rejected" }).inc();
         self.upload_rejections.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn rate_limited(&self, reason: &'static str) {
+        self.rate_limited.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn upload_accepted(&self) {

@@ -5,9 +5,12 @@
 pub mod admin;
 mod assets;
 pub mod images;
+pub mod listener;
 mod multipart;
 pub mod pages;
 pub mod session;
+pub mod shield;
+pub mod signin;
 pub mod state;
 mod tasks;
 pub mod upload;
@@ -25,7 +28,7 @@ use base64::Engine;
 use flipstack_core::Services;
 use flipstack_core::domain::now_millis;
 use rand::Rng;
-use tokio::sync::{Semaphore, broadcast, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use warp::Filter;
 use warp::http::StatusCode;
 
@@ -37,7 +40,7 @@ pub enum ServerError {
     #[error(
         "cannot listen on {addr}: {source}. Is another flipstack (or something else) using it? Pick another address with --listen or FLIPSTACK_LISTEN."
     )]
-    Bind { addr: SocketAddr, source: warp::Error },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("the database did not answer while starting: {0}")]
     Store(#[from] flipstack_core::store::StoreError),
     #[error("{0}")]
@@ -49,7 +52,7 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub public_url: String,
     pub admin_token: String,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<watch::Sender<bool>>,
     done: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -60,7 +63,7 @@ impl RunningServer {
     /// open), stops the background tasks.
     pub async fn shutdown_within(mut self, grace: std::time::Duration) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         if tokio::time::timeout(grace, &mut self.done).await.is_err() {
             tracing::warn!(?grace, "connections were still open after the grace period; closing them");
@@ -126,7 +129,9 @@ pub async fn start(services: Arc<Services>, addr: SocketAddr) -> Result<RunningS
     let admin_token = admin_token(&services)?;
     let spool_dir = prepare_spool(&services.config.data_dir)?;
     let (events, _) = broadcast::channel(1024);
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop, stopped) = watch::channel(false);
+    let (signin_mail, signin_mail_queue) = mpsc::channel(1024);
+    let connections = Arc::new(listener::ConnectionCounts::new(services.metrics.clone()));
     let state = Arc::new(AppState {
         services: services.clone(),
         secret,
@@ -139,12 +144,17 @@ pub async fn start(services: Arc<Services>, addr: SocketAddr) -> Result<RunningS
         started_at: Instant::now(),
         public_url: std::sync::OnceLock::new(),
         rendered: state::rendered_cache(),
+        limiter: flipstack_core::limits::RateLimiter::new(services.cache.clone()),
+        upload_slots: shield::UploadSlots::default(),
+        spool_budget: shield::SpoolBudget::new(services.config.spool_budget_bytes),
+        connections: connections.clone(),
+        signin_mail,
+        signin_mail_queue: std::sync::Mutex::new(Some(signin_mail_queue)),
     });
-    let (bound, serving) = warp::serve(routes(state.clone()))
-        .try_bind_with_graceful_shutdown(addr, async {
-            let _ = stopped.await;
-        })
-        .map_err(|source| ServerError::Bind { addr, source })?;
+    let tcp = bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    let bound = tcp.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+    let limits = listener::ListenerLimits::from_config(&services.config);
+    let serving = listener::serve(tcp, warp::service(routes(state.clone())), limits, connections, stopped);
     let public = services.config.public_url.clone().unwrap_or_else(|| format!("http://{bound}"));
     let _ = state.public_url.set(public.trim_end_matches('/').to_owned());
     let done = tokio::spawn(serving);
@@ -158,6 +168,14 @@ pub async fn start(services: Arc<Services>, addr: SocketAddr) -> Result<RunningS
         done,
         tasks,
     })
+}
+
+/// A listening socket with address reuse, so a restarted server binds at once.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Uploads are spooled here while they are checked; leftovers of a crash are cleared.
@@ -198,10 +216,20 @@ fn auth() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> +
 }
 
 /// Small urlencoded forms (sign-in, logout), at most 16 KiB, with or
-/// without a Content-Length (an empty POST is an empty form).
-fn small_form() -> impl Filter<Extract = (HashMap<String, String>,), Error = warp::Rejection> + Clone {
-    warp::body::stream().and_then(collect_small_form)
+/// without a Content-Length (an empty POST is an empty form), sent within
+/// the header timeout (a slow body holds nothing for long).
+fn small_form(within: std::time::Duration) -> impl Filter<Extract = (HashMap<String, String>,), Error = warp::Rejection> + Clone {
+    warp::body::stream().and_then(move |body| async move {
+        match tokio::time::timeout(within, collect_small_form(body)).await {
+            Ok(form) => form,
+            Err(_) => Err(warp::reject::custom(FormTooSlow)),
+        }
+    })
 }
+
+#[derive(Debug)]
+struct FormTooSlow;
+impl warp::reject::Reject for FormTooSlow {}
 
 async fn collect_small_form<S, B>(body: S) -> Result<HashMap<String, String>, warp::Rejection>
 where
@@ -228,12 +256,14 @@ impl warp::reject::Reject for FormTooLarge {}
 
 pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     let s = || with_state(state.clone());
+    let form_within = std::time::Duration::from_secs(state.services.config.header_timeout_secs.max(10));
     let index = warp::path::end().and(warp::get()).and_then(pages::index);
     let form = warp::path!("form").and(warp::get()).and(s()).and(visitor(state.clone())).and_then(pages::form);
     let upload = warp::path!("upload")
         .and(warp::post())
         .and(s())
         .and(visitor(state.clone()))
+        .and(shield::client(state.clone()))
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("accept"))
@@ -251,7 +281,8 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and(warp::post())
         .and(s())
         .and(visitor(state.clone()))
-        .and(small_form())
+        .and(shield::client(state.clone()))
+        .and(small_form(form_within))
         .and_then(pages::signin_submit);
     let link = warp::path!("signin" / "link")
         .and(warp::get())
@@ -263,7 +294,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and(warp::post())
         .and(s())
         .and(visitor(state.clone()))
-        .and(small_form())
+        .and(small_form(form_within))
         .and_then(pages::signin_link_submit);
     let delete_confirm = warp::path!("uploads" / String / "delete")
         .and(warp::get())
@@ -276,13 +307,13 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and(s())
         .and(visitor(state.clone()))
         .and(warp::header::optional::<String>("accept"))
-        .and(small_form())
+        .and(small_form(form_within))
         .and_then(|id, state, cookie, accept, form| pages::delete_submit(state, id, cookie, accept, form));
     let logout = warp::path!("logout")
         .and(warp::post())
         .and(s())
         .and(visitor(state.clone()))
-        .and(small_form())
+        .and(small_form(form_within))
         .and_then(pages::logout);
     let images = warp::path!("images" / String / String)
         .and(warp::get())
@@ -295,7 +326,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         });
     let healthz = warp::path!("healthz").and(warp::get()).and(s()).and_then(admin::healthz);
     let metrics =
-        warp::path!("metrics").and(warp::get()).and(s()).and(warp::addr::remote()).and(auth()).and_then(admin::metrics);
+        warp::path!("metrics").and(warp::get()).and(s()).and(listener::remote()).and(auth()).and_then(admin::metrics);
     let assets = warp::path!("assets" / String).and(warp::get()).and_then(assets::serve);
 
     let admin_status =
@@ -385,6 +416,8 @@ async fn recover(state: Arc<AppState>, rejection: warp::Rejection) -> Result<Res
             "Bad request",
             "The form was not sent the way this page expects. Go back, reload and try again.",
         )
+    } else if rejection.find::<FormTooSlow>().is_some() {
+        (StatusCode::REQUEST_TIMEOUT, "Too slow", "The form came in too slowly and was stopped. Please send it again.")
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         (StatusCode::LENGTH_REQUIRED, "Bad request", "The request did not say how long it is.")
     } else {

@@ -12,16 +12,16 @@ use flipstack_core::store::{NewSession, Person, SessionInfo, SigninOutcome, Stor
 use warp::http::{HeaderValue, StatusCode};
 
 use crate::session::{
-    SESSION_COOKIE, SESSION_LIFETIME_MS, SignedIn, Visitor, forget_session, remember_session, set_cookie,
+    SESSION_COOKIE, SESSION_LIFETIME_MS, SignedIn, Visitor, forget_cached_session, forget_session,
+    mark_gallery_verified, remember_session, set_cookie,
 };
+use crate::shield::{ClientAddr, Limit, human_wait};
+use crate::signin;
 use crate::state::{AppState, RenderedGallery};
 use crate::views::{Chrome, FormPage, GalleryView, SigninLinkPage, SigninPage};
 use crate::web::{Resp, add_cookie, finish, html, message, render, see_other};
 
 pub const PER_PAGE: u64 = 12;
-const SIGNIN_LINK_LIFETIME_MS: i64 = 15 * 60 * 1000;
-/// At most one sign-in mail per address in this window.
-const SIGNIN_MAIL_INTERVAL: Duration = Duration::from_secs(60);
 
 pub fn unavailable_page(state: &AppState) -> Resp {
     let nobody = Visitor::resolve_offline();
@@ -123,6 +123,7 @@ pub async fn signin_form(state: Arc<AppState>, visitor: Visitor) -> Result<Resp,
 pub async fn signin_submit(
     state: Arc<AppState>,
     visitor: Visitor,
+    client: ClientAddr,
     form: HashMap<String, String>,
 ) -> Result<Resp, Infallible> {
     if !visitor.csrf_ok(&state.secret, form.get("csrf").map(String::as_str).unwrap_or("")) {
@@ -137,62 +138,37 @@ pub async fn signin_submit(
             return Ok(finish(&state, &visitor, render(StatusCode::UNPROCESSABLE_ENTITY, &page)));
         }
     };
-    match state.services.store.person_by_email(&email).await {
-        Ok(Some(person)) => {
-            if let Err(r) = send_signin_link(&state, &person).await {
-                return Ok(r);
-            }
-        }
-        // The same answer either way: the page does not tell who has a gallery.
-        Ok(None) => {
-            tracing::info!(person = %email.hashed_id(), "sign-in asked for an address with no gallery")
-        }
-        Err(_) => return Ok(unavailable_page(&state)),
+    if let Some(wait) = state.over_limit(Limit::SigninMailsPerClient, &client.to_string()).await {
+        return Ok(too_many(&state, &visitor, wait, "sign-in links asked for from your network"));
+    }
+    // The same answer, after the same work, either way: the page does not
+    // tell who has a gallery (the lookup and the mail happen in the background).
+    if signin::request_link(&state, email.clone()).is_err() {
+        tracing::warn!("the sign-in mail queue is full; asking the visitor to try again");
+        return Ok(unavailable_page(&state));
     }
     let page = SigninPage { chrome, sent: true, error: None, email_value: email.to_string() };
     Ok(finish(&state, &visitor, render(StatusCode::OK, &page)))
 }
 
-/// Makes a one-time link (15 minutes) and mails it; at most one mail a
-/// minute per address, so the form cannot be used to flood someone's inbox.
-pub async fn send_signin_link(state: &AppState, person: &Person) -> Result<(), Resp> {
-    let services = &state.services;
-    let hash = person.email.hashed_id();
-    let throttle_key = format!("fs:mailed:{hash}");
-    if let Ok(false) = services.cache.add(&throttle_key, b"1", SIGNIN_MAIL_INTERVAL).await {
-        tracing::info!(person = %hash, "sign-in link already mailed in the last minute; not sending another");
-        return Ok(());
-    }
-    let token = SecretToken::generate();
-    let now = now_millis();
-    if let Err(e) =
-        services.store.create_signin_token(&token.hash(), person.id, now + SIGNIN_LINK_LIFETIME_MS, now).await
-    {
-        tracing::warn!(error = %e, "could not store a sign-in link");
-        return Err(unavailable_page(state));
-    }
-    let link = format!("{}/signin/link?token={}", state.public_url(), token.as_str());
-    let body = format!(
-        "Hello,\n\nopen this link to sign in to your flipstack gallery:\n\n{link}\n\nIt works once, for 15 minutes, in the browser you open it in.\nIf you did not ask for it, you can ignore this mail: nobody gets in without it.\n"
+/// A 429 page: what was limited, and when to try again.
+pub fn too_many(state: &AppState, visitor: &Visitor, wait: Duration, what: &str) -> Resp {
+    let text = format!(
+        "There have been too many {what} in a short time, so this one was not taken. Please try again in {}.",
+        human_wait(wait)
     );
-    if let Err(e) = services.mailer.send(&person.email, "Your flipstack sign-in link", &body).await {
-        tracing::error!(error = %e, person = %hash, "could not send a sign-in mail");
-        return Err(message(
-            state,
-            &Visitor::resolve_offline(),
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The mail could not be sent",
-            "flipstack could not send the sign-in mail just now. Please try again in a few minutes.",
-            Some(("/signin", "Try again")),
-        ));
+    let mut r = message(
+        state,
+        visitor,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests",
+        &text,
+        Some(("/form", "Back to the upload page")),
+    );
+    if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        r.headers_mut().insert("retry-after", v);
     }
-    if services.mailer.kind() == "outbox" {
-        // One machine, no mail server: the link is in the outbox and here.
-        tracing::info!(person = %hash, %link, "sign-in link written to the outbox");
-    } else {
-        tracing::info!(person = %hash, "sign-in link mailed");
-    }
-    Ok(())
+    r
 }
 
 pub async fn signin_link(
@@ -201,18 +177,27 @@ pub async fn signin_link(
     query: HashMap<String, String>,
 ) -> Result<Resp, Infallible> {
     let chrome = Chrome::for_visitor(&visitor, &state.secret);
+    let problem = |chrome, status: StatusCode, text: &str| {
+        (status, SigninLinkPage { chrome, token: String::new(), email: String::new(), problem: Some(text.to_owned()) })
+    };
     let (status, page) = match query.get("token").and_then(|t| SecretToken::parse(t)) {
-        Some(t) => (StatusCode::OK, SigninLinkPage { chrome, token: t.as_str().to_owned(), problem: None }),
-        None => (
-            StatusCode::NOT_FOUND,
-            SigninLinkPage {
+        Some(t) => match state.services.store.signin_token_email(&t.hash(), now_millis()).await {
+            Ok(Some(email)) => (
+                StatusCode::OK,
+                SigninLinkPage { chrome, token: t.as_str().to_owned(), email: email.to_string(), problem: None },
+            ),
+            // Used, expired or unknown: the submit says which, with a new link offered.
+            Ok(None) => problem(
                 chrome,
-                token: String::new(),
-                problem: Some(
-                    "This sign-in link is not complete. Copy the whole link from the mail, or ask for a new one."
-                        .into(),
-                ),
-            },
+                StatusCode::GONE,
+                "This sign-in link was already used or has expired (links work once, for 15 minutes). Ask for a new one.",
+            ),
+            Err(_) => return Ok(unavailable_page(&state)),
+        },
+        None => problem(
+            chrome,
+            StatusCode::NOT_FOUND,
+            "This sign-in link is not complete. Copy the whole link from the mail, or ask for a new one.",
         ),
     };
     Ok(finish(&state, &visitor, render(status, &page)))
@@ -230,6 +215,7 @@ pub async fn signin_link_submit(
         let page = SigninLinkPage {
             chrome: Chrome::for_visitor(&visitor, &state.secret),
             token: String::new(),
+            email: String::new(),
             problem: Some(text.to_owned()),
         };
         finish(&state, &visitor, render(status, &page))
@@ -242,9 +228,13 @@ pub async fn signin_link_submit(
         Err(_) => return Ok(unavailable_page(&state)),
     };
     match outcome {
-        SigninOutcome::SignedIn(person) => match start_session(&state, &person).await {
-            Ok((_, cookie)) => {
+        SigninOutcome::SignedIn(person) => match start_session(&state, &person, true).await {
+            Ok((me, cookie)) => {
+                mark_gallery_verified(&state, person.id).await;
                 tracing::info!(person = %person.email.hashed_id(), "signed in with a mailed link");
+                if form.get("elsewhere").is_some_and(|v| v == "out") {
+                    sign_out_elsewhere(&state, &person, &me.token_hash()).await;
+                }
                 Ok(add_cookie(see_other("/gallery"), &cookie))
             }
             Err(_) => Ok(unavailable_page(&state)),
@@ -263,8 +253,27 @@ pub async fn signin_link_submit(
     }
 }
 
-/// A new session for a person: stored hashed, cached, and its cookie.
-pub async fn start_session(state: &AppState, person: &Person) -> Result<(SignedIn, String), StoreError> {
+/// Ends every other session of the person (their other browsers, and anyone
+/// who had got in), in the database and the cache.
+async fn sign_out_elsewhere(state: &AppState, person: &Person, keep: &TokenHash) {
+    match state.services.store.delete_other_sessions(person.id, keep).await {
+        Ok(ended) => {
+            for hash in &ended {
+                forget_cached_session(state, hash).await;
+            }
+            tracing::info!(person = %person.email.hashed_id(), ended = ended.len(), "signed out every other browser");
+        }
+        Err(e) => tracing::warn!(error = %e, "could not sign out the other browsers"),
+    }
+}
+
+/// A new session for a person (`proven`: made by a mailed link): stored
+/// hashed, cached, and its cookie.
+pub async fn start_session(
+    state: &AppState,
+    person: &Person,
+    proven: bool,
+) -> Result<(SignedIn, String), StoreError> {
     let token = SecretToken::generate();
     let now = now_millis();
     let expires_at = now + SESSION_LIFETIME_MS;
@@ -272,10 +281,14 @@ pub async fn start_session(state: &AppState, person: &Person) -> Result<(SignedI
     state
         .services
         .store
-        .create_session(NewSession { token_hash: hash.clone(), person_id: person.id, expires_at }, now)
+        .create_session(NewSession { token_hash: hash.clone(), person_id: person.id, expires_at, proven }, now)
         .await?;
-    remember_session(state, &hash, &SessionInfo { person_id: person.id, email: person.email.clone(), expires_at })
-        .await;
+    remember_session(
+        state,
+        &hash,
+        &SessionInfo { person_id: person.id, email: person.email.clone(), expires_at, proven },
+    )
+    .await;
     let cookie = session_cookie(state, &token);
     Ok((SignedIn { token, person_id: person.id, email: person.email.clone() }, cookie))
 }

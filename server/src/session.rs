@@ -116,6 +116,7 @@ async fn lookup_session(state: &AppState, hash: &TokenHash) -> Result<Option<Ses
             if let Some(c) = found.get(&key)
                 && let Ok(info) = serde_json::from_slice::<SessionInfo>(&c.data)
                 && info.expires_at > now
+                && (info.proven || !gallery_verified_lately(state, info.person_id).await)
             {
                 return Ok(Some(info));
             }
@@ -131,7 +132,49 @@ async fn lookup_session(state: &AppState, hash: &TokenHash) -> Result<Option<Ses
     Ok(info)
 }
 
+fn verified_key(person: PersonId) -> String {
+    format!("fs:verified:{}", person.0)
+}
+
+/// How long the "just verified" mark outlives every cached copy of a session
+/// (cached at most [`SESSION_CACHE_TTL`]).
+const VERIFIED_MARK_TTL: Duration = Duration::from_secs(3600);
+
+/// Whether the person's gallery was verified by a mailed link recently (or
+/// the cache cannot say): a cached session that never proved the address is
+/// then not believed, and the database (where it was deleted) decides.
+async fn gallery_verified_lately(state: &AppState, person: PersonId) -> bool {
+    let key = verified_key(person);
+    match state.services.cache.get_many(&[&key]).await {
+        Ok(found) => found.contains_key(&key),
+        Err(_) => true,
+    }
+}
+
+/// After a mailed-link sign-in: no cached unproven session of this person
+/// is believed from now on (the store deleted their rows in the same step).
+/// A mark the cache refused is tried again for a minute.
+pub async fn mark_gallery_verified(state: &std::sync::Arc<AppState>, person: PersonId) {
+    let key = verified_key(person);
+    if state.services.cache.set(&key, b"1", VERIFIED_MARK_TTL).await.is_ok() {
+        return;
+    }
+    state.services.metrics.cache_errors.inc();
+    let state = state.clone();
+    tokio::spawn(async move {
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if state.services.cache.set(&key, b"1", VERIFIED_MARK_TTL).await.is_ok() {
+                return;
+            }
+        }
+        tracing::warn!(person = person.0, "could not mark a gallery verified in the cache for a minute");
+    });
+}
+
 /// Puts a session in the cache (after sign-in, or a lookup that missed).
+/// A cached session that never proved its address is believed only while
+/// its gallery was not verified lately (see [`mark_gallery_verified`]).
 pub async fn remember_session(state: &AppState, hash: &TokenHash, info: &SessionInfo) {
     let ttl = SESSION_CACHE_TTL.min(Duration::from_millis((info.expires_at - now_millis()).max(1000) as u64));
     if let Ok(bytes) = serde_json::to_vec(info) {
@@ -142,10 +185,15 @@ pub async fn remember_session(state: &AppState, hash: &TokenHash, info: &Session
 /// Ends a session everywhere: the database row and the cached copy.
 pub async fn forget_session(state: &AppState, hash: &TokenHash) -> Result<(), StoreError> {
     state.services.store.delete_session(hash).await?;
+    forget_cached_session(state, hash).await;
+    Ok(())
+}
+
+/// Drops the cached copy of a session whose row is gone.
+pub async fn forget_cached_session(state: &AppState, hash: &TokenHash) {
     if state.services.cache.delete(&session_cache_key(hash)).await.is_err() {
         state.services.metrics.cache_errors.inc();
     }
-    Ok(())
 }
 
 #[cfg(test)]

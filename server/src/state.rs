@@ -36,6 +36,14 @@ pub struct AppState {
     /// which no other session has) and page number, with the decoded page
     /// they show: a cached gallery is rendered again only when it changed.
     pub rendered: moka::sync::Cache<(String, u64), Arc<RenderedGallery>>,
+    pub limiter: flipstack_core::limits::RateLimiter,
+    pub upload_slots: crate::shield::UploadSlots,
+    pub spool_budget: crate::shield::SpoolBudget,
+    pub connections: Arc<crate::listener::ConnectionCounts>,
+    /// Sign-in mails to send, off the request path (so an answer takes the
+    /// same time whether the address has a gallery or not).
+    pub signin_mail: tokio::sync::mpsc::Sender<flipstack_core::domain::Email>,
+    pub signin_mail_queue: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<flipstack_core::domain::Email>>>,
 }
 
 pub struct RenderedGallery {

@@ -15,6 +15,7 @@ pub fn spawn_all(state: Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(background(tail_events(state.clone()))),
         tokio::spawn(background(retry_invalidations(state.clone()))),
         tokio::spawn(background(purge(state.clone()))),
+        tokio::spawn(background(crate::signin::run_mailer(state.clone()))),
     ];
     if state.services.on_aws() {
         let s = state.services.clone();

@@ -24,19 +24,26 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use warp::http::{HeaderValue, StatusCode};
 
-use crate::pages::{self, form_page, send_signin_link};
+use crate::multipart::{self, BodyError, BodyLimits};
+use crate::pages::{self, form_page};
+use crate::shield::{ClientAddr, Limit, SpoolShare, human_wait};
+use crate::signin;
 use crate::session::{SESSION_LIFETIME_MS, SignedIn, Visitor, remember_session};
 use crate::state::AppState;
 use crate::web::{Resp, add_cookie, human_bytes, json as json_reply, message, see_other};
 
-/// A client that stops sending for this long is dropped.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SMALL_FIELD_LIMIT: usize = 1024;
 /// Most files in one form post.
 const MAX_FILES: usize = 20;
+/// Parts a form may have: the files, the CSRF token, the address and a few more.
+const MAX_PARTS: usize = MAX_FILES + 8;
+/// Longest multipart boundary taken (RFC 2046 allows 70 characters).
+const MAX_BOUNDARY: usize = 200;
 
-struct Spooled {
+struct Spooled<'a> {
     file: tempfile::NamedTempFile,
+    /// The spool disk this file holds, given back when it goes.
+    _share: SpoolShare<'a>,
     info: ImageInfo,
     bytes: u64,
     name: DisplayName,
@@ -47,8 +54,35 @@ enum Refusal {
     Picture(Rejection),
     TooLarge(u64),
     BadForm(&'static str),
+    /// The body broke a limit of [`multipart::guard`].
+    Body(StatusCode, &'static str),
+    /// The spool's disk budget is used up.
+    SpoolFull,
     Csrf,
     Io(String),
+}
+
+impl Refusal {
+    /// A parser error, with the guard's reason when the guard stopped the body.
+    fn from_multipart(e: &multer::Error, otherwise: &'static str) -> Refusal {
+        // The parser wraps a stream error once or twice, depending on where it met it.
+        fn guard_error(e: &multer::Error) -> Option<&BodyError> {
+            let multer::Error::StreamReadFailed(inner) = e else { return None };
+            inner.downcast_ref::<BodyError>().or_else(|| inner.downcast_ref::<multer::Error>().and_then(guard_error))
+        }
+        match guard_error(e) {
+            Some(BodyError::TooLarge(_)) => {
+                Refusal::Body(StatusCode::PAYLOAD_TOO_LARGE, "The upload is larger than this server takes at once.")
+            }
+            Some(BodyError::Stalled(_) | BodyError::TooSlow(_)) => Refusal::Body(
+                StatusCode::REQUEST_TIMEOUT,
+                "The upload came in too slowly and was stopped. Please try again on a better connection.",
+            ),
+            Some(BodyError::TooManyParts(_)) => Refusal::BadForm("At most 20 pictures at a time, please."),
+            Some(BodyError::Transport(_)) => Refusal::BadForm("The upload was interrupted. Please try again."),
+            Some(BodyError::Preamble | BodyError::PartHeaders) | None => Refusal::BadForm(otherwise),
+        }
+    }
 }
 
 /// One refused file of a form that carried several.
@@ -77,7 +111,8 @@ enum Answer {
         status: StatusCode,
         title: &'static str,
         message: String,
-        retry_after: bool,
+        /// Seconds, for the `Retry-After` header.
+        retry_after: Option<u64>,
     },
 }
 
@@ -86,7 +121,19 @@ fn unavailable(what: &str) -> Answer {
         status: StatusCode::SERVICE_UNAVAILABLE,
         title: "Please try again in a moment",
         message: format!("flipstack could not {what} just now. Nothing was stored; please try again."),
-        retry_after: true,
+        retry_after: Some(10),
+    }
+}
+
+fn too_many(wait: Duration, what: &str) -> Answer {
+    Answer::Page {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        title: "Too many requests",
+        message: format!(
+            "There have been too many {what} in a short time, so this one was not taken. Please try again in {}.",
+            human_wait(wait)
+        ),
+        retry_after: Some(wait.as_secs().max(1)),
     }
 }
 
@@ -95,7 +142,7 @@ fn csrf_answer() -> Answer {
         status: StatusCode::FORBIDDEN,
         title: "Please try again",
         message: "This form was out of date or did not come from this site, so nothing was done. Go back, reload the page and send it again.".into(),
-        retry_after: false,
+        retry_after: None,
     }
 }
 
@@ -113,6 +160,11 @@ fn describe(max: u64, refusal: &Refusal) -> (StatusCode, String) {
             ),
         ),
         Refusal::BadForm(t) => (StatusCode::BAD_REQUEST, (*t).to_owned()),
+        Refusal::Body(status, t) => (*status, (*t).to_owned()),
+        Refusal::SpoolFull => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "flipstack is taking in a great many uploads just now; please try again in a minute.".into(),
+        ),
         Refusal::Csrf => (StatusCode::FORBIDDEN, "This form was out of date; reload the page and try again.".into()),
         Refusal::Io(_) => (StatusCode::SERVICE_UNAVAILABLE, "flipstack could not take the upload just now.".into()),
     }
@@ -123,6 +175,8 @@ fn refusal_code(r: &Refusal) -> &'static str {
         Refusal::Picture(r) => r.code(),
         Refusal::TooLarge(_) => "too_large",
         Refusal::BadForm(_) => "bad_form",
+        Refusal::Body(..) => "body_limit",
+        Refusal::SpoolFull => "spool_full",
         Refusal::Csrf => "csrf",
         Refusal::Io(_) => "io",
     }
@@ -132,6 +186,7 @@ fn refusal_code(r: &Refusal) -> &'static str {
 pub async fn upload<S, B>(
     state: Arc<AppState>,
     visitor: Visitor,
+    client: ClientAddr,
     content_length: Option<u64>,
     content_type: Option<String>,
     accept: Option<String>,
@@ -142,13 +197,14 @@ where
     B: Buf + Send,
 {
     let wants_json = accept.as_deref().is_some_and(|a| a.contains("application/json"));
-    let answer = take(&state, &visitor, content_length, content_type, body).await;
+    let answer = take(&state, &visitor, client, content_length, content_type, body).await;
     Ok(respond(&state, &visitor, answer, wants_json).await)
 }
 
 async fn take<S, B>(
     state: &AppState,
     visitor: &Visitor,
+    client: ClientAddr,
     content_length: Option<u64>,
     content_type: Option<String>,
     body: S,
@@ -168,14 +224,39 @@ where
     }
     let max = services.config.max_upload_bytes;
     // Several files may come in one form; its other fields take a few kilobytes.
+    let max_body = max * MAX_FILES as u64 + 64 * 1024;
+    let Some(_slot) = state.upload_slots.take(client, services.config.max_uploads_per_client) else {
+        services.metrics.upload_rejected("concurrent");
+        return Answer::Page {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            title: "One moment, please",
+            message: format!(
+                "Your network is already sending {} uploads; wait for one of them to finish, then send this one again.",
+                services.config.max_uploads_per_client
+            ),
+            retry_after: Some(5),
+        };
+    };
+    if let Some(wait) = state.over_limit(Limit::UploadsPerClient, &client.to_string()).await {
+        services.metrics.upload_rejected("rate_limited");
+        return too_many(wait, "uploads from your network");
+    }
+    if state.spool_budget.is_full() {
+        services.metrics.upload_rejected("spool_full");
+        tracing::warn!(used = state.spool_budget.used(), "the upload spool is at its budget; refusing an upload");
+        let (status, message) = describe(max, &Refusal::SpoolFull);
+        return Answer::Page { status, title: "Please try again in a moment", message, retry_after: Some(30) };
+    }
     if let Some(len) = content_length
-        && len > max * MAX_FILES as u64 + 64 * 1024
+        && len > max_body
     {
         services.metrics.upload_rejected("too_large");
         let (status, message) = describe(max, &Refusal::TooLarge(len));
         return Answer::Form { status, message: Some(message), typed: String::new() };
     }
-    let Some(boundary) = content_type.and_then(|ct| multer::parse_boundary(ct).ok()) else {
+    let Some(boundary) =
+        content_type.and_then(|ct| multer::parse_boundary(ct).ok()).filter(|b| !b.is_empty() && b.len() <= MAX_BOUNDARY)
+    else {
         services.metrics.upload_rejected("bad_form");
         return Answer::Form {
             status: StatusCode::BAD_REQUEST,
@@ -184,7 +265,13 @@ where
         };
     };
     let body = Box::pin(body.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining()))));
-    let form = Multipart::new(crate::multipart::strip_nul_in_part_headers(body, &boundary), boundary);
+    let limits = BodyLimits {
+        max_body,
+        max_parts: MAX_PARTS,
+        idle: Duration::from_secs(services.config.idle_timeout_secs),
+        min_rate: services.config.body_min_bytes_per_sec,
+    };
+    let form = Multipart::new(multipart::guard(body, &boundary, limits), boundary);
     let (typed, files) = match read_form(state, visitor, form).await {
         Ok(parts) => parts,
         Err((refusal, typed)) => {
@@ -194,6 +281,10 @@ where
                 Refusal::Io(e) => {
                     tracing::error!(error = %e, "upload spooling failed");
                     unavailable("take the upload")
+                }
+                Refusal::SpoolFull => {
+                    let (status, message) = describe(max, &Refusal::SpoolFull);
+                    Answer::Page { status, title: "Please try again in a moment", message, retry_after: Some(30) }
                 }
                 other => {
                     let (status, message) = describe(max, &other);
@@ -233,31 +324,29 @@ where
         };
         return Answer::Form { status, message: Some(message), typed };
     }
-    store_all(state, visitor, typed, accepted, refused).await
+    store_all(state, visitor, client, typed, accepted, refused).await
 }
 
 /// Reads the form's parts in order: `csrf`, `email`, then each `file`. The
 /// CSRF token is settled before any file is read (the page's form sends it
 /// first). A refused file is reported and the next one read.
 #[allow(clippy::type_complexity)]
-async fn read_form(
-    state: &AppState,
+async fn read_form<'a>(
+    state: &'a AppState,
     visitor: &Visitor,
     mut form: Multipart<'static>,
-) -> Result<(String, Vec<(String, Result<Spooled, Refusal>)>), (Refusal, String)> {
+) -> Result<(String, Vec<(String, Result<Spooled<'a>, Refusal>)>), (Refusal, String)> {
     let mut csrf_ok = false;
     let mut typed = String::new();
     let mut files = Vec::new();
     loop {
-        let next = match tokio::time::timeout(IDLE_TIMEOUT, form.next_field()).await {
-            Ok(n) => n,
-            Err(_) => return Err((Refusal::BadForm("The upload stalled and was stopped. Please try again."), typed)),
-        };
-        let part = match next {
+        // The body guard stops a client that stalls or crawls.
+        let part = match form.next_field().await {
             Ok(Some(p)) => p,
             Ok(None) => break,
-            Err(_) => {
-                return Err((Refusal::BadForm("The upload was not a complete form. Please try again."), typed));
+            Err(e) => {
+                let refusal = Refusal::from_multipart(&e, "The upload was not a complete form. Please try again.");
+                return Err((refusal, typed));
             }
         };
         match part.name().unwrap_or("") {
@@ -280,6 +369,7 @@ async fn read_form(
                     // A file input with no file chosen sends an empty, nameless part.
                     Err(Refusal::Picture(Rejection::Empty)) if unnamed => {}
                     Err(r @ (Refusal::Picture(_) | Refusal::TooLarge(_))) => files.push((name, Err(r))),
+                    // The body itself broke a limit: the rest of the form cannot be read.
                     Err(other) => return Err((other, typed)),
                 }
             }
@@ -296,8 +386,8 @@ async fn read_form(
 
 async fn read_small(mut part: Field<'static>) -> Result<String, Refusal> {
     let mut out = Vec::new();
-    let incomplete = || Refusal::BadForm("The upload was not a complete form. Please try again.");
-    while let Some(chunk) = part.chunk().await.map_err(|_| incomplete())? {
+    let incomplete_text = || "The upload was not a complete form. Please try again.";
+    while let Some(chunk) = part.chunk().await.map_err(|e| Refusal::from_multipart(&e, incomplete_text()))? {
         out.extend_from_slice(&chunk);
         if out.len() > SMALL_FIELD_LIMIT {
             return Err(Refusal::BadForm("A form field was far too long."));
@@ -307,7 +397,7 @@ async fn read_small(mut part: Field<'static>) -> Result<String, Refusal> {
 }
 
 /// Streams the file part to a temporary file while inspecting it.
-async fn spool(state: &AppState, mut part: Field<'static>) -> Result<Spooled, Refusal> {
+async fn spool<'a>(state: &'a AppState, mut part: Field<'static>) -> Result<Spooled<'a>, Refusal> {
     let name = DisplayName::from_client(part.file_name());
     let max = state.services.config.max_upload_bytes;
     let tmp = tempfile::Builder::new()
@@ -317,17 +407,21 @@ async fn spool(state: &AppState, mut part: Field<'static>) -> Result<Spooled, Re
     let std_file = tmp.reopen().map_err(|e| Refusal::Io(e.to_string()))?;
     let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(std_file));
     let mut inspector = Inspector::new(state.services.limits);
+    let mut share = state.spool_budget.share();
     let mut total = 0u64;
     loop {
-        let bytes: Bytes = match tokio::time::timeout(IDLE_TIMEOUT, part.chunk()).await {
-            Ok(Ok(Some(c))) => c,
-            Ok(Ok(None)) => break,
-            Ok(Err(_)) => return Err(Refusal::BadForm("The upload was interrupted. Please try again.")),
-            Err(_) => return Err(Refusal::BadForm("The upload stalled and was stopped. Please try again.")),
+        let bytes: Bytes = match part.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => return Err(Refusal::from_multipart(&e, "The upload was interrupted. Please try again.")),
         };
         total += bytes.len() as u64;
         if total > max {
             return Err(Refusal::TooLarge(total));
+        }
+        if !share.grow(bytes.len() as u64) {
+            tracing::warn!(used = state.spool_budget.used(), "the upload spool reached its budget mid-upload");
+            return Err(Refusal::SpoolFull);
         }
         inspector.feed(&bytes).map_err(Refusal::Picture)?;
         out.write_all(&bytes).await.map_err(|e| Refusal::Io(format!("spooling the upload: {e}")))?;
@@ -347,15 +441,16 @@ async fn spool(state: &AppState, mut part: Field<'static>) -> Result<Spooled, Re
     })
     .await
     .map_err(|e| Refusal::Io(e.to_string()))??;
-    Ok(Spooled { file: tmp, info, bytes: total, name })
+    Ok(Spooled { file: tmp, _share: share, info, bytes: total, name })
 }
 
 /// Settles the owner, then stores each picture, records it and queues its job.
 async fn store_all(
     state: &AppState,
     visitor: &Visitor,
+    client: ClientAddr,
     typed: String,
-    files: Vec<Spooled>,
+    files: Vec<Spooled<'_>>,
     mut refused: Vec<FileRefusal>,
 ) -> Answer {
     let services = &state.services;
@@ -385,6 +480,10 @@ async fn store_all(
                 return refuse_not_owner(state, &person).await;
             }
             Ok(None) => {
+                if let Some(wait) = state.over_limit(Limit::GalleriesPerClient, &client.to_string()).await {
+                    services.metrics.upload_rejected("rate_limited");
+                    return too_many(wait, "new galleries made from your network");
+                }
                 let id = PersonId::new();
                 new_session = Some((SecretToken::generate(), id));
                 (NewOwner::Create { id, email: e.clone() }, e)
@@ -404,8 +503,41 @@ async fn store_all(
         NewOwner::Existing(id) | NewOwner::Create { id, .. } => *id,
     };
     let hash = email.hashed_id();
+    let quota = services.config.quota_bytes_per_person;
+    let mut used = match &owner {
+        NewOwner::Create { .. } => 0,
+        NewOwner::Existing(id) => match services.store.person_usage(*id).await {
+            Ok(n) => n,
+            Err(_) => return unavailable("check how much your gallery holds"),
+        },
+    };
     let mut ids = Vec::new();
     for spooled in files {
+        if used + spooled.bytes > quota {
+            services.metrics.upload_rejected("quota");
+            let message = format!(
+                "Your gallery holds {} and may hold {}; delete some pictures to make room for this one.",
+                human_bytes(used),
+                human_bytes(quota)
+            );
+            if ids.is_empty() && refused.is_empty() {
+                return Answer::Page { status: StatusCode::PAYLOAD_TOO_LARGE, title: "Your gallery is full", message, retry_after: None };
+            }
+            refused.push(FileRefusal { name: spooled.name.as_str().into(), status: StatusCode::PAYLOAD_TOO_LARGE, message });
+            continue;
+        }
+        if let Some(wait) = state.over_limit(Limit::UploadsPerPerson, &hash).await {
+            services.metrics.upload_rejected("rate_limited");
+            if ids.is_empty() && refused.is_empty() {
+                return too_many(wait, "uploads to this gallery");
+            }
+            refused.push(FileRefusal {
+                name: spooled.name.as_str().into(),
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!("Too many uploads to this gallery just now; try again in {}.", human_wait(wait)),
+            });
+            continue;
+        }
         let id = UploadId::new();
         if let Err(e) = services.blobs.put_file(BlobKind::Original, id, spooled.file.path()).await {
             tracing::error!(error = %e, "could not store an upload's original");
@@ -423,7 +555,12 @@ async fn store_all(
         // Only the first picture of a new address creates its gallery and session.
         let session = match (&owner, &new_session) {
             (NewOwner::Create { .. }, Some((token, pid))) => {
-                Some(NewSession { token_hash: token.hash(), person_id: *pid, expires_at: now + SESSION_LIFETIME_MS })
+                Some(NewSession {
+                    token_hash: token.hash(),
+                    person_id: *pid,
+                    expires_at: now + SESSION_LIFETIME_MS,
+                    proven: false,
+                })
             }
             _ => None,
         };
@@ -482,11 +619,13 @@ async fn store_all(
             upload = %id, person = %hash, format = spooled.info.format.as_str(), bytes = spooled.bytes,
             width, height, "upload accepted"
         );
+        used += spooled.bytes;
         ids.push(id);
     }
     let (signed, cookie) = match new_session {
         Some((token, person_id)) => {
-            let info = SessionInfo { person_id, email: email.clone(), expires_at: now + SESSION_LIFETIME_MS };
+            let info =
+                SessionInfo { person_id, email: email.clone(), expires_at: now + SESSION_LIFETIME_MS, proven: false };
             remember_session(state, &token.hash(), &info).await;
             tracing::info!(person = %hash, "new gallery; browser signed in");
             let cookie = pages::session_cookie(state, &token);
@@ -500,7 +639,7 @@ async fn store_all(
 /// The address has a gallery this browser is not signed in to: store
 /// nothing, mail its owner a sign-in link, and say so.
 async fn refuse_not_owner(state: &AppState, person: &Person) -> Answer {
-    if send_signin_link(state, person).await.is_err() {
+    if signin::request_link(state, person.email.clone()).is_err() {
         return unavailable("send the sign-in mail");
     }
     tracing::info!(person = %person.email.hashed_id(), "upload refused: the address has a gallery this browser is not signed in to");
@@ -511,7 +650,7 @@ async fn refuse_not_owner(state: &AppState, person: &Person) -> Answer {
             "{} already has a gallery, and this browser is not signed in to it. To keep galleries private, nothing was uploaded; we mailed a sign-in link to that address instead. Open it in this browser, then upload again.",
             person.email
         ),
-        retry_after: false,
+        retry_after: None,
     }
 }
 
@@ -572,8 +711,10 @@ async fn respond(state: &AppState, visitor: &Visitor, answer: Answer, wants_json
             } else {
                 message(state, visitor, status, title, &text, Some(("/form", "Back to the upload page")))
             };
-            if retry_after {
-                r.headers_mut().insert("retry-after", HeaderValue::from_static("10"));
+            if let Some(secs) = retry_after
+                && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+            {
+                r.headers_mut().insert("retry-after", v);
             }
             r
         }

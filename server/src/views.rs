@@ -121,6 +121,8 @@ pub struct SigninPage {
 pub struct SigninLinkPage {
     pub chrome: Chrome,
     pub token: String,
+    /// The address the link is for, shown before it is used.
+    pub email: String,
     pub problem: Option<String>,
 }
 

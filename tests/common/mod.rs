@@ -204,6 +204,14 @@ pub async fn config_for(tier: Tier, data_dir: &Path) -> Config {
         queue_poll_ms: 20,
         job_timeout_secs: 60,
         cache_ttl_secs: 300,
+        // Every test client is 127.0.0.1 and the tests share one memcached:
+        // the limits get tests of their own (tests/strangers.rs).
+        galleries_per_client_per_hour: 1_000_000,
+        uploads_per_client_per_hour: 1_000_000,
+        uploads_per_person_per_hour: 1_000_000,
+        signin_mails_per_client_per_hour: 1_000_000,
+        max_connections_per_client: 100_000,
+        max_uploads_per_client: 10_000,
         ..Config::default()
     };
     if tier != Tier::Embedded {
@@ -360,7 +368,20 @@ impl TestApp {
             .sum()
     }
 
-    /// The sign-in links mailed to an address, oldest first.
+    /// The sign-in links mailed to an address once there are at least
+    /// `count` (mail is sent in the background), waiting at most 10 s.
+    pub async fn wait_mailed_links(&self, email: &str, count: usize) -> Vec<String> {
+        let started = Instant::now();
+        loop {
+            let links = self.mailed_links(email);
+            if links.len() >= count || started.elapsed() > Duration::from_secs(10) {
+                return links;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The sign-in links mailed to an address so far, oldest first.
     pub fn mailed_links(&self, email: &str) -> Vec<String> {
         let outbox = self.config.data_dir.join("outbox");
         let mut mails: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&outbox)
@@ -443,10 +464,24 @@ pub struct Browser {
 
 impl Browser {
     pub fn new(base: &str) -> Browser {
+        Self::with_headers(base, &[])
+    }
+
+    /// A browser whose every request carries these headers (e.g. an
+    /// `X-Forwarded-For` as a load balancer would add it).
+    pub fn with_headers(base: &str, headers: &[(&str, &str)]) -> Browser {
         let jar = Arc::new(reqwest::cookie::Jar::default());
+        let mut defaults = reqwest::header::HeaderMap::new();
+        for (k, v) in headers {
+            defaults.append(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                reqwest::header::HeaderValue::from_str(v).unwrap(),
+            );
+        }
         let client = reqwest::Client::builder()
             .cookie_provider(jar.clone())
             .redirect(reqwest::redirect::Policy::none())
+            .default_headers(defaults)
             .build()
             .unwrap();
         Browser { client, base: base.to_owned(), jar }

@@ -181,6 +181,8 @@ pub struct NewSession {
     pub token_hash: TokenHash,
     pub person_id: PersonId,
     pub expires_at: Millis,
+    /// Made by a mailed sign-in link (control of the address proven), not by a first upload.
+    pub proven: bool,
 }
 
 pub struct NewUpload {
@@ -206,6 +208,9 @@ pub struct SessionInfo {
     pub person_id: PersonId,
     pub email: Email,
     pub expires_at: Millis,
+    /// See [`NewSession::proven`].
+    #[serde(default)]
+    pub proven: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,7 +339,16 @@ pub trait MetadataStore: Send + Sync + 'static {
         expires_at: Millis,
         now: Millis,
     ) -> StoreResult<()>;
+    /// Uses a sign-in link once. The first link used for a person verifies
+    /// their gallery and, in the same transaction, ends every session of
+    /// theirs that never proved control of the address (a squatter's).
     async fn consume_signin_token(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<SigninOutcome>;
+    /// The address an unused, unexpired sign-in link is for (shown before it is used).
+    async fn signin_token_email(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<Email>>;
+    /// Ends every session of a person but `keep`; returns the ended ones (for the cache).
+    async fn delete_other_sessions(&self, person: PersonId, keep: &TokenHash) -> StoreResult<Vec<TokenHash>>;
+    /// Bytes a person's pictures take in the blob store (originals and flips).
+    async fn person_usage(&self, person: PersonId) -> StoreResult<u64>;
     /// Deletes expired sessions and sign-in links; returns how many went.
     async fn purge_expired(&self, now: Millis) -> StoreResult<u64>;
 
@@ -404,6 +418,28 @@ pub(crate) mod sql {
     /// Due pending jobs, and jobs whose worker's lease ran out.
     pub const CLAIMABLE_WHERE: &str =
         "((state = 'pending' AND next_attempt_at <= ?) OR (state = 'processing' AND lease_until < ?))";
+
+    pub const SESSION_INSERT: &str =
+        "INSERT INTO sessions (token_hash, person_id, created_at, expires_at, proven) VALUES (?, ?, ?, ?, ?)";
+
+    pub const SESSION_SELECT: &str =
+        "SELECT s.person_id, p.email, s.expires_at, s.proven FROM sessions s JOIN people p ON p.id = s.person_id \
+         WHERE s.token_hash = ? AND s.expires_at > ?";
+
+    /// Marks a person verified; affects a row only the first time.
+    pub const VERIFY_PERSON: &str = "UPDATE people SET verified_at = ? WHERE id = ? AND verified_at IS NULL";
+
+    pub const DELETE_UNPROVEN_SESSIONS: &str = "DELETE FROM sessions WHERE person_id = ? AND proven = 0";
+
+    pub const SIGNIN_TOKEN_EMAIL: &str = "SELECT p.email FROM signin_tokens t JOIN people p ON p.id = t.person_id \
+         WHERE t.token_hash = ? AND t.used_at IS NULL AND t.expires_at > ?";
+
+    pub const OTHER_SESSIONS: &str = "SELECT token_hash FROM sessions WHERE person_id = ? AND token_hash <> ?";
+
+    pub const DELETE_OTHER_SESSIONS: &str = "DELETE FROM sessions WHERE person_id = ? AND token_hash <> ?";
+
+    pub const PERSON_USAGE: &str =
+        "SELECT CAST(COALESCE(SUM(bytes + COALESCE(flipped_bytes, 0)), 0) AS SIGNED) FROM uploads WHERE person_id = ?";
 
     pub const EVENT_INSERT: &str =
         "INSERT INTO events (id, at, kind, upload_id, person_hash, detail) VALUES (?, ?, ?, ?, ?, ?)";

@@ -432,10 +432,7 @@ impl MetadataStore for MysqlStore {
             .await
             .map_err(map_err)?;
             if let Some(s) = &a.session {
-                tx.exec_drop(
-                    "INSERT INTO sessions (token_hash, person_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                    (s.token_hash.0.as_str(), s.person_id.0, a.now, s.expires_at),
-                )
+                tx.exec_drop(sql::SESSION_INSERT, (s.token_hash.0.as_str(), s.person_id.0, a.now, s.expires_at, s.proven))
                 .await
                 .map_err(map_err)?;
             }
@@ -735,27 +732,18 @@ impl MetadataStore for MysqlStore {
 
     async fn create_session(&self, s: NewSession, now: Millis) -> StoreResult<()> {
         let mut c = self.conn().await?;
-        c.exec_drop(
-            "INSERT INTO sessions (token_hash, person_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-            (s.token_hash.0.as_str(), s.person_id.0, now, s.expires_at),
-        )
+        c.exec_drop(sql::SESSION_INSERT, (s.token_hash.0.as_str(), s.person_id.0, now, s.expires_at, s.proven))
         .await
         .map_err(map_err)
     }
 
     async fn session(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<SessionInfo>> {
         let mut c = self.conn().await?;
-        let row: Option<(i64, String, i64)> = c
-            .exec_first(
-                "SELECT s.person_id, p.email, s.expires_at FROM sessions s JOIN people p ON p.id = s.person_id \
-                 WHERE s.token_hash = ? AND s.expires_at > ?",
-                (token_hash.0.as_str(), now),
-            )
-            .await
-            .map_err(map_err)?;
-        row.map(|(p, e, x)| {
+        let row: Option<(i64, String, i64, bool)> =
+            c.exec_first(sql::SESSION_SELECT, (token_hash.0.as_str(), now)).await.map_err(map_err)?;
+        row.map(|(p, e, x, proven)| {
             let email = Email::parse(&e).map_err(|err| StoreError::Corrupt(format!("stored e-mail: {err}")))?;
-            Ok(SessionInfo { person_id: PersonId(p), email, expires_at: x })
+            Ok(SessionInfo { person_id: PersonId(p), email, expires_at: x, proven })
         })
         .transpose()
     }
@@ -803,6 +791,10 @@ impl MetadataStore for MysqlStore {
             let (id, email, created) =
                 row.ok_or_else(|| StoreError::Corrupt("sign-in link without a person".into()))?;
             let email = Email::parse(&email).map_err(|e| StoreError::Corrupt(format!("stored e-mail: {e}")))?;
+            tx.exec_drop(sql::VERIFY_PERSON, (now, id)).await.map_err(map_err)?;
+            if tx.affected_rows() == 1 {
+                tx.exec_drop(sql::DELETE_UNPROVEN_SESSIONS, (id,)).await.map_err(map_err)?;
+            }
             SigninOutcome::SignedIn(Person { id: PersonId(id), email, created_at: created })
         } else {
             let row: Option<Option<i64>> = tx
@@ -817,6 +809,29 @@ impl MetadataStore for MysqlStore {
         };
         tx.commit().await.map_err(map_err)?;
         Ok(outcome)
+    }
+
+    async fn signin_token_email(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<Email>> {
+        let mut c = self.conn().await?;
+        let email: Option<String> =
+            c.exec_first(sql::SIGNIN_TOKEN_EMAIL, (token_hash.0.as_str(), now)).await.map_err(map_err)?;
+        email.map(|e| Email::parse(&e).map_err(|err| StoreError::Corrupt(format!("stored e-mail: {err}")))).transpose()
+    }
+
+    async fn delete_other_sessions(&self, person: PersonId, keep: &TokenHash) -> StoreResult<Vec<TokenHash>> {
+        let mut c = self.conn().await?;
+        let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
+        let ended: Vec<String> =
+            tx.exec(sql::OTHER_SESSIONS, (person.0, keep.0.as_str())).await.map_err(map_err)?;
+        tx.exec_drop(sql::DELETE_OTHER_SESSIONS, (person.0, keep.0.as_str())).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(ended.into_iter().map(TokenHash).collect())
+    }
+
+    async fn person_usage(&self, person: PersonId) -> StoreResult<u64> {
+        let mut c = self.conn().await?;
+        let n: Option<i64> = c.exec_first(sql::PERSON_USAGE, (person.0,)).await.map_err(map_err)?;
+        Ok(n.unwrap_or(0).max(0) as u64)
     }
 
     async fn purge_expired(&self, now: Millis) -> StoreResult<u64> {

@@ -265,10 +265,7 @@ impl MetadataStore for SqliteStore {
             )
             .map_err(map_err)?;
             if let Some(s) = &a.session {
-                tx.execute(
-                    "INSERT INTO sessions (token_hash, person_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                    params![s.token_hash.0, s.person_id.0, a.now, s.expires_at],
-                )
+                tx.execute(sql::SESSION_INSERT, params![s.token_hash.0, s.person_id.0, a.now, s.expires_at, s.proven])
                 .map_err(map_err)?;
             }
             insert_event(&tx, a.now, "uploaded", u.id, Some(&a.person_hash), Some(u.format.as_str()))
@@ -611,10 +608,7 @@ impl MetadataStore for SqliteStore {
 
     async fn create_session(&self, s: NewSession, now: Millis) -> StoreResult<()> {
         self.run(move |c| {
-            c.execute(
-                "INSERT INTO sessions (token_hash, person_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                params![s.token_hash.0, s.person_id.0, now, s.expires_at],
-            )
+            c.execute(sql::SESSION_INSERT, params![s.token_hash.0, s.person_id.0, now, s.expires_at, s.proven])
             .map_err(map_err)?;
             Ok(())
         })
@@ -624,18 +618,13 @@ impl MetadataStore for SqliteStore {
     async fn session(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<SessionInfo>> {
         let hash = token_hash.0.clone();
         self.run(move |c| {
-            let row: Option<(i64, String, i64)> = c
-                .query_row(
-                    "SELECT s.person_id, p.email, s.expires_at FROM sessions s JOIN people p ON p.id = s.person_id \
-                     WHERE s.token_hash = ? AND s.expires_at > ?",
-                    params![hash, now],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
+            let row: Option<(i64, String, i64, bool)> = c
+                .query_row(sql::SESSION_SELECT, params![hash, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()
                 .map_err(map_err)?;
-            row.map(|(p, e, x)| {
+            row.map(|(p, e, x, proven)| {
                 let email = Email::parse(&e).map_err(|err| StoreError::Corrupt(format!("stored e-mail: {err}")))?;
-                Ok(SessionInfo { person_id: PersonId(p), email, expires_at: x })
+                Ok(SessionInfo { person_id: PersonId(p), email, expires_at: x, proven })
             })
             .transpose()
         })
@@ -690,6 +679,9 @@ impl MetadataStore for SqliteStore {
                     )
                     .map_err(map_err)?;
                 let email = Email::parse(&email).map_err(|e| StoreError::Corrupt(format!("stored e-mail: {e}")))?;
+                if tx.execute(sql::VERIFY_PERSON, params![now, id]).map_err(map_err)? == 1 {
+                    tx.execute(sql::DELETE_UNPROVEN_SESSIONS, [id]).map_err(map_err)?;
+                }
                 SigninOutcome::SignedIn(Person { id: PersonId(id), email, created_at: created })
             } else {
                 let row: Option<Option<i64>> = tx
@@ -704,6 +696,40 @@ impl MetadataStore for SqliteStore {
             };
             tx.commit().map_err(map_err)?;
             Ok(outcome)
+        })
+        .await
+    }
+
+    async fn signin_token_email(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<Email>> {
+        let hash = token_hash.0.clone();
+        self.run(move |c| {
+            let email: Option<String> =
+                c.query_row(sql::SIGNIN_TOKEN_EMAIL, params![hash, now], |r| r.get(0)).optional().map_err(map_err)?;
+            email.map(|e| Email::parse(&e).map_err(|err| StoreError::Corrupt(format!("stored e-mail: {err}")))).transpose()
+        })
+        .await
+    }
+
+    async fn delete_other_sessions(&self, person: PersonId, keep: &TokenHash) -> StoreResult<Vec<TokenHash>> {
+        let keep = keep.0.clone();
+        self.run(move |c| {
+            let tx = write_tx(c)?;
+            let ended = {
+                let mut stmt = tx.prepare(sql::OTHER_SESSIONS).map_err(map_err)?;
+                let rows = stmt.query_map(params![person.0, keep], |r| r.get::<_, String>(0)).map_err(map_err)?;
+                rows.map(|r| r.map(TokenHash).map_err(map_err)).collect::<StoreResult<Vec<_>>>()?
+            };
+            tx.execute(sql::DELETE_OTHER_SESSIONS, params![person.0, keep]).map_err(map_err)?;
+            tx.commit().map_err(map_err)?;
+            Ok(ended)
+        })
+        .await
+    }
+
+    async fn person_usage(&self, person: PersonId) -> StoreResult<u64> {
+        self.run(move |c| {
+            let n: i64 = c.query_row(sql::PERSON_USAGE, [person.0], |r| r.get(0)).map_err(map_err)?;
+            Ok(n.max(0) as u64)
         })
         .await
     }

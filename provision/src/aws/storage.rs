@@ -507,6 +507,11 @@ impl Config {
             ("FLIPSTACK_ADMIN_TOKEN", secrets.admin_token.clone()),
             ("FLIPSTACK_METRICS_NAMESPACE", spec.metrics_namespace.clone()),
             ("FLIPSTACK_DATA_DIR", "/var/lib/flipstack".into()),
+            // Behind the load balancer: the client is the entry it appends to
+            // X-Forwarded-For, and the peers are its few nodes, which carry
+            // everyone's connections (the per-client caps apply to the clients).
+            ("FLIPSTACK_TRUSTED_PROXY_HOPS", "1".into()),
+            ("FLIPSTACK_MAX_CONNECTIONS_PER_CLIENT", "4096".into()),
         ];
         match cache {
             CacheEndpoint::Nodes(url) => vars.push(("FLIPSTACK_CACHE_URL", url.clone())),
