@@ -18,6 +18,7 @@ tier_tests!(
     signing_out_everywhere_else_ends_the_other_sessions,
     rate_limits_answer_429_with_retry_after,
     the_storage_quota_is_kept,
+    signin_answers_the_same_whether_or_not_the_address_has_a_gallery,
 );
 
 fn email() -> String {
@@ -409,11 +410,10 @@ async fn silent_smtp() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (at, task)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn signin_answers_the_same_whether_or_not_the_address_has_a_gallery() {
+async fn signin_answers_the_same_whether_or_not_the_address_has_a_gallery(tier: Tier) {
     let (smtp, _smtp) = silent_smtp().await;
     let app = TestApp::spawn_with(
-        Tier::Embedded,
+        tier,
         |c| c.mail_url = Some(format!("smtp://127.0.0.1:{}", smtp.port())),
         0,
     )

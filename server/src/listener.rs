@@ -135,42 +135,40 @@ impl<S> HttpService for S where
 /// Serves `service` (`warp::service(routes)`) on `listener` until `stop`
 /// turns true; then lets open connections finish their requests. The
 /// returned future ends when all have.
-pub fn serve(
+pub async fn serve(
     listener: TcpListener,
     service: impl HttpService,
     limits: ListenerLimits,
     counts: Arc<ConnectionCounts>,
     mut stop: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let mut conns = JoinSet::new();
-        loop {
-            tokio::select! {
-                changed = stop.changed() => if changed.is_err() || *stop.borrow() { break },
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of file descriptors and the like: pause instead of spinning.
-                            tracing::warn!(error = %e, "could not accept a connection");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let Some(slot) = counts.admit(peer.ip(), &limits) else {
-                        tracing::debug!(%peer, "connection refused: too many open connections");
-                        drop(stream);
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            changed = stop.changed() => if changed.is_err() || *stop.borrow() { break },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        tracing::warn!(error = %e, "could not accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    conns.spawn(connection(stream, peer, slot, service.clone(), limits, counts.clone(), stop.clone()));
-                }
+                    }
+                };
+                let Some(slot) = counts.admit(peer.ip(), &limits) else {
+                    tracing::debug!(%peer, "connection refused: too many open connections");
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                conns.spawn(connection(stream, peer, slot, service.clone(), limits, counts.clone(), stop.clone()));
             }
         }
-        drop(listener);
-        while conns.join_next().await.is_some() {}
     }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
 }
 
 async fn connection(
@@ -214,7 +212,8 @@ async fn connection(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    if e.is_timeout() {
+                    // hyper 0.14 does not class its header timeout under `is_timeout`.
+                    if e.is_timeout() || e.to_string().contains("timeout") {
                         counts.metrics.connections_timed_out.inc();
                     }
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
