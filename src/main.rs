@@ -68,7 +68,7 @@ struct ConfigFlags {
     #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_url: Option<String>,
-    /// Mailer: outbox://DIR or smtp://user:pass@host:port [env: FLIPSTACK_MAIL_URL]
+    /// Mailer: outbox://DIR, smtps://user:pass@host:port, smtp://… (STARTTLS required) or smtp+insecure://… (plaintext) [env: FLIPSTACK_MAIL_URL]
     #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     mail_url: Option<String>,

@@ -63,7 +63,8 @@ pub struct Config {
     pub blob_url: Option<String>,
     /// Job queue: `db://` (the uploads table) or an SQS queue URL.
     pub queue_url: String,
-    /// Mailer: `outbox://PATH` or `smtp://user:pass@host:port` (`smtps://` for TLS).
+    /// Mailer: `outbox://PATH`, `smtps://user:pass@host:port` (TLS), `smtp://…` (STARTTLS
+    /// required) or `smtp+insecure://…` (plaintext, only on a trusted network).
     pub mail_url: Option<String>,
     /// Sender of the sign-in mails.
     pub mail_from: String,
