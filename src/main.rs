@@ -156,6 +156,11 @@ enum DbCommand {
 }
 
 fn main() -> Result<()> {
+    // Everything flipstack writes (the database with its cookie secret,
+    // pictures, the outbox's live sign-in links, the admin token, dumps) is for
+    // this user only: files 0600, folders 0700.
+    // SAFETY: umask only sets this process's file-mode mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     // The console owns the terminal: log lines would draw over it.
     if !matches!(cli.command, Command::Console(_)) {

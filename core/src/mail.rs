@@ -1,5 +1,5 @@
 //! The mailer port: sign-in links leave through it. `outbox://DIR` writes each
-//! message as an `.eml` file (and the caller logs the link), for one
+//! message as an `.eml` file (and the caller logs the file's path), for one
 //! machine with no mail server; SMTP sends for real:
 //!
 //! - `smtps://user:pass@host[:465]` — TLS from the first byte;
@@ -36,7 +36,7 @@ pub fn from_url(url: &str, from: &str) -> Result<Arc<dyn Mailer>, MailError> {
         from.parse().map_err(|e| MailError::Config(format!("FLIPSTACK_MAIL_FROM {from:?}: {e}")))?;
     if let Some(dir) = url.strip_prefix("outbox://") {
         std::fs::create_dir_all(dir).map_err(|e| MailError::Config(format!("cannot create the outbox {dir}: {e}")))?;
-        return Ok(Arc::new(Outbox { transport: AsyncFileTransport::new(dir), from }));
+        return Ok(Arc::new(Outbox { transport: AsyncFileTransport::new(dir), dir: dir.into(), from }));
     }
     let (lettre_url, security) = smtp_url(url)?;
     let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&lettre_url)
@@ -107,6 +107,7 @@ fn message(from: &lettre::message::Mailbox, to: &Email, subject: &str, body: &st
 
 struct Outbox {
     transport: AsyncFileTransport<Tokio1Executor>,
+    dir: std::path::PathBuf,
     from: lettre::message::Mailbox,
 }
 
@@ -122,7 +123,9 @@ impl Mailer for Outbox {
             .send(message(&self.from, to, subject, body)?)
             .await
             .map_err(|e| MailError::Send(e.to_string()))?;
-        tracing::debug!(%id, to = %to.hashed_id(), "mail written to the outbox");
+        // The path, never the message: the log may be read by more people than the outbox.
+        let path = self.dir.join(format!("{id}.eml"));
+        tracing::info!(path = %path.display(), to = %to.hashed_id(), "mail written to the outbox");
         Ok(())
     }
 }
