@@ -197,3 +197,149 @@ async fn flipstack_up_keeps_its_data_to_its_user_and_sign_in_links_out_of_the_lo
     let file_name = mail.file_name().unwrap().to_str().unwrap();
     assert!(logged.contains(file_name), "the log names the mail's file ({file_name}):\n{logged}");
 }
+
+// ---- 8: durable before answered --------------------------------------------------
+
+/// Noise: a PNG that does not compress, `w × h` pixels.
+fn noise_png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |_, _| image::Rgb(rand::random::<[u8; 3]>()));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// One system call of an strace log, with where it completed.
+struct Call {
+    /// Index of the line the call returned on.
+    done_at: usize,
+    text: String,
+}
+
+/// The calls of an `strace -f` log, completed calls joined with their
+/// `<unfinished ...>` beginning.
+fn calls(trace: &str) -> Vec<Call> {
+    let lines: Vec<&str> = trace.lines().collect();
+    let mut open: std::collections::HashMap<String, String> = Default::default();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let (pid, rest) = line.split_once(' ').unwrap_or(("", line));
+        if let Some(start) = rest.strip_suffix(" <unfinished ...>") {
+            open.insert(pid.to_owned(), start.to_owned());
+        } else if rest.starts_with("<... ") {
+            let start = open.remove(pid).unwrap_or_default();
+            out.push(Call { done_at: i, text: format!("{start} {rest}") });
+        } else {
+            out.push(Call { done_at: i, text: rest.to_owned() });
+        }
+    }
+    out
+}
+
+fn synced_before(calls: &[Call], path_pattern: &str, before: usize) -> Option<usize> {
+    calls
+        .iter()
+        .filter(|c| c.done_at < before)
+        .filter(|c| c.text.starts_with("fsync(") || c.text.starts_with("fdatasync("))
+        .filter(|c| c.text.contains(path_pattern) && c.text.ends_with("= 0"))
+        .map(|c| c.done_at)
+        .next()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_and_flips_are_fsynced_before_they_are_answered_or_done() {
+    assert!(
+        Command::new("strace").arg("-V").stdout(Stdio::null()).status().is_ok_and(|s| s.success()),
+        "strace is missing: install it (Debian package strace; scripts/test.sh does)"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let root_path = std::fs::canonicalize(root.path()).unwrap();
+    let data = root_path.join("data");
+    let log = root_path.join("up.log");
+    let trace_file = root_path.join("trace.txt");
+    let trace_arg = trace_file.to_str().unwrap().to_owned();
+    let wrap = [
+        "strace",
+        "-f",
+        "-qq",
+        // Paths of files and the protocol of sockets (`<TCP:[…]>`).
+        "-yy",
+        "-s",
+        "40",
+        "-e",
+        "signal=none",
+        "-e",
+        "trace=fsync,fdatasync,rename,renameat,renameat2,write,writev,sendto,sendmsg",
+        "-o",
+        &trace_arg,
+    ];
+    let (mut up, base) = flipstack_up(&data, &log, &wrap).await;
+    let me = email();
+    let b = Browser::new(&base);
+    let csrf = b.csrf().await;
+    // A small picture (one write) and one past the 1 MiB part size (a multipart write).
+    let small = png(40, 30);
+    let large = noise_png(700, 700);
+    assert!(large.len() > 1024 * 1024);
+    let r = b
+        .upload_parts(
+            &[("csrf", &csrf), ("email", &me)],
+            &[(b"small.png".as_slice(), small.as_slice()), (b"large.png".as_slice(), large.as_slice())],
+            false,
+        )
+        .await;
+    assert_eq!(r.status(), 303, "the upload is answered with a redirect");
+    let store = sqlite_store(&data).await;
+    let ids = uploads_of(store.as_ref(), &me).await;
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        wait_done(store.as_ref(), *id).await;
+    }
+    // Seen `done`: the next response the server writes marks that moment in the trace.
+    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
+    up.stop();
+
+    let trace = std::fs::read_to_string(&trace_file).unwrap();
+    let calls = calls(&trace);
+    let responses: Vec<usize> = calls
+        .iter()
+        .filter(|c| c.text.contains("<TCP") && c.text.contains("\"HTTP/1.1 "))
+        .map(|c| c.done_at)
+        .collect();
+    let answered = calls
+        .iter()
+        .find(|c| c.text.contains("<TCP") && c.text.contains("\"HTTP/1.1 303"))
+        .map(|c| c.done_at)
+        .expect("the upload's response is in the trace");
+    let Some(&seen_done) = responses.iter().find(|at| **at > answered) else {
+        let shown: Vec<&str> = calls.iter().filter(|c| c.text.contains("HTTP/1.1")).map(|c| c.text.as_str()).collect();
+        panic!("the response after done is not in the trace; responses: {shown:#?}");
+    };
+    let blobs = data.join("blobs");
+    let mut missing = Vec::new();
+    let mut check = |kind: &str, id: UploadId, before: usize, when: &str| {
+        let file = format!("<{}/{kind}/{id}", blobs.display());
+        let dir = format!("<{}/{kind}>", blobs.display());
+        let target = format!("\"{}/{kind}/{id}\"", blobs.display());
+        let renamed = calls.iter().find(|c| c.text.starts_with("rename") && c.text.contains(&target)).map(|c| c.done_at);
+        match (synced_before(&calls, &file, before), renamed) {
+            (Some(_), Some(renamed)) => {
+                let dir_synced = calls
+                    .iter()
+                    .filter(|c| c.done_at > renamed && c.done_at < before)
+                    .any(|c| c.text.starts_with("fsync(") && c.text.contains(&dir) && c.text.ends_with("= 0"));
+                if !dir_synced {
+                    missing.push(format!("{kind}/{id}: its folder fsynced after the rename, before {when}"));
+                }
+            }
+            (None, _) => missing.push(format!("{kind}/{id}: the file fsynced before {when}")),
+            (_, None) => missing.push(format!("{kind}/{id}: renamed into place")),
+        }
+    };
+    for id in &ids {
+        check("originals", *id, answered, "the upload was answered");
+        for kind in ["flipped", "thumbs/original", "thumbs/flipped"] {
+            check(kind, *id, seen_done, "the job was done");
+        }
+    }
+    assert!(missing.is_empty(), "not durable in time: {missing:#?}\n(trace: {})", trace_file.display());
+}

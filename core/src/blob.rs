@@ -1,7 +1,8 @@
 //! The blob store: originals, flipped pictures and thumbnails, under keys the
 //! server makes from upload ids (never from a client's file name). The
 //! adapter is `object_store`, so a local folder (`file://`) and S3 (`s3://`)
-//! are the same code and differ only in configuration.
+//! are the same code and differ only in configuration. On a local folder every
+//! write is durable (file and directories fsynced) before it returns.
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -81,7 +82,10 @@ impl BlobStore {
         if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir)
                 .map_err(|e| BlobError::Config(format!("cannot create the blob folder {dir}: {e}")))?;
-            let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| BlobError::Config(e.to_string()))?;
+            // fsync: a write returns only when the file and the directory
+            // entries naming it are on disk, as S3 promises, because the
+            // database row that points at it is committed right after.
+            let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| BlobError::Config(e.to_string()))?.with_fsync(true);
             return Ok(BlobStore { store: Arc::new(fs), signer: None, kind: "file", prefix: None });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
