@@ -400,7 +400,7 @@ async fn a_dump_of_hostile_names_replays_exactly_through_the_mariadb_client_and_
             pid: 1,
             started_at: now,
             heartbeat_at: now,
-            status: (*text).into(),
+            status: "idle".into(),
             current_upload: None,
             jobs_done: 0,
         };

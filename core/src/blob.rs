@@ -47,6 +47,31 @@ pub fn key(kind: BlobKind, id: UploadId) -> Path {
     Path::from(format!("{}/{}", kind.folder(), id.0))
 }
 
+/// The inverse of [`key`]; `None` for anything flipstack did not name.
+pub fn parse_key(key: &str) -> Option<(BlobKind, UploadId)> {
+    let (folder, digits) = key.rsplit_once('/')?;
+    let kind = BlobKind::ALL.into_iter().find(|k| k.folder() == folder)?;
+    let id: i64 = digits.parse().ok()?;
+    (id > 0 && id.to_string() == digits).then_some((kind, UploadId(id)))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("the orphan sweep could not list or delete objects: {0}")]
+    Blob(#[source] BlobError),
+    #[error("the orphan sweep could not look the uploads up: {0}")]
+    Store(#[source] crate::store::StoreError),
+}
+
+/// What one orphan sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepSummary {
+    /// Objects flipstack named, written before the cutoff.
+    pub old_enough: u64,
+    /// Of those, the ones whose upload had no row, now deleted.
+    pub removed: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
     #[error("blob store configuration: {0}")]
@@ -208,6 +233,57 @@ impl BlobStore {
         }
         keys.sort();
         Ok(keys)
+    }
+
+    /// Deletes every object written before `cutoff` (ms since the epoch) whose
+    /// upload has no row: what a delete that raced a worker, or a crash
+    /// between a write and its row, left behind. Objects newer than the
+    /// cutoff are left alone, so an upload between its original and its row
+    /// is never touched; so is anything whose key flipstack did not make.
+    pub async fn sweep_orphans(
+        &self,
+        store: &dyn crate::store::MetadataStore,
+        cutoff: crate::domain::Millis,
+    ) -> Result<SweepSummary, SweepError> {
+        const BATCH: usize = 500;
+        let prefix = self.prefix.as_ref().map(|p| Path::from(p.as_str()));
+        let mut summary = SweepSummary::default();
+        let mut batch: Vec<(Path, UploadId)> = Vec::new();
+        let mut stream = self.store.list(prefix.as_ref());
+        loop {
+            let next = stream.next().await;
+            if let Some(meta) = &next {
+                let meta = meta.as_ref().map_err(|e| SweepError::Blob(BlobError::Unavailable(e.to_string())))?;
+                let key = meta.location.as_ref();
+                let key = match &self.prefix {
+                    Some(p) => key.strip_prefix(p.as_str()).and_then(|k| k.strip_prefix('/')).unwrap_or(""),
+                    None => key,
+                };
+                if meta.last_modified.timestamp_millis() < cutoff
+                    && let Some((_, id)) = parse_key(key)
+                {
+                    batch.push((meta.location.clone(), id));
+                }
+            }
+            if batch.len() >= BATCH || (next.is_none() && !batch.is_empty()) {
+                let ids: Vec<UploadId> = batch.iter().map(|(_, id)| *id).collect();
+                let live = store.existing_uploads(&ids).await.map_err(SweepError::Store)?;
+                summary.old_enough += batch.len() as u64;
+                for (path, id) in batch.drain(..) {
+                    if live.contains(&id) {
+                        continue;
+                    }
+                    match self.store.delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => summary.removed += 1,
+                        Err(e) => return Err(SweepError::Blob(e.into())),
+                    }
+                    tracing::info!(key = %path, upload = %id, "removed an object whose upload is gone");
+                }
+            }
+            if next.is_none() {
+                return Ok(summary);
+            }
+        }
     }
 
     /// Is the store reachable? (A missing key is an answer, so it counts as yes.)

@@ -90,7 +90,7 @@ fn private_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
     let mode = std::fs::metadata(dir)?.permissions().mode();
     if mode & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
-        tracing::warn!(dir = %dir.display(), was = format!("{:o}", mode & 0o777), "made the data folder private (0700)");
+        tracing::info!(dir = %dir.display(), was = format!("{:o}", mode & 0o777), "made the data folder private (0700)");
     }
     Ok(())
 }

@@ -362,6 +362,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
     /// How far behind the primary each replica is, in milliseconds (None when unknown or down).
     async fn replica_lag(&self) -> Vec<(String, Option<u64>)>;
+
+    // The orphan sweep of the blob store (issue 11).
+    /// Which of `ids` have an upload row, read on the primary.
+    async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<std::collections::HashSet<UploadId>>;
 }
 
 /// Opens the store a URL names and brings its schema up to date.
