@@ -15,9 +15,10 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-# Build tools for libjpeg-turbo (the turbojpeg crate builds it from source).
+# Build tools for libjpeg-turbo (the turbojpeg crate builds it from source), and
+# strace, which shows the durability test the fsyncs of the real binary.
 need=()
-for tool in cmake nasm cc python3 curl tmux; do command -v "$tool" >/dev/null || need+=("$tool"); done
+for tool in cmake nasm cc python3 curl tmux strace; do command -v "$tool" >/dev/null || need+=("$tool"); done
 if [ ${#need[@]} -gt 0 ]; then
   pkgs=()
   for t in "${need[@]}"; do case $t in cc) pkgs+=(build-essential) ;; *) pkgs+=("$t") ;; esac; done

@@ -68,7 +68,7 @@ struct ConfigFlags {
     #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_url: Option<String>,
-    /// Mailer: outbox://DIR or smtp://user:pass@host:port [env: FLIPSTACK_MAIL_URL]
+    /// Mailer: outbox://DIR, smtps://user:pass@host:port, smtp://… (STARTTLS required) or smtp+insecure://… (plaintext) [env: FLIPSTACK_MAIL_URL]
     #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     mail_url: Option<String>,
@@ -156,6 +156,11 @@ enum DbCommand {
 }
 
 fn main() -> Result<()> {
+    // Everything flipstack writes (the database with its cookie secret,
+    // pictures, the outbox's live sign-in links, the admin token, dumps) is for
+    // this user only: files 0600, folders 0700.
+    // SAFETY: umask only sets this process's file-mode mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     // The console owns the terminal: log lines would draw over it.
     if !matches!(cli.command, Command::Console(_)) {

@@ -19,7 +19,8 @@ tier_tests!(
     a_second_gallery_read_is_cached_and_queries_nothing,
     a_slow_reader_never_leaves_the_cache_older_than_the_database,
     a_burst_of_misses_makes_one_database_read,
-    dump_and_restore_give_identical_rows
+    dump_and_restore_give_identical_rows,
+    a_dump_of_hostile_names_replays_exactly_through_the_mariadb_client_and_restore
 );
 
 fn email() -> String {
@@ -241,7 +242,7 @@ async fn dump_and_restore_give_identical_rows(tier: Tier) {
         .unwrap();
     assert!(out.status.success(), "dump: {}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&dump).unwrap();
-    assert!(text.starts_with("-- flipstack dump v1") && text.contains("CREATE TABLE uploads"));
+    assert!(text.starts_with("-- flipstack dump v2") && text.contains("CREATE TABLE uploads"));
 
     // An empty database of the same kind.
     let target = tempfile::tempdir().unwrap();
@@ -279,6 +280,166 @@ async fn dump_and_restore_give_identical_rows(tier: Tier) {
     assert!(before.len() > 10);
     assert_eq!(before, after, "identical rows");
     app.shutdown().await;
+}
+
+/// Strings that broke out of a literal that only doubled `'`, or that a SQL
+/// client's line handling mangles.
+const HOSTILE: &[&str] = &[
+    "ends in a backslash quote \\'",
+    "x\\', 0, 0); DROP TABLE people; -- ",
+    "nul\0byte",
+    "back\\slash\\\\ and \\0 \\n \\Z \\",
+    "line\nbreak\r\nand a lone cr\r",
+    "tab\t bell\x07 esc\x1b del\x7f ctrl-z\x1a",
+    "\u{fc}n\u{ef}c\u{f8}d\u{e9} \u{2713} \u{1f39e} \u{202e}bidi",
+    "'",
+    "''",
+    "",
+    "-- not a comment /* nor this */ ; nor a statement end",
+];
+
+/// Every row of a store, as comparable text.
+async fn store_rows(store: Arc<dyn flipstack_core::store::MetadataStore>) -> Vec<String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let reader = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(r) = rx.recv().await {
+            all.push(format!("{r:?}"));
+        }
+        all
+    });
+    store.dump_rows(tx).await.unwrap();
+    reader.await.unwrap()
+}
+
+/// Every row of a MariaDB database no flipstack migrated (one the `mariadb`
+/// client replayed a dump into), in the form of [`store_rows`].
+async fn mariadb_rows(url: &str) -> Vec<String> {
+    use flipstack_core::store::{SqlValue, TABLES};
+    use mysql_async::Value;
+    use mysql_async::prelude::Queryable;
+    let pool = mysql_async::Pool::new(url);
+    let mut conn = pool.get_conn().await.unwrap();
+    let mut all = Vec::new();
+    for table in TABLES {
+        let rows: Vec<mysql_async::Row> = conn.exec(format!("SELECT * FROM {table} ORDER BY 1"), ()).await.unwrap();
+        for row in rows {
+            let columns: Vec<String> = row.columns_ref().iter().map(|c| c.name_str().into_owned()).collect();
+            let values: Vec<SqlValue> = (0..columns.len())
+                .map(|i| match row.as_ref(i).unwrap() {
+                    Value::NULL => SqlValue::Null,
+                    Value::Int(n) => SqlValue::Int(*n),
+                    Value::UInt(n) => SqlValue::Int(*n as i64),
+                    Value::Bytes(b) => SqlValue::Text(String::from_utf8(b.clone()).unwrap()),
+                    other => panic!("{table} holds {other:?}"),
+                })
+                .collect();
+            all.push(format!("{:?}", (*table, columns, values)));
+        }
+    }
+    drop(conn);
+    pool.disconnect().await.ok();
+    all
+}
+
+/// `mariadb < dump` into a fresh database, in the server's default `sql_mode`
+/// with `extra_mode` added; returns the database's URL.
+async fn replay_with_mariadb_client(primary: &str, dump: &std::path::Path, extra_mode: &str) -> String {
+    let db = fresh_database(primary).await;
+    let (creds, host_port) = primary.strip_prefix("mysql://").unwrap().split_once('@').unwrap();
+    let (user, password) = creds.split_once(':').unwrap();
+    let (host, port) = host_port.split_once(':').unwrap();
+    let client = std::process::Command::new("mariadb")
+        .args(["--no-defaults", "--batch", &format!("--host={host}"), &format!("--port={port}")])
+        .args([format!("--user={user}"), format!("--password={password}")])
+        .arg(format!("--init-command=SET SESSION sql_mode = CONCAT(@@sql_mode, '{extra_mode}')"))
+        .arg(&db)
+        .stdin(std::fs::File::open(dump).unwrap())
+        .output()
+        .expect("running the mariadb client (Debian package mariadb-client)");
+    assert!(
+        client.status.success(),
+        "the mariadb client could not replay the dump ({extra_mode}): {}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    format!("{primary}/{db}")
+}
+
+async fn a_dump_of_hostile_names_replays_exactly_through_the_mariadb_client_and_restore(tier: Tier) {
+    init_logging();
+    let data = tempfile::tempdir().unwrap();
+    let config = config_for(tier, data.path()).await;
+    let source = flipstack_core::Services::connect(config.clone()).await.unwrap();
+    let me = Email::parse(&email()).unwrap();
+    let person = PersonId::new();
+    let now = now_millis();
+    for (n, text) in HOSTILE.iter().enumerate() {
+        let owner = if n == 0 { NewOwner::Create { id: person, email: me.clone() } } else { NewOwner::Existing(person) };
+        source
+            .store
+            .accept_upload(AcceptUpload {
+                upload: NewUpload {
+                    id: UploadId::new(),
+                    name: DisplayName::from_stored((*text).into()),
+                    format: ImageFormat::Png,
+                    bytes: 10,
+                    width: 1,
+                    height: 1,
+                },
+                owner,
+                session: None,
+                person_hash: me.hashed_id(),
+                now,
+            })
+            .await
+            .unwrap();
+        source.store.set_setting(&format!("hostile-{n:02}"), text, now).await.unwrap();
+        let worker = flipstack_core::store::WorkerInfo {
+            id: format!("w-{n:02}"),
+            host: (*text).into(),
+            pid: 1,
+            started_at: now,
+            heartbeat_at: now,
+            status: "idle".into(),
+            current_upload: None,
+            jobs_done: 0,
+        };
+        source.store.worker_heartbeat(&worker).await.unwrap();
+    }
+    let want = store_rows(source.store.clone()).await;
+    assert!(want.len() > 3 * HOSTILE.len());
+
+    let dump = data.path().join("dump.sql");
+    let bin = env!("CARGO_BIN_EXE_flipstack");
+    let out = std::process::Command::new(bin)
+        .args(["db", "dump", "--out", dump.to_str().unwrap()])
+        .envs(config.to_env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dump: {}", String::from_utf8_lossy(&out.stderr));
+
+    // `flipstack db restore` into an empty database of this tier.
+    let target = tempfile::tempdir().unwrap();
+    let mut restore_config = config_for(tier, target.path()).await;
+    restore_config.queue_url = "db://".into();
+    let out = std::process::Command::new(bin)
+        .args(["db", "restore", dump.to_str().unwrap()])
+        .envs(restore_config.to_env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let restored = flipstack_core::Services::connect(restore_config).await.unwrap();
+    assert_eq!(store_rows(restored.store.clone()).await, want, "restore reads back every row exactly");
+
+    // The `mariadb` client, with and without NO_BACKSLASH_ESCAPES.
+    let Ok(primary) = std::env::var("FLIPSTACK_TEST_MYSQL_PRIMARY") else {
+        eprintln!("skipped: the mariadb client replay needs the MariaDB of scripts/services.sh (run scripts/test.sh)");
+        return;
+    };
+    for extra_mode in ["", ",NO_BACKSLASH_ESCAPES"] {
+        let url = replay_with_mariadb_client(&primary, &dump, extra_mode).await;
+        assert_eq!(mariadb_rows(&url).await, want, "the mariadb client{extra_mode} reads back every row exactly");
+    }
 }
 
 // ---- MariaDB only: replicas, outages -----------------------------------------

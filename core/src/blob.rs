@@ -1,7 +1,8 @@
 //! The blob store: originals, flipped pictures and thumbnails, under keys the
 //! server makes from upload ids (never from a client's file name). The
 //! adapter is `object_store`, so a local folder (`file://`) and S3 (`s3://`)
-//! are the same code and differ only in configuration.
+//! are the same code and differ only in configuration. On a local folder every
+//! write is durable (file and directories fsynced) before it returns.
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -46,6 +47,31 @@ pub fn key(kind: BlobKind, id: UploadId) -> Path {
     Path::from(format!("{}/{}", kind.folder(), id.0))
 }
 
+/// The inverse of [`key`]; `None` for anything flipstack did not name.
+pub fn parse_key(key: &str) -> Option<(BlobKind, UploadId)> {
+    let (folder, digits) = key.rsplit_once('/')?;
+    let kind = BlobKind::ALL.into_iter().find(|k| k.folder() == folder)?;
+    let id: i64 = digits.parse().ok()?;
+    (id > 0 && id.to_string() == digits).then_some((kind, UploadId(id)))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("the orphan sweep could not list or delete objects: {0}")]
+    Blob(#[source] BlobError),
+    #[error("the orphan sweep could not look the uploads up: {0}")]
+    Store(#[source] crate::store::StoreError),
+}
+
+/// What one orphan sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepSummary {
+    /// Objects flipstack named, written before the cutoff.
+    pub old_enough: u64,
+    /// Of those, the ones whose upload had no row, now deleted.
+    pub removed: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
     #[error("blob store configuration: {0}")]
@@ -81,7 +107,10 @@ impl BlobStore {
         if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir)
                 .map_err(|e| BlobError::Config(format!("cannot create the blob folder {dir}: {e}")))?;
-            let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| BlobError::Config(e.to_string()))?;
+            // fsync: a write returns only when the file and the directory
+            // entries naming it are on disk, as S3 promises, because the
+            // database row that points at it is committed right after.
+            let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| BlobError::Config(e.to_string()))?.with_fsync(true);
             return Ok(BlobStore { store: Arc::new(fs), signer: None, kind: "file", prefix: None });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -204,6 +233,57 @@ impl BlobStore {
         }
         keys.sort();
         Ok(keys)
+    }
+
+    /// Deletes every object written before `cutoff` (ms since the epoch) whose
+    /// upload has no row: what a delete that raced a worker, or a crash
+    /// between a write and its row, left behind. Objects newer than the
+    /// cutoff are left alone, so an upload between its original and its row
+    /// is never touched; so is anything whose key flipstack did not make.
+    pub async fn sweep_orphans(
+        &self,
+        store: &dyn crate::store::MetadataStore,
+        cutoff: crate::domain::Millis,
+    ) -> Result<SweepSummary, SweepError> {
+        const BATCH: usize = 500;
+        let prefix = self.prefix.as_ref().map(|p| Path::from(p.as_str()));
+        let mut summary = SweepSummary::default();
+        let mut batch: Vec<(Path, UploadId)> = Vec::new();
+        let mut stream = self.store.list(prefix.as_ref());
+        loop {
+            let next = stream.next().await;
+            if let Some(meta) = &next {
+                let meta = meta.as_ref().map_err(|e| SweepError::Blob(BlobError::Unavailable(e.to_string())))?;
+                let key = meta.location.as_ref();
+                let key = match &self.prefix {
+                    Some(p) => key.strip_prefix(p.as_str()).and_then(|k| k.strip_prefix('/')).unwrap_or(""),
+                    None => key,
+                };
+                if meta.last_modified.timestamp_millis() < cutoff
+                    && let Some((_, id)) = parse_key(key)
+                {
+                    batch.push((meta.location.clone(), id));
+                }
+            }
+            if batch.len() >= BATCH || (next.is_none() && !batch.is_empty()) {
+                let ids: Vec<UploadId> = batch.iter().map(|(_, id)| *id).collect();
+                let live = store.existing_uploads(&ids).await.map_err(SweepError::Store)?;
+                summary.old_enough += batch.len() as u64;
+                for (path, id) in batch.drain(..) {
+                    if live.contains(&id) {
+                        continue;
+                    }
+                    match self.store.delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => summary.removed += 1,
+                        Err(e) => return Err(SweepError::Blob(e.into())),
+                    }
+                    tracing::info!(key = %path, upload = %id, "removed an object whose upload is gone");
+                }
+            }
+            if next.is_none() {
+                return Ok(summary);
+            }
+        }
     }
 
     /// Is the store reachable? (A missing key is an answer, so it counts as yes.)

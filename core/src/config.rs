@@ -39,6 +39,7 @@ pub const KEYS: &[&str] = &[
     "job_timeout_secs",
     "queue_poll_ms",
     "requeue_after_secs",
+    "orphan_grace_secs",
     "cache_ttl_secs",
     "replica_wait_ms",
     "replica_max_lag_ms",
@@ -78,7 +79,8 @@ pub struct Config {
     pub blob_url: Option<String>,
     /// Job queue: `db://` (the uploads table) or an SQS queue URL.
     pub queue_url: String,
-    /// Mailer: `outbox://PATH` or `smtp://user:pass@host:port` (`smtps://` for TLS).
+    /// Mailer: `outbox://PATH`, `smtps://user:pass@host:port` (TLS), `smtp://…` (STARTTLS
+    /// required) or `smtp+insecure://…` (plaintext, only on a trusted network).
     pub mail_url: Option<String>,
     /// Sender of the sign-in mails.
     pub mail_from: String,
@@ -109,6 +111,8 @@ pub struct Config {
     pub queue_poll_ms: u64,
     /// SQS: a job still waiting this long after its message was sent is sent again.
     pub requeue_after_secs: u64,
+    /// The hourly orphan sweep deletes blobs with no upload row once they are this old.
+    pub orphan_grace_secs: u64,
     pub cache_ttl_secs: u64,
     /// How long a replica read waits for the person's last write (MASTER_GTID_WAIT).
     pub replica_wait_ms: u64,
@@ -175,6 +179,7 @@ impl Default for Config {
             job_timeout_secs: 60,
             queue_poll_ms: 100,
             requeue_after_secs: 120,
+            orphan_grace_secs: 3600,
             cache_ttl_secs: 600,
             replica_wait_ms: 75,
             replica_max_lag_ms: 2000,
@@ -239,6 +244,9 @@ impl Config {
         }
         if self.max_upload_bytes == 0 || self.max_pixels == 0 {
             return bad("max_upload_bytes and max_pixels must be above zero".into());
+        }
+        if self.orphan_grace_secs < 60 {
+            return bad("orphan_grace_secs must be at least 60: an upload's original is written before its row".into());
         }
         if self.job_lease_secs < 2 {
             return bad("job_lease_secs must be at least 2 (the lease is renewed every third of it)".into());

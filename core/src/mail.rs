@@ -1,6 +1,12 @@
 //! The mailer port: sign-in links leave through it. `outbox://DIR` writes each
-//! message as an `.eml` file (and the caller logs the link), for one machine
-//! with no mail server; `smtp://…` / `smtps://…` sends for real.
+//! message as an `.eml` file (and the caller logs the file's path), for one
+//! machine with no mail server; SMTP sends for real:
+//!
+//! - `smtps://user:pass@host[:465]` — TLS from the first byte;
+//! - `smtp://user:pass@host[:587]` — STARTTLS, required: a server that does not
+//!   offer it gets nothing, not even the password;
+//! - `smtp+insecure://host[:25]` — plaintext, only when asked for by name
+//!   (a relay on the same machine or a trusted network).
 
 use std::sync::Arc;
 
@@ -30,15 +36,62 @@ pub fn from_url(url: &str, from: &str) -> Result<Arc<dyn Mailer>, MailError> {
         from.parse().map_err(|e| MailError::Config(format!("FLIPSTACK_MAIL_FROM {from:?}: {e}")))?;
     if let Some(dir) = url.strip_prefix("outbox://") {
         std::fs::create_dir_all(dir).map_err(|e| MailError::Config(format!("cannot create the outbox {dir}: {e}")))?;
-        return Ok(Arc::new(Outbox { transport: AsyncFileTransport::new(dir), from }));
+        return Ok(Arc::new(Outbox { transport: AsyncFileTransport::new(dir), dir: dir.into(), from }));
     }
-    if url.starts_with("smtp://") || url.starts_with("smtps://") {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-            .map_err(|e| MailError::Config(format!("FLIPSTACK_MAIL_URL: {e}")))?
-            .build();
-        return Ok(Arc::new(Smtp { transport, from }));
+    let (lettre_url, security) = smtp_url(url)?;
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&lettre_url)
+        .map_err(|e| MailError::Config(format!("FLIPSTACK_MAIL_URL: {e}")))?
+        .build();
+    if security == SmtpSecurity::Plaintext {
+        tracing::warn!(
+            "FLIPSTACK_MAIL_URL is smtp+insecure://: mail, sign-in links and any SMTP password cross the network unencrypted"
+        );
     }
-    Err(MailError::Config(format!("FLIPSTACK_MAIL_URL must be outbox://DIR or smtp://…, not {url:?}")))
+    Ok(Arc::new(Smtp { transport, from, security }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SmtpSecurity {
+    /// `smtps://`
+    ImplicitTls,
+    /// `smtp://`: STARTTLS or nothing.
+    StartTls,
+    /// `smtp+insecure://`
+    Plaintext,
+}
+
+const SMTP_SCHEMES_HINT: &str = "use smtps://HOST (TLS from the start), smtp://HOST (STARTTLS required), \
+     or, on a trusted network only, smtp+insecure://HOST (plaintext)";
+
+/// The URL lettre reads for ours, with the TLS rule the scheme promises.
+fn smtp_url(url: &str) -> Result<(String, SmtpSecurity), MailError> {
+    let (rest, security) = if let Some(rest) = url.strip_prefix("smtps://") {
+        (rest, SmtpSecurity::ImplicitTls)
+    } else if let Some(rest) = url.strip_prefix("smtp://") {
+        (rest, SmtpSecurity::StartTls)
+    } else if let Some(rest) = url.strip_prefix("smtp+insecure://") {
+        (rest, SmtpSecurity::Plaintext)
+    } else {
+        return Err(MailError::Config(format!(
+            "FLIPSTACK_MAIL_URL must be outbox://DIR or an SMTP URL, not {:?}: {SMTP_SCHEMES_HINT}",
+            url.split("://").next().unwrap_or("")
+        )));
+    };
+    // The scheme alone says how the connection is protected.
+    if rest.contains("tls=") {
+        return Err(MailError::Config(format!(
+            "FLIPSTACK_MAIL_URL: drop the tls= parameter; {SMTP_SCHEMES_HINT}"
+        )));
+    }
+    let lettre_url = match security {
+        SmtpSecurity::ImplicitTls => format!("smtps://{rest}"),
+        SmtpSecurity::Plaintext => format!("smtp://{rest}"),
+        SmtpSecurity::StartTls => {
+            let joint = if rest.contains('?') { '&' } else { '?' };
+            format!("smtp://{rest}{joint}tls=required")
+        }
+    };
+    Ok((lettre_url, security))
 }
 
 fn message(from: &lettre::message::Mailbox, to: &Email, subject: &str, body: &str) -> Result<Message, MailError> {
@@ -54,6 +107,7 @@ fn message(from: &lettre::message::Mailbox, to: &Email, subject: &str, body: &st
 
 struct Outbox {
     transport: AsyncFileTransport<Tokio1Executor>,
+    dir: std::path::PathBuf,
     from: lettre::message::Mailbox,
 }
 
@@ -69,7 +123,9 @@ impl Mailer for Outbox {
             .send(message(&self.from, to, subject, body)?)
             .await
             .map_err(|e| MailError::Send(e.to_string()))?;
-        tracing::debug!(%id, to = %to.hashed_id(), "mail written to the outbox");
+        // The path, never the message: the log may be read by more people than the outbox.
+        let path = self.dir.join(format!("{id}.eml"));
+        tracing::info!(path = %path.display(), to = %to.hashed_id(), "mail written to the outbox");
         Ok(())
     }
 }
@@ -77,6 +133,7 @@ impl Mailer for Outbox {
 struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: lettre::message::Mailbox,
+    security: SmtpSecurity,
 }
 
 #[async_trait]
@@ -86,10 +143,107 @@ impl Mailer for Smtp {
     }
 
     async fn send(&self, to: &Email, subject: &str, body: &str) -> Result<(), MailError> {
-        self.transport
-            .send(message(&self.from, to, subject, body)?)
-            .await
-            .map_err(|e| MailError::Send(e.to_string()))?;
+        self.transport.send(message(&self.from, to, subject, body)?).await.map_err(|e| {
+            let e = e.to_string();
+            if self.security == SmtpSecurity::StartTls && e.contains("STARTTLS") {
+                MailError::Send(format!(
+                    "{e}: smtp:// sends only after STARTTLS, and this server does not offer it; \
+                     {SMTP_SCHEMES_HINT}"
+                ))
+            } else {
+                MailError::Send(e)
+            }
+        })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A minimal SMTP server on 127.0.0.1 that offers no STARTTLS; returns its
+    /// port and, once a client is done, everything it was sent.
+    async fn plaintext_smtp_server() -> (u16, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let (read, mut write) = socket.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let mut seen = String::new();
+            write.write_all(b"220 test ESMTP\r\n").await.unwrap();
+            let mut in_data = false;
+            // Bounded: a client says at most this many lines in these tests.
+            for _ in 0..200 {
+                let Ok(Some(line)) = lines.next_line().await else { break };
+                seen.push_str(&line);
+                seen.push('\n');
+                let reply: &[u8] = if in_data {
+                    if line == "." {
+                        in_data = false;
+                        b"250 queued\r\n"
+                    } else {
+                        continue;
+                    }
+                } else {
+                    match line.split(' ').next().unwrap_or("").to_ascii_uppercase().as_str() {
+                        "EHLO" => b"250-test\r\n250 AUTH PLAIN LOGIN\r\n",
+                        "AUTH" => b"235 ok\r\n",
+                        "DATA" => {
+                            in_data = true;
+                            b"354 go on\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            break;
+                        }
+                        _ => b"250 ok\r\n",
+                    }
+                };
+                if write.write_all(reply).await.is_err() {
+                    break;
+                }
+            }
+            seen
+        });
+        (port, task)
+    }
+
+    fn to() -> Email {
+        Email::parse("someone@example.com").unwrap()
+    }
+
+    #[tokio::test]
+    async fn smtp_refuses_a_server_without_starttls_before_the_password() {
+        let (port, server) = plaintext_smtp_server().await;
+        let mailer = from_url(&format!("smtp://user:secret-pw@127.0.0.1:{port}"), "flipstack <fs@example.com>").unwrap();
+        let err = mailer.send(&to(), "Sign in", "https://example.com/signin/SECRET-LINK").await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("STARTTLS") && text.contains("smtp+insecure://"), "{text}");
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), server).await.unwrap().unwrap();
+        assert!(!seen.contains("AUTH") && !seen.contains("SECRET-LINK"), "nothing secret was sent: {seen}");
+    }
+
+    #[tokio::test]
+    async fn smtp_insecure_is_the_explicit_plaintext_opt_out() {
+        let (port, server) = plaintext_smtp_server().await;
+        let mailer = from_url(&format!("smtp+insecure://127.0.0.1:{port}"), "flipstack <fs@example.com>").unwrap();
+        mailer.send(&to(), "Sign in", "the link: SECRET-LINK").await.unwrap();
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), server).await.unwrap().unwrap();
+        assert!(seen.contains("SECRET-LINK"), "delivered: {seen}");
+    }
+
+    #[test]
+    fn urls_say_how_mail_is_protected() {
+        assert_eq!(smtp_url("smtp://h:587").unwrap(), ("smtp://h:587?tls=required".into(), SmtpSecurity::StartTls));
+        assert_eq!(smtp_url("smtps://u:p@h").unwrap(), ("smtps://u:p@h".into(), SmtpSecurity::ImplicitTls));
+        assert_eq!(smtp_url("smtp+insecure://h:25").unwrap(), ("smtp://h:25".into(), SmtpSecurity::Plaintext));
+        // lettre's own switch would fall back to plaintext behind the scheme's back.
+        assert!(smtp_url("smtp://h?tls=opportunistic").is_err());
+        assert!(smtp_url("http://h").is_err());
     }
 }

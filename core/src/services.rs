@@ -26,6 +26,14 @@ pub enum ServicesError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Mail(#[from] MailError),
+    #[error(
+        "cannot make the data folder {path} private (mode 0700): {source}; check that it belongs to the user running flipstack"
+    )]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub struct Services {
@@ -43,6 +51,8 @@ pub struct Services {
 
 impl Services {
     pub async fn connect(config: Config) -> Result<Arc<Services>, ServicesError> {
+        private_data_dir(&config.data_dir)
+            .map_err(|source| ServicesError::DataDir { path: config.data_dir.clone(), source })?;
         let metrics = Arc::new(Metrics::new());
         let store = crate::store::connect(
             &config.database_url(),
@@ -69,5 +79,38 @@ impl Services {
     /// its numbers go to CloudWatch.
     pub fn on_aws(&self) -> bool {
         self.queue.kind() == "sqs"
+    }
+}
+
+/// Creates the data folder 0700, and takes group and other access away from
+/// one made earlier: it holds the database, pictures and live sign-in links.
+fn private_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+        tracing::info!(dir = %dir.display(), was = format!("{:o}", mode & 0o777), "made the data folder private (0700)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::private_data_dir;
+
+    #[test]
+    fn the_data_folder_is_made_private() {
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("a/b/data");
+        private_data_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_data_dir(&open).unwrap();
+        assert_eq!(std::fs::metadata(&open).unwrap().permissions().mode() & 0o777, 0o700);
     }
 }

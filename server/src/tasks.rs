@@ -16,6 +16,7 @@ pub fn spawn_all(state: Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(background(retry_invalidations(state.clone()))),
         tokio::spawn(background(purge(state.clone()))),
         tokio::spawn(background(crate::signin::run_mailer(state.clone()))),
+        tokio::spawn(background(sweep_orphans(state.clone()))),
     ];
     if state.services.on_aws() {
         let s = state.services.clone();
@@ -95,6 +96,23 @@ async fn purge(state: Arc<AppState>) {
             Ok(n) if n > 0 => tracing::info!(rows = n, "removed expired sessions, links, events and workers"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not purge expired rows"),
+        }
+    }
+}
+
+/// Every hour (and at start): deletes stored objects whose upload has no row
+/// and that are older than the grace period, so nothing of a deleted picture
+/// stays behind whatever the timing of its delete and its worker.
+async fn sweep_orphans(state: Arc<AppState>) {
+    let services = &state.services;
+    let grace_ms = services.config.orphan_grace_secs as i64 * 1000;
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match services.blobs.sweep_orphans(services.store.as_ref(), now_millis() - grace_ms).await {
+            Ok(s) if s.removed > 0 => tracing::info!(removed = s.removed, "orphan sweep removed objects of deleted uploads"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "the orphan sweep did not finish; it runs again in an hour"),
         }
     }
 }

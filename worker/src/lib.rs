@@ -287,7 +287,7 @@ async fn process(
                 Ok(true)
             }
             Ok(None) => {
-                tracing::warn!(upload = %id, "the job was taken over while it ran; leaving it to its new worker");
+                settle_lost_completion(services, d, id).await;
                 Ok(false)
             }
             Err(e) => {
@@ -349,6 +349,24 @@ async fn process(
             services.metrics.job("failed");
             Err(WorkerError::Stuck(id))
         }
+    }
+}
+
+/// The completion found the job no longer ours: taken over by another
+/// worker, or deleted while it was flipped. A deleted upload's objects go
+/// now (the delete may have removed its blobs before these were written);
+/// anything this misses is left to the blob store's orphan sweep.
+async fn settle_lost_completion(services: &Services, d: &Delivery, id: UploadId) {
+    match services.store.upload(id).await {
+        Ok(None) => {
+            match services.blobs.delete_all(id).await {
+                Ok(()) => tracing::info!(upload = %id, "the upload was deleted while it was flipped; removed what was written"),
+                Err(e) => tracing::warn!(error = %e, upload = %id, "the upload was deleted while it was flipped; its objects are left to the orphan sweep"),
+            }
+            ack(services, d).await;
+        }
+        Ok(Some(_)) => tracing::warn!(upload = %id, "the job was taken over while it ran; leaving it to its new worker"),
+        Err(e) => tracing::warn!(error = %e, upload = %id, "could not record a finished job nor look at it; it will run again"),
     }
 }
 

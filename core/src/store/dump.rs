@@ -6,6 +6,14 @@
 //! each table and column against the schema, and writes the values with
 //! prepared statements in one transaction. A dump without its closing line
 //! (cut off in transit) is refused.
+//!
+//! The file is also plain SQL for the `mariadb` client, whatever the values
+//! hold: a string is written quoted only when every byte is printable ASCII
+//! other than `'` and `\`; any other string is a hex literal with a charset
+//! introducer (`_utf8mb4 X'C3A9'`). No backslash, quote, control character or
+//! line break ever sits inside a literal, so the meaning does not depend on the
+//! session's `sql_mode` (`NO_BACKSLASH_ESCAPES` or not) nor on the client's
+//! line handling (it turns `\r\n` into `\n` and stops at NUL bytes).
 
 use std::collections::HashMap;
 
@@ -14,7 +22,11 @@ use tokio::sync::mpsc;
 
 use super::{DumpRow, MetadataStore, SqlValue, StoreError, StoreResult, TABLES, schema_sql};
 
-pub const HEADER: &str = "-- flipstack dump v1";
+pub const HEADER: &str = "-- flipstack dump v2";
+/// Dumps before strings were hex-encoded: quoted, `'` doubled, the rest raw.
+const HEADER_V1: &str = "-- flipstack dump v1";
+/// How a string that is not plain printable ASCII starts.
+const HEX_TEXT_PREFIX: &str = "_utf8mb4 X'";
 const TRAILER_PREFIX: &str = "-- end of flipstack dump: ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +44,11 @@ pub async fn write_dump<W: AsyncWrite + Unpin>(
 ) -> StoreResult<DumpSummary> {
     let io = |e: std::io::Error| StoreError::Query(format!("writing the dump: {e}"));
     let mut bytes = 0u64;
-    let mut head =
-        format!("{HEADER}\n-- from a {} database; restore with: flipstack db restore FILE\n", store.backend());
+    let mut head = format!(
+        "{HEADER}\n-- from a {} database; restore with: flipstack db restore FILE \
+         (or replay it into an empty MariaDB database with the mariadb client)\nSET NAMES utf8mb4;\n",
+        store.backend()
+    );
     for (name, sql) in schema_sql() {
         head.push_str(&format!("-- migration {name}\n{}\n", sql.trim_end()));
     }
@@ -84,14 +99,42 @@ fn insert_statement(out: &mut String, table: &str, columns: &[String], values: &
         match v {
             SqlValue::Null => out.push_str("NULL"),
             SqlValue::Int(n) => out.push_str(&n.to_string()),
-            SqlValue::Text(s) => {
-                out.push('\'');
-                out.push_str(&s.replace('\'', "''"));
-                out.push('\'');
-            }
+            SqlValue::Text(s) => push_text(out, s),
         }
     }
     out.push_str(");\n");
+}
+
+/// A string literal that reads back the same in every `sql_mode` (see the module comment).
+fn push_text(out: &mut String, s: &str) {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\'' && b != b'\\') {
+        out.push('\'');
+        out.push_str(s);
+        out.push('\'');
+    } else {
+        out.push_str(HEX_TEXT_PREFIX);
+        for b in s.bytes() {
+            out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(HEX_DIGITS[usize::from(b & 0xf)]));
+        }
+        out.push('\'');
+    }
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+
+fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = hex.as_bytes();
+    if b.len() % 2 != 0 {
+        return Err("a hex string has an odd number of digits".into());
+    }
+    b.chunks(2)
+        .map(|pair| match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
+            _ => Err(format!("a hex string holds {:?}", String::from_utf8_lossy(pair))),
+        })
+        .collect()
 }
 
 /// Reads a dump written by [`write_dump`] back into rows.
@@ -99,7 +142,7 @@ pub async fn read_dump<R: AsyncBufRead + Unpin>(input: R) -> StoreResult<Vec<Dum
     let bad = |msg: String| StoreError::Restore(msg);
     let mut lines = input.lines();
     let first = lines.next_line().await.map_err(|e| bad(format!("reading the dump: {e}")))?;
-    if first.as_deref() != Some(HEADER) {
+    if first.as_deref() != Some(HEADER) && first.as_deref() != Some(HEADER_V1) {
         return Err(bad(format!("this is not a flipstack dump (its first line should be {HEADER:?})")));
     }
     let mut rows = Vec::new();
@@ -152,60 +195,63 @@ fn parse_insert(s: &str) -> Result<Option<DumpRow>, String> {
     let (cols, rest) = rest.split_once(") VALUES (").ok_or("expected VALUES")?;
     let columns: Vec<String> = cols.split(", ").map(str::to_owned).collect();
     let mut values = Vec::new();
-    let mut chars = rest.char_indices().peekable();
+    // Every structural character is ASCII, so byte offsets found here are
+    // always char boundaries of `rest`.
+    let b = rest.as_bytes();
+    let mut i = 0;
     loop {
-        match chars.peek().copied() {
-            None => return Ok(None),
-            Some((_, '\'')) => {
-                chars.next();
-                let mut text = String::new();
-                loop {
-                    match chars.next() {
-                        None => return Ok(None),
-                        Some((_, '\'')) => {
-                            if let Some((_, '\'')) = chars.peek() {
-                                chars.next();
-                                text.push('\'');
-                            } else {
-                                break;
-                            }
-                        }
-                        Some((_, c)) => text.push(c),
-                    }
-                }
-                values.push(SqlValue::Text(text));
-            }
-            Some((start, _)) => {
-                let mut end = start;
-                while let Some((i, c)) = chars.peek().copied() {
-                    if c == ',' || c == ')' {
-                        break;
-                    }
-                    end = i + c.len_utf8();
-                    chars.next();
-                }
-                let token = &rest[start..end];
-                values.push(if token == "NULL" {
-                    SqlValue::Null
-                } else {
-                    SqlValue::Int(token.parse().map_err(|_| format!("bad value {token:?}"))?)
-                });
-            }
+        if i >= b.len() {
+            return Ok(None);
         }
-        match chars.next() {
-            Some((_, ',')) => {
-                if let Some((_, ' ')) = chars.peek() {
-                    chars.next();
+        if b[i] == b'\'' {
+            // Quoted; `''` is a quote (and, in v1 dumps, anything else is raw).
+            let mut text = String::new();
+            let mut j = i + 1;
+            loop {
+                let Some(k) = rest[j..].find('\'') else { return Ok(None) };
+                text.push_str(&rest[j..j + k]);
+                j += k + 1;
+                if b.get(j) == Some(&b'\'') {
+                    text.push('\'');
+                    j += 1;
+                } else {
+                    break;
                 }
             }
-            Some((i, ')')) => {
+            values.push(SqlValue::Text(text));
+            i = j;
+        } else if rest[i..].starts_with(HEX_TEXT_PREFIX) {
+            let start = i + HEX_TEXT_PREFIX.len();
+            let Some(len) = rest[start..].find('\'') else { return Ok(None) };
+            let bytes = decode_hex(&rest[start..start + len])?;
+            let text = String::from_utf8(bytes).map_err(|_| "a hex string is not UTF-8 text".to_owned())?;
+            values.push(SqlValue::Text(text));
+            i = start + len + 1;
+        } else {
+            let Some(k) = rest[i..].find([',', ')']) else { return Ok(None) };
+            let token = &rest[i..i + k];
+            values.push(if token == "NULL" {
+                SqlValue::Null
+            } else {
+                SqlValue::Int(token.parse().map_err(|_| format!("bad value {token:?}"))?)
+            });
+            i += k;
+        }
+        match b.get(i) {
+            Some(b',') => {
+                i += 1;
+                if b.get(i) == Some(&b' ') {
+                    i += 1;
+                }
+            }
+            Some(b')') => {
                 if &rest[i..] != ");" {
                     return Err("unexpected text after the values".into());
                 }
                 break;
             }
             None => return Ok(None),
-            Some((_, c)) => return Err(format!("unexpected {c:?}")),
+            Some(_) => return Err(format!("unexpected {:?}", rest[i..].chars().next().unwrap_or(' '))),
         }
     }
     if values.len() != columns.len() {
@@ -239,21 +285,52 @@ pub(crate) fn checked_insert(
 mod tests {
     use super::*;
 
+    /// Strings that broke out of (or were mangled in) a literal that only doubled `'`.
+    const HOSTILE: &[&str] = &[
+        "ends in a backslash quote \\'",
+        "x\\'); DROP TABLE people; -- ",
+        "nul\0byte",
+        "back\\slash\\\\ and \\0 \\n \\Z",
+        "line\nbreak\r\nand a lone cr\r",
+        "tab\t bell\x07 esc\x1b del\x7f ctrl-z\x1a",
+        "\u{fc}n\u{ef}c\u{f8}d\u{e9} \u{2713} \u{1f39e} \u{202e}bidi",
+        "'",
+        "''",
+        "",
+        "-- not a comment /* nor this */ ; nor a statement end",
+        "it's a 'name', with (parens), ok",
+    ];
+
     #[test]
     fn insert_lines_round_trip() {
-        let values = vec![
-            SqlValue::Int(-3),
-            SqlValue::Null,
-            SqlValue::Text("it's a 'name', with (parens)\nand a line break; ok".into()),
-            SqlValue::Text(String::new()),
-        ];
-        let cols: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let mut values = vec![SqlValue::Int(-3), SqlValue::Null];
+        values.extend(HOSTILE.iter().map(|s| SqlValue::Text((*s).into())));
+        let cols: Vec<String> = (0..values.len()).map(|i| format!("c{i}")).collect();
         let mut line = String::new();
         insert_statement(&mut line, "uploads", &cols, &values);
-        let first_line = line.lines().next().unwrap();
-        assert_eq!(parse_insert(first_line).unwrap(), None, "incomplete until the closing line");
-        let row = parse_insert(line.trim_end_matches('\n')).unwrap().unwrap();
+        let body = line.strip_suffix('\n').unwrap();
+        assert!(
+            body.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\'),
+            "one line of printable ASCII without backslashes: {body}"
+        );
+        let row = parse_insert(body).unwrap().unwrap();
         assert_eq!(row, ("uploads", cols, values));
+    }
+
+    #[tokio::test]
+    async fn version_1_dumps_still_read() {
+        let text = format!(
+            "{HEADER_V1}\nINSERT INTO settings (a, b) VALUES ('it''s \\', 'two\nlines');\n{TRAILER_PREFIX}1 rows\n"
+        );
+        let rows = read_dump(text.as_bytes()).await.unwrap();
+        assert_eq!(rows[0].2, vec![SqlValue::Text("it's \\".into()), SqlValue::Text("two\nlines".into())]);
+    }
+
+    #[test]
+    fn refuses_bad_hex() {
+        assert!(parse_insert("INSERT INTO people (a) VALUES (_utf8mb4 X'4');").is_err());
+        assert!(parse_insert("INSERT INTO people (a) VALUES (_utf8mb4 X'ZZ');").is_err());
+        assert!(parse_insert("INSERT INTO people (a) VALUES (_utf8mb4 X'FF');").is_err());
     }
 
     #[test]

@@ -27,11 +27,11 @@ pub const TABLES: &[&str] = &["people", "uploads", "sessions", "signin_tokens", 
 
 /// The schema's SQL, one migration after another (what a dump starts with).
 pub fn schema_sql() -> Vec<(String, String)> {
-    migrations::runner()
-        .get_migrations()
-        .iter()
-        .map(|m| (m.name().to_owned(), m.sql().unwrap_or_default().to_owned()))
-        .collect()
+    let runner = migrations::runner();
+    // Embedded in file-name order, where V10 sorts before V2: apply order is by version.
+    let mut all: Vec<_> = runner.get_migrations().iter().collect();
+    all.sort_by_key(|m| m.version());
+    all.into_iter().map(|m| (m.name().to_owned(), m.sql().unwrap_or_default().to_owned())).collect()
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -376,6 +376,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
     /// How far behind the primary each replica is, in milliseconds (None when unknown or down).
     async fn replica_lag(&self) -> Vec<(String, Option<u64>)>;
+
+    // The orphan sweep of the blob store (issue 11).
+    /// Which of `ids` have an upload row, read on the primary.
+    async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<std::collections::HashSet<UploadId>>;
 }
 
 /// Opens the store a URL names and brings its schema up to date.

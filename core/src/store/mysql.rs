@@ -1032,4 +1032,20 @@ impl MetadataStore for MysqlStore {
             })
             .collect()
     }
+
+    // The orphan sweep of the blob store (issue 11).
+    async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<std::collections::HashSet<UploadId>> {
+        let mut c = self.conn().await?;
+        let mut found = std::collections::HashSet::new();
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let params: Vec<Value> = chunk.iter().map(|id| Value::Int(id.0)).collect();
+            let rows: Vec<i64> = c
+                .exec(format!("SELECT id FROM uploads WHERE id IN ({marks})"), Params::Positional(params))
+                .await
+                .map_err(map_err)?;
+            found.extend(rows.into_iter().map(UploadId));
+        }
+        Ok(found)
+    }
 }

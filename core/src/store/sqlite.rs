@@ -953,4 +953,24 @@ impl MetadataStore for SqliteStore {
     async fn replica_lag(&self) -> Vec<(String, Option<u64>)> {
         Vec::new()
     }
+
+    // The orphan sweep of the blob store (issue 11).
+    async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<std::collections::HashSet<UploadId>> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        self.run(move |c| {
+            let mut found = std::collections::HashSet::new();
+            for chunk in ids.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(", ");
+                let mut stmt = c.prepare(&format!("SELECT id FROM uploads WHERE id IN ({marks})")).map_err(map_err)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(chunk.iter()), |r| r.get::<_, i64>(0))
+                    .map_err(map_err)?;
+                for id in rows {
+                    found.insert(UploadId(id.map_err(map_err)?));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
 }
