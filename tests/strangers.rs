@@ -191,7 +191,15 @@ async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Option<Vec<u8
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Sends a chunked POST /upload whose body is `head` followed by `filler`
@@ -412,12 +420,7 @@ async fn silent_smtp() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 
 async fn signin_answers_the_same_whether_or_not_the_address_has_a_gallery(tier: Tier) {
     let (smtp, _smtp) = silent_smtp().await;
-    let app = TestApp::spawn_with(
-        tier,
-        |c| c.mail_url = Some(format!("smtp://127.0.0.1:{}", smtp.port())),
-        0,
-    )
-    .await;
+    let app = TestApp::spawn_with(tier, |c| c.mail_url = Some(format!("smtp://127.0.0.1:{}", smtp.port())), 0).await;
     let owner = app.browser();
     let has_gallery = email();
     upload_ok(&app, &owner, &has_gallery).await;

@@ -255,7 +255,9 @@ impl Config {
             return bad("header_timeout_secs, idle_timeout_secs and request_deadline_secs must be above zero".into());
         }
         if self.max_connections == 0 || self.max_connections_per_client == 0 || self.max_uploads_per_client == 0 {
-            return bad("max_connections, max_connections_per_client and max_uploads_per_client must be above zero".into());
+            return bad(
+                "max_connections, max_connections_per_client and max_uploads_per_client must be above zero".into()
+            );
         }
         if let Some(url) = &self.public_url
             && url::Url::parse(url).is_err()

@@ -29,7 +29,9 @@ impl Rate {
 pub enum Verdict {
     Allowed,
     /// Over the limit; the window ends after this long.
-    Limited { retry_after: Duration },
+    Limited {
+        retry_after: Duration,
+    },
 }
 
 impl Verdict {
@@ -131,7 +133,10 @@ mod tests {
         fn kind(&self) -> &'static str {
             "broken"
         }
-        async fn get_many(&self, _: &[&str]) -> Result<HashMap<String, crate::cache::Cached>, crate::cache::CacheError> {
+        async fn get_many(
+            &self,
+            _: &[&str],
+        ) -> Result<HashMap<String, crate::cache::Cached>, crate::cache::CacheError> {
             Err(crate::cache::CacheError::Unavailable("down".into()))
         }
         async fn set(&self, _: &str, _: &[u8], _: Duration) -> Result<(), crate::cache::CacheError> {

@@ -218,7 +218,9 @@ fn auth() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> +
 /// Small urlencoded forms (sign-in, logout), at most 16 KiB, with or
 /// without a Content-Length (an empty POST is an empty form), sent within
 /// the header timeout (a slow body holds nothing for long).
-fn small_form(within: std::time::Duration) -> impl Filter<Extract = (HashMap<String, String>,), Error = warp::Rejection> + Clone {
+fn small_form(
+    within: std::time::Duration,
+) -> impl Filter<Extract = (HashMap<String, String>,), Error = warp::Rejection> + Clone {
     warp::body::stream().and_then(move |body| async move {
         match tokio::time::timeout(within, collect_small_form(body)).await {
             Ok(form) => form,

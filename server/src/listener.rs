@@ -238,9 +238,8 @@ async fn connection(
 }
 
 fn too_slow() -> warp::http::Response<hyper::Body> {
-    let mut r = warp::http::Response::new(hyper::Body::from(
-        "The request took too long and was stopped. Please try again.",
-    ));
+    let mut r =
+        warp::http::Response::new(hyper::Body::from("The request took too long and was stopped. Please try again."));
     *r.status_mut() = StatusCode::REQUEST_TIMEOUT;
     r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
     r.headers_mut().insert("connection", HeaderValue::from_static("close"));

@@ -269,11 +269,7 @@ async fn sign_out_elsewhere(state: &AppState, person: &Person, keep: &TokenHash)
 
 /// A new session for a person (`proven`: made by a mailed link): stored
 /// hashed, cached, and its cookie.
-pub async fn start_session(
-    state: &AppState,
-    person: &Person,
-    proven: bool,
-) -> Result<(SignedIn, String), StoreError> {
+pub async fn start_session(state: &AppState, person: &Person, proven: bool) -> Result<(SignedIn, String), StoreError> {
     let token = SecretToken::generate();
     let now = now_millis();
     let expires_at = now + SESSION_LIFETIME_MS;

@@ -202,11 +202,7 @@ impl AppState {
 /// "in 12 minutes", for a page that says when to try again.
 pub fn human_wait(d: Duration) -> String {
     let secs = d.as_secs().max(1);
-    if secs < 90 {
-        format!("{secs} seconds")
-    } else {
-        format!("{} minutes", secs.div_ceil(60))
-    }
+    if secs < 90 { format!("{secs} seconds") } else { format!("{} minutes", secs.div_ceil(60)) }
 }
 
 #[cfg(test)]

@@ -26,9 +26,9 @@ use warp::http::{HeaderValue, StatusCode};
 
 use crate::multipart::{self, BodyError, BodyLimits};
 use crate::pages::{self, form_page};
+use crate::session::{SESSION_LIFETIME_MS, SignedIn, Visitor, remember_session};
 use crate::shield::{ClientAddr, Limit, SpoolShare, human_wait};
 use crate::signin;
-use crate::session::{SESSION_LIFETIME_MS, SignedIn, Visitor, remember_session};
 use crate::state::AppState;
 use crate::web::{Resp, add_cookie, human_bytes, json as json_reply, message, see_other};
 
@@ -254,8 +254,9 @@ where
         let (status, message) = describe(max, &Refusal::TooLarge(len));
         return Answer::Form { status, message: Some(message), typed: String::new() };
     }
-    let Some(boundary) =
-        content_type.and_then(|ct| multer::parse_boundary(ct).ok()).filter(|b| !b.is_empty() && b.len() <= MAX_BOUNDARY)
+    let Some(boundary) = content_type
+        .and_then(|ct| multer::parse_boundary(ct).ok())
+        .filter(|b| !b.is_empty() && b.len() <= MAX_BOUNDARY)
     else {
         services.metrics.upload_rejected("bad_form");
         return Answer::Form {
@@ -521,9 +522,18 @@ async fn store_all(
                 human_bytes(quota)
             );
             if ids.is_empty() && refused.is_empty() {
-                return Answer::Page { status: StatusCode::PAYLOAD_TOO_LARGE, title: "Your gallery is full", message, retry_after: None };
+                return Answer::Page {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    title: "Your gallery is full",
+                    message,
+                    retry_after: None,
+                };
             }
-            refused.push(FileRefusal { name: spooled.name.as_str().into(), status: StatusCode::PAYLOAD_TOO_LARGE, message });
+            refused.push(FileRefusal {
+                name: spooled.name.as_str().into(),
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message,
+            });
             continue;
         }
         if let Some(wait) = state.over_limit(Limit::UploadsPerPerson, &hash).await {
@@ -554,14 +564,12 @@ async fn store_all(
         let (width, height) = spooled.info.displayed_size();
         // Only the first picture of a new address creates its gallery and session.
         let session = match (&owner, &new_session) {
-            (NewOwner::Create { .. }, Some((token, pid))) => {
-                Some(NewSession {
-                    token_hash: token.hash(),
-                    person_id: *pid,
-                    expires_at: now + SESSION_LIFETIME_MS,
-                    proven: false,
-                })
-            }
+            (NewOwner::Create { .. }, Some((token, pid))) => Some(NewSession {
+                token_hash: token.hash(),
+                person_id: *pid,
+                expires_at: now + SESSION_LIFETIME_MS,
+                proven: false,
+            }),
             _ => None,
         };
         let accepted = services

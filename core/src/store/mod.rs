@@ -426,8 +426,7 @@ pub(crate) mod sql {
     pub const SESSION_INSERT: &str =
         "INSERT INTO sessions (token_hash, person_id, created_at, expires_at, proven) VALUES (?, ?, ?, ?, ?)";
 
-    pub const SESSION_SELECT: &str =
-        "SELECT s.person_id, p.email, s.expires_at, s.proven FROM sessions s JOIN people p ON p.id = s.person_id \
+    pub const SESSION_SELECT: &str = "SELECT s.person_id, p.email, s.expires_at, s.proven FROM sessions s JOIN people p ON p.id = s.person_id \
          WHERE s.token_hash = ? AND s.expires_at > ?";
 
     /// Marks a person verified; affects a row only the first time.

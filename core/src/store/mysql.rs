@@ -432,7 +432,10 @@ impl MetadataStore for MysqlStore {
             .await
             .map_err(map_err)?;
             if let Some(s) = &a.session {
-                tx.exec_drop(sql::SESSION_INSERT, (s.token_hash.0.as_str(), s.person_id.0, a.now, s.expires_at, s.proven))
+                tx.exec_drop(
+                    sql::SESSION_INSERT,
+                    (s.token_hash.0.as_str(), s.person_id.0, a.now, s.expires_at, s.proven),
+                )
                 .await
                 .map_err(map_err)?;
             }
@@ -733,8 +736,8 @@ impl MetadataStore for MysqlStore {
     async fn create_session(&self, s: NewSession, now: Millis) -> StoreResult<()> {
         let mut c = self.conn().await?;
         c.exec_drop(sql::SESSION_INSERT, (s.token_hash.0.as_str(), s.person_id.0, now, s.expires_at, s.proven))
-        .await
-        .map_err(map_err)
+            .await
+            .map_err(map_err)
     }
 
     async fn session(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<SessionInfo>> {
@@ -821,8 +824,7 @@ impl MetadataStore for MysqlStore {
     async fn delete_other_sessions(&self, person: PersonId, keep: &TokenHash) -> StoreResult<Vec<TokenHash>> {
         let mut c = self.conn().await?;
         let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
-        let ended: Vec<String> =
-            tx.exec(sql::OTHER_SESSIONS, (person.0, keep.0.as_str())).await.map_err(map_err)?;
+        let ended: Vec<String> = tx.exec(sql::OTHER_SESSIONS, (person.0, keep.0.as_str())).await.map_err(map_err)?;
         tx.exec_drop(sql::DELETE_OTHER_SESSIONS, (person.0, keep.0.as_str())).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(ended.into_iter().map(TokenHash).collect())

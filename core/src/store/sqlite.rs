@@ -266,7 +266,7 @@ impl MetadataStore for SqliteStore {
             .map_err(map_err)?;
             if let Some(s) = &a.session {
                 tx.execute(sql::SESSION_INSERT, params![s.token_hash.0, s.person_id.0, a.now, s.expires_at, s.proven])
-                .map_err(map_err)?;
+                    .map_err(map_err)?;
             }
             insert_event(&tx, a.now, "uploaded", u.id, Some(&a.person_hash), Some(u.format.as_str()))
                 .map_err(map_err)?;
@@ -609,7 +609,7 @@ impl MetadataStore for SqliteStore {
     async fn create_session(&self, s: NewSession, now: Millis) -> StoreResult<()> {
         self.run(move |c| {
             c.execute(sql::SESSION_INSERT, params![s.token_hash.0, s.person_id.0, now, s.expires_at, s.proven])
-            .map_err(map_err)?;
+                .map_err(map_err)?;
             Ok(())
         })
         .await
@@ -619,7 +619,9 @@ impl MetadataStore for SqliteStore {
         let hash = token_hash.0.clone();
         self.run(move |c| {
             let row: Option<(i64, String, i64, bool)> = c
-                .query_row(sql::SESSION_SELECT, params![hash, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .query_row(sql::SESSION_SELECT, params![hash, now], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .optional()
                 .map_err(map_err)?;
             row.map(|(p, e, x, proven)| {
@@ -705,7 +707,9 @@ impl MetadataStore for SqliteStore {
         self.run(move |c| {
             let email: Option<String> =
                 c.query_row(sql::SIGNIN_TOKEN_EMAIL, params![hash, now], |r| r.get(0)).optional().map_err(map_err)?;
-            email.map(|e| Email::parse(&e).map_err(|err| StoreError::Corrupt(format!("stored e-mail: {err}")))).transpose()
+            email
+                .map(|e| Email::parse(&e).map_err(|err| StoreError::Corrupt(format!("stored e-mail: {err}"))))
+                .transpose()
         })
         .await
     }
