@@ -88,7 +88,11 @@ async fn flipstack_up(data: &Path, log: &Path, wrap: &[&str]) -> (Stopped, Strin
             "flipstack up did not answer: {}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
-        assert!(up.child.try_wait().unwrap().is_none(), "flipstack up ended: {}", std::fs::read_to_string(log).unwrap());
+        assert!(
+            up.child.try_wait().unwrap().is_none(),
+            "flipstack up ended: {}",
+            std::fs::read_to_string(log).unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !wrap.is_empty() {
@@ -164,7 +168,8 @@ async fn flipstack_up_keeps_its_data_to_its_user_and_sign_in_links_out_of_the_lo
     let outbox = data.join("outbox");
     let started = Instant::now();
     let mail = loop {
-        let mails: Vec<PathBuf> = std::fs::read_dir(&outbox).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        let mails: Vec<PathBuf> =
+            std::fs::read_dir(&outbox).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
         if let Some(m) = mails.into_iter().find(|p| p.extension().is_some_and(|e| e == "eml")) {
             break m;
         }
@@ -303,11 +308,8 @@ async fn uploads_and_flips_are_fsynced_before_they_are_answered_or_done() {
 
     let trace = std::fs::read_to_string(&trace_file).unwrap();
     let calls = calls(&trace);
-    let responses: Vec<usize> = calls
-        .iter()
-        .filter(|c| c.text.contains("<TCP") && c.text.contains("\"HTTP/1.1 "))
-        .map(|c| c.done_at)
-        .collect();
+    let responses: Vec<usize> =
+        calls.iter().filter(|c| c.text.contains("<TCP") && c.text.contains("\"HTTP/1.1 ")).map(|c| c.done_at).collect();
     let answered = calls
         .iter()
         .find(|c| c.text.contains("<TCP") && c.text.contains("\"HTTP/1.1 303"))
@@ -323,7 +325,8 @@ async fn uploads_and_flips_are_fsynced_before_they_are_answered_or_done() {
         let file = format!("<{}/{kind}/{id}", blobs.display());
         let dir = format!("<{}/{kind}>", blobs.display());
         let target = format!("\"{}/{kind}/{id}\"", blobs.display());
-        let renamed = calls.iter().find(|c| c.text.starts_with("rename") && c.text.contains(&target)).map(|c| c.done_at);
+        let renamed =
+            calls.iter().find(|c| c.text.starts_with("rename") && c.text.contains(&target)).map(|c| c.done_at);
         match (synced_before(&calls, &file, before), renamed) {
             (Some(_), Some(renamed)) => {
                 let dir_synced = calls
@@ -402,10 +405,7 @@ async fn a_delete_during_a_flip_leaves_no_object_behind(tier: Tier) {
         if text.contains("deleted while it was flipped") || text.contains("taken over while it ran") {
             break text;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the worker did not report the deleted upload:\n{text}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(120), "the worker did not report the deleted upload:\n{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(
@@ -463,7 +463,11 @@ async fn the_orphan_sweep_removes_only_old_objects_without_a_row(tier: Tier) {
     let _second = second_server(&app).await;
     let started = Instant::now();
     while old_file.exists() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the start-up sweep did not remove {}", old_file.display());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the start-up sweep did not remove {}",
+            old_file.display()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(objects_of(&app, young).await.len(), 1, "a young orphan stays");

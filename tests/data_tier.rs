@@ -374,7 +374,8 @@ async fn a_dump_of_hostile_names_replays_exactly_through_the_mariadb_client_and_
     let person = PersonId::new();
     let now = now_millis();
     for (n, text) in HOSTILE.iter().enumerate() {
-        let owner = if n == 0 { NewOwner::Create { id: person, email: me.clone() } } else { NewOwner::Existing(person) };
+        let owner =
+            if n == 0 { NewOwner::Create { id: person, email: me.clone() } } else { NewOwner::Existing(person) };
         source
             .store
             .accept_upload(AcceptUpload {

@@ -110,7 +110,8 @@ impl BlobStore {
             // fsync: a write returns only when the file and the directory
             // entries naming it are on disk, as S3 promises, because the
             // database row that points at it is committed right after.
-            let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| BlobError::Config(e.to_string()))?.with_fsync(true);
+            let fs =
+                LocalFileSystem::new_with_prefix(dir).map_err(|e| BlobError::Config(e.to_string()))?.with_fsync(true);
             return Ok(BlobStore { store: Arc::new(fs), signer: None, kind: "file", prefix: None });
         }
         if let Some(rest) = url.strip_prefix("s3://") {

@@ -79,9 +79,7 @@ fn smtp_url(url: &str) -> Result<(String, SmtpSecurity), MailError> {
     };
     // The scheme alone says how the connection is protected.
     if rest.contains("tls=") {
-        return Err(MailError::Config(format!(
-            "FLIPSTACK_MAIL_URL: drop the tls= parameter; {SMTP_SCHEMES_HINT}"
-        )));
+        return Err(MailError::Config(format!("FLIPSTACK_MAIL_URL: drop the tls= parameter; {SMTP_SCHEMES_HINT}")));
     }
     let lettre_url = match security {
         SmtpSecurity::ImplicitTls => format!("smtps://{rest}"),
@@ -220,7 +218,8 @@ mod tests {
     #[tokio::test]
     async fn smtp_refuses_a_server_without_starttls_before_the_password() {
         let (port, server) = plaintext_smtp_server().await;
-        let mailer = from_url(&format!("smtp://user:secret-pw@127.0.0.1:{port}"), "flipstack <fs@example.com>").unwrap();
+        let mailer =
+            from_url(&format!("smtp://user:secret-pw@127.0.0.1:{port}"), "flipstack <fs@example.com>").unwrap();
         let err = mailer.send(&to(), "Sign in", "https://example.com/signin/SECRET-LINK").await.unwrap_err();
         let text = err.to_string();
         assert!(text.contains("STARTTLS") && text.contains("smtp+insecure://"), "{text}");

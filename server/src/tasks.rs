@@ -109,7 +109,9 @@ async fn sweep_orphans(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         match services.blobs.sweep_orphans(services.store.as_ref(), now_millis() - grace_ms).await {
-            Ok(s) if s.removed > 0 => tracing::info!(removed = s.removed, "orphan sweep removed objects of deleted uploads"),
+            Ok(s) if s.removed > 0 => {
+                tracing::info!(removed = s.removed, "orphan sweep removed objects of deleted uploads")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "the orphan sweep did not finish; it runs again in an hour"),
         }

@@ -360,13 +360,21 @@ async fn settle_lost_completion(services: &Services, d: &Delivery, id: UploadId)
     match services.store.upload(id).await {
         Ok(None) => {
             match services.blobs.delete_all(id).await {
-                Ok(()) => tracing::info!(upload = %id, "the upload was deleted while it was flipped; removed what was written"),
-                Err(e) => tracing::warn!(error = %e, upload = %id, "the upload was deleted while it was flipped; its objects are left to the orphan sweep"),
+                Ok(()) => {
+                    tracing::info!(upload = %id, "the upload was deleted while it was flipped; removed what was written")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, upload = %id, "the upload was deleted while it was flipped; its objects are left to the orphan sweep")
+                }
             }
             ack(services, d).await;
         }
-        Ok(Some(_)) => tracing::warn!(upload = %id, "the job was taken over while it ran; leaving it to its new worker"),
-        Err(e) => tracing::warn!(error = %e, upload = %id, "could not record a finished job nor look at it; it will run again"),
+        Ok(Some(_)) => {
+            tracing::warn!(upload = %id, "the job was taken over while it ran; leaving it to its new worker")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, upload = %id, "could not record a finished job nor look at it; it will run again")
+        }
     }
 }
 
