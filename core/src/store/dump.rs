@@ -126,7 +126,7 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
 fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let b = hex.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err("a hex string has an odd number of digits".into());
     }
     b.chunks(2)
