@@ -390,10 +390,23 @@ fn heic(a: &Args) {
         assert!(status.success());
         started.elapsed().as_secs_f64()
     };
+    // Where the worker's time goes: libheif's decode alone, and the HEVC encode alone.
+    let decode = || {
+        let started = Instant::now();
+        std::hint::black_box(heif::decode(&file, u64::MAX).expect("decode"));
+        started.elapsed().as_secs_f64()
+    };
+    let decoded = heif::decode(&file, u64::MAX).expect("decode");
+    let encode = || {
+        let started = Instant::now();
+        let e = Encode { pixels: &decoded.pixels, width: decoded.width, height: decoded.height, channels: 3, codec: Codec::Hevc, quality: 80, icc: None, exif: None, orientation: 1 };
+        std::hint::black_box(heif::encode(&e).expect("encode"));
+        started.elapsed().as_secs_f64()
+    };
     // A warm-up of each, not counted.
     worker();
     convert();
-    let (mut ours, mut theirs, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut theirs, mut ratio, mut dec, mut enc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..a.rounds {
         let (o, t) = if round % 2 == 0 {
             let o = worker();
@@ -405,6 +418,8 @@ fn heic(a: &Args) {
         ours.push(o);
         theirs.push(t);
         ratio.push(o / t);
+        dec.push(decode());
+        enc.push(encode());
     }
     let method = imaging::flip(&file, ImageFormat::Heic, &limits()).unwrap().method;
     println!("| tool | median ms | min ms | runs |");
@@ -412,6 +427,8 @@ fn heic(a: &Args) {
     for (name, v) in [
         (format!("flipstack worker ({method}: decode, flip, HEIC encode, 2 JPEG views, 2 thumbs)"), &mut ours),
         ("heif-convert -q 90 (process: decode, JPEG encode)".to_owned(), &mut theirs),
+        ("of which in flipstack: libheif decode to RGB".to_owned(), &mut dec),
+        ("of which in flipstack: HEVC encode (x265, preset fast, q80)".to_owned(), &mut enc),
     ] {
         let min = v.iter().cloned().fold(f64::MAX, f64::min);
         println!("| {name} | {:.0} | {:.0} | {} |", median(v) * 1e3, min * 1e3, a.rounds);
