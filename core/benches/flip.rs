@@ -399,14 +399,25 @@ fn heic(a: &Args) {
     let decoded = heif::decode(&file, u64::MAX).expect("decode");
     let encode = || {
         let started = Instant::now();
-        let e = Encode { pixels: &decoded.pixels, width: decoded.width, height: decoded.height, channels: 3, codec: Codec::Hevc, quality: 80, icc: None, exif: None, orientation: 1 };
+        let e = Encode {
+            pixels: &decoded.pixels,
+            width: decoded.width,
+            height: decoded.height,
+            channels: 3,
+            codec: Codec::Hevc,
+            quality: 80,
+            icc: None,
+            exif: None,
+            orientation: 1,
+        };
         std::hint::black_box(heif::encode(&e).expect("encode"));
         started.elapsed().as_secs_f64()
     };
     // A warm-up of each, not counted.
     worker();
     convert();
-    let (mut ours, mut theirs, mut ratio, mut dec, mut enc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut theirs, mut ratio, mut dec, mut enc) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..a.rounds {
         let (o, t) = if round % 2 == 0 {
             let o = worker();

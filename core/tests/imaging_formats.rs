@@ -77,7 +77,12 @@ fn lossy_webp_stays_lossy_at_its_quality() {
         let out = imaging::flip(&src, ImageFormat::Webp, &limits()).unwrap();
         assert_eq!(out.method, "webp-lossy");
         let ratio = out.bytes.len() as f64 / src.len() as f64;
-        assert!(ratio <= 1.5, "q{quality}: the flip is {ratio:.2}× the original ({} → {} bytes)", src.len(), out.bytes.len());
+        assert!(
+            ratio <= 1.5,
+            "q{quality}: the flip is {ratio:.2}× the original ({} → {} bytes)",
+            src.len(),
+            out.bytes.len()
+        );
         assert!(matches!(webp_encode::bitstream(&out.bytes), Some(webp_encode::Bitstream::Lossy(_))));
         // Against the exact flip of what the original shows …
         let shown = imaging::decode_displayed(&src, ImageFormat::Webp).unwrap();
@@ -89,7 +94,11 @@ fn lossy_webp_stays_lossy_at_its_quality() {
         let again_err = mad(&imaging::decode_displayed(&again, ImageFormat::Webp).unwrap(), &exact);
         assert!(err <= again_err * 1.05 + 0.05, "q{quality}: flip error {err:.3}, re-encode error {again_err:.3}");
         assert!(mad(&got, &shown) > err, "q{quality}: the output looks like the original, not its flip");
-        eprintln!("lossy q{quality}: {} → {} bytes ({ratio:.2}×), error {err:.3} vs {again_err:.3}", src.len(), out.bytes.len());
+        eprintln!(
+            "lossy q{quality}: {} → {} bytes ({ratio:.2}×), error {err:.3} vs {again_err:.3}",
+            src.len(),
+            out.bytes.len()
+        );
     }
 }
 
@@ -245,4 +254,3 @@ fn heif_pixel_limits_and_damage_are_refused_before_decoding() {
     no_meta[at..at + 4].copy_from_slice(b"free");
     assert!(matches!(check(&no_meta), Err(Rejection::Corrupt { .. })));
 }
-

@@ -40,7 +40,13 @@ fn jpeg_of(w: usize, h: usize, shade: u8) -> Vec<u8> {
             p[2] = (x * 255 / w) as u8;
         }
     }
-    let img = turbojpeg::Image { pixels: px.as_slice(), width: w, pitch: w * 3, height: h, format: turbojpeg::PixelFormat::RGB };
+    let img = turbojpeg::Image {
+        pixels: px.as_slice(),
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: turbojpeg::PixelFormat::RGB,
+    };
     turbojpeg::compress(img, 90, turbojpeg::Subsamp::Sub2x2).unwrap().to_vec()
 }
 

@@ -17,9 +17,9 @@ use image::imageops::FilterType as Resample;
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageReader};
 
 use super::decode::displayed_orientation;
-use super::{flip_heif, flip_jpeg};
 use super::inspect::{Limits, still_picture};
 use super::webp_encode::{self, Bitstream};
+use super::{flip_heif, flip_jpeg};
 use crate::domain::ImageFormat;
 
 /// Thumbnails are this many pixels on their long side (never enlarged).
@@ -250,11 +250,14 @@ fn encode_flipped(
         "png"
     } else {
         let quality = match webp_encode::bitstream(source) {
-            Some(Bitstream::Lossy(q)) => Some(q.map_or(FALLBACK_WEBP_QUALITY, |q| (q + WEBP_QUALITY_MARGIN).min(100.0))),
+            Some(Bitstream::Lossy(q)) => {
+                Some(q.map_or(FALLBACK_WEBP_QUALITY, |q| (q + WEBP_QUALITY_MARGIN).min(100.0)))
+            }
             _ => None,
         };
         let rgba = img.into_rgba8();
-        out = webp_encode::encode(rgba.as_raw(), width, height, quality, icc.as_deref()).map_err(FlipError::Internal)?;
+        out =
+            webp_encode::encode(rgba.as_raw(), width, height, quality, icc.as_deref()).map_err(FlipError::Internal)?;
         if quality.is_some() { "webp-lossy" } else { "webp-lossless" }
     };
     Ok(Flipped { bytes: out, width, height, method })

@@ -44,7 +44,8 @@ pub fn flipped_format(format: ImageFormat) -> ImageFormat {
 /// libheif, EXIF orientation when the container has no transforms.
 pub fn decode_displayed(input: &[u8], limits: &Limits) -> Result<Decoded, FlipError> {
     let container_turn = still_picture(input, limits).map(|(i, _)| i.orientation).unwrap_or(1);
-    let mut d = heif::decode(input, limits.max_pixels).map_err(|e| FlipError::Unreadable(format!("the picture could not be decoded: {e}")))?;
+    let mut d = heif::decode(input, limits.max_pixels)
+        .map_err(|e| FlipError::Unreadable(format!("the picture could not be decoded: {e}")))?;
     let exif_o = d.exif.as_deref().map(exif::orientation_lenient).unwrap_or(1);
     if container_turn == 1 && exif_o != 1 {
         let (px, w, h) = turn_pixels(&d.pixels, d.width, d.height, d.channels, Turn::from_exif(exif_o));
@@ -53,9 +54,17 @@ pub fn decode_displayed(input: &[u8], limits: &Limits) -> Result<Decoded, FlipEr
     Ok(d)
 }
 
-fn jpeg_of(pixels: &[u8], width: u32, height: u32, channels: usize, quality: u8, icc: Option<&[u8]>) -> Result<Vec<u8>, FlipError> {
+fn jpeg_of(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    channels: usize,
+    quality: u8,
+    icc: Option<&[u8]>,
+) -> Result<Vec<u8>, FlipError> {
     let pf = if channels == 4 { raw::TJPF_TJPF_RGBA } else { raw::TJPF_TJPF_RGB };
-    let mut e = TjEncoder::new(quality, raw::TJSAMP_TJSAMP_420, raw::TJCS_TJCS_YCbCr as i32).map_err(FlipError::Internal)?;
+    let mut e =
+        TjEncoder::new(quality, raw::TJSAMP_TJSAMP_420, raw::TJCS_TJCS_YCbCr as i32).map_err(FlipError::Internal)?;
     let bytes = e.compress(pixels, width, height, pf, channels).map_err(FlipError::Internal)?;
     Ok(match icc {
         Some(icc) => jpeg::insert_segments(bytes, &jpeg::icc_segments(icc)),

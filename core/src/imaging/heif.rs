@@ -100,8 +100,11 @@ unsafe extern "C" {
     fn heif_context_get_encoder_for_format(ctx: *mut Ctx, format: c_int, out: *mut *mut EncoderT) -> HeifError;
     fn heif_encoder_release(encoder: *mut EncoderT);
     fn heif_encoder_set_lossy_quality(encoder: *mut EncoderT, quality: c_int) -> HeifError;
-    fn heif_encoder_set_parameter_string(encoder: *mut EncoderT, name: *const c_char, value: *const c_char)
-    -> HeifError;
+    fn heif_encoder_set_parameter_string(
+        encoder: *mut EncoderT,
+        name: *const c_char,
+        value: *const c_char,
+    ) -> HeifError;
     fn heif_encoding_options_alloc() -> *mut EncodingOptions;
     fn heif_encoding_options_free(options: *mut EncodingOptions);
     fn heif_context_encode_image(
@@ -111,8 +114,12 @@ unsafe extern "C" {
         options: *const EncodingOptions,
         out: *mut *mut HandleT,
     ) -> HeifError;
-    fn heif_context_add_exif_metadata(ctx: *mut Ctx, handle: *const HandleT, data: *const c_void, size: c_int)
-    -> HeifError;
+    fn heif_context_add_exif_metadata(
+        ctx: *mut Ctx,
+        handle: *const HandleT,
+        data: *const c_void,
+        size: c_int,
+    ) -> HeifError;
     fn heif_context_write(ctx: *mut Ctx, writer: *mut Writer, userdata: *mut c_void) -> HeifError;
 }
 
@@ -257,7 +264,9 @@ fn decode_with(bytes: &[u8], max_pixels: u64, ignore_transformations: bool) -> R
             None
         } else {
             let mut buf = vec![0u8; n];
-            check(unsafe { heif_image_handle_get_raw_color_profile(handle.0, buf.as_mut_ptr().cast()) }, "ICC").ok().map(|_| buf)
+            check(unsafe { heif_image_handle_get_raw_color_profile(handle.0, buf.as_mut_ptr().cast()) }, "ICC")
+                .ok()
+                .map(|_| buf)
         }
     };
     let exif = read_exif(&handle);
@@ -281,8 +290,9 @@ fn decode_with(bytes: &[u8], max_pixels: u64, ignore_transformations: bool) -> R
     }
     check(decoded, "decoding the picture")?;
     let img = Image(img);
-    let (iw, ih) =
-        unsafe { (heif_image_get_width(img.0, CHANNEL_INTERLEAVED), heif_image_get_height(img.0, CHANNEL_INTERLEAVED)) };
+    let (iw, ih) = unsafe {
+        (heif_image_get_width(img.0, CHANNEL_INTERLEAVED), heif_image_get_height(img.0, CHANNEL_INTERLEAVED))
+    };
     let mut stride: c_int = 0;
     let plane = unsafe { heif_image_get_plane_readonly(img.0, CHANNEL_INTERLEAVED, &mut stride) };
     if plane.is_null() || iw <= 0 || ih <= 0 || (stride as usize) < iw as usize * channels {

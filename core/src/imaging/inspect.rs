@@ -440,7 +440,10 @@ impl Inspector {
             if v.motion.len.is_some_and(|l| l != len) {
                 return Err(corrupt(
                     "JPEG",
-                    format!("its motion-photo video is {len} bytes, not the {} its XMP announces", v.motion.len.unwrap_or(0)),
+                    format!(
+                        "its motion-photo video is {len} bytes, not the {} its XMP announces",
+                        v.motion.len.unwrap_or(0)
+                    ),
                 ));
             }
         } else if let Parser::Heif(h) = &self.parser {
@@ -824,8 +827,7 @@ impl JpegParser {
             self.orientation = 0;
             self.repairs.bad_exif = None;
         }
-        let gone: Vec<Noted> =
-            self.noted_segs.iter().filter(|(s, _)| dropped.contains(s)).map(|(_, n)| *n).collect();
+        let gone: Vec<Noted> = self.noted_segs.iter().filter(|(s, _)| dropped.contains(s)).map(|(_, n)| *n).collect();
         for n in gone {
             match n {
                 Noted::Mpf => self.mpf_starts.clear(),
@@ -933,7 +935,12 @@ impl JpegParser {
                     match exif::mpf_images(index) {
                         Ok(images) => {
                             let base = at + 4;
-                            self.mpf_starts = images.iter().skip(1).filter(|(_, off)| *off > 0).map(|(_, off)| base + *off as u64).collect();
+                            self.mpf_starts = images
+                                .iter()
+                                .skip(1)
+                                .filter(|(_, off)| *off > 0)
+                                .map(|(_, off)| base + *off as u64)
+                                .collect();
                         }
                         Err(e) => tracing::info!(reason = %e, "unusable MPF index ignored"),
                     }
@@ -963,7 +970,9 @@ impl VideoParser {
         let damaged = |d: &str| corrupt("JPEG", format!("its motion-photo video is damaged ({d})"));
         let size = if self.large {
             self.large = false;
-            u64::from_be_bytes(c[0..8].try_into().expect("8 bytes")).checked_sub(16).ok_or_else(|| damaged("a box is too short"))?
+            u64::from_be_bytes(c[0..8].try_into().expect("8 bytes"))
+                .checked_sub(16)
+                .ok_or_else(|| damaged("a box is too short"))?
         } else {
             let kind: [u8; 4] = c[4..8].try_into().expect("4 bytes");
             if (self.boxes == 0 && &kind != b"ftyp") || !trailer::is_video_box(&kind) {

@@ -67,8 +67,20 @@ pub fn motion_photo(xmp: &[u8]) -> Option<MotionVideo> {
 pub fn is_video_box(kind: &[u8; 4]) -> bool {
     matches!(
         kind,
-        b"ftyp" | b"moov" | b"mdat" | b"free" | b"skip" | b"wide" | b"uuid" | b"meta" | b"udta" | b"moof" | b"mfra"
-            | b"sidx" | b"styp" | b"pnot"
+        b"ftyp"
+            | b"moov"
+            | b"mdat"
+            | b"free"
+            | b"skip"
+            | b"wide"
+            | b"uuid"
+            | b"meta"
+            | b"udta"
+            | b"moof"
+            | b"mfra"
+            | b"sidx"
+            | b"styp"
+            | b"pnot"
     )
 }
 

@@ -180,7 +180,13 @@ fn vp8_quality(vp8: &[u8]) -> Option<f32> {
 
 /// Encodes RGBA pixels: lossy at `quality`, or lossless (`None`) keeping
 /// every pixel exactly, transparent ones included.
-pub fn encode(rgba: &[u8], width: u32, height: u32, quality: Option<f32>, icc: Option<&[u8]>) -> Result<Vec<u8>, String> {
+pub fn encode(
+    rgba: &[u8],
+    width: u32,
+    height: u32,
+    quality: Option<f32>,
+    icc: Option<&[u8]>,
+) -> Result<Vec<u8>, String> {
     let mut config = webp::WebPConfig::new().map_err(|_| "libwebp's configuration could not be set up".to_owned())?;
     match quality {
         Some(q) => {
