@@ -26,6 +26,14 @@ if [ ${#need[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 fi
+# HEIC/AVIF: Debian's libheif to link against (it brings libde265 and x265
+# for HEVC, dav1d and aom for AV1) and its tools (heif-enc, heif-convert),
+# which the HEIC benchmark runs beside flipstack.
+if [ "$(dpkg-query -W -f='${Status}\n' libheif-dev libheif-examples 2>/dev/null | grep -c 'install ok installed')" != 2 ]; then
+  log "installing libheif-dev libheif-examples with apt-get"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libheif-dev libheif-examples
+fi
 scripts/services.sh ensure
 # The browser suite drives Debian's Chromium through chromedriver.
 if ! command -v chromedriver >/dev/null || ! [ -x /usr/bin/chromium ]; then

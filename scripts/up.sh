@@ -19,6 +19,12 @@ if [ ${#need[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 fi
+# HEIC/AVIF: Debian's libheif to link against (with libde265, x265, dav1d, aom).
+if [ "$(dpkg-query -W -f='${Status}' libheif-dev 2>/dev/null)" != "install ok installed" ]; then
+  echo "up.sh: installing libheif-dev (HEIC and AVIF)" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libheif-dev
+fi
 # The same target folder as the tests: one build serves both.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/flipstack/target}
 exec cargo run --quiet -- up "$@"

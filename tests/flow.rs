@@ -23,6 +23,7 @@ tier_tests!(
     delete_removes_the_picture_everywhere,
     several_pictures_in_one_plain_form_post,
     the_upload_pages_script_gets_json_answers,
+    heic_uploads_are_shown_as_jpeg_and_kept_as_heic,
 );
 
 fn email() -> String {
@@ -225,9 +226,16 @@ async fn posts_without_csrf_are_refused(tier: Tier) {
     app.shutdown().await;
 }
 
-/// What each hostile file of the corpus is answered with (README.tsv says what each is).
+/// What each hostile file of the corpus is answered with (README.tsv's last
+/// column says what each is): 303 for those a lenient server accepts and
+/// flips upright (damaged EXIF read as upright, a megabyte of comments).
 fn expected_status(name: &str) -> u16 {
     match name {
+        "exif_ifd_loop.jpg"
+        | "exif_bad_offsets.jpg"
+        | "exif_orientation_0.jpg"
+        | "exif_orientation_9999.jpg"
+        | "comment_1mib.jpg" => 303,
         "empty.jpg" => 400,
         "svg_script.svg" | "svg_script_renamed.jpg" | "text_renamed.jpg" | "html_xss_renamed.png" => 415,
         "png_bomb_30000x30000.png"
@@ -261,6 +269,15 @@ async fn every_hostile_file_is_refused_and_nothing_is_stored(tier: Tier) {
         }
         assert!(files.len() > 20, "the corpus's hostile files were found");
     }
+    for (name, bytes, _) in files.iter().filter(|(_, _, status)| *status == 303) {
+        let id = upload_ok(&app, &b, &me, name, bytes).await;
+        app.wait_done(id).await;
+        let r = b.get(&format!("/images/{id}/flipped")).await;
+        assert_eq!(r.status(), 200, "{name}");
+        assert_is_flip(name, bytes, &r.bytes().await.unwrap());
+        eprintln!("{name}: accepted and flipped upright");
+    }
+    files.retain(|(_, _, status)| *status != 303);
     let uploads = app.upload_count().await;
     let blobs = app.blob_keys().await;
     for (name, bytes, status) in &files {
@@ -652,5 +669,56 @@ async fn the_upload_pages_script_gets_json_answers(tier: Tier) {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["ok"], false);
     assert!(body["error"].as_str().unwrap().contains("not a picture"));
+    app.shutdown().await;
+}
+
+/// A HEIC upload: the original is kept byte for byte, the flip is HEIC (or
+/// JPEG where libheif has no HEVC encoder, as the page says), and the
+/// gallery shows JPEG views of both.
+async fn heic_uploads_are_shown_as_jpeg_and_kept_as_heic(tier: Tier) {
+    use flipstack_core::domain::ImageFormat;
+    use flipstack_core::imaging::{self, heif};
+    let app = TestApp::spawn(tier).await;
+    let b = app.browser();
+    let me = email();
+    let (w, h) = (120, 80);
+    let rgb = image::DynamicImage::ImageRgba8(gradient(w, h)).into_rgb8();
+    let heic = heif::encode(&heif::Encode {
+        pixels: rgb.as_raw(),
+        width: w,
+        height: h,
+        channels: 3,
+        codec: heif::Codec::Hevc,
+        quality: 85,
+        icc: None,
+        exif: None,
+        orientation: 1,
+    })
+    .unwrap();
+    let id = upload_ok(&app, &b, &me, "IMG_0001.HEIC", &heic).await;
+    app.wait_done(id).await;
+    let stored_as = imaging::flipped_format(ImageFormat::Heic);
+    let (_, page) = b.text("/gallery").await;
+    assert!(page.contains(&format!("/images/{id}/original-view")), "the gallery shows the JPEG view");
+    assert!(page.contains(&format!("/images/{id}/flipped-view")));
+    assert!(page.contains("Download original (HEIC)"));
+    assert!(page.contains(&format!("Download flipped ({})", stored_as.display_name())));
+    let r = b.get(&format!("/images/{id}/original")).await;
+    assert_eq!(r.headers()["content-type"], "image/heic");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), heic.as_slice(), "the original is kept byte for byte");
+    let r = b.get(&format!("/images/{id}/flipped")).await;
+    assert_eq!(r.headers()["content-type"], stored_as.mime());
+    let flipped = r.bytes().await.unwrap();
+    let shown = imaging::decode_displayed(&heic, ImageFormat::Heic).unwrap();
+    let got = imaging::decode_displayed(&flipped, stored_as).unwrap();
+    let diff = imaging::mean_abs_diff(&image::imageops::flip_vertical(&shown), &got).unwrap();
+    assert!(diff < 4.0 && imaging::mean_abs_diff(&shown, &got).unwrap() > diff, "the flip: {diff:.2}");
+    for view in ["original-view", "flipped-view", "original-thumb", "flipped-thumb"] {
+        let r = b.get(&format!("/images/{id}/{view}")).await;
+        assert_eq!(r.status(), 200, "{view}");
+        assert_eq!(r.headers()["content-type"], "image/jpeg", "{view}");
+        let bytes = r.bytes().await.unwrap();
+        imaging::decode_displayed(&bytes, ImageFormat::Jpeg).unwrap_or_else(|e| panic!("{view}: {e}"));
+    }
     app.shutdown().await;
 }

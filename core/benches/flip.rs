@@ -16,6 +16,13 @@
 //!   cargo bench -p flipstack-core --bench flip -- [--rounds N] [--testdata DIR] [--tsv FILE]
 //!   cargo bench -p flipstack-core --bench flip -- --throughput FILE [--threads N] [--seconds S]
 //!   cargo bench -p flipstack-core --bench flip -- --make-jpeg OUT --bytes N
+//!   cargo bench -p flipstack-core --bench flip -- --heic [--rounds N] [--testdata DIR]
+//!
+//! HEIC mode: a 12 MP (4032×3024) HEIC made from the largest corpus photo
+//! (scaled; a generated picture without the corpus), then in rounds, order
+//! alternating: what the worker runs for a HEIC upload (decode, flip, HEIC
+//! encode, two JPEG views, two thumbnails) beside `heif-convert -q 90`
+//! (Debian's libheif-examples: decode and JPEG encode, as a process).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +45,7 @@ struct Args {
     seconds: u64,
     make_jpeg: Option<PathBuf>,
     bytes: u64,
+    heic: bool,
 }
 
 fn args() -> Args {
@@ -50,6 +58,7 @@ fn args() -> Args {
         seconds: 20,
         make_jpeg: None,
         bytes: 20_000_000,
+        heic: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -63,6 +72,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = v().parse().expect("a number"),
             "--make-jpeg" => a.make_jpeg = Some(v().into()),
             "--bytes" => a.bytes = v().parse().expect("a number"),
+            "--heic" => a.heic = true,
             // cargo bench passes --bench; nothing else is expected.
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -77,6 +87,9 @@ fn main() {
     imaging::keep_memory_between_flips();
     if let Some(out) = &a.make_jpeg {
         return make_jpeg(out, a.bytes);
+    }
+    if a.heic {
+        return heic(&a);
     }
     match &a.throughput {
         Some(file) => throughput(file, a.threads, a.seconds),
@@ -309,4 +322,127 @@ fn make_jpeg(out: &Path, bytes: u64) {
     let jpeg = encode(side, side);
     std::fs::write(out, &jpeg).unwrap();
     println!("{}: {side}x{side}, {} bytes", out.display(), jpeg.len());
+}
+
+/// A 12 MP picture with a photo's detail: the largest corpus JPEG scaled to
+/// 4032×3024, or a generated one.
+fn twelve_megapixels(testdata: &Path) -> (Vec<u8>, &'static str) {
+    let (w, h) = (4032u32, 3024u32);
+    let largest = std::fs::read_dir(testdata.join("photos")).ok().and_then(|d| {
+        d.filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+            .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+    });
+    if let Some(path) = largest {
+        let img = image::open(&path).expect("a corpus photo").resize_exact(w, h, image::imageops::FilterType::Triangle);
+        return (img.into_rgb8().into_raw(), "the largest corpus photo, scaled");
+    }
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let px = (0..w * h)
+        .flat_map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let (x, y) = (i % w, i / w);
+            let n = (state >> 58) as u32;
+            [((x / 16 + y / 9) % 256) as u8, (y * 255 / h) as u8 ^ n as u8, ((x * 255 / w) + n) as u8]
+        })
+        .collect();
+    (px, "a generated picture")
+}
+
+fn heic(a: &Args) {
+    use flipstack_core::imaging::heif::{self, Codec, Encode};
+    let (px, source) = twelve_megapixels(&a.testdata);
+    let file = heif::encode(&Encode {
+        pixels: &px,
+        width: 4032,
+        height: 3024,
+        channels: 3,
+        codec: Codec::Hevc,
+        quality: 80,
+        icc: None,
+        exif: None,
+        orientation: 1,
+    })
+    .expect("libheif encodes the test picture");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("photo.heic");
+    std::fs::write(&path, &file).unwrap();
+    let out = tmp.path().join("out.jpg");
+    println!("libheif {}; 4032×3024 HEIC from {source}, {} bytes", heif::version(), file.len());
+    let worker = || {
+        let started = Instant::now();
+        let p = imaging::flip_with_thumbnails(&file, ImageFormat::Heic, &limits()).expect("the worker's HEIC flip");
+        assert!(p.thumbnails.is_ok() && p.display.is_some());
+        std::hint::black_box(p);
+        started.elapsed().as_secs_f64()
+    };
+    let convert = || {
+        let started = Instant::now();
+        let status = Command::new("heif-convert")
+            .args(["-q", "90"])
+            .arg(&path)
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("heif-convert runs (apt-get install libheif-examples)");
+        assert!(status.success());
+        started.elapsed().as_secs_f64()
+    };
+    // Where the worker's time goes: libheif's decode alone, and the HEVC encode alone.
+    let decode = || {
+        let started = Instant::now();
+        std::hint::black_box(heif::decode(&file, u64::MAX).expect("decode"));
+        started.elapsed().as_secs_f64()
+    };
+    let decoded = heif::decode(&file, u64::MAX).expect("decode");
+    let encode = || {
+        let started = Instant::now();
+        let e = Encode {
+            pixels: &decoded.pixels,
+            width: decoded.width,
+            height: decoded.height,
+            channels: 3,
+            codec: Codec::Hevc,
+            quality: 80,
+            icc: None,
+            exif: None,
+            orientation: 1,
+        };
+        std::hint::black_box(heif::encode(&e).expect("encode"));
+        started.elapsed().as_secs_f64()
+    };
+    // A warm-up of each, not counted.
+    worker();
+    convert();
+    let (mut ours, mut theirs, mut ratio, mut dec, mut enc) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..a.rounds {
+        let (o, t) = if round % 2 == 0 {
+            let o = worker();
+            (o, convert())
+        } else {
+            let t = convert();
+            (worker(), t)
+        };
+        ours.push(o);
+        theirs.push(t);
+        ratio.push(o / t);
+        dec.push(decode());
+        enc.push(encode());
+    }
+    let method = imaging::flip(&file, ImageFormat::Heic, &limits()).unwrap().method;
+    println!("| tool | median ms | min ms | runs |");
+    println!("|---|---:|---:|---:|");
+    for (name, v) in [
+        (format!("flipstack worker ({method}: decode, flip, HEIC encode, 2 JPEG views, 2 thumbs)"), &mut ours),
+        ("heif-convert -q 90 (process: decode, JPEG encode)".to_owned(), &mut theirs),
+        ("of which in flipstack: libheif decode to RGB".to_owned(), &mut dec),
+        ("of which in flipstack: HEVC encode (x265, preset fast, q80)".to_owned(), &mut enc),
+    ] {
+        let min = v.iter().cloned().fold(f64::MAX, f64::min);
+        println!("| {name} | {:.0} | {:.0} | {} |", median(v) * 1e3, min * 1e3, a.rounds);
+    }
+    println!("median ratio flipstack / heif-convert (same round): {:.2}", median(&mut ratio));
 }

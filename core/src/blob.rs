@@ -28,10 +28,20 @@ pub enum BlobKind {
     Flipped,
     OriginalThumb,
     FlippedThumb,
+    /// Browser-viewable copies of a HEIC/AVIF original and its flip.
+    OriginalDisplay,
+    FlippedDisplay,
 }
 
 impl BlobKind {
-    pub const ALL: [BlobKind; 4] = [Self::Original, Self::Flipped, Self::OriginalThumb, Self::FlippedThumb];
+    pub const ALL: [BlobKind; 6] = [
+        Self::Original,
+        Self::Flipped,
+        Self::OriginalThumb,
+        Self::FlippedThumb,
+        Self::OriginalDisplay,
+        Self::FlippedDisplay,
+    ];
 
     fn folder(self) -> &'static str {
         match self {
@@ -39,6 +49,8 @@ impl BlobKind {
             Self::Flipped => "flipped",
             Self::OriginalThumb => "thumbs/original",
             Self::FlippedThumb => "thumbs/flipped",
+            Self::OriginalDisplay => "display/original",
+            Self::FlippedDisplay => "display/flipped",
         }
     }
 }

@@ -220,10 +220,14 @@ pub enum ImageFormat {
     Png,
     Gif,
     Webp,
+    /// HEIF with HEVC pictures (iPhones and many Android phones).
+    Heic,
+    /// HEIF with AV1 pictures.
+    Avif,
 }
 
 impl ImageFormat {
-    pub const ALL: [ImageFormat; 4] = [Self::Jpeg, Self::Png, Self::Gif, Self::Webp];
+    pub const ALL: [ImageFormat; 6] = [Self::Jpeg, Self::Png, Self::Gif, Self::Webp, Self::Heic, Self::Avif];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -231,6 +235,8 @@ impl ImageFormat {
             Self::Png => "png",
             Self::Gif => "gif",
             Self::Webp => "webp",
+            Self::Heic => "heic",
+            Self::Avif => "avif",
         }
     }
 
@@ -244,6 +250,8 @@ impl ImageFormat {
             Self::Png => "image/png",
             Self::Gif => "image/gif",
             Self::Webp => "image/webp",
+            Self::Heic => "image/heic",
+            Self::Avif => "image/avif",
         }
     }
 
@@ -253,6 +261,8 @@ impl ImageFormat {
             Self::Png => "png",
             Self::Gif => "gif",
             Self::Webp => "webp",
+            Self::Heic => "heic",
+            Self::Avif => "avif",
         }
     }
 
@@ -262,6 +272,8 @@ impl ImageFormat {
             Self::Png => "PNG",
             Self::Gif => "GIF",
             Self::Webp => "WebP",
+            Self::Heic => "HEIC",
+            Self::Avif => "AVIF",
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use flipstack_core::blob::BlobKind;
 use flipstack_core::domain::UploadId;
+use flipstack_core::imaging;
 use futures::StreamExt;
 use warp::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
 use warp::http::{HeaderValue, StatusCode};
@@ -32,6 +33,9 @@ pub async fn image(
         "flipped" => BlobKind::Flipped,
         "original-thumb" => BlobKind::OriginalThumb,
         "flipped-thumb" => BlobKind::FlippedThumb,
+        // HEIC/AVIF: the browser-viewable copies the gallery shows.
+        "original-view" => BlobKind::OriginalDisplay,
+        "flipped-view" => BlobKind::FlippedDisplay,
         _ => return Ok(plain(StatusCode::NOT_FOUND, "No such picture.")),
     };
     let Ok(id) = id.parse::<UploadId>() else {
@@ -55,10 +59,12 @@ pub async fn image(
         Some((person, format)) if person == me.person_id => format,
         _ => return Ok(plain(StatusCode::NOT_FOUND, "No such picture.")),
     };
-    // Thumbnails may be stored in another format than the upload's.
+    // Thumbnails, views and some flips are stored in another format than the upload's.
     let format = match kind {
-        BlobKind::OriginalThumb | BlobKind::FlippedThumb => flipstack_core::imaging::thumbnail_format(format),
-        BlobKind::Original | BlobKind::Flipped => format,
+        BlobKind::OriginalThumb | BlobKind::FlippedThumb => imaging::thumbnail_format(format),
+        BlobKind::OriginalDisplay | BlobKind::FlippedDisplay => imaging::display_format(format).unwrap_or(format),
+        BlobKind::Flipped => imaging::flipped_format(format),
+        BlobKind::Original => format,
     };
     let etag = format!("\"{}-{}\"", id, variant);
     let unavailable = |e: flipstack_core::blob::BlobError| {

@@ -58,6 +58,13 @@ pub struct ItemView {
     pub has_thumbs: bool,
     pub thumb_width: u32,
     pub thumb_height: u32,
+    /// What the page shows at full size: `original`/`flipped`, or for
+    /// HEIC/AVIF their browser-viewable copies.
+    pub original_view: &'static str,
+    pub flipped_view: &'static str,
+    /// The formats the downloads come in (e.g. "HEIC", "JPEG").
+    pub original_format: &'static str,
+    pub flipped_format: &'static str,
     pub created: String,
     pub created_iso: String,
 }
@@ -70,6 +77,7 @@ impl ItemView {
         let created_iso = at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         let (fw, fh) = (item.flipped_width.unwrap_or(item.width), item.flipped_height.unwrap_or(item.height));
         let thumb = item.thumb_width.zip(item.thumb_height);
+        let viewable = flipstack_core::imaging::display_format(item.format).is_none();
         ItemView {
             id: item.id.0,
             name: item.name.as_str().to_owned(),
@@ -88,6 +96,10 @@ impl ItemView {
             has_thumbs: item.state == UploadState::Done && thumb.is_some(),
             thumb_width: thumb.map_or(0, |t| t.0),
             thumb_height: thumb.map_or(0, |t| t.1),
+            original_view: if viewable { "original" } else { "original-view" },
+            flipped_view: if viewable { "flipped" } else { "flipped-view" },
+            original_format: item.format.display_name(),
+            flipped_format: flipstack_core::imaging::flipped_format(item.format).display_name(),
             created,
             created_iso,
         }

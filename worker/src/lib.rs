@@ -437,6 +437,14 @@ async fn flip_and_store(
         }
         None => services.blobs.put(BlobKind::Flipped, upload.id, flipped.bytes).await.map_err(stored)?,
     }
+    // HEIC/AVIF: what the gallery shows, since browsers do not all show them.
+    if let Some(d) = processed.display {
+        tokio::try_join!(
+            services.blobs.put(BlobKind::OriginalDisplay, upload.id, d.original),
+            services.blobs.put(BlobKind::FlippedDisplay, upload.id, d.flipped),
+        )
+        .map_err(stored)?;
+    }
     Ok(outcome)
 }
 

@@ -1,4 +1,5 @@
-//! A picture decoded as it is displayed (EXIF orientation applied), as RGBA:
+//! A picture decoded as it is displayed (EXIF orientation applied; for
+//! HEIC/AVIF the container's rotation and mirroring), as RGBA:
 //! what tests compare flips against, and a common starting point for work
 //! that needs pixels rather than a file.
 
@@ -18,6 +19,16 @@ pub fn decode_displayed(bytes: &[u8], format: ImageFormat) -> Result<image::Rgba
             }
             img
         }
+        ImageFormat::Heic | ImageFormat::Avif => {
+            let limits = super::Limits::new(u32::MAX as u64, 1);
+            let d = super::flip_heif::decode_displayed(bytes, &limits).map_err(|e| e.to_string())?;
+            let img = if d.channels == 4 {
+                image::RgbaImage::from_raw(d.width, d.height, d.pixels).map(image::DynamicImage::ImageRgba8)
+            } else {
+                image::RgbImage::from_raw(d.width, d.height, d.pixels).map(image::DynamicImage::ImageRgb8)
+            };
+            img.ok_or("decoded HEIF has the wrong size")?
+        }
         other => {
             let f = match other {
                 ImageFormat::Png => image::ImageFormat::Png,
@@ -27,14 +38,24 @@ pub fn decode_displayed(bytes: &[u8], format: ImageFormat) -> Result<image::Rgba
             let mut decoder = image::ImageReader::with_format(std::io::Cursor::new(bytes), f)
                 .into_decoder()
                 .map_err(|e| e.to_string())?;
-            let o =
-                image::ImageDecoder::orientation(&mut decoder).unwrap_or(image::metadata::Orientation::NoTransforms);
+            let o = displayed_orientation(&mut decoder);
             let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
             img.apply_orientation(o);
             img
         }
     };
     Ok(std::mem::take(&mut img).into_rgba8())
+}
+
+/// The orientation of a PNG or WebP as the upload check reads it: its EXIF
+/// through [`exif::orientation_lenient`] (unusable EXIF is upright), one
+/// rule for the check, the flip and the tests.
+pub(crate) fn displayed_orientation(decoder: &mut impl image::ImageDecoder) -> image::metadata::Orientation {
+    let o = match decoder.exif_metadata() {
+        Ok(Some(raw)) => exif::orientation_lenient(raw.strip_prefix(b"Exif\0\0").unwrap_or(&raw)),
+        _ => 1,
+    };
+    image::metadata::Orientation::from_exif(o).unwrap_or(image::metadata::Orientation::NoTransforms)
 }
 
 /// Mean absolute difference per channel between two pictures of one size.

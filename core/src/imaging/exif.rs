@@ -221,6 +221,38 @@ pub fn orientation_lenient(tiff: &[u8]) -> Orientation {
     orientation_strict(tiff).unwrap_or(1)
 }
 
+/// The images a Multi-Picture Format index (CIPA DC-007, the APP2 `MPF\0`
+/// segment, given here after that prefix) lists: (size, offset) of each,
+/// the offset counted from the start of `tiff`, the first being the
+/// picture that holds the index (offset 0). At most 16 are read.
+pub fn mpf_images(tiff: &[u8]) -> Result<Vec<(u32, u32)>, ExifError> {
+    const TAG_MP_ENTRY: u16 = 0xB002;
+    const MAX_IMAGES: usize = 16;
+    let t = header(tiff)?;
+    let ifd = t.u32_at(4)? as usize;
+    let count = t.u16_at(ifd)? as usize;
+    if count > MAX_ENTRIES {
+        return Err(ExifError::TooBig);
+    }
+    for i in 0..count {
+        let at = ifd + 2 + i * 12;
+        if t.u16_at(at)? != TAG_MP_ENTRY {
+            continue;
+        }
+        let bytes = t.u32_at(at + 4)? as usize;
+        let n = bytes / 16;
+        if n > MAX_IMAGES || bytes % 16 != 0 {
+            return Err(ExifError::TooBig);
+        }
+        let off = t.u32_at(at + 8)? as usize;
+        if off.checked_add(bytes).is_none_or(|end| end > tiff.len()) {
+            return Err(ExifError::OutOfBounds);
+        }
+        return (0..n).map(|k| Ok((t.u32_at(off + k * 16 + 4)?, t.u32_at(off + k * 16 + 8)?))).collect();
+    }
+    Ok(Vec::new())
+}
+
 /// Finds the EXIF block of a JPEG (APP1 `Exif\0\0`) by walking its segments,
 /// and returns the TIFF data inside it.
 pub fn jpeg_exif(jpeg: &[u8]) -> Option<&[u8]> {

@@ -1,21 +1,25 @@
 //! The worker's flip: a vertical flip (top row becomes bottom row) of the
 //! picture as it is displayed. The output has the input's format. JPEG goes
 //! through libjpeg-turbo ([`super::flip_jpeg`]: lossless where possible);
-//! PNG and WebP through the `image` crate with alpha and ICC kept; every
+//! PNG and WebP are decoded by the `image` crate, PNG re-encoded by it and
+//! WebP by libwebp ([`super::webp_encode`]: lossy stays lossy at the source's
+//! quality, lossless stays lossless), alpha and ICC kept; every
 //! frame of an animated GIF is flipped exactly (palettes, delays and
 //! disposal kept). The worker also gets thumbnails of the original and of
 //! the flip. Decoders run with limits (pixels, memory, scans, frames), so a
 //! hostile file fails its job instead of the worker.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-use image::codecs::webp::WebPEncoder;
 use image::imageops::FilterType as Resample;
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageReader};
 
-use super::flip_jpeg;
-use super::inspect::Limits;
+use super::decode::displayed_orientation;
+use super::inspect::{Limits, still_picture};
+use super::webp_encode::{self, Bitstream};
+use super::{flip_heif, flip_jpeg};
 use crate::domain::ImageFormat;
 
 /// Thumbnails are this many pixels on their long side (never enlarged).
@@ -28,7 +32,7 @@ pub struct Flipped {
     pub height: u32,
     /// How it was made: `jpeg-lossless-vflip`, `jpeg-lossless-hflip`,
     /// `jpeg-lossless-transpose`, `jpeg-reencode-yuv`, `jpeg-reencode`,
-    /// `png`, `webp-lossless`, `gif-frames`.
+    /// `png`, `webp-lossy`, `webp-lossless`, `gif-frames`.
     pub method: &'static str,
 }
 
@@ -43,18 +47,45 @@ pub struct Thumbnails {
     pub format: ImageFormat,
 }
 
-/// The flip and, when they could be made, the thumbnails.
+/// Full-size pictures a browser shows, for uploads in formats browsers do
+/// not all show (HEIC, AVIF): the displayed original and the flip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Display {
+    pub original: Vec<u8>,
+    pub flipped: Vec<u8>,
+    /// What they are encoded as: [`display_format`] of the upload's format.
+    pub format: ImageFormat,
+}
+
+/// The flip and, when they could be made, the thumbnails (and, for HEIC
+/// and AVIF, the gallery's derivatives).
 #[derive(Debug)]
 pub struct Processed {
     pub flipped: Flipped,
     pub thumbnails: Result<Thumbnails, FlipError>,
+    pub display: Option<Display>,
+}
+
+/// The format of the gallery's derivatives of a `format` upload, when it
+/// has them: JPEG for HEIC and AVIF, which not every browser shows.
+pub fn display_format(format: ImageFormat) -> Option<ImageFormat> {
+    match format {
+        ImageFormat::Heic | ImageFormat::Avif => Some(ImageFormat::Jpeg),
+        _ => None,
+    }
+}
+
+/// The format the flip of a `format` upload is stored in: the upload's own,
+/// or JPEG for HEIC/AVIF when this libheif has no encoder for it.
+pub fn flipped_format(format: ImageFormat) -> ImageFormat {
+    flip_heif::flipped_format(format)
 }
 
 /// The format thumbnails of an upload are stored in: JPEG stays JPEG; the
 /// others become PNG (alpha kept; a GIF's thumbnail is its first frame).
 pub fn thumbnail_format(format: ImageFormat) -> ImageFormat {
     match format {
-        ImageFormat::Jpeg => ImageFormat::Jpeg,
+        ImageFormat::Jpeg | ImageFormat::Heic | ImageFormat::Avif => ImageFormat::Jpeg,
         ImageFormat::Png | ImageFormat::Gif | ImageFormat::Webp => ImageFormat::Png,
     }
 }
@@ -79,40 +110,62 @@ pub enum FlipError {
     Internal(String),
 }
 
+/// The still picture the worker works on: for a JPEG, the file without
+/// what follows the picture (MPF pictures, a motion photo's video), skipped
+/// segments and unusable EXIF (see [`still_picture`]). A file the upload
+/// check would refuse is left as it is: the decoders' limits still hold.
+fn still<'a>(input: &'a [u8], format: ImageFormat, limits: &Limits) -> Cow<'a, [u8]> {
+    if format != ImageFormat::Jpeg {
+        return Cow::Borrowed(input);
+    }
+    match still_picture(input, limits) {
+        Ok((_, still)) => still,
+        Err(_) => Cow::Borrowed(input),
+    }
+}
+
 pub fn flip(input: &[u8], format: ImageFormat, limits: &Limits) -> Result<Flipped, FlipError> {
+    let input = &*still(input, format, limits);
     match format {
         ImageFormat::Jpeg => flip_jpeg::flip_jpeg(input, limits),
         ImageFormat::Png | ImageFormat::Webp => {
             let (img, icc) = decode_with_image_crate(input, format, limits)?;
-            encode_flipped(img.flipv(), icc, format)
+            encode_flipped(img.flipv(), icc, format, input)
         }
         ImageFormat::Gif => flip_gif(input, limits),
+        ImageFormat::Heic | ImageFormat::Avif => flip_heif::flip_heif(input, format, limits).map(|(f, _, _)| f),
     }
 }
 
 /// The flip and both thumbnails, decoding the picture once where the
 /// format allows. A thumbnail failure does not fail the flip.
 pub fn flip_with_thumbnails(input: &[u8], format: ImageFormat, limits: &Limits) -> Result<Processed, FlipError> {
+    let input = &*still(input, format, limits);
     match format {
         ImageFormat::Png | ImageFormat::Webp => {
             let (img, icc) = decode_with_image_crate(input, format, limits)?;
             let thumbnails = image_thumbnails(&img, icc.clone());
-            let flipped = encode_flipped(img.flipv(), icc, format)?;
-            Ok(Processed { flipped, thumbnails })
+            let flipped = encode_flipped(img.flipv(), icc, format, input)?;
+            Ok(Processed { flipped, thumbnails, display: None })
         }
         ImageFormat::Jpeg => {
             let (flipped, thumbnails) = flip_jpeg::flip_jpeg_with_thumbnails(input, limits)?;
-            Ok(Processed { flipped, thumbnails })
+            Ok(Processed { flipped, thumbnails, display: None })
         }
         ImageFormat::Gif => {
             let flipped = flip(input, format, limits)?;
-            Ok(Processed { flipped, thumbnails: thumbnails(input, format, limits) })
+            Ok(Processed { flipped, thumbnails: thumbnails(input, format, limits), display: None })
+        }
+        ImageFormat::Heic | ImageFormat::Avif => {
+            let (flipped, display, thumbnails) = flip_heif::flip_heif(input, format, limits)?;
+            Ok(Processed { flipped, thumbnails, display: Some(display) })
         }
     }
 }
 
 /// Thumbnails alone (about [`THUMB_LONG_SIDE`] pixels on the long side).
 pub fn thumbnails(input: &[u8], format: ImageFormat, limits: &Limits) -> Result<Thumbnails, FlipError> {
+    let input = &*still(input, format, limits);
     match format {
         ImageFormat::Jpeg => flip_jpeg::thumbnails(input, limits),
         ImageFormat::Png | ImageFormat::Webp => {
@@ -124,6 +177,7 @@ pub fn thumbnails(input: &[u8], format: ImageFormat, limits: &Limits) -> Result<
             let (img, _) = decode_with_image_crate(input, format, limits)?;
             image_thumbnails(&img, None)
         }
+        ImageFormat::Heic | ImageFormat::Avif => flip_heif::flip_heif(input, format, limits).and_then(|(_, _, t)| t),
     }
 }
 
@@ -144,7 +198,9 @@ fn image_format(format: ImageFormat) -> (image::ImageFormat, &'static str) {
     match format {
         ImageFormat::Png => (image::ImageFormat::Png, "PNG"),
         ImageFormat::Gif => (image::ImageFormat::Gif, "GIF"),
-        ImageFormat::Webp | ImageFormat::Jpeg => (image::ImageFormat::WebP, "WebP"),
+        ImageFormat::Webp | ImageFormat::Jpeg | ImageFormat::Heic | ImageFormat::Avif => {
+            (image::ImageFormat::WebP, "WebP")
+        }
     }
 }
 
@@ -163,14 +219,25 @@ fn decode_with_image_crate(
     if w as u64 * h as u64 > limits.max_pixels {
         return Err(FlipError::Unreadable(format!("the {name} picture is {w}×{h}, over the pixel limit")));
     }
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = displayed_orientation(&mut decoder);
     let icc = decoder.icc_profile().ok().flatten();
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| unreadable(name, e))?;
     img.apply_orientation(orientation);
     Ok((img, icc))
 }
 
-fn encode_flipped(img: DynamicImage, icc: Option<Vec<u8>>, format: ImageFormat) -> Result<Flipped, FlipError> {
+/// When a lossy WebP's quantisers cannot be read: libwebp's default.
+const FALLBACK_WEBP_QUALITY: f32 = 75.0;
+/// Added to the quality read from a lossy WebP: the reading is within a few
+/// points, and a flip is better a little larger than a little worse.
+const WEBP_QUALITY_MARGIN: f32 = 2.0;
+
+fn encode_flipped(
+    img: DynamicImage,
+    icc: Option<Vec<u8>>,
+    format: ImageFormat,
+    source: &[u8],
+) -> Result<Flipped, FlipError> {
     let (width, height) = (img.width(), img.height());
     let mut out = Vec::new();
     let method = if format == ImageFormat::Png {
@@ -182,20 +249,16 @@ fn encode_flipped(img: DynamicImage, icc: Option<Vec<u8>>, format: ImageFormat) 
             .map_err(|e| FlipError::Internal(format!("PNG encoding failed: {e}")))?;
         "png"
     } else {
-        // image-webp encodes losslessly only: the flipped picture is pixel-exact,
-        // at the cost of a larger file than a lossy source.
-        let img = if img.color().has_alpha() {
-            DynamicImage::ImageRgba8(img.into_rgba8())
-        } else {
-            DynamicImage::ImageRgb8(img.into_rgb8())
+        let quality = match webp_encode::bitstream(source) {
+            Some(Bitstream::Lossy(q)) => {
+                Some(q.map_or(FALLBACK_WEBP_QUALITY, |q| (q + WEBP_QUALITY_MARGIN).min(100.0)))
+            }
+            _ => None,
         };
-        let mut enc = WebPEncoder::new_lossless(&mut out);
-        if let Some(icc) = icc {
-            let _ = enc.set_icc_profile(icc);
-        }
-        enc.write_image(img.as_bytes(), width, height, img.color().into())
-            .map_err(|e| FlipError::Internal(format!("WebP encoding failed: {e}")))?;
-        "webp-lossless"
+        let rgba = img.into_rgba8();
+        out =
+            webp_encode::encode(rgba.as_raw(), width, height, quality, icc.as_deref()).map_err(FlipError::Internal)?;
+        if quality.is_some() { "webp-lossy" } else { "webp-lossless" }
     };
     Ok(Flipped { bytes: out, width, height, method })
 }

@@ -1,24 +1,30 @@
 //! Imaging: the upload check ([`inspect`] while the bytes stream in, then
-//! [`verify`]) and the worker's flip ([`flip`]). Image work is CPU-bound and
+//! [`verify`]) and the worker's flip ([`flip`]). JPEG goes through
+//! libjpeg-turbo, HEIC/AVIF through libheif ([`heif`]), WebP out through
+//! libwebp ([`webp_encode`]), the rest through the `image` crate. Image work is CPU-bound and
 //! synchronous; callers run it on the blocking pool, never on async threads.
 
 pub mod decode;
 pub mod exif;
 pub mod flip;
+pub mod flip_heif;
 pub mod flip_jpeg;
+pub mod heif;
 pub mod inspect;
 pub mod jpeg;
 pub mod orient;
 mod thumb;
 mod tj;
+pub mod trailer;
 pub mod verify;
+pub mod webp_encode;
 
 pub use decode::{decode_displayed, mean_abs_diff};
 pub use flip::{
-    FlipError, Flipped, Processed, THUMB_LONG_SIDE, Thumbnails, flip, flip_with_thumbnails, thumbnail_format,
-    thumbnails,
+    Display, FlipError, Flipped, Processed, THUMB_LONG_SIDE, Thumbnails, display_format, flip, flip_with_thumbnails,
+    flipped_format, thumbnail_format, thumbnails,
 };
-pub use inspect::{ImageInfo, Inspector, Limits, Rejection, check_name};
+pub use inspect::{ImageInfo, Inspector, Limits, Rejection, Repairs, check_name, still_picture};
 pub use verify::verify;
 
 /// Makes glibc keep freed memory for the next picture instead of returning
