@@ -230,7 +230,9 @@ fn calls(trace: &str) -> Vec<Call> {
     let mut open: std::collections::HashMap<String, String> = Default::default();
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
+        // strace pads the pid to a column: "9854  fsync(…" and "12345 fsync(…".
         let (pid, rest) = line.split_once(' ').unwrap_or(("", line));
+        let rest = rest.trim_start();
         if let Some(start) = rest.strip_suffix(" <unfinished ...>") {
             open.insert(pid.to_owned(), start.to_owned());
         } else if rest.starts_with("<... ") {
