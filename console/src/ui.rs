@@ -799,7 +799,7 @@ fn provision_prompt(app: &App, stack: &str) -> (Vec<Line<'static>>, Option<(u16,
             (
                 vec![
                     Line::styled(format!("Down deletes everything tagged with stack {stack}: instances, load"), BAD),
-                    Line::styled("balancer, database (no final snapshot), cache, queues, bucket and pictures.", BAD),
+                    Line::styled("balancer, database (final snapshot kept), cache, queues, bucket, pictures.", BAD),
                     Line::from(vec![
                         Span::styled(prompt, BAD),
                         Span::styled(input.value().to_owned(), Style::new().bold()),

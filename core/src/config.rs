@@ -43,6 +43,8 @@ pub const KEYS: &[&str] = &[
     "replica_wait_ms",
     "replica_max_lag_ms",
     "metrics_namespace",
+    "startup_wait_secs",
+    "scale_in_protection_group",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,6 +103,12 @@ pub struct Config {
     pub replica_max_lag_ms: u64,
     /// CloudWatch namespace of the metrics sent when running on AWS.
     pub metrics_namespace: String,
+    /// At start, how long a process keeps retrying a service (database, cache,
+    /// queue) that does not answer yet before it gives up with an error.
+    pub startup_wait_secs: u64,
+    /// The worker's Auto Scaling group: when set, a worker protects its
+    /// instance from scale-in while it holds a job (set by `provision up`).
+    pub scale_in_protection_group: Option<String>,
 }
 
 impl Default for Config {
@@ -136,6 +144,8 @@ impl Default for Config {
             replica_wait_ms: 75,
             replica_max_lag_ms: 2000,
             metrics_namespace: "flipstack".into(),
+            startup_wait_secs: 300,
+            scale_in_protection_group: None,
         }
     }
 }
