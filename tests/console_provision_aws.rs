@@ -91,15 +91,24 @@ async fn provisioning_view_plans_brings_up_and_takes_down_a_stack() {
     let screen = tmux.wait_for("up finished", Duration::from_secs(120), |s| s.contains("provision up finished"));
     assert!(screen.contains("✓") && screen.contains("created"), "up shows its steps:\n{screen}");
     assert!(screen.contains("auto scaling group"), "{screen}");
-    // The release up shipped is this flipstack executable (moto does not check signatures).
-    let release = reqwest::Client::new()
-        .head(format!("{endpoint}/flipstack-{stack}-123456789012-{REGION}/release/flipstack"))
+    // The release up shipped is this flipstack executable.
+    let s3_config = aws_config::defaults(BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(&endpoint)
+        .load()
+        .await;
+    let s3 =
+        aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&s3_config).force_path_style(true).build());
+    let release = s3
+        .head_object()
+        .bucket(format!("flipstack-{stack}-123456789012-{REGION}"))
+        .key("release/flipstack")
         .send()
         .await
-        .unwrap();
-    assert_eq!(release.status(), 200, "up uploaded a release");
-    let shipped: u64 = release.headers()["content-length"].to_str().unwrap().parse().unwrap();
+        .expect("up uploaded a release");
+    let shipped = release.content_length().unwrap_or(0) as u64;
     assert_eq!(shipped, std::fs::metadata(console_support::BIN).unwrap().len(), "the release is the running flipstack");
+    assert!(release.metadata().is_some_and(|m| m.contains_key("sha256")));
 
     // The view closed, the fleet panel shows what up made.
     tmux.keys(&["Escape"]);

@@ -119,7 +119,11 @@ async fn wait_all_up(members: &mut [Member], within: Duration) {
         if servers_ready == servers && workers_up {
             return;
         }
-        assert!(started.elapsed() < within, "the fleet did not come up within {within:?}; the logs:\n{}", logs(members));
+        assert!(
+            started.elapsed() < within,
+            "the fleet did not come up within {within:?}; the logs:\n{}",
+            logs(members)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

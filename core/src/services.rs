@@ -60,7 +60,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// pausing longer after each failure and saying what it waits for. A whole
 /// fleet starting at once (a new stack, an Auto Scaling group after an
 /// outage) comes up as its services do, in any order.
-async fn wait_for<T, E, F, Fut>(service: &'static str, deadline: Instant, started: Instant, mut attempt: F) -> Result<T, ServicesError>
+async fn wait_for<T, E, F, Fut>(
+    service: &'static str,
+    deadline: Instant,
+    started: Instant,
+    mut attempt: F,
+) -> Result<T, ServicesError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -132,9 +137,10 @@ impl Services {
         let aws = AwsSettings::from_config(&config);
         let blobs = BlobStore::from_url(&config.blob_url(), &aws.region, aws.endpoint.as_deref())?;
         let poll = Duration::from_millis(config.queue_poll_ms);
-        let queue =
-            wait_for("queue", deadline, Instant::now(), || crate::queue::connect(&config.queue_url, store.clone(), poll, &aws))
-                .await?;
+        let queue = wait_for("queue", deadline, Instant::now(), || {
+            crate::queue::connect(&config.queue_url, store.clone(), poll, &aws)
+        })
+        .await?;
         let mailer = crate::mail::from_url(&config.mail_url(), &config.mail_from)?;
         let limits = Limits::new(config.max_pixels, config.max_frames);
         Ok(Arc::new(Services { config, store, cache, gallery, blobs, queue, mailer, metrics, limits, aws }))

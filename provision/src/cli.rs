@@ -255,7 +255,8 @@ pub async fn run(cmd: ProvisionCommand, config: &Config) -> Result<()> {
             println!(
                 "{}",
                 if args.skip_final_snapshot {
-                    "the primary database goes WITHOUT a final snapshot (--skip-final-snapshot): its data is lost".into()
+                    "the primary database goes WITHOUT a final snapshot (--skip-final-snapshot): its data is lost"
+                        .into()
                 } else {
                     format!(
                         "a final snapshot of the primary database is kept (flipstack-{}-db-final-…; delete it yourself later)",
@@ -311,11 +312,7 @@ pub async fn run(cmd: ProvisionCommand, config: &Config) -> Result<()> {
             let highest = exe.glibc.map(|v| format!("GLIBC_{v}")).unwrap_or_else(|| "none".into());
             println!("highest GLIBC_ version required: {highest}");
             crate::release::check_for_target(&path)?;
-            println!(
-                "runs on {} (glibc {})",
-                crate::release::TARGET_SYSTEM,
-                crate::release::TARGET_GLIBC
-            );
+            println!("runs on {} (glibc {})", crate::release::TARGET_SYSTEM, crate::release::TARGET_GLIBC);
         }
         ProvisionCommand::Status(args) => {
             let aws = settings(&args.target, config);

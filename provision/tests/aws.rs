@@ -139,6 +139,10 @@ fn expected_resources(stack: &str) -> BTreeSet<(Kind, String)> {
         (Kind::AutoScalingGroup, group_name(stack, "worker")),
         (Kind::ScalingPolicy, f("web-requests")),
         (Kind::ScalingPolicy, f("worker-backlog")),
+        (Kind::Alarm, f("alarm-dead-letters")),
+        (Kind::Alarm, f("alarm-oldest-job")),
+        (Kind::Alarm, f("alarm-http-5xx")),
+        (Kind::Alarm, f("alarm-db-storage")),
     ]);
     out
 }
@@ -314,7 +318,10 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
 
     let health = doc["Statement"].as_array().unwrap().iter().find(|s| s["Sid"] == "OwnGroupHealthAndProtection");
     let health = health.expect("instances may report their own health (liveness) to their group");
-    assert_eq!(health["Action"], serde_json::json!(["autoscaling:SetInstanceHealth", "autoscaling:SetInstanceProtection"]));
+    assert_eq!(
+        health["Action"],
+        serde_json::json!(["autoscaling:SetInstanceHealth", "autoscaling:SetInstanceProtection"])
+    );
 
     // RDS: MariaDB, private, in the db group; the replica linked to the primary.
     assert_eq!(primary.engine(), Some("mariadb"));
@@ -879,7 +886,8 @@ async fn a_release_that_needs_a_newer_glibc_is_refused_before_anything_is_made()
     let Some(ep) = endpoint() else { return };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("flipstack");
-    std::fs::write(&path, flipstack_provision::release::minimal_executable(&["GLIBC_2.2.5", "GLIBC_2.38"], b"")).unwrap();
+    std::fs::write(&path, flipstack_provision::release::minimal_executable(&["GLIBC_2.2.5", "GLIBC_2.38"], b""))
+        .unwrap();
     let stack = unique("glibc");
     let spec = spec(&ep, &stack, &path);
     let plan = aws::plan(&spec).await.expect("a plan never fails for want of a release");
@@ -972,7 +980,8 @@ async fn every_endpoint_a_role_is_configured_with_is_reachable_and_nothing_else_
     guards.insert(UNREPORTED_CACHE.into(), vec![cache_group]);
     let clusters = c.cache.describe_cache_clusters().show_cache_node_info(true).send().await.unwrap();
     for cl in clusters.cache_clusters() {
-        let ids: Vec<String> = cl.security_groups().iter().filter_map(|g| g.security_group_id()).map(String::from).collect();
+        let ids: Vec<String> =
+            cl.security_groups().iter().filter_map(|g| g.security_group_id()).map(String::from).collect();
         let mut hosts: Vec<&str> = cl.cache_nodes().iter().filter_map(|n| n.endpoint()?.address()).collect();
         hosts.extend(cl.configuration_endpoint().and_then(|e| e.address()));
         for h in hosts {
@@ -1023,7 +1032,8 @@ async fn every_endpoint_a_role_is_configured_with_is_reachable_and_nothing_else_
         let kinds: BTreeSet<&str> = endpoints.iter().map(|e| e.0).collect();
         assert_eq!(kinds, BTreeSet::from(["cache", "database", "replica"]), "{role}: {vars:?}");
         for (what, host, port) in endpoints {
-            let targets = guards.get(&host).unwrap_or_else(|| panic!("{role}: no resource of the stack answers at {host}"));
+            let targets =
+                guards.get(&host).unwrap_or_else(|| panic!("{role}: no resource of the stack answers at {host}"));
             let reachable = targets.iter().any(|t| open.contains(&(t.clone(), port, group.clone())));
             assert!(
                 reachable,
@@ -1072,7 +1082,8 @@ async fn alarms_watch_dead_letters_old_jobs_5xx_and_storage() {
     let alarms: BTreeMap<&str, &aws_sdk_cloudwatch::types::MetricAlarm> =
         out.metric_alarms().iter().map(|a| (a.alarm_name().unwrap(), a)).collect();
     let name = |s: &str| format!("flipstack-{stack}-alarm-{s}");
-    let want: BTreeSet<String> = ["dead-letters", "oldest-job", "http-5xx", "db-storage"].iter().map(|s| name(s)).collect();
+    let want: BTreeSet<String> =
+        ["dead-letters", "oldest-job", "http-5xx", "db-storage"].iter().map(|s| name(s)).collect();
     assert_eq!(alarms.keys().map(|s| s.to_string()).collect::<BTreeSet<_>>(), want);
     for a in alarms.values() {
         assert_eq!(a.alarm_actions(), &[topic.clone()], "{:?}", a.alarm_name());
@@ -1094,10 +1105,13 @@ async fn alarms_watch_dead_letters_old_jobs_5xx_and_storage() {
     assert!(http.metrics().iter().any(|q| q.expression().is_some_and(|e| e.contains("/ requests"))));
 
     let again = aws::plan(&spec).await.unwrap();
-    let changed: Vec<_> = again.actions.iter().filter(|a| a.kind == Kind::Alarm && !matches!(a.change, Change::Keep)).collect();
+    let changed: Vec<_> =
+        again.actions.iter().filter(|a| a.kind == Kind::Alarm && !matches!(a.change, Change::Keep)).collect();
     assert!(changed.is_empty(), "a second up would change alarms: {again}");
 
-    aws::down(&spec.aws, &stack, &DownOptions { final_snapshot: false, waits: spec.waits }, &aws::no_progress).await.ok();
+    aws::down(&spec.aws, &stack, &DownOptions { final_snapshot: false, waits: spec.waits }, &aws::no_progress)
+        .await
+        .ok();
     let left = cw.describe_alarms().alarm_name_prefix(format!("flipstack-{stack}-")).send().await.unwrap();
     assert!(left.metric_alarms().is_empty(), "down left alarms: {:?}", left.metric_alarms());
 }

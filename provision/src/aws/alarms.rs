@@ -48,14 +48,21 @@ impl AlarmWant {
     /// Everything that decides the alarm, comparable with [`fingerprint_of`].
     fn fingerprint(&self) -> String {
         let source = match &self.source {
-            Source::One(m) => measure_text(m.namespace, m.metric, &[(m.dimension.0, m.dimension.1.as_str())], m.statistic),
+            Source::One(m) => {
+                measure_text(m.namespace, m.metric, &[(m.dimension.0, m.dimension.1.as_str())], m.statistic)
+            }
             Source::Math(queries, expr) => {
                 let mut parts: Vec<String> = queries
                     .iter()
                     .map(|(id, m)| {
                         format!(
                             "{id}={}",
-                            measure_text(m.namespace, m.metric, &[(m.dimension.0, m.dimension.1.as_str())], m.statistic)
+                            measure_text(
+                                m.namespace,
+                                m.metric,
+                                &[(m.dimension.0, m.dimension.1.as_str())],
+                                m.statistic
+                            )
                         )
                     })
                     .collect();
@@ -66,13 +73,7 @@ impl AlarmWant {
         };
         let mut actions = self.actions.clone();
         actions.sort();
-        format!(
-            "{source}|{}{}x{}|{}",
-            self.comparison.as_str(),
-            self.threshold,
-            self.periods,
-            actions.join(",")
-        )
+        format!("{source}|{}{}x{}|{}", self.comparison.as_str(), self.threshold, self.periods, actions.join(","))
     }
 }
 
@@ -194,10 +195,23 @@ pub fn wanted(run: &Run<'_>, spec: &StackSpec, lb: &LoadBalancer) -> Vec<AlarmWa
             ),
             Source::Math(
                 vec![
-                    ("elb5xx", measure("AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", ("LoadBalancer", lb_dim.clone()), "Sum")),
+                    (
+                        "elb5xx",
+                        measure(
+                            "AWS/ApplicationELB",
+                            "HTTPCode_ELB_5XX_Count",
+                            ("LoadBalancer", lb_dim.clone()),
+                            "Sum",
+                        ),
+                    ),
                     (
                         "target5xx",
-                        measure("AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", ("LoadBalancer", lb_dim.clone()), "Sum"),
+                        measure(
+                            "AWS/ApplicationELB",
+                            "HTTPCode_Target_5XX_Count",
+                            ("LoadBalancer", lb_dim.clone()),
+                            "Sum",
+                        ),
                     ),
                     ("requests", measure("AWS/ApplicationELB", "RequestCount", ("LoadBalancer", lb_dim), "Sum")),
                 ],
@@ -266,7 +280,9 @@ async fn put(run: &Run<'_>, want: &AlarmWant) -> Result<(), ProvisionError> {
                         .build(),
                 );
             }
-            req.metrics(MetricDataQuery::builder().id("rate").expression(*expr).label("5xx %").return_data(true).build())
+            req.metrics(
+                MetricDataQuery::builder().id("rate").expression(*expr).label("5xx %").return_data(true).build(),
+            )
         }
     };
     req.send().await.map_err(|e| aws_error(format!("writing the alarm {}", want.name), e))?;

@@ -823,7 +823,7 @@ mod tests {
     }
 
     #[test]
-    fn the_worker_policy_divides_backlog_by_in_service_workers() {
+    fn the_worker_policy_divides_waiting_and_in_flight_jobs_by_in_service_workers() {
         let spec = StackSpec::new("t", flipstack_core::aws::AwsSettings { region: "eu-west-1".into(), endpoint: None });
         let queues = Queues { name: "flipstack-t-jobs".into(), url: None };
         let t = tracking("worker", &spec, &names(), &LoadBalancer::default(), &queues).unwrap();
@@ -833,7 +833,8 @@ mod tests {
             f.contains("AWS/AutoScaling/GroupInServiceInstances[AutoScalingGroupName=flipstack-t-worker]:Average"),
             "{f}"
         );
-        assert!(f.contains("backlog_per_worker|backlog / workers||true"), "{f}");
+        assert!(f.contains("AWS/SQS/ApproximateNumberOfMessagesNotVisible[QueueName=flipstack-t-jobs]:Sum"), "{f}");
+        assert!(f.contains("backlog_per_worker|(backlog + in_flight) / workers||true"), "{f}");
         assert!(f.starts_with("target=4;"), "{f}");
         // The web policy needs the load balancer's label, unknown in a plan.
         assert!(tracking("web", &spec, &names(), &LoadBalancer::default(), &queues).is_none());

@@ -451,8 +451,11 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
             .send()
             .await
             .map_err(|e| aws_error(format!("reading the tags of the alarm {name}"), e))?;
-        let tags: Vec<(String, String)> =
-            tags.tags().iter().map(|t| (t.key().unwrap_or("").to_owned(), t.value().unwrap_or("").to_owned())).collect();
+        let tags: Vec<(String, String)> = tags
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or("").to_owned(), t.value().unwrap_or("").to_owned()))
+            .collect();
         out.push(Found {
             kind: Kind::Alarm,
             name: name.to_owned(),

@@ -10,8 +10,7 @@ use super::names::Names;
 use super::storage::{Config, Secrets};
 use super::{
     Action, Change, Event, Kind, Plan, Progress, ProvisionError, StackSpec, Step, Waits, access, alarms, balancer,
-    compute,
-    data, network, no_progress, storage,
+    compute, data, network, no_progress, storage,
 };
 
 pub struct Run<'a> {
