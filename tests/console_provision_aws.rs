@@ -139,6 +139,8 @@ async fn provisioning_view_plans_brings_up_and_takes_down_a_stack() {
     assert!(left.auto_scaling_groups().is_empty(), "down left groups: {:?}", left.auto_scaling_groups());
 
     tmux.keys(&["Escape"]);
+    // Sent together, Escape and q read as Alt-q: wait for the view to close first.
+    tmux.wait_for("the view closed", Duration::from_secs(10), |s| s.contains("no Auto Scaling groups tagged"));
     tmux.keys(&["q"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while tmux.exit_status().is_none() {

@@ -1086,7 +1086,7 @@ async fn alarms_watch_dead_letters_old_jobs_5xx_and_storage() {
         ["dead-letters", "oldest-job", "http-5xx", "db-storage"].iter().map(|s| name(s)).collect();
     assert_eq!(alarms.keys().map(|s| s.to_string()).collect::<BTreeSet<_>>(), want);
     for a in alarms.values() {
-        assert_eq!(a.alarm_actions(), &[topic.clone()], "{:?}", a.alarm_name());
+        assert_eq!(a.alarm_actions(), std::slice::from_ref(&topic), "{:?}", a.alarm_name());
         assert!(a.alarm_description().unwrap().contains("docs/aws.md"));
     }
     let dlq = alarms[name("dead-letters").as_str()];
