@@ -55,6 +55,12 @@ fi
 log "building (target: $CARGO_TARGET_DIR)"
 "${build[@]}"
 
+# The release must run on Amazon Linux 2023 (glibc 2.34): the same check
+# `provision up` makes, on the binary just built (the debug build: a release
+# build would double the run's time; both link the same C library symbols).
+log "glibc needed by the flipstack binary (Amazon Linux 2023 has 2.34):"
+"$CARGO_TARGET_DIR/debug/flipstack" provision check-release
+
 dir=$(mktemp -d "${TMPDIR:-/tmp}/flipstack-services.XXXXXX")
 trap 'scripts/services.sh down "$dir" || true; rm -rf "$dir"' EXIT INT TERM
 scripts/services.sh up "$dir"

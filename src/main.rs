@@ -124,7 +124,7 @@ struct ConsoleArgs {
     /// Show everything, change nothing: block, dump and provisioning up/down are off.
     #[arg(long)]
     read_only: bool,
-    /// With --stack: the flipstack binary (Linux x86-64) that `p` → up uploads as the release when it differs.
+    /// With --stack: the flipstack binary (Linux x86-64, glibc ≤ 2.34) that `p` → up uploads as the release when it differs [default: this flipstack].
     #[arg(long, value_name = "FILE", requires = "stack")]
     binary: Option<PathBuf>,
     /// Where `d` proposes to write dumps.

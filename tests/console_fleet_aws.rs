@@ -131,3 +131,65 @@ async fn fleet_panel_follows_the_stacks_auto_scaling_groups() {
         group_row(s, "worker") == Some((4, 4, 0)) && group_row(s, "web") == Some((1, 1, 0))
     });
 }
+
+/// Issue 12: with several web instances the console's cache, reads and queue
+/// panels show the fleet's numbers, read back from CloudWatch: here two
+/// servers and a worker publish (as their background tasks do each minute),
+/// and the panels show the sums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panels_show_numbers_summed_over_the_servers_from_cloudwatch() {
+    use flipstack_core::aws::AwsSettings;
+    use flipstack_core::aws::cloudwatch::Publisher;
+    use flipstack_core::metrics::MetricsSnapshot;
+    let Some(endpoint) = aws_endpoint() else {
+        return;
+    };
+    let aws = AwsSettings { region: REGION.into(), endpoint: Some(endpoint.clone()) };
+    // A namespace of its own: no other test's numbers mix in.
+    let namespace = format!("flipstack-test-{}", free_port());
+    let zero = MetricsSnapshot::default();
+    for (hits, misses, from_cache, from_primary) in [(3, 1, 2, 1), (4, 2, 5, 0)] {
+        let server = Publisher::new(&aws, &namespace, "web").await;
+        let now = MetricsSnapshot {
+            cache_hits: hits,
+            cache_misses: misses,
+            reads_cache: from_cache,
+            reads_primary: from_primary,
+            ..MetricsSnapshot::default()
+        };
+        server.put(server.datums(&zero, &now, Some(1))).await.expect("a server publishes to moto's CloudWatch");
+    }
+    let worker = Publisher::new(&aws, &namespace, "worker").await;
+    let done = MetricsSnapshot { job_count: 5, job_seconds_sum: 2.5, ..MetricsSnapshot::default() };
+    worker.put(worker.datums(&zero, &done, None)).await.expect("a worker publishes");
+
+    let stack = format!("cw{}", free_port());
+    let cwd = tempfile::tempdir().unwrap();
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let tmux = Tmux::start(
+        100,
+        30,
+        cwd.path(),
+        &[
+            ("FLIPSTACK_AWS_ENDPOINT_URL", endpoint.clone()),
+            ("FLIPSTACK_AWS_REGION", REGION.into()),
+            ("FLIPSTACK_METRICS_NAMESPACE", namespace.clone()),
+        ],
+        &[
+            console_support::BIN.to_owned(),
+            "console".into(),
+            "--url".into(),
+            nowhere,
+            "--token".into(),
+            "unused".into(),
+            "--stack".into(),
+            stack,
+            "--fleet-every".into(),
+            "1".into(),
+        ],
+    );
+    let screen = tmux.wait_for("the fleet's sums", Duration::from_secs(30), |s| {
+        s.contains("fleet/min hits 7  misses 3 (70.0%)") && s.contains("fleet/min cache 7  replica 0  primary 1")
+    });
+    assert!(!screen.contains("(stale)"), "just published, not stale:\n{screen}");
+}

@@ -1,5 +1,6 @@
 //! The console's provisioning view against AWS (moto_server), in a real
-//! terminal: `p` shows the plan; `D` refuses a wrong name; `u`, `y` runs
+//! terminal, given nothing but `--stack` (the release it ships is the
+//! running flipstack itself): `p` shows the plan; `D` refuses a wrong name; `u`, `y` runs
 //! `up` step by step and the fleet panel then shows the stack's groups; `D`
 //! and the stack's name typed out run `down`, after which AWS has no group
 //! of the stack left.
@@ -15,20 +16,6 @@ use aws_config::BehaviorVersion;
 use aws_sdk_autoscaling::types::Filter;
 use console_support::{REGION, Tmux, aws_endpoint, free_port, group_row};
 use flipstack_core::aws::AwsSettings;
-
-/// A small file with the header of a Linux x86-64 executable: what `up`
-/// checks before uploading it as the release.
-fn fake_release(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut bytes = vec![0u8; 4096];
-    bytes[..4].copy_from_slice(b"\x7fELF");
-    bytes[4] = 2; // 64-bit
-    bytes[5] = 1; // little-endian
-    bytes[6] = 1;
-    bytes[18] = 0x3E; // x86-64
-    let path = dir.join("flipstack");
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
 
 /// Takes the stack down again if the test stops part-way.
 struct Teardown {
@@ -58,7 +45,6 @@ async fn provisioning_view_plans_brings_up_and_takes_down_a_stack() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let binary = fake_release(dir.path());
     let stack = format!("cons{}", free_port());
     let aws = AwsSettings { region: REGION.into(), endpoint: Some(endpoint.clone()) };
     let _teardown = Teardown { aws: aws.clone(), stack: stack.clone() };
@@ -77,8 +63,6 @@ async fn provisioning_view_plans_brings_up_and_takes_down_a_stack() {
             "unused".into(),
             "--stack".into(),
             stack.clone(),
-            "--binary".into(),
-            binary.display().to_string(),
             "--fleet-every".into(),
             "1".into(),
         ],
@@ -107,6 +91,24 @@ async fn provisioning_view_plans_brings_up_and_takes_down_a_stack() {
     let screen = tmux.wait_for("up finished", Duration::from_secs(120), |s| s.contains("provision up finished"));
     assert!(screen.contains("✓") && screen.contains("created"), "up shows its steps:\n{screen}");
     assert!(screen.contains("auto scaling group"), "{screen}");
+    // The release up shipped is this flipstack executable.
+    let s3_config = aws_config::defaults(BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(&endpoint)
+        .load()
+        .await;
+    let s3 =
+        aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&s3_config).force_path_style(true).build());
+    let release = s3
+        .head_object()
+        .bucket(format!("flipstack-{stack}-123456789012-{REGION}"))
+        .key("release/flipstack")
+        .send()
+        .await
+        .expect("up uploaded a release");
+    let shipped = release.content_length().unwrap_or(0) as u64;
+    assert_eq!(shipped, std::fs::metadata(console_support::BIN).unwrap().len(), "the release is the running flipstack");
+    assert!(release.metadata().is_some_and(|m| m.contains_key("sha256")));
 
     // The view closed, the fleet panel shows what up made.
     tmux.keys(&["Escape"]);
@@ -137,6 +139,8 @@ async fn provisioning_view_plans_brings_up_and_takes_down_a_stack() {
     assert!(left.auto_scaling_groups().is_empty(), "down left groups: {:?}", left.auto_scaling_groups());
 
     tmux.keys(&["Escape"]);
+    // Sent together, Escape and q read as Alt-q: wait for the view to close first.
+    tmux.wait_for("the view closed", Duration::from_secs(10), |s| s.contains("no Auto Scaling groups tagged"));
     tmux.keys(&["q"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while tmux.exit_status().is_none() {

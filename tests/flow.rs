@@ -548,6 +548,7 @@ fn every_command_explains_itself() {
         &["provision", "up", "--help"],
         &["provision", "down", "--help"],
         &["provision", "status", "--help"],
+        &["provision", "check-release", "--help"],
     ];
     for args in commands {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_flipstack")).args(*args).output().unwrap();

@@ -6,13 +6,14 @@
 use std::path::{Path, PathBuf};
 
 use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use flipstack_core::aws::cloudwatch::FleetNumbers;
 use flipstack_core::status::AdminStatus;
 use flipstack_provision::fleet::GroupStatus;
 use tui_input::Input;
 use tui_input::backend::crossterm::EventHandler;
 
 use crate::client::DumpWritten;
-use crate::model::{AdminEvent, EventData, FleetData, Millis, StatusData};
+use crate::model::{AdminEvent, EventData, FleetData, FleetNumbersData, Millis, StatusData};
 use crate::provision::{ProvisionMsg, ProvisionOp, ProvisionState};
 
 /// The status is polled every second; older than this it is stale.
@@ -51,6 +52,8 @@ pub enum Msg {
     /// Boxed: a status is large and most messages are small.
     Status(Result<Box<AdminStatus>, String>),
     Fleet(Result<Vec<GroupStatus>, String>),
+    /// The fleet's numbers from CloudWatch (with `--stack`).
+    FleetNumbers(Result<FleetNumbers, String>),
     EventsConnected,
     Event(AdminEvent),
     EventsDown(String),
@@ -110,6 +113,8 @@ pub struct App {
     pub mode: Mode,
     pub status: StatusData,
     pub fleet: FleetData,
+    /// Fleet-wide numbers from CloudWatch; empty without `--stack`.
+    pub fleet_numbers: FleetNumbersData,
     pub events: EventData,
     /// A block or unblock request in flight.
     pub block_pending: Option<bool>,
@@ -131,6 +136,7 @@ impl App {
             mode: Mode::Normal,
             status: StatusData::default(),
             fleet: FleetData::default(),
+            fleet_numbers: FleetNumbersData::default(),
             events: EventData::default(),
             block_pending: None,
             dump: None,
@@ -164,6 +170,11 @@ impl App {
             Msg::Status(Err(e)) => self.status.health.failed(now, e),
             Msg::Fleet(Ok(g)) => self.fleet.update(now, g),
             Msg::Fleet(Err(e)) => self.fleet.health.failed(now, e),
+            Msg::FleetNumbers(Ok(n)) => {
+                self.fleet_numbers.last = Some(n);
+                self.fleet_numbers.health.ok(now);
+            }
+            Msg::FleetNumbers(Err(e)) => self.fleet_numbers.health.failed(now, e),
             Msg::EventsConnected => {
                 self.events.connected = true;
                 self.events.health.ok(now);

@@ -112,6 +112,12 @@ pub async fn run(config: ConsoleConfig) -> Result<(), ConsoleError> {
     if let Some(spec) = &config.stack {
         flipstack_provision::aws::validate_stack_name(&spec.stack).map_err(|e| ConsoleError::Stack(e.to_string()))?;
         tasks.spawn(sources::fleet(spec.aws.clone(), spec.stack.clone(), tx.clone(), config.fleet_every));
+        tasks.spawn(sources::fleet_numbers(
+            spec.aws.clone(),
+            spec.metrics_namespace.clone(),
+            tx.clone(),
+            config.fleet_every.max(std::time::Duration::from_secs(1)),
+        ));
     }
     let mut app = App::new(
         Options {

@@ -218,6 +218,28 @@ impl FleetData {
     }
 }
 
+/// The fleet's numbers from CloudWatch: what every server and worker sent,
+/// summed, for the newest minute with data.
+#[derive(Debug, Clone, Default)]
+pub struct FleetNumbersData {
+    pub health: SourceHealth,
+    pub last: Option<flipstack_core::aws::cloudwatch::FleetNumbers>,
+}
+
+impl FleetNumbersData {
+    /// One line for a panel: `label` and the numbers `pick` chooses, marked
+    /// stale when the newest minute ended more than two periods ago.
+    pub fn line(
+        &self,
+        now: Millis,
+        text: impl FnOnce(&flipstack_core::aws::cloudwatch::FleetNumbers) -> Option<String>,
+    ) -> Option<(String, bool)> {
+        let n = self.last.as_ref()?;
+        let body = text(n)?;
+        Some((format!("fleet/min {body}"), n.is_stale(now)))
+    }
+}
+
 /// A gallery read from the event stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Read {

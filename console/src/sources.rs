@@ -68,6 +68,26 @@ pub async fn events(client: AdminClient, tx: mpsc::Sender<Msg>) {
     }
 }
 
+/// Reads the fleet's own numbers (what every server and worker sent to
+/// CloudWatch, summed) every `every`.
+pub async fn fleet_numbers(aws: AwsSettings, namespace: String, tx: mpsc::Sender<Msg>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = flipstack_core::domain::now_millis();
+        let read = flipstack_core::aws::cloudwatch::fleet_numbers(&aws, &namespace, now);
+        let msg = match tokio::time::timeout(every * 2 + Duration::from_secs(5), read).await {
+            Ok(Ok(n)) => Msg::FleetNumbers(Ok(n)),
+            Ok(Err(e)) => Msg::FleetNumbers(Err(format!("CloudWatch: {e}"))),
+            Err(_) => Msg::FleetNumbers(Err("CloudWatch did not answer in time".into())),
+        };
+        if tx.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Polls the stack's Auto Scaling groups every `every`.
 pub async fn fleet(aws: AwsSettings, stack: String, tx: mpsc::Sender<Msg>, every: Duration) {
     let mut tick = tokio::time::interval(every);

@@ -332,6 +332,13 @@ fn queue(app: &App, area: Rect, buf: &mut Buffer) {
         Line::from(vec![Span::raw(format!("waiting {}  in flight {}  dead ", d.visible, d.in_flight)), dlq]),
         Line::raw(format!("oldest {oldest}  done {}/min", app.events.jobs_done_within(app.now, 60_000))),
     ];
+    if let Some(line) = fleet_line(app, |n| {
+        let jobs = n.jobs_done?;
+        let secs = n.job_seconds.map(|s| format!("  job {s:.2}s")).unwrap_or_default();
+        Some(format!("done {jobs:.0}{secs}"))
+    }) {
+        lines.push(line);
+    }
     // This process's own job timings: none where workers run apart from it.
     if m.job_count > 0 || m.queue_wait_count > 0 {
         let timings = Span::styled(
@@ -365,14 +372,45 @@ fn sparkline_with_label(label: &str, series: &Series, area: Rect, buf: &mut Buff
     sparkline(series, 0, s, buf, style);
 }
 
+/// The fleet-wide numbers (CloudWatch, with `--stack`) as one panel line,
+/// red and marked when stale.
+fn fleet_line(
+    app: &App,
+    text: impl FnOnce(&flipstack_core::aws::cloudwatch::FleetNumbers) -> Option<String>,
+) -> Option<Line<'static>> {
+    let (body, stale) = app.fleet_numbers.line(app.now, text)?;
+    Some(if stale {
+        Line::styled(format!("{body} (stale)"), BAD)
+    } else {
+        Line::styled(body, Style::new().fg(Color::Cyan))
+    })
+}
+
+fn fleet_reads(app: &App) -> Option<Line<'static>> {
+    fleet_line(app, |n| {
+        let [c, r, p] = n.reads;
+        (c.is_some() || r.is_some() || p.is_some()).then(|| {
+            let v = |x: Option<f64>| x.map_or("—".to_owned(), |x| format!("{x:.0}"));
+            format!("cache {}  replica {}  primary {}", v(c), v(r), v(p))
+        })
+    })
+}
+
 fn cache(app: &App, area: Rect, buf: &mut Buffer) {
     let freshness = status_freshness(app);
     let kind = app.status.last.as_ref().map(|s| s.cache.clone()).unwrap_or_default();
     let block = panel_block("cache", kind, &freshness);
     let inner = block.inner(area);
     block.render(area, buf);
+    let fleet = fleet_line(app, |n| {
+        let (h, m) = (n.cache_hits?, n.cache_misses.unwrap_or(0.0));
+        let ratio = if h + m > 0.0 { format!(" ({:.1}%)", 100.0 * h / (h + m)) } else { String::new() };
+        Some(format!("hits {h:.0}  misses {m:.0}{ratio}"))
+    });
     let Some(s) = &app.status.last else {
-        Paragraph::new(waiting_text("the server", &freshness, false)).wrap(Wrap { trim: true }).render(inner, buf);
+        let mut text = waiting_text("the server", &freshness, false);
+        text.lines.extend(fleet);
+        Paragraph::new(text).wrap(Wrap { trim: true }).render(inner, buf);
         return;
     };
     let pct = |r: Option<f64>| r.map_or("—".to_owned(), |r| format!("{:.1}%", r * 100.0));
@@ -397,7 +435,9 @@ fn cache(app: &App, area: Rect, buf: &mut Buffer) {
             errors,
         ]),
     ];
-    let [text, spark] = inner.layout(&Layout::vertical([Constraint::Length(2), Constraint::Min(0)]));
+    let mut lines = lines;
+    lines.extend(fleet);
+    let [text, spark] = inner.layout(&Layout::vertical([Constraint::Length(lines.len() as u16), Constraint::Min(0)]));
     Paragraph::new(lines).render(text, buf);
     sparkline_with_label("hits/s", &app.status.cache_hits_per_s, spark, buf, GOOD);
 }
@@ -431,6 +471,7 @@ fn reads(app: &App, area: Rect, buf: &mut Buffer) {
                 "cache {}  replica {}  primary {}",
                 m.reads_cache, m.reads_replica, m.reads_primary
             )));
+            lines.extend(fleet_reads(app));
             let lag = if s.replicas.is_empty() {
                 Line::styled("no replica: reads go to the primary", DIM)
             } else {
@@ -450,7 +491,10 @@ fn reads(app: &App, area: Rect, buf: &mut Buffer) {
             };
             lines.push(lag);
         }
-        None => lines.extend(waiting_text("the server", &status_fresh, false).lines),
+        None => {
+            lines.extend(waiting_text("the server", &status_fresh, false).lines);
+            lines.extend(fleet_reads(app));
+        }
     }
     if let Freshness::Waiting { error: Some(e) } | Freshness::Stale { error: Some(e), .. } = &events_fresh {
         lines.push(Line::styled(format!("events: {e}"), BAD));
@@ -799,7 +843,7 @@ fn provision_prompt(app: &App, stack: &str) -> (Vec<Line<'static>>, Option<(u16,
             (
                 vec![
                     Line::styled(format!("Down deletes everything tagged with stack {stack}: instances, load"), BAD),
-                    Line::styled("balancer, database (no final snapshot), cache, queues, bucket and pictures.", BAD),
+                    Line::styled("balancer, database (final snapshot kept), cache, queues, bucket, pictures.", BAD),
                     Line::from(vec![
                         Span::styled(prompt, BAD),
                         Span::styled(input.value().to_owned(), Style::new().bold()),

@@ -59,6 +59,8 @@ pub const KEYS: &[&str] = &[
     "signin_mails_per_client_per_hour",
     "signin_mails_per_address_per_hour",
     "quota_bytes_per_person",
+    "startup_wait_secs",
+    "scale_in_protection_group",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -148,6 +150,12 @@ pub struct Config {
     pub signin_mails_per_address_per_hour: u32,
     /// Storage a person's pictures may take (originals and flips).
     pub quota_bytes_per_person: u64,
+    /// At start, how long a process keeps retrying a service (database, cache,
+    /// queue) that does not answer yet before it gives up with an error.
+    pub startup_wait_secs: u64,
+    /// The worker's Auto Scaling group: when set, a worker protects its
+    /// instance from scale-in while it holds a job (set by `provision up`).
+    pub scale_in_protection_group: Option<String>,
 }
 
 impl Default for Config {
@@ -199,6 +207,8 @@ impl Default for Config {
             signin_mails_per_client_per_hour: 30,
             signin_mails_per_address_per_hour: 6,
             quota_bytes_per_person: 10 * 1024 * 1024 * 1024,
+            startup_wait_secs: 300,
+            scale_in_protection_group: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Wiring: every port opened from the configuration, once per process.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::aws::AwsSettings;
 use crate::blob::{BlobError, BlobStore};
@@ -34,6 +35,80 @@ pub enum ServicesError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "gave up waiting for the {service} after {waited_secs} s (FLIPSTACK_STARTUP_WAIT_SECS): {source}. \
+         Check that it is running and reachable from this machine (address, port, security group), then start again"
+    )]
+    GaveUp {
+        service: &'static str,
+        waited_secs: u64,
+        #[source]
+        source: Box<ServicesError>,
+    },
+}
+
+impl ServicesError {
+    /// Whether the service may answer a little later (refused, timed out, not
+    /// resolvable yet), as opposed to a configuration that will never work.
+    fn may_answer_later(&self) -> bool {
+        match self {
+            ServicesError::Store(e) => matches!(e, StoreError::Unavailable(_)),
+            ServicesError::Cache(e) => matches!(e, CacheError::Unavailable(_)),
+            ServicesError::Queue(e) => matches!(e, QueueError::Unavailable(_)),
+            ServicesError::Blob(_)
+            | ServicesError::Mail(_)
+            | ServicesError::DataDir { .. }
+            | ServicesError::GaveUp { .. } => false,
+        }
+    }
+}
+
+/// First pause between tries at start, doubled after each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs `attempt` until it succeeds, fails for good, or `deadline` passes,
+/// pausing longer after each failure and saying what it waits for. A whole
+/// fleet starting at once (a new stack, an Auto Scaling group after an
+/// outage) comes up as its services do, in any order.
+async fn wait_for<T, E, F, Fut>(
+    service: &'static str,
+    deadline: Instant,
+    started: Instant,
+    mut attempt: F,
+) -> Result<T, ServicesError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Into<ServicesError>,
+{
+    let mut pause = FIRST_BACKOFF;
+    loop {
+        let error: ServicesError = match attempt().await {
+            Ok(v) => {
+                if started.elapsed() > FIRST_BACKOFF {
+                    tracing::info!(service, waited_ms = started.elapsed().as_millis() as u64, "the {service} answers");
+                }
+                return Ok(v);
+            }
+            Err(e) => e.into(),
+        };
+        if !error.may_answer_later() {
+            return Err(error);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ServicesError::GaveUp {
+                service,
+                waited_secs: started.elapsed().as_secs(),
+                source: Box::new(error),
+            });
+        }
+        let pause_now = pause.min(deadline - now);
+        tracing::warn!(service, error = %error, retry_in_ms = pause_now.as_millis() as u64, "waiting for the {service} to answer");
+        tokio::time::sleep(pause_now).await;
+        pause = (pause * 2).min(MAX_BACKOFF);
+    }
 }
 
 pub struct Services {
@@ -50,26 +125,35 @@ pub struct Services {
 }
 
 impl Services {
+    /// Opens every port. A service that does not answer yet is retried with
+    /// backoff for up to `startup_wait_secs`, with a log line saying which.
     pub async fn connect(config: Config) -> Result<Arc<Services>, ServicesError> {
         private_data_dir(&config.data_dir)
             .map_err(|source| ServicesError::DataDir { path: config.data_dir.clone(), source })?;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(config.startup_wait_secs);
         let metrics = Arc::new(Metrics::new());
-        let store = crate::store::connect(
-            &config.database_url(),
-            &config.replica_urls,
-            metrics.clone(),
-            Duration::from_millis(config.replica_wait_ms),
-            Duration::from_millis(config.replica_max_lag_ms),
-        )
+        let database_url = config.database_url();
+        let store = wait_for("database", deadline, Instant::now(), || {
+            crate::store::connect(
+                &database_url,
+                &config.replica_urls,
+                metrics.clone(),
+                Duration::from_millis(config.replica_wait_ms),
+                Duration::from_millis(config.replica_max_lag_ms),
+            )
+        })
         .await?;
-        let cache = crate::cache::connect(&config.cache_url).await?;
+        let cache = wait_for("cache", deadline, Instant::now(), || crate::cache::connect(&config.cache_url)).await?;
         let gallery =
             Gallery::new(store.clone(), cache.clone(), metrics.clone(), Duration::from_secs(config.cache_ttl_secs));
         let aws = AwsSettings::from_config(&config);
         let blobs = BlobStore::from_url(&config.blob_url(), &aws.region, aws.endpoint.as_deref())?;
-        let queue =
-            crate::queue::connect(&config.queue_url, store.clone(), Duration::from_millis(config.queue_poll_ms), &aws)
-                .await?;
+        let poll = Duration::from_millis(config.queue_poll_ms);
+        let queue = wait_for("queue", deadline, Instant::now(), || {
+            crate::queue::connect(&config.queue_url, store.clone(), poll, &aws)
+        })
+        .await?;
         let mailer = crate::mail::from_url(&config.mail_url(), &config.mail_from)?;
         let limits = Limits::new(config.max_pixels, config.max_frames);
         Ok(Arc::new(Services { config, store, cache, gallery, blobs, queue, mailer, metrics, limits, aws }))

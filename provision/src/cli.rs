@@ -25,6 +25,16 @@ pub enum ProvisionCommand {
     Down(DownArgs),
     /// Show the stack's resources and its groups' desired and in-service counts.
     Status(StatusArgs),
+    /// Check that a flipstack binary runs on the instances (Linux x86-64, glibc at most
+    /// Amazon Linux 2023's 2.34): prints the highest GLIBC_ version it needs; fails otherwise.
+    CheckRelease(CheckReleaseArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckReleaseArgs {
+    /// The binary to check [default: this flipstack executable, what `up` ships].
+    #[arg(long, value_name = "FILE")]
+    pub binary: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -41,8 +51,9 @@ pub struct StackArgs {
 pub struct UpArgs {
     #[command(flatten)]
     pub target: StackArgs,
-    /// The flipstack binary to upload as the release (a Linux x86-64 build).
-    /// Needed on the first `up`; later runs keep the release already uploaded.
+    /// The flipstack binary to upload as the release [default: this flipstack
+    /// executable]. Either must be a Linux x86-64 build that Amazon Linux 2023
+    /// runs (glibc at most 2.34); it is uploaded when it differs from the stack's.
     #[arg(long, value_name = "FILE")]
     pub binary: Option<PathBuf>,
     /// VPC to build in [default: the region's default VPC]
@@ -102,6 +113,12 @@ pub struct UpArgs {
     /// The stack's mailer, smtp://user:pass@host:port [default: a local outbox on each instance]
     #[arg(long, value_name = "URL")]
     pub stack_mail_url: Option<String>,
+    /// An SNS topic ARN the alarms notify (dead letters, an old job, 5xx, database storage).
+    #[arg(long, value_name = "ARN")]
+    pub alarm_topic_arn: Option<String>,
+    /// The oldest-job alarm fires when a job has waited longer than this.
+    #[arg(long, value_name = "MINUTES", default_value_t = 15)]
+    pub oldest_job_alarm_minutes: u32,
     /// Seconds between checks while waiting for AWS.
     #[arg(long, default_value_t = 10)]
     pub poll_secs: u64,
@@ -114,12 +131,12 @@ pub struct UpArgs {
 pub struct DownArgs {
     #[command(flatten)]
     pub target: StackArgs,
-    /// Confirm: down deletes the stack's database, cache, queue and bucket with its pictures.
+    /// Confirm without asking: down deletes the stack's database, cache, queue and bucket with its pictures.
     #[arg(long)]
     pub yes: bool,
-    /// Keep a final snapshot of the primary database.
+    /// Delete the primary database without the final snapshot down otherwise keeps.
     #[arg(long)]
-    pub final_snapshot: bool,
+    pub skip_final_snapshot: bool,
     /// Seconds between checks while waiting for AWS.
     #[arg(long, default_value_t = 10)]
     pub poll_secs: u64,
@@ -168,6 +185,8 @@ pub fn spec(args: &UpArgs, config: &Config) -> StackSpec {
     spec.public_url = args.stack_public_url.clone();
     spec.mail_url = args.stack_mail_url.clone();
     spec.metrics_namespace = config.metrics_namespace.clone();
+    spec.alarm_topic_arn = args.alarm_topic_arn.clone();
+    spec.oldest_job_alarm_minutes = args.oldest_job_alarm_minutes.max(1);
     spec.waits.poll = Duration::from_secs(args.poll_secs.max(1));
     spec
 }
@@ -217,15 +236,50 @@ pub async fn run(cmd: ProvisionCommand, config: &Config) -> Result<()> {
             }
         }
         ProvisionCommand::Down(args) => {
-            if !args.yes {
-                bail!(
-                    "down deletes stack {:?}'s database, cache, queue and bucket (with every picture); run it again with --yes (add --final-snapshot to keep a snapshot of the database)",
-                    args.target.stack
-                );
-            }
             let aws = settings(&args.target, config);
+            // What will go, before anything is asked or deleted.
+            let st = aws::status(&aws, &args.target.stack)
+                .await
+                .with_context(|| format!("reading stack {}", args.target.stack))?;
+            if st.resources.is_empty() {
+                println!("stack {} has no resources in {}: nothing to delete", st.stack, st.region);
+                return Ok(());
+            }
+            println!("down deletes these {} resources of stack {} in {}:", st.resources.len(), st.stack, st.region);
+            for r in &st.resources {
+                println!("  {:<18} {}", r.kind.label(), r.name);
+            }
+            for r in &st.not_ours {
+                println!("  (left alone, not the stack's: {} {})", r.kind.label(), r.name);
+            }
+            println!(
+                "{}",
+                if args.skip_final_snapshot {
+                    "the primary database goes WITHOUT a final snapshot (--skip-final-snapshot): its data is lost"
+                        .into()
+                } else {
+                    format!(
+                        "a final snapshot of the primary database is kept (flipstack-{}-db-final-…; delete it yourself later)",
+                        st.stack
+                    )
+                }
+            );
+            if !args.yes {
+                if !std::io::stdin().is_terminal() {
+                    bail!(
+                        "down deletes stack {:?}'s database, cache, queue and bucket (with every picture), listed above; run it again with --yes to confirm",
+                        args.target.stack
+                    );
+                }
+                eprint!("type the stack's name ({}) to delete it: ", args.target.stack);
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer).context("reading the confirmation")?;
+                if answer.trim() != args.target.stack {
+                    bail!("the name does not match: nothing deleted");
+                }
+            }
             let options = DownOptions {
-                final_snapshot: args.final_snapshot,
+                final_snapshot: !args.skip_final_snapshot,
                 waits: aws::Waits { poll: Duration::from_secs(args.poll_secs.max(1)), ..aws::Waits::default() },
             };
             let view = Progress::new();
@@ -250,6 +304,15 @@ pub async fn run(cmd: ProvisionCommand, config: &Config) -> Result<()> {
                     done.stack
                 );
             }
+        }
+        ProvisionCommand::CheckRelease(args) => {
+            let path = crate::release::release_path(args.binary.as_deref())?;
+            let exe = crate::release::inspect(&path)?;
+            println!("{}", exe.summary());
+            let highest = exe.glibc.map(|v| format!("GLIBC_{v}")).unwrap_or_else(|| "none".into());
+            println!("highest GLIBC_ version required: {highest}");
+            crate::release::check_for_target(&path)?;
+            println!("runs on {} (glibc {})", crate::release::TARGET_SYSTEM, crate::release::TARGET_GLIBC);
         }
         ProvisionCommand::Status(args) => {
             let aws = settings(&args.target, config);

@@ -1,8 +1,9 @@
 //! The local target: `flipstack up`'s worker pool. Worker processes
 //! (`flipstack work`) are started, restarted when they die, and scaled
 //! between min and max on the backlog per worker with the same [`Scaler`] the
-//! AWS worker group mirrors. Scaling in sends SIGTERM, so a worker finishes
-//! the job in hand before it exits. The pool's state is published to the
+//! AWS worker group mirrors, on the backlog of waiting and in-flight jobs.
+//! Scaling in drains only idle workers (one holding a job is protected, as on
+//! AWS) with SIGTERM. The pool's state is published to the
 //! settings table for the admin API's status.
 
 use std::path::PathBuf;
@@ -84,8 +85,10 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
             Err(_) => false,
         });
         let active = workers.iter().filter(|w| !w.draining).count() as u32;
+        // Jobs in hand count as much as waiting ones: a pool working hard is not
+        // shrunk mid-burst just because its jobs were taken.
         let backlog = match services.queue.depth().await {
-            Ok(d) => d.visible,
+            Ok(d) => d.visible + d.in_flight,
             Err(e) => {
                 tracing::debug!(error = %e, "could not read the backlog; keeping the pool as it is");
                 continue;
@@ -107,17 +110,24 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
                 }
             }
         } else if desired < active {
-            // Drain the newest first: the oldest have warm caches and steady leases.
-            let mut surplus = active - desired;
-            for w in workers.iter_mut().rev().filter(|w| !w.draining) {
-                if surplus == 0 {
-                    break;
+            // A worker holding a job is protected from scale-in: only idle ones
+            // are drained (newest first), and none while the store cannot say.
+            let busy = match services.store.workers().await {
+                Ok(list) => list.iter().filter(|w| w.current_upload.is_some()).map(|w| w.pid as i32).collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot tell which workers hold a job; scaling in later");
+                    Vec::new()
                 }
-                if let Some(pid) = w.pid() {
+            };
+            let candidates: Vec<Option<i32>> = workers.iter().filter(|w| !w.draining).map(|w| w.pid()).collect();
+            let chosen = pick_to_drain(&candidates, &busy, active - desired);
+            for w in workers.iter_mut().filter(|w| !w.draining) {
+                if let Some(pid) = w.pid()
+                    && chosen.contains(&pid)
+                {
                     signal(pid, libc::SIGTERM);
+                    w.draining = true;
                 }
-                w.draining = true;
-                surplus -= 1;
             }
         }
         let status = PoolStatus {
@@ -133,6 +143,14 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
         }
     }
     drain_all(&mut workers, config.drain_timeout).await;
+}
+
+/// Which of the running workers (pids, oldest first) to drain to lose
+/// `surplus`: idle ones only, newest first (the oldest have warm caches and
+/// steady leases). A worker holding a job is never chosen; the pool asks
+/// again next tick.
+fn pick_to_drain(running: &[Option<i32>], busy: &[i32], surplus: u32) -> Vec<i32> {
+    running.iter().rev().flatten().filter(|pid| !busy.contains(pid)).take(surplus as usize).copied().collect()
 }
 
 fn spawn(config: &PoolConfig) -> std::io::Result<Worker> {
@@ -160,5 +178,20 @@ async fn drain_all(workers: &mut [Worker], timeout: Duration) {
             tracing::warn!(pid = w.pid(), "a worker did not finish in time; killing it");
             let _ = w.child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_to_drain;
+
+    #[test]
+    fn scale_in_drains_idle_workers_newest_first_and_never_a_busy_one() {
+        let running = [Some(10), Some(11), Some(12), Some(13)];
+        assert_eq!(pick_to_drain(&running, &[], 2), vec![13, 12]);
+        assert_eq!(pick_to_drain(&running, &[13], 2), vec![12, 11]);
+        assert_eq!(pick_to_drain(&running, &[10, 11, 12, 13], 2), Vec::<i32>::new());
+        assert_eq!(pick_to_drain(&running, &[12], 9), vec![13, 11, 10]);
+        assert_eq!(pick_to_drain(&[None, Some(5)], &[], 2), vec![5]);
     }
 }

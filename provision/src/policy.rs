@@ -9,7 +9,7 @@
 //! scaling *out* is immediate.
 //!
 //! On AWS the worker group's target-tracking policy is the same rule: metric
-//! math `visible messages ÷ in-service instances` with target
+//! math `(visible + in-flight messages) ÷ in-service instances` with target
 //! `backlog_per_worker`, the service's own tolerance, and the group's default
 //! instance warmup standing in for the stabilisation window.
 

@@ -63,17 +63,12 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{tail}")
 }
 
-/// A small file with the header of a Linux x86-64 executable: what `up`
-/// checks before uploading a release.
+/// A small Linux x86-64 executable that needs glibc 2.34 (what `up` checks
+/// before uploading a release), different for every call.
 fn fake_release(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut bytes = vec![0u8; 4096];
-    bytes[..4].copy_from_slice(b"\x7fELF");
-    bytes[4] = 2; // 64-bit
-    bytes[5] = 1; // little-endian
-    bytes[6] = 1;
-    bytes[16] = 2; // executable
-    bytes[18] = 0x3E; // x86-64
-    rand::rng().fill(&mut bytes[64..]);
+    let mut padding = vec![0u8; 4096];
+    rand::rng().fill(&mut padding[..]);
+    let bytes = flipstack_provision::release::minimal_executable(&["GLIBC_2.2.5", "GLIBC_2.34"], &padding);
     let path = dir.join("flipstack");
     std::fs::write(&path, bytes).unwrap();
     path
@@ -144,6 +139,10 @@ fn expected_resources(stack: &str) -> BTreeSet<(Kind, String)> {
         (Kind::AutoScalingGroup, group_name(stack, "worker")),
         (Kind::ScalingPolicy, f("web-requests")),
         (Kind::ScalingPolicy, f("worker-backlog")),
+        (Kind::Alarm, f("alarm-dead-letters")),
+        (Kind::Alarm, f("alarm-oldest-job")),
+        (Kind::Alarm, f("alarm-http-5xx")),
+        (Kind::Alarm, f("alarm-db-storage")),
     ]);
     out
 }
@@ -217,7 +216,7 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
     assert_eq!(rules["web"], set(&[(8080, "sg:lb")]));
     assert_eq!(rules["worker"], set(&[]));
     assert_eq!(rules["db"], set(&[(3306, "sg:web"), (3306, "sg:worker")]));
-    assert_eq!(rules["cache"], set(&[(11211, "sg:web")]));
+    assert_eq!(rules["cache"], set(&[(11211, "sg:web"), (11211, "sg:worker")]));
     assert_eq!(rules.len(), 5);
 
     // The bucket: tagged, public access blocked (all four), encrypted, ACLs off.
@@ -309,11 +308,20 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
             assert!(
                 r.contains(&bucket)
                     || r.contains(&format!(":flipstack-{stack}-jobs"))
+                    || r.ends_with(&format!(":autoScalingGroupName/flipstack-{stack}-web"))
+                    || r.ends_with(&format!(":autoScalingGroupName/flipstack-{stack}-worker"))
                     || (r == "*" && s["Action"] == "cloudwatch:PutMetricData"),
                 "the policy reaches beyond the stack: {r}"
             );
         }
     }
+
+    let health = doc["Statement"].as_array().unwrap().iter().find(|s| s["Sid"] == "OwnGroupHealthAndProtection");
+    let health = health.expect("instances may report their own health (liveness) to their group");
+    assert_eq!(
+        health["Action"],
+        serde_json::json!(["autoscaling:SetInstanceHealth", "autoscaling:SetInstanceProtection"])
+    );
 
     // RDS: MariaDB, private, in the db group; the replica linked to the primary.
     assert_eq!(primary.engine(), Some("mariadb"));
@@ -354,10 +362,10 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
         assert!(has_stack_tag(t.tag_list().iter().map(|t| (t.key().unwrap(), t.value().unwrap())), stack), "{arn}");
     }
 
-    // Load balancer, target group (health check /healthz), listener: tagged.
+    // Load balancer, target group (routed on readiness, /readyz), listener: tagged.
     let tg = c.elb.describe_target_groups().names(format!("flipstack-{stack}-web")).send().await.unwrap();
     let tg = &tg.target_groups()[0];
-    assert_eq!(tg.health_check_path(), Some("/healthz"));
+    assert_eq!(tg.health_check_path(), Some("/readyz"));
     assert_eq!(tg.port(), Some(8080));
     let listeners = c.elb.describe_listeners().load_balancer_arn(lb.load_balancer_arn().unwrap()).send().await.unwrap();
     assert_eq!(listeners.listeners().len(), 1);
@@ -404,6 +412,16 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
         assert!(script.contains(&format!("s3://{bucket}/config/flipstack.env")));
         assert!(script.contains(&format!("ExecStart=/usr/local/bin/flipstack {command}\n")));
         assert!(script.contains("systemctl enable --now flipstack.service"));
+        // Liveness, not readiness, replaces an instance: the web instance asks
+        // /livez and reports itself to its group only when that keeps failing.
+        if role == "web" {
+            assert!(script.contains("http://127.0.0.1:8080/livez"), "{script}");
+            assert!(script.contains("aws autoscaling set-instance-health"), "{script}");
+            assert!(script.contains("systemctl enable --now flipstack-liveness.timer"), "{script}");
+            assert!(!script.contains("/readyz") && !script.contains("/healthz"), "{script}");
+        } else {
+            assert!(!script.contains("set-instance-health"), "{script}");
+        }
         assert_eq!(data.iam_instance_profile().unwrap().name(), Some(format!("flipstack-{stack}-instance").as_str()));
         assert_eq!(data.metadata_options().unwrap().http_tokens().unwrap().as_str(), "required");
         assert_eq!(data.instance_type(), Some(&InstanceType::T3Small));
@@ -434,8 +452,10 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
         let p = &policies.scaling_policies()[0];
         assert_eq!(p.policy_type(), Some("TargetTrackingScaling"));
         let t = p.target_tracking_configuration().unwrap();
+        // Never the load balancer's (readiness) check: a database outage
+        // would mark every web instance unhealthy and replace them all.
+        assert_eq!(g.health_check_type(), Some("EC2"), "{name}");
         if role == "web" {
-            assert_eq!(g.health_check_type(), Some("ELB"));
             assert_eq!(g.target_group_arns(), &[tg.target_group_arn().unwrap().to_owned()]);
             assert_eq!(t.target_value(), Some(spec.requests_per_target));
             let m = t.predefined_metric_specification().unwrap();
@@ -461,8 +481,16 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
             let m = workers.metric_stat().unwrap().metric().unwrap();
             assert_eq!(m.namespace(), Some("AWS/AutoScaling"));
             assert_eq!(m.dimensions()[0].value(), Some(name));
+            // In-flight messages count too: a group working hard is not shrunk mid-burst.
+            let in_flight = stat("ApproximateNumberOfMessagesNotVisible");
+            let m = in_flight.metric_stat().unwrap().metric().unwrap();
+            assert_eq!(m.namespace(), Some("AWS/SQS"));
+            assert_eq!(m.dimensions()[0].value(), Some(format!("flipstack-{stack}-jobs").as_str()));
             let expr = queries.iter().find(|q| q.expression().is_some()).unwrap();
-            assert_eq!(expr.expression().unwrap(), format!("{} / {}", visible.id().unwrap(), workers.id().unwrap()));
+            assert_eq!(
+                expr.expression().unwrap(),
+                format!("({} + {}) / {}", visible.id().unwrap(), in_flight.id().unwrap(), workers.id().unwrap())
+            );
             assert_eq!(expr.return_data(), Some(true));
             assert!(g.enabled_metrics().iter().any(|e| e.metric() == Some("GroupInServiceInstances")));
         }
@@ -812,10 +840,11 @@ async fn the_cli_runs_plan_up_status_down() {
     let release = release.to_str().unwrap();
     run(&["plan", "--stack", &stack, "--binary", release]).await.unwrap();
     run(&["up", "--stack", &stack, "--binary", release, "--poll-secs", "1", "--worker-max", "3"]).await.unwrap();
-    run(&["up", "--stack", &stack, "--poll-secs", "1", "--worker-max", "3"]).await.unwrap();
+    run(&["up", "--stack", &stack, "--binary", release, "--poll-secs", "1", "--worker-max", "3"]).await.unwrap();
     let plan = aws::plan(&{
         let mut s = StackSpec::new(&stack, settings(&ep));
         s.worker = aws::Capacity { min: 1, max: 3 };
+        s.binary = Some(release.into());
         s
     })
     .await
@@ -831,4 +860,258 @@ async fn the_cli_runs_plan_up_status_down() {
         assert!(e.to_string().contains("run `flipstack provision down` again"), "{e}");
     }
     assert!(left_after_down(&aws::status(&settings(&ep), &stack).await.unwrap()).is_empty());
+}
+
+/// A plan needs no `--binary`: it shows the running executable as the release
+/// `up` would ship, with what it needs of glibc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_without_a_binary_shows_the_running_executable_as_the_release() {
+    let Some(ep) = endpoint() else { return };
+    let stack = unique("self");
+    let plan = aws::plan(&StackSpec::new(&stack, settings(&ep))).await.unwrap();
+    let release = plan.actions.iter().find(|a| a.kind == Kind::ReleaseArtifact).expect("a release action");
+    assert!(matches!(release.change, Change::Create));
+    let me = std::env::current_exe().unwrap();
+    let text = format!("{plan}");
+    assert!(text.contains(&me.display().to_string()), "{text}");
+    assert!(text.contains("needs GLIBC_2."), "{text}");
+    assert!(text.contains("Amazon Linux 2023 has 2.34"), "{text}");
+    assert!(release.warnings.is_empty(), "{:?}", release.warnings);
+}
+
+/// A release that needs a newer glibc than Amazon Linux 2023's: `up` refuses
+/// it before it makes anything; `plan` still answers, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_needs_a_newer_glibc_is_refused_before_anything_is_made() {
+    let Some(ep) = endpoint() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flipstack");
+    std::fs::write(&path, flipstack_provision::release::minimal_executable(&["GLIBC_2.2.5", "GLIBC_2.38"], b""))
+        .unwrap();
+    let stack = unique("glibc");
+    let spec = spec(&ep, &stack, &path);
+    let plan = aws::plan(&spec).await.expect("a plan never fails for want of a release");
+    let release = plan.actions.iter().find(|a| a.kind == Kind::ReleaseArtifact).unwrap();
+    assert!(release.warnings.iter().any(|w| w.contains("needs glibc 2.38")), "{:?}", release.warnings);
+    let err = aws::up(&spec, &aws::no_progress).await.unwrap_err();
+    assert!(matches!(err, ProvisionError::Release(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("needs glibc 2.38") && msg.contains("Amazon Linux 2023 has 2.34"), "{msg}");
+    assert!(aws::status(&settings(&ep), &stack).await.unwrap().resources.is_empty(), "up made something");
+}
+
+/// (host, port) of each endpoint a configuration names: the primary, the
+/// replicas and the cache nodes.
+fn configured_endpoints(vars: &BTreeMap<String, String>) -> Vec<(&'static str, String, i32)> {
+    let mut out = Vec::new();
+    let host_port = |hp: &str, default: i32| match hp.rsplit_once(':') {
+        Some((h, p)) => (h.to_owned(), p.parse().unwrap()),
+        None => (hp.to_owned(), default),
+    };
+    for (key, what) in [("FLIPSTACK_DATABASE_URL", "database"), ("FLIPSTACK_REPLICA_URLS", "replica")] {
+        for url in vars.get(key).map(String::as_str).unwrap_or("").split(',').filter(|u| !u.is_empty()) {
+            let u = url::Url::parse(url).unwrap();
+            out.push((what, u.host_str().unwrap().to_owned(), i32::from(u.port().unwrap_or(3306))));
+        }
+    }
+    if let Some(nodes) = vars.get("FLIPSTACK_CACHE_URL").and_then(|u| u.strip_prefix("memcache://")) {
+        for n in nodes.split(',') {
+            let (h, p) = host_port(n, 11211);
+            out.push(("cache", h, p));
+        }
+    }
+    out
+}
+
+/// Issue 12: every endpoint a role's configuration names is reachable from
+/// that role under the stack's ingress rules, and no other rule is open.
+/// Everything is read back from AWS: the launch templates (which command each
+/// role runs, which group it is in, which configuration it fetches), that
+/// configuration object, the databases' and cache's groups, and the rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_a_role_is_configured_with_is_reachable_and_nothing_else_is_open() {
+    let Some(ep) = endpoint() else { return };
+    let c = clients(&ep).await;
+    let dir = tempfile::tempdir().unwrap();
+    let release = fake_release(dir.path());
+    let stack = unique("reach");
+    aws::up(&spec(&ep, &stack, &release), &aws::no_progress).await.unwrap();
+
+    // The rules: (group id, port, source group id or CIDR).
+    let sgs = c
+        .ec2
+        .describe_security_groups()
+        .filters(Filter::builder().name(format!("tag:{STACK_TAG}")).values(&stack).build())
+        .send()
+        .await
+        .unwrap();
+    let mut open: BTreeSet<(String, i32, String)> = BTreeSet::new();
+    for g in sgs.security_groups() {
+        for p in g.ip_permissions() {
+            let port = p.from_port().unwrap();
+            assert_eq!(p.from_port(), p.to_port());
+            for r in p.ip_ranges() {
+                open.insert((g.group_id().unwrap().to_owned(), port, r.cidr_ip().unwrap().to_owned()));
+            }
+            for pair in p.user_id_group_pairs() {
+                open.insert((g.group_id().unwrap().to_owned(), port, pair.group_id().unwrap().to_owned()));
+            }
+        }
+    }
+
+    // Which groups guard each host: the databases and the cache nodes.
+    let mut guards: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for d in c.rds.describe_db_instances().send().await.unwrap().db_instances() {
+        if let Some(host) = d.endpoint().and_then(|e| e.address()) {
+            let ids = d.vpc_security_groups().iter().filter_map(|g| g.vpc_security_group_id()).map(String::from);
+            guards.insert(host.to_owned(), ids.collect());
+        }
+    }
+    // moto reports neither the cache's endpoint nor its groups (see docs/aws.md);
+    // the cache is then known by its group's role tag and memcached's port.
+    const UNREPORTED_CACHE: &str = "(the stack's cache cluster, endpoint not reported)";
+    let cache_group = sgs
+        .security_groups()
+        .iter()
+        .find(|g| g.tags().iter().any(|t| t.key() == Some(ROLE_TAG) && t.value() == Some("cache")))
+        .and_then(|g| g.group_id())
+        .expect("the stack has a cache group")
+        .to_owned();
+    guards.insert(UNREPORTED_CACHE.into(), vec![cache_group]);
+    let clusters = c.cache.describe_cache_clusters().show_cache_node_info(true).send().await.unwrap();
+    for cl in clusters.cache_clusters() {
+        let ids: Vec<String> =
+            cl.security_groups().iter().filter_map(|g| g.security_group_id()).map(String::from).collect();
+        let mut hosts: Vec<&str> = cl.cache_nodes().iter().filter_map(|n| n.endpoint()?.address()).collect();
+        hosts.extend(cl.configuration_endpoint().and_then(|e| e.address()));
+        for h in hosts {
+            guards.insert(h.to_owned(), ids.clone());
+        }
+    }
+
+    // Each launch template: its role (the command it runs), its group, and the configuration it reads.
+    let bucket = format!("flipstack-{stack}-123456789012-{REGION}");
+    let mut needed: BTreeSet<(String, i32, String)> = BTreeSet::new();
+    let mut role_groups = BTreeMap::new();
+    for role in ["web", "worker"] {
+        let v = c
+            .ec2
+            .describe_launch_template_versions()
+            .launch_template_name(group_name(&stack, role))
+            .versions("$Default")
+            .send()
+            .await
+            .unwrap();
+        let data = v.launch_template_versions()[0].launch_template_data().unwrap().clone();
+        let script = base64::engine::general_purpose::STANDARD.decode(data.user_data().unwrap()).unwrap();
+        let script = String::from_utf8(script).unwrap();
+        let command = if script.contains("ExecStart=/usr/local/bin/flipstack serve\n") { "serve" } else { "work" };
+        assert_eq!(command, if role == "web" { "serve" } else { "work" });
+        let key = script
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("s3://{bucket}/")).filter(|k| k.starts_with("config/")))
+            .expect("the user data fetches a configuration")
+            .to_owned();
+        let conf = c.s3.get_object().bucket(&bucket).key(&key).send().await.unwrap();
+        let conf = String::from_utf8(conf.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
+        let mut vars: BTreeMap<String, String> =
+            conf.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        // What the unit sets beside the file.
+        for line in script.lines().filter_map(|l| l.strip_prefix("Environment=")) {
+            if let Some((k, v)) = line.split_once('=') {
+                vars.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let group = data.security_group_ids().first().expect("the template names its group").clone();
+        role_groups.insert(role, group.clone());
+        let mut endpoints = configured_endpoints(&vars);
+        if !vars.contains_key("FLIPSTACK_CACHE_URL") {
+            println!("{role}: the configuration names no cache (moto reports no endpoint); checking the cache group");
+            endpoints.push(("cache", UNREPORTED_CACHE.into(), 11211));
+        }
+        let kinds: BTreeSet<&str> = endpoints.iter().map(|e| e.0).collect();
+        assert_eq!(kinds, BTreeSet::from(["cache", "database", "replica"]), "{role}: {vars:?}");
+        for (what, host, port) in endpoints {
+            let targets =
+                guards.get(&host).unwrap_or_else(|| panic!("{role}: no resource of the stack answers at {host}"));
+            let reachable = targets.iter().any(|t| open.contains(&(t.clone(), port, group.clone())));
+            assert!(
+                reachable,
+                "{role} is configured with the {what} at {host}:{port}, but its group {group} may not reach it (the {what}'s groups {targets:?} admit: {open:?})"
+            );
+            for t in targets {
+                needed.insert((t.clone(), port, group.clone()));
+            }
+        }
+    }
+
+    // The load balancer reaches the web servers on the target group's port,
+    // and is itself open to the internet on its listeners' ports.
+    let lbs = c.elb.describe_load_balancers().names(format!("flipstack-{stack}")).send().await.unwrap();
+    let lb = &lbs.load_balancers()[0];
+    let lb_group = lb.security_groups()[0].clone();
+    let tg = c.elb.describe_target_groups().names(format!("flipstack-{stack}-web")).send().await.unwrap();
+    needed.insert((role_groups["web"].clone(), tg.target_groups()[0].port().unwrap(), lb_group.clone()));
+    let listeners = c.elb.describe_listeners().load_balancer_arn(lb.load_balancer_arn().unwrap()).send().await.unwrap();
+    for l in listeners.listeners() {
+        needed.insert((lb_group.clone(), l.port().unwrap(), "0.0.0.0/0".into()));
+    }
+    let extra: Vec<_> = open.difference(&needed).collect();
+    assert!(extra.is_empty(), "open, but no role's configuration needs it: {extra:?}");
+
+    let _ = aws::down(&settings(&ep), &stack, &DownOptions::default(), &aws::no_progress).await;
+}
+
+/// Issue 12: `up` makes the alarms an operator needs, notifying the given
+/// topic; a second `up` finds them as wanted; `down` deletes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_watch_dead_letters_old_jobs_5xx_and_storage() {
+    let Some(ep) = endpoint() else { return };
+    let conf = sdk_config(&settings(&ep)).await;
+    let cw = aws_sdk_cloudwatch::Client::new(&conf);
+    let dir = tempfile::tempdir().unwrap();
+    let release = fake_release(dir.path());
+    let stack = unique("alarm");
+    let topic = format!("arn:aws:sns:{REGION}:123456789012:flipstack-ops");
+    let mut spec = spec(&ep, &stack, &release);
+    spec.alarm_topic_arn = Some(topic.clone());
+    spec.oldest_job_alarm_minutes = 20;
+    aws::up(&spec, &aws::no_progress).await.unwrap();
+
+    let out = cw.describe_alarms().alarm_name_prefix(format!("flipstack-{stack}-alarm-")).send().await.unwrap();
+    let alarms: BTreeMap<&str, &aws_sdk_cloudwatch::types::MetricAlarm> =
+        out.metric_alarms().iter().map(|a| (a.alarm_name().unwrap(), a)).collect();
+    let name = |s: &str| format!("flipstack-{stack}-alarm-{s}");
+    let want: BTreeSet<String> =
+        ["dead-letters", "oldest-job", "http-5xx", "db-storage"].iter().map(|s| name(s)).collect();
+    assert_eq!(alarms.keys().map(|s| s.to_string()).collect::<BTreeSet<_>>(), want);
+    for a in alarms.values() {
+        assert_eq!(a.alarm_actions(), std::slice::from_ref(&topic), "{:?}", a.alarm_name());
+        assert!(a.alarm_description().unwrap().contains("docs/aws.md"));
+    }
+    let dlq = alarms[name("dead-letters").as_str()];
+    assert_eq!(dlq.metric_name(), Some("ApproximateNumberOfMessagesVisible"));
+    assert_eq!(dlq.dimensions()[0].value(), Some(format!("flipstack-{stack}-jobs-dlq").as_str()));
+    assert_eq!(dlq.threshold(), Some(0.0));
+    let oldest = alarms[name("oldest-job").as_str()];
+    assert_eq!(oldest.metric_name(), Some("ApproximateAgeOfOldestMessage"));
+    assert_eq!(oldest.threshold(), Some(1200.0));
+    let storage = alarms[name("db-storage").as_str()];
+    assert_eq!((storage.namespace(), storage.metric_name()), (Some("AWS/RDS"), Some("FreeStorageSpace")));
+    assert_eq!(storage.dimensions()[0].value(), Some(format!("flipstack-{stack}-db").as_str()));
+    let http = alarms[name("http-5xx").as_str()];
+    let ids: BTreeSet<&str> = http.metrics().iter().filter_map(|q| q.id()).collect();
+    assert_eq!(ids, BTreeSet::from(["elb5xx", "target5xx", "requests", "rate"]));
+    assert!(http.metrics().iter().any(|q| q.expression().is_some_and(|e| e.contains("/ requests"))));
+
+    let again = aws::plan(&spec).await.unwrap();
+    let changed: Vec<_> =
+        again.actions.iter().filter(|a| a.kind == Kind::Alarm && !matches!(a.change, Change::Keep)).collect();
+    assert!(changed.is_empty(), "a second up would change alarms: {again}");
+
+    aws::down(&spec.aws, &stack, &DownOptions { final_snapshot: false, waits: spec.waits }, &aws::no_progress)
+        .await
+        .ok();
+    let left = cw.describe_alarms().alarm_name_prefix(format!("flipstack-{stack}-")).send().await.unwrap();
+    assert!(left.metric_alarms().is_empty(), "down left alarms: {:?}", left.metric_alarms());
 }

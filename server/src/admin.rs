@@ -133,18 +133,3 @@ pub async fn metrics(
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok(r)
 }
-
-pub async fn healthz(state: Arc<AppState>) -> Result<Resp, Infallible> {
-    let s = &state.services;
-    let timeout = std::time::Duration::from_secs(2);
-    let db = matches!(tokio::time::timeout(timeout, s.store.ping()).await, Ok(Ok(())));
-    let cache = matches!(tokio::time::timeout(timeout, s.cache.get_many(&["fs:health"])).await, Ok(Ok(_)));
-    let body = json!({
-        "status": if db { "ok" } else { "unavailable" },
-        "database": if db { "ok" } else { "unavailable" },
-        // A cache outage slows galleries down but breaks nothing.
-        "cache": if cache { "ok" } else { "unavailable" },
-        "uptime_secs": state.started_at.elapsed().as_secs(),
-    });
-    Ok(json(if db { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body))
-}

@@ -4,6 +4,7 @@
 
 pub mod admin;
 mod assets;
+pub mod health;
 pub mod images;
 pub mod listener;
 mod multipart;
@@ -326,7 +327,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and_then(|id, variant, state, cookie, inm, query: HashMap<String, String>| {
             images::image(state, id, variant, cookie, inm, query.contains_key("download"))
         });
-    let healthz = warp::path!("healthz").and(warp::get()).and(s()).and_then(admin::healthz);
+    let healthz = health::routes(state.clone());
     let metrics =
         warp::path!("metrics").and(warp::get()).and(s()).and(listener::remote()).and(auth()).and_then(admin::metrics);
     let assets = warp::path!("assets" / String).and(warp::get()).and_then(assets::serve);

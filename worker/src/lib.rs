@@ -7,6 +7,8 @@
 //! runs out and lets the next worker take the job. The flipped picture's key
 //! is made from the upload id, so a job done again writes the same object.
 
+pub mod protection;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +65,8 @@ pub struct WorkerSummary {
 
 struct Shared {
     info: Mutex<WorkerInfo>,
+    /// True while a job is in hand (what scale-in protection follows).
+    busy: tokio::sync::watch::Sender<bool>,
 }
 
 /// Runs jobs until `stop` is cancelled, then finishes the job in hand (graceful drain).
@@ -91,12 +95,24 @@ async fn run_inner(
             current_upload: None,
             jobs_done: 0,
         }),
+        busy: tokio::sync::watch::Sender::new(false),
     });
+    let protection = protection::start(&services, shared.busy.subscribe()).await;
     let beat = tokio::spawn(background(heartbeat(services.clone(), shared.clone())));
     let mut helpers = Vec::new();
     if services.queue.needs_reconciler() {
         helpers.push(tokio::spawn(background(reconcile(services.clone()))));
         helpers.push(tokio::spawn(background(watch_dead_letters(services.clone()))));
+    }
+    if services.on_aws() {
+        // The worker's own numbers (jobs, durations, queue waits) reach CloudWatch
+        // as the servers' do, under Role=worker.
+        let s = services.clone();
+        helpers.push(tokio::spawn(background(async move {
+            let publisher =
+                flipstack_core::aws::cloudwatch::Publisher::new(&s.aws, &s.config.metrics_namespace, "worker").await;
+            publisher.run(s.metrics.clone(), s.queue.clone(), Duration::from_secs(60)).await;
+        })));
     }
     tracing::info!(worker = %options.id, queue = services.queue.kind(), "worker started");
     let result = loop {
@@ -130,6 +146,9 @@ async fn run_inner(
     };
     shared.info.lock().unwrap_or_else(|p| p.into_inner()).status = "draining".into();
     beat.abort();
+    if let Some(p) = protection {
+        p.abort();
+    }
     for h in helpers {
         h.abort();
     }
@@ -158,6 +177,7 @@ fn set_status(shared: &Shared, status: &str, current: Option<UploadId>) {
     let mut i = shared.info.lock().unwrap_or_else(|p| p.into_inner());
     i.status = status.into();
     i.current_upload = current;
+    shared.busy.send_replace(current.is_some());
 }
 
 /// Waits before the next attempt: 2, 4, 8 … seconds (with jitter), at most a minute.

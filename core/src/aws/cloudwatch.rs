@@ -2,6 +2,7 @@
 //! minute from a background task, never on a request path: cache hits and
 //! misses, gallery reads by source, queue wait and processing time, and the
 //! queue's depth. Dimension `Role` tells web servers from workers.
+//! [`fleet_numbers`] reads them back, summed over the fleet, for the console.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,5 +106,112 @@ impl Publisher {
             }
             last = now;
         }
+    }
+}
+
+/// What the whole fleet sent in one period, summed over every process that
+/// published (CloudWatch adds up the datums of one metric and dimensions).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FleetNumbers {
+    /// Start of the newest period any of these numbers come from (ms).
+    pub newest_at: Option<i64>,
+    pub period_secs: u32,
+    pub cache_hits: Option<f64>,
+    pub cache_misses: Option<f64>,
+    /// Gallery reads by source: cache, replica, primary.
+    pub reads: [Option<f64>; 3],
+    pub jobs_done: Option<f64>,
+    /// Mean seconds per job over the workers' reports.
+    pub job_seconds: Option<f64>,
+    pub backlog: Option<f64>,
+}
+
+impl FleetNumbers {
+    /// The newest period ended more than two periods ago: the publishers
+    /// stopped (or cannot reach CloudWatch).
+    pub fn is_stale(&self, now_ms: i64) -> bool {
+        let period = 1000 * i64::from(self.period_secs);
+        self.newest_at.is_none_or(|start| now_ms - (start + period) > 2 * period)
+    }
+}
+
+/// One period's length for [`fleet_numbers`]: what the publishers batch.
+pub const FLEET_PERIOD_SECS: u32 = 60;
+
+/// Reads the fleet's numbers for the newest period with data (`GetMetricData`
+/// over the last 10 minutes): the servers' cache and reads (`Role=web`) and
+/// the workers' jobs (`Role=worker`).
+pub async fn fleet_numbers(aws: &AwsSettings, namespace: &str, now_ms: i64) -> Result<FleetNumbers, String> {
+    use aws_sdk_cloudwatch::primitives::DateTime;
+    use aws_sdk_cloudwatch::types::{Metric, MetricDataQuery, MetricStat};
+    let client = Client::new(&super::sdk_config(aws).await);
+    let query = |id: &str, metric: &str, role: &str, source: Option<&str>, stat: &str| {
+        let mut m = Metric::builder()
+            .namespace(namespace)
+            .metric_name(metric)
+            .dimensions(Dimension::builder().name("Role").value(role).build());
+        if let Some(s) = source {
+            m = m.dimensions(Dimension::builder().name("Source").value(s).build());
+        }
+        MetricDataQuery::builder()
+            .id(id)
+            .metric_stat(MetricStat::builder().metric(m.build()).period(FLEET_PERIOD_SECS as i32).stat(stat).build())
+            .return_data(true)
+            .build()
+    };
+    let out = client
+        .get_metric_data()
+        .start_time(DateTime::from_millis(now_ms - 10 * 60_000))
+        .end_time(DateTime::from_millis(now_ms + 60_000))
+        .metric_data_queries(query("hits", "CacheHits", "web", None, "Sum"))
+        .metric_data_queries(query("misses", "CacheMisses", "web", None, "Sum"))
+        .metric_data_queries(query("cache", "GalleryReads", "web", Some("cache"), "Sum"))
+        .metric_data_queries(query("replica", "GalleryReads", "web", Some("replica"), "Sum"))
+        .metric_data_queries(query("primary", "GalleryReads", "web", Some("primary"), "Sum"))
+        .metric_data_queries(query("jobs", "JobsDone", "worker", None, "Sum"))
+        .metric_data_queries(query("jobsecs", "JobSeconds", "worker", None, "Average"))
+        .metric_data_queries(query("backlog", "QueueBacklog", "web", None, "Maximum"))
+        .send()
+        .await
+        .map_err(|e| aws_sdk_cloudwatch::error::DisplayErrorContext(e).to_string())?;
+    let mut n = FleetNumbers { period_secs: FLEET_PERIOD_SECS, ..FleetNumbers::default() };
+    for r in out.metric_data_results() {
+        // The newest datapoint of each series (CloudWatch need not sort them).
+        let newest = r
+            .timestamps()
+            .iter()
+            .zip(r.values())
+            .map(|(t, v)| (t.to_millis().unwrap_or(0), *v))
+            .max_by_key(|(t, _)| *t);
+        let Some((at, value)) = newest else { continue };
+        n.newest_at = n.newest_at.max(Some(at));
+        let slot = match r.id() {
+            Some("hits") => &mut n.cache_hits,
+            Some("misses") => &mut n.cache_misses,
+            Some("cache") => &mut n.reads[0],
+            Some("replica") => &mut n.reads[1],
+            Some("primary") => &mut n.reads[2],
+            Some("jobs") => &mut n.jobs_done,
+            Some("jobsecs") => &mut n.job_seconds,
+            Some("backlog") => &mut n.backlog,
+            _ => continue,
+        };
+        *slot = Some(value);
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_stale_once_the_newest_minute_ended_two_periods_ago() {
+        let n = FleetNumbers { newest_at: Some(600_000), period_secs: 60, ..FleetNumbers::default() };
+        // The minute 600 s–660 s: fresh until 780 s.
+        assert!(!n.is_stale(660_000));
+        assert!(!n.is_stale(780_000));
+        assert!(n.is_stale(780_001));
+        assert!(FleetNumbers::default().is_stale(0), "no data at all is stale");
     }
 }

@@ -34,10 +34,14 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| {
-                QueueError::Config(format!(
-                    "cannot read the SQS queue {url}: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
-                ))
+                // No answer at all (refused, timed out) may come later; an answer that
+                // refuses (no such queue, no permission) will not change by waiting.
+                let unreachable = matches!(
+                    e,
+                    aws_sdk_sqs::error::SdkError::DispatchFailure(_) | aws_sdk_sqs::error::SdkError::TimeoutError(_)
+                );
+                let text = format!("cannot read the SQS queue {url}: {}", aws_sdk_sqs::error::DisplayErrorContext(e));
+                if unreachable { QueueError::Unavailable(text) } else { QueueError::Config(text) }
             })?;
         // The dead-letter queue is found from the redrive policy's target ARN.
         let dead_letter_url = match attrs.attributes().and_then(|a| a.get(&QueueAttributeName::RedrivePolicy)) {

@@ -37,7 +37,11 @@ impl Memcached {
             .max_idle(32)
             .connect_multiple_async(addrs)
             .await
-            .map_err(|e| CacheError::Config(format!("memcached at {nodes}: {e}")))?;
+            .map_err(|e| match e {
+                // Not resolvable yet (a new cluster's name) or refused: worth waiting for.
+                memcache::exp::Error::Io(_) => CacheError::Unavailable(format!("memcached at {nodes}: {e}")),
+                _ => CacheError::Config(format!("memcached at {nodes}: {e}")),
+            })?;
         Ok(Memcached { client, nodes: nodes.to_owned(), down_until: Mutex::new(None) })
     }
 

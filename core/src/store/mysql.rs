@@ -205,6 +205,46 @@ async fn person_of(tx: &mut mysql_async::Transaction<'_>, id: UploadId) -> Store
     row.ok_or_else(|| StoreError::Corrupt(format!("upload {id} has no owner")))
 }
 
+/// The name of the advisory lock the migrations run under (per server, so it
+/// carries the database's name: two stacks on one server do not wait for each other).
+async fn migration_lock_name(conn: &mut Conn) -> StoreResult<String> {
+    let db: Option<String> = conn.query_first("SELECT DATABASE()").await.map_err(map_err)?;
+    Ok(format!("flipstack-migrate:{}", db.unwrap_or_default()))
+}
+
+/// How long a process waits for another one's migrations before it gives up.
+const MIGRATION_LOCK_WAIT_SECS: u32 = 300;
+
+/// Brings the schema up to date while holding `GET_LOCK`, so any number of
+/// processes starting together on an empty database migrate one after
+/// another: the first applies the migrations, the others find them applied.
+/// The lock belongs to one connection held for the whole run (and is freed
+/// by the server if this process dies).
+async fn migrate_under_lock(primary: &Pool) -> StoreResult<()> {
+    let mut lock_conn = with_timeout(PRIMARY_TIMEOUT, primary.get_conn()).await?;
+    let name = migration_lock_name(&mut lock_conn).await?;
+    let got: Option<Option<i64>> =
+        lock_conn.exec_first("SELECT GET_LOCK(?, ?)", (&name, MIGRATION_LOCK_WAIT_SECS)).await.map_err(map_err)?;
+    if got.flatten() != Some(1) {
+        return Err(StoreError::Unavailable(format!(
+            "another process held the migration lock {name:?} for over {MIGRATION_LOCK_WAIT_SECS} s; \
+             look for a stuck `flipstack` process or migration in SHOW PROCESSLIST"
+        )));
+    }
+    let result = async {
+        // Tables take the database's default character set: make it full UTF-8
+        // with exact (binary) comparison, as in SQLite.
+        lock_conn.query_drop("ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin").await.map_err(map_err)?;
+        let mut migrating = primary.clone();
+        migrations::runner().run_async(&mut migrating).await.map_err(|e| StoreError::Migration(e.to_string()))?;
+        Ok(())
+    }
+    .await;
+    // Released whatever happened; a lost connection releases it too.
+    let _ = lock_conn.exec_drop("DO RELEASE_LOCK(?)", (&name,)).await;
+    result
+}
+
 impl MysqlStore {
     pub async fn connect(
         primary_url: &str,
@@ -214,14 +254,7 @@ impl MysqlStore {
         max_lag: Duration,
     ) -> StoreResult<MysqlStore> {
         let (primary, _) = pool_for(primary_url, 32)?;
-        {
-            let mut conn = with_timeout(PRIMARY_TIMEOUT, primary.get_conn()).await?;
-            // Tables take the database's default character set: make it full UTF-8
-            // with exact (binary) comparison, as in SQLite.
-            conn.query_drop("ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin").await.map_err(map_err)?;
-        }
-        let mut migrating = primary.clone();
-        migrations::runner().run_async(&mut migrating).await.map_err(|e| StoreError::Migration(e.to_string()))?;
+        migrate_under_lock(&primary).await?;
 
         let mut replicas = Vec::new();
         for url in replica_urls {

@@ -35,6 +35,13 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// `<database>-migrate.lock`, beside the database file.
+fn migration_lock_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push("-migrate.lock");
+    db.with_file_name(name)
+}
+
 fn map_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
     match &e {
@@ -150,25 +157,41 @@ impl SqliteStore {
     pub async fn open(path: &Path, metrics: Arc<Metrics>) -> StoreResult<SqliteStore> {
         let path = path.to_owned();
         let p = path.clone();
-        let conns = tokio::task::spawn_blocking(move || -> StoreResult<Vec<Connection>> {
-            if let Some(dir) = p.parent()
-                && !dir.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot create the data folder {}: {e}", dir.display()))
-                })?;
-            }
-            let mut first = open_connection(&p)
-                .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", p.display())))?;
-            migrations::runner().run(&mut first).map_err(|e| StoreError::Migration(e.to_string()))?;
-            let mut conns = vec![first];
-            for _ in 1..POOL_SIZE {
-                conns.push(open_connection(&p).map_err(map_err)?);
-            }
-            Ok(conns)
-        })
-        .await
-        .map_err(|e| StoreError::Query(e.to_string()))??;
+        let conns =
+            tokio::task::spawn_blocking(move || -> StoreResult<Vec<Connection>> {
+                if let Some(dir) = p.parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Unavailable(format!("cannot create the data folder {}: {e}", dir.display()))
+                    })?;
+                }
+                let mut first = open_connection(&p)
+                    .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", p.display())))?;
+                {
+                    // Processes starting together on a new file migrate one after another:
+                    // refinery reads the applied versions before its own transaction, so two
+                    // runs at once would both apply V1. The lock is a file beside the
+                    // database (the database's own locks belong to SQLite).
+                    let lock_path = migration_lock_path(&p);
+                    let lock =
+                        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(
+                            |e| StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display())),
+                        )?;
+                    lock.lock().map_err(|e| {
+                        StoreError::Unavailable(format!("cannot take the migration lock {}: {e}", lock_path.display()))
+                    })?;
+                    migrations::runner().run(&mut first).map_err(|e| StoreError::Migration(e.to_string()))?;
+                    // Dropping the file releases the lock.
+                }
+                let mut conns = vec![first];
+                for _ in 1..POOL_SIZE {
+                    conns.push(open_connection(&p).map_err(map_err)?);
+                }
+                Ok(conns)
+            })
+            .await
+            .map_err(|e| StoreError::Query(e.to_string()))??;
         Ok(SqliteStore {
             path,
             conns: Arc::new(Mutex::new(conns)),

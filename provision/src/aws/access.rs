@@ -1,7 +1,8 @@
 //! The instances' IAM role and instance profile. The role's one inline policy
 //! allows what the app calls and nothing else: the stack's blobs (read and
 //! write), its release and configuration (read), its queue and dead-letter
-//! queue, and PutMetricData in the app's own namespace.
+//! queue, health and scale-in protection of instances in its own groups, and
+//! PutMetricData in the app's own namespace.
 
 use serde_json::{Value, json};
 
@@ -61,6 +62,15 @@ pub fn app_policy(names: &Names, namespace: &str) -> Value {
                 "Effect": "Allow",
                 "Action": SQS_ACTIONS,
                 "Resource": [names.queue_arn(&names.queue()), names.queue_arn(&names.dead_letter_queue())]
+            },
+            {
+                // An instance reports itself unhealthy when its liveness fails
+                // (the only thing that replaces it) and a worker protects itself from
+                // scale-in while it holds a job: its own groups only.
+                "Sid": "OwnGroupHealthAndProtection",
+                "Effect": "Allow",
+                "Action": ["autoscaling:SetInstanceHealth", "autoscaling:SetInstanceProtection"],
+                "Resource": super::compute::ROLES.iter().map(|role| names.group_arn(role)).collect::<Vec<_>>()
             },
             {
                 "Sid": "Metrics",

@@ -1,4 +1,5 @@
-//! The Application Load Balancer, its target group (health check `/healthz`)
+//! The Application Load Balancer, its target group (health check `/readyz`:
+//! it routes on readiness, and replaces nothing — see [`super::compute`])
 //! and listeners: HTTP on 80, or with a certificate HTTPS on 443 and 80
 //! redirecting to it.
 
@@ -16,7 +17,9 @@ use super::run::Run;
 use super::{Kind, ProvisionError, StackSpec};
 use crate::fleet::STACK_TAG;
 
-pub const HEALTH_PATH: &str = "/healthz";
+/// Readiness: an instance whose database does not answer gets no requests
+/// until it does. (Liveness, `/livez`, is what replaces instances.)
+pub const HEALTH_PATH: &str = "/readyz";
 const TLS_POLICY: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
 
 #[derive(Debug, Clone, Default)]
@@ -33,6 +36,11 @@ impl LoadBalancer {
         let lb = self.arn.as_deref()?.split_once(":loadbalancer/")?.1;
         let tg = self.target_group_arn.as_deref()?.rsplit_once(':')?.1;
         Some(format!("{lb}/{tg}"))
+    }
+
+    /// `app/<lb>/<id>`: the `LoadBalancer` dimension of its CloudWatch metrics.
+    pub fn metric_dimension(&self) -> Option<String> {
+        Some(self.arn.as_deref()?.split_once(":loadbalancer/")?.1.to_owned())
     }
 }
 
@@ -99,7 +107,7 @@ pub async fn ensure(
     run.checking(Kind::TargetGroup, &tg_name);
     match find_target_group(run, &tg_name).await? {
         None => {
-            let notes = vec![format!("HTTP {APP_PORT} on the web instances, health check {HEALTH_PATH}")];
+            let notes = vec![format!("HTTP {APP_PORT} on the web instances, routed on readiness ({HEALTH_PATH})")];
             if run.create(Kind::TargetGroup, &tg_name, notes) {
                 let created = elb
                     .create_target_group()

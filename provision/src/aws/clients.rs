@@ -18,6 +18,7 @@ pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub sts: aws_sdk_sts::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub region: String,
 }
 
@@ -36,6 +37,7 @@ impl Clients {
             s3: aws_sdk_s3::Client::from_conf(s3),
             sqs: aws_sdk_sqs::Client::new(&conf),
             sts: aws_sdk_sts::Client::new(&conf),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&conf),
             region: aws.region.clone(),
         }
     }

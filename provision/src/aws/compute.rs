@@ -32,6 +32,16 @@ use crate::fleet::{ROLE_TAG, STACK_TAG};
 pub const ROLES: [&str; 2] = ["web", "worker"];
 /// Time a new instance has to fetch the release and pass its first health check.
 const HEALTH_GRACE_SECS: i32 = 300;
+/// Liveness: the web process's own answer, which no outage of another service changes.
+pub const LIVENESS_PATH: &str = "/livez";
+/// A web instance whose `/livez` failed this many checks in a row (10 s apart)
+/// reports itself unhealthy, and its group replaces it.
+pub const LIVENESS_FAILURES: u32 = 6;
+/// What the groups' own health check looks at: the instance (EC2 status
+/// checks) and what the instance reports with SetInstanceHealth (liveness).
+/// Never the load balancer's check: that is readiness, and a database
+/// outage would replace every web instance at once.
+pub const GROUP_HEALTH_CHECK: &str = "EC2";
 /// What the worker group's scaling metric needs collected.
 const WORKER_METRICS: [&str; 1] = ["GroupInServiceInstances"];
 
@@ -87,10 +97,62 @@ ReadWritePaths=/var/lib/flipstack
 [Install]
 WantedBy=multi-user.target
 UNIT
-systemctl daemon-reload
+{liveness}systemctl daemon-reload
 systemctl enable --now flipstack.service
 "#,
         stack = names.stack,
+        liveness = if role == "web" { liveness_watch(region) } else { String::new() },
+    )
+}
+
+/// The web instance's liveness check: a systemd timer asks `/livez` every
+/// 10 s after the grace period; after [`LIVENESS_FAILURES`] failures in a
+/// row the instance tells its group it is unhealthy (SetInstanceHealth), and
+/// the group replaces it. The process itself restarting (systemd) is not a
+/// failure unless it keeps failing.
+fn liveness_watch(region: &str) -> String {
+    format!(
+        r#"cat > /usr/local/bin/flipstack-liveness <<'CHECK'
+#!/bin/bash
+set -uo pipefail
+count=/run/flipstack-liveness-failures
+if curl -fsS --max-time 5 -o /dev/null http://127.0.0.1:{APP_PORT}{LIVENESS_PATH}; then
+  echo 0 > "$count"
+  exit 0
+fi
+n=$(( $(cat "$count" 2>/dev/null || echo 0) + 1 ))
+echo "$n" > "$count"
+echo "flipstack {LIVENESS_PATH} failed ($n in a row)"
+if [ "$n" -ge {LIVENESS_FAILURES} ]; then
+  token=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token)
+  id=$(curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)
+  aws autoscaling set-instance-health --region {region} --instance-id "$id" --health-status Unhealthy
+fi
+CHECK
+chmod 0755 /usr/local/bin/flipstack-liveness
+cat > /etc/systemd/system/flipstack-liveness.service <<'UNIT'
+[Unit]
+Description=flipstack liveness ({LIVENESS_PATH}); replaces this instance when it keeps failing
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/flipstack-liveness
+UNIT
+cat > /etc/systemd/system/flipstack-liveness.timer <<'UNIT'
+[Unit]
+Description=flipstack liveness every 10 s, after the start-up grace
+
+[Timer]
+OnBootSec={HEALTH_GRACE_SECS}s
+OnUnitActiveSec=10s
+AccuracySec=1s
+
+[Install]
+WantedBy=timers.target
+UNIT
+systemctl daemon-reload
+systemctl enable --now flipstack-liveness.timer
+"#
     )
 }
 
@@ -413,6 +475,13 @@ pub fn tracking(
                                 "Sum",
                             ))
                             .metrics(stat(
+                                "in_flight",
+                                "AWS/SQS",
+                                "ApproximateNumberOfMessagesNotVisible",
+                                ("QueueName", &queues.name),
+                                "Sum",
+                            ))
+                            .metrics(stat(
                                 "workers",
                                 "AWS/AutoScaling",
                                 "GroupInServiceInstances",
@@ -422,8 +491,8 @@ pub fn tracking(
                             .metrics(
                                 TargetTrackingMetricDataQuery::builder()
                                     .id("backlog_per_worker")
-                                    .expression("backlog / workers")
-                                    .label("visible messages per in-service worker")
+                                    .expression("(backlog + in_flight) / workers")
+                                    .label("waiting and in-flight messages per in-service worker")
                                     .return_data(true)
                                     .build(),
                             )
@@ -518,17 +587,17 @@ pub async fn ensure_groups(
             .launch_template_name(run.names.launch_template(role))
             .version("$Default")
             .build();
-        let (health, tgs) = match role {
-            "web" => ("ELB", vec![tg.clone()]),
-            _ => ("EC2", Vec::new()),
-        };
+        let health = GROUP_HEALTH_CHECK;
+        let tgs = if role == "web" { vec![tg.clone()] } else { Vec::new() };
         run.checking(Kind::AutoScalingGroup, &name);
         match find_group(run, &name).await? {
             None => {
                 let notes = vec![
                     format!("{min} to {max} instances in {} zones, warmup {} s", net.subnets.len(), spec.warmup_secs),
                     match role {
-                        "web" => "behind the load balancer's target group, health checked by it".into(),
+                        "web" => format!(
+                            "behind the load balancer's target group (routed on readiness); replaced on liveness ({LIVENESS_PATH}) and EC2 status only"
+                        ),
                         _ => "collects GroupInServiceInstances for its scaling metric".into(),
                     },
                 ];
@@ -690,7 +759,7 @@ async fn ensure_policy(
     let note = match role {
         "web" => format!("target tracking: {} ALB requests per instance per minute", spec.requests_per_target),
         _ => format!(
-            "target tracking: {} visible messages per in-service worker (metric math: ApproximateNumberOfMessagesVisible / GroupInServiceInstances)",
+            "target tracking: {} waiting and in-flight messages per in-service worker (metric math: (ApproximateNumberOfMessagesVisible + ApproximateNumberOfMessagesNotVisible) / GroupInServiceInstances)",
             spec.backlog_per_worker
         ),
     };
@@ -754,7 +823,7 @@ mod tests {
     }
 
     #[test]
-    fn the_worker_policy_divides_backlog_by_in_service_workers() {
+    fn the_worker_policy_divides_waiting_and_in_flight_jobs_by_in_service_workers() {
         let spec = StackSpec::new("t", flipstack_core::aws::AwsSettings { region: "eu-west-1".into(), endpoint: None });
         let queues = Queues { name: "flipstack-t-jobs".into(), url: None };
         let t = tracking("worker", &spec, &names(), &LoadBalancer::default(), &queues).unwrap();
@@ -764,7 +833,8 @@ mod tests {
             f.contains("AWS/AutoScaling/GroupInServiceInstances[AutoScalingGroupName=flipstack-t-worker]:Average"),
             "{f}"
         );
-        assert!(f.contains("backlog_per_worker|backlog / workers||true"), "{f}");
+        assert!(f.contains("AWS/SQS/ApproximateNumberOfMessagesNotVisible[QueueName=flipstack-t-jobs]:Sum"), "{f}");
+        assert!(f.contains("backlog_per_worker|(backlog + in_flight) / workers||true"), "{f}");
         assert!(f.starts_with("target=4;"), "{f}");
         // The web policy needs the load balancer's label, unknown in a plan.
         assert!(tracking("web", &spec, &names(), &LoadBalancer::default(), &queues).is_none());

@@ -442,6 +442,29 @@ async fn discover(run: &Run<'_>) -> Result<Vec<Found>, ProvisionError> {
             ));
         }
     }
+    for a in super::alarms::existing(run).await? {
+        let (Some(name), Some(arn)) = (a.alarm_name(), a.alarm_arn()) else { continue };
+        let tags = c
+            .cloudwatch
+            .list_tags_for_resource()
+            .resource_arn(arn)
+            .send()
+            .await
+            .map_err(|e| aws_error(format!("reading the tags of the alarm {name}"), e))?;
+        let tags: Vec<(String, String)> = tags
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or("").to_owned(), t.value().unwrap_or("").to_owned()))
+            .collect();
+        out.push(Found {
+            kind: Kind::Alarm,
+            name: name.to_owned(),
+            id: arn.to_owned(),
+            state: a.state_value().map(|s| s.as_str().to_owned()).unwrap_or_else(|| "?".into()),
+            owner: tag_owner(&tags, &stack),
+            deleting: false,
+        });
+    }
     Ok(out)
 }
 
@@ -536,6 +559,21 @@ async fn teardown(
         }
     }
     let of = |kind: Kind| -> Vec<Found> { ours.iter().filter(|f| f.kind == kind).cloned().collect() };
+
+    // Alarms first: they watch everything else and would fire while it goes.
+    for a in of(Kind::Alarm) {
+        run.emit(a.kind, &a.name, Step::Deleting);
+        let r = run
+            .c
+            .cloudwatch
+            .delete_alarms()
+            .alarm_names(&a.name)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_error(format!("deleting the alarm {}", a.name), e));
+        settle(&run, &mut report, a, r);
+    }
 
     // Groups first: their instances hold the security groups, the target
     // group and the instance profile. Their policies go with them.

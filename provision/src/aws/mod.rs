@@ -12,6 +12,7 @@
 //! console shows provisioning without going through the CLI.
 
 mod access;
+mod alarms;
 mod balancer;
 mod clients;
 mod compute;
@@ -49,7 +50,7 @@ pub struct StackSpec {
     pub worker: Capacity,
     /// Web group's target: ALB requests per instance per minute.
     pub requests_per_target: f64,
-    /// Worker group's target: visible queue messages per in-service instance.
+    /// Worker group's target: waiting and in-flight queue messages per in-service instance.
     pub backlog_per_worker: f64,
     /// The groups' default instance warmup (seconds).
     pub warmup_secs: i32,
@@ -65,14 +66,19 @@ pub struct StackSpec {
     pub ssh_from: Option<String>,
     /// EC2 key pair for SSH.
     pub key_name: Option<String>,
-    /// The flipstack binary (Linux x86_64) uploaded as the release artifact.
-    /// When unset, `up` keeps the artifact already in the bucket.
+    /// The flipstack binary (Linux x86_64) uploaded as the release artifact;
+    /// None: the running executable. Either is checked that Amazon Linux 2023
+    /// can run it, and uploaded when it differs from the bucket's.
     pub binary: Option<PathBuf>,
     /// Where people reach the service; `http(s)://<load balancer DNS>` when unset.
     pub public_url: Option<String>,
     /// The instances' mailer (`smtp://…`); their local outbox when unset.
     pub mail_url: Option<String>,
     pub metrics_namespace: String,
+    /// The SNS topic the alarms notify; none: they only change state.
+    pub alarm_topic_arn: Option<String>,
+    /// The oldest-job alarm fires when a job waits longer than this.
+    pub oldest_job_alarm_minutes: u32,
     pub waits: Waits,
 }
 
@@ -125,6 +131,8 @@ impl StackSpec {
             public_url: None,
             mail_url: None,
             metrics_namespace: "flipstack".into(),
+            alarm_topic_arn: None,
+            oldest_job_alarm_minutes: 15,
             waits: Waits::default(),
         }
     }
@@ -205,6 +213,7 @@ pub enum Kind {
     LaunchTemplate,
     AutoScalingGroup,
     ScalingPolicy,
+    Alarm,
     Instance,
 }
 
@@ -230,6 +239,7 @@ impl Kind {
             Kind::LaunchTemplate => "launch template",
             Kind::AutoScalingGroup => "auto scaling group",
             Kind::ScalingPolicy => "scaling policy",
+            Kind::Alarm => "alarm",
             Kind::Instance => "instance",
         }
     }
@@ -379,14 +389,23 @@ pub enum ProvisionError {
     Timeout { what: String, secs: u64 },
     #[error("reading {path}: {source}; give the flipstack binary to upload with --binary")]
     Binary { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Release(#[from] crate::release::ReleaseError),
 }
 
 /// Down's choices.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DownOptions {
-    /// Take a final snapshot of the primary database before deleting it.
+    /// Take a final snapshot of the primary database before deleting it
+    /// (the default; `--skip-final-snapshot` turns it off).
     pub final_snapshot: bool,
     pub waits: Waits,
+}
+
+impl Default for DownOptions {
+    fn default() -> Self {
+        DownOptions { final_snapshot: true, waits: Waits::default() }
+    }
 }
 
 #[cfg(test)]

@@ -48,12 +48,27 @@ impl Names {
     pub fn bucket(&self) -> String {
         format!("flipstack-{}-{}-{}", self.stack, self.account, self.region)
     }
+    /// `flipstack-<stack>-alarm-<what>` (with an empty `what`: the prefix of them all).
+    pub fn alarm(&self, what: &str) -> String {
+        format!("{}{what}", self.of("alarm-"))
+    }
     pub fn queue(&self) -> String {
         self.of("jobs")
     }
     pub fn dead_letter_queue(&self) -> String {
         self.of("jobs-dlq")
     }
+    /// An Auto Scaling group's ARN, any group id (policies cannot know it beforehand).
+    pub fn group_arn(&self, role: &str) -> String {
+        format!(
+            "arn:{}:autoscaling:{}:{}:autoScalingGroup:*:autoScalingGroupName/{}",
+            self.partition,
+            self.region,
+            self.account,
+            self.group(role)
+        )
+    }
+
     pub fn queue_arn(&self, name: &str) -> String {
         format!("arn:{}:sqs:{}:{}:{name}", self.partition, self.region, self.account)
     }

@@ -137,7 +137,14 @@ pub fn desired_rules(spec: &StackSpec) -> BTreeMap<&'static str, Vec<Rule>> {
                 rule(DB_PORT, Source::Group("worker"), "MariaDB from the workers"),
             ],
         ),
-        ("cache", vec![rule(CACHE_PORT, Source::Group("web"), "memcached from the web servers")]),
+        (
+            "cache",
+            vec![
+                rule(CACHE_PORT, Source::Group("web"), "memcached from the web servers"),
+                // A worker invalidates the owner's gallery after a flip.
+                rule(CACHE_PORT, Source::Group("worker"), "memcached from the workers"),
+            ],
+        ),
     ])
 }
 

@@ -9,8 +9,8 @@ use super::clients::Clients;
 use super::names::Names;
 use super::storage::{Config, Secrets};
 use super::{
-    Action, Change, Event, Kind, Plan, Progress, ProvisionError, StackSpec, Step, Waits, access, balancer, compute,
-    data, network, no_progress, storage,
+    Action, Change, Event, Kind, Plan, Progress, ProvisionError, StackSpec, Step, Waits, access, alarms, balancer,
+    compute, data, network, no_progress, storage,
 };
 
 pub struct Run<'a> {
@@ -155,6 +155,12 @@ pub async fn up(spec: &StackSpec, progress: Progress<'_>) -> Result<Plan, Provis
 
 async fn walk(spec: &StackSpec, apply: bool, progress: Progress<'_>) -> Result<Plan, ProvisionError> {
     spec.validate()?;
+    // `up` refuses a release the instances could not run before it changes
+    // anything; a plan shows why instead.
+    let release = match Box::pin(storage::checked_release(spec)).await {
+        Err(e) if apply => return Err(e),
+        checked => checked,
+    };
     // Each step is boxed: the SDK's futures are large, and nested unboxed
     // they overflow a thread's stack in debug builds.
     let mut run = Box::pin(Run::start(&spec.aws, &spec.stack, apply, progress, spec.waits)).await?;
@@ -163,7 +169,7 @@ async fn walk(spec: &StackSpec, apply: bool, progress: Progress<'_>) -> Result<P
     let groups = Box::pin(network::ensure_security_groups(&mut run, spec, &net)).await?;
 
     Box::pin(storage::ensure_bucket(&mut run)).await?;
-    let release = Box::pin(storage::ensure_release(&mut run, spec)).await?;
+    let release = Box::pin(storage::ensure_release(&mut run, release)).await?;
     let queues = Box::pin(storage::ensure_queues(&mut run)).await?;
     Box::pin(access::ensure_instance_role(&mut run, spec)).await?;
 
@@ -183,6 +189,7 @@ async fn walk(spec: &StackSpec, apply: bool, progress: Progress<'_>) -> Result<P
 
     Box::pin(compute::ensure_launch_templates(&mut run, spec, &groups, release.as_deref())).await?;
     Box::pin(compute::ensure_groups(&mut run, spec, &net, &lb, &queues)).await?;
+    Box::pin(alarms::ensure(&mut run, spec, &lb)).await?;
 
     Ok(run.into_plan())
 }

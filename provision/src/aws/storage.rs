@@ -23,6 +23,7 @@ use super::names::{Names, ensure_ours, owner};
 use super::run::Run;
 use super::{Kind, ProvisionError, StackSpec};
 use crate::fleet::STACK_TAG;
+use crate::release::{self, Executable, TARGET_GLIBC};
 
 /// Messages received this often without being deleted go to the dead-letter
 /// queue (see `flipstack_core::queue::REDRIVE_AFTER_RECEIVES` for why so many).
@@ -213,17 +214,7 @@ async fn sha256_file(path: &Path) -> Result<String, ProvisionError> {
     tokio::task::spawn_blocking(move || -> std::io::Result<String> {
         use std::io::Read;
         let mut f = std::fs::File::open(&p)?;
-        let mut head = [0u8; 20];
-        f.read_exact(&mut head)?;
-        // ELF, 64-bit, x86-64 (e_machine 0x3E): what the instances run.
-        if &head[..4] != b"\x7fELF" || head[4] != 2 || u16::from_le_bytes([head[18], head[19]]) != 0x3E {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "not a Linux x86-64 executable (build one with `cargo build --release --target x86_64-unknown-linux-gnu`)",
-            ));
-        }
         let mut h = Sha256::new();
-        h.update(head);
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = f.read(&mut buf)?;
@@ -239,10 +230,24 @@ async fn sha256_file(path: &Path) -> Result<String, ProvisionError> {
     .map_err(io)
 }
 
-/// Uploads the binary when it differs from the bucket's release; returns
-/// the SHA-256 of the release the instances will fetch (None only in a plan
-/// whose bucket does not exist yet and no binary was given).
-pub async fn ensure_release(run: &mut Run<'_>, spec: &StackSpec) -> Result<Option<String>, ProvisionError> {
+/// The release to ship (the given binary, else the running executable),
+/// checked that the instances can run it.
+pub async fn checked_release(spec: &StackSpec) -> Result<Executable, ProvisionError> {
+    let path = release::release_path(spec.binary.as_deref())?;
+    let exe = tokio::task::spawn_blocking(move || release::check_for_target(&path))
+        .await
+        .map_err(|e| ProvisionError::Invalid(format!("checking the release: {e}")))??;
+    Ok(exe)
+}
+
+/// Uploads the release (see [`checked_release`]) when it differs from the
+/// bucket's; returns the SHA-256 of the release the instances will fetch.
+/// A plan never fails for want of a release: it shows what `up` would ship,
+/// or, when `up` would refuse it, says why as a warning.
+pub async fn ensure_release(
+    run: &mut Run<'_>,
+    checked: Result<Executable, ProvisionError>,
+) -> Result<Option<String>, ProvisionError> {
     let bucket = run.names.bucket();
     let key = run.names.release_key();
     let shown = format!("s3://{bucket}/{key}");
@@ -252,22 +257,22 @@ pub async fn ensure_release(run: &mut Run<'_>, spec: &StackSpec) -> Result<Optio
         Err(e) if s3_status(&e) == Some(404) => None,
         Err(e) => return Err(aws_error(format!("looking for the release {shown}"), e)),
     };
-    let Some(path) = &spec.binary else {
-        return match current {
-            Some(Some(sha)) => {
-                run.keep(Kind::ReleaseArtifact, &shown);
-                Ok(Some(sha))
-            }
-            Some(None) => Err(ProvisionError::Invalid(format!(
-                "the release {shown} carries no sha256 (it was not uploaded by flipstack); upload it again with --binary PATH"
-            ))),
-            None => Err(ProvisionError::Invalid(format!(
-                "there is no release in {shown} yet; give the flipstack binary to upload with --binary PATH (a Linux x86-64 build)"
-            ))),
-        };
+    let exe = match checked {
+        Ok(exe) => exe,
+        Err(e) if !run.apply => {
+            let what = vec![format!("upload a release: `up` would refuse it: {e}")];
+            match &current {
+                Some(_) => run.update(Kind::ReleaseArtifact, &shown, what),
+                None => run.create(Kind::ReleaseArtifact, &shown, what),
+            };
+            run.warn(Kind::ReleaseArtifact, &shown, e.to_string());
+            return Ok(current.flatten());
+        }
+        Err(e) => return Err(e),
     };
-    let sha = sha256_file(path).await?;
-    let note = format!("{} (sha256 {})", path.display(), &sha[..12]);
+    let path = exe.path.clone();
+    let sha = sha256_file(&path).await?;
+    let note = format!("{} (sha256 {}); {} has {TARGET_GLIBC}", exe.summary(), &sha[..12], release::TARGET_SYSTEM);
     let go = match &current {
         Some(Some(have)) if *have == sha => {
             run.keep(Kind::ReleaseArtifact, &shown);
@@ -277,7 +282,7 @@ pub async fn ensure_release(run: &mut Run<'_>, spec: &StackSpec) -> Result<Optio
         None => run.create(Kind::ReleaseArtifact, &shown, vec![format!("upload {note}")]),
     };
     if go {
-        let body = ByteStream::from_path(path)
+        let body = ByteStream::from_path(&path)
             .await
             .map_err(|e| ProvisionError::Binary { path: path.clone(), source: std::io::Error::other(e) })?;
         run.c
@@ -512,6 +517,8 @@ impl Config {
             // everyone's connections (the per-client caps apply to the clients).
             ("FLIPSTACK_TRUSTED_PROXY_HOPS", "1".into()),
             ("FLIPSTACK_MAX_CONNECTIONS_PER_CLIENT", "4096".into()),
+            // Workers holding a job protect their instance from scale-in.
+            ("FLIPSTACK_SCALE_IN_PROTECTION_GROUP", names.group("worker")),
         ];
         match cache {
             CacheEndpoint::Nodes(url) => vars.push(("FLIPSTACK_CACHE_URL", url.clone())),
