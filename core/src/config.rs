@@ -59,6 +59,10 @@ pub const KEYS: &[&str] = &[
     "signin_mails_per_client_per_hour",
     "signin_mails_per_address_per_hour",
     "quota_bytes_per_person",
+    "max_files_per_upload",
+    "form_field_bytes",
+    "form_preamble_bytes",
+    "form_part_header_bytes",
     "startup_wait_secs",
     "scale_in_protection_group",
 ];
@@ -150,6 +154,13 @@ pub struct Config {
     pub signin_mails_per_address_per_hour: u32,
     /// Storage a person's pictures may take (originals and flips).
     pub quota_bytes_per_person: u64,
+    /// The upload form: most files in one post (the whole body may be this
+    /// many times `max_upload_bytes`, plus 64 KiB); bytes of a field that is
+    /// not a file; bytes before the first boundary; bytes of one part's headers.
+    pub max_files_per_upload: u32,
+    pub form_field_bytes: u32,
+    pub form_preamble_bytes: u32,
+    pub form_part_header_bytes: u32,
     /// At start, how long a process keeps retrying a service (database, cache,
     /// queue) that does not answer yet before it gives up with an error.
     pub startup_wait_secs: u64,
@@ -207,6 +218,10 @@ impl Default for Config {
             signin_mails_per_client_per_hour: 30,
             signin_mails_per_address_per_hour: 6,
             quota_bytes_per_person: 10 * 1024 * 1024 * 1024,
+            max_files_per_upload: 20,
+            form_field_bytes: 1024,
+            form_preamble_bytes: 4 * 1024,
+            form_part_header_bytes: 16 * 1024,
             startup_wait_secs: 300,
             scale_in_protection_group: None,
         }
@@ -263,6 +278,9 @@ impl Config {
         }
         if self.header_timeout_secs == 0 || self.idle_timeout_secs == 0 || self.request_deadline_secs == 0 {
             return bad("header_timeout_secs, idle_timeout_secs and request_deadline_secs must be above zero".into());
+        }
+        if self.max_files_per_upload == 0 || self.form_field_bytes < 256 || self.form_part_header_bytes < 1024 {
+            return bad("max_files_per_upload must be above zero, form_field_bytes at least 256 and form_part_header_bytes at least 1024".into());
         }
         if self.max_connections == 0 || self.max_connections_per_client == 0 || self.max_uploads_per_client == 0 {
             return bad(

@@ -3,11 +3,11 @@
 //! (multer) buffers whatever comes before the first boundary and a part's
 //! headers until they end, so without this a body that never reaches a
 //! boundary is held whole in memory. The guard streams, holding at most a
-//! part-header block (16 KiB) of the body, and stops the body with a
+//! part-header block (16 KiB by default) of the body, and stops the body with a
 //! [`BodyError`] when:
 //!
-//! - more than [`MAX_PREAMBLE`] bytes come before the first boundary;
-//! - a part's headers run past [`MAX_HEADER_BLOCK`] bytes;
+//! - more than `max_preamble` bytes come before the first boundary;
+//! - a part's headers run past `max_part_headers` bytes;
 //! - the form has more than `max_parts` parts;
 //! - the body passes `max_body` bytes (chunked bodies too);
 //! - the client sends nothing for `idle`, or averages less than `min_rate`
@@ -24,16 +24,16 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use memchr::memmem::Finder;
 
-/// Bytes allowed before the first boundary (browsers send none).
-pub const MAX_PREAMBLE: usize = 4 * 1024;
-/// Bytes of one part's headers at most.
-pub const MAX_HEADER_BLOCK: usize = 16 * 1024;
 /// How long a body may start slowly before the minimum rate applies.
 pub const RATE_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimits {
     pub max_body: u64,
+    /// Bytes allowed before the first boundary (browsers send none).
+    pub max_preamble: usize,
+    /// Bytes of one part's headers at most.
+    pub max_part_headers: usize,
     pub max_parts: usize,
     pub idle: Duration,
     pub min_rate: u64,
@@ -45,8 +45,8 @@ pub enum BodyError {
     Transport(#[source] warp::Error),
     #[error("the form did not start with its boundary")]
     Preamble,
-    #[error("a part's headers were longer than {MAX_HEADER_BLOCK} bytes")]
-    PartHeaders,
+    #[error("a part's headers were longer than {0} bytes")]
+    PartHeaders(usize),
     #[error("the form had more than {0} parts")]
     TooManyParts(usize),
     #[error("the body passed {0} bytes")]
@@ -164,7 +164,7 @@ where
             match self.region {
                 Region::Preamble | Region::Data => match Finder::new(&self.delimiter).find(&self.pending) {
                     Some(at) => {
-                        if matches!(self.region, Region::Preamble) && at > MAX_PREAMBLE {
+                        if matches!(self.region, Region::Preamble) && at > self.limits.max_preamble {
                             return Err(BodyError::Preamble);
                         }
                         out.extend_from_slice(&self.pending.split_to(at + self.delimiter.len()));
@@ -172,7 +172,7 @@ where
                     }
                     None => {
                         if matches!(self.region, Region::Preamble) {
-                            if self.pending.len() > MAX_PREAMBLE + self.delimiter.len() {
+                            if self.pending.len() > self.limits.max_preamble + self.delimiter.len() {
                                 return Err(BodyError::Preamble);
                             }
                             if !self.ended {
@@ -189,14 +189,16 @@ where
                 },
                 Region::Headers => match Finder::new(b"\r\n\r\n").find(&self.pending) {
                     Some(at) => {
-                        if at > MAX_HEADER_BLOCK {
-                            return Err(BodyError::PartHeaders);
+                        if at > self.limits.max_part_headers {
+                            return Err(BodyError::PartHeaders(self.limits.max_part_headers));
                         }
                         let block = self.pending.split_to(at + 4);
                         out.extend(block.iter().copied().filter(|b| *b != 0));
                         self.region = Region::Data;
                     }
-                    None if self.pending.len() > MAX_HEADER_BLOCK => return Err(BodyError::PartHeaders),
+                    None if self.pending.len() > self.limits.max_part_headers => {
+                        return Err(BodyError::PartHeaders(self.limits.max_part_headers));
+                    }
                     None if self.ended => {
                         // The closing delimiter's `--` and CRLF, or a cut-off form: the parser judges.
                         out.extend_from_slice(&self.pending.split_to(self.pending.len()));
@@ -214,8 +216,14 @@ where
 mod tests {
     use super::*;
 
-    const LIMITS: BodyLimits =
-        BodyLimits { max_body: 1 << 20, max_parts: 4, idle: Duration::from_secs(5), min_rate: 0 };
+    const LIMITS: BodyLimits = BodyLimits {
+        max_body: 1 << 20,
+        max_preamble: 4096,
+        max_part_headers: 16 * 1024,
+        max_parts: 4,
+        idle: Duration::from_secs(5),
+        min_rate: 0,
+    };
 
     async fn run(input: &[u8], piece: usize, limits: BodyLimits) -> Result<Vec<u8>, BodyError> {
         // warp::Error cannot be made outside warp; a body that never fails is enough here.
@@ -248,7 +256,7 @@ mod tests {
     async fn refuses_part_headers_that_never_end() {
         let mut body = b"--XyZ\r\nContent-Disposition: form-data; name=\"x\"".to_vec();
         body.extend(std::iter::repeat_n(b'a', 64 * 1024));
-        assert!(matches!(run(&body, 1000, LIMITS).await, Err(BodyError::PartHeaders)));
+        assert!(matches!(run(&body, 1000, LIMITS).await, Err(BodyError::PartHeaders(_))));
     }
 
     #[tokio::test]

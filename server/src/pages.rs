@@ -63,6 +63,7 @@ pub async fn form_page(
         max_size: crate::web::human_bytes(c.max_upload_bytes),
         max_bytes: c.max_upload_bytes,
         max_mp: format!("{}", c.max_pixels as f64 / 1e6),
+        max_files: c.max_files_per_upload,
     };
     finish(state, visitor, render(status, &page))
 }

@@ -32,11 +32,8 @@ use crate::signin;
 use crate::state::AppState;
 use crate::web::{Resp, add_cookie, human_bytes, json as json_reply, message, see_other};
 
-const SMALL_FIELD_LIMIT: usize = 1024;
-/// Most files in one form post.
-const MAX_FILES: usize = 20;
-/// Parts a form may have: the files, the CSRF token, the address and a few more.
-const MAX_PARTS: usize = MAX_FILES + 8;
+/// Parts a form may have beside its files: the CSRF token, the address and a few more.
+const OTHER_PARTS: usize = 8;
 /// Longest multipart boundary taken (RFC 2046 allows 70 characters).
 const MAX_BOUNDARY: usize = 200;
 
@@ -48,6 +45,9 @@ struct Spooled<'a> {
     bytes: u64,
     name: DisplayName,
 }
+
+const TOO_MANY_FILES: &str =
+    "That is more pictures than one upload takes (the upload page says how many); send fewer at a time.";
 
 /// Why a file or the form could not be taken.
 enum Refusal {
@@ -78,9 +78,9 @@ impl Refusal {
                 StatusCode::REQUEST_TIMEOUT,
                 "The upload came in too slowly and was stopped. Please try again on a better connection.",
             ),
-            Some(BodyError::TooManyParts(_)) => Refusal::BadForm("At most 20 pictures at a time, please."),
+            Some(BodyError::TooManyParts(_)) => Refusal::BadForm(TOO_MANY_FILES),
             Some(BodyError::Transport(_)) => Refusal::BadForm("The upload was interrupted. Please try again."),
-            Some(BodyError::Preamble | BodyError::PartHeaders) | None => Refusal::BadForm(otherwise),
+            Some(BodyError::Preamble | BodyError::PartHeaders(_)) | None => Refusal::BadForm(otherwise),
         }
     }
 }
@@ -224,7 +224,8 @@ where
     }
     let max = services.config.max_upload_bytes;
     // Several files may come in one form; its other fields take a few kilobytes.
-    let max_body = max * MAX_FILES as u64 + 64 * 1024;
+    let max_files = services.config.max_files_per_upload as usize;
+    let max_body = max * max_files as u64 + 64 * 1024;
     let Some(_slot) = state.upload_slots.take(client, services.config.max_uploads_per_client) else {
         services.metrics.upload_rejected("concurrent");
         return Answer::Page {
@@ -268,7 +269,9 @@ where
     let body = Box::pin(body.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining()))));
     let limits = BodyLimits {
         max_body,
-        max_parts: MAX_PARTS,
+        max_preamble: services.config.form_preamble_bytes as usize,
+        max_part_headers: services.config.form_part_header_bytes as usize,
+        max_parts: max_files + OTHER_PARTS,
         idle: Duration::from_secs(services.config.idle_timeout_secs),
         min_rate: services.config.body_min_bytes_per_sec,
     };
@@ -337,6 +340,7 @@ async fn read_form<'a>(
     visitor: &Visitor,
     mut form: Multipart<'static>,
 ) -> Result<(String, Vec<(String, Result<Spooled<'a>, Refusal>)>), (Refusal, String)> {
+    let field_limit = state.services.config.form_field_bytes as usize;
     let mut csrf_ok = false;
     let mut typed = String::new();
     let mut files = Vec::new();
@@ -352,16 +356,16 @@ async fn read_form<'a>(
         };
         match part.name().unwrap_or("") {
             "csrf" => {
-                let value = read_small(part).await.map_err(|r| (r, typed.clone()))?;
+                let value = read_small(part, field_limit).await.map_err(|r| (r, typed.clone()))?;
                 csrf_ok = visitor.csrf_ok(&state.secret, value.trim());
             }
-            "email" => typed = read_small(part).await.map_err(|r| (r, String::new()))?.trim().to_owned(),
+            "email" => typed = read_small(part, field_limit).await.map_err(|r| (r, String::new()))?.trim().to_owned(),
             "file" => {
                 if !csrf_ok {
                     return Err((Refusal::Csrf, typed));
                 }
-                if files.len() >= MAX_FILES {
-                    return Err((Refusal::BadForm("At most 20 pictures at a time, please."), typed));
+                if files.len() >= state.services.config.max_files_per_upload as usize {
+                    return Err((Refusal::BadForm(TOO_MANY_FILES), typed));
                 }
                 let unnamed = part.file_name().is_none_or(str::is_empty);
                 let name = DisplayName::from_client(part.file_name()).as_str().to_owned();
@@ -375,7 +379,7 @@ async fn read_form<'a>(
                 }
             }
             _ => {
-                read_small(part).await.map_err(|r| (r, typed.clone()))?;
+                read_small(part, field_limit).await.map_err(|r| (r, typed.clone()))?;
             }
         }
     }
@@ -385,12 +389,12 @@ async fn read_form<'a>(
     Ok((typed, files))
 }
 
-async fn read_small(mut part: Field<'static>) -> Result<String, Refusal> {
+async fn read_small(mut part: Field<'static>, limit: usize) -> Result<String, Refusal> {
     let mut out = Vec::new();
     let incomplete_text = || "The upload was not a complete form. Please try again.";
     while let Some(chunk) = part.chunk().await.map_err(|e| Refusal::from_multipart(&e, incomplete_text()))? {
         out.extend_from_slice(&chunk);
-        if out.len() > SMALL_FIELD_LIMIT {
+        if out.len() > limit {
             return Err(Refusal::BadForm("A form field was far too long."));
         }
     }

@@ -31,6 +31,7 @@ pub struct FormPage {
     pub max_size: String,
     pub max_bytes: u64,
     pub max_mp: String,
+    pub max_files: u32,
 }
 
 #[derive(Template)]
