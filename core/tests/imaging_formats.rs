@@ -5,6 +5,8 @@
 //! exact for lossless, for lossy no worse than encoding the displayed
 //! picture again at the source's quality.
 
+mod support;
+
 use flipstack_core::domain::ImageFormat;
 use flipstack_core::imaging::heif::{self, Codec, Encode};
 use flipstack_core::imaging::orient::{Turn, turn_pixels};
@@ -118,23 +120,10 @@ fn lossless_webp_stays_lossless_and_exact() {
 
 // ---------------------------------------------------------------- HEIC / AVIF
 
-/// An EXIF block (TIFF data) with IFD0's Orientation.
-fn exif_tiff(orientation: u16) -> Vec<u8> {
-    let mut t = b"MM\0*".to_vec();
-    t.extend_from_slice(&8u32.to_be_bytes());
-    t.extend_from_slice(&1u16.to_be_bytes());
-    t.extend_from_slice(&0x0112u16.to_be_bytes());
-    t.extend_from_slice(&3u16.to_be_bytes());
-    t.extend_from_slice(&1u32.to_be_bytes());
-    t.extend_from_slice(&orientation.to_be_bytes());
-    t.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    t
-}
-
 const HEIF_QUALITY: u8 = 80;
 
 fn heif_file(codec: Codec, px: &[u8], w: u32, h: u32, container: u8, exif: Option<u16>) -> Vec<u8> {
-    let tiff = exif.map(exif_tiff);
+    let tiff = exif.map(|o| support::orientation_tiff(o, 0));
     let mut file = heif::encode(&Encode {
         pixels: px,
         width: w,

@@ -5,6 +5,8 @@
 //! vertical flip of the still picture as displayed; what else follows a
 //! picture is still refused.
 
+mod support;
+
 use flipstack_core::domain::ImageFormat;
 use flipstack_core::imaging::{self, ImageInfo, Inspector, Limits, Rejection, exif, jpeg};
 
@@ -55,20 +57,6 @@ fn app_segment(marker: u8, payload: &[u8]) -> Vec<u8> {
     s.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
     s.extend_from_slice(payload);
     s
-}
-
-/// An EXIF block with one IFD0 entry (Orientation) and the given next-IFD pointer.
-fn exif_segment(orientation: u16, next_ifd: u32) -> Vec<u8> {
-    let mut t = b"Exif\0\0MM\0*".to_vec();
-    t.extend_from_slice(&8u32.to_be_bytes());
-    t.extend_from_slice(&1u16.to_be_bytes());
-    t.extend_from_slice(&0x0112u16.to_be_bytes());
-    t.extend_from_slice(&3u16.to_be_bytes());
-    t.extend_from_slice(&1u32.to_be_bytes());
-    t.extend_from_slice(&orientation.to_be_bytes());
-    t.extend_from_slice(&[0, 0]);
-    t.extend_from_slice(&next_ifd.to_be_bytes());
-    app_segment(0xE1, &t)
 }
 
 /// The first picture with an MPF index (APP2) listing it and `others`,
@@ -176,10 +164,10 @@ fn accepted_and_flipped(name: &str, file: &[u8], still: &[u8], orientation: u8) 
 fn damaged_exif_is_read_as_upright() {
     let base = jpeg_of(64, 48, 40);
     for (name, seg) in [
-        ("orientation 0", exif_segment(0, 0)),
-        ("orientation 9999", exif_segment(9999, 0)),
-        ("looping IFD (says 6)", exif_segment(6, 8)),
-        ("next IFD far outside", exif_segment(6, 0x7fff_0000)),
+        ("orientation 0", support::exif_segment(0, 0)),
+        ("orientation 9999", support::exif_segment(9999, 0)),
+        ("looping IFD (says 6)", support::exif_segment(6, 8)),
+        ("next IFD far outside", support::exif_segment(6, 0x7fff_0000)),
     ] {
         let file = jpeg::insert_segments(base.clone(), std::slice::from_ref(&seg));
         let info = check(&file).unwrap_or_else(|r| panic!("{name} refused: {r}"));
@@ -187,7 +175,7 @@ fn damaged_exif_is_read_as_upright() {
         accepted_and_flipped(name, &file, &base, 1);
     }
     // A good tag is still honoured.
-    let six = jpeg::insert_segments(base.clone(), &[exif_segment(6, 0)]);
+    let six = jpeg::insert_segments(base.clone(), &[support::exif_segment(6, 0)]);
     let info = check(&six).unwrap();
     assert_eq!((info.orientation, info.needs_repair, info.displayed_size()), (6, false, (48, 64)));
 }

@@ -5,6 +5,8 @@
 //! The shared corpus (`../shared/testdata`, or `FLIPSTACK_TESTDATA`) is used
 //! when it is there, and the tests say so; the generated fixtures run always.
 
+mod support;
+
 use std::path::PathBuf;
 
 use flipstack_core::domain::ImageFormat;
@@ -348,22 +350,6 @@ fn make_jpeg(w: u32, h: u32, quality: i32, subsamp: turbojpeg::Subsamp) -> Vec<u
     .to_vec()
 }
 
-/// An APP1 EXIF segment holding only an Orientation tag (big-endian TIFF).
-fn exif_segment(orientation: u16) -> Vec<u8> {
-    let mut t = b"Exif\0\0MM\0*".to_vec();
-    t.extend_from_slice(&8u32.to_be_bytes());
-    t.extend_from_slice(&1u16.to_be_bytes());
-    t.extend_from_slice(&0x0112u16.to_be_bytes());
-    t.extend_from_slice(&3u16.to_be_bytes());
-    t.extend_from_slice(&1u32.to_be_bytes());
-    t.extend_from_slice(&orientation.to_be_bytes());
-    t.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    let mut s = vec![0xFF, 0xE1];
-    s.extend_from_slice(&((t.len() + 2) as u16).to_be_bytes());
-    s.extend_from_slice(&t);
-    s
-}
-
 fn fake_icc() -> Vec<u8> {
     (0..3000u32).map(|i| (i * 13 % 256) as u8).collect()
 }
@@ -422,7 +408,7 @@ fn generated_exif_jpegs_flip_as_displayed() {
         (64, 48, Sub2x2, 7, "jpeg-lossless-hflip"),
     ];
     for (w, h, s, o, expected) in cases {
-        let src = jpeg::insert_segments(make_jpeg(w, h, 90, s), &[exif_segment(o)]);
+        let src = jpeg::insert_segments(make_jpeg(w, h, 90, s), &[support::exif_segment(o, 0)]);
         let name = format!("{w}x{h} {s:?} orientation {o}");
         let out = imaging::flip(&src, ImageFormat::Jpeg, &limits()).unwrap();
         assert_eq!(out.method, expected, "{name}");
@@ -488,7 +474,8 @@ fn decoder_limits_hold_on_every_path() {
 #[test]
 fn generated_thumbnails() {
     // Big enough to be shrunk, with an EXIF turn.
-    let src = jpeg::insert_segments(make_jpeg(1200, 800, 85, turbojpeg::Subsamp::Sub2x2), &[exif_segment(6)]);
+    let src =
+        jpeg::insert_segments(make_jpeg(1200, 800, 85, turbojpeg::Subsamp::Sub2x2), &[support::exif_segment(6, 0)]);
     let t = imaging::thumbnails(&src, ImageFormat::Jpeg, &limits()).unwrap();
     assert_eq!((t.width, t.height), (320, 480), "turned to the displayed shape");
     check_thumbnails("generated 1200x800 orientation 6", &src, ImageFormat::Jpeg, &t);
@@ -531,7 +518,7 @@ fn generated_thumbnails_come_from_the_flip_pass() {
     for (w, h, s, o, method) in cases {
         let mut src = make_jpeg(w, h, 88, s);
         if let Some(o) = o {
-            src = jpeg::insert_segments(src, &[exif_segment(o)]);
+            src = jpeg::insert_segments(src, &[support::exif_segment(o, 0)]);
         }
         let name = format!("{w}x{h} {s:?} orientation {o:?}");
         let p = imaging::flip_with_thumbnails(&src, ImageFormat::Jpeg, &limits()).unwrap();
