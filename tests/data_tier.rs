@@ -263,20 +263,8 @@ async fn dump_and_restore_give_identical_rows(tier: Tier) {
     assert!(restore(true).status.success(), "--force replaces the rows");
 
     let restored = flipstack_core::Services::connect(config).await.unwrap();
-    let rows = |store: Arc<dyn flipstack_core::store::MetadataStore>| async move {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-        let reader = tokio::spawn(async move {
-            let mut all = Vec::new();
-            while let Some(r) = rx.recv().await {
-                all.push(format!("{r:?}"));
-            }
-            all
-        });
-        store.dump_rows(tx).await.unwrap();
-        reader.await.unwrap()
-    };
-    let before = rows(app.services.store.clone()).await;
-    let after = rows(restored.store.clone()).await;
+    let before = store_rows(app.services.store.clone()).await;
+    let after = store_rows(restored.store.clone()).await;
     assert!(before.len() > 10);
     assert_eq!(before, after, "identical rows");
     app.shutdown().await;

@@ -15,7 +15,7 @@ use crate::session::{
     SESSION_COOKIE, SESSION_LIFETIME_MS, SignedIn, Visitor, forget_cached_session, forget_session,
     mark_gallery_verified, remember_session, set_cookie,
 };
-use crate::shield::{ClientAddr, Limit, human_wait};
+use crate::shield::{ClientAddr, Limit, too_many_text};
 use crate::signin;
 use crate::state::{AppState, RenderedGallery};
 use crate::views::{Chrome, FormPage, GalleryView, SigninLinkPage, SigninPage};
@@ -154,10 +154,7 @@ pub async fn signin_submit(
 
 /// A 429 page: what was limited, and when to try again.
 pub fn too_many(state: &AppState, visitor: &Visitor, wait: Duration, what: &str) -> Resp {
-    let text = format!(
-        "There have been too many {what} in a short time, so this one was not taken. Please try again in {}.",
-        human_wait(wait)
-    );
+    let text = too_many_text(what, wait);
     let mut r = message(
         state,
         visitor,

@@ -199,6 +199,14 @@ impl AppState {
     }
 }
 
+/// What a 429 page says: what was limited, and when to try again.
+pub fn too_many_text(what: &str, wait: Duration) -> String {
+    format!(
+        "There have been too many {what} in a short time, so this one was not taken. Please try again in {}.",
+        human_wait(wait)
+    )
+}
+
 /// "in 12 minutes", for a page that says when to try again.
 pub fn human_wait(d: Duration) -> String {
     let secs = d.as_secs().max(1);

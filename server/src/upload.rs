@@ -27,7 +27,7 @@ use warp::http::{HeaderValue, StatusCode};
 use crate::multipart::{self, BodyError, BodyLimits};
 use crate::pages::{self, form_page};
 use crate::session::{SESSION_LIFETIME_MS, SignedIn, Visitor, remember_session};
-use crate::shield::{ClientAddr, Limit, SpoolShare, human_wait};
+use crate::shield::{ClientAddr, Limit, SpoolShare, human_wait, too_many_text};
 use crate::signin;
 use crate::state::AppState;
 use crate::web::{Resp, add_cookie, human_bytes, json as json_reply, message, see_other};
@@ -129,10 +129,7 @@ fn too_many(wait: Duration, what: &str) -> Answer {
     Answer::Page {
         status: StatusCode::TOO_MANY_REQUESTS,
         title: "Too many requests",
-        message: format!(
-            "There have been too many {what} in a short time, so this one was not taken. Please try again in {}.",
-            human_wait(wait)
-        ),
+        message: too_many_text(what, wait),
         retry_after: Some(wait.as_secs().max(1)),
     }
 }
