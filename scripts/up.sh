@@ -27,4 +27,5 @@ if [ "$(dpkg-query -W -f='${Status}' libheif-dev 2>/dev/null)" != "install ok in
 fi
 # The same target folder as the tests: one build serves both.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/flipstack/target}
-exec cargo run --quiet -- up "$@"
+# No --quiet: a first build takes minutes, and cargo shows what it compiles.
+exec cargo run -- up "$@"
