@@ -75,6 +75,7 @@ impl AdminClient {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
             .map_err(|_| ClientError::Decode("the admin token has characters a header cannot carry".into()))?;
         auth.set_sensitive(true);
+        flipstack_core::tls::install_crypto_provider();
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?;
         Ok(AdminClient { http, base: base_url.trim_end_matches('/').to_owned(), auth })
     }
