@@ -44,13 +44,36 @@ fi
 
 # One target folder outside the clone: CI and later runs reuse the build.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/flipstack/target}
-if cargo nextest --version >/dev/null 2>&1; then
-  runner=(cargo nextest run --workspace --no-fail-fast)
-  build=(cargo nextest run --workspace --no-run)
+# nextest reports the tests it does not run as skipped (.config/nextest.toml):
+# the profile "ci" runs every tier; without the corpus its tests are skipped.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest (cargo install --locked)"
+  cargo install --locked cargo-nextest
+fi
+runner=(cargo nextest run --workspace --no-fail-fast --profile ci)
+build=(cargo nextest run --workspace --no-run)
+if [ -d ../shared/testdata ]; then
+  log "corpus: ../shared/testdata is present; the corpus tests run on it"
 else
-  log "cargo-nextest not found; using cargo test"
-  runner=(cargo test --workspace --no-fail-fast)
-  build=(cargo test --workspace --no-run)
+  log "corpus: ../shared/testdata is absent; the corpus_* tests are skipped (generated pictures only)"
+  runner+=(-E 'not test(/^corpus_/)')
+fi
+
+# Dependencies: licences, bans (duplicate majors that can be removed),
+# sources (deny.toml), and advisories (RustSec's database, fetched from its git
+# repository: a machine that cannot reach it is told so and the check of the
+# other three still runs).
+if ! cargo deny --version >/dev/null 2>&1; then
+  log "installing cargo-deny (cargo install --locked)"
+  cargo install --locked cargo-deny
+fi
+log "cargo deny check: licences, bans, sources"
+cargo deny --log-level error check bans licenses sources
+if cargo deny --log-level error fetch db >/dev/null 2>&1; then
+  log "cargo deny check: advisories"
+  cargo deny --log-level error check --disable-fetch advisories
+else
+  log "cargo deny: the RustSec advisory database cannot be fetched from this machine; advisories NOT checked (run \`cargo deny check advisories\` where it can be reached)"
 fi
 log "building (target: $CARGO_TARGET_DIR)"
 "${build[@]}"
@@ -68,10 +91,5 @@ scripts/services.sh up "$dir"
 source "$dir/env"
 export FLIPSTACK_TEST_TIERS=embedded,mariadb,aws
 export RUST_BACKTRACE=1
-if [ -d ../shared/testdata ]; then
-  log "corpus: ../shared/testdata is present; the corpus tests run on it"
-else
-  log "corpus: ../shared/testdata is absent; the tests use generated pictures only"
-fi
 "${runner[@]}" "$@"
 log "browser screenshots (375 and 1280 px wide): target/screenshots/"

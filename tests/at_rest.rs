@@ -78,6 +78,7 @@ async fn flipstack_up(data: &Path, log: &Path, wrap: &[&str]) -> (Stopped, Strin
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
+    flipstack_core::tls::install_crypto_provider();
     let child = cmd.spawn().expect("starting flipstack up");
     let mut up = Stopped { child, target: None };
     let base = format!("http://127.0.0.1:{port}");

@@ -83,7 +83,7 @@ struct SlowFill {
 
 #[async_trait]
 impl KvCache for SlowFill {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> flipstack_core::domain::CacheBackend {
         self.inner.kind()
     }
     async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Cached>, CacheError> {
@@ -486,10 +486,8 @@ async fn wait_for_source(b: &Browser, app: &TestApp, me: &str, want: &str, withi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_uploaders_next_read_shows_the_upload_despite_a_delayed_replica() {
-    if !Tier::Mariadb.requested() {
-        return;
-    }
+async fn mariadb_the_uploaders_next_read_shows_the_upload_despite_a_delayed_replica() {
+    Tier::Mariadb.require();
     let (services, app, b, me, _first) = private_app_with_a_picture().await;
     assert_eq!(wait_for_source(&b, &app, &me, "replica", Duration::from_secs(10)).await, (200, "replica".into()));
     let (_, source, _) = gallery(&b).await;
@@ -523,10 +521,8 @@ async fn the_uploaders_next_read_shows_the_upload_despite_a_delayed_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn galleries_survive_replica_and_cache_outages_and_recover() {
-    if !Tier::Mariadb.requested() {
-        return;
-    }
+async fn mariadb_galleries_survive_replica_and_cache_outages_and_recover() {
+    Tier::Mariadb.require();
     let (services, app, b, me, id) = private_app_with_a_picture().await;
     assert_eq!(wait_for_source(&b, &app, &me, "replica", Duration::from_secs(10)).await.1, "replica");
 
@@ -570,10 +566,8 @@ async fn galleries_survive_replica_and_cache_outages_and_recover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn uploads_during_a_primary_restart_get_a_503_and_all_works_after() {
-    if !Tier::Mariadb.requested() {
-        return;
-    }
+async fn mariadb_uploads_during_a_primary_restart_get_a_503_and_all_works_after() {
+    Tier::Mariadb.require();
     let (services, app, b, me, id) = private_app_with_a_picture().await;
     let count = app.blob_keys().await.len();
 

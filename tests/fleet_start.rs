@@ -93,6 +93,7 @@ fn logs(members: &[Member]) -> String {
 /// registered, failing (with every log) as soon as a member exits.
 async fn wait_all_up(members: &mut [Member], within: Duration) {
     let started = Instant::now();
+    flipstack_core::tls::install_crypto_provider();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
     loop {
         for m in members.iter_mut() {
@@ -153,11 +154,8 @@ async fn upload_flips(base: &str) {
 /// Acceptance: 2 servers and 2 workers started together on an empty MariaDB,
 /// 20 rounds in a row, all come up every time and an upload flips.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_servers_and_two_workers_start_together_on_an_empty_database_twenty_times() {
-    if !Tier::Mariadb.requested() {
-        eprintln!("skipped: needs the mariadb tier");
-        return;
-    }
+async fn mariadb_two_servers_and_two_workers_start_together_on_an_empty_database_twenty_times() {
+    Tier::Mariadb.require();
     let primary = env("FLIPSTACK_TEST_MYSQL_PRIMARY");
     let cache = format!("memcache://{}", env("FLIPSTACK_TEST_MEMCACHED"));
     let rounds: usize = std::env::var("FLIPSTACK_TEST_FLEET_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(20);
@@ -179,11 +177,8 @@ async fn two_servers_and_two_workers_start_together_on_an_empty_database_twenty_
 /// A server started before its database waits for it, says what it waits
 /// for, and comes up when the database does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_server_started_before_its_database_waits_for_it() {
-    if !Tier::Mariadb.requested() {
-        eprintln!("skipped: needs the mariadb tier");
-        return;
-    }
+async fn mariadb_a_server_started_before_its_database_waits_for_it() {
+    Tier::Mariadb.require();
     let services = PrivateServices::start("mariadb");
     let primary = services.get("FLIPSTACK_TEST_MYSQL_PRIMARY");
     let db = fresh_database(&primary).await;

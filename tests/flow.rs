@@ -503,7 +503,7 @@ async fn a_worker_killed_mid_job_leaves_it_to_the_next_once(tier: Tier) {
     let done = app.wait_done(id).await;
     assert_eq!(done.claims, 2, "taken by the killed worker, then once more");
     let events = app.services.store.events_for_upload(id).await.unwrap();
-    let completions = events.iter().filter(|e| e.kind == "done").count();
+    let completions = events.iter().filter(|e| e.kind == flipstack_core::domain::EventKind::Done).count();
     assert_eq!(completions, 1, "finished exactly once: {events:?}");
     let flipped = b.get(&format!("/images/{id}/flipped")).await.bytes().await.unwrap();
     assert_is_flip(&name, &bytes, &flipped);

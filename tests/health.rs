@@ -38,11 +38,8 @@ async fn live_and_ready_while_everything_answers(tier: Tier) {
 /// Acceptance: a primary outage keeps the server (live all along, never
 /// restarted), makes it unready, and it is ready again when the primary is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_primary_outage_makes_the_server_unready_but_never_dead() {
-    if !Tier::Mariadb.requested() {
-        eprintln!("skipped: needs the mariadb tier");
-        return;
-    }
+async fn mariadb_a_primary_outage_makes_the_server_unready_but_never_dead() {
+    Tier::Mariadb.require();
     init_logging();
     let services = PrivateServices::start("mariadb");
     let primary = services.get("FLIPSTACK_TEST_MYSQL_PRIMARY");

@@ -58,6 +58,7 @@ async fn a_burst_scales_the_pool_out_and_back_in() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap());
+    flipstack_core::tls::install_crypto_provider();
     let started = Instant::now();
     while reqwest::get(format!("{base}/healthz")).await.map(|r| r.status() != 200).unwrap_or(true) {
         assert!(started.elapsed() < Duration::from_secs(30), "flipstack up starts");

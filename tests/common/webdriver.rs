@@ -19,6 +19,7 @@ pub struct Chromedriver {
 impl Chromedriver {
     /// Starts chromedriver on a free loopback port.
     pub async fn start() -> Chromedriver {
+        flipstack_core::tls::install_crypto_provider();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = std::process::Command::new("chromedriver")
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
