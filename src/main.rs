@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use flipstack_core::store::dump::{read_dump, write_dump};
+use flipstack_core::store::dump::{restore_dump_file, write_dump, write_dump_file};
 use flipstack_core::{Config, Services};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -22,32 +22,48 @@ use tokio_util::sync::CancellationToken;
         `flipstack up` runs everything on this machine with embedded defaults (SQLite, \
         an in-process cache, a local folder, an outbox for mail): no other program needed.\n\n\
         Every setting has an environment variable FLIPSTACK_<KEY>, the same key in an \
-        optional TOML file (--config), and for the common ones a flag; flags win over the \
-        environment, the environment over the file.",
+        optional TOML file (--config), and for the common ones a flag of the commands that \
+        use it; flags win over the environment, the environment over the file.",
     after_help = "See README.md for the configuration table and ARCHITECTURE.md for how it fits together."
 )]
 struct Cli {
     /// A TOML file with configuration keys (as in README.md).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    #[command(flatten)]
-    flags: ConfigFlags,
     #[command(subcommand)]
     command: Command,
 }
 
-/// The configuration keys that make sense as flags. Secrets (the admin
-/// token) are not among them: command lines are visible to other users.
+// The configuration keys that make sense as flags, grouped by the commands
+// that use them: each command flattens the groups it needs, so its --help
+// offers only those. Secrets (the admin token) are not among them: command
+// lines are visible to other users. Each group serializes to the keys it set,
+// which Config::load lays over the file and the environment.
+
+/// Where the embedded defaults keep their files.
 #[derive(Args, Serialize, Default)]
-struct ConfigFlags {
-    /// Address the HTTP server listens on [env: FLIPSTACK_LISTEN] [default: 127.0.0.1:5000]
-    #[arg(long, global = true, value_name = "ADDR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    listen: Option<SocketAddr>,
+struct DataFlags {
     /// Where the embedded defaults keep their files [env: FLIPSTACK_DATA_DIR] [default: ./data]
     #[arg(long, global = true, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+}
+
+/// The AWS endpoint override.
+#[derive(Args, Serialize, Default)]
+struct AwsFlags {
+    /// Endpoint override for every AWS client (moto_server, LocalStack) [env: FLIPSTACK_AWS_ENDPOINT_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aws_endpoint_url: Option<String>,
+}
+
+/// The metadata store.
+#[derive(Args, Serialize, Default)]
+struct StoreFlags {
+    #[command(flatten)]
+    #[serde(flatten)]
+    data: DataFlags,
     /// Primary database: sqlite://PATH or mysql://user:pass@host:port/db [env: FLIPSTACK_DATABASE_URL]
     #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,6 +72,14 @@ struct ConfigFlags {
     #[arg(long, global = true, value_name = "URLS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     replica_urls: Option<String>,
+}
+
+/// Every service a server or a worker connects to.
+#[derive(Args, Serialize, Default)]
+struct ServiceFlags {
+    #[command(flatten)]
+    #[serde(flatten)]
+    store: StoreFlags,
     /// Gallery cache: memory:// or memcache://host:port[,host:port…] [env: FLIPSTACK_CACHE_URL]
     #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,14 +96,33 @@ struct ConfigFlags {
     #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     mail_url: Option<String>,
-    /// Endpoint override for every AWS client (moto_server, LocalStack) [env: FLIPSTACK_AWS_ENDPOINT_URL]
-    #[arg(long, global = true, value_name = "URL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    aws_endpoint_url: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    aws: AwsFlags,
     /// The address people reach the server at, for mailed links [env: FLIPSTACK_PUBLIC_URL]
     #[arg(long, global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     public_url: Option<String>,
+}
+
+/// The HTTP server.
+#[derive(Args, Serialize, Default)]
+struct ServeFlags {
+    /// Address the HTTP server listens on [env: FLIPSTACK_LISTEN] [default: 127.0.0.1:5000]
+    #[arg(long, global = true, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    services: ServiceFlags,
+}
+
+/// `up`: the server and its local worker pool.
+#[derive(Args, Serialize, Default)]
+struct UpFlags {
+    #[command(flatten)]
+    #[serde(flatten)]
+    serve: ServeFlags,
     /// Fewest local workers `up` keeps [env: FLIPSTACK_WORKERS_MIN] [default: 1]
     #[arg(long, global = true, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,19 +138,33 @@ struct ConfigFlags {
 #[derive(Subcommand)]
 enum Command {
     /// Run everything on this machine: the server and a worker pool that scales with the backlog.
-    Up,
+    Up(UpFlags),
     /// Run the HTTP server alone (pages, uploads, galleries, images, admin API).
-    Serve,
+    Serve(ServeFlags),
     /// Run one worker alone: take jobs, flip pictures, store them. SIGTERM lets it finish its job first.
-    Work,
+    Work(ServiceFlags),
     /// The operator console: fleet, queue, cache, reads and uploads, live; block uploads, dump, provision.
     Console(ConsoleArgs),
     /// Database tools: dump, restore, migrate.
-    #[command(subcommand)]
-    Db(DbCommand),
+    Db(DbArgs),
     /// The stack on AWS: plan, up, down, status (see docs/aws.md).
+    Provision(ProvisionArgs),
+}
+
+#[derive(Args)]
+struct DbArgs {
+    #[command(flatten)]
+    flags: StoreFlags,
     #[command(subcommand)]
-    Provision(flipstack_provision::cli::ProvisionCommand),
+    command: DbCommand,
+}
+
+#[derive(Args)]
+struct ProvisionArgs {
+    #[command(flatten)]
+    flags: AwsFlags,
+    #[command(subcommand)]
+    command: flipstack_provision::cli::ProvisionCommand,
 }
 
 #[derive(Args)]
@@ -133,6 +190,20 @@ struct ConsoleArgs {
     /// How often the AWS fleet is read, in seconds (with --stack).
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     fleet_every: u64,
+    #[command(flatten)]
+    flags: ConsoleFlags,
+}
+
+/// The console reads the admin token the server made (<data-dir>/admin-token)
+/// and, with --stack, talks to AWS.
+#[derive(Args, Serialize, Default)]
+struct ConsoleFlags {
+    #[command(flatten)]
+    #[serde(flatten)]
+    data: DataFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    aws: AwsFlags,
 }
 
 #[derive(Subcommand)]
@@ -166,17 +237,19 @@ fn main() -> Result<()> {
     if !matches!(cli.command, Command::Console(_)) {
         init_logging();
     }
-    let config = Config::load(cli.config.as_deref(), &cli.flags)?;
+    let file = cli.config.as_deref();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Up => up(config).await,
-            Command::Serve => serve(config).await,
-            Command::Work => work(config).await,
-            Command::Console(args) => console(config, args).await,
-            Command::Db(cmd) => db(config, cmd).await,
-            Command::Provision(cmd) => flipstack_provision::cli::run(cmd, &config).await,
+            Command::Up(flags) => up(Config::load(file, &flags)?).await,
+            Command::Serve(flags) => serve(Config::load(file, &flags)?).await,
+            Command::Work(flags) => work(Config::load(file, &flags)?).await,
+            Command::Console(args) => console(Config::load(file, &args.flags)?, args).await,
+            Command::Db(args) => db(Config::load(file, &args.flags)?, args.command).await,
+            Command::Provision(args) => {
+                flipstack_provision::cli::run(args.command, &Config::load(file, &args.flags)?).await
+            }
         }
     })
 }
@@ -232,23 +305,11 @@ async fn up(config: Config) -> Result<()> {
     let mut env = config.to_env();
     // Workers must send people's links to where the server really is.
     env.push(("FLIPSTACK_PUBLIC_URL".into(), server.public_url.clone()));
-    let pool = flipstack_provision::local::PoolConfig {
-        program,
-        env,
-        policy: flipstack_provision::policy::Policy {
-            min: config.workers_min,
-            max: config.workers_max,
-            target: config.backlog_per_worker.max(1) as f64,
-            tolerance: 0.1,
-            scale_in_window_ms: config.scale_in_secs as i64 * 1000,
-        },
-        tick: Duration::from_secs(1),
-        drain_timeout: Duration::from_secs(config.job_timeout_secs + 10),
-    };
+    let pool = flipstack_provision::local::PoolConfig::from_config(&config, program, env);
     let stop = CancellationToken::new();
     let pool_task = tokio::spawn(flipstack_provision::local::run(pool, services, stop.clone()));
     println!("flipstack is running at {}/  (Ctrl-C to stop)", server.public_url);
-    println!("  data: {}   admin token: {}", config.data_dir.display(), config.data_dir.join("admin-token").display());
+    println!("  data: {}   admin token: {}", config.data_dir.display(), config.admin_token_path().display());
     server.run_until(shutdown_signal()).await;
     stop.cancel();
     let _ = pool_task.await;
@@ -256,21 +317,12 @@ async fn up(config: Config) -> Result<()> {
 }
 
 async fn console(config: Config, args: ConsoleArgs) -> Result<()> {
-    let token = match args.token.or(config.admin_token.clone()) {
-        Some(t) => t,
-        None => {
-            let path = config.data_dir.join("admin-token");
-            std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "no admin token: pass --token, set FLIPSTACK_ADMIN_TOKEN, or point --data-dir at the server's data ({} cannot be read)",
-                    path.display()
-                )
-            })?
-        }
+    let Some(token) = args.token.filter(|t| !t.trim().is_empty()).or_else(|| config.existing_admin_token()) else {
+        bail!(
+            "no admin token: pass --token, set FLIPSTACK_ADMIN_TOKEN, or point --data-dir at the server's data ({} is missing or empty)",
+            config.admin_token_path().display()
+        );
     };
-    if token.trim().is_empty() {
-        bail!("the admin token is empty: pass --token or set FLIPSTACK_ADMIN_TOKEN");
-    }
     flipstack_console::run(flipstack_console::ConsoleConfig {
         url: args.url,
         token: token.trim().to_owned(),
@@ -308,25 +360,8 @@ async fn db(config: Config, cmd: DbCommand) -> Result<()> {
                 bar.set_message(indicatif::HumanBytes(bytes).to_string());
             };
             let summary = match &out {
-                Some(path) => {
-                    // Written beside the target and renamed when complete: a reader
-                    // never sees half a dump under the final name.
-                    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-                    let tmp = tempfile::Builder::new()
-                        .prefix(".flipstack-dump-")
-                        .tempfile_in(dir)
-                        .context("creating the dump file")?;
-                    let mut file = tokio::io::BufWriter::new(tokio::fs::File::from_std(tmp.reopen()?));
-                    let summary = write_dump(store, &mut file, progress).await?;
-                    drop(file);
-                    tmp.as_file().sync_all()?;
-                    tmp.persist(path).with_context(|| format!("moving the dump to {}", path.display()))?;
-                    summary
-                }
-                None => {
-                    let mut stdout = tokio::io::stdout();
-                    write_dump(store, &mut stdout, progress).await?
-                }
+                Some(path) => write_dump_file(store, path, progress).await?,
+                None => write_dump(store, &mut tokio::io::stdout(), progress).await?,
             };
             bar.finish_and_clear();
             eprintln!(
@@ -337,17 +372,7 @@ async fn db(config: Config, cmd: DbCommand) -> Result<()> {
             );
         }
         DbCommand::Restore { file, force } => {
-            let existing = store.row_count().await?;
-            if existing > 0 && !force {
-                bail!(
-                    "the database is not empty ({existing} rows); restore into an empty database, or add --force to replace its rows"
-                );
-            }
-            let reader = tokio::io::BufReader::new(
-                tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?,
-            );
-            let rows = read_dump(reader).await?;
-            let n = store.restore_rows(rows, force).await?;
+            let n = restore_dump_file(store, &file, force).await?;
             eprintln!("restored {n} rows from {}", file.display());
         }
     }

@@ -242,6 +242,18 @@ impl Config {
     /// Layers defaults, the TOML file, `FLIPSTACK_*` variables and the flags.
     /// `flags` serialises to a map of the keys that were given (absent ones
     /// must be skipped, not null).
+    /// Where the server keeps the admin token it made when none is configured.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin-token")
+    }
+
+    /// The admin token: the configured one, else the one the server made into
+    /// [`Config::admin_token_path`]; `None` when there is neither.
+    pub fn existing_admin_token(&self) -> Option<String> {
+        let made = || std::fs::read_to_string(self.admin_token_path()).ok();
+        self.admin_token.clone().filter(|t| !t.trim().is_empty()).or_else(made).map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
+    }
+
     pub fn load(file: Option<&Path>, flags: impl Serialize) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {

@@ -33,6 +33,21 @@ pub struct PoolConfig {
     pub drain_timeout: Duration,
 }
 
+impl PoolConfig {
+    /// The pool `flipstack up` runs: `program work` with `env`, scaled by the
+    /// configured policy, looked at every second; a draining worker gets its
+    /// job's timeout and ten seconds more before it is killed.
+    pub fn from_config(config: &flipstack_core::Config, program: PathBuf, env: Vec<(String, String)>) -> PoolConfig {
+        PoolConfig {
+            program,
+            env,
+            policy: Policy::from_config(config),
+            tick: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(config.job_timeout_secs + 10),
+        }
+    }
+}
+
 struct Worker {
     child: Child,
     started: Instant,
@@ -139,7 +154,10 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
             updated_at: now_millis(),
         };
         if let Ok(json) = serde_json::to_string(&status) {
-            let _ = services.store.set_setting(POOL_STATUS_KEY, &json, status.updated_at).await;
+            flipstack_core::error::ignore_failure(
+                "publishing the pool's status",
+                services.store.set_setting(POOL_STATUS_KEY, &json, status.updated_at).await,
+            );
         }
     }
     drain_all(&mut workers, config.drain_timeout).await;

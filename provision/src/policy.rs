@@ -27,7 +27,24 @@ pub struct Policy {
     pub scale_in_window_ms: i64,
 }
 
+/// The band around the target in which nothing changes: AWS target tracking
+/// ignores changes within about 10 % of its target, and the local pool holds
+/// the same band so that both scale alike.
+pub const TOLERANCE: f64 = 0.1;
+
 impl Policy {
+    /// The policy the configuration asks for (`workers_min`, `workers_max`,
+    /// `backlog_per_worker`, `scale_in_secs`).
+    pub fn from_config(config: &flipstack_core::Config) -> Policy {
+        Policy {
+            min: config.workers_min,
+            max: config.workers_max,
+            target: config.backlog_per_worker.max(1) as f64,
+            tolerance: TOLERANCE,
+            scale_in_window_ms: config.scale_in_secs as i64 * 1000,
+        }
+    }
+
     /// One step of the rule, without memory: what the metric asks for now.
     pub fn recommend(&self, current: u32, backlog: f64) -> u32 {
         let target = self.target.max(f64::EPSILON);

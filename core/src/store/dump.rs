@@ -16,6 +16,7 @@
 //! line handling (it turns `\r\n` into `\n` and stops at NUL bytes).
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -42,7 +43,7 @@ pub async fn write_dump<W: AsyncWrite + Unpin>(
     out: &mut W,
     mut progress: impl FnMut(u64, u64),
 ) -> StoreResult<DumpSummary> {
-    let io = |e: std::io::Error| StoreError::Query(format!("writing the dump: {e}"));
+    let io = |e: std::io::Error| StoreError::query_because("writing the dump", e);
     let mut bytes = 0u64;
     let mut head = format!(
         "{HEADER}\n-- from a {} database; restore with: flipstack db restore FILE \
@@ -76,7 +77,7 @@ pub async fn write_dump<W: AsyncWrite + Unpin>(
     let produced = produced?;
     let written = written?;
     if produced != written {
-        return Err(StoreError::Query(format!("dump wrote {written} of {produced} rows")));
+        return Err(StoreError::query(format!("dump wrote {written} of {produced} rows")));
     }
     let trailer = format!("{TRAILER_PREFIX}{written} rows\n");
     out.write_all(trailer.as_bytes()).await.map_err(io)?;
@@ -84,6 +85,48 @@ pub async fn write_dump<W: AsyncWrite + Unpin>(
     bytes += trailer.len() as u64;
     progress(written, bytes);
     Ok(DumpSummary { rows: written, bytes })
+}
+
+/// Writes a dump to `path`: into a temporary file beside it, fsynced, then
+/// renamed, so a reader never sees half a dump under the final name.
+pub async fn write_dump_file(
+    store: &dyn MetadataStore,
+    path: &Path,
+    progress: impl FnMut(u64, u64),
+) -> StoreResult<DumpSummary> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", path.display());
+        move |e: std::io::Error| StoreError::query_because(&what, e)
+    };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".flipstack-dump-")
+        .tempfile_in(dir)
+        .map_err(io("creating a temporary file for the dump"))?;
+    let mut file = tokio::io::BufWriter::new(tokio::fs::File::from_std(
+        tmp.reopen().map_err(io("opening the temporary file for the dump"))?,
+    ));
+    let summary = write_dump(store, &mut file, progress).await?;
+    drop(file);
+    tmp.as_file().sync_all().map_err(io("writing the dump to disk for"))?;
+    tmp.persist(path).map_err(|e| io("moving the dump to")(e.error))?;
+    Ok(summary)
+}
+
+/// Loads the dump at `path` into `store`. A database that already has rows is
+/// refused unless `replace`: a restore is meant for an empty database.
+pub async fn restore_dump_file(store: &dyn MetadataStore, path: &Path, replace: bool) -> StoreResult<u64> {
+    let existing = store.row_count().await?;
+    if existing > 0 && !replace {
+        return Err(StoreError::Restore(format!(
+            "the database is not empty ({existing} rows); restore into an empty database, or add --force to replace its rows"
+        )));
+    }
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| StoreError::Restore(format!("opening {}: {e}", path.display())))?;
+    let rows = read_dump(tokio::io::BufReader::new(file)).await?;
+    store.restore_rows(rows, replace).await
 }
 
 fn insert_statement(out: &mut String, table: &str, columns: &[String], values: &[SqlValue]) {
