@@ -1,6 +1,8 @@
 //! What the console knows: the last answer of each data source, how fresh it
 //! is, and the history behind the sparklines. No terminal and no I/O here.
 
+use flipstack_core::domain::EventKind;
+use flipstack_core::store::ReadSource;
 use std::collections::VecDeque;
 
 use flipstack_core::status::AdminStatus;
@@ -15,16 +17,7 @@ pub const HISTORY: usize = 240;
 /// How many gallery reads and job events the feeds keep.
 pub const FEED: usize = 64;
 
-/// One thing the admin API's event stream said (`GET /admin/api/events`).
-/// Mirrors the server's `AdminEvent`, which the console cannot depend on;
-/// a test in this crate checks the two agree.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum AdminEvent {
-    Job { id: i64, at: Millis, kind: String, upload_id: Option<i64>, person: Option<String>, detail: Option<String> },
-    GalleryRead { at: Millis, person: String, source: String },
-    Blocked { at: Millis, blocked: bool },
-}
+pub use flipstack_core::status::AdminEvent;
 
 /// Whether a source answers, and since when it does not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -245,7 +238,7 @@ impl FleetNumbersData {
 pub struct Read {
     pub at: Millis,
     pub person: String,
-    pub source: String,
+    pub source: ReadSource,
 }
 
 /// The event stream: connected or not, and the feeds it fills.
@@ -273,7 +266,7 @@ impl EventData {
     pub fn jobs_done_within(&self, now: Millis, window_ms: i64) -> usize {
         self.jobs
             .iter()
-            .filter(|e| matches!(e, AdminEvent::Job { at, kind, .. } if kind == "done" && now - at <= window_ms))
+            .filter(|e| matches!(e, AdminEvent::Job { at, kind, .. } if *kind == EventKind::Done && now - at <= window_ms))
             .count()
     }
 
@@ -281,7 +274,7 @@ impl EventData {
     pub fn recent_by_source(&self, now: Millis, window_ms: i64) -> [(&'static str, usize); 3] {
         let mut out = [("cache", 0), ("replica", 0), ("primary", 0)];
         for r in self.reads.iter().take_while(|r| now - r.at <= window_ms) {
-            if let Some(slot) = out.iter_mut().find(|(s, _)| *s == r.source) {
+            if let Some(slot) = out.iter_mut().find(|(s, _)| *s == r.source.as_str()) {
                 slot.1 += 1;
             }
         }

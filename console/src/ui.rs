@@ -4,6 +4,7 @@
 //! uploads); a larger terminal gives every panel more lines and the uploads
 //! panel a column of recent jobs.
 
+use flipstack_core::store::WorkerStatus;
 use flipstack_core::status::AdminStatus;
 use ratatui::Frame;
 use ratatui::buffer::Buffer;
@@ -250,11 +251,11 @@ fn aws_fleet(app: &App, stack: &str, area: Rect, buf: &mut Buffer) {
 fn worker_lines(s: &AdminStatus) -> Vec<Line<'static>> {
     s.live_workers()
         .map(|w| {
-            let job = w.current_upload.map(|u| format!("#{}", u.0)).unwrap_or_default();
-            let status_style = match w.status.as_str() {
-                "busy" => GOOD,
-                "draining" => WARN,
-                _ => DIM,
+            let job = w.current_upload.map(|u| format!("#{u}")).unwrap_or_default();
+            let status_style = match w.status {
+                WorkerStatus::Busy => GOOD,
+                WorkerStatus::Draining => WARN,
+                WorkerStatus::Idle => DIM,
             };
             Line::from(vec![
                 Span::raw(format!("{:<15}", truncate(&w.id, 14))),
@@ -268,7 +269,7 @@ fn worker_lines(s: &AdminStatus) -> Vec<Line<'static>> {
 
 fn workers_line(s: &AdminStatus) -> String {
     let live: Vec<_> = s.live_workers().collect();
-    let busy = live.iter().filter(|w| w.status == "busy").count();
+    let busy = live.iter().filter(|w| w.status == WorkerStatus::Busy).count();
     format!("workers reporting {} (busy {busy})", live.len())
 }
 
@@ -510,7 +511,7 @@ fn reads(app: &App, area: Rect, buf: &mut Buffer) {
         };
         lines.push(Line::from(vec![
             Span::styled(format!("{:>6} ", human_age(app.now - r.at)), DIM),
-            Span::styled(format!("{:<8}", r.source), style),
+            Span::styled(format!("{:<8}", r.source.as_str()), style),
             Span::styled(truncate(&r.person, 12), DIM),
         ]));
     }

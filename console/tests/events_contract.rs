@@ -1,38 +1,32 @@
-//! The console reads what the server's event stream sends: every kind of
-//! the server's `AdminEvent`, serialised as the server does, parses into the
-//! console's mirror of it.
+//! The event stream's wire format: what the server sends
+//! (`flipstack_core::status::AdminEvent`, the one type both sides use) is the
+//! JSON the console and any other reader of `GET /admin/api/events` expect.
 
-use flipstack_console::model::AdminEvent as Seen;
-use flipstack_server::state::AdminEvent as Sent;
+use flipstack_core::domain::{EventKind, UploadId};
+use flipstack_core::status::AdminEvent;
+use flipstack_core::store::ReadSource;
 
-fn round_trip(sent: &Sent) -> Seen {
-    let json = serde_json::to_string(sent).unwrap();
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("cannot read {json}: {e}"))
+fn wire(event: &AdminEvent, json: &str) {
+    assert_eq!(serde_json::to_string(event).unwrap(), json);
+    assert_eq!(&serde_json::from_str::<AdminEvent>(json).unwrap(), event);
 }
 
 #[test]
-fn every_server_event_is_understood() {
-    assert_eq!(
-        round_trip(&Sent::Job {
+fn every_event_keeps_its_wire_format() {
+    wire(
+        &AdminEvent::Job {
             id: 7,
             at: 1_000,
-            kind: "failed".into(),
-            upload_id: Some(3),
+            kind: EventKind::Failed,
+            upload_id: Some(UploadId::from_i64(3).unwrap()),
             person: Some("abc".into()),
             detail: Some("not a picture".into()),
-        }),
-        Seen::Job {
-            id: 7,
-            at: 1_000,
-            kind: "failed".into(),
-            upload_id: Some(3),
-            person: Some("abc".into()),
-            detail: Some("not a picture".into()),
-        }
+        },
+        r#"{"type":"job","id":7,"at":1000,"kind":"failed","upload_id":3,"person":"abc","detail":"not a picture"}"#,
     );
-    assert_eq!(
-        round_trip(&Sent::GalleryRead { at: 2_000, person: "abc".into(), source: "replica" }),
-        Seen::GalleryRead { at: 2_000, person: "abc".into(), source: "replica".into() }
+    wire(
+        &AdminEvent::GalleryRead { at: 2_000, person: "abc".into(), source: ReadSource::Replica },
+        r#"{"type":"gallery_read","at":2000,"person":"abc","source":"replica"}"#,
     );
-    assert_eq!(round_trip(&Sent::Blocked { at: 3_000, blocked: true }), Seen::Blocked { at: 3_000, blocked: true });
+    wire(&AdminEvent::Blocked { at: 3_000, blocked: true }, r#"{"type":"blocked","at":3000,"blocked":true}"#);
 }

@@ -4,6 +4,8 @@
 //! are the same code and differ only in configuration. On a local folder every
 //! write is durable (file and directories fsynced) before it returns.
 
+use crate::domain::BlobBackend;
+use crate::error::{Cause, cause};
 use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +58,7 @@ impl BlobKind {
 }
 
 pub fn key(kind: BlobKind, id: UploadId) -> Path {
-    Path::from(format!("{}/{}", kind.folder(), id.0))
+    Path::from(format!("{}/{}", kind.folder(), id.get()))
 }
 
 /// The inverse of [`key`]; `None` for anything flipstack did not name.
@@ -64,7 +66,7 @@ pub fn parse_key(key: &str) -> Option<(BlobKind, UploadId)> {
     let (folder, digits) = key.rsplit_once('/')?;
     let kind = BlobKind::ALL.into_iter().find(|k| k.folder() == folder)?;
     let id: i64 = digits.parse().ok()?;
-    (id > 0 && id.to_string() == digits).then_some((kind, UploadId(id)))
+    (id.to_string() == digits).then_some(()).and(UploadId::from_i64(id).ok()).map(|id| (kind, id))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,15 +88,34 @@ pub struct SweepSummary {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    #[error("blob store configuration: {0}")]
-    Config(String),
-    #[error("the blob store is unavailable: {0}")]
-    Unavailable(String),
+    #[error("blob store configuration: {message}")]
+    Config { message: String, source: Option<Cause> },
+    #[error("the blob store is unavailable: {message}")]
+    Unavailable { message: String, source: Option<Cause> },
+}
+
+impl BlobError {
+    fn config(message: impl Into<String>) -> BlobError {
+        BlobError::Config { message: message.into(), source: None }
+    }
+
+    fn config_because(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> BlobError {
+        BlobError::Config { message: format!("{context}: {e}"), source: cause(e) }
+    }
+
+    fn unavailable_because(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> BlobError {
+        BlobError::Unavailable { message: format!("{context}: {e}"), source: cause(e) }
+    }
+
+    /// Whether the caller can retry: the store did not answer.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, BlobError::Unavailable { .. })
+    }
 }
 
 impl From<object_store::Error> for BlobError {
     fn from(e: object_store::Error) -> Self {
-        BlobError::Unavailable(e.to_string())
+        BlobError::Unavailable { message: e.to_string(), source: cause(e) }
     }
 }
 
@@ -108,7 +129,7 @@ pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     /// Present on S3: signs short-lived links for the owner.
     signer: Option<Arc<AmazonS3>>,
-    kind: &'static str,
+    kind: BlobBackend,
     prefix: Option<String>,
 }
 
@@ -118,13 +139,13 @@ impl BlobStore {
     pub fn from_url(url: &str, region: &str, endpoint: Option<&str>) -> Result<BlobStore, BlobError> {
         if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir)
-                .map_err(|e| BlobError::Config(format!("cannot create the blob folder {dir}: {e}")))?;
+                .map_err(|e| BlobError::config_because(&format!("cannot create the blob folder {dir}"), e))?;
             // fsync: a write returns only when the file and the directory
             // entries naming it are on disk, as S3 promises, because the
             // database row that points at it is committed right after.
             let fs =
-                LocalFileSystem::new_with_prefix(dir).map_err(|e| BlobError::Config(e.to_string()))?.with_fsync(true);
-            return Ok(BlobStore { store: Arc::new(fs), signer: None, kind: "file", prefix: None });
+                LocalFileSystem::new_with_prefix(dir).map_err(|e| BlobError::config_because(dir, e))?.with_fsync(true);
+            return Ok(BlobStore { store: Arc::new(fs), signer: None, kind: BlobBackend::File, prefix: None });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = match rest.split_once('/') {
@@ -132,20 +153,21 @@ impl BlobStore {
                 None => (rest, None),
             };
             if bucket.is_empty() {
-                return Err(BlobError::Config("s3:// needs a bucket name, e.g. s3://my-bucket/flipstack".into()));
+                return Err(BlobError::config("s3:// needs a bucket name, e.g. s3://my-bucket/flipstack"));
             }
+            crate::tls::install_crypto_provider();
             let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_region(region);
             if let Some(ep) = endpoint {
                 // moto and LocalStack answer path-style requests, often over plain HTTP.
                 b = b.with_endpoint(ep).with_allow_http(true).with_virtual_hosted_style_request(false);
             }
-            let s3 = Arc::new(b.build().map_err(|e| BlobError::Config(e.to_string()))?);
-            return Ok(BlobStore { store: s3.clone(), signer: Some(s3), kind: "s3", prefix });
+            let s3 = Arc::new(b.build().map_err(|e| BlobError::config_because(url, e))?);
+            return Ok(BlobStore { store: s3.clone(), signer: Some(s3), kind: BlobBackend::S3, prefix });
         }
-        Err(BlobError::Config(format!("FLIPSTACK_BLOB_URL must be file://PATH or s3://bucket[/prefix], not {url:?}")))
+        Err(BlobError::config(format!("FLIPSTACK_BLOB_URL must be file://PATH or s3://bucket[/prefix], not {url:?}")))
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> BlobBackend {
         self.kind
     }
 
@@ -161,19 +183,19 @@ impl BlobStore {
     pub async fn put_file(&self, kind: BlobKind, id: UploadId, file: &FsPath) -> Result<u64, BlobError> {
         let mut src = tokio::fs::File::open(file)
             .await
-            .map_err(|e| BlobError::Unavailable(format!("reading the spooled upload: {e}")))?;
+            .map_err(|e| BlobError::unavailable_because("reading the spooled upload", e))?;
         // S3 wants parts of 5 MiB or more; a local folder takes any size, and
         // small parts, two at a time, keep a burst of large uploads from
         // holding tens of MiB each in buffers (32 × 20 MB: peak RSS).
-        let (part, in_flight) = if self.kind == "file" { (1024 * 1024, 2) } else { (8 * 1024 * 1024, 8) };
+        let (part, in_flight) = if self.kind == BlobBackend::File { (1024 * 1024, 2) } else { (8 * 1024 * 1024, 8) };
         let mut w =
             BufWriter::with_capacity(self.store.clone(), self.path(kind, id), part).with_max_concurrency(in_flight);
         let n = tokio::io::copy(&mut src, &mut w)
             .await
-            .map_err(|e| BlobError::Unavailable(format!("writing to the blob store: {e}")))?;
+            .map_err(|e| BlobError::unavailable_because("writing to the blob store", e))?;
         w.shutdown()
             .await
-            .map_err(|e| BlobError::Unavailable(format!("finishing the upload to the blob store: {e}")))?;
+            .map_err(|e| BlobError::unavailable_because("finishing the upload to the blob store", e))?;
         Ok(n)
     }
 
@@ -266,7 +288,7 @@ impl BlobStore {
         loop {
             let next = stream.next().await;
             if let Some(meta) = &next {
-                let meta = meta.as_ref().map_err(|e| SweepError::Blob(BlobError::Unavailable(e.to_string())))?;
+                let meta = meta.as_ref().map_err(|e| SweepError::Blob(BlobError::Unavailable { message: e.to_string(), source: None }))?;
                 let key = meta.location.as_ref();
                 let key = match &self.prefix {
                     Some(p) => key.strip_prefix(p.as_str()).and_then(|k| k.strip_prefix('/')).unwrap_or(""),
@@ -301,6 +323,6 @@ impl BlobStore {
 
     /// Is the store reachable? (A missing key is an answer, so it counts as yes.)
     pub async fn ping(&self) -> Result<(), BlobError> {
-        self.exists(BlobKind::Original, UploadId(1)).await.map(|_| ())
+        self.exists(BlobKind::Original, UploadId::from_stored(1)).await.map(|_| ())
     }
 }

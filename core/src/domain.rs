@@ -140,11 +140,26 @@ macro_rules! id_type {
         #[doc = concat!("The id of ", $what, ".")]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(pub i64);
+        pub struct $name(i64);
 
         impl $name {
             pub fn new() -> Self {
                 $name(new_id())
+            }
+
+            /// An id read back (a row, a key, a message): ids are positive.
+            pub fn from_i64(n: i64) -> Result<Self, InvalidId> {
+                if n > 0 { Ok($name(n)) } else { Err(InvalidId) }
+            }
+
+            /// An id from flipstack's own tables, which hold only ids it made.
+            pub(crate) fn from_stored(n: i64) -> Self {
+                $name(n)
+            }
+
+            /// The number the schema stores and the wire carries.
+            pub fn get(self) -> i64 {
+                self.0
             }
         }
 
@@ -163,10 +178,7 @@ macro_rules! id_type {
         impl FromStr for $name {
             type Err = InvalidId;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s.parse::<i64>() {
-                    Ok(n) if n > 0 => Ok($name(n)),
-                    _ => Err(InvalidId),
-                }
+                s.parse::<i64>().map_err(|_| InvalidId).and_then($name::from_i64)
             }
         }
     };
@@ -174,6 +186,99 @@ macro_rules! id_type {
 
 id_type!(PersonId, "a person (the owner of one gallery)");
 id_type!(UploadId, "an upload");
+
+/// An enum stored and sent by name: the schema and the wire keep the names
+/// (`as_str`, `parse`, serde), code compares the variants.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // pad: widths and alignment (`{kind:<9}`) apply.
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use named_enum;
+
+named_enum! {
+    /// What an event of the events table says happened to an upload.
+    pub enum EventKind {
+        Uploaded = "uploaded",
+        Done = "done",
+        Retry = "retry",
+        Failed = "failed",
+        Deleted = "deleted",
+    }
+}
+
+impl EventKind {
+    /// Whether the upload's gallery changed (what a local cache must drop).
+    pub fn changes_gallery(self) -> bool {
+        !matches!(self, EventKind::Uploaded)
+    }
+}
+
+named_enum! {
+    /// Which metadata store back end runs (`FLIPSTACK_DATABASE_URL`'s scheme).
+    pub enum StoreBackend {
+        Sqlite = "sqlite",
+        Mysql = "mysql",
+    }
+}
+
+named_enum! {
+    /// Which gallery cache runs (`FLIPSTACK_CACHE_URL`).
+    pub enum CacheBackend {
+        Memory = "memory",
+        Memcached = "memcached",
+    }
+}
+
+named_enum! {
+    /// Which job queue runs (`FLIPSTACK_QUEUE_URL`).
+    pub enum QueueBackend {
+        Db = "db",
+        Sqs = "sqs",
+    }
+}
+
+named_enum! {
+    /// Which blob store runs (`FLIPSTACK_BLOB_URL`'s scheme).
+    pub enum BlobBackend {
+        File = "file",
+        S3 = "s3",
+    }
+}
+
+named_enum! {
+    /// What a worker is doing, as its heartbeat says.
+    pub enum WorkerStatus {
+        Idle = "idle",
+        Busy = "busy",
+        Draining = "draining",
+    }
+}
 
 /// Where an upload is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

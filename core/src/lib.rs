@@ -7,6 +7,7 @@ pub mod blob;
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod error;
 pub mod gallery;
 pub mod imaging;
 pub mod limits;
@@ -16,6 +17,7 @@ pub mod queue;
 pub mod services;
 pub mod status;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use services::Services;

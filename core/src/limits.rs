@@ -130,26 +130,26 @@ mod tests {
     struct Broken;
     #[async_trait::async_trait]
     impl KvCache for Broken {
-        fn kind(&self) -> &'static str {
-            "broken"
+        fn kind(&self) -> crate::domain::CacheBackend {
+            crate::domain::CacheBackend::Memcached
         }
         async fn get_many(
             &self,
             _: &[&str],
         ) -> Result<HashMap<String, crate::cache::Cached>, crate::cache::CacheError> {
-            Err(crate::cache::CacheError::Unavailable("down".into()))
+            Err(crate::cache::CacheError::unavailable("down"))
         }
         async fn set(&self, _: &str, _: &[u8], _: Duration) -> Result<(), crate::cache::CacheError> {
-            Err(crate::cache::CacheError::Unavailable("down".into()))
+            Err(crate::cache::CacheError::unavailable("down"))
         }
         async fn add(&self, _: &str, _: &[u8], _: Duration) -> Result<bool, crate::cache::CacheError> {
-            Err(crate::cache::CacheError::Unavailable("down".into()))
+            Err(crate::cache::CacheError::unavailable("down"))
         }
         async fn cas(&self, _: &str, _: &[u8], _: Duration, _: u64) -> Result<bool, crate::cache::CacheError> {
-            Err(crate::cache::CacheError::Unavailable("down".into()))
+            Err(crate::cache::CacheError::unavailable("down"))
         }
         async fn delete(&self, _: &str) -> Result<(), crate::cache::CacheError> {
-            Err(crate::cache::CacheError::Unavailable("down".into()))
+            Err(crate::cache::CacheError::unavailable("down"))
         }
     }
 

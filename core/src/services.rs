@@ -52,9 +52,9 @@ impl ServicesError {
     /// resolvable yet), as opposed to a configuration that will never work.
     fn may_answer_later(&self) -> bool {
         match self {
-            ServicesError::Store(e) => matches!(e, StoreError::Unavailable(_)),
-            ServicesError::Cache(e) => matches!(e, CacheError::Unavailable(_)),
-            ServicesError::Queue(e) => matches!(e, QueueError::Unavailable(_)),
+            ServicesError::Store(e) => e.is_unavailable(),
+            ServicesError::Cache(e) => e.is_unavailable(),
+            ServicesError::Queue(e) => e.is_unavailable(),
             ServicesError::Blob(_)
             | ServicesError::Mail(_)
             | ServicesError::DataDir { .. }
@@ -162,7 +162,7 @@ impl Services {
     /// True when this process runs on AWS infrastructure (SQS queue), where
     /// its numbers go to CloudWatch.
     pub fn on_aws(&self) -> bool {
-        self.queue.kind() == "sqs"
+        self.queue.kind() == crate::domain::QueueBackend::Sqs
     }
 }
 

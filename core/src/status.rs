@@ -9,7 +9,28 @@ use crate::Services;
 use crate::domain::now_millis;
 use crate::metrics::MetricsSnapshot;
 use crate::queue::QueueDepth;
-use crate::store::WorkerInfo;
+use crate::domain::{EventKind, Millis, UploadId};
+use crate::store::{ReadSource, WorkerInfo};
+
+/// One thing that happened, as the admin API's event stream
+/// (`GET /admin/api/events`) sends it and the console reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AdminEvent {
+    /// An upload, completion, retry, failure or deletion, from the events table.
+    Job {
+        id: i64,
+        at: Millis,
+        kind: EventKind,
+        upload_id: Option<UploadId>,
+        person: Option<String>,
+        detail: Option<String>,
+    },
+    /// A gallery read answered by a server.
+    GalleryRead { at: Millis, person: String, source: ReadSource },
+    /// Uploads were blocked or unblocked.
+    Blocked { at: Millis, blocked: bool },
+}
 
 /// A worker that has not reported for this long is shown as gone.
 pub const WORKER_STALE_MS: i64 = 30_000;
@@ -112,7 +133,7 @@ pub async fn collect(services: &Services, blocked: bool, uptime_secs: u64) -> Ad
         .map(|v| {
             v.into_iter()
                 .map(|u| FailureInfo {
-                    upload_id: u.id.0,
+                    upload_id: u.id.get(),
                     at: u.finished_at,
                     reason: u.failure_reason.unwrap_or_default(),
                 })
@@ -135,12 +156,12 @@ pub async fn collect(services: &Services, blocked: bool, uptime_secs: u64) -> Ad
         at: now,
         uptime_secs,
         blocked,
-        database: services.store.backend().to_owned(),
-        cache: services.cache.kind().to_owned(),
-        blobs: services.blobs.kind().to_owned(),
+        database: services.store.backend().as_str().to_owned(),
+        cache: services.cache.kind().as_str().to_owned(),
+        blobs: services.blobs.kind().as_str().to_owned(),
         uploads,
         oldest_unfinished_age_secs: oldest,
-        queue: QueueStatus { kind: services.queue.kind().to_owned(), depth },
+        queue: QueueStatus { kind: services.queue.kind().as_str().to_owned(), depth },
         metrics: services.metrics.snapshot(),
         replicas,
         workers,

@@ -1,5 +1,6 @@
 //! The admin API (the console's data source), behind a bearer token compared
-//! in constant time: status, block and unblock uploads, a streamed database
+//! in constant time (checked once, by the gate in front of every /admin route
+//! in lib.rs): status, block and unblock uploads, a streamed database
 //! dump, and a server-sent event stream.
 
 use std::convert::Infallible;
@@ -37,19 +38,13 @@ pub fn unauthorized() -> Resp {
     r
 }
 
-pub async fn status(state: Arc<AppState>, auth: Option<String>) -> Result<Resp, Infallible> {
-    if !authorized(&state, auth.as_deref()) {
-        return Ok(unauthorized());
-    }
+pub async fn status(state: Arc<AppState>) -> Result<Resp, Infallible> {
     let blocked = state.blocked.get(&state.services).await;
     let status = flipstack_core::status::collect(&state.services, blocked, state.started_at.elapsed().as_secs()).await;
     Ok(json(StatusCode::OK, &status))
 }
 
-pub async fn set_blocked(state: Arc<AppState>, auth: Option<String>, blocked: bool) -> Result<Resp, Infallible> {
-    if !authorized(&state, auth.as_deref()) {
-        return Ok(unauthorized());
-    }
+pub async fn set_blocked(state: Arc<AppState>, blocked: bool) -> Result<Resp, Infallible> {
     let value = if blocked { "true" } else { "false" };
     if let Err(e) = state.services.store.set_setting(UPLOADS_BLOCKED, value, now_millis()).await {
         return Ok(json(
@@ -65,10 +60,7 @@ pub async fn set_blocked(state: Arc<AppState>, auth: Option<String>, blocked: bo
 }
 
 /// The database as SQL, streamed as it is read from one consistent snapshot.
-pub async fn dump(state: Arc<AppState>, auth: Option<String>) -> Result<Resp, Infallible> {
-    if !authorized(&state, auth.as_deref()) {
-        return Ok(unauthorized());
-    }
+pub async fn dump(state: Arc<AppState>) -> Result<Resp, Infallible> {
     let (writer, reader) = tokio::io::duplex(256 * 1024);
     let services = state.services.clone();
     tokio::spawn(async move {
@@ -92,10 +84,7 @@ pub async fn dump(state: Arc<AppState>, auth: Option<String>) -> Result<Resp, In
     Ok(r)
 }
 
-pub async fn events(state: Arc<AppState>, auth: Option<String>) -> Result<Resp, Infallible> {
-    if !authorized(&state, auth.as_deref()) {
-        return Ok(unauthorized());
-    }
+pub async fn events(state: Arc<AppState>) -> Result<Resp, Infallible> {
     let rx = state.events.subscribe();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let sse = match rx.recv().await {

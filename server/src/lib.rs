@@ -91,15 +91,10 @@ impl RunningServer {
 /// The admin token: the configured one, or one made once and kept in
 /// `<data>/admin-token` (readable by its owner only).
 pub fn admin_token(services: &Services) -> Result<String, ServerError> {
-    if let Some(t) = services.config.admin_token.as_deref().filter(|t| !t.trim().is_empty()) {
-        return Ok(t.trim().to_owned());
+    if let Some(token) = services.config.existing_admin_token() {
+        return Ok(token);
     }
-    let path = services.config.data_dir.join("admin-token");
-    if let Ok(t) = std::fs::read_to_string(&path)
-        && !t.trim().is_empty()
-    {
-        return Ok(t.trim().to_owned());
-    }
+    let path = services.config.admin_token_path();
     let bytes: [u8; 32] = rand::rng().random();
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     write_private(&path, &token)
@@ -160,7 +155,7 @@ pub async fn start(services: Arc<Services>, addr: SocketAddr) -> Result<RunningS
     let _ = state.public_url.set(public.trim_end_matches('/').to_owned());
     let done = tokio::spawn(serving);
     let tasks = tasks::spawn_all(state.clone());
-    tracing::info!(addr = %bound, database = services.store.backend(), cache = services.cache.kind(), blobs = services.blobs.kind(), queue = services.queue.kind(), "server listening");
+    tracing::info!(addr = %bound, database = %services.store.backend(), cache = %services.cache.kind(), blobs = %services.blobs.kind(), queue = %services.queue.kind(), "server listening");
     Ok(RunningServer {
         addr: bound,
         public_url: state.public_url().to_owned(),
@@ -185,7 +180,7 @@ fn prepare_spool(data_dir: &Path) -> Result<PathBuf, ServerError> {
     std::fs::create_dir_all(&dir).map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", dir.display())))?;
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
-            let _ = std::fs::remove_file(e.path());
+            flipstack_core::error::ignore_failure("removing a left-over spool file", std::fs::remove_file(e.path()));
         }
     }
     Ok(dir)
@@ -332,30 +327,30 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         warp::path!("metrics").and(warp::get()).and(s()).and(listener::remote()).and(auth()).and_then(admin::metrics);
     let assets = warp::path!("assets" / String).and(warp::get()).and_then(assets::serve);
 
-    let admin_status =
-        warp::path!("admin" / "api" / "status").and(warp::get()).and(s()).and(auth()).and_then(admin::status);
+    // The admin gate, in front of every /admin route: a request without the
+    // token gets its 401 here; with it, the gate steps aside (not found) and
+    // the routes below answer, so no admin handler checks the token itself.
+    let admin_gate =
+        warp::path("admin").and(s()).and(auth()).and_then(|state: Arc<AppState>, auth: Option<String>| async move {
+            if admin::authorized(&state, auth.as_deref()) {
+                Err(warp::reject::not_found())
+            } else {
+                Ok::<_, warp::Rejection>(admin::unauthorized())
+            }
+        });
+    let admin_status = warp::path!("admin" / "api" / "status").and(warp::get()).and(s()).and_then(admin::status);
     let admin_block = warp::path!("admin" / "api" / "uploads" / "block")
         .and(warp::post())
         .and(s())
-        .and(auth())
-        .and_then(|state, auth| admin::set_blocked(state, auth, true));
+        .and_then(|state| admin::set_blocked(state, true));
     let admin_unblock = warp::path!("admin" / "api" / "uploads" / "unblock")
         .and(warp::post())
         .and(s())
-        .and(auth())
-        .and_then(|state, auth| admin::set_blocked(state, auth, false));
-    let admin_dump = warp::path!("admin" / "api" / "dump").and(warp::get()).and(s()).and(auth()).and_then(admin::dump);
-    let admin_events =
-        warp::path!("admin" / "api" / "events").and(warp::get()).and(s()).and(auth()).and_then(admin::events);
-    // Everything under /admin that is not a known route still wants the token first.
-    let admin_other =
-        warp::path("admin").and(s()).and(auth()).and_then(|state: Arc<AppState>, auth: Option<String>| async move {
-            Ok::<_, Infallible>(if admin::authorized(&state, auth.as_deref()) {
-                web::json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "no such admin route"}))
-            } else {
-                admin::unauthorized()
-            })
-        });
+        .and_then(|state| admin::set_blocked(state, false));
+    let admin_dump = warp::path!("admin" / "api" / "dump").and(warp::get()).and(s()).and_then(admin::dump);
+    let admin_events = warp::path!("admin" / "api" / "events").and(warp::get()).and(s()).and_then(admin::events);
+    let admin_other = warp::path("admin")
+        .map(|| web::json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "no such admin route"})));
 
     let pages =
         index.or(form).unify().or(upload).unify().or(gallery).unify().or(signin).unify().or(signin_post).unify();
@@ -373,7 +368,9 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .or(images)
         .unify();
     let ops = healthz.or(metrics).unify().or(assets).unify();
-    let admin = admin_status
+    let admin = admin_gate
+        .or(admin_status)
+        .unify()
         .or(admin_block)
         .unify()
         .or(admin_unblock)

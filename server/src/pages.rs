@@ -85,7 +85,7 @@ pub async fn gallery(
             return Ok(unavailable_page(&state));
         }
     };
-    state.emit_read(&hash, read.source.as_str());
+    state.emit_read(&hash, read.source);
     let chrome = Chrome::for_visitor(&visitor, &state.secret);
     let key = (chrome.csrf.clone(), page_no);
     // The same decoded page (a cache hit whose bytes did not change) renders
@@ -346,7 +346,7 @@ pub async fn delete_confirm(
     };
     let view = crate::views::DeletePage {
         chrome: Chrome::for_visitor(&visitor, &state.secret),
-        id: upload.id.0,
+        id: upload.id.get(),
         name: upload.name.as_str().to_owned(),
         page,
         has_thumbs: upload.outcome.as_ref().is_some_and(|o| o.thumb_width.is_some()),

@@ -133,7 +133,7 @@ async fn lookup_session(state: &AppState, hash: &TokenHash) -> Result<Option<Ses
 }
 
 fn verified_key(person: PersonId) -> String {
-    format!("fs:verified:{}", person.0)
+    format!("fs:verified:{}", person.get())
 }
 
 /// How long the "just verified" mark outlives every cached copy of a session
@@ -168,7 +168,7 @@ pub async fn mark_gallery_verified(state: &std::sync::Arc<AppState>, person: Per
                 return;
             }
         }
-        tracing::warn!(person = person.0, "could not mark a gallery verified in the cache for a minute");
+        tracing::warn!(person = person.get(), "could not mark a gallery verified in the cache for a minute");
     });
 }
 
@@ -178,7 +178,7 @@ pub async fn mark_gallery_verified(state: &std::sync::Arc<AppState>, person: Per
 pub async fn remember_session(state: &AppState, hash: &TokenHash, info: &SessionInfo) {
     let ttl = SESSION_CACHE_TTL.min(Duration::from_millis((info.expires_at - now_millis()).max(1000) as u64));
     if let Ok(bytes) = serde_json::to_vec(info) {
-        let _ = state.services.cache.set(&session_cache_key(hash), &bytes, ttl).await;
+        flipstack_core::error::ignore_failure("caching a session", state.services.cache.set(&session_cache_key(hash), &bytes, ttl).await);
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use flipstack_core::store::ReadSource;
 use flipstack_core::Services;
 use flipstack_core::domain::{ImageFormat, PersonId, UploadId, now_millis};
 use serde::Serialize;
@@ -61,17 +62,7 @@ pub fn rendered_cache() -> moka::sync::Cache<(String, u64), Arc<RenderedGallery>
         .build()
 }
 
-/// One thing that happened, for the admin API's event stream.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum AdminEvent {
-    /// An upload, completion, retry, failure or deletion, from the events table.
-    Job { id: i64, at: i64, kind: String, upload_id: Option<i64>, person: Option<String>, detail: Option<String> },
-    /// A gallery read answered by this server.
-    GalleryRead { at: i64, person: String, source: &'static str },
-    /// Uploads were blocked or unblocked.
-    Blocked { at: i64, blocked: bool },
-}
+pub use flipstack_core::status::AdminEvent;
 
 impl AppState {
     pub fn public_url(&self) -> &str {
@@ -87,7 +78,7 @@ impl AppState {
         let _ = self.events.send(event);
     }
 
-    pub fn emit_read(&self, person: &str, source: &'static str) {
+    pub fn emit_read(&self, person: &str, source: ReadSource) {
         if self.events.receiver_count() > 0 {
             self.emit(AdminEvent::GalleryRead { at: now_millis(), person: person.to_owned(), source });
         }

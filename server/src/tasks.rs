@@ -35,7 +35,7 @@ pub fn spawn_all(state: Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
 async fn tail_events(state: Arc<AppState>) {
     const WINDOW_MS: i64 = 5_000;
     let services = &state.services;
-    let local_cache = services.cache.kind() == "memory";
+    let local_cache = services.cache.kind() == flipstack_core::domain::CacheBackend::Memory;
     let mut seen: HashSet<i64> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -61,7 +61,7 @@ async fn tail_events(state: Arc<AppState>) {
                 continue;
             }
             if local_cache
-                && matches!(e.kind.as_str(), "done" | "failed" | "retry" | "deleted")
+                && e.kind.changes_gallery()
                 && let Some(person) = &e.person_hash
             {
                 services.gallery.invalidate(person, &WriteReceipt::default()).await;
@@ -70,7 +70,7 @@ async fn tail_events(state: Arc<AppState>) {
                 id: e.id,
                 at: e.at,
                 kind: e.kind,
-                upload_id: e.upload_id.map(|u| u.0),
+                upload_id: e.upload_id,
                 person: e.person_hash,
                 detail: e.detail,
             });

@@ -80,7 +80,7 @@ impl ItemView {
         let thumb = item.thumb_width.zip(item.thumb_height);
         let viewable = flipstack_core::imaging::display_format(item.format).is_none();
         ItemView {
-            id: item.id.0,
+            id: item.id.get(),
             name: item.name.as_str().to_owned(),
             state: item.state.as_str(),
             status_text: match item.state {

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use flipstack_core::Services;
 use flipstack_core::blob::BlobKind;
+use flipstack_core::error::ignore_failure;
 use flipstack_core::domain::{UploadId, UploadState, now_millis};
 use flipstack_core::imaging::{self, FlipError};
 use flipstack_core::metrics::background;
 use flipstack_core::queue::Delivery;
-use flipstack_core::store::{Failure, FlipOutcome, StateChange, Upload, WorkerInfo};
+use flipstack_core::store::{Failure, FlipOutcome, StateChange, Upload, WorkerInfo, WorkerStatus};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -91,7 +92,7 @@ async fn run_inner(
             pid: std::process::id(),
             started_at: now,
             heartbeat_at: now,
-            status: "idle".into(),
+            status: WorkerStatus::Idle,
             current_upload: None,
             jobs_done: 0,
         }),
@@ -114,7 +115,7 @@ async fn run_inner(
             publisher.run(s.metrics.clone(), s.queue.clone(), Duration::from_secs(60)).await;
         })));
     }
-    tracing::info!(worker = %options.id, queue = services.queue.kind(), "worker started");
+    tracing::info!(worker = %options.id, queue = %services.queue.kind(), "worker started");
     let result = loop {
         if stop.is_cancelled() {
             break Ok(());
@@ -144,7 +145,7 @@ async fn run_inner(
             break Err(e);
         }
     };
-    shared.info.lock().unwrap_or_else(|p| p.into_inner()).status = "draining".into();
+    shared.info.lock().unwrap_or_else(|p| p.into_inner()).status = WorkerStatus::Draining;
     beat.abort();
     if let Some(p) = protection {
         p.abort();
@@ -152,7 +153,7 @@ async fn run_inner(
     for h in helpers {
         h.abort();
     }
-    let _ = services.store.remove_worker(&options.id).await;
+    ignore_failure("removing the worker's heartbeat row", services.store.remove_worker(&options.id).await);
     let jobs_done = shared.info.lock().unwrap_or_else(|p| p.into_inner()).jobs_done;
     tracing::info!(worker = %options.id, jobs_done, "worker stopped");
     result.map(|()| WorkerSummary { jobs_done })
@@ -173,9 +174,9 @@ async fn heartbeat(services: Arc<Services>, shared: Arc<Shared>) {
     }
 }
 
-fn set_status(shared: &Shared, status: &str, current: Option<UploadId>) {
+fn set_status(shared: &Shared, status: WorkerStatus, current: Option<UploadId>) {
     let mut i = shared.info.lock().unwrap_or_else(|p| p.into_inner());
-    i.status = status.into();
+    i.status = status;
     i.current_upload = current;
     shared.busy.send_replace(current.is_some());
 }
@@ -206,9 +207,9 @@ async fn handle(
         not_claimable(services, d).await;
         return Ok(());
     };
-    set_status(shared, "busy", Some(upload.id));
+    set_status(shared, WorkerStatus::Busy, Some(upload.id));
     let result = process(services, options, d, upload).await;
-    set_status(shared, "idle", None);
+    set_status(shared, WorkerStatus::Idle, None);
     if let Ok(true) = result {
         shared.info.lock().unwrap_or_else(|p| p.into_inner()).jobs_done += 1;
     }
@@ -224,13 +225,13 @@ async fn not_claimable(services: &Services, d: &Delivery) {
         // Failed: the message is left to reach the dead-letter queue, where
         // operators can see what failed.
         Ok(Some(u)) if u.state == UploadState::Failed => {
-            let _ = services.queue.release(d, Duration::ZERO).await;
+            ignore_failure("releasing a delivery", services.queue.release(d, Duration::ZERO).await);
         }
         // Another worker holds it, or it waits for a retry: look again then.
         Ok(Some(u)) => {
             let until = u.lease_until.unwrap_or(u.next_attempt_at).max(u.next_attempt_at);
             let wait = Duration::from_millis((until - now_millis()).clamp(1000, 600_000) as u64);
-            let _ = services.queue.release(d, wait).await;
+            ignore_failure("releasing a delivery", services.queue.release(d, wait).await);
         }
         Err(e) => {
             tracing::warn!(error = %e, upload = %d.upload_id, "could not look at an unclaimable job")
@@ -288,7 +289,7 @@ async fn process(
                     }
                     Err(e) => tracing::warn!(error = %e, upload = %id, "could not renew a lease"),
                 }
-                let _ = services.queue.extend(&d, lease).await;
+                ignore_failure("extending a delivery's visibility", services.queue.extend(&d, lease).await);
             }
         }))
     };
@@ -322,7 +323,7 @@ async fn process(
                 after_change(services, &change).await;
             }
             // Left unacknowledged: on SQS it reaches the dead-letter queue.
-            let _ = services.queue.release(d, Duration::ZERO).await;
+            ignore_failure("releasing a delivery", services.queue.release(d, Duration::ZERO).await);
             services.metrics.job("failed");
             tracing::info!(upload = %id, %reason, "job failed for good");
             Ok(false)
@@ -344,12 +345,15 @@ async fn process(
             }
             match failure {
                 Failure::RetryAt(at) => {
-                    let _ = services.queue.release(d, Duration::from_millis((at - now).max(0) as u64)).await;
+                    ignore_failure(
+                        "releasing a delivery",
+                        services.queue.release(d, Duration::from_millis((at - now).max(0) as u64)).await,
+                    );
                     services.metrics.job("retry");
                     tracing::warn!(upload = %id, attempts, %reason, "job failed; will retry");
                 }
                 Failure::Permanent => {
-                    let _ = services.queue.release(d, Duration::ZERO).await;
+                    ignore_failure("releasing a delivery", services.queue.release(d, Duration::ZERO).await);
                     services.metrics.job("failed");
                     tracing::warn!(upload = %id, attempts, %reason, "job failed too often; giving up");
                 }
@@ -486,7 +490,7 @@ async fn reconcile(services: Arc<Services>) {
         };
         for id in ids {
             if services.queue.enqueue(id).await.is_ok() {
-                let _ = services.store.mark_enqueued(id, now).await;
+                ignore_failure("marking an upload enqueued", services.store.mark_enqueued(id, now).await);
                 tracing::info!(upload = %id, "re-sent a job whose message was missing");
             }
         }

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use flipstack_console::app::{App, Msg, Options};
 use flipstack_console::model::AdminEvent;
-use flipstack_core::domain::UploadId;
+use flipstack_core::domain::{EventKind, UploadId};
 use flipstack_core::queue::QueueDepth;
 use flipstack_core::status::{AdminStatus, FailureInfo, PoolStatus, QueueStatus, ReplicaStatus};
-use flipstack_core::store::WorkerInfo;
+use flipstack_core::store::{ReadSource, WorkerInfo, WorkerStatus};
 use flipstack_provision::fleet::GroupStatus;
 
 /// 2023-11-14 22:13:20 UTC: every age in the snapshots is measured from here.
@@ -77,8 +77,8 @@ pub fn status_at(i: i64) -> AdminStatus {
                 pid: 4242,
                 started_at: T0 - 600_000,
                 heartbeat_at: at - 500,
-                status: "busy".into(),
-                current_upload: Some(UploadId(1207)),
+                status: WorkerStatus::Busy,
+                current_upload: Some(UploadId::from_i64(1207).unwrap()),
                 jobs_done: 311,
             },
             WorkerInfo {
@@ -87,7 +87,7 @@ pub fn status_at(i: i64) -> AdminStatus {
                 pid: 4243,
                 started_at: T0 - 600_000,
                 heartbeat_at: at - 1500,
-                status: "idle".into(),
+                status: WorkerStatus::Idle,
                 current_upload: None,
                 jobs_done: 298,
             },
@@ -98,8 +98,8 @@ pub fn status_at(i: i64) -> AdminStatus {
                 pid: 17,
                 started_at: T0 - 900_000,
                 heartbeat_at: at - 60_000,
-                status: "busy".into(),
-                current_upload: Some(UploadId(999)),
+                status: WorkerStatus::Busy,
+                current_upload: Some(UploadId::from_i64(999).unwrap()),
                 jobs_done: 12,
             },
         ],
@@ -173,15 +173,15 @@ pub fn app(stack: Option<&str>, read_only: bool) -> App {
         app.on_msg(Msg::Event(AdminEvent::GalleryRead {
             at: T0 + 29_000 - (sources.len() - k) as i64 * 1_500,
             person: format!("{k}f3a9c1d2e4b5a6978"),
-            source: (*source).into(),
+            source: ReadSource::parse(source).unwrap(),
         }));
     }
     for (k, kind) in ["uploaded", "done", "done", "failed"].iter().enumerate() {
         app.on_msg(Msg::Event(AdminEvent::Job {
             id: k as i64,
             at: T0 + 20_000 + k as i64 * 2_000,
-            kind: (*kind).into(),
-            upload_id: Some(1200 + k as i64),
+            kind: EventKind::parse(kind).unwrap(),
+            upload_id: Some(UploadId::from_i64(1200 + k as i64).unwrap()),
             person: Some("f3a9c1d2".into()),
             detail: (*kind == "failed").then(|| "not a picture".into()),
         }));

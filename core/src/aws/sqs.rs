@@ -4,6 +4,7 @@
 //! `done`. The queue's redrive policy moves a message received too often to
 //! the dead-letter queue, whose messages mark their uploads failed.
 
+use crate::domain::QueueBackend;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,8 +21,11 @@ pub struct SqsQueue {
     dead_letter_url: Option<String>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> QueueError {
-    QueueError::Unavailable(e.to_string())
+fn unavailable<E, R>(e: aws_sdk_sqs::error::SdkError<E, R>) -> QueueError
+where
+    aws_sdk_sqs::error::SdkError<E, R>: std::error::Error + Send + Sync + 'static,
+{
+    QueueError::unavailable(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(), crate::error::cause(e))
 }
 
 impl SqsQueue {
@@ -40,8 +44,13 @@ impl SqsQueue {
                     e,
                     aws_sdk_sqs::error::SdkError::DispatchFailure(_) | aws_sdk_sqs::error::SdkError::TimeoutError(_)
                 );
-                let text = format!("cannot read the SQS queue {url}: {}", aws_sdk_sqs::error::DisplayErrorContext(e));
-                if unreachable { QueueError::Unavailable(text) } else { QueueError::Config(text) }
+                let message = format!("cannot read the SQS queue {url}: {}", aws_sdk_sqs::error::DisplayErrorContext(&e));
+                let source = crate::error::cause(e);
+                if unreachable {
+                    QueueError::Unavailable { message, source }
+                } else {
+                    QueueError::Config { message, source }
+                }
             })?;
         // The dead-letter queue is found from the redrive policy's target ARN.
         let dead_letter_url = match attrs.attributes().and_then(|a| a.get(&QueueAttributeName::RedrivePolicy)) {
@@ -88,7 +97,7 @@ impl SqsQueue {
         if let Some(v) = visibility {
             req = req.visibility_timeout(v);
         }
-        let out = req.send().await.map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+        let out = req.send().await.map_err(unavailable)?;
         let mut deliveries = Vec::new();
         for m in out.messages() {
             let handle = m.receipt_handle().map(String::from);
@@ -105,7 +114,10 @@ impl SqsQueue {
                     // Not one of ours: drop it rather than let it circle forever.
                     tracing::warn!(queue = url, body = ?m.body().map(|b| b.chars().take(60).collect::<String>()), "deleting a message that is not an upload id");
                     if let Some(h) = handle {
-                        let _ = self.client.delete_message().queue_url(url).receipt_handle(h).send().await;
+                        crate::error::ignore_failure(
+                            "deleting a message that is not an upload id",
+                            self.client.delete_message().queue_url(url).receipt_handle(h).send().await,
+                        );
                     }
                 }
             }
@@ -122,7 +134,7 @@ impl SqsQueue {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
             .send()
             .await
-            .map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+            .map_err(unavailable)?;
         let get = |n: QueueAttributeName| {
             out.attributes().and_then(|a| a.get(&n)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         };
@@ -134,13 +146,13 @@ impl SqsQueue {
 }
 
 fn handle(d: &Delivery) -> Result<&str, QueueError> {
-    d.handle.as_deref().ok_or_else(|| QueueError::Unavailable("an SQS delivery without a receipt handle".into()))
+    d.handle.as_deref().ok_or_else(|| QueueError::unavailable("an SQS delivery without a receipt handle", None))
 }
 
 #[async_trait]
 impl JobQueue for SqsQueue {
-    fn kind(&self) -> &'static str {
-        "sqs"
+    fn kind(&self) -> QueueBackend {
+        QueueBackend::Sqs
     }
 
     async fn enqueue(&self, id: UploadId) -> Result<(), QueueError> {
@@ -150,7 +162,7 @@ impl JobQueue for SqsQueue {
             .message_body(id.to_string())
             .send()
             .await
-            .map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -166,7 +178,7 @@ impl JobQueue for SqsQueue {
             .visibility_timeout(visibility.as_secs().min(43_200) as i32)
             .send()
             .await
-            .map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -177,7 +189,7 @@ impl JobQueue for SqsQueue {
             .receipt_handle(handle(d)?)
             .send()
             .await
-            .map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+            .map_err(unavailable)?;
         Ok(())
     }
 

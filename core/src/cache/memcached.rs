@@ -6,6 +6,8 @@
 //! reports itself unavailable at once for a second (callers read the database
 //! meanwhile), then tries again, so it recovers by itself when memcached returns.
 
+use crate::domain::CacheBackend;
+use crate::error::cause;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,7 +31,7 @@ impl Memcached {
     pub async fn connect(nodes: &str) -> Result<Memcached, CacheError> {
         let addrs: Vec<String> = nodes.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
         if addrs.is_empty() {
-            return Err(CacheError::Config("memcache:// needs at least one host:port".into()));
+            return Err(CacheError::config("memcache:// needs at least one host:port"));
         }
         let client = AsyncMetaClient::builder()
             .connect_timeout(Some(EXCHANGE_TIMEOUT))
@@ -37,10 +39,13 @@ impl Memcached {
             .max_idle(32)
             .connect_multiple_async(addrs)
             .await
-            .map_err(|e| match e {
-                // Not resolvable yet (a new cluster's name) or refused: worth waiting for.
-                memcache::exp::Error::Io(_) => CacheError::Unavailable(format!("memcached at {nodes}: {e}")),
-                _ => CacheError::Config(format!("memcached at {nodes}: {e}")),
+            .map_err(|e| {
+                let message = format!("memcached at {nodes}: {e}");
+                match e {
+                    // Not resolvable yet (a new cluster's name) or refused: worth waiting for.
+                    memcache::exp::Error::Io(_) => CacheError::Unavailable { message, source: cause(e) },
+                    _ => CacheError::Config { message, source: cause(e) },
+                }
             })?;
         Ok(Memcached { client, nodes: nodes.to_owned(), down_until: Mutex::new(None) })
     }
@@ -49,7 +54,7 @@ impl Memcached {
         let until = *self.down_until.lock().unwrap_or_else(|p| p.into_inner());
         match until {
             Some(t) if Instant::now() < t => {
-                Err(CacheError::Unavailable(format!("memcached at {} failed recently", self.nodes)))
+                Err(CacheError::unavailable(format!("memcached at {} failed recently", self.nodes)))
             }
             _ => Ok(()),
         }
@@ -61,7 +66,7 @@ impl Memcached {
             tracing::warn!(nodes = %self.nodes, error = %e, "memcached failed; reading galleries from the database for a while");
         }
         *until = Some(Instant::now() + BACKOFF);
-        CacheError::Unavailable(format!("memcached at {}: {e}", self.nodes))
+        CacheError::Unavailable { message: format!("memcached at {}: {e}", self.nodes), source: cause(e) }
     }
 
     fn succeeded(&self) {
@@ -78,8 +83,8 @@ fn ttl(d: Duration) -> Ttl {
 
 #[async_trait]
 impl KvCache for Memcached {
-    fn kind(&self) -> &'static str {
-        "memcached"
+    fn kind(&self) -> CacheBackend {
+        CacheBackend::Memcached
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Cached>, CacheError> {

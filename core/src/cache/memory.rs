@@ -1,6 +1,7 @@
 //! The in-process cache: bounded by bytes, entries expire on their own TTL.
 //! It serves one process; several server processes need memcached.
 
+use crate::domain::CacheBackend;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,8 +59,8 @@ impl MemoryCache {
 
 #[async_trait]
 impl KvCache for MemoryCache {
-    fn kind(&self) -> &'static str {
-        "memory"
+    fn kind(&self) -> CacheBackend {
+        CacheBackend::Memory
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Cached>, CacheError> {

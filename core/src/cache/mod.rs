@@ -17,10 +17,25 @@ use async_trait::async_trait;
 pub enum CacheError {
     /// The cache did not answer in time or refused the connection: callers go
     /// to the database instead, with no error for the user.
-    #[error("the cache is unavailable: {0}")]
-    Unavailable(String),
-    #[error("cache configuration: {0}")]
-    Config(String),
+    #[error("the cache is unavailable: {message}")]
+    Unavailable { message: String, source: Option<crate::error::Cause> },
+    #[error("cache configuration: {message}")]
+    Config { message: String, source: Option<crate::error::Cause> },
+}
+
+impl CacheError {
+    pub fn unavailable(message: impl Into<String>) -> CacheError {
+        CacheError::Unavailable { message: message.into(), source: None }
+    }
+
+    pub fn config(message: impl Into<String>) -> CacheError {
+        CacheError::Config { message: message.into(), source: None }
+    }
+
+    /// Whether the caller can retry (or read the database instead).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, CacheError::Unavailable { .. })
+    }
 }
 
 /// A stored value and its compare-and-swap token.
@@ -33,7 +48,7 @@ pub struct Cached {
 #[async_trait]
 pub trait KvCache: Send + Sync + 'static {
     /// `memory` or `memcached`.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> crate::domain::CacheBackend;
     /// Looks up several keys in one round trip; absent keys are absent.
     async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Cached>, CacheError>;
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError>;
@@ -51,7 +66,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn KvCache>, CacheError> {
     } else if let Some(nodes) = url.strip_prefix("memcache://") {
         Ok(Arc::new(memcached::Memcached::connect(nodes).await?))
     } else {
-        Err(CacheError::Config(format!(
+        Err(CacheError::config(format!(
             "FLIPSTACK_CACHE_URL must be memory:// or memcache://host:port[,host:port…], not {url:?}"
         )))
     }

@@ -2,6 +2,7 @@
 //! whose worker's lease ran out. Workers poll for candidates and race for them
 //! with a conditional claim; the loser simply looks again.
 
+use crate::domain::QueueBackend;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,13 +25,13 @@ impl DbQueue {
 }
 
 fn unavailable(e: crate::store::StoreError) -> QueueError {
-    QueueError::Unavailable(e.to_string())
+    QueueError::unavailable(e.to_string(), crate::error::cause(e))
 }
 
 #[async_trait]
 impl JobQueue for DbQueue {
-    fn kind(&self) -> &'static str {
-        "db"
+    fn kind(&self) -> QueueBackend {
+        QueueBackend::Db
     }
 
     async fn enqueue(&self, _id: UploadId) -> Result<(), QueueError> {

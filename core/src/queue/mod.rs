@@ -5,6 +5,7 @@
 
 pub mod db;
 
+use crate::error::Cause;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +25,26 @@ pub const REDRIVE_AFTER_RECEIVES: u32 = 10;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
-    #[error("queue configuration: {0}")]
-    Config(String),
-    #[error("the queue is unavailable: {0}")]
-    Unavailable(String),
+    #[error("queue configuration: {message}")]
+    Config { message: String, source: Option<Cause> },
+    #[error("the queue is unavailable: {message}")]
+    Unavailable { message: String, source: Option<Cause> },
+}
+
+impl QueueError {
+    pub fn config(message: impl Into<String>) -> QueueError {
+        QueueError::Config { message: message.into(), source: None }
+    }
+
+    /// The queue did not answer; `message` already says what and why, `e` is kept beneath.
+    pub fn unavailable(message: impl Into<String>, e: Option<Cause>) -> QueueError {
+        QueueError::Unavailable { message: message.into(), source: e }
+    }
+
+    /// Whether the caller can retry: the queue did not answer or refused.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, QueueError::Unavailable { .. })
+    }
 }
 
 /// A message handed to a worker.
@@ -53,7 +70,7 @@ pub struct QueueDepth {
 #[async_trait]
 pub trait JobQueue: Send + Sync + 'static {
     /// `db` or `sqs`.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> crate::domain::QueueBackend;
     /// Announces a new job (a no-op where the table is the queue).
     async fn enqueue(&self, id: UploadId) -> Result<(), QueueError>;
     /// Waits up to `wait` for jobs.
@@ -88,5 +105,5 @@ pub async fn connect(
     if url.starts_with("https://") || url.starts_with("http://") {
         return Ok(Arc::new(crate::aws::sqs::SqsQueue::connect(url, aws).await?));
     }
-    Err(QueueError::Config(format!("FLIPSTACK_QUEUE_URL must be db:// or an SQS queue URL, not {url:?}")))
+    Err(QueueError::config(format!("FLIPSTACK_QUEUE_URL must be db:// or an SQS queue URL, not {url:?}")))
 }

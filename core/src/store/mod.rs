@@ -9,6 +9,8 @@ pub mod mysql;
 pub mod position;
 pub mod sqlite;
 
+pub use crate::domain::{EventKind, StoreBackend, WorkerStatus};
+use crate::error::{Cause, cause};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -34,21 +36,61 @@ pub fn schema_sql() -> Vec<(String, String)> {
     all.into_iter().map(|m| (m.name().to_owned(), m.sql().unwrap_or_default().to_owned())).collect()
 }
 
+/// A failure of the metadata store. `source()` is the driver's error
+/// (rusqlite, mysql_async, refinery, I/O) where there is one; see crate::error.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database did not answer or refused the connection; the caller can retry.
-    #[error("the database is unavailable: {0}")]
-    Unavailable(String),
+    #[error("the database is unavailable: {message}")]
+    Unavailable { message: String, source: Option<Cause> },
     #[error("that e-mail address already has a gallery")]
     EmailTaken,
-    #[error("database migration failed: {0}")]
-    Migration(String),
-    #[error("database error: {0}")]
-    Query(String),
+    #[error("database migration failed: {message}")]
+    Migration { message: String, source: Option<Cause> },
+    #[error("database error: {message}")]
+    Query { message: String, source: Option<Cause> },
     #[error("the data in the database is not what flipstack expects: {0}")]
     Corrupt(String),
     #[error("{0}")]
     Restore(String),
+}
+
+/// A name in a column that the schema's enum does not know (a row from a newer
+/// flipstack, or damage).
+pub(crate) fn unknown_name(what: &str, name: &str) -> StoreError {
+    StoreError::Corrupt(format!("unknown {what} {name:?}"))
+}
+
+impl StoreError {
+    /// The database did not answer, with no error beneath (a timeout of ours).
+    pub fn unavailable(message: impl Into<String>) -> StoreError {
+        StoreError::Unavailable { message: message.into(), source: None }
+    }
+
+    /// The database did not answer: `context` says what was being done.
+    pub fn unavailable_because(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Unavailable { message: format!("{context}: {e}"), source: cause(e) }
+    }
+
+    /// A statement failed, with no error beneath.
+    pub fn query(message: impl Into<String>) -> StoreError {
+        StoreError::Query { message: message.into(), source: None }
+    }
+
+    /// A statement failed: `context` says what was being done.
+    pub fn query_because(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Query { message: format!("{context}: {e}"), source: cause(e) }
+    }
+
+    /// The migrations failed.
+    pub fn migration(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Migration { message: e.to_string(), source: cause(e) }
+    }
+
+    /// Whether the caller can retry: the database did not answer or refused.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -127,22 +169,12 @@ pub struct GalleryPage {
     pub unfinished: u64,
 }
 
-/// Which database a read went to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReadSource {
-    Cache,
-    Replica,
-    Primary,
-}
-
-impl ReadSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Cache => "cache",
-            Self::Replica => "replica",
-            Self::Primary => "primary",
-        }
+crate::domain::named_enum! {
+    /// Which database a read went to.
+    pub enum ReadSource {
+        Cache = "cache",
+        Replica = "replica",
+        Primary = "primary",
     }
 }
 
@@ -245,6 +277,21 @@ pub struct UploadStats {
     pub oldest_unfinished_at: Option<Millis>,
 }
 
+impl UploadStats {
+    /// From the rows of [`sql::UPLOAD_STATS`]: (state, count, oldest unfinished in that state).
+    pub(crate) fn from_rows(rows: Vec<(String, i64, Option<Millis>)>) -> UploadStats {
+        let mut stats = UploadStats::default();
+        for (state, n, oldest) in rows {
+            stats.by_state.insert(state, n as u64);
+            stats.oldest_unfinished_at = match (stats.oldest_unfinished_at, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        stats
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerInfo {
     pub id: String,
@@ -252,8 +299,7 @@ pub struct WorkerInfo {
     pub pid: u32,
     pub started_at: Millis,
     pub heartbeat_at: Millis,
-    /// `idle`, `busy` or `draining`.
-    pub status: String,
+    pub status: WorkerStatus,
     pub current_upload: Option<UploadId>,
     pub jobs_done: u64,
 }
@@ -262,8 +308,7 @@ pub struct WorkerInfo {
 pub struct Event {
     pub id: i64,
     pub at: Millis,
-    /// `uploaded`, `done`, `retry`, `failed`, `deleted`.
-    pub kind: String,
+    pub kind: EventKind,
     pub upload_id: Option<UploadId>,
     pub person_hash: Option<String>,
     pub detail: Option<String>,
@@ -281,8 +326,7 @@ pub type DumpRow = (&'static str, Vec<String>, Vec<SqlValue>);
 
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
-    /// `sqlite` or `mysql`.
-    fn backend(&self) -> &'static str;
+    fn backend(&self) -> StoreBackend;
 
     // People and uploads.
     async fn person_by_email(&self, email: &Email) -> StoreResult<Option<Person>>;
@@ -392,9 +436,8 @@ pub async fn connect(
 ) -> StoreResult<Arc<dyn MetadataStore>> {
     if let Some(path) = primary_url.strip_prefix("sqlite://") {
         if !replica_urls.is_empty() {
-            return Err(StoreError::Query(
-                "read replicas need a MySQL/MariaDB primary; unset FLIPSTACK_REPLICA_URLS or use a mysql:// database"
-                    .into(),
+            return Err(StoreError::query(
+                "read replicas need a MySQL/MariaDB primary; unset FLIPSTACK_REPLICA_URLS or use a mysql:// database",
             ));
         }
         Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path), metrics).await?))
@@ -403,7 +446,7 @@ pub async fn connect(
             mysql::MysqlStore::connect(primary_url, replica_urls, metrics, replica_wait, replica_max_lag).await?,
         ))
     } else {
-        Err(StoreError::Query(format!(
+        Err(StoreError::query(format!(
             "FLIPSTACK_DATABASE_URL must start with sqlite:// or mysql://, not {:?}",
             primary_url.split("://").next().unwrap_or("")
         )))
@@ -412,6 +455,36 @@ pub async fn connect(
 
 /// Shared SQL fragments, identical for both back ends (both take `?` placeholders).
 pub(crate) mod sql {
+    /// A failed attempt that will be tried again at `next_attempt_at`.
+    /// Parameters: next_attempt_at, reason, now, id, owner.
+    pub const FAIL_RETRY: &str = "UPDATE uploads SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?, \
+         lease_owner = NULL, lease_until = NULL, failure_reason = ?, updated_at = ?, finished_at = NULL \
+         WHERE id = ? AND state = 'processing' AND lease_owner = ?";
+
+    /// A failed attempt that ends the job; `next_attempt_at` becomes the
+    /// failure's time on both back ends. Parameters: now (next_attempt_at),
+    /// reason, now (updated_at), now (finished_at), id, owner.
+    pub const FAIL_PERMANENT: &str = "UPDATE uploads SET state = 'failed', attempts = attempts + 1, next_attempt_at = ?, \
+         lease_owner = NULL, lease_until = NULL, failure_reason = ?, updated_at = ?, finished_at = ? \
+         WHERE id = ? AND state = 'processing' AND lease_owner = ?";
+
+    /// Upload counts by state and the oldest unfinished upload, in one
+    /// statement: one snapshot on both back ends (a count and an age never
+    /// come from two moments).
+    pub const UPLOAD_STATS: &str = "SELECT state, COUNT(*), \
+         MIN(CASE WHEN state IN ('pending', 'processing') THEN created_at END) FROM uploads GROUP BY state";
+
+    /// What `purge_expired` deletes, with how far before now each cut-off is,
+    /// in one transaction: sessions at expiry; used or expired sign-in links a
+    /// day later (a late click still gets a clear answer); events after a
+    /// week; workers silent for ten minutes.
+    pub const PURGES: [(&str, i64); 4] = [
+        ("DELETE FROM sessions WHERE expires_at <= ?", 0),
+        ("DELETE FROM signin_tokens WHERE expires_at <= ?", 86_400_000),
+        ("DELETE FROM events WHERE at <= ?", 7 * 86_400_000),
+        ("DELETE FROM workers WHERE heartbeat_at <= ?", 600_000),
+    ];
+
     pub const UPLOAD_COLUMNS: &str = "id, person_id, display_name, format, bytes, width, height, state, attempts, claims, \
         next_attempt_at, lease_owner, lease_until, failure_reason, flipped_bytes, flipped_width, flipped_height, \
         flip_method, thumb_width, thumb_height, created_at, updated_at, finished_at";
@@ -493,8 +566,8 @@ impl UploadRow {
             _ => None,
         };
         Ok(Upload {
-            id: UploadId(self.id),
-            person_id: PersonId(self.person_id),
+            id: UploadId::from_stored(self.id),
+            person_id: PersonId::from_stored(self.person_id),
             name: DisplayName::from_stored(self.display_name),
             format,
             bytes: self.bytes as u64,
@@ -534,7 +607,7 @@ pub(crate) struct GalleryRow {
 impl GalleryRow {
     pub fn into_item(self) -> StoreResult<GalleryItem> {
         Ok(GalleryItem {
-            id: UploadId(self.id),
+            id: UploadId::from_stored(self.id),
             name: DisplayName::from_stored(self.display_name),
             format: ImageFormat::parse(&self.format)
                 .ok_or_else(|| StoreError::Corrupt(format!("upload {} has format {:?}", self.id, self.format)))?,

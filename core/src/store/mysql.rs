@@ -61,12 +61,12 @@ impl Drop for MysqlStore {
 
 fn map_err(e: mysql_async::Error) -> StoreError {
     match &e {
-        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => StoreError::Unavailable(e.to_string()),
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => StoreError::unavailable_because("MariaDB", e),
         // Lock wait timeout, deadlock, server shutting down, too many connections.
         mysql_async::Error::Server(s) if matches!(s.code, 1205 | 1213 | 1053 | 1040 | 2006 | 2013) => {
-            StoreError::Unavailable(e.to_string())
+            StoreError::unavailable_because("MariaDB", e)
         }
-        _ => StoreError::Query(e.to_string()),
+        _ => StoreError::query_because("MariaDB", e),
     }
 }
 
@@ -75,7 +75,7 @@ fn is_duplicate(e: &mysql_async::Error) -> bool {
 }
 
 fn pool_for(url: &str, max: usize) -> StoreResult<(Pool, String)> {
-    let opts = Opts::from_url(url).map_err(|e| StoreError::Query(format!("bad database URL: {e}")))?;
+    let opts = Opts::from_url(url).map_err(|e| StoreError::query_because("bad database URL", e))?;
     let name = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
     let constraints = PoolConstraints::new(0, max).unwrap_or_default();
     let builder = OptsBuilder::from_opts(opts)
@@ -91,7 +91,7 @@ fn pool_for(url: &str, max: usize) -> StoreResult<(Pool, String)> {
 async fn with_timeout<T>(limit: Duration, f: impl Future<Output = Result<T, mysql_async::Error>>) -> StoreResult<T> {
     match tokio::time::timeout(limit, f).await {
         Ok(r) => r.map_err(map_err),
-        Err(_) => Err(StoreError::Unavailable(format!("the database did not answer within {limit:?}"))),
+        Err(_) => Err(StoreError::unavailable(format!("the database did not answer within {limit:?}"))),
     }
 }
 
@@ -156,8 +156,8 @@ fn worker_row(r: &Row) -> StoreResult<WorkerInfo> {
         pid: get::<i64>(r, 2)? as u32,
         started_at: get(r, 3)?,
         heartbeat_at: get(r, 4)?,
-        status: get(r, 5)?,
-        current_upload: get::<Option<i64>>(r, 6)?.map(UploadId),
+        status: get::<String>(r, 5).and_then(|s| WorkerStatus::parse(&s).ok_or_else(|| unknown_name("worker status", &s)))?,
+        current_upload: get::<Option<i64>>(r, 6)?.map(UploadId::from_stored),
         jobs_done: get::<i64>(r, 7)? as u64,
     })
 }
@@ -166,8 +166,8 @@ fn event_row(r: &Row) -> StoreResult<Event> {
     Ok(Event {
         id: get(r, 0)?,
         at: get(r, 1)?,
-        kind: get(r, 2)?,
-        upload_id: get::<Option<i64>>(r, 3)?.map(UploadId),
+        kind: get::<String>(r, 2).and_then(|s| EventKind::parse(&s).ok_or_else(|| unknown_name("event kind", &s)))?,
+        upload_id: get::<Option<i64>>(r, 3)?.map(UploadId::from_stored),
         person_hash: get(r, 4)?,
         detail: get(r, 5)?,
     })
@@ -186,19 +186,19 @@ async fn last_gtid(conn: &mut Conn) -> StoreResult<WriteReceipt> {
 async fn insert_event(
     tx: &mut mysql_async::Transaction<'_>,
     now: Millis,
-    kind: &str,
+    kind: EventKind,
     upload: UploadId,
     person_hash: Option<&str>,
     detail: Option<&str>,
 ) -> Result<(), mysql_async::Error> {
-    tx.exec_drop(EVENT_INSERT, (new_id(), now, kind, upload.0, person_hash, detail)).await
+    tx.exec_drop(EVENT_INSERT, (new_id(), now, kind.as_str(), upload.get(), person_hash, detail)).await
 }
 
 async fn person_of(tx: &mut mysql_async::Transaction<'_>, id: UploadId) -> StoreResult<(i64, String)> {
     let row: Option<(i64, String)> = tx
         .exec_first(
             "SELECT u.person_id, p.email FROM uploads u JOIN people p ON p.id = u.person_id WHERE u.id = ?",
-            (id.0,),
+            (id.get(),),
         )
         .await
         .map_err(map_err)?;
@@ -226,7 +226,7 @@ async fn migrate_under_lock(primary: &Pool) -> StoreResult<()> {
     let got: Option<Option<i64>> =
         lock_conn.exec_first("SELECT GET_LOCK(?, ?)", (&name, MIGRATION_LOCK_WAIT_SECS)).await.map_err(map_err)?;
     if got.flatten() != Some(1) {
-        return Err(StoreError::Unavailable(format!(
+        return Err(StoreError::unavailable(format!(
             "another process held the migration lock {name:?} for over {MIGRATION_LOCK_WAIT_SECS} s; \
              look for a stuck `flipstack` process or migration in SHOW PROCESSLIST"
         )));
@@ -236,12 +236,12 @@ async fn migrate_under_lock(primary: &Pool) -> StoreResult<()> {
         // with exact (binary) comparison, as in SQLite.
         lock_conn.query_drop("ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin").await.map_err(map_err)?;
         let mut migrating = primary.clone();
-        migrations::runner().run_async(&mut migrating).await.map_err(|e| StoreError::Migration(e.to_string()))?;
+        migrations::runner().run_async(&mut migrating).await.map_err(StoreError::migration)?;
         Ok(())
     }
     .await;
     // Released whatever happened; a lost connection releases it too.
-    let _ = lock_conn.exec_drop("DO RELEASE_LOCK(?)", (&name,)).await;
+    crate::error::ignore_failure("releasing the migration lock", lock_conn.exec_drop("DO RELEASE_LOCK(?)", (&name,)).await);
     result
 }
 
@@ -314,7 +314,7 @@ impl MysqlStore {
         let rows: Vec<Row> = tx
             .exec(
                 format!("SELECT {GALLERY_COLUMNS} FROM uploads WHERE person_id = ? ORDER BY id DESC LIMIT ? OFFSET ?"),
-                (person.0, limit, offset),
+                (person.get(), limit, offset),
             )
             .await
             .map_err(map_err)?;
@@ -322,7 +322,7 @@ impl MysqlStore {
             .exec_first(
                 "SELECT COUNT(*), CAST(SUM(CASE WHEN state IN ('pending', 'processing') THEN 1 ELSE 0 END) AS SIGNED) \
                  FROM uploads WHERE person_id = ?",
-                (person.0,),
+                (person.get(),),
             )
             .await
             .map_err(map_err)?;
@@ -409,8 +409,8 @@ async fn check_replica(r: &Replica, max_lag: Duration) {
 
 #[async_trait]
 impl MetadataStore for MysqlStore {
-    fn backend(&self) -> &'static str {
-        "mysql"
+    fn backend(&self) -> StoreBackend {
+        StoreBackend::Mysql
     }
 
     async fn person_by_email(&self, email: &Email) -> StoreResult<Option<Person>> {
@@ -419,7 +419,7 @@ impl MetadataStore for MysqlStore {
             .exec_first("SELECT id, created_at FROM people WHERE email = ?", (email.as_str(),))
             .await
             .map_err(map_err)?;
-        Ok(row.map(|(id, at)| Person { id: PersonId(id), email: email.clone(), created_at: at }))
+        Ok(row.map(|(id, at)| Person { id: PersonId::from_stored(id), email: email.clone(), created_at: at }))
     }
 
     async fn accept_upload(&self, a: AcceptUpload) -> StoreResult<WriteReceipt> {
@@ -432,7 +432,7 @@ impl MetadataStore for MysqlStore {
                     match tx
                         .exec_drop(
                             "INSERT INTO people (id, email, created_at) VALUES (?, ?, ?)",
-                            (id.0, email.as_str(), a.now),
+                            (id.get(), email.as_str(), a.now),
                         )
                         .await
                     {
@@ -444,8 +444,8 @@ impl MetadataStore for MysqlStore {
             };
             let u = &a.upload;
             let values: Vec<Value> = vec![
-                u.id.0.into(),
-                person_id.0.into(),
+                u.id.get().into(),
+                person_id.get().into(),
                 u.name.as_str().into(),
                 u.format.as_str().into(),
                 (u.bytes as i64).into(),
@@ -467,12 +467,12 @@ impl MetadataStore for MysqlStore {
             if let Some(s) = &a.session {
                 tx.exec_drop(
                     sql::SESSION_INSERT,
-                    (s.token_hash.0.as_str(), s.person_id.0, a.now, s.expires_at, s.proven),
+                    (s.token_hash.0.as_str(), s.person_id.get(), a.now, s.expires_at, s.proven),
                 )
                 .await
                 .map_err(map_err)?;
             }
-            insert_event(&mut tx, a.now, "uploaded", u.id, Some(&a.person_hash), Some(u.format.as_str()))
+            insert_event(&mut tx, a.now, EventKind::Uploaded, u.id, Some(&a.person_hash), Some(u.format.as_str()))
                 .await
                 .map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
@@ -483,7 +483,7 @@ impl MetadataStore for MysqlStore {
     async fn upload(&self, id: UploadId) -> StoreResult<Option<Upload>> {
         let mut c = self.conn().await?;
         let row: Option<Row> = c
-            .exec_first(format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), (id.0,))
+            .exec_first(format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), (id.get(),))
             .await
             .map_err(map_err)?;
         row.map(|r| upload_row(&r)?.into_upload()).transpose()
@@ -492,8 +492,8 @@ impl MetadataStore for MysqlStore {
     async fn upload_owner(&self, id: UploadId) -> StoreResult<Option<(PersonId, ImageFormat)>> {
         let mut c = self.conn().await?;
         let row: Option<(i64, String)> =
-            c.exec_first("SELECT person_id, format FROM uploads WHERE id = ?", (id.0,)).await.map_err(map_err)?;
-        Ok(row.and_then(|(p, f)| ImageFormat::parse(&f).map(|f| (PersonId(p), f))))
+            c.exec_first("SELECT person_id, format FROM uploads WHERE id = ?", (id.get(),)).await.map_err(map_err)?;
+        Ok(row.and_then(|(p, f)| ImageFormat::parse(&f).map(|f| (PersonId::from_stored(p), f))))
     }
 
     async fn gallery_page(&self, person: PersonId, offset: u64, limit: u64, from: ReadFrom) -> StoreResult<PageRead> {
@@ -527,15 +527,15 @@ impl MetadataStore for MysqlStore {
             let row: Option<Row> = tx
                 .exec_first(
                     format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ? AND person_id = ? FOR UPDATE"),
-                    (id.0, person.0),
+                    (id.get(), person.get()),
                 )
                 .await
                 .map_err(map_err)?;
             let Some(row) = row else { return Ok(None) };
             let upload = upload_row(&row)?.into_upload()?;
-            tx.exec_drop("DELETE FROM uploads WHERE id = ?", (id.0,)).await.map_err(map_err)?;
-            tx.exec_drop("DELETE FROM events WHERE upload_id = ?", (id.0,)).await.map_err(map_err)?;
-            insert_event(&mut tx, now_millis(), "deleted", id, Some(person_hash), None).await.map_err(map_err)?;
+            tx.exec_drop("DELETE FROM uploads WHERE id = ?", (id.get(),)).await.map_err(map_err)?;
+            tx.exec_drop("DELETE FROM events WHERE upload_id = ?", (id.get(),)).await.map_err(map_err)?;
+            insert_event(&mut tx, now_millis(), EventKind::Deleted, id, Some(person_hash), None).await.map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
             upload
         };
@@ -550,7 +550,7 @@ impl MetadataStore for MysqlStore {
                 "UPDATE uploads SET state = 'processing', lease_owner = ?, lease_until = ?, claims = claims + 1, \
                  updated_at = ? WHERE id = ? AND {CLAIMABLE_WHERE}"
             ),
-            (owner, lease_until, now, id.0, now, now),
+            (owner, lease_until, now, id.get(), now, now),
         )
         .await
         .map_err(map_err)?;
@@ -559,7 +559,7 @@ impl MetadataStore for MysqlStore {
             return Ok(None);
         }
         let row: Option<Row> = tx
-            .exec_first(format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), (id.0,))
+            .exec_first(format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), (id.get(),))
             .await
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
@@ -570,7 +570,7 @@ impl MetadataStore for MysqlStore {
         let mut c = self.conn().await?;
         c.exec_drop(
             "UPDATE uploads SET lease_until = ? WHERE id = ? AND state = 'processing' AND lease_owner = ?",
-            (lease_until, id.0, owner),
+            (lease_until, id.get(), owner),
         )
         .await
         .map_err(map_err)?;
@@ -596,7 +596,7 @@ impl MetadataStore for MysqlStore {
                 o.thumb_height.into(),
                 now.into(),
                 now.into(),
-                id.0.into(),
+                id.get().into(),
                 owner.into(),
             ];
             tx.exec_drop(
@@ -613,14 +613,14 @@ impl MetadataStore for MysqlStore {
                 return Ok(None);
             }
             let (person, email) = person_of(&mut tx, id).await?;
-            insert_event(&mut tx, now, "done", id, Some(&email_hash(&email)), Some(&o.method))
+            insert_event(&mut tx, now, EventKind::Done, id, Some(&email_hash(&email)), Some(&o.method))
                 .await
                 .map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
             (person, email)
         };
         Ok(Some(StateChange {
-            person_id: PersonId(person),
+            person_id: PersonId::from_stored(person),
             person_hash: email_hash(&email),
             receipt: last_gtid(&mut c).await?,
         }))
@@ -640,26 +640,14 @@ impl MetadataStore for MysqlStore {
             let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
             let kind = match failure {
                 Failure::RetryAt(at) => {
-                    tx.exec_drop(
-                        "UPDATE uploads SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?, \
-                         lease_owner = NULL, lease_until = NULL, failure_reason = ?, updated_at = ?, finished_at = NULL \
-                         WHERE id = ? AND state = 'processing' AND lease_owner = ?",
-                        (at, reason.as_str(), now, id.0, owner),
-                    )
-                    .await
-                    .map_err(map_err)?;
-                    "retry"
+                    tx.exec_drop(sql::FAIL_RETRY, (at, reason.as_str(), now, id.get(), owner)).await.map_err(map_err)?;
+                    EventKind::Retry
                 }
                 Failure::Permanent => {
-                    tx.exec_drop(
-                        "UPDATE uploads SET state = 'failed', attempts = attempts + 1, lease_owner = NULL, \
-                         lease_until = NULL, failure_reason = ?, updated_at = ?, finished_at = ? \
-                         WHERE id = ? AND state = 'processing' AND lease_owner = ?",
-                        (reason.as_str(), now, now, id.0, owner),
-                    )
-                    .await
-                    .map_err(map_err)?;
-                    "failed"
+                    tx.exec_drop(sql::FAIL_PERMANENT, (now, reason.as_str(), now, now, id.get(), owner))
+                        .await
+                        .map_err(map_err)?;
+                    EventKind::Failed
                 }
             };
             if tx.affected_rows() == 0 {
@@ -672,7 +660,7 @@ impl MetadataStore for MysqlStore {
             (person, email)
         };
         Ok(Some(StateChange {
-            person_id: PersonId(person),
+            person_id: PersonId::from_stored(person),
             person_hash: email_hash(&email),
             receipt: last_gtid(&mut c).await?,
         }))
@@ -686,7 +674,7 @@ impl MetadataStore for MysqlStore {
             tx.exec_drop(
                 "UPDATE uploads SET state = 'failed', lease_owner = NULL, lease_until = NULL, failure_reason = ?, \
                  updated_at = ?, finished_at = ? WHERE id = ? AND state IN ('pending', 'processing')",
-                (reason.as_str(), now, now, id.0),
+                (reason.as_str(), now, now, id.get()),
             )
             .await
             .map_err(map_err)?;
@@ -695,14 +683,14 @@ impl MetadataStore for MysqlStore {
                 return Ok(None);
             }
             let (person, email) = person_of(&mut tx, id).await?;
-            insert_event(&mut tx, now, "failed", id, Some(&email_hash(&email)), Some(&reason))
+            insert_event(&mut tx, now, EventKind::Failed, id, Some(&email_hash(&email)), Some(&reason))
                 .await
                 .map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
             (person, email)
         };
         Ok(Some(StateChange {
-            person_id: PersonId(person),
+            person_id: PersonId::from_stored(person),
             person_hash: email_hash(&email),
             receipt: last_gtid(&mut c).await?,
         }))
@@ -717,7 +705,7 @@ impl MetadataStore for MysqlStore {
             )
             .await
             .map_err(map_err)?;
-        Ok(ids.into_iter().map(UploadId).collect())
+        Ok(ids.into_iter().map(UploadId::from_stored).collect())
     }
 
     async fn unqueued(&self, now: Millis, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>> {
@@ -730,26 +718,18 @@ impl MetadataStore for MysqlStore {
             )
             .await
             .map_err(map_err)?;
-        Ok(ids.into_iter().map(UploadId).collect())
+        Ok(ids.into_iter().map(UploadId::from_stored).collect())
     }
 
     async fn mark_enqueued(&self, id: UploadId, now: Millis) -> StoreResult<()> {
         let mut c = self.conn().await?;
-        c.exec_drop("UPDATE uploads SET enqueued_at = ? WHERE id = ?", (now, id.0)).await.map_err(map_err)
+        c.exec_drop("UPDATE uploads SET enqueued_at = ? WHERE id = ?", (now, id.get())).await.map_err(map_err)
     }
 
     async fn upload_stats(&self) -> StoreResult<UploadStats> {
         let mut c = self.conn().await?;
-        let rows: Vec<(String, i64)> =
-            c.exec("SELECT state, COUNT(*) FROM uploads GROUP BY state", ()).await.map_err(map_err)?;
-        let oldest: Option<Option<i64>> = c
-            .exec_first("SELECT MIN(created_at) FROM uploads WHERE state IN ('pending', 'processing')", ())
-            .await
-            .map_err(map_err)?;
-        Ok(UploadStats {
-            by_state: rows.into_iter().map(|(s, n)| (s, n as u64)).collect(),
-            oldest_unfinished_at: oldest.flatten(),
-        })
+        let rows: Vec<(String, i64, Option<i64>)> = c.exec(sql::UPLOAD_STATS, ()).await.map_err(map_err)?;
+        Ok(UploadStats::from_rows(rows))
     }
 
     async fn recent_failures(&self, limit: u32) -> StoreResult<Vec<Upload>> {
@@ -768,7 +748,7 @@ impl MetadataStore for MysqlStore {
 
     async fn create_session(&self, s: NewSession, now: Millis) -> StoreResult<()> {
         let mut c = self.conn().await?;
-        c.exec_drop(sql::SESSION_INSERT, (s.token_hash.0.as_str(), s.person_id.0, now, s.expires_at, s.proven))
+        c.exec_drop(sql::SESSION_INSERT, (s.token_hash.0.as_str(), s.person_id.get(), now, s.expires_at, s.proven))
             .await
             .map_err(map_err)
     }
@@ -779,7 +759,7 @@ impl MetadataStore for MysqlStore {
             c.exec_first(sql::SESSION_SELECT, (token_hash.0.as_str(), now)).await.map_err(map_err)?;
         row.map(|(p, e, x, proven)| {
             let email = Email::parse(&e).map_err(|err| StoreError::Corrupt(format!("stored e-mail: {err}")))?;
-            Ok(SessionInfo { person_id: PersonId(p), email, expires_at: x, proven })
+            Ok(SessionInfo { person_id: PersonId::from_stored(p), email, expires_at: x, proven })
         })
         .transpose()
     }
@@ -799,7 +779,7 @@ impl MetadataStore for MysqlStore {
         let mut c = self.conn().await?;
         c.exec_drop(
             "INSERT INTO signin_tokens (token_hash, person_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-            (token_hash.0.as_str(), person.0, now, expires_at),
+            (token_hash.0.as_str(), person.get(), now, expires_at),
         )
         .await
         .map_err(map_err)
@@ -831,7 +811,7 @@ impl MetadataStore for MysqlStore {
             if tx.affected_rows() == 1 {
                 tx.exec_drop(sql::DELETE_UNPROVEN_SESSIONS, (id,)).await.map_err(map_err)?;
             }
-            SigninOutcome::SignedIn(Person { id: PersonId(id), email, created_at: created })
+            SigninOutcome::SignedIn(Person { id: PersonId::from_stored(id), email, created_at: created })
         } else {
             let row: Option<Option<i64>> = tx
                 .exec_first("SELECT used_at FROM signin_tokens WHERE token_hash = ?", (hash,))
@@ -857,30 +837,27 @@ impl MetadataStore for MysqlStore {
     async fn delete_other_sessions(&self, person: PersonId, keep: &TokenHash) -> StoreResult<Vec<TokenHash>> {
         let mut c = self.conn().await?;
         let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
-        let ended: Vec<String> = tx.exec(sql::OTHER_SESSIONS, (person.0, keep.0.as_str())).await.map_err(map_err)?;
-        tx.exec_drop(sql::DELETE_OTHER_SESSIONS, (person.0, keep.0.as_str())).await.map_err(map_err)?;
+        let ended: Vec<String> = tx.exec(sql::OTHER_SESSIONS, (person.get(), keep.0.as_str())).await.map_err(map_err)?;
+        tx.exec_drop(sql::DELETE_OTHER_SESSIONS, (person.get(), keep.0.as_str())).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(ended.into_iter().map(TokenHash).collect())
     }
 
     async fn person_usage(&self, person: PersonId) -> StoreResult<u64> {
         let mut c = self.conn().await?;
-        let n: Option<i64> = c.exec_first(sql::PERSON_USAGE, (person.0,)).await.map_err(map_err)?;
+        let n: Option<i64> = c.exec_first(sql::PERSON_USAGE, (person.get(),)).await.map_err(map_err)?;
         Ok(n.unwrap_or(0).max(0) as u64)
     }
 
     async fn purge_expired(&self, now: Millis) -> StoreResult<u64> {
         let mut c = self.conn().await?;
+        let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
         let mut n = 0;
-        for (sql, at) in [
-            ("DELETE FROM sessions WHERE expires_at <= ?", now),
-            ("DELETE FROM signin_tokens WHERE expires_at <= ?", now - 86_400_000),
-            ("DELETE FROM events WHERE at <= ?", now - 7 * 86_400_000),
-            ("DELETE FROM workers WHERE heartbeat_at <= ?", now - 600_000),
-        ] {
-            c.exec_drop(sql, (at,)).await.map_err(map_err)?;
-            n += c.affected_rows();
+        for (statement, before) in sql::PURGES {
+            tx.exec_drop(statement, (now - before,)).await.map_err(map_err)?;
+            n += tx.affected_rows();
         }
+        tx.commit().await.map_err(map_err)?;
         Ok(n)
     }
 
@@ -927,7 +904,7 @@ impl MetadataStore for MysqlStore {
                 w.started_at,
                 w.heartbeat_at,
                 w.status.as_str(),
-                w.current_upload.map(|u| u.0),
+                w.current_upload.map(|u| u.get()),
                 w.jobs_done as i64,
             ),
         )
@@ -969,7 +946,7 @@ impl MetadataStore for MysqlStore {
         let rows: Vec<Row> = c
             .exec(
                 "SELECT id, at, kind, upload_id, person_hash, detail FROM events WHERE upload_id = ? ORDER BY id",
-                (id.0,),
+                (id.get(),),
             )
             .await
             .map_err(map_err)?;
@@ -1000,7 +977,7 @@ impl MetadataStore for MysqlStore {
                     });
                 }
                 if out.send((table, columns.clone(), values)).await.is_err() {
-                    return Err(StoreError::Query("the dump's reader went away".into()));
+                    return Err(StoreError::query("the dump's reader went away"));
                 }
                 count += 1;
             }
@@ -1074,12 +1051,12 @@ impl MetadataStore for MysqlStore {
         let mut found = std::collections::HashSet::new();
         for chunk in ids.chunks(500) {
             let marks = vec!["?"; chunk.len()].join(", ");
-            let params: Vec<Value> = chunk.iter().map(|id| Value::Int(id.0)).collect();
+            let params: Vec<Value> = chunk.iter().map(|id| Value::Int(id.get())).collect();
             let rows: Vec<i64> = c
                 .exec(format!("SELECT id FROM uploads WHERE id IN ({marks})"), Params::Positional(params))
                 .await
                 .map_err(map_err)?;
-            found.extend(rows.into_iter().map(UploadId));
+            found.extend(rows.into_iter().map(UploadId::from_stored));
         }
         Ok(found)
     }

@@ -48,9 +48,9 @@ fn map_err(e: rusqlite::Error) -> StoreError {
         rusqlite::Error::SqliteFailure(f, _)
             if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen) =>
         {
-            StoreError::Unavailable(e.to_string())
+            StoreError::unavailable_because("SQLite", e)
         }
-        _ => StoreError::Query(e.to_string()),
+        _ => StoreError::query_because("SQLite", e),
     }
 }
 
@@ -111,8 +111,8 @@ fn worker_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkerInfo> {
         pid: r.get::<_, i64>(2)? as u32,
         started_at: r.get(3)?,
         heartbeat_at: r.get(4)?,
-        status: r.get(5)?,
-        current_upload: r.get::<_, Option<i64>>(6)?.map(UploadId),
+        status: parse_name(r, 5, WorkerStatus::parse)?,
+        current_upload: r.get::<_, Option<i64>>(6)?.map(UploadId::from_stored),
         jobs_done: r.get::<_, i64>(7)? as u64,
     })
 }
@@ -121,22 +121,30 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     Ok(Event {
         id: r.get(0)?,
         at: r.get(1)?,
-        kind: r.get(2)?,
-        upload_id: r.get::<_, Option<i64>>(3)?.map(UploadId),
+        kind: parse_name(r, 2, EventKind::parse)?,
+        upload_id: r.get::<_, Option<i64>>(3)?.map(UploadId::from_stored),
         person_hash: r.get(4)?,
         detail: r.get(5)?,
+    })
+}
+
+/// A column that holds one of an enum's names.
+fn parse_name<T>(r: &rusqlite::Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let name: String = r.get(i)?;
+    parse(&name).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(unknown_name("name", &name)))
     })
 }
 
 fn insert_event(
     tx: &rusqlite::Transaction<'_>,
     now: Millis,
-    kind: &str,
+    kind: EventKind,
     upload: UploadId,
     person_hash: Option<&str>,
     detail: Option<&str>,
 ) -> rusqlite::Result<()> {
-    tx.execute(EVENT_INSERT, params![new_id(), now, kind, upload.0, person_hash, detail])?;
+    tx.execute(EVENT_INSERT, params![new_id(), now, kind.as_str(), upload.get(), person_hash, detail])?;
     Ok(())
 }
 
@@ -144,7 +152,7 @@ fn insert_event(
 fn person_of(tx: &rusqlite::Transaction<'_>, id: UploadId) -> rusqlite::Result<(i64, String)> {
     tx.query_row(
         "SELECT u.person_id, p.email FROM uploads u JOIN people p ON p.id = u.person_id WHERE u.id = ?",
-        [id.0],
+        [id.get()],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )
 }
@@ -163,11 +171,11 @@ impl SqliteStore {
                     && !dir.as_os_str().is_empty()
                 {
                     std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::Unavailable(format!("cannot create the data folder {}: {e}", dir.display()))
+                        StoreError::unavailable_because(&format!("cannot create the data folder {}", dir.display()), e)
                     })?;
                 }
                 let mut first = open_connection(&p)
-                    .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", p.display())))?;
+                    .map_err(|e| StoreError::unavailable_because(&format!("cannot open {}", p.display()), e))?;
                 {
                     // Processes starting together on a new file migrate one after another:
                     // refinery reads the applied versions before its own transaction, so two
@@ -176,12 +184,12 @@ impl SqliteStore {
                     let lock_path = migration_lock_path(&p);
                     let lock =
                         std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(
-                            |e| StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display())),
+                            |e| StoreError::unavailable_because(&format!("cannot open {}", lock_path.display()), e),
                         )?;
                     lock.lock().map_err(|e| {
-                        StoreError::Unavailable(format!("cannot take the migration lock {}: {e}", lock_path.display()))
+                        StoreError::unavailable_because(&format!("cannot take the migration lock {}", lock_path.display()), e)
                     })?;
-                    migrations::runner().run(&mut first).map_err(|e| StoreError::Migration(e.to_string()))?;
+                    migrations::runner().run(&mut first).map_err(StoreError::migration)?;
                     // Dropping the file releases the lock.
                 }
                 let mut conns = vec![first];
@@ -191,7 +199,7 @@ impl SqliteStore {
                 Ok(conns)
             })
             .await
-            .map_err(|e| StoreError::Query(e.to_string()))??;
+            .map_err(|e| StoreError::query_because("opening the database (a task)", e))??;
         Ok(SqliteStore {
             path,
             conns: Arc::new(Mutex::new(conns)),
@@ -210,7 +218,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
-        let _permit = self.permits.acquire().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let _permit = self.permits.acquire().await.map_err(|e| StoreError::unavailable_because("waiting for a database connection", e))?;
         self.metrics.db_query(DbTarget::Primary);
         let conns = self.conns.clone();
         let path = self.path.clone();
@@ -225,7 +233,7 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Query(format!("database task failed: {e}")))?
+        .map_err(|e| StoreError::query_because("database task failed", e))?
     }
 }
 
@@ -235,15 +243,15 @@ fn write_tx(conn: &mut Connection) -> StoreResult<rusqlite::Transaction<'_>> {
 
 #[async_trait]
 impl MetadataStore for SqliteStore {
-    fn backend(&self) -> &'static str {
-        "sqlite"
+    fn backend(&self) -> StoreBackend {
+        StoreBackend::Sqlite
     }
 
     async fn person_by_email(&self, email: &Email) -> StoreResult<Option<Person>> {
         let email = email.clone();
         self.run(move |c| {
             c.query_row("SELECT id, created_at FROM people WHERE email = ?", [email.as_str()], |r| {
-                Ok(Person { id: PersonId(r.get(0)?), email: email.clone(), created_at: r.get(1)? })
+                Ok(Person { id: PersonId::from_stored(r.get(0)?), email: email.clone(), created_at: r.get(1)? })
             })
             .optional()
             .map_err(map_err)
@@ -259,7 +267,7 @@ impl MetadataStore for SqliteStore {
                 NewOwner::Create { id, email } => {
                     match tx.execute(
                         "INSERT INTO people (id, email, created_at) VALUES (?, ?, ?)",
-                        params![id.0, email.as_str(), a.now],
+                        params![id.get(), email.as_str(), a.now],
                     ) {
                         Ok(_) => *id,
                         Err(e) if is_unique_violation(&e) => return Err(StoreError::EmailTaken),
@@ -273,8 +281,8 @@ impl MetadataStore for SqliteStore {
                  claims, next_attempt_at, enqueued_at, created_at, updated_at) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?)",
                 params![
-                    u.id.0,
-                    person_id.0,
+                    u.id.get(),
+                    person_id.get(),
                     u.name.as_str(),
                     u.format.as_str(),
                     u.bytes as i64,
@@ -288,10 +296,10 @@ impl MetadataStore for SqliteStore {
             )
             .map_err(map_err)?;
             if let Some(s) = &a.session {
-                tx.execute(sql::SESSION_INSERT, params![s.token_hash.0, s.person_id.0, a.now, s.expires_at, s.proven])
+                tx.execute(sql::SESSION_INSERT, params![s.token_hash.0, s.person_id.get(), a.now, s.expires_at, s.proven])
                     .map_err(map_err)?;
             }
-            insert_event(&tx, a.now, "uploaded", u.id, Some(&a.person_hash), Some(u.format.as_str()))
+            insert_event(&tx, a.now, EventKind::Uploaded, u.id, Some(&a.person_hash), Some(u.format.as_str()))
                 .map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(WriteReceipt::default())
@@ -302,7 +310,7 @@ impl MetadataStore for SqliteStore {
     async fn upload(&self, id: UploadId) -> StoreResult<Option<Upload>> {
         self.run(move |c| {
             let row = c
-                .query_row(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), [id.0], upload_row)
+                .query_row(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), [id.get()], upload_row)
                 .optional()
                 .map_err(map_err)?;
             row.map(UploadRow::into_upload).transpose()
@@ -313,10 +321,10 @@ impl MetadataStore for SqliteStore {
     async fn upload_owner(&self, id: UploadId) -> StoreResult<Option<(PersonId, ImageFormat)>> {
         self.run(move |c| {
             let row: Option<(i64, String)> = c
-                .query_row("SELECT person_id, format FROM uploads WHERE id = ?", [id.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row("SELECT person_id, format FROM uploads WHERE id = ?", [id.get()], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
                 .map_err(map_err)?;
-            Ok(row.and_then(|(p, f)| ImageFormat::parse(&f).map(|f| (PersonId(p), f))))
+            Ok(row.and_then(|(p, f)| ImageFormat::parse(&f).map(|f| (PersonId::from_stored(p), f))))
         })
         .await
     }
@@ -332,7 +340,7 @@ impl MetadataStore for SqliteStore {
                     ))
                     .map_err(map_err)?;
                 let rows =
-                    stmt.query_map(params![person.0, limit as i64, offset as i64], gallery_row).map_err(map_err)?;
+                    stmt.query_map(params![person.get(), limit as i64, offset as i64], gallery_row).map_err(map_err)?;
                 let mut items = Vec::new();
                 for row in rows {
                     items.push(row.map_err(map_err)?.into_item()?);
@@ -343,7 +351,7 @@ impl MetadataStore for SqliteStore {
                 .query_row(
                     "SELECT COUNT(*), SUM(CASE WHEN state IN ('pending', 'processing') THEN 1 ELSE 0 END) \
                      FROM uploads WHERE person_id = ?",
-                    [person.0],
+                    [person.get()],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .map_err(map_err)?;
@@ -369,16 +377,16 @@ impl MetadataStore for SqliteStore {
             let row = tx
                 .query_row(
                     &format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ? AND person_id = ?"),
-                    params![id.0, person.0],
+                    params![id.get(), person.get()],
                     upload_row,
                 )
                 .optional()
                 .map_err(map_err)?;
             let Some(row) = row else { return Ok(None) };
             let upload = row.into_upload()?;
-            tx.execute("DELETE FROM uploads WHERE id = ?", [id.0]).map_err(map_err)?;
-            tx.execute("DELETE FROM events WHERE upload_id = ?", [id.0]).map_err(map_err)?;
-            insert_event(&tx, now_millis(), "deleted", id, Some(&person_hash), None).map_err(map_err)?;
+            tx.execute("DELETE FROM uploads WHERE id = ?", [id.get()]).map_err(map_err)?;
+            tx.execute("DELETE FROM events WHERE upload_id = ?", [id.get()]).map_err(map_err)?;
+            insert_event(&tx, now_millis(), EventKind::Deleted, id, Some(&person_hash), None).map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(Some((upload, WriteReceipt::default())))
         })
@@ -395,14 +403,14 @@ impl MetadataStore for SqliteStore {
                         "UPDATE uploads SET state = 'processing', lease_owner = ?, lease_until = ?, claims = claims + 1, \
                          updated_at = ? WHERE id = ? AND {CLAIMABLE_WHERE}"
                     ),
-                    params![owner, lease_until, now, id.0, now, now],
+                    params![owner, lease_until, now, id.get(), now, now],
                 )
                 .map_err(map_err)?;
             if changed == 0 {
                 return Ok(None);
             }
             let row = tx
-                .query_row(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), [id.0], upload_row)
+                .query_row(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), [id.get()], upload_row)
                 .map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             row.into_upload().map(Some)
@@ -416,7 +424,7 @@ impl MetadataStore for SqliteStore {
             let n = c
                 .execute(
                     "UPDATE uploads SET lease_until = ? WHERE id = ? AND state = 'processing' AND lease_owner = ?",
-                    params![lease_until, id.0, owner],
+                    params![lease_until, id.get(), owner],
                 )
                 .map_err(map_err)?;
             Ok(n == 1)
@@ -450,7 +458,7 @@ impl MetadataStore for SqliteStore {
                         o.thumb_height,
                         now,
                         now,
-                        id.0,
+                        id.get(),
                         owner
                     ],
                 )
@@ -459,10 +467,10 @@ impl MetadataStore for SqliteStore {
                 return Ok(None);
             }
             let (person, email) = person_of(&tx, id).map_err(map_err)?;
-            insert_event(&tx, now, "done", id, Some(&email_hash(&email)), Some(&o.method)).map_err(map_err)?;
+            insert_event(&tx, now, EventKind::Done, id, Some(&email_hash(&email)), Some(&o.method)).map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(Some(StateChange {
-                person_id: PersonId(person),
+                person_id: PersonId::from_stored(person),
                 person_hash: email_hash(&email),
                 receipt: WriteReceipt::default(),
             }))
@@ -482,25 +490,13 @@ impl MetadataStore for SqliteStore {
         let reason = clip_reason(reason);
         self.run(move |c| {
             let tx = write_tx(c)?;
-            let (sql, kind, at) = match failure {
-                Failure::RetryAt(at) => (
-                    "UPDATE uploads SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?, \
-                     lease_owner = NULL, lease_until = NULL, failure_reason = ?, updated_at = ?, finished_at = NULL \
-                     WHERE id = ? AND state = 'processing' AND lease_owner = ?",
-                    "retry",
-                    at,
-                ),
-                Failure::Permanent => (
-                    "UPDATE uploads SET state = 'failed', attempts = attempts + 1, next_attempt_at = ?, \
-                     lease_owner = NULL, lease_until = NULL, failure_reason = ?, updated_at = ?, finished_at = ? \
-                     WHERE id = ? AND state = 'processing' AND lease_owner = ?",
-                    "failed",
-                    now,
-                ),
+            let (statement, kind, at) = match failure {
+                Failure::RetryAt(at) => (sql::FAIL_RETRY, EventKind::Retry, at),
+                Failure::Permanent => (sql::FAIL_PERMANENT, EventKind::Failed, now),
             };
             let n = match failure {
-                Failure::RetryAt(_) => tx.execute(sql, params![at, reason, now, id.0, owner]),
-                Failure::Permanent => tx.execute(sql, params![at, reason, now, now, id.0, owner]),
+                Failure::RetryAt(_) => tx.execute(statement, params![at, reason, now, id.get(), owner]),
+                Failure::Permanent => tx.execute(statement, params![at, reason, now, now, id.get(), owner]),
             }
             .map_err(map_err)?;
             if n == 0 {
@@ -510,7 +506,7 @@ impl MetadataStore for SqliteStore {
             insert_event(&tx, now, kind, id, Some(&email_hash(&email)), Some(&reason)).map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(Some(StateChange {
-                person_id: PersonId(person),
+                person_id: PersonId::from_stored(person),
                 person_hash: email_hash(&email),
                 receipt: WriteReceipt::default(),
             }))
@@ -526,17 +522,17 @@ impl MetadataStore for SqliteStore {
                 .execute(
                     "UPDATE uploads SET state = 'failed', lease_owner = NULL, lease_until = NULL, failure_reason = ?, \
                      updated_at = ?, finished_at = ? WHERE id = ? AND state IN ('pending', 'processing')",
-                    params![reason, now, now, id.0],
+                    params![reason, now, now, id.get()],
                 )
                 .map_err(map_err)?;
             if n == 0 {
                 return Ok(None);
             }
             let (person, email) = person_of(&tx, id).map_err(map_err)?;
-            insert_event(&tx, now, "failed", id, Some(&email_hash(&email)), Some(&reason)).map_err(map_err)?;
+            insert_event(&tx, now, EventKind::Failed, id, Some(&email_hash(&email)), Some(&reason)).map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(Some(StateChange {
-                person_id: PersonId(person),
+                person_id: PersonId::from_stored(person),
                 person_hash: email_hash(&email),
                 receipt: WriteReceipt::default(),
             }))
@@ -556,7 +552,7 @@ impl MetadataStore for SqliteStore {
                 .map_err(map_err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(map_err)?;
-            Ok(ids.into_iter().map(UploadId).collect())
+            Ok(ids.into_iter().map(UploadId::from_stored).collect())
         })
         .await
     }
@@ -574,14 +570,14 @@ impl MetadataStore for SqliteStore {
                 .map_err(map_err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(map_err)?;
-            Ok(ids.into_iter().map(UploadId).collect())
+            Ok(ids.into_iter().map(UploadId::from_stored).collect())
         })
         .await
     }
 
     async fn mark_enqueued(&self, id: UploadId, now: Millis) -> StoreResult<()> {
         self.run(move |c| {
-            c.execute("UPDATE uploads SET enqueued_at = ? WHERE id = ?", params![now, id.0]).map_err(map_err)?;
+            c.execute("UPDATE uploads SET enqueued_at = ? WHERE id = ?", params![now, id.get()]).map_err(map_err)?;
             Ok(())
         })
         .await
@@ -589,25 +585,12 @@ impl MetadataStore for SqliteStore {
 
     async fn upload_stats(&self) -> StoreResult<UploadStats> {
         self.run(move |c| {
-            let tx = c.transaction().map_err(map_err)?;
-            let mut stats = UploadStats::default();
-            {
-                let mut stmt =
-                    tx.prepare_cached("SELECT state, COUNT(*) FROM uploads GROUP BY state").map_err(map_err)?;
-                let rows =
-                    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(map_err)?;
-                for row in rows {
-                    let (state, n) = row.map_err(map_err)?;
-                    stats.by_state.insert(state, n as u64);
-                }
-            }
-            stats.oldest_unfinished_at = tx
-                .query_row("SELECT MIN(created_at) FROM uploads WHERE state IN ('pending', 'processing')", [], |r| {
-                    r.get(0)
-                })
+            let mut stmt = c.prepare_cached(sql::UPLOAD_STATS).map_err(map_err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?)))
                 .map_err(map_err)?;
-            tx.commit().map_err(map_err)?;
-            Ok(stats)
+            let rows = rows.collect::<Result<Vec<_>, _>>().map_err(map_err)?;
+            Ok(UploadStats::from_rows(rows))
         })
         .await
     }
@@ -631,7 +614,7 @@ impl MetadataStore for SqliteStore {
 
     async fn create_session(&self, s: NewSession, now: Millis) -> StoreResult<()> {
         self.run(move |c| {
-            c.execute(sql::SESSION_INSERT, params![s.token_hash.0, s.person_id.0, now, s.expires_at, s.proven])
+            c.execute(sql::SESSION_INSERT, params![s.token_hash.0, s.person_id.get(), now, s.expires_at, s.proven])
                 .map_err(map_err)?;
             Ok(())
         })
@@ -649,7 +632,7 @@ impl MetadataStore for SqliteStore {
                 .map_err(map_err)?;
             row.map(|(p, e, x, proven)| {
                 let email = Email::parse(&e).map_err(|err| StoreError::Corrupt(format!("stored e-mail: {err}")))?;
-                Ok(SessionInfo { person_id: PersonId(p), email, expires_at: x, proven })
+                Ok(SessionInfo { person_id: PersonId::from_stored(p), email, expires_at: x, proven })
             })
             .transpose()
         })
@@ -676,7 +659,7 @@ impl MetadataStore for SqliteStore {
         self.run(move |c| {
             c.execute(
                 "INSERT INTO signin_tokens (token_hash, person_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                params![hash, person.0, now, expires_at],
+                params![hash, person.get(), now, expires_at],
             )
             .map_err(map_err)?;
             Ok(())
@@ -707,7 +690,7 @@ impl MetadataStore for SqliteStore {
                 if tx.execute(sql::VERIFY_PERSON, params![now, id]).map_err(map_err)? == 1 {
                     tx.execute(sql::DELETE_UNPROVEN_SESSIONS, [id]).map_err(map_err)?;
                 }
-                SigninOutcome::SignedIn(Person { id: PersonId(id), email, created_at: created })
+                SigninOutcome::SignedIn(Person { id: PersonId::from_stored(id), email, created_at: created })
             } else {
                 let row: Option<Option<i64>> = tx
                     .query_row("SELECT used_at FROM signin_tokens WHERE token_hash = ?", [&hash], |r| r.get(0))
@@ -743,10 +726,10 @@ impl MetadataStore for SqliteStore {
             let tx = write_tx(c)?;
             let ended = {
                 let mut stmt = tx.prepare(sql::OTHER_SESSIONS).map_err(map_err)?;
-                let rows = stmt.query_map(params![person.0, keep], |r| r.get::<_, String>(0)).map_err(map_err)?;
+                let rows = stmt.query_map(params![person.get(), keep], |r| r.get::<_, String>(0)).map_err(map_err)?;
                 rows.map(|r| r.map(TokenHash).map_err(map_err)).collect::<StoreResult<Vec<_>>>()?
             };
-            tx.execute(sql::DELETE_OTHER_SESSIONS, params![person.0, keep]).map_err(map_err)?;
+            tx.execute(sql::DELETE_OTHER_SESSIONS, params![person.get(), keep]).map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(ended)
         })
@@ -755,7 +738,7 @@ impl MetadataStore for SqliteStore {
 
     async fn person_usage(&self, person: PersonId) -> StoreResult<u64> {
         self.run(move |c| {
-            let n: i64 = c.query_row(sql::PERSON_USAGE, [person.0], |r| r.get(0)).map_err(map_err)?;
+            let n: i64 = c.query_row(sql::PERSON_USAGE, [person.get()], |r| r.get(0)).map_err(map_err)?;
             Ok(n.max(0) as u64)
         })
         .await
@@ -764,11 +747,10 @@ impl MetadataStore for SqliteStore {
     async fn purge_expired(&self, now: Millis) -> StoreResult<u64> {
         self.run(move |c| {
             let tx = write_tx(c)?;
-            let mut n = tx.execute("DELETE FROM sessions WHERE expires_at <= ?", [now]).map_err(map_err)?;
-            // Used or expired links are kept a day so a late click still gets a clear answer.
-            n += tx.execute("DELETE FROM signin_tokens WHERE expires_at <= ?", [now - 86_400_000]).map_err(map_err)?;
-            n += tx.execute("DELETE FROM events WHERE at <= ?", [now - 7 * 86_400_000]).map_err(map_err)?;
-            n += tx.execute("DELETE FROM workers WHERE heartbeat_at <= ?", [now - 600_000]).map_err(map_err)?;
+            let mut n = 0;
+            for (statement, before) in sql::PURGES {
+                n += tx.execute(statement, [now - before]).map_err(map_err)?;
+            }
             tx.commit().map_err(map_err)?;
             Ok(n as u64)
         })
@@ -830,8 +812,8 @@ impl MetadataStore for SqliteStore {
                     w.pid,
                     w.started_at,
                     w.heartbeat_at,
-                    w.status,
-                    w.current_upload.map(|u| u.0),
+                    w.status.as_str(),
+                    w.current_upload.map(|u| u.get()),
                     w.jobs_done as i64
                 ],
             )
@@ -883,7 +865,7 @@ impl MetadataStore for SqliteStore {
                     "SELECT id, at, kind, upload_id, person_hash, detail FROM events WHERE upload_id = ? ORDER BY id",
                 )
                 .map_err(map_err)?;
-            let rows = stmt.query_map([id.0], event_row).map_err(map_err)?;
+            let rows = stmt.query_map([id.get()], event_row).map_err(map_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(map_err)
         })
         .await
@@ -915,7 +897,7 @@ impl MetadataStore for SqliteStore {
                         });
                     }
                     if out.blocking_send((table, columns.clone(), values)).is_err() {
-                        return Err(StoreError::Query("the dump's reader went away".into()));
+                        return Err(StoreError::query("the dump's reader went away"));
                     }
                     count += 1;
                 }
@@ -983,7 +965,7 @@ impl MetadataStore for SqliteStore {
 
     // The orphan sweep of the blob store (issue 11).
     async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<std::collections::HashSet<UploadId>> {
-        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
         self.run(move |c| {
             let mut found = std::collections::HashSet::new();
             for chunk in ids.chunks(500) {
@@ -993,7 +975,7 @@ impl MetadataStore for SqliteStore {
                     .query_map(rusqlite::params_from_iter(chunk.iter()), |r| r.get::<_, i64>(0))
                     .map_err(map_err)?;
                 for id in rows {
-                    found.insert(UploadId(id.map_err(map_err)?));
+                    found.insert(UploadId::from_stored(id.map_err(map_err)?));
                 }
             }
             Ok(found)

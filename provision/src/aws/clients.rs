@@ -102,5 +102,6 @@ where
         }
         _ => "",
     };
-    ProvisionError::Aws { doing: doing.into(), detail: DisplayErrorContext(&e).to_string(), hint: hint.into() }
+    let detail = DisplayErrorContext(&e).to_string();
+    ProvisionError::Aws { doing: doing.into(), detail, hint: hint.into(), source: Box::new(e) }
 }

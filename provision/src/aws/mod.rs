@@ -381,8 +381,9 @@ pub enum ProvisionError {
     /// A name the stack needs is taken by something that is not the stack's.
     #[error("{0}")]
     Conflict(String),
+    /// An AWS call failed: `detail` is what AWS said, `source` the SDK's error.
     #[error("{doing}: {detail}{hint}")]
-    Aws { doing: String, detail: String, hint: String },
+    Aws { doing: String, detail: String, hint: String, source: Box<dyn std::error::Error + Send + Sync + 'static> },
     #[error(
         "gave up after {secs} s waiting for {what}; AWS may still be working on it: run the same command again to continue from where it is"
     )]

@@ -556,6 +556,7 @@ pub async fn read_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Re
                 doing: format!("reading s3://{bucket}/{key}"),
                 detail: e.to_string(),
                 hint: String::new(),
+                source: Box::new(e),
             })?;
             Ok(Some(String::from_utf8_lossy(&bytes.into_bytes()).into_owned()))
         }

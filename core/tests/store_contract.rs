@@ -1,0 +1,123 @@
+//! The store's contract, the same on both back ends: each check runs on
+//! SQLite (always) and on MariaDB (`mariadb_*`: the mariadb tier, which the
+//! default nextest profile skips; scripts/test.sh runs it). The checks pin the
+//! places where the two back ends once drifted apart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flipstack_core::domain::{DisplayName, Email, ImageFormat, PersonId, UploadId, UploadState, now_millis};
+use flipstack_core::metrics::Metrics;
+use flipstack_core::store::{self, AcceptUpload, Failure, MetadataStore, NewOwner, NewUpload};
+
+async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("flipstack.sqlite").display());
+    (open(&url).await, dir)
+}
+
+async fn mariadb() -> Arc<dyn MetadataStore> {
+    use mysql_async::prelude::Queryable;
+    let primary = std::env::var("FLIPSTACK_TEST_MYSQL_PRIMARY")
+        .expect("FLIPSTACK_TEST_MYSQL_PRIMARY is not set: the mariadb tier needs scripts/services.sh (scripts/test.sh)");
+    let name = format!("fs_contract_{:08x}", rand::random::<u32>());
+    let pool = mysql_async::Pool::new(primary.as_str());
+    let mut conn = pool.get_conn().await.expect("connecting to the test MariaDB primary");
+    conn.query_drop(format!("CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")).await.unwrap();
+    drop(conn);
+    pool.disconnect().await.ok();
+    open(&format!("{primary}/{name}")).await
+}
+
+async fn open(url: &str) -> Arc<dyn MetadataStore> {
+    let wait = Duration::from_millis(200);
+    store::connect(url, &[], Arc::new(Metrics::new()), wait, wait).await.expect("opening the store")
+}
+
+/// An accepted upload of a new person, claimed by `owner`.
+async fn claimed_upload(store: &dyn MetadataStore, owner: &str, now: i64) -> UploadId {
+    let id = UploadId::new();
+    let email = Email::parse(&format!("contract-{:08x}@example.com", rand::random::<u32>())).unwrap();
+    store
+        .accept_upload(AcceptUpload {
+            upload: NewUpload {
+                id,
+                name: DisplayName::from_client(Some("a.png")),
+                format: ImageFormat::Png,
+                bytes: 10,
+                width: 2,
+                height: 2,
+            },
+            owner: NewOwner::Create { id: PersonId::new(), email: email.clone() },
+            session: None,
+            person_hash: email.hashed_id(),
+            now,
+        })
+        .await
+        .unwrap();
+    assert!(store.claim(id, owner, now, now + 60_000).await.unwrap().is_some(), "the new upload is claimable");
+    id
+}
+
+/// A permanent failure ends the job at the failure's time: `next_attempt_at`
+/// is that time on both back ends (MariaDB once left it where it was).
+async fn a_permanent_failure_sets_next_attempt_to_the_failure_time(store: &dyn MetadataStore) {
+    let now = now_millis();
+    let id = claimed_upload(store, "w1", now).await;
+    let failed_at = now + 5_000;
+    assert!(store.fail_attempt(id, "w1", "not a picture", Failure::Permanent, failed_at).await.unwrap().is_some());
+    let u = store.upload(id).await.unwrap().unwrap();
+    assert_eq!(u.state, UploadState::Failed);
+    assert_eq!(u.next_attempt_at, failed_at);
+    assert_eq!(u.finished_at, Some(failed_at));
+    assert_eq!(u.lease_owner, None);
+}
+
+/// Counts by state and the oldest unfinished upload come from one read.
+async fn upload_stats_count_states_and_the_oldest_unfinished(store: &dyn MetadataStore) {
+    let now = now_millis();
+    let first = claimed_upload(store, "w1", now).await;
+    let _second = claimed_upload(store, "w1", now + 1_000).await;
+    store.fail_attempt(first, "w1", "broken", Failure::Permanent, now + 2_000).await.unwrap();
+    let stats = store.upload_stats().await.unwrap();
+    assert_eq!(stats.by_state.get("failed"), Some(&1));
+    assert_eq!(stats.by_state.get("processing"), Some(&1));
+    assert_eq!(stats.oldest_unfinished_at, Some(now + 1_000), "the failed upload is not unfinished");
+}
+
+/// Expired rows go, live ones stay, and the count says how many went.
+async fn purge_expired_removes_only_what_expired(store: &dyn MetadataStore) {
+    let now = now_millis();
+    let id = claimed_upload(store, "w1", now - 8 * 86_400_000).await;
+    store.fail_attempt(id, "w1", "old", Failure::Permanent, now - 8 * 86_400_000).await.unwrap();
+    let events_before = store.events_for_upload(id).await.unwrap().len();
+    assert!(events_before >= 2, "uploaded and failed events: {events_before}");
+    let purged = store.purge_expired(now).await.unwrap();
+    assert!(purged >= events_before as u64, "purged {purged}, expected at least the {events_before} week-old events");
+    assert!(store.events_for_upload(id).await.unwrap().is_empty());
+    assert!(store.upload(id).await.unwrap().is_some(), "uploads are not purged");
+}
+
+macro_rules! contract {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $check() {
+                let (store, _dir) = super::sqlite().await;
+                super::$check(store.as_ref()).await
+            })*
+        }
+        mod mariadb {
+            $(#[tokio::test]
+            async fn $check() {
+                super::$check(super::mariadb().await.as_ref()).await
+            })*
+        }
+    };
+}
+
+contract!(
+    a_permanent_failure_sets_next_attempt_to_the_failure_time,
+    upload_stats_count_states_and_the_oldest_unfinished,
+    purge_expired_removes_only_what_expired,
+);
