@@ -389,7 +389,7 @@ async fn a_dump_of_hostile_names_replays_exactly_through_the_mariadb_client_and_
             pid: 1,
             started_at: now,
             heartbeat_at: now,
-            status: "idle".into(),
+            status: flipstack_core::store::WorkerStatus::Idle,
             current_upload: None,
             jobs_done: 0,
         };
@@ -505,7 +505,7 @@ async fn mariadb_the_uploaders_next_read_shows_the_upload_despite_a_delayed_repl
     let on_replica: Option<i64> = {
         use mysql_async::prelude::Queryable;
         let mut conn = mysql_async::Conn::from_url(&replica_db).await.unwrap();
-        conn.exec_first("SELECT COUNT(*) FROM uploads WHERE id = ?", (second.0,)).await.unwrap()
+        conn.exec_first("SELECT COUNT(*) FROM uploads WHERE id = ?", (second.get(),)).await.unwrap()
     };
     assert_eq!(on_replica, Some(0), "the delayed replica lacks the upload");
     assert_eq!(source, "primary", "so the read went to the primary");

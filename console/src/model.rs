@@ -7,7 +7,6 @@ use std::collections::VecDeque;
 
 use flipstack_core::status::AdminStatus;
 use flipstack_provision::fleet::GroupStatus;
-use serde::Deserialize;
 
 /// Milliseconds since the epoch (the clock `AdminStatus::at` uses).
 pub type Millis = i64;

@@ -12,7 +12,13 @@ use flipstack_core::store::{self, StoreError};
 
 /// Every error in the chain below `e`, nearest first.
 fn causes(e: &StoreError) -> Vec<&(dyn Error + 'static)> {
-    std::iter::successors(e.source(), |c| c.source()).collect()
+    let mut out = Vec::new();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push(cause);
+        next = cause.source();
+    }
+    out
 }
 
 async fn connect(url: &str) -> StoreError {

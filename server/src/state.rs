@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use flipstack_core::store::ReadSource;
 use flipstack_core::Services;
 use flipstack_core::domain::{ImageFormat, PersonId, UploadId, now_millis};
-use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore, broadcast};
 
 /// The settings key of the upload block, shared by every server instance.

@@ -61,6 +61,32 @@ impl Tier {
     }
 }
 
+/// Runs each listed `async fn name(tier: Tier)` once per tier, as separate tests.
+#[macro_export]
+macro_rules! tier_tests {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name($crate::common::Tier::Embedded).await }
+            )*
+        }
+        mod mariadb {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                $crate::common::Tier::Mariadb.require();
+                super::$name($crate::common::Tier::Mariadb).await
+            })*
+        }
+        mod aws {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                $crate::common::Tier::Aws.require();
+                super::$name($crate::common::Tier::Aws).await
+            })*
+        }
+    };
+}
+
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(
