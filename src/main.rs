@@ -146,18 +146,12 @@ enum Command {
     /// The operator console: fleet, queue, cache, reads and uploads, live; block uploads, dump, provision.
     Console(ConsoleArgs),
     /// Database tools: dump, restore, migrate.
-    Db(DbArgs),
+    #[command(subcommand)]
+    Db(DbCommand),
     /// The stack on AWS: plan, up, down, status (see docs/aws.md).
     Provision(ProvisionArgs),
 }
 
-#[derive(Args)]
-struct DbArgs {
-    #[command(flatten)]
-    flags: StoreFlags,
-    #[command(subcommand)]
-    command: DbCommand,
-}
 
 #[derive(Args)]
 struct ProvisionArgs {
@@ -213,6 +207,8 @@ enum DbCommand {
         /// Write here instead of standard output (written to a temporary file, renamed when complete).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        flags: StoreFlags,
     },
     /// Load a dump written by `flipstack db dump` (or GET /admin/api/dump) into an empty database.
     Restore {
@@ -221,9 +217,14 @@ enum DbCommand {
         /// Replace the rows of a database that is not empty.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        flags: StoreFlags,
     },
     /// Bring the schema up to date and say which version it is at.
-    Migrate,
+    Migrate {
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
 }
 
 fn main() -> Result<()> {
@@ -246,7 +247,12 @@ fn main() -> Result<()> {
             Command::Serve(flags) => serve(Config::load(file, &flags)?).await,
             Command::Work(flags) => work(Config::load(file, &flags)?).await,
             Command::Console(args) => console(Config::load(file, &args.flags)?, args).await,
-            Command::Db(args) => db(Config::load(file, &args.flags)?, args.command).await,
+            Command::Db(cmd) => {
+                let flags = match &cmd {
+                    DbCommand::Dump { flags, .. } | DbCommand::Restore { flags, .. } | DbCommand::Migrate { flags } => flags,
+                };
+                db(Config::load(file, flags)?, cmd).await
+            }
             Command::Provision(args) => {
                 flipstack_provision::cli::run(args.command, &Config::load(file, &args.flags)?).await
             }
@@ -340,7 +346,7 @@ async fn db(config: Config, cmd: DbCommand) -> Result<()> {
     let services = connect(config).await?;
     let store = services.store.as_ref();
     match cmd {
-        DbCommand::Migrate => {
+        DbCommand::Migrate { .. } => {
             let schema = flipstack_core::store::schema_sql();
             eprintln!(
                 "the {} database is at schema version {} ({})",
@@ -349,7 +355,7 @@ async fn db(config: Config, cmd: DbCommand) -> Result<()> {
                 schema.last().map(|s| s.0.as_str()).unwrap_or("-")
             );
         }
-        DbCommand::Dump { out } => {
+        DbCommand::Dump { out, .. } => {
             let total = store.row_count().await?;
             let bar = indicatif::ProgressBar::new(total).with_style(
                 indicatif::ProgressStyle::with_template("{spinner} dumping {pos}/{len} rows, {msg} [{elapsed}]")
@@ -371,7 +377,7 @@ async fn db(config: Config, cmd: DbCommand) -> Result<()> {
                 out.map(|p| format!(" to {}", p.display())).unwrap_or_default()
             );
         }
-        DbCommand::Restore { file, force } => {
+        DbCommand::Restore { file, force, .. } => {
             let n = restore_dump_file(store, &file, force).await?;
             eprintln!("restored {n} rows from {}", file.display());
         }

@@ -73,6 +73,7 @@ async fn fleet_panel_follows_the_stacks_auto_scaling_groups() {
     };
     let stack = format!("console{}", free_port());
     let config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(flipstack_core::aws::http_client())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(&endpoint)
         .load()

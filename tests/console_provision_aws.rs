@@ -93,6 +93,7 @@ async fn provisioning_view_plans_brings_up_and_takes_down_a_stack() {
     assert!(screen.contains("auto scaling group"), "{screen}");
     // The release up shipped is this flipstack executable.
     let s3_config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(flipstack_core::aws::http_client())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(&endpoint)
         .load()
@@ -126,6 +127,7 @@ async fn provisioning_view_plans_brings_up_and_takes_down_a_stack() {
     tmux.wait_for("down finished", Duration::from_secs(120), |s| s.contains("provision down finished"));
 
     let config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(flipstack_core::aws::http_client())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(&endpoint)
         .load()

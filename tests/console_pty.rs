@@ -180,9 +180,8 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
         "the console tells the size written ({size} bytes):\n{screen}"
     );
     let restored = flipstack()
-        .arg("--data-dir")
+        .args(["db", "restore", "--data-dir"])
         .arg(dir.path().join("restored"))
-        .args(["db", "restore"])
         .arg(dump)
         .output()
         .unwrap();

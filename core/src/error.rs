@@ -10,12 +10,27 @@
 
 use std::sync::Arc;
 
-/// The error beneath an error of ours.
-pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+/// The error beneath an error of ours, shared. Its `source()` is that error
+/// itself, so a walk down the chain meets the driver's own type
+/// (`downcast_ref::<rusqlite::Error>()`); an `Arc` in the chain would hide it.
+#[derive(Debug, Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
 
 /// `e` as a kept cause.
 pub fn cause(e: impl std::error::Error + Send + Sync + 'static) -> Option<Cause> {
-    Some(Arc::new(e))
+    Some(Cause(Arc::new(e)))
 }
 
 /// Logs a result that is deliberately not acted on (a best-effort cleanup, a
