@@ -26,6 +26,47 @@ tier_tests!(
     heic_uploads_are_shown_as_jpeg_and_kept_as_heic,
 );
 
+/// A machine without libheif (Amazon Linux 2023 has none in its
+/// repositories): the release still starts and serves, and a HEIC upload is
+/// refused at the door with the reason instead of failing later as a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_libheif_refuses_heic_and_takes_everything_else() {
+    let app = TestApp::spawn(Tier::Embedded).await;
+    let server = second_server_with(&app, &[("FLIPSTACK_LIBHEIF", "/nonexistent/libheif.so.1")]).await;
+    let b = Browser::new(&server.base);
+    let me = email();
+    let r = b.upload(Some(&me), "IMG_0001.HEIC", &small_heic()).await;
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("cannot read HEIC pictures at the moment (its libheif library is missing)"), "{body}");
+    assert!(app.latest_upload(&me).await.is_none(), "nothing is stored");
+    let r = b.upload(Some(&me), "photo.jpg", &jpeg(64, 48)).await;
+    assert_eq!(r.status(), 303, "a JPEG is taken as ever");
+    let id = app.latest_upload(&me).await.expect("the JPEG is recorded");
+    app.wait_done(id).await;
+    drop(server);
+    app.shutdown().await;
+}
+
+fn small_heic() -> Vec<u8> {
+    use flipstack_core::imaging::heif;
+    let (w, h) = (120, 80);
+    let rgb = image::DynamicImage::ImageRgba8(gradient(w, h)).into_rgb8();
+    heif::encode(&heif::Encode {
+        pixels: rgb.as_raw(),
+        width: w,
+        height: h,
+        channels: 3,
+        codec: heif::Codec::Hevc,
+        quality: 85,
+        icc: None,
+        exif: None,
+        orientation: 1,
+    })
+    .unwrap()
+}
+
 fn email() -> String {
     format!("person-{:08x}@example.com", rand::random::<u32>())
 }
@@ -678,24 +719,11 @@ async fn the_upload_pages_script_gets_json_answers(tier: Tier) {
 /// gallery shows JPEG views of both.
 async fn heic_uploads_are_shown_as_jpeg_and_kept_as_heic(tier: Tier) {
     use flipstack_core::domain::ImageFormat;
-    use flipstack_core::imaging::{self, heif};
+    use flipstack_core::imaging;
     let app = TestApp::spawn(tier).await;
     let b = app.browser();
     let me = email();
-    let (w, h) = (120, 80);
-    let rgb = image::DynamicImage::ImageRgba8(gradient(w, h)).into_rgb8();
-    let heic = heif::encode(&heif::Encode {
-        pixels: rgb.as_raw(),
-        width: w,
-        height: h,
-        channels: 3,
-        codec: heif::Codec::Hevc,
-        quality: 85,
-        icc: None,
-        exif: None,
-        orientation: 1,
-    })
-    .unwrap();
+    let heic = small_heic();
     let id = upload_ok(&app, &b, &me, "IMG_0001.HEIC", &heic).await;
     app.wait_done(id).await;
     let stored_as = imaging::flipped_format(ImageFormat::Heic);

@@ -313,8 +313,17 @@ fn queue(app: &App, area: Rect, buf: &mut Buffer) {
     let block = panel_block("queue", kind, &freshness);
     let inner = block.inner(area);
     block.render(area, buf);
+    // The workers' numbers from CloudWatch need no answer from a server.
+    let fleet = fleet_line(app, |n| {
+        let jobs = n.jobs_done.or(n.jobs_failed.map(|_| 0.0))?;
+        let failed = n.jobs_failed.map(|f| format!("  failed {f:.0}")).unwrap_or_default();
+        let secs = n.job_seconds.map(|s| format!("  job {s:.2}s")).unwrap_or_default();
+        Some(format!("done {jobs:.0}{failed}{secs}"))
+    });
     let Some(s) = &app.status.last else {
-        Paragraph::new(waiting_text("the server", &freshness, false)).wrap(Wrap { trim: true }).render(inner, buf);
+        let mut text = waiting_text("the server", &freshness, false);
+        text.lines.extend(fleet);
+        Paragraph::new(text).wrap(Wrap { trim: true }).render(inner, buf);
         return;
     };
     let d = &s.queue.depth;
@@ -332,13 +341,7 @@ fn queue(app: &App, area: Rect, buf: &mut Buffer) {
         Line::from(vec![Span::raw(format!("waiting {}  in flight {}  dead ", d.visible, d.in_flight)), dlq]),
         Line::raw(format!("oldest {oldest}  done {}/min", app.events.jobs_done_within(app.now, 60_000))),
     ];
-    if let Some(line) = fleet_line(app, |n| {
-        let jobs = n.jobs_done?;
-        let secs = n.job_seconds.map(|s| format!("  job {s:.2}s")).unwrap_or_default();
-        Some(format!("done {jobs:.0}{secs}"))
-    }) {
-        lines.push(line);
-    }
+    lines.extend(fleet);
     // This process's own job timings: none where workers run apart from it.
     if m.job_count > 0 || m.queue_wait_count > 0 {
         let timings = Span::styled(

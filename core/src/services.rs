@@ -156,6 +156,11 @@ impl Services {
         .await?;
         let mailer = crate::mail::from_url(&config.mail_url(), &config.mail_from)?;
         let limits = Limits::new(config.max_pixels, config.max_frames);
+        crate::imaging::heif::use_library(&config.libheif);
+        match crate::imaging::heif::available() {
+            Ok(()) => tracing::debug!(libheif = crate::imaging::heif::version(), "HEIC and AVIF are handled"),
+            Err(e) => tracing::warn!("HEIC and AVIF uploads will be refused (415): {e}"),
+        }
         Ok(Arc::new(Services { config, store, cache, gallery, blobs, queue, mailer, metrics, limits, aws }))
     }
 

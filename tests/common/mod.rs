@@ -437,10 +437,16 @@ impl Drop for SecondServer {
 }
 
 pub async fn second_server(app: &TestApp) -> SecondServer {
+    second_server_with(app, &[]).await
+}
+
+/// [`second_server`] with more variables in its environment.
+pub async fn second_server_with(app: &TestApp, env: &[(&str, &str)]) -> SecondServer {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_flipstack"))
         .arg("serve")
         .envs(app.config.to_env())
+        .envs(env.iter().copied())
         .env("FLIPSTACK_LISTEN", format!("127.0.0.1:{port}"))
         .env("FLIPSTACK_ADMIN_TOKEN", &app.admin_token)
         .env("RUST_LOG", "warn")

@@ -65,6 +65,8 @@ pub fn status_at(i: i64) -> AdminStatus {
             queue_wait_count: 120,
             job_seconds_sum: 30.0,
             job_count: 120,
+            jobs_failed: 2,
+            jobs_retried: 3,
         },
         replicas: vec![
             ReplicaStatus { name: "replica-1".into(), lag_ms: Some(35) },

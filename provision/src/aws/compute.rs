@@ -67,6 +67,9 @@ aws s3 cp --only-show-errors --region {region} s3://{bucket}/{release} /opt/flip
 echo "{release_sha256}  /opt/flipstack/flipstack.download" | sha256sum --check --strict -
 install -m 0755 /opt/flipstack/flipstack.download /usr/local/bin/flipstack
 rm -f /opt/flipstack/flipstack.download
+# HEIC/AVIF need libheif, which flipstack loads at run time: without it the
+# service runs and refuses those uploads (415), saying why.
+dnf install -y -q libheif >/dev/null 2>&1 || echo "flipstack: no libheif package here; HEIC/AVIF uploads will be refused"
 # The configuration: endpoints, queue, bucket and secrets, for systemd only.
 aws s3 cp --only-show-errors --region {region} s3://{bucket}/{config} /etc/flipstack/flipstack.env
 chmod 0600 /etc/flipstack/flipstack.env
@@ -817,6 +820,7 @@ mod tests {
         assert!(web.contains("EnvironmentFile=/etc/flipstack/flipstack.env"));
         assert!(web.contains("Environment=FLIPSTACK_LISTEN=0.0.0.0:8080\nExecStart=/usr/local/bin/flipstack serve\n"));
         assert!(web.contains("systemctl enable --now flipstack.service"));
+        assert!(web.contains("dnf install -y -q libheif >/dev/null 2>&1 || echo"), "libheif is optional: {web}");
         let worker = user_data(&names(), "worker", "abc123");
         assert!(worker.contains("\nExecStart=/usr/local/bin/flipstack work\n"));
         assert!(!worker.contains("FLIPSTACK_LISTEN"));
