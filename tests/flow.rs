@@ -700,8 +700,11 @@ async fn heic_uploads_are_shown_as_jpeg_and_kept_as_heic(tier: Tier) {
     app.wait_done(id).await;
     let stored_as = imaging::flipped_format(ImageFormat::Heic);
     let (_, page) = b.text("/gallery").await;
-    assert!(page.contains(&format!("/images/{id}/original-view")), "the gallery shows the JPEG view");
-    assert!(page.contains(&format!("/images/{id}/flipped-view")));
+    assert!(page.contains(&format!("/images/{id}/original-thumb")), "the gallery shows the thumbnails");
+    // Full size, in the viewer, is the JPEG view.
+    let (_, viewer) = b.text(&format!("/uploads/{id}/view?page=1")).await;
+    assert!(viewer.contains(&format!("/images/{id}/original-view")), "the viewer's full size is the JPEG view");
+    assert!(viewer.contains(&format!("/images/{id}/flipped-view")));
     assert!(page.contains("Download original (HEIC)"));
     assert!(page.contains(&format!("Download flipped ({})", stored_as.display_name())));
     let r = b.get(&format!("/images/{id}/original")).await;

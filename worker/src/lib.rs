@@ -18,7 +18,9 @@ use flipstack_core::domain::{UploadId, UploadState, now_millis};
 use flipstack_core::imaging::{self, FlipError};
 use flipstack_core::metrics::background;
 use flipstack_core::queue::Delivery;
+use flipstack_core::screens;
 use flipstack_core::store::{Failure, FlipOutcome, StateChange, Upload, WorkerInfo};
+use flipstack_core::wake;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -247,6 +249,9 @@ async fn ack(services: &Services, d: &Delivery) {
 
 async fn after_change(services: &Services, change: &StateChange) {
     services.gallery.invalidate(&change.person_hash, &change.receipt).await;
+    // Servers on this machine read the events now instead of on their next
+    // tick, so the uploader's page hears of it at once.
+    wake::notify(&wake::folder(&services.config.data_dir), wake::Role::Server);
 }
 
 /// Flips one claimed upload. Ok(true) when it ended `done`.
@@ -421,8 +426,14 @@ async fn flip_and_store(
             return Err(JobError::Transient(format!("could not read the original: {e}")));
         }
     };
-    let (format, limits) = (upload.format, services.limits);
+    let (format, limits, upload_id) = (upload.format, services.limits, upload.id);
     imaging::keep_memory_between_flips();
+    // Screen sizes come from their own scaled decode, on another core while
+    // the flip runs (HEIC/AVIF: from the JPEG view the flip makes, after it).
+    let screens_from_original = (screens::source_kind(format) == BlobKind::Original).then(|| {
+        let (blobs, original) = (services.blobs.clone(), original.clone());
+        tokio::spawn(async move { screens::make_and_store(&blobs, upload_id, format, limits, Some(original)).await })
+    });
     let work = tokio::task::spawn_blocking(move || imaging::flip_with_thumbnails(&original, format, &limits));
     let processed = match tokio::time::timeout(options.job_timeout, work).await {
         Err(_) => return Err(JobError::Stuck),
@@ -458,12 +469,30 @@ async fn flip_and_store(
         None => services.blobs.put(BlobKind::Flipped, upload.id, flipped.bytes).await.map_err(stored)?,
     }
     // HEIC/AVIF: what the gallery shows, since browsers do not all show them.
-    if let Some(d) = processed.display {
-        tokio::try_join!(
-            services.blobs.put(BlobKind::OriginalDisplay, upload.id, d.original),
-            services.blobs.put(BlobKind::FlippedDisplay, upload.id, d.flipped),
-        )
-        .map_err(stored)?;
+    let screens = match processed.display {
+        Some(d) => {
+            let view = d.original.clone().into();
+            tokio::try_join!(
+                services.blobs.put(BlobKind::OriginalDisplay, upload.id, d.original),
+                services.blobs.put(BlobKind::FlippedDisplay, upload.id, d.flipped),
+            )
+            .map_err(stored)?;
+            let blobs = services.blobs.clone();
+            Some(tokio::spawn(
+                async move { screens::make_and_store(&blobs, upload_id, format, limits, Some(view)).await },
+            ))
+        }
+        None => screens_from_original,
+    };
+    // Screen sizes are a convenience too: the server makes any that are
+    // missing when they are first asked for.
+    if let Some(screens) = screens {
+        match tokio::time::timeout(options.job_timeout, screens).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(upload = %upload.id, error = %e, "no screen sizes"),
+            Ok(Err(e)) => tracing::warn!(upload = %upload.id, error = %e, "making screen sizes crashed"),
+            Err(_) => tracing::warn!(upload = %upload.id, "screen sizes took longer than the job's time limit"),
+        }
     }
     Ok(outcome)
 }
