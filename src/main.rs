@@ -181,19 +181,23 @@ fn main() -> Result<()> {
 
 /// The one place the tracing subscriber is set up (layers go here). Lines
 /// go to stderr through a background thread, so a request that logs only
-/// queues its line and never waits on the terminal or a pipe; when that
-/// queue is full, lines are dropped rather than slowing requests. The guard
-/// flushes what is queued when `main` returns.
+/// formats and queues its line and never waits on the terminal, a pipe or
+/// a file; when that queue is full, lines are dropped rather than slowing
+/// requests. Colours only on a terminal. The guard flushes what is queued
+/// when `main` returns.
 fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,refinery_core=warn,mysql_async=warn")
     });
+    // The thread writes what queued up as one write, not a write per line.
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .thread_name("flipstack-log")
-        .finish(std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).init();
+        .finish(stderr);
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(writer).init();
     guard
 }
 

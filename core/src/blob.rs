@@ -240,13 +240,18 @@ impl BlobStore {
         }
     }
 
+    /// Removes one blob; an absent one is fine.
+    pub async fn delete(&self, kind: BlobKind, id: UploadId) -> Result<(), BlobError> {
+        match self.store.delete(&self.path(kind, id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes every blob of an upload; absent ones are fine.
     pub async fn delete_all(&self, id: UploadId) -> Result<(), BlobError> {
         for kind in BlobKind::ALL {
-            match self.store.delete(&self.path(kind, id)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete(kind, id).await?;
         }
         Ok(())
     }

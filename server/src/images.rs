@@ -146,10 +146,11 @@ fn variant_kind(variant: &str) -> Option<BlobKind> {
     })
 }
 
-/// Makes the screen sizes of an upload stored before they existed (one
-/// upload at a time, so a gallery of old pictures does not decode them all
-/// at once) and returns the one asked for; `None` when the upload is not
-/// flipped (yet) or has no such size.
+/// The screen size asked for when it is not stored: the worker's, when it
+/// is about to store it; else made now, for an upload stored before screen
+/// sizes existed (one upload at a time, so a gallery of old pictures does
+/// not decode them all at once). `None` when the upload is not flipped
+/// (yet) or has no such size.
 async fn screen_made_now(
     state: &AppState,
     id: UploadId,
@@ -157,6 +158,20 @@ async fn screen_made_now(
     kind: BlobKind,
 ) -> Result<Option<Vec<u8>>, flipstack_core::blob::BlobError> {
     let blobs = &state.services.blobs;
+    // Just flipped: the worker marks an upload done before its screen sizes
+    // are stored, and stores them within moments; wait for those (bounded)
+    // rather than decode the picture a second time.
+    const JUST_FLIPPED_MS: i64 = 10_000;
+    if let Ok(Some(u)) = state.services.store.upload(id).await
+        && u.finished_at.is_some_and(|at| flipstack_core::domain::now_millis() - at < JUST_FLIPPED_MS)
+    {
+        for _ in 0..80 {
+            if let Some(made) = blobs.get_bytes(kind, id).await? {
+                return Ok(Some(made.to_vec()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
     let Ok(_slot) = state.screen_slots.acquire().await else {
         return Ok(None);
     };
@@ -167,7 +182,7 @@ async fn screen_made_now(
     if !blobs.exists(BlobKind::Flipped, id).await? {
         return Ok(None);
     }
-    match screens::make_and_store(blobs, id, format, state.services.limits, None).await {
+    match screens::make_and_store(blobs, state.services.store.as_ref(), id, format, state.services.limits, None).await {
         Ok(pictures) => Ok(pictures.into_iter().find_map(|p| {
             let (o, f) = (BlobKind::screen(p.size, false), BlobKind::screen(p.size, true));
             (o == kind).then_some(p.original).or_else(|| (f == kind).then_some(p.flipped))

@@ -302,13 +302,16 @@ async fn process(
     keepalive.abort();
     let now = now_millis();
     match outcome {
-        Ok(result) => match services.store.complete(id, &options.id, &result, now).await {
+        Ok((result, screens)) => match services.store.complete(id, &options.id, &result, now).await {
             Ok(Some(change)) => {
                 after_change(services, &change).await;
                 ack(services, d).await;
                 services.metrics.job("done");
                 services.metrics.observe_job(started.elapsed().as_secs_f64());
                 tracing::info!(upload = %id, method = %result.method, ms = started.elapsed().as_millis() as u64, "flipped");
+                if let Some(screens) = screens {
+                    finish_screens(options, id, screens).await;
+                }
                 Ok(true)
             }
             Ok(None) => {
@@ -403,6 +406,21 @@ async fn settle_lost_completion(services: &Services, d: &Delivery, id: UploadId)
     }
 }
 
+/// The screen sizes being made beside a flip.
+type Screens = tokio::task::JoinHandle<Result<Vec<imaging::ScreenPicture>, screens::ScreenError>>;
+
+/// Waits for the screen sizes before the next job. They are a convenience:
+/// without them the server makes them when they are first asked for, so a
+/// failure is only logged.
+async fn finish_screens(options: &WorkerOptions, id: UploadId, screens: Screens) {
+    match tokio::time::timeout(options.job_timeout, screens).await {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(upload = %id, error = %e, "no screen sizes"),
+        Ok(Err(e)) => tracing::warn!(upload = %id, error = %e, "making screen sizes crashed"),
+        Err(_) => tracing::warn!(upload = %id, "screen sizes took longer than the job's time limit"),
+    }
+}
+
 enum JobError {
     /// The picture itself is the problem: trying again cannot help.
     Permanent(String),
@@ -416,7 +434,7 @@ async fn flip_and_store(
     services: &Services,
     options: &WorkerOptions,
     upload: &Upload,
-) -> Result<FlipOutcome, JobError> {
+) -> Result<(FlipOutcome, Option<Screens>), JobError> {
     let original = match services.blobs.get_bytes(BlobKind::Original, upload.id).await {
         Ok(Some(b)) => b,
         Ok(None) => {
@@ -431,8 +449,10 @@ async fn flip_and_store(
     // Screen sizes come from their own scaled decode, on another core while
     // the flip runs (HEIC/AVIF: from the JPEG view the flip makes, after it).
     let screens_from_original = (screens::source_kind(format) == BlobKind::Original).then(|| {
-        let (blobs, original) = (services.blobs.clone(), original.clone());
-        tokio::spawn(async move { screens::make_and_store(&blobs, upload_id, format, limits, Some(original)).await })
+        let (blobs, store, original) = (services.blobs.clone(), services.store.clone(), original.clone());
+        tokio::spawn(async move {
+            screens::make_and_store(&blobs, store.as_ref(), upload_id, format, limits, Some(original)).await
+        })
     });
     let work = tokio::task::spawn_blocking(move || imaging::flip_with_thumbnails(&original, format, &limits));
     let processed = match tokio::time::timeout(options.job_timeout, work).await {
@@ -477,24 +497,14 @@ async fn flip_and_store(
                 services.blobs.put(BlobKind::FlippedDisplay, upload.id, d.flipped),
             )
             .map_err(stored)?;
-            let blobs = services.blobs.clone();
-            Some(tokio::spawn(
-                async move { screens::make_and_store(&blobs, upload_id, format, limits, Some(view)).await },
-            ))
+            let (blobs, store) = (services.blobs.clone(), services.store.clone());
+            Some(tokio::spawn(async move {
+                screens::make_and_store(&blobs, store.as_ref(), upload_id, format, limits, Some(view)).await
+            }))
         }
         None => screens_from_original,
     };
-    // Screen sizes are a convenience too: the server makes any that are
-    // missing when they are first asked for.
-    if let Some(screens) = screens {
-        match tokio::time::timeout(options.job_timeout, screens).await {
-            Ok(Ok(Ok(_))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(upload = %upload.id, error = %e, "no screen sizes"),
-            Ok(Err(e)) => tracing::warn!(upload = %upload.id, error = %e, "making screen sizes crashed"),
-            Err(_) => tracing::warn!(upload = %upload.id, "screen sizes took longer than the job's time limit"),
-        }
-    }
-    Ok(outcome)
+    Ok((outcome, screens))
 }
 
 /// SQS only: sends again the jobs whose message was lost (a failed send, a
