@@ -150,8 +150,9 @@ impl Services {
         let aws = AwsSettings::from_config(&config);
         let blobs = BlobStore::from_url(&config.blob_url(), &aws.region, aws.endpoint.as_deref())?;
         let poll = Duration::from_millis(config.queue_poll_ms);
+        let wake_dir = crate::wake::folder(&config.data_dir);
         let queue = wait_for("queue", deadline, Instant::now(), || {
-            crate::queue::connect(&config.queue_url, store.clone(), poll, &aws)
+            crate::queue::connect(&config.queue_url, store.clone(), poll, &wake_dir, &aws)
         })
         .await?;
         let mailer = crate::mail::from_url(&config.mail_url(), &config.mail_from)?;

@@ -140,6 +140,8 @@ pub async fn start(services: Arc<Services>, addr: SocketAddr) -> Result<RunningS
         blocked: BlockFlag::new(blocked),
         events,
         verify_slots: Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        screen_slots: Semaphore::new(1),
+        stopping: stopped.clone(),
         spool_dir,
         owners: moka::sync::Cache::new(100_000),
         started_at: Instant::now(),
@@ -312,6 +314,17 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and(warp::header::optional::<String>("accept"))
         .and(small_form(form_within))
         .and_then(|id, state, cookie, accept, form| pages::delete_submit(state, id, cookie, accept, form));
+    let gallery_events = warp::path!("gallery" / "events")
+        .and(warp::get())
+        .and(s())
+        .and(visitor(state.clone()))
+        .and_then(pages::gallery_events);
+    let viewer = warp::path!("uploads" / String / "view")
+        .and(warp::get())
+        .and(s())
+        .and(visitor(state.clone()))
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(|id, state, cookie, query| pages::viewer(state, id, cookie, query));
     let logout = warp::path!("logout")
         .and(warp::post())
         .and(s())
@@ -369,6 +382,10 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .or(delete_confirm)
         .unify()
         .or(delete_submit)
+        .unify()
+        .or(viewer)
+        .unify()
+        .or(gallery_events)
         .unify()
         .or(images)
         .unify();

@@ -18,7 +18,9 @@ use flipstack_core::domain::{UploadId, UploadState, now_millis};
 use flipstack_core::imaging::{self, FlipError};
 use flipstack_core::metrics::background;
 use flipstack_core::queue::Delivery;
+use flipstack_core::screens;
 use flipstack_core::store::{Failure, FlipOutcome, StateChange, Upload, WorkerInfo};
+use flipstack_core::wake;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -247,6 +249,9 @@ async fn ack(services: &Services, d: &Delivery) {
 
 async fn after_change(services: &Services, change: &StateChange) {
     services.gallery.invalidate(&change.person_hash, &change.receipt).await;
+    // Servers on this machine read the events now instead of on their next
+    // tick, so the uploader's page hears of it at once.
+    wake::notify(&wake::folder(&services.config.data_dir), wake::Role::Server);
 }
 
 /// Flips one claimed upload. Ok(true) when it ended `done`.
@@ -297,13 +302,16 @@ async fn process(
     keepalive.abort();
     let now = now_millis();
     match outcome {
-        Ok(result) => match services.store.complete(id, &options.id, &result, now).await {
+        Ok((result, screens)) => match services.store.complete(id, &options.id, &result, now).await {
             Ok(Some(change)) => {
                 after_change(services, &change).await;
                 ack(services, d).await;
                 services.metrics.job("done");
                 services.metrics.observe_job(started.elapsed().as_secs_f64());
                 tracing::info!(upload = %id, method = %result.method, ms = started.elapsed().as_millis() as u64, "flipped");
+                if let Some(screens) = screens {
+                    finish_screens(options, id, screens).await;
+                }
                 Ok(true)
             }
             Ok(None) => {
@@ -398,6 +406,21 @@ async fn settle_lost_completion(services: &Services, d: &Delivery, id: UploadId)
     }
 }
 
+/// The screen sizes being made beside a flip.
+type Screens = tokio::task::JoinHandle<Result<Vec<imaging::ScreenPicture>, screens::ScreenError>>;
+
+/// Waits for the screen sizes before the next job. They are a convenience:
+/// without them the server makes them when they are first asked for, so a
+/// failure is only logged.
+async fn finish_screens(options: &WorkerOptions, id: UploadId, screens: Screens) {
+    match tokio::time::timeout(options.job_timeout, screens).await {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(upload = %id, error = %e, "no screen sizes"),
+        Ok(Err(e)) => tracing::warn!(upload = %id, error = %e, "making screen sizes crashed"),
+        Err(_) => tracing::warn!(upload = %id, "screen sizes took longer than the job's time limit"),
+    }
+}
+
 enum JobError {
     /// The picture itself is the problem: trying again cannot help.
     Permanent(String),
@@ -411,7 +434,7 @@ async fn flip_and_store(
     services: &Services,
     options: &WorkerOptions,
     upload: &Upload,
-) -> Result<FlipOutcome, JobError> {
+) -> Result<(FlipOutcome, Option<Screens>), JobError> {
     let original = match services.blobs.get_bytes(BlobKind::Original, upload.id).await {
         Ok(Some(b)) => b,
         Ok(None) => {
@@ -421,8 +444,16 @@ async fn flip_and_store(
             return Err(JobError::Transient(format!("could not read the original: {e}")));
         }
     };
-    let (format, limits) = (upload.format, services.limits);
+    let (format, limits, upload_id) = (upload.format, services.limits, upload.id);
     imaging::keep_memory_between_flips();
+    // Screen sizes come from their own scaled decode, on another core while
+    // the flip runs (HEIC/AVIF: from the JPEG view the flip makes, after it).
+    let screens_from_original = (screens::source_kind(format) == BlobKind::Original).then(|| {
+        let (blobs, store, original) = (services.blobs.clone(), services.store.clone(), original.clone());
+        tokio::spawn(async move {
+            screens::make_and_store(&blobs, store.as_ref(), upload_id, format, limits, Some(original)).await
+        })
+    });
     let work = tokio::task::spawn_blocking(move || imaging::flip_with_thumbnails(&original, format, &limits));
     let processed = match tokio::time::timeout(options.job_timeout, work).await {
         Err(_) => return Err(JobError::Stuck),
@@ -458,14 +489,22 @@ async fn flip_and_store(
         None => services.blobs.put(BlobKind::Flipped, upload.id, flipped.bytes).await.map_err(stored)?,
     }
     // HEIC/AVIF: what the gallery shows, since browsers do not all show them.
-    if let Some(d) = processed.display {
-        tokio::try_join!(
-            services.blobs.put(BlobKind::OriginalDisplay, upload.id, d.original),
-            services.blobs.put(BlobKind::FlippedDisplay, upload.id, d.flipped),
-        )
-        .map_err(stored)?;
-    }
-    Ok(outcome)
+    let screens = match processed.display {
+        Some(d) => {
+            let view = d.original.clone().into();
+            tokio::try_join!(
+                services.blobs.put(BlobKind::OriginalDisplay, upload.id, d.original),
+                services.blobs.put(BlobKind::FlippedDisplay, upload.id, d.flipped),
+            )
+            .map_err(stored)?;
+            let (blobs, store) = (services.blobs.clone(), services.store.clone());
+            Some(tokio::spawn(async move {
+                screens::make_and_store(&blobs, store.as_ref(), upload_id, format, limits, Some(view)).await
+            }))
+        }
+        None => screens_from_original,
+    };
+    Ok((outcome, screens))
 }
 
 /// SQS only: sends again the jobs whose message was lost (a failed send, a

@@ -80,10 +80,11 @@ pub async fn connect(
     url: &str,
     store: Arc<dyn MetadataStore>,
     poll: Duration,
+    wake_dir: &std::path::Path,
     aws: &crate::aws::AwsSettings,
 ) -> Result<Arc<dyn JobQueue>, QueueError> {
     if url == "db://" || url == "db" {
-        return Ok(Arc::new(db::DbQueue::new(store, poll)));
+        return Ok(Arc::new(db::DbQueue::new(store, poll, wake_dir.to_owned())));
     }
     if url.starts_with("https://") || url.starts_with("http://") {
         return Ok(Arc::new(crate::aws::sqs::SqsQueue::connect(url, aws).await?));
