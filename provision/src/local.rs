@@ -1,7 +1,8 @@
 //! The local target: `flipstack up`'s worker pool. Worker processes
 //! (`flipstack work`) are started, restarted when they die, and scaled
 //! between min and max on the backlog per worker with the same [`Scaler`] the
-//! AWS worker group mirrors, on the backlog of waiting and in-flight jobs.
+//! AWS worker group mirrors, on the backlog of distinct waiting and in-hand
+//! jobs in the uploads table (never queue messages, which can be duplicated).
 //! Scaling in drains only idle workers (one holding a job is protected, as on
 //! AWS) with SIGTERM. The pool's state is published to the
 //! settings table for the admin API's status.
@@ -85,10 +86,12 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
             Err(_) => false,
         });
         let active = workers.iter().filter(|w| !w.draining).count() as u32;
-        // Jobs in hand count as much as waiting ones: a pool working hard is not
+        // Distinct jobs from the uploads table, as the AWS worker group's policy
+        // counts them: duplicate queue messages never grow the pool. Jobs in
+        // hand count as much as waiting ones: a pool working hard is not
         // shrunk mid-burst just because its jobs were taken.
-        let backlog = match services.queue.depth().await {
-            Ok(d) => d.visible + d.in_flight,
+        let backlog = match services.store.upload_stats().await {
+            Ok(s) => s.unfinished(),
             Err(e) => {
                 tracing::debug!(error = %e, "could not read the backlog; keeping the pool as it is");
                 continue;

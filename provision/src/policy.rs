@@ -8,8 +8,10 @@
 //! (so a short lull does not drop workers that the next burst needs), while
 //! scaling *out* is immediate.
 //!
-//! On AWS the worker group's target-tracking policy is the same rule: metric
-//! math `(visible + in-flight messages) ÷ in-service instances` with target
+//! The backlog is the distinct unfinished jobs of the uploads table
+//! (`UploadStats::unfinished`), locally and on AWS. On AWS the worker group's
+//! target-tracking policy is the same rule: metric math `QueueBacklog (the
+//! web servers' published count) ÷ in-service instances` with target
 //! `backlog_per_worker`, the service's own tolerance, and the group's default
 //! instance warmup standing in for the stabilisation window.
 

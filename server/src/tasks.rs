@@ -24,7 +24,7 @@ pub fn spawn_all(state: Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
         tasks.push(tokio::spawn(background(async move {
             let publisher =
                 flipstack_core::aws::cloudwatch::Publisher::new(&s.aws, &s.config.metrics_namespace, "web").await;
-            publisher.run(s.metrics.clone(), s.queue.clone(), Duration::from_secs(60)).await;
+            publisher.run(s.metrics.clone(), s.store.clone(), Duration::from_secs(60)).await;
         })));
     }
     tasks

@@ -512,6 +512,17 @@ impl Browser {
         hidden_value(&page, "csrf").expect("the form has a csrf field")
     }
 
+    /// Uploads as [`Browser::upload`] does, telling a server that did not
+    /// answer (or whose form had no token) by an error instead of a panic.
+    pub async fn try_upload(&self, email: &str, filename: &str, bytes: &[u8]) -> Result<reqwest::Response, String> {
+        let form = self.client.get(self.url("/form")).send().await.map_err(|e| format!("the form: {e}"))?;
+        let page = form.text().await.map_err(|e| format!("the form: {e}"))?;
+        let csrf = hidden_value(&page, "csrf").ok_or_else(|| format!("a form without a csrf field: {page:.200}"))?;
+        self.try_upload_parts(&[("csrf", &csrf), ("email", email)], &[(filename.as_bytes(), bytes)], false)
+            .await
+            .map_err(|e| format!("the upload: {e}"))
+    }
+
     pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
         self.client.post(self.url(path)).form(fields).send().await.unwrap()
     }
@@ -538,6 +549,15 @@ impl Browser {
         files: &[(&[u8], &[u8])],
         json: bool,
     ) -> reqwest::Response {
+        self.try_upload_parts(fields, files, json).await.unwrap()
+    }
+
+    pub async fn try_upload_parts(
+        &self,
+        fields: &[(&str, &str)],
+        files: &[(&[u8], &[u8])],
+        json: bool,
+    ) -> reqwest::Result<reqwest::Response> {
         let boundary = format!("----flipstacktest{:016x}", rand::random::<u64>());
         let mut body = Vec::new();
         for (k, v) in fields {
@@ -563,7 +583,7 @@ impl Browser {
         if json {
             req = req.header("accept", "application/json");
         }
-        req.send().await.unwrap()
+        req.send().await
     }
 
     pub fn cookie(&self, name: &str) -> Option<String> {

@@ -19,7 +19,7 @@ use flipstack_core::imaging::{self, FlipError};
 use flipstack_core::metrics::background;
 use flipstack_core::queue::Delivery;
 use flipstack_core::screens;
-use flipstack_core::store::{Failure, FlipOutcome, StateChange, Upload, WorkerInfo};
+use flipstack_core::store::{Failure, FlipOutcome, Leadership, StateChange, Upload, WorkerInfo};
 use flipstack_core::wake;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -103,8 +103,7 @@ async fn run_inner(
     let beat = tokio::spawn(background(heartbeat(services.clone(), shared.clone())));
     let mut helpers = Vec::new();
     if services.queue.needs_reconciler() {
-        helpers.push(tokio::spawn(background(reconcile(services.clone()))));
-        helpers.push(tokio::spawn(background(watch_dead_letters(services.clone()))));
+        helpers.push(tokio::spawn(background(fleet_duties(services.clone()))));
     }
     if services.on_aws() {
         // The worker's own numbers (jobs, durations, queue waits) reach CloudWatch
@@ -113,7 +112,7 @@ async fn run_inner(
         helpers.push(tokio::spawn(background(async move {
             let publisher =
                 flipstack_core::aws::cloudwatch::Publisher::new(&s.aws, &s.config.metrics_namespace, "worker").await;
-            publisher.run(s.metrics.clone(), s.queue.clone(), Duration::from_secs(60)).await;
+            publisher.run(s.metrics.clone(), s.store.clone(), Duration::from_secs(60)).await;
         })));
     }
     tracing::info!(worker = %options.id, queue = services.queue.kind(), "worker started");
@@ -507,48 +506,119 @@ async fn flip_and_store(
     Ok((outcome, screens))
 }
 
-/// SQS only: sends again the jobs whose message was lost (a failed send, a
-/// crash between the insert and the send). Duplicates are harmless.
-async fn reconcile(services: Arc<Services>) {
+/// The fleet-wide lock whose holder runs [`fleet_duties`].
+pub const RECONCILER_DUTY: &str = "reconciler";
+
+/// SQS only: the duties one process does for the whole fleet, whichever
+/// worker holds the database lock ([`RECONCILER_DUTY`]): re-sending jobs whose
+/// message is really missing, and marking dead letters failed. Every worker
+/// tries for the lock each period, so another takes over within one period
+/// when the holder dies. One reconciler, re-sending only what is missing,
+/// keeps the queue at one message per waiting job however old the backlog.
+async fn fleet_duties(services: Arc<Services>) {
     let after = Duration::from_secs(services.config.requeue_after_secs.max(1));
-    let cutoff_ms = after.as_millis() as i64;
-    let mut tick = tokio::time::interval((after / 2).min(Duration::from_secs(30)));
+    let mut tick = tokio::time::interval((after / 2).clamp(Duration::from_secs(1), Duration::from_secs(30)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lead: Option<Box<dyn Leadership>> = None;
+    let mut reconciler = Reconciler { after, queue_was_empty: false };
+    let mut dead_letters_due = Instant::now();
     loop {
         tick.tick().await;
+        if let Some(held) = lead.as_mut()
+            && !held.still_held().await
+        {
+            lead = None;
+            tracing::warn!("lost the fleet's reconciler lock (database connection lost); trying to take it again");
+        }
+        if lead.is_none() {
+            match services.store.try_lead(RECONCILER_DUTY).await {
+                Ok(Some(held)) => {
+                    tracing::info!("this worker now reconciles the queue for the fleet");
+                    lead = Some(held);
+                    reconciler.queue_was_empty = false;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not ask for the reconciler lock");
+                    continue;
+                }
+            }
+        }
+        reconciler.pass(&services).await;
+        if Instant::now() >= dead_letters_due {
+            mark_dead_letters(&services).await;
+            dead_letters_due = Instant::now() + Duration::from_secs(15);
+        }
+    }
+}
+
+/// Re-sends a job only when its message is missing, so a waiting job never
+/// gets a second copy because it waited long.
+struct Reconciler {
+    /// How long a job may wait unsent (or, on an empty queue, since its last send).
+    after: Duration,
+    /// The previous pass found the queue empty.
+    queue_was_empty: bool,
+}
+
+impl Reconciler {
+    async fn pass(&mut self, services: &Services) {
         let now = now_millis();
-        let ids = match services.store.unqueued(now, now - cutoff_ms, 100).await {
-            Ok(ids) => ids,
+        let cutoff = now - self.after.as_millis() as i64;
+        // 1. Never confirmed sent: the send failed, or the server died around it.
+        match services.store.unsent(cutoff, 100).await {
+            Ok(ids) => resend(services, ids, "its message was never confirmed sent").await,
+            Err(e) => tracing::debug!(error = %e, "reconciler could not read the uploads"),
+        }
+        // 2. Sent, but the queue lost it (purged, retention ran out): only an
+        // empty queue, twice in a row a period apart, proves that waiting jobs
+        // have no message; a job with its message always counts in the queue
+        // (visible, or hidden while held or waiting for a retry).
+        let empty = match services.queue.depth().await {
+            Ok(d) => d.visible + d.in_flight == 0,
             Err(e) => {
-                tracing::debug!(error = %e, "reconciler could not read the uploads");
-                continue;
+                tracing::debug!(error = %e, "reconciler could not read the queue's depth");
+                false
             }
         };
-        for id in ids {
-            if services.queue.enqueue(id).await.is_ok() {
-                let _ = services.store.mark_enqueued(id, now).await;
-                tracing::info!(upload = %id, "re-sent a job whose message was missing");
+        if empty && self.queue_was_empty {
+            match services.store.unqueued(now, cutoff, 100).await {
+                Ok(ids) => resend(services, ids, "the queue is empty while it waits").await,
+                Err(e) => tracing::debug!(error = %e, "reconciler could not read the uploads"),
+            }
+        }
+        self.queue_was_empty = empty;
+    }
+}
+
+async fn resend(services: &Services, ids: Vec<UploadId>, why: &str) {
+    for id in ids {
+        match services.queue.enqueue(id).await {
+            Ok(()) => {
+                let _ = services.store.mark_enqueued(id, now_millis()).await;
+                tracing::warn!(upload = %id, why, "re-sent a job whose message was missing");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, upload = %id, "could not re-send a job; trying again next period");
+                return;
             }
         }
     }
 }
 
 /// SQS only: a message in the dead-letter queue marks its upload failed.
-async fn watch_dead_letters(services: Arc<Services>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(15));
-    loop {
-        tick.tick().await;
-        let Ok(letters) = services.queue.dead_letters(10).await else {
-            continue;
-        };
-        for d in letters {
-            let reason = format!(
-                "Flipping failed {} times in a row; the job was set aside for the operators.",
-                d.receive_count.max(1)
-            );
-            if let Ok(Some(change)) = services.store.give_up(d.upload_id, &reason, now_millis()).await {
-                after_change(&services, &change).await;
-                tracing::warn!(upload = %d.upload_id, "job reached the dead-letter queue; marked failed");
-            }
+async fn mark_dead_letters(services: &Services) {
+    let Ok(letters) = services.queue.dead_letters(10).await else {
+        return;
+    };
+    for d in letters {
+        let reason = format!(
+            "Flipping failed {} times in a row; the job was set aside for the operators.",
+            d.receive_count.max(1)
+        );
+        if let Ok(Some(change)) = services.store.give_up(d.upload_id, &reason, now_millis()).await {
+            after_change(services, &change).await;
+            tracing::warn!(upload = %d.upload_id, "job reached the dead-letter queue; marked failed");
         }
     }
 }

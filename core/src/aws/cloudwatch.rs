@@ -2,7 +2,8 @@
 //! minute from a background task, never on a request path: cache hits and
 //! misses, gallery reads by source, queue wait and processing time, jobs
 //! done, failed and retried (a worker sends these every minute, zeros too,
-//! so "no failures" differs from "no data"), and the queue's depth. Dimension `Role` tells web servers from workers.
+//! so "no failures" differs from "no data"), and the fleet's backlog of
+//! distinct unfinished jobs. Dimension `Role` tells web servers from workers.
 //! [`fleet_numbers`] reads them back, summed over the fleet, for the console.
 
 use std::sync::Arc;
@@ -13,7 +14,15 @@ use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 
 use super::AwsSettings;
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::queue::JobQueue;
+use crate::store::MetadataStore;
+
+/// The fleet's backlog: distinct jobs waiting or in hand, counted in the
+/// uploads table ([`UploadStats::unfinished`]), never queue messages (which a
+/// re-send can duplicate). The worker group's scaling policy divides it by
+/// the workers in service.
+///
+/// [`UploadStats::unfinished`]: crate::store::UploadStats::unfinished
+pub const BACKLOG_METRIC: &str = "QueueBacklog";
 
 pub struct Publisher {
     client: Client,
@@ -38,7 +47,7 @@ impl Publisher {
         b.build()
     }
 
-    /// The datums for what changed between two snapshots (plus the queue depth).
+    /// The datums for what changed between two snapshots (plus the backlog, [`BACKLOG_METRIC`]).
     pub fn datums(&self, before: &MetricsSnapshot, now: &MetricsSnapshot, backlog: Option<u64>) -> Vec<MetricDatum> {
         let delta = |a: u64, b: u64| b.saturating_sub(a) as f64;
         let mut d = vec![
@@ -79,7 +88,7 @@ impl Publisher {
             d.push(self.datum("QueueWaitSeconds", secs, StandardUnit::Seconds, None));
         }
         if let Some(b) = backlog {
-            d.push(self.datum("QueueBacklog", b as f64, StandardUnit::Count, None));
+            d.push(self.datum(BACKLOG_METRIC, b as f64, StandardUnit::Count, None));
         }
         d
     }
@@ -98,14 +107,14 @@ impl Publisher {
     }
 
     /// Runs until the task is dropped.
-    pub async fn run(self, metrics: Arc<Metrics>, queue: Arc<dyn JobQueue>, every: Duration) {
+    pub async fn run(self, metrics: Arc<Metrics>, store: Arc<dyn MetadataStore>, every: Duration) {
         let mut last = metrics.snapshot();
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tick.tick().await;
             let now = metrics.snapshot();
-            let backlog = queue.depth().await.ok().map(|d| d.visible);
+            let backlog = store.upload_stats().await.ok().map(|s| s.unfinished());
             if let Err(e) = self.put(self.datums(&last, &now, backlog)).await {
                 tracing::warn!(error = %e, "could not send metrics to CloudWatch; will try again next minute");
             }
@@ -178,7 +187,7 @@ pub async fn fleet_numbers(aws: &AwsSettings, namespace: &str, now_ms: i64) -> R
         .metric_data_queries(query("jobs", "JobsDone", "worker", None, "Sum"))
         .metric_data_queries(query("failed", "JobsFailed", "worker", None, "Sum"))
         .metric_data_queries(query("jobsecs", "JobSeconds", "worker", None, "Average"))
-        .metric_data_queries(query("backlog", "QueueBacklog", "web", None, "Maximum"))
+        .metric_data_queries(query("backlog", BACKLOG_METRIC, "web", None, "Maximum"))
         .send()
         .await
         .map_err(|e| aws_sdk_cloudwatch::error::DisplayErrorContext(e).to_string())?;

@@ -245,6 +245,22 @@ pub struct UploadStats {
     pub oldest_unfinished_at: Option<Millis>,
 }
 
+impl UploadStats {
+    /// Distinct jobs waiting or in hand (pending + processing rows): the
+    /// backlog the fleet scales on, which duplicate queue messages never inflate.
+    pub fn unfinished(&self) -> u64 {
+        ["pending", "processing"].iter().filter_map(|s| self.by_state.get(*s)).sum()
+    }
+}
+
+/// A fleet-wide duty held by one process at a time (see [`MetadataStore::try_lead`]).
+#[async_trait]
+pub trait Leadership: Send + Sync {
+    /// False once the lock is lost (its connection dropped, the primary
+    /// restarted): the holder stops its duty and tries to lead again later.
+    async fn still_held(&mut self) -> bool;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerInfo {
     pub id: String,
@@ -325,6 +341,15 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Unfinished jobs last sent to the queue before `cutoff` and not leased now.
     async fn unqueued(&self, now: Millis, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>>;
     async fn mark_enqueued(&self, id: UploadId, now: Millis) -> StoreResult<()>;
+    /// Pending jobs recorded before `cutoff` whose message was never
+    /// confirmed sent (the send failed, or the server died around it) and
+    /// that no worker ever claimed (a claim proves a message existed).
+    async fn unsent(&self, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>>;
+    /// Takes the fleet-wide lock of `duty` without waiting: `Some` for the one
+    /// process that holds it. The database frees it when the holder's
+    /// connection or process dies (MySQL `GET_LOCK`; a file lock beside an
+    /// SQLite database).
+    async fn try_lead(&self, duty: &str) -> StoreResult<Option<Box<dyn Leadership>>>;
     async fn upload_stats(&self) -> StoreResult<UploadStats>;
     async fn recent_failures(&self, limit: u32) -> StoreResult<Vec<Upload>>;
 
@@ -443,6 +468,17 @@ pub(crate) mod sql {
 
     pub const PERSON_USAGE: &str =
         "SELECT CAST(COALESCE(SUM(bytes + COALESCE(flipped_bytes, 0)), 0) AS SIGNED) FROM uploads WHERE person_id = ?";
+
+    /// See `MetadataStore::unsent`.
+    pub const UNSENT_JOBS: &str = "SELECT id FROM uploads WHERE state = 'pending' AND claims = 0 \
+        AND enqueued_at IS NULL AND created_at < ? ORDER BY id LIMIT ?";
+
+    /// See `MetadataStore::unqueued`.
+    pub const UNQUEUED_JOBS: &str = "SELECT id FROM uploads \
+        WHERE (state = 'pending' OR (state = 'processing' AND lease_until < ?)) \
+        AND ((enqueued_at IS NULL AND created_at < ?) OR enqueued_at < ?) ORDER BY id LIMIT ?";
+
+    pub const MARK_ENQUEUED: &str = "UPDATE uploads SET enqueued_at = ? WHERE id = ?";
 
     pub const EVENT_INSERT: &str =
         "INSERT INTO events (id, at, kind, upload_id, person_hash, detail) VALUES (?, ?, ?, ?, ?, ?)";

@@ -25,9 +25,9 @@ use super::clients::{aws_error, code_in};
 use super::names::{Names, ensure_ours, owner};
 use super::network::{APP_PORT, Groups, Network, filter, tags};
 use super::run::Run;
-use super::storage::Queues;
 use super::{Kind, ProvisionError, StackSpec};
 use crate::fleet::{ROLE_TAG, STACK_TAG};
+use flipstack_core::aws::cloudwatch::BACKLOG_METRIC;
 
 pub const ROLES: [&str; 2] = ["web", "worker"];
 /// Time a new instance has to fetch the release and pass its first health check.
@@ -433,7 +433,6 @@ pub fn tracking(
     spec: &StackSpec,
     names: &Names,
     lb: &LoadBalancer,
-    queues: &Queues,
 ) -> Option<TargetTrackingConfiguration> {
     match role {
         "web" => Some(
@@ -470,19 +469,15 @@ pub fn tracking(
                 TargetTrackingConfiguration::builder()
                     .customized_metric_specification(
                         CustomizedMetricSpecification::builder()
+                            // Distinct jobs waiting or in hand, counted in the uploads
+                            // table and published by the web servers: duplicate queue
+                            // messages never count (the rule of `flipstack up`'s pool).
                             .metrics(stat(
-                                "backlog",
-                                "AWS/SQS",
-                                "ApproximateNumberOfMessagesVisible",
-                                ("QueueName", &queues.name),
-                                "Sum",
-                            ))
-                            .metrics(stat(
-                                "in_flight",
-                                "AWS/SQS",
-                                "ApproximateNumberOfMessagesNotVisible",
-                                ("QueueName", &queues.name),
-                                "Sum",
+                                "jobs",
+                                &spec.metrics_namespace,
+                                BACKLOG_METRIC,
+                                ("Role", "web"),
+                                "Maximum",
                             ))
                             .metrics(stat(
                                 "workers",
@@ -493,9 +488,9 @@ pub fn tracking(
                             ))
                             .metrics(
                                 TargetTrackingMetricDataQuery::builder()
-                                    .id("backlog_per_worker")
-                                    .expression("(backlog + in_flight) / workers")
-                                    .label("waiting and in-flight messages per in-service worker")
+                                    .id("jobs_per_worker")
+                                    .expression("jobs / workers")
+                                    .label("distinct unfinished jobs per in-service worker")
                                     .return_data(true)
                                     .build(),
                             )
@@ -576,7 +571,6 @@ pub async fn ensure_groups(
     spec: &StackSpec,
     net: &Network,
     lb: &LoadBalancer,
-    queues: &Queues,
 ) -> Result<(), ProvisionError> {
     let stack = run.stack().to_owned();
     let asg = run.c.asg.clone();
@@ -725,7 +719,7 @@ pub async fn ensure_groups(
                 }
             }
         }
-        ensure_policy(run, spec, role, lb, queues).await?;
+        ensure_policy(run, spec, role, lb).await?;
     }
     Ok(())
 }
@@ -748,12 +742,11 @@ async fn ensure_policy(
     spec: &StackSpec,
     role: &str,
     lb: &LoadBalancer,
-    queues: &Queues,
 ) -> Result<(), ProvisionError> {
     let group = run.names.group(role);
     let name = run.names.policy(role);
     run.checking(Kind::ScalingPolicy, &name);
-    let want = tracking(role, spec, &run.names, lb, queues);
+    let want = tracking(role, spec, &run.names, lb);
     let existing = if find_group(run, &group).await?.is_some() {
         group_policies(run, &group).await?.into_iter().find(|p| p.policy_name() == Some(name.as_str()))
     } else {
@@ -762,7 +755,7 @@ async fn ensure_policy(
     let note = match role {
         "web" => format!("target tracking: {} ALB requests per instance per minute", spec.requests_per_target),
         _ => format!(
-            "target tracking: {} waiting and in-flight messages per in-service worker (metric math: (ApproximateNumberOfMessagesVisible + ApproximateNumberOfMessagesNotVisible) / GroupInServiceInstances)",
+            "target tracking: {} unfinished jobs per in-service worker (metric math: {BACKLOG_METRIC} / GroupInServiceInstances; distinct jobs from the uploads table, never queue messages)",
             spec.backlog_per_worker
         ),
     };
@@ -827,20 +820,19 @@ mod tests {
     }
 
     #[test]
-    fn the_worker_policy_divides_waiting_and_in_flight_jobs_by_in_service_workers() {
+    fn the_worker_policy_divides_distinct_unfinished_jobs_by_in_service_workers() {
         let spec = StackSpec::new("t", flipstack_core::aws::AwsSettings { region: "eu-west-1".into(), endpoint: None });
-        let queues = Queues { name: "flipstack-t-jobs".into(), url: None };
-        let t = tracking("worker", &spec, &names(), &LoadBalancer::default(), &queues).unwrap();
+        let t = tracking("worker", &spec, &names(), &LoadBalancer::default()).unwrap();
         let f = fingerprint(&t);
-        assert!(f.contains("AWS/SQS/ApproximateNumberOfMessagesVisible[QueueName=flipstack-t-jobs]:Sum"), "{f}");
+        assert!(f.contains("flipstack/QueueBacklog[Role=web]:Maximum"), "{f}");
         assert!(
             f.contains("AWS/AutoScaling/GroupInServiceInstances[AutoScalingGroupName=flipstack-t-worker]:Average"),
             "{f}"
         );
-        assert!(f.contains("AWS/SQS/ApproximateNumberOfMessagesNotVisible[QueueName=flipstack-t-jobs]:Sum"), "{f}");
-        assert!(f.contains("backlog_per_worker|(backlog + in_flight) / workers||true"), "{f}");
+        assert!(!f.contains("AWS/SQS"), "queue message counts (duplicates included) never scale the group: {f}");
+        assert!(f.contains("jobs_per_worker|jobs / workers||true"), "{f}");
         assert!(f.starts_with("target=4;"), "{f}");
         // The web policy needs the load balancer's label, unknown in a plan.
-        assert!(tracking("web", &spec, &names(), &LoadBalancer::default(), &queues).is_none());
+        assert!(tracking("web", &spec, &names(), &LoadBalancer::default()).is_none());
     }
 }
