@@ -321,7 +321,9 @@ async fn console_pauses_retries_scales_lists_and_read_only_refuses() {
         admin.history(poison).await == ["uploaded", "failed", "retried", "failed"]
     })
     .await;
+    // One Escape at a time: two at once read as one key (Alt-Escape).
     tmux.keys(&["Escape"]);
+    tmux.wait_for("the listing again", Duration::from_secs(5), |s| s.contains("Enter details"));
     tmux.keys(&["Escape"]);
     tmux.wait_for("the main screen", Duration::from_secs(5), |s| s.contains("┌ fleet"));
 
@@ -342,7 +344,9 @@ async fn console_pauses_retries_scales_lists_and_read_only_refuses() {
     // l: the server's warnings and errors; ?: every key.
     tmux.keys(&["l"]);
     tmux.wait_for("the log view", Duration::from_secs(10), |s| s.contains("server log"));
-    tmux.keys(&["Escape", "?"]);
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the main screen", Duration::from_secs(5), |s| s.contains("┌ fleet"));
+    tmux.keys(&["?"]);
     let help = tmux.wait_for("the help", Duration::from_secs(5), |s| s.contains("┌ help"));
     for k in [
         "retry every failed upload",
@@ -353,7 +357,9 @@ async fn console_pauses_retries_scales_lists_and_read_only_refuses() {
     ] {
         assert!(help.contains(k), "help lists {k:?}:\n{help}");
     }
-    tmux.keys(&["Escape", "q"]);
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the main screen", Duration::from_secs(5), |s| s.contains("┌ fleet"));
+    tmux.keys(&["q"]);
     drop(tmux);
 
     // A read-only console refuses every change, and changes nothing.
@@ -381,7 +387,6 @@ async fn console_pauses_retries_scales_lists_and_read_only_refuses() {
     tmux.wait_for("the failed upload", Duration::from_secs(10), |s| s.contains(&poison.to_string()));
     tmux.keys(&["r"]);
     tmux.wait_for("the refusal in the view", Duration::from_secs(5), |s| s.contains("read-only console"));
-    tmux.keys(&["Escape", "q"]);
     let status = admin.get("/admin/api/status").await;
     assert_eq!(status["workers_paused"], false, "not paused by the read-only console");
     assert_eq!(admin.history(poison).await, before, "not retried by the read-only console");

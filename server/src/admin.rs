@@ -162,7 +162,7 @@ pub async fn retry(state: Arc<AppState>, auth: Option<String>, one: Option<Strin
             }
         }
     };
-    match retry_uploads(&state, &ids).await {
+    match retry_uploads(&state, &ids, true).await {
         Ok(retried) => {
             tracing::info!(retried = retried.len(), "failed uploads retried by an operator");
             Ok(json(StatusCode::OK, &json!({"retried": retried})))
@@ -174,9 +174,9 @@ pub async fn retry(state: Arc<AppState>, auth: Option<String>, one: Option<Strin
 /// A retry all takes this many uploads at most; the rest on the next.
 const RETRY_ALL_AT_MOST: u32 = 1000;
 
-/// Sets each failed upload of `ids` back to pending and sends its job again;
-/// answers those that were failed.
-async fn retry_uploads(state: &AppState, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError> {
+/// Sets each failed upload of `ids` back to pending and, with `send`, sends
+/// its job again; answers those that were failed.
+async fn retry_uploads(state: &AppState, ids: &[UploadId], send: bool) -> Result<Vec<UploadId>, StoreError> {
     let services = &state.services;
     let mut retried = Vec::new();
     for &id in ids {
@@ -186,7 +186,7 @@ async fn retry_uploads(state: &AppState, ids: &[UploadId]) -> Result<Vec<UploadI
         };
         services.gallery.invalidate(&change.person_hash, &change.receipt).await;
         // A send that fails is made again by the reconciler (SQS).
-        if let Err(e) = services.queue.enqueue(id).await {
+        if send && let Err(e) = services.queue.enqueue(id).await {
             tracing::warn!(error = %e, upload = %id, "a retried job was not sent; the reconciler sends it later");
         }
         retried.push(id);
@@ -209,8 +209,13 @@ pub async fn redrive(state: Arc<AppState>, auth: Option<String>) -> Result<Resp,
         Err(e @ QueueError::Config(_)) => return Ok(json(StatusCode::CONFLICT, &json!({"error": e.to_string()}))),
         Err(e) => return Ok(json(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": e.to_string()}))),
     };
-    // Their uploads were marked failed when they reached the dead-letter queue.
-    match retry_uploads(&state, &moved).await {
+    // Their uploads were marked failed when they reached the dead-letter queue;
+    // each is retried once (an upload may have had several messages), and its
+    // moved message is the job: none is sent again.
+    let mut uploads = moved.clone();
+    uploads.sort_unstable();
+    uploads.dedup();
+    match retry_uploads(&state, &uploads, false).await {
         Ok(retried) => {
             tracing::info!(moved = moved.len(), retried = retried.len(), "dead-letter queue redriven by an operator");
             Ok(json(StatusCode::OK, &json!({"redriven": moved, "retried": retried})))
