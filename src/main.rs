@@ -190,6 +190,8 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,refinery_core=warn,mysql_async=warn")
     });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // The thread writes what queued up as one write, not a write per line.
     let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -197,7 +199,12 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         .thread_name("flipstack-log")
         .finish(stderr);
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(writer).init();
+    // The console's log view reads the recent warnings and errors (server's logbook).
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_ansi(colour).with_writer(writer))
+        .with(flipstack_server::logbook::layer())
+        .init();
     guard
 }
 

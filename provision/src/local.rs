@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use flipstack_core::Services;
 use flipstack_core::domain::now_millis;
 use flipstack_core::metrics::background;
-use flipstack_core::status::{POOL_STATUS_KEY, PoolStatus};
+use flipstack_core::status::{DesiredRequest, POOL_DESIRED_KEY, POOL_STATUS_KEY, PoolStatus};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +65,9 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_desired = 0u32;
+    // An operator's request is applied once: the first one seen is one that
+    // was made before this pool started, and is old news.
+    let mut applied_request = operator_request(&services).await.map(|r| r.at).unwrap_or(0);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -97,7 +100,15 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
                 continue;
             }
         };
-        let desired = scaler.decide(now_millis(), active, backlog as f64);
+        let desired = match operator_request(&services).await.filter(|r| r.at > applied_request) {
+            Some(request) => {
+                applied_request = request.at;
+                let desired = scaler.hold(now_millis(), request.desired);
+                tracing::info!(desired, asked = request.desired, "worker pool size set by an operator");
+                desired
+            }
+            None => scaler.decide(now_millis(), active, backlog as f64),
+        };
         if desired != last_desired {
             tracing::info!(desired, active, backlog, "worker pool size");
             last_desired = desired;
@@ -146,6 +157,12 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
         }
     }
     drain_all(&mut workers, config.drain_timeout).await;
+}
+
+/// The operator's last desired size for the pool, if any.
+async fn operator_request(services: &Services) -> Option<DesiredRequest> {
+    let json = services.store.setting(POOL_DESIRED_KEY).await.ok().flatten()?;
+    serde_json::from_str(&json).ok()
 }
 
 /// Which of the running workers (pids, oldest first) to drain to lose

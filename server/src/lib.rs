@@ -7,6 +7,7 @@ mod assets;
 pub mod health;
 pub mod images;
 pub mod listener;
+pub mod logbook;
 mod multipart;
 pub mod pages;
 pub mod session;
@@ -360,6 +361,49 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
     let admin_dump = warp::path!("admin" / "api" / "dump").and(warp::get()).and(s()).and(auth()).and_then(admin::dump);
     let admin_events =
         warp::path!("admin" / "api" / "events").and(warp::get()).and(s()).and(auth()).and_then(admin::events);
+    let admin_retry_all = warp::path!("admin" / "api" / "uploads" / "retry")
+        .and(warp::post())
+        .and(s())
+        .and(auth())
+        .and_then(|state, auth| admin::retry(state, auth, None));
+    let admin_retry_one = warp::path!("admin" / "api" / "uploads" / String / "retry")
+        .and(warp::post())
+        .and(s())
+        .and(auth())
+        .and_then(|id, state, auth| admin::retry(state, auth, Some(id)));
+    let admin_redrive = warp::path!("admin" / "api" / "queue" / "redrive")
+        .and(warp::post())
+        .and(s())
+        .and(auth())
+        .and_then(admin::redrive);
+    let admin_pause = warp::path!("admin" / "api" / "workers" / "pause")
+        .and(warp::post())
+        .and(s())
+        .and(auth())
+        .and_then(|state, auth| admin::set_paused(state, auth, true));
+    let admin_resume = warp::path!("admin" / "api" / "workers" / "resume")
+        .and(warp::post())
+        .and(s())
+        .and(auth())
+        .and_then(|state, auth| admin::set_paused(state, auth, false));
+    let admin_pool = warp::path!("admin" / "api" / "pool" / "desired")
+        .and(warp::post())
+        .and(s())
+        .and(auth())
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(admin::set_pool_desired);
+    let admin_uploads = warp::path!("admin" / "api" / "uploads")
+        .and(warp::get())
+        .and(s())
+        .and(auth())
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(admin::uploads);
+    let admin_upload = warp::path!("admin" / "api" / "uploads" / String)
+        .and(warp::get())
+        .and(s())
+        .and(auth())
+        .and_then(|id, state, auth| admin::upload_detail(state, auth, id));
+    let admin_logs = warp::path!("admin" / "api" / "logs").and(warp::get()).and(s()).and(auth()).and_then(admin::logs);
     // Everything under /admin that is not a known route still wants the token first.
     let admin_other =
         warp::path("admin").and(s()).and(auth()).and_then(|state: Arc<AppState>, auth: Option<String>| async move {
@@ -389,18 +433,30 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .unify()
         .or(images)
         .unify();
-    let ops = healthz.or(metrics).unify().or(assets).unify();
-    let admin = admin_status
-        .or(admin_block)
-        .unify()
-        .or(admin_unblock)
-        .unify()
-        .or(admin_dump)
-        .unify()
-        .or(admin_events)
-        .unify()
-        .or(admin_other)
-        .unify();
+    let pages = pages.boxed();
+    let ops = healthz.or(metrics).unify().or(assets).unify().boxed();
+    // Boxed one by one: a long chain of warp filters is a type that takes
+    // the compiler minutes; boxed ones chain in constant size.
+    let admin = [
+        admin_status.boxed(),
+        admin_block.boxed(),
+        admin_unblock.boxed(),
+        admin_dump.boxed(),
+        admin_events.boxed(),
+        admin_retry_all.boxed(),
+        admin_retry_one.boxed(),
+        admin_redrive.boxed(),
+        admin_pause.boxed(),
+        admin_resume.boxed(),
+        admin_pool.boxed(),
+        admin_uploads.boxed(),
+        admin_upload.boxed(),
+        admin_logs.boxed(),
+        admin_other.boxed(),
+    ]
+    .into_iter()
+    .reduce(|all, next| all.or(next).unify().boxed())
+    .expect("admin routes");
     let fallback_state = state.clone();
     pages
         .or(ops)

@@ -73,7 +73,7 @@ async fn tail_events(state: Arc<AppState>) {
                 continue;
             }
             if local_cache
-                && matches!(e.kind.as_str(), "done" | "failed" | "retry" | "deleted")
+                && matches!(e.kind.as_str(), "done" | "failed" | "retry" | "retried" | "deleted")
                 && let Some(person) = &e.person_hash
             {
                 services.gallery.invalidate(person, &WriteReceipt::default()).await;

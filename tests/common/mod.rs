@@ -485,6 +485,9 @@ impl Browser {
             );
         }
         let client = reqwest::Client::builder()
+            // The server closes a connection that sends no request for its header
+            // timeout (10 s); a pooled one kept idle longer races that close.
+            .pool_idle_timeout(Duration::from_secs(5))
             .cookie_provider(jar.clone())
             .redirect(reqwest::redirect::Policy::none())
             .default_headers(defaults)
@@ -714,4 +717,27 @@ pub fn assert_is_flip(name: &str, original: &[u8], flipped: &[u8]) {
         assert_eq!(diff, 0.0, "{name}: the flip is not exact");
     }
     assert!(unflipped > diff, "{name}: the result looks like the original, not its flip");
+}
+
+/// A PNG whose structure and checksums are sound but whose compressed pixel
+/// data is garbage: it passes the upload check and fails in the decoder.
+pub fn poison_png() -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let mut h = crc32fast::Hasher::new();
+        h.update(kind);
+        h.update(data);
+        out.extend_from_slice(&h.finalize().to_be_bytes());
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&64u32.to_be_bytes());
+    ihdr.extend_from_slice(&64u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0xff, 0xff, 0xff, 0x00, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef]);
+    chunk(&mut png, b"IEND", &[]);
+    png
 }

@@ -116,9 +116,27 @@ async fn run_inner(
         })));
     }
     tracing::info!(worker = %options.id, queue = services.queue.kind(), "worker started");
+    let mut was_paused = false;
     let result = loop {
         if stop.is_cancelled() {
             break Ok(());
+        }
+        // Paused by an operator: nothing new is claimed until resumed.
+        if paused(&services).await {
+            if !was_paused {
+                set_status(&shared, "paused", None);
+                was_paused = true;
+                tracing::info!(worker = %options.id, "paused by an operator; claiming nothing until resumed");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break Ok(()),
+                _ = tokio::time::sleep(PAUSE_CHECK) => continue,
+            }
+        }
+        if was_paused {
+            set_status(&shared, "idle", None);
+            was_paused = false;
+            tracing::info!(worker = %options.id, "resumed by an operator");
         }
         let deliveries = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
@@ -134,6 +152,13 @@ async fn run_inner(
                 }
             }
         };
+        // A pause that came while waiting: hand the messages back unclaimed.
+        if !deliveries.is_empty() && paused(&services).await {
+            for d in &deliveries {
+                let _ = services.queue.release(d, Duration::ZERO).await;
+            }
+            continue;
+        }
         let mut stuck = None;
         for d in deliveries {
             if let Err(e) = handle(&services, &options, &shared, &d).await {
@@ -172,6 +197,16 @@ async fn heartbeat(services: Arc<Services>, shared: Arc<Shared>) {
             tracing::debug!(error = %e, "heartbeat not recorded");
         }
     }
+}
+
+/// How often a paused worker looks whether it was resumed.
+const PAUSE_CHECK: Duration = Duration::from_secs(1);
+
+/// True while an operator has paused the workers (a setting on the primary,
+/// so it holds for every worker process and instance). A store that does not
+/// answer counts as not paused: claiming needs it anyway.
+async fn paused(services: &Services) -> bool {
+    matches!(services.store.setting(flipstack_core::status::WORKERS_PAUSED).await, Ok(Some(v)) if v == "true")
 }
 
 fn set_status(shared: &Shared, status: &str, current: Option<UploadId>) {

@@ -73,6 +73,15 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn dead_letters(&self, _max: u32) -> Result<Vec<Delivery>, QueueError> {
         Ok(Vec::new())
     }
+    /// Moves up to `max` messages from the dead-letter queue back to the
+    /// queue (an operator's redrive); answers their uploads, which the caller
+    /// sets back to pending. Only SQS has a dead-letter queue.
+    async fn redrive(&self, _max: u32) -> Result<Vec<UploadId>, QueueError> {
+        Err(QueueError::Config(format!(
+            "the {} queue has no dead-letter queue: retry the failed uploads instead",
+            self.kind()
+        )))
+    }
 }
 
 /// Opens the queue a URL names: `db://` or an SQS queue URL.

@@ -261,6 +261,32 @@ pub trait Leadership: Send + Sync {
     async fn still_held(&mut self) -> bool;
 }
 
+/// What the operator's uploads view asks for; empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadFilter {
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub format: String,
+    /// Part of the failure reason.
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl UploadFilter {
+    /// The parameters of `sql::find_uploads`, in order.
+    pub(crate) fn params(&self) -> (String, String, String) {
+        let reason = if self.reason.is_empty() {
+            String::new()
+        } else {
+            // `!` escapes LIKE's wildcards in what the operator typed.
+            let escaped = self.reason.replace('!', "!!").replace('%', "!%").replace('_', "!_");
+            format!("%{escaped}%")
+        };
+        (self.state.clone(), self.format.clone(), reason)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerInfo {
     pub id: String,
@@ -352,6 +378,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn try_lead(&self, duty: &str) -> StoreResult<Option<Box<dyn Leadership>>>;
     async fn upload_stats(&self) -> StoreResult<UploadStats>;
     async fn recent_failures(&self, limit: u32) -> StoreResult<Vec<Upload>>;
+    /// An operator's retry: a `failed` upload goes back to `pending` with its
+    /// attempts counted from zero (a `retried` event records it). None when it
+    /// is not failed (already retried, done, or gone).
+    async fn retry_upload(&self, id: UploadId, now: Millis) -> StoreResult<Option<StateChange>>;
+    /// The newest uploads that match, each with its owner's hashed e-mail.
+    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>>;
 
     // Sessions and sign-in links.
     async fn create_session(&self, session: NewSession, now: Millis) -> StoreResult<()>;
@@ -479,6 +511,23 @@ pub(crate) mod sql {
         AND ((enqueued_at IS NULL AND created_at < ?) OR enqueued_at < ?) ORDER BY id LIMIT ?";
 
     pub const MARK_ENQUEUED: &str = "UPDATE uploads SET enqueued_at = ? WHERE id = ?";
+
+    /// An operator's retry of a failed upload (see `MetadataStore::retry_upload`);
+    /// binds now (next attempt), now (enqueued), now (updated), id.
+    pub const RETRY_UPLOAD: &str = "UPDATE uploads SET state = 'pending', attempts = 0, claims = 0, next_attempt_at = ?, \
+        lease_owner = NULL, lease_until = NULL, failure_reason = NULL, finished_at = NULL, enqueued_at = ?, updated_at = ? \
+        WHERE id = ? AND state = 'failed'";
+
+    /// The operator's uploads view: binds state twice, format twice, the LIKE
+    /// pattern of the reason twice (all '' for any), and the limit. The last
+    /// column is the owner's e-mail (hashed by the caller).
+    pub fn find_uploads() -> String {
+        format!(
+            "SELECT {UPLOAD_COLUMNS}, (SELECT p.email FROM people p WHERE p.id = uploads.person_id) FROM uploads \
+             WHERE (? = '' OR state = ?) AND (? = '' OR format = ?) AND (? = '' OR failure_reason LIKE ? ESCAPE '!') \
+             ORDER BY id DESC LIMIT ?"
+        )
+    }
 
     pub const EVENT_INSERT: &str =
         "INSERT INTO events (id, at, kind, upload_id, person_hash, detail) VALUES (?, ?, ?, ?, ?, ?)";

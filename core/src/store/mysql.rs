@@ -819,6 +819,50 @@ impl MetadataStore for MysqlStore {
         rows.iter().map(|r| upload_row(r)?.into_upload()).collect()
     }
 
+    async fn retry_upload(&self, id: UploadId, now: Millis) -> StoreResult<Option<StateChange>> {
+        let mut c = self.conn().await?;
+        let (person, person_hash) = {
+            let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
+            tx.exec_drop(sql::RETRY_UPLOAD, (now, now, now, id.0)).await.map_err(map_err)?;
+            if tx.affected_rows() == 0 {
+                tx.rollback().await.map_err(map_err)?;
+                return Ok(None);
+            }
+            let (person, email) = person_of(&mut tx, id).await?;
+            let person_hash = email_hash(&email);
+            insert_event(&mut tx, now, "retried", id, Some(&person_hash), None).await.map_err(map_err)?;
+            tx.commit().await.map_err(map_err)?;
+            (person, person_hash)
+        };
+        Ok(Some(StateChange { person_id: PersonId(person), person_hash, receipt: last_gtid(&mut c).await? }))
+    }
+
+    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>> {
+        let (state, format, reason) = filter.params();
+        let mut c = self.conn().await?;
+        let rows: Vec<Row> = c
+            .exec(
+                sql::find_uploads(),
+                (
+                    state.as_str(),
+                    state.as_str(),
+                    format.as_str(),
+                    format.as_str(),
+                    reason.as_str(),
+                    reason.as_str(),
+                    limit,
+                ),
+            )
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let email: Option<String> = get(r, 23)?;
+                Ok((upload_row(r)?.into_upload()?, email.map(|e| email_hash(&e)).unwrap_or_default()))
+            })
+            .collect()
+    }
+
     async fn create_session(&self, s: NewSession, now: Millis) -> StoreResult<()> {
         let mut c = self.conn().await?;
         c.exec_drop(sql::SESSION_INSERT, (s.token_hash.0.as_str(), s.person_id.0, now, s.expires_at, s.proven))

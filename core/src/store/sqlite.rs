@@ -667,6 +667,40 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn retry_upload(&self, id: UploadId, now: Millis) -> StoreResult<Option<StateChange>> {
+        self.run(move |c| {
+            let tx = write_tx(c)?;
+            if tx.execute(sql::RETRY_UPLOAD, params![now, now, now, id.0]).map_err(map_err)? == 0 {
+                return Ok(None);
+            }
+            let (person, email) = person_of(&tx, id).map_err(map_err)?;
+            let person_hash = email_hash(&email);
+            insert_event(&tx, now, "retried", id, Some(&person_hash), None).map_err(map_err)?;
+            tx.commit().map_err(map_err)?;
+            Ok(Some(StateChange { person_id: PersonId(person), person_hash, receipt: WriteReceipt::default() }))
+        })
+        .await
+    }
+
+    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>> {
+        let (state, format, reason) = filter.params();
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(&sql::find_uploads()).map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![state, state, format, format, reason, reason, limit], |r| {
+                    Ok((upload_row(r)?, r.get::<_, Option<String>>(23)?))
+                })
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (upload, email) = row.map_err(map_err)?;
+                out.push((upload.into_upload()?, email.map(|e| email_hash(&e)).unwrap_or_default()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn create_session(&self, s: NewSession, now: Millis) -> StoreResult<()> {
         self.run(move |c| {
             c.execute(sql::SESSION_INSERT, params![s.token_hash.0, s.person_id.0, now, s.expires_at, s.proven])
