@@ -159,7 +159,8 @@ impl Board {
 async fn uploader(board: Arc<Board>, bases: Arc<[String; 2]>, lane: u32) {
     // One person per server: a browser signed in on one server is so on the
     // other too, but each keeps its own cookie jar here.
-    let person = |i: usize| (Browser::new(&bases[i]), format!("chaos-{lane}-{i}-{:08x}@example.com", rand::random::<u32>()));
+    let person =
+        |i: usize| (Browser::new(&bases[i]), format!("chaos-{lane}-{i}-{:08x}@example.com", rand::random::<u32>()));
     let mut people: Vec<(Browser, String)> = (0..2).map(person).collect();
     let picture = png(24 + lane, 20);
     while !board.stop.load(Ordering::SeqCst) {
@@ -295,8 +296,15 @@ async fn chaos(queue: QueueKind) -> Report {
     let lanes: Vec<_> = (0..4).map(|lane| tokio::spawn(uploader(board.clone(), bases.clone(), lane))).collect();
 
     // One fault at a time, a few seconds apart, while the uploads go on.
-    const FAULTS: [&str; 7] =
-        ["kill worker", "kill server", "memcached outage", "kill worker", "replica outage", "kill server", "primary outage"];
+    const FAULTS: [&str; 7] = [
+        "kill worker",
+        "kill server",
+        "memcached outage",
+        "kill worker",
+        "replica outage",
+        "kill server",
+        "primary outage",
+    ];
     let mut report = Report::default();
     let started = Instant::now();
     let mut next_fault = Instant::now() + Duration::from_secs(2);
@@ -406,13 +414,10 @@ async fn chaos(queue: QueueKind) -> Report {
     {
         use mysql_async::prelude::Queryable;
         let mut c = pool.get_conn().await.unwrap();
-        report.failure_reasons = c
-            .query("SELECT COALESCE(failure_reason, '') FROM uploads WHERE state = 'failed' LIMIT 5")
-            .await
-            .unwrap();
+        report.failure_reasons =
+            c.query("SELECT COALESCE(failure_reason, '') FROM uploads WHERE state = 'failed' LIMIT 5").await.unwrap();
     }
-    let done_events =
-        sql_count(&pool, "SELECT COUNT(DISTINCT upload_id) FROM events WHERE kind = 'done'").await;
+    let done_events = sql_count(&pool, "SELECT COUNT(DISTINCT upload_id) FROM events WHERE kind = 'done'").await;
     assert_eq!(done_events, report.done, "every done upload has its done event");
     pool.disconnect().await.ok();
     if queue == QueueKind::Sqs {
@@ -598,7 +603,10 @@ async fn a_backlog_older_than_the_resend_period_gets_no_copies() {
 #[ignore = "a benchmark: FLIPSTACK_BENCH_BACKLOG=2000 cargo nextest run --test chaos --run-ignored only bench_backlog_drain_rate (aws tier's services)"]
 async fn bench_backlog_drain_rate() {
     let jobs = std::env::var("FLIPSTACK_BENCH_BACKLOG").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(2000);
-    assert!(Tier::Aws.requested(), "the benchmark runs on the aws tier: start the services and set FLIPSTACK_TEST_TIERS");
+    assert!(
+        Tier::Aws.requested(),
+        "the benchmark runs on the aws tier: start the services and set FLIPSTACK_TEST_TIERS"
+    );
     let rate = |d: Duration| jobs as f64 / d.as_secs_f64();
     // A backlog of `jobs`, then two workers drain it; `requeue_after` decides
     // whether the wait makes it older than the re-send period.

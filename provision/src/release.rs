@@ -470,10 +470,16 @@ mod tests {
             &minimal_executable_linking(&["libc.so.6", "libm.so.6", "libz.so.1"], &["GLIBC_2.34"], b""),
         );
         assert_eq!(check_for_target(&base).unwrap().needed, ["libc.so.6", "libm.so.6", "libz.so.1"]);
-        let heif =
-            write(dir.path(), "heif", &minimal_executable_linking(&["libc.so.6", "libheif.so.1"], &["GLIBC_2.34"], b""));
+        let heif = write(
+            dir.path(),
+            "heif",
+            &minimal_executable_linking(&["libc.so.6", "libheif.so.1"], &["GLIBC_2.34"], b""),
+        );
         let err = check_for_target(&heif).unwrap_err();
-        assert!(matches!(&err, ReleaseError::MissingLibraries { missing, .. } if missing == &["libheif.so.1"]), "{err}");
+        assert!(
+            matches!(&err, ReleaseError::MissingLibraries { missing, .. } if missing == &["libheif.so.1"]),
+            "{err}"
+        );
         assert!(err.to_string().contains("libheif.so.1, which Amazon Linux 2023 does not have"), "{err}");
     }
 

@@ -482,7 +482,9 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
             assert_eq!((m.dimensions()[0].name(), m.dimensions()[0].value()), (Some("Role"), Some("web")));
             assert_eq!(s.stat(), Some("Maximum"));
             assert!(
-                queries.iter().all(|q| q.metric_stat().and_then(|s| s.metric()).and_then(|m| m.namespace()) != Some("AWS/SQS")),
+                queries
+                    .iter()
+                    .all(|q| q.metric_stat().and_then(|s| s.metric()).and_then(|m| m.namespace()) != Some("AWS/SQS")),
                 "no SQS message count in the worker policy"
             );
             let workers = stat("GroupInServiceInstances");

@@ -20,8 +20,9 @@ pub fn verify(bytes: &[u8], info: &ImageInfo, limits: &Limits) -> Result<(), Rej
         }
         // Their container was checked box by box; refused here, not as a failed
         // job, when this machine has no libheif to decode them.
-        ImageFormat::Heic | ImageFormat::Avif => super::heif::available()
-            .map_err(|_| Rejection::NoDecoder { format: info.format.display_name() }),
+        ImageFormat::Heic | ImageFormat::Avif => {
+            super::heif::available().map_err(|_| Rejection::NoDecoder { format: info.format.display_name() })
+        }
         // Their structure was checked chunk by chunk (with checksums for PNG);
         // the worker's decoder reports the rest as a failed job.
         ImageFormat::Png | ImageFormat::Gif | ImageFormat::Webp => Ok(()),

@@ -224,11 +224,9 @@ struct LockLeadership {
 impl Leadership for LockLeadership {
     async fn still_held(&mut self) -> bool {
         let Some(conn) = self.conn.as_mut() else { return false };
-        let held: StoreResult<Option<Option<i64>>> = with_timeout(
-            PRIMARY_TIMEOUT,
-            conn.exec_first("SELECT IS_USED_LOCK(?) = CONNECTION_ID()", (&self.name,)),
-        )
-        .await;
+        let held: StoreResult<Option<Option<i64>>> =
+            with_timeout(PRIMARY_TIMEOUT, conn.exec_first("SELECT IS_USED_LOCK(?) = CONNECTION_ID()", (&self.name,)))
+                .await;
         let held = matches!(held, Ok(Some(Some(1))));
         if !held {
             // A connection that lost the lock (or cannot say) is closed, never pooled.
@@ -788,7 +786,8 @@ impl MetadataStore for MysqlStore {
         let name = lock_name(&mut conn, duty).await?;
         let got: Option<Option<i64>> =
             with_timeout(PRIMARY_TIMEOUT, conn.exec_first("SELECT GET_LOCK(?, 0)", (&name,))).await?;
-        Ok((got.flatten() == Some(1)).then(|| Box::new(LockLeadership { conn: Some(conn), name }) as Box<dyn Leadership>))
+        Ok((got.flatten() == Some(1))
+            .then(|| Box::new(LockLeadership { conn: Some(conn), name }) as Box<dyn Leadership>))
     }
 
     async fn upload_stats(&self) -> StoreResult<UploadStats> {

@@ -428,12 +428,7 @@ fn group_tags(stack: &str, name: &str, role: &str) -> Vec<aws_sdk_autoscaling::t
 
 /// The target-tracking configuration of a role's policy; None in a plan
 /// before the load balancer exists.
-pub fn tracking(
-    role: &str,
-    spec: &StackSpec,
-    names: &Names,
-    lb: &LoadBalancer,
-) -> Option<TargetTrackingConfiguration> {
+pub fn tracking(role: &str, spec: &StackSpec, names: &Names, lb: &LoadBalancer) -> Option<TargetTrackingConfiguration> {
     match role {
         "web" => Some(
             TargetTrackingConfiguration::builder()
@@ -472,13 +467,7 @@ pub fn tracking(
                             // Distinct jobs waiting or in hand, counted in the uploads
                             // table and published by the web servers: duplicate queue
                             // messages never count (the rule of `flipstack up`'s pool).
-                            .metrics(stat(
-                                "jobs",
-                                &spec.metrics_namespace,
-                                BACKLOG_METRIC,
-                                ("Role", "web"),
-                                "Maximum",
-                            ))
+                            .metrics(stat("jobs", &spec.metrics_namespace, BACKLOG_METRIC, ("Role", "web"), "Maximum"))
                             .metrics(stat(
                                 "workers",
                                 "AWS/AutoScaling",
