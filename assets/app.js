@@ -1,7 +1,8 @@
 // flipstack's pages work without JavaScript (plain forms, a refreshing
 // gallery). With it: several pictures upload one request each with a progress
 // bar, errors appear next to the file they concern, the gallery updates in
-// place as pictures are flipped, and deleting asks in a dialog.
+// place as pictures are flipped (pushed by the server), deleting asks in a
+// dialog, and the viewer takes the arrow keys and Escape.
 "use strict";
 
 (function () {
@@ -157,15 +158,43 @@
       return Number(freshSummary.dataset.unfinished || 0) > 0;
     }
 
-    function poll() {
-      window.setTimeout(async () => {
-        let again = true;
-        try { again = await refresh(); } catch (_) { again = true; }
-        if (again) poll(); else document.body.dataset.live = "idle";
-      }, 1000);
+    // The server pushes a "change" when one of these pictures is flipped (or
+    // fails, or goes); the page then reads itself again. Without
+    // EventSource, or while the push is down, it looks once a second.
+    let stream = null;
+    let timer = null;
+    let busy = false;
+    let again = false;
+    async function update() {
+      if (busy) { again = true; return; }
+      busy = true;
+      let unfinished = true;
+      try { unfinished = await refresh(); } catch (_) { unfinished = true; }
+      busy = false;
+      if (again) { again = false; return update(); }
+      if (!unfinished) stop();
     }
-    document.body.dataset.live = "on";
-    if (Number(summary.dataset.unfinished || 0) > 0) poll(); else document.body.dataset.live = "idle";
+    function stop() {
+      if (stream) { stream.close(); stream = null; }
+      if (timer) { window.clearInterval(timer); timer = null; }
+      document.body.dataset.live = "idle";
+    }
+    function poll() {
+      if (!timer) timer = window.setInterval(update, 1000);
+    }
+    function follow() {
+      document.body.dataset.live = "on";
+      if (!window.EventSource) return poll();
+      stream = new EventSource("/gallery/events");
+      // Anything that finished before the stream opened is read once.
+      stream.addEventListener("open", () => {
+        if (timer) { window.clearInterval(timer); timer = null; }
+        update();
+      });
+      stream.addEventListener("change", update);
+      stream.addEventListener("error", () => { if (stream) poll(); });
+    }
+    if (Number(summary.dataset.unfinished || 0) > 0) follow(); else document.body.dataset.live = "idle";
 
     list.addEventListener("click", async (e) => {
       const link = e.target.closest("a.delete");
@@ -192,8 +221,22 @@
     });
   }
 
+  // ---- Viewer: keys for the links it has ----------------------------------
+  function setupViewer() {
+    if (!$("#viewer")) return;
+    const keys = { ArrowLeft: "viewer-prev", ArrowRight: "viewer-next", Escape: "viewer-close" };
+    document.addEventListener("keydown", (e) => {
+      if (e.defaultPrevented || e.altKey || e.ctrlKey || e.metaKey || e.shiftKey) return;
+      const link = keys[e.key] && document.getElementById(keys[e.key]);
+      if (!link) return;
+      e.preventDefault();
+      window.location.assign(link.href);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     setupUpload();
     setupGallery();
+    setupViewer();
   });
 })();

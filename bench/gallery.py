@@ -4,6 +4,7 @@ serving the same HTML bytes as a static file, in the same run.
 
     python3 bench/gallery.py [--duration 15] [--connections 64] [--rounds 2]
                              [--log warn] [--compare NAME=BINARY ...]
+                             [--also-log LEVEL ...]
 
 Starts `flipstack up` (release binary, temporary data dir, free loopback
 port), uploads the 12 first corpus photos as one person, waits until all are
@@ -11,7 +12,9 @@ flipped, checks that /gallery is answered from the cache, saves that page
 and has nginx serve it. Then wrk runs against each in turn, `--rounds`
 times, alternating. `--compare` adds other flipstack binaries (set up the
 same way) to the same rounds; `--log` is RUST_LOG for every server (`info`
-is the binary's default and logs every gallery read)."""
+is the binary's default and logs every gallery read); `--also-log` adds
+this build again with another RUST_LOG, so the cost of logging is measured
+in the same rounds."""
 
 import argparse
 import os
@@ -80,6 +83,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--log", default="warn")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=BINARY")
+    ap.add_argument("--also-log", action="append", default=[], metavar="LEVEL")
     a = ap.parse_args()
 
     photos = sorted(
@@ -89,6 +93,7 @@ def main():
     )[:12]
     env = {"RUST_LOG": a.log}
     servers = [("flipstack", Flipstack(env=env))]
+    servers += [(f"flipstack RUST_LOG={lv}", Flipstack(env={"RUST_LOG": lv})) for lv in a.also_log]
     servers += [(n, Flipstack(env=env, bin=b)) for n, b in (c.split("=", 1) for c in a.compare)]
     try:
         run(a, photos, servers)

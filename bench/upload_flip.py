@@ -2,6 +2,7 @@
 """Benchmark 3: upload → flipped visible, and pipeline throughput.
 
     python3 bench/upload_flip.py [--photo PATH] [--uploads 60] [--jobs 60]
+                                 [--compare NAME=BINARY ...] [--rounds 1]
 
 1. Latency, on embedded defaults (`flipstack up`: SQLite, in-process cache,
    blob folder, the uploads table as the queue polled every 100 ms, 1–2
@@ -13,7 +14,11 @@
    the time until every job is done is measured (the database is read
    every 10 ms). Beside it, the raw flip throughput of the same photo with
    2 threads in one process (the flip benchmark binary, `--throughput`),
-   with and without thumbnails, when that binary is found."""
+   with and without thumbnails, when that binary is found.
+
+`--compare` runs the latency part for other flipstack binaries too (a
+baseline build), in `--rounds` rounds that alternate between the binaries,
+each round `--uploads` uploads per binary."""
 
 import argparse
 import os
@@ -35,8 +40,8 @@ from common import (  # noqa: E402
 )
 
 
-def latency(photo, n):
-    with Flipstack() as fs:
+def latency(photo, n, bin=None):
+    with Flipstack(bin=bin) as fs:
         b = Browser(fs)
         seen = set()
         lat, post = [], []
@@ -142,18 +147,36 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--raw-seconds", type=int, default=15)
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-pipeline", action="store_true")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=BINARY")
+    ap.add_argument("--rounds", type=int, default=1)
     a = ap.parse_args()
     print(f"photo: {a.photo}; load average before: {load_average()}")
 
     if not a.skip_latency:
-        lat, post, method = latency(a.photo, a.uploads)
-        print(
-            f"upload → flipped visible ({a.uploads} sequential uploads, embedded defaults): "
-            f"p50 {percentile(lat, 50):.0f} ms, p90 {percentile(lat, 90):.0f} ms, "
-            f"p99 {percentile(lat, 99):.0f} ms, min {min(lat):.0f} ms, max {max(lat):.0f} ms; "
-            f"of which the POST itself p50 {percentile(post, 50):.0f} ms; methods: {method}",
-            flush=True,
-        )
+        binaries = [("this build", None)] + [tuple(c.split("=", 1)) for c in a.compare]
+        results = {name: ([], []) for name, _ in binaries}
+        for r in range(a.rounds):
+            for name, bin in binaries:
+                lat, post, method = latency(a.photo, a.uploads, bin)
+                results[name][0].extend(lat)
+                results[name][1].extend(post)
+                print(
+                    f"round {r + 1}, {name}: p50 {percentile(lat, 50):.0f} ms, "
+                    f"p99 {percentile(lat, 99):.0f} ms; methods: {method}",
+                    flush=True,
+                )
+        for name, (lat, post) in results.items():
+            print(
+                f"upload → flipped visible, {name} ({len(lat)} sequential uploads, embedded defaults): "
+                f"p50 {percentile(lat, 50):.0f} ms, p90 {percentile(lat, 90):.0f} ms, "
+                f"p99 {percentile(lat, 99):.0f} ms, min {min(lat):.0f} ms, max {max(lat):.0f} ms; "
+                f"of which the POST itself p50 {percentile(post, 50):.0f} ms",
+                flush=True,
+            )
+        if a.skip_pipeline:
+            print(f"load average after: {load_average()}")
+            return
 
     elapsed, first, method = pipeline(a.photo, a.jobs, a.workers)
     jps = a.jobs / elapsed

@@ -235,9 +235,7 @@ fn main() -> Result<()> {
     unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     // The console owns the terminal: log lines would draw over it.
-    if !matches!(cli.command, Command::Console(_)) {
-        init_logging();
-    }
+    let _log_writer = (!matches!(cli.command, Command::Console(_))).then(init_logging);
     let file = cli.config.as_deref();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
@@ -260,12 +258,33 @@ fn main() -> Result<()> {
     })
 }
 
-fn init_logging() {
+/// The one place the tracing subscriber is set up (layers go here). Lines
+/// go to stderr through a background thread, so a request that logs only
+/// formats and queues its line and never waits on the terminal, a pipe or
+/// a file; when that queue is full, lines are dropped rather than slowing
+/// requests. Colours only on a terminal. The guard flushes what is queued
+/// when `main` returns.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,refinery_core=warn,mysql_async=warn")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The thread writes what queued up as one write, not a write per line.
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("flipstack-log")
+        .finish(stderr);
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // The console's log view reads the recent warnings and errors (server's logbook).
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_ansi(colour).with_writer(writer))
+        .with(flipstack_server::logbook::layer())
+        .init();
+    guard
 }
 
 async fn connect(config: Config) -> Result<Arc<Services>> {

@@ -161,8 +161,11 @@ async fn panels_show_numbers_summed_over_the_servers_from_cloudwatch() {
         server.put(server.datums(&zero, &now, Some(1))).await.expect("a server publishes to moto's CloudWatch");
     }
     let worker = Publisher::new(&aws, &namespace, "worker").await;
-    let done = MetricsSnapshot { job_count: 5, job_seconds_sum: 2.5, ..MetricsSnapshot::default() };
+    let done = MetricsSnapshot { job_count: 5, job_seconds_sum: 2.5, jobs_failed: 2, ..MetricsSnapshot::default() };
     worker.put(worker.datums(&zero, &done, None)).await.expect("a worker publishes");
+    let other = Publisher::new(&aws, &namespace, "worker").await;
+    let failed = MetricsSnapshot { jobs_failed: 1, ..MetricsSnapshot::default() };
+    other.put(other.datums(&zero, &failed, None)).await.expect("a second worker publishes");
 
     let stack = format!("cw{}", free_port());
     let cwd = tempfile::tempdir().unwrap();
@@ -190,7 +193,9 @@ async fn panels_show_numbers_summed_over_the_servers_from_cloudwatch() {
         ],
     );
     let screen = tmux.wait_for("the fleet's sums", Duration::from_secs(30), |s| {
-        s.contains("fleet/min hits 7  misses 3 (70.0%)") && s.contains("fleet/min cache 7  replica 0  primary 1")
+        s.contains("fleet/min hits 7  misses 3 (70.0%)")
+            && s.contains("fleet/min cache 7  replica 0  primary 1")
+            && s.contains("done 5  failed 3  job 0.50s")
     });
     assert!(!screen.contains("(stale)"), "just published, not stale:\n{screen}");
 }

@@ -22,12 +22,17 @@ struct Up {
 
 impl Up {
     fn start(data: &Path, log: &Path) -> Up {
+        Up::start_pool(data, log, 1)
+    }
+
+    /// With a local pool of 1 to `max` workers.
+    fn start_pool(data: &Path, log: &Path, max: u32) -> Up {
         let port = free_port();
         let log = std::fs::File::create(log).unwrap();
         let child = flipstack()
             .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data)
-            .args(["--workers-min", "1", "--workers-max", "1"])
+            .args(["--workers-min", "1", "--workers-max", &max.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -148,18 +153,12 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
     assert!(line_with(&screen, "jobs").is_some(), "the fleet panel lists the local worker and its jobs:\n{screen}");
 
     // b, then y: uploads are blocked for real.
-    tmux.keys(&["b"]);
-    tmux.wait_for("the block confirmation", Duration::from_secs(5), |s| s.contains("block uploads?"));
-    tmux.keys(&["y"]);
-    tmux.wait_for("uploads blocked", Duration::from_secs(10), |s| s.contains("uploads BLOCKED"));
+    confirmed(&tmux, &["b"], "block uploads?", "uploads BLOCKED");
     wait_until("POST /upload answering 503", Duration::from_secs(10), || async { upload(9).await == 503 }).await;
     assert!(form().await.contains("Uploads are paused"));
 
     // Again: open.
-    tmux.keys(&["b"]);
-    tmux.wait_for("the unblock confirmation", Duration::from_secs(5), |s| s.contains("unblock uploads?"));
-    tmux.keys(&["y"]);
-    tmux.wait_for("uploads open again", Duration::from_secs(10), |s| s.contains("uploads open"));
+    confirmed(&tmux, &["b"], "unblock uploads?", "uploads open");
     wait_until("uploads taken again", Duration::from_secs(10), || async {
         !form().await.contains("Uploads are paused")
     })
@@ -207,4 +206,189 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
     assert_eq!(status, 0, "the console exited with {status}:\n{}", tmux.screen());
     // Off the alternate screen: the panels are gone from the terminal.
     assert!(!tmux.screen().contains("┌ fleet"), "{}", tmux.screen());
+}
+
+/// The admin API as the console's operator would check it, with the token
+/// from `<data>/admin-token`.
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    fn new(base: &str, data: &Path) -> Admin {
+        let token = std::fs::read_to_string(data.join("admin-token")).unwrap().trim().to_owned();
+        flipstack_core::tls::install_crypto_provider();
+        Admin { http: reqwest::Client::new(), base: base.to_owned(), token }
+    }
+
+    async fn get(&self, path: &str) -> serde_json::Value {
+        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// The kinds of one upload's events, oldest first.
+    async fn history(&self, id: i64) -> Vec<String> {
+        let d = self.get(&format!("/admin/api/uploads/{id}")).await;
+        d["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
+    }
+}
+
+/// `keys`, which ask `question`; then `y`, after which the screen shows `done`.
+fn confirmed(tmux: &Tmux, keys: &[&str], question: &str, done: &str) {
+    tmux.keys(keys);
+    tmux.wait_for(question, Duration::from_secs(5), |s| s.contains(question));
+    tmux.keys(&["y"]);
+    tmux.wait_for(done, Duration::from_secs(10), |s| s.contains(done));
+}
+
+async fn wait_healthy(up: &Up, log: &Path) {
+    flipstack_core::tls::install_crypto_provider();
+    let health = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !health.get(format!("{}/healthz", up.base)).send().await.is_ok_and(|r| r.status().is_success()) {
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(Instant::now() < deadline, "flipstack up did not answer /healthz within 30 s; its log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn console(tmux_dir: &Path, up: &Up, data: &Path, extra: &[&str]) -> Tmux {
+    let mut argv = vec![
+        console_support::BIN.to_owned(),
+        "console".into(),
+        "--url".into(),
+        up.base.clone(),
+        "--data-dir".into(),
+        data.display().to_string(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    // NO_COLOR as an operator's terminal might set it: the console still works.
+    Tmux::start(80, 24, tmux_dir, &[("NO_COLOR", "1".into())], &argv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_pauses_retries_scales_lists_and_read_only_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("up.log");
+    let up = Up::start_pool(&data, &log, 2);
+    wait_healthy(&up, &log).await;
+    let admin = Admin::new(&up.base, &data);
+    let visitor = Browser::new(&up.base);
+    let me = "operator@example.com";
+    let tmux = console(dir.path(), &up, &data, &[]);
+    tmux.wait_for("the first status", Duration::from_secs(20), |s| s.contains("uploads open"));
+
+    // w, y: the workers pause (the header says so, and the status).
+    confirmed(&tmux, &["w"], "pause the workers?", "workers PAUSED");
+    assert_eq!(admin.get("/admin/api/status").await["workers_paused"], true);
+    assert_eq!(visitor.upload(Some(me), "waits.png", &picture(1)).await.status(), 303);
+    let waiting = admin.get("/admin/api/uploads").await[0]["upload"]["id"].as_i64().unwrap();
+    // w, y again: resumed, and the upload that waited is flipped.
+    confirmed(&tmux, &["w"], "resume the workers?", "workers resumed");
+    wait_until("the waiting upload flipped", Duration::from_secs(60), || async {
+        admin.get(&format!("/admin/api/uploads/{waiting}")).await["upload"]["state"] == "done"
+    })
+    .await;
+
+    // A poison picture fails; the uploads view finds it by its state and shows it in full.
+    assert_eq!(visitor.upload(Some(me), "poison.png", &common::poison_png()).await.status(), 303);
+    let poison = admin.get("/admin/api/uploads").await[0]["upload"]["id"].as_i64().unwrap();
+    wait_until("the poison upload failed", Duration::from_secs(60), || async {
+        admin.get(&format!("/admin/api/uploads/{poison}")).await["upload"]["state"] == "failed"
+    })
+    .await;
+    tmux.keys(&["u"]);
+    tmux.wait_for("the uploads view", Duration::from_secs(10), |s| s.contains("uploads view") && s.contains("done"));
+    tmux.keys(&["/"]);
+    tmux.keys(&["f", "a", "i", "l", "e", "d", "Enter"]);
+    let screen = tmux.wait_for("only the failed upload", Duration::from_secs(10), |s| {
+        s.contains(&poison.to_string()) && !s.contains(&waiting.to_string())
+    });
+    assert!(
+        line_with(&screen, &poison.to_string()).is_some_and(|l| l.contains("failed")),
+        "listed as failed:\n{screen}"
+    );
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("the upload in full", Duration::from_secs(10), |s| s.contains("events"));
+    assert!(screen.contains("uploaded") && screen.contains("attempts"), "events and attempts:\n{screen}");
+    assert!(screen.contains("could not be decoded"), "the failure reason:\n{screen}");
+    // r, y: this one is retried (it fails again: nothing was replaced).
+    confirmed(&tmux, &["r"], &format!("retry upload #{poison}?"), "sent to be flipped again");
+    wait_until("the retried upload failed again", Duration::from_secs(60), || async {
+        admin.history(poison).await == ["uploaded", "failed", "retried", "failed"]
+    })
+    .await;
+    // One Escape at a time: two at once read as one key (Alt-Escape).
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the listing again", Duration::from_secs(5), |s| s.contains("Enter details"));
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the main screen", Duration::from_secs(5), |s| s.contains("┌ fleet"));
+
+    // r, y on the main screen: every failed upload.
+    confirmed(&tmux, &["r"], "retry every failed upload?", "1 failed upload(s) sent");
+    // x, y: the database queue has no dead-letter queue, and the console says so.
+    confirmed(&tmux, &["x"], "redrive the dead-letter queue?", "no dead-letter queue");
+
+    // s: the local pool to 2 workers.
+    tmux.keys(&["s"]);
+    tmux.wait_for("the scale prompt", Duration::from_secs(5), |s| s.contains("set the desired capacity"));
+    confirmed(&tmux, &["BSpace", "2", "Enter"], "set the local pool to 2?", "desired capacity set to 2");
+    wait_until("the pool at 2", Duration::from_secs(30), || async {
+        admin.get("/admin/api/status").await["pool"]["desired"] == 2
+    })
+    .await;
+
+    // l: the server's warnings and errors; ?: every key.
+    tmux.keys(&["l"]);
+    tmux.wait_for("the log view", Duration::from_secs(10), |s| s.contains("server log"));
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the main screen", Duration::from_secs(5), |s| s.contains("┌ fleet"));
+    tmux.keys(&["?"]);
+    let help = tmux.wait_for("the help", Duration::from_secs(5), |s| s.contains("┌ help"));
+    for k in [
+        "retry every failed upload",
+        "redrive the dead-letter queue",
+        "pause or resume",
+        "desired capacity",
+        "uploads:",
+    ] {
+        assert!(help.contains(k), "help lists {k:?}:\n{help}");
+    }
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the main screen", Duration::from_secs(5), |s| s.contains("┌ fleet"));
+    tmux.keys(&["q"]);
+    drop(tmux);
+
+    // A read-only console refuses every change, and changes nothing.
+    let before = admin.history(poison).await;
+    let tmux = console(dir.path(), &up, &data, &["--read-only"]);
+    tmux.wait_for("the first status", Duration::from_secs(20), |s| {
+        s.contains("READ-ONLY") && s.contains("uploads open")
+    });
+    let asks = [
+        "pause the workers?",
+        "retry every failed upload?",
+        "redrive the dead-letter queue?",
+        "set the desired capacity",
+    ];
+    for (k, ask) in ["w", "r", "x", "s"].into_iter().zip(asks) {
+        tmux.keys(&[k]);
+        let screen = tmux.wait_for("the refusal", Duration::from_secs(5), |s| s.contains("read-only console"));
+        assert!(!screen.contains(ask), "{k} asked nothing:\n{screen}");
+        // Should it have asked, y would act: it must not.
+        tmux.keys(&["y"]);
+    }
+    tmux.keys(&["u"]);
+    tmux.wait_for("the uploads view", Duration::from_secs(10), |s| s.contains("uploads view") && s.contains("failed"));
+    tmux.keys(&["/", "f", "a", "i", "l", "e", "d", "Enter"]);
+    tmux.wait_for("the failed upload", Duration::from_secs(10), |s| s.contains(&poison.to_string()));
+    tmux.keys(&["r"]);
+    tmux.wait_for("the refusal in the view", Duration::from_secs(5), |s| s.contains("read-only console"));
+    let status = admin.get("/admin/api/status").await;
+    assert_eq!(status["workers_paused"], false, "not paused by the read-only console");
+    assert_eq!(admin.history(poison).await, before, "not retried by the read-only console");
 }

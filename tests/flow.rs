@@ -24,7 +24,49 @@ tier_tests!(
     several_pictures_in_one_plain_form_post,
     the_upload_pages_script_gets_json_answers,
     heic_uploads_are_shown_as_jpeg_and_kept_as_heic,
+    screen_sizes_are_made_by_the_worker_and_for_older_uploads_on_request,
 );
+
+/// A machine without libheif (Amazon Linux 2023 has none in its
+/// repositories): the release still starts and serves, and a HEIC upload is
+/// refused at the door with the reason instead of failing later as a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_libheif_refuses_heic_and_takes_everything_else() {
+    let app = TestApp::spawn(Tier::Embedded).await;
+    let server = second_server_with(&app, &[("FLIPSTACK_LIBHEIF", "/nonexistent/libheif.so.1")]).await;
+    let b = Browser::new(&server.base);
+    let me = email();
+    let r = b.upload(Some(&me), "IMG_0001.HEIC", &small_heic()).await;
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("cannot read HEIC pictures at the moment (its libheif library is missing)"), "{body}");
+    assert!(app.latest_upload(&me).await.is_none(), "nothing is stored");
+    let r = b.upload(Some(&me), "photo.jpg", &jpeg(64, 48)).await;
+    assert_eq!(r.status(), 303, "a JPEG is taken as ever");
+    let id = app.latest_upload(&me).await.expect("the JPEG is recorded");
+    app.wait_done(id).await;
+    drop(server);
+    app.shutdown().await;
+}
+
+fn small_heic() -> Vec<u8> {
+    use flipstack_core::imaging::heif;
+    let (w, h) = (120, 80);
+    let rgb = image::DynamicImage::ImageRgba8(gradient(w, h)).into_rgb8();
+    heif::encode(&heif::Encode {
+        pixels: rgb.as_raw(),
+        width: w,
+        height: h,
+        channels: 3,
+        codec: heif::Codec::Hevc,
+        quality: 85,
+        icc: None,
+        exif: None,
+        orientation: 1,
+    })
+    .unwrap()
+}
 
 fn email() -> String {
     format!("person-{:08x}@example.com", rand::random::<u32>())
@@ -678,30 +720,20 @@ async fn the_upload_pages_script_gets_json_answers(tier: Tier) {
 /// gallery shows JPEG views of both.
 async fn heic_uploads_are_shown_as_jpeg_and_kept_as_heic(tier: Tier) {
     use flipstack_core::domain::ImageFormat;
-    use flipstack_core::imaging::{self, heif};
+    use flipstack_core::imaging;
     let app = TestApp::spawn(tier).await;
     let b = app.browser();
     let me = email();
-    let (w, h) = (120, 80);
-    let rgb = image::DynamicImage::ImageRgba8(gradient(w, h)).into_rgb8();
-    let heic = heif::encode(&heif::Encode {
-        pixels: rgb.as_raw(),
-        width: w,
-        height: h,
-        channels: 3,
-        codec: heif::Codec::Hevc,
-        quality: 85,
-        icc: None,
-        exif: None,
-        orientation: 1,
-    })
-    .unwrap();
+    let heic = small_heic();
     let id = upload_ok(&app, &b, &me, "IMG_0001.HEIC", &heic).await;
     app.wait_done(id).await;
     let stored_as = imaging::flipped_format(ImageFormat::Heic);
     let (_, page) = b.text("/gallery").await;
-    assert!(page.contains(&format!("/images/{id}/original-view")), "the gallery shows the JPEG view");
-    assert!(page.contains(&format!("/images/{id}/flipped-view")));
+    assert!(page.contains(&format!("/images/{id}/original-thumb")), "the gallery shows the thumbnails");
+    // Full size, in the viewer, is the JPEG view.
+    let (_, viewer) = b.text(&format!("/uploads/{id}/view?page=1")).await;
+    assert!(viewer.contains(&format!("/images/{id}/original-view")), "the viewer's full size is the JPEG view");
+    assert!(viewer.contains(&format!("/images/{id}/flipped-view")));
     assert!(page.contains("Download original (HEIC)"));
     assert!(page.contains(&format!("Download flipped ({})", stored_as.display_name())));
     let r = b.get(&format!("/images/{id}/original")).await;
@@ -721,5 +753,50 @@ async fn heic_uploads_are_shown_as_jpeg_and_kept_as_heic(tier: Tier) {
         let bytes = r.bytes().await.unwrap();
         imaging::decode_displayed(&bytes, ImageFormat::Jpeg).unwrap_or_else(|e| panic!("{view}: {e}"));
     }
+    app.shutdown().await;
+}
+
+async fn screen_sizes_are_made_by_the_worker_and_for_older_uploads_on_request(tier: Tier) {
+    use flipstack_core::blob::BlobKind;
+    let app = TestApp::spawn(tier).await;
+    let b = app.browser();
+    let me = email();
+    let id = upload_ok(&app, &b, &me, "wide.jpg", &jpeg(2000, 1500)).await;
+    app.wait_done(id).await;
+    let (_, page) = b.text("/gallery").await;
+    for variant in ["original-medium 1024w", "original-large 1600w", "flipped-medium 1024w", "flipped-large 1600w"] {
+        assert!(page.contains(&format!("/images/{id}/{variant}")), "srcset offers {variant}: {page}");
+    }
+    let kinds = [BlobKind::OriginalMedium, BlobKind::FlippedMedium, BlobKind::OriginalLarge, BlobKind::FlippedLarge];
+    // The worker stores them right after marking the upload done.
+    let started = std::time::Instant::now();
+    for kind in kinds {
+        while !app.services.blobs.exists(kind, id).await.unwrap() {
+            assert!(started.elapsed() < Duration::from_secs(60), "the worker stored {kind:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // An upload from before screen sizes existed: they are made on the first
+    // request, stored, and the same as the worker's.
+    let made_by_worker = app.services.blobs.get_bytes(BlobKind::FlippedLarge, id).await.unwrap().unwrap();
+    for kind in kinds {
+        app.services.blobs.delete(kind, id).await.unwrap();
+    }
+    let r = b.get(&format!("/images/{id}/flipped-large")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    let served = r.bytes().await.unwrap();
+    assert_eq!(served, made_by_worker, "made again, the same picture");
+    let header = turbojpeg::read_header(&served).unwrap();
+    assert_eq!((header.width, header.height), (1600, 1200));
+    for kind in kinds {
+        assert!(app.services.blobs.exists(kind, id).await.unwrap(), "{kind:?} stored on the first request");
+    }
+    // Sizes a picture does not have, and other people, get nothing.
+    let small = upload_ok(&app, &b, &me, "small.png", &png(300, 200)).await;
+    app.wait_done(small).await;
+    assert_eq!(b.get(&format!("/images/{small}/original-medium")).await.status(), 404);
+    let stranger = app.browser();
+    assert_eq!(stranger.get(&format!("/images/{id}/original-medium")).await.status(), 403);
     app.shutdown().await;
 }

@@ -7,13 +7,15 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
-use flipstack_core::domain::{UploadId, UploadState};
+use flipstack_core::domain::{UploadId, UploadState, WorkerStatus};
 
 tier_tests!(
     uploads_survive_workers_killed_at_random,
     a_poison_picture_fails_with_a_reason,
     a_block_reaches_another_server_within_a_second,
     the_admin_api_wants_its_token_and_dumps_restorable_sql,
+    paused_workers_flip_nothing_until_resumed_and_failures_retry_and_redrive,
+    the_operators_listing_finds_uploads_by_state_format_reason_and_person,
 );
 
 fn email() -> String {
@@ -159,29 +161,6 @@ async fn uploads_survive_workers_killed_at_random(tier: Tier) {
     app.shutdown().await;
 }
 
-/// A PNG whose structure and checksums are sound but whose compressed pixel
-/// data is garbage: it passes the upload check and fails in the decoder.
-fn poison_png() -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        let mut h = crc32fast::Hasher::new();
-        h.update(kind);
-        h.update(data);
-        out.extend_from_slice(&h.finalize().to_be_bytes());
-    }
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&64u32.to_be_bytes());
-    ihdr.extend_from_slice(&64u32.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    chunk(&mut png, b"IHDR", &ihdr);
-    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0xff, 0xff, 0xff, 0x00, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef]);
-    chunk(&mut png, b"IEND", &[]);
-    png
-}
-
 async fn a_poison_picture_fails_with_a_reason(tier: Tier) {
     let app = TestApp::spawn(tier).await;
     let b = app.browser();
@@ -277,6 +256,15 @@ async fn the_admin_api_wants_its_token_and_dumps_restorable_sql(tier: Tier) {
         ("POST", "/admin/api/uploads/unblock"),
         ("GET", "/admin/api/dump"),
         ("GET", "/admin/api/events"),
+        ("POST", "/admin/api/uploads/retry"),
+        ("POST", "/admin/api/uploads/1/retry"),
+        ("POST", "/admin/api/queue/redrive"),
+        ("POST", "/admin/api/workers/pause"),
+        ("POST", "/admin/api/workers/resume"),
+        ("POST", "/admin/api/pool/desired?count=1"),
+        ("GET", "/admin/api/uploads"),
+        ("GET", "/admin/api/uploads/1"),
+        ("GET", "/admin/api/logs"),
         ("GET", "/admin/api/nothing-here"),
     ];
     for (method, path) in routes {
@@ -295,6 +283,13 @@ async fn the_admin_api_wants_its_token_and_dumps_restorable_sql(tier: Tier) {
         app.services.store.setting("uploads_blocked").await.unwrap().is_none_or(|v| v != "true"),
         "nothing was blocked by the refused calls"
     );
+    assert!(
+        app.services.store.setting("workers_paused").await.unwrap().is_none_or(|v| v != "true"),
+        "nothing was paused by the refused calls"
+    );
+    let logs = app.admin_get("/admin/api/logs").await;
+    assert_eq!(logs.status(), 200, "the log view's route answers with the token");
+    let _: Vec<flipstack_core::status::LogLine> = logs.json().await.unwrap();
 
     // The events stream carries jobs and gallery reads.
     let events = app.admin_get("/admin/api/events").await;
@@ -387,4 +382,159 @@ async fn aws_metrics_reach_cloudwatch() {
     for want in ["CacheHits", "CacheMisses", "JobSeconds", "QueueBacklog", "GalleryReads"] {
         assert!(names.contains(&want), "{want} in {names:?}");
     }
+}
+
+/// The workers' pause holds across processes (a setting on the primary): a
+/// worker that sees it claims nothing. Counted in heartbeats, not seconds.
+async fn wait_heartbeats(app: &TestApp, status: WorkerStatus, after: i64, beats: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while seen.len() < beats {
+        assert!(Instant::now() < deadline, "{beats} heartbeats saying {status:?}; saw {seen:?}");
+        let workers = app.services.store.workers().await.unwrap();
+        for w in workers.iter().filter(|w| w.status == status && w.heartbeat_at > after) {
+            if !seen.contains(&w.heartbeat_at) {
+                seen.push(w.heartbeat_at);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn paused_workers_flip_nothing_until_resumed_and_failures_retry_and_redrive(tier: Tier) {
+    let mut app = TestApp::spawn_with(tier, |_| {}, 0).await;
+    let r = app.admin_post("/admin/api/workers/pause").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["paused"], true);
+    app.start_worker().await;
+    wait_heartbeats(&app, WorkerStatus::Paused, 0, 1).await;
+
+    let b = app.browser();
+    let me = email();
+    for i in 0..10 {
+        assert_eq!(b.upload(Some(&me), &format!("p{i}.png"), &png(12 + i, 12)).await.status(), 303);
+    }
+    let person = app.services.store.person_by_email(&flipstack_core::domain::Email::parse(&me).unwrap()).await;
+    let person = person.unwrap().unwrap();
+    let page = app.services.store.gallery_page(person.id, 0, 100, flipstack_core::store::ReadFrom::Primary).await;
+    let ids: Vec<UploadId> = page.unwrap().page.items.iter().map(|i| i.id).collect();
+    assert_eq!(ids.len(), 10);
+    // Two heartbeats of a paused worker after the uploads: it looked, and took nothing.
+    wait_heartbeats(&app, WorkerStatus::Paused, flipstack_core::domain::now_millis(), 2).await;
+    for id in &ids {
+        let u = app.services.store.upload(*id).await.unwrap().unwrap();
+        assert_eq!((u.state, u.claims), (UploadState::Pending, 0), "upload {id} is untouched while paused");
+    }
+    let status: serde_json::Value = app.admin_get("/admin/api/status").await.json().await.unwrap();
+    assert_eq!(status["workers_paused"], true, "the status says the workers are paused");
+
+    let r = app.admin_post("/admin/api/workers/resume").await;
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["paused"], false);
+    for id in &ids {
+        app.wait_done(*id).await;
+    }
+
+    // A poison picture fails; a retry (nothing replaced) fails it again, for the same reason.
+    assert_eq!(b.upload(Some(&me), "poison.png", &poison_png()).await.status(), 303);
+    let poison = app.latest_upload(&me).await.unwrap();
+    let first = app.wait_finished(poison, Duration::from_secs(60)).await;
+    assert_eq!(first.state, UploadState::Failed);
+    let reason = first.failure_reason.clone().unwrap();
+    let r = app.admin_post(&format!("/admin/api/uploads/{poison}/retry")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["retried"], serde_json::json!([poison.get()]));
+    let again = app.wait_finished(poison, Duration::from_secs(60)).await;
+    assert_eq!(again.state, UploadState::Failed);
+    assert_eq!(again.failure_reason.as_deref(), Some(reason.as_str()), "the same reason");
+    // A retry of one that is not failed changes nothing.
+    let r = app.admin_post(&format!("/admin/api/uploads/{}/retry", ids[0])).await;
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["retried"], serde_json::json!([]));
+    // Retry all: the failed one, and only it.
+    let r = app.admin_post("/admin/api/uploads/retry").await;
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["retried"], serde_json::json!([poison.get()]));
+    let third = app.wait_finished(poison, Duration::from_secs(60)).await;
+    assert_eq!(third.failure_reason.as_deref(), Some(reason.as_str()));
+    let kinds = |events: Vec<flipstack_core::store::Event>| events.into_iter().map(|e| e.kind.as_str()).collect::<Vec<_>>();
+    let seen = kinds(app.services.store.events_for_upload(poison).await.unwrap());
+    assert_eq!(seen, ["uploaded", "failed", "retried", "failed", "retried", "failed"], "its history");
+    let detail: flipstack_core::status::UploadDetail =
+        app.admin_get(&format!("/admin/api/uploads/{poison}")).await.json().await.unwrap();
+    assert_eq!(kinds(detail.events), seen, "the drill-down shows the same history");
+    assert_eq!(detail.upload.failure_reason.as_deref(), Some(reason.as_str()));
+
+    if tier != Tier::Aws {
+        let r = app.admin_post("/admin/api/queue/redrive").await;
+        assert_eq!(r.status(), 409, "the database queue has no dead-letter queue");
+        assert!(r.text().await.unwrap().contains("no dead-letter queue"));
+        app.shutdown().await;
+        return;
+    }
+    // SQS: never acknowledged, the poison message reaches the dead-letter queue.
+    let started = Instant::now();
+    while app.services.queue.depth().await.unwrap().dead_letters.unwrap_or(0) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(90), "the poison message reaches the dead-letter queue");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let before = kinds(app.services.store.events_for_upload(poison).await.unwrap()).len();
+    let r = app.admin_post("/admin/api/queue/redrive").await;
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    let redriven: Vec<i64> = serde_json::from_value(answer["redriven"].clone()).unwrap();
+    assert!(redriven.contains(&poison.get()), "the dead letter went back: {answer}");
+    assert_eq!(answer["retried"], serde_json::json!([poison.get()]), "its upload retried once: {answer}");
+    let started = Instant::now();
+    loop {
+        let seen = kinds(app.services.store.events_for_upload(poison).await.unwrap());
+        let after = &seen[before..];
+        if after.len() >= 2 {
+            assert_eq!(after[..2], ["retried", "failed"], "the redriven job ran and failed again: {seen:?}");
+            assert_eq!(after.iter().filter(|k| *k == "retried").count(), 1, "one retry per redrive: {seen:?}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the redriven job ran and failed again: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last = app.services.store.upload(poison).await.unwrap().unwrap();
+    assert_eq!(last.failure_reason.as_deref(), Some(reason.as_str()));
+    app.shutdown().await;
+}
+
+/// `GET /admin/api/uploads?query`: the ids and owners' hashes listed.
+async fn listed(app: &TestApp, query: &str) -> Vec<(UploadId, String)> {
+    let r = app.admin_get(&format!("/admin/api/uploads?{query}")).await;
+    assert_eq!(r.status(), 200, "{query}");
+    let rows: Vec<flipstack_core::status::UploadListing> = r.json().await.unwrap();
+    rows.into_iter().map(|l| (l.upload.id, l.person_hash)).collect()
+}
+
+async fn listed_ids(app: &TestApp, query: &str) -> Vec<UploadId> {
+    listed(app, query).await.into_iter().map(|(id, _)| id).collect()
+}
+
+async fn the_operators_listing_finds_uploads_by_state_format_reason_and_person(tier: Tier) {
+    let app = TestApp::spawn(tier).await;
+    let (b, c) = (app.browser(), app.browser());
+    let (me, other) = (email(), email());
+    assert_eq!(b.upload(Some(&me), "good.png", &png(20, 20)).await.status(), 303);
+    let good = app.latest_upload(&me).await.unwrap();
+    assert_eq!(b.upload(Some(&me), "bad.png", &poison_png()).await.status(), 303);
+    let bad = app.latest_upload(&me).await.unwrap();
+    assert_eq!(c.upload(Some(&other), "theirs.jpg", &jpeg(24, 16)).await.status(), 303);
+    let theirs = app.latest_upload(&other).await.unwrap();
+    app.wait_done(good).await;
+    app.wait_finished(bad, Duration::from_secs(60)).await;
+    app.wait_done(theirs).await;
+    let all = listed(&app, "").await;
+    assert_eq!(all.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [theirs, bad, good], "newest first");
+    let my_hash = flipstack_core::domain::Email::parse(&me).unwrap().hashed_id();
+    assert_eq!(all[1].1, my_hash, "each with its owner's hash");
+    assert_eq!(listed_ids(&app, "state=failed").await, [bad]);
+    assert_eq!(listed_ids(&app, "format=jpeg").await, [theirs]);
+    assert_eq!(listed_ids(&app, "reason=decoded").await, [bad]);
+    assert!(listed_ids(&app, "reason=%25").await.is_empty(), "a % in the reason is a plain character, not a wildcard");
+    assert_eq!(listed_ids(&app, &format!("person={}", &my_hash[..6])).await, [bad, good]);
+    assert_eq!(listed_ids(&app, "state=done&format=png&limit=1").await, [good]);
+    let r = app.admin_get("/admin/api/uploads/99").await;
+    assert_eq!(r.status(), 404);
+    app.shutdown().await;
 }

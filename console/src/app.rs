@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use flipstack_core::aws::cloudwatch::FleetNumbers;
-use flipstack_core::status::AdminStatus;
+use flipstack_core::status::{AdminStatus, LogLine, UploadDetail, UploadListing};
 use flipstack_provision::fleet::GroupStatus;
 use tui_input::Input;
 use tui_input::backend::crossterm::EventHandler;
 
 use crate::client::DumpWritten;
-use crate::model::{AdminEvent, EventData, FleetData, FleetNumbersData, Millis, StatusData};
+use crate::model::{AdminEvent, EventData, FleetData, FleetNumbersData, Millis, StatusData, UploadQuery};
+use crate::operate::{Change, LogsView, ScalePrompt, ScaleTarget, UploadsView};
 use crate::provision::{ProvisionMsg, ProvisionOp, ProvisionState};
 
 /// The status is polled every second; older than this it is stale.
@@ -33,6 +34,8 @@ pub struct Options {
     pub dump_dir: PathBuf,
     /// The fleet is polled this often; older than three times it is stale.
     pub fleet_interval_ms: i64,
+    /// `NO_COLOR`: draw without colours (bold and reverse stay).
+    pub no_color: bool,
 }
 
 /// Something the runtime must do for a key.
@@ -44,6 +47,11 @@ pub enum Action {
     CancelDump,
     Plan,
     Provision(ProvisionOp),
+    /// An operator's change, confirmed.
+    Change(Change),
+    LoadUploads(UploadQuery),
+    LoadUpload(i64),
+    LoadLogs,
 }
 
 /// What the background tasks tell the app.
@@ -61,6 +69,11 @@ pub enum Msg {
     DumpProgress(u64),
     DumpDone(Result<DumpWritten, String>),
     Provision(ProvisionMsg),
+    /// A change's outcome: the count the server answered (see [`Change::done`]).
+    ChangeDone(Change, Result<u64, String>),
+    Uploads(Result<Vec<UploadListing>, String>),
+    UploadDetail(Result<UploadDetail, String>),
+    Logs(Result<Vec<LogLine>, String>),
 }
 
 /// Which overlay has the keyboard.
@@ -75,6 +88,14 @@ pub enum Mode {
     /// The dump's progress or outcome.
     Dump,
     Provision,
+    /// Asked before an operator's change.
+    Confirm(Change),
+    /// Choosing a group and typing its desired capacity (`s`).
+    Scale(ScalePrompt),
+    /// The uploads view (`u`).
+    Uploads,
+    /// The server's recent warnings and errors (`l`).
+    Logs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +141,12 @@ pub struct App {
     pub block_pending: Option<bool>,
     pub dump: Option<DumpState>,
     pub provision: ProvisionState,
+    /// A change on its way to the server.
+    pub change_pending: Option<Change>,
+    pub uploads: UploadsView,
+    pub logs: LogsView,
+    /// What the runtime should do after a message (a reload after a retry).
+    pub follow_up: Vec<Action>,
     pub flash: Option<Flash>,
     pub quit: bool,
     /// `q` was pressed once while provisioning runs.
@@ -141,6 +168,10 @@ impl App {
             block_pending: None,
             dump: None,
             provision: ProvisionState::default(),
+            change_pending: None,
+            uploads: UploadsView::default(),
+            logs: LogsView::default(),
+            follow_up: Vec::new(),
             flash: None,
             quit: false,
             quit_armed: false,
@@ -156,6 +187,30 @@ impl App {
 
     fn say(&mut self, level: Level, text: impl Into<String>) {
         self.flash = Some(Flash { at: self.now, level, text: text.into() });
+    }
+
+    /// Whether the workers are paused, as last reported.
+    pub fn paused(&self) -> Option<bool> {
+        self.status.last.as_ref().map(|s| s.workers_paused)
+    }
+
+    /// What `s` can size: the stack's groups (`--stack`), else the local pool.
+    pub fn scale_targets(&self) -> Vec<ScaleTarget> {
+        if self.options.stack.is_some() {
+            self.fleet
+                .groups
+                .iter()
+                .map(|g| ScaleTarget {
+                    group: Some(g.status.name.clone()),
+                    min: g.status.min,
+                    max: g.status.max,
+                    desired: g.status.desired,
+                })
+                .collect()
+        } else {
+            let pool = self.status.last.as_ref().and_then(|s| s.pool.as_ref());
+            pool.map(|p| ScaleTarget { group: None, min: p.min, max: p.max, desired: p.desired }).into_iter().collect()
+        }
     }
 
     /// The uploads block as last reported, if known.
@@ -237,7 +292,135 @@ impl App {
                     self.say(text.0, text.1);
                 }
             }
+            Msg::ChangeDone(change, result) => {
+                self.change_pending = None;
+                match result {
+                    Ok(n) => {
+                        let (good, text) = change.done(n);
+                        self.say(if good { Level::Info } else { Level::Warn }, text);
+                    }
+                    // The reason first: the footer is one line.
+                    Err(e) => self.say(Level::Error, format!("not done: {e}")),
+                }
+                // The uploads view shows what changed.
+                if matches!(self.mode, Mode::Uploads) {
+                    self.follow_up.push(Action::LoadUploads(self.uploads.query.clone()));
+                    if let Some(Some(Ok(d))) = &self.uploads.detail {
+                        self.follow_up.push(Action::LoadUpload(d.upload.id.get()));
+                    }
+                }
+            }
+            Msg::Uploads(rows) => self.uploads.set_rows(rows),
+            Msg::UploadDetail(d) => {
+                // Only while the detail is open: Esc may have closed it.
+                if self.uploads.detail.is_some() {
+                    self.uploads.detail = Some(Some(d));
+                }
+            }
+            Msg::Logs(lines) => self.logs.lines = Some(lines),
         }
+    }
+
+    /// Asks for `change` unless the console is read-only or another is on its way.
+    fn ask(&mut self, change: Change) -> Option<Action> {
+        if self.options.read_only {
+            self.say(Level::Warn, READ_ONLY);
+        } else if self.change_pending.is_some() {
+            self.say(Level::Info, "the last change is still on its way");
+        } else {
+            self.mode = Mode::Confirm(change);
+        }
+        None
+    }
+
+    /// Where a confirmation or the scale prompt goes back to.
+    fn after_confirm(&mut self, change: &Change) {
+        self.mode = if matches!(change, Change::RetryOne(_)) { Mode::Uploads } else { Mode::Normal };
+    }
+
+    fn uploads_key(&mut self, key: KeyEvent) -> Option<Action> {
+        let view = &mut self.uploads;
+        if view.editing {
+            return match key.code {
+                KeyCode::Enter => {
+                    view.editing = false;
+                    view.query = UploadQuery::parse(view.filter.value());
+                    view.rows = None;
+                    view.selected = 0;
+                    Some(Action::LoadUploads(view.query.clone()))
+                }
+                KeyCode::Esc => {
+                    view.editing = false;
+                    None
+                }
+                _ => {
+                    view.filter.handle_event(&Event::Key(key));
+                    None
+                }
+            };
+        }
+        if view.detail.is_some() {
+            return match key.code {
+                KeyCode::Esc | KeyCode::Backspace | KeyCode::Char('q') => {
+                    view.detail = None;
+                    None
+                }
+                KeyCode::Char('r') => match view.detail.clone().flatten() {
+                    Some(Ok(d)) => self.retry_one(d.upload.id.get(), d.upload.state),
+                    _ => None,
+                },
+                KeyCode::Char('g') => {
+                    let id = view.selected_upload().map(|l| l.upload.id.get());
+                    id.map(Action::LoadUpload)
+                }
+                _ => None,
+            };
+        }
+        match key.code {
+            KeyCode::Esc | KeyCode::Char('q') => {
+                self.mode = Mode::Normal;
+                None
+            }
+            KeyCode::Char('/') => {
+                view.editing = true;
+                None
+            }
+            KeyCode::Up | KeyCode::Char('k') => {
+                view.move_by(-1);
+                None
+            }
+            KeyCode::Down | KeyCode::Char('j') => {
+                view.move_by(1);
+                None
+            }
+            KeyCode::PageUp => {
+                view.move_by(-10);
+                None
+            }
+            KeyCode::PageDown => {
+                view.move_by(10);
+                None
+            }
+            KeyCode::Char('g') => Some(Action::LoadUploads(view.query.clone())),
+            KeyCode::Enter => {
+                let id = view.selected_upload().map(|l| l.upload.id.get())?;
+                view.detail = Some(None);
+                Some(Action::LoadUpload(id))
+            }
+            KeyCode::Char('r') => {
+                let (id, state) = view.selected_upload().map(|l| (l.upload.id.get(), l.upload.state))?;
+                self.retry_one(id, state)
+            }
+            _ => None,
+        }
+    }
+
+    fn retry_one(&mut self, id: i64, state: flipstack_core::domain::UploadState) -> Option<Action> {
+        if state != flipstack_core::domain::UploadState::Failed && !self.options.read_only {
+            self.say(Level::Warn, format!("upload #{id} is {}: only failed uploads are retried", state.as_str()));
+            return None;
+        }
+        self.ask(Change::RetryOne(id))
     }
 
     /// Terminal events other than keys (resize) need nothing: the next draw
@@ -319,6 +502,66 @@ impl App {
                     _ => None,
                 }
             }
+            Mode::Confirm(change) => match key.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') => {
+                    self.after_confirm(&change);
+                    self.change_pending = Some(change.clone());
+                    Some(Action::Change(change))
+                }
+                KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc | KeyCode::Char('q') => {
+                    self.after_confirm(&change);
+                    self.say(Level::Info, "nothing changed");
+                    None
+                }
+                _ => None,
+            },
+            Mode::Scale(mut prompt) => match key.code {
+                KeyCode::Esc => {
+                    self.mode = Mode::Normal;
+                    self.say(Level::Info, "nothing changed");
+                    None
+                }
+                KeyCode::Tab | KeyCode::Up | KeyCode::Down => {
+                    prompt.next();
+                    self.mode = Mode::Scale(prompt);
+                    None
+                }
+                KeyCode::Enter => {
+                    match prompt.change() {
+                        Ok(change) => self.mode = Mode::Confirm(change),
+                        Err(why) => {
+                            self.say(Level::Warn, why);
+                            self.mode = Mode::Scale(prompt);
+                        }
+                    }
+                    None
+                }
+                _ => {
+                    prompt.input.handle_event(&Event::Key(key));
+                    self.mode = Mode::Scale(prompt);
+                    None
+                }
+            },
+            Mode::Uploads => self.uploads_key(key),
+            Mode::Logs => match key.code {
+                KeyCode::Esc | KeyCode::Char('q') => {
+                    self.mode = Mode::Normal;
+                    None
+                }
+                KeyCode::Up | KeyCode::Char('k') => {
+                    self.logs.back = self.logs.back.saturating_add(1);
+                    None
+                }
+                KeyCode::Down | KeyCode::Char('j') => {
+                    self.logs.back = self.logs.back.saturating_sub(1);
+                    None
+                }
+                KeyCode::Char('g') => {
+                    self.logs.back = 0;
+                    Some(Action::LoadLogs)
+                }
+                _ => None,
+            },
             Mode::Provision => {
                 let stack = self.options.stack.clone().unwrap_or_default();
                 let action = self.provision.on_key(key, &stack, self.options.read_only);
@@ -384,6 +627,46 @@ impl App {
                 let name = default_dump_name(&self.options.dump_dir, self.now);
                 self.mode = Mode::DumpPath(Input::new(name));
                 None
+            }
+            KeyCode::Char('r') => self.ask(Change::RetryAll),
+            KeyCode::Char('x') => self.ask(Change::Redrive),
+            KeyCode::Char('w') => match self.paused() {
+                Some(paused) => self.ask(Change::Pause(!paused)),
+                None if self.options.read_only => self.ask(Change::Pause(true)),
+                None => {
+                    self.say(Level::Warn, "the server's state is not known yet: wait for its status");
+                    None
+                }
+            },
+            KeyCode::Char('s') => {
+                if self.options.read_only {
+                    self.say(Level::Warn, READ_ONLY);
+                    return None;
+                }
+                let targets = self.scale_targets();
+                if targets.is_empty() {
+                    self.say(
+                        Level::Warn,
+                        if self.options.stack.is_some() {
+                            "no Auto Scaling group of the stack is known yet"
+                        } else {
+                            "no local worker pool reports (it runs with `flipstack up`; on AWS start with --stack)"
+                        },
+                    );
+                    return None;
+                }
+                self.mode = Mode::Scale(ScalePrompt::new(targets));
+                None
+            }
+            KeyCode::Char('u') => {
+                self.mode = Mode::Uploads;
+                self.uploads.detail = None;
+                Some(Action::LoadUploads(self.uploads.query.clone()))
+            }
+            KeyCode::Char('l') => {
+                self.mode = Mode::Logs;
+                self.logs.back = 0;
+                Some(Action::LoadLogs)
             }
             KeyCode::Char('p') => {
                 if self.options.stack.is_none() {

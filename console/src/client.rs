@@ -6,16 +6,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
-use flipstack_core::status::AdminStatus;
+use flipstack_core::status::{AdminStatus, LogLine, UploadDetail, UploadListing};
 use futures::{Stream, StreamExt};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use tokio::io::AsyncWriteExt;
 
-use crate::model::AdminEvent;
+use crate::model::{AdminEvent, UploadQuery};
 
 /// Short requests (status, block) give up after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+/// Actions and listings (a retry of many uploads, a redrive) may take longer.
+const ACTION_TIMEOUT: Duration = Duration::from_secs(20);
 /// The server sends a keep-alive at least every 15 s; silence past this
 /// means the stream is dead even if the connection is not closed.
 pub const EVENTS_IDLE: Duration = Duration::from_secs(40);
@@ -26,7 +28,8 @@ const DUMP_TRAILER: &[u8] = b"-- end of flipstack dump: ";
 pub enum ClientError {
     #[error("the server refused the admin token (401): check --token, FLIPSTACK_ADMIN_TOKEN or <data>/admin-token")]
     Unauthorized,
-    #[error("the server answered {status}: {body}")]
+    /// `body` is the answer's `error` when it has one (the admin API's JSON errors).
+    #[error("{body} (the server answered {status})")]
     Status { status: StatusCode, body: String },
     #[error("{}", transport_message(.0))]
     Transport(#[from] reqwest::Error),
@@ -95,7 +98,10 @@ impl AdminClient {
         }
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
-            let body = body.trim();
+            let error = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from));
+            let body = error.unwrap_or_else(|| body.trim().to_owned());
             return Err(ClientError::Status { status, body: body.chars().take(200).collect() });
         }
         Ok(resp)
@@ -116,6 +122,72 @@ impl AdminClient {
         }
         let answer: Answer = Self::check(resp).await?.json().await.map_err(|e| ClientError::Decode(e.to_string()))?;
         Ok(answer.blocked)
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self.request(reqwest::Method::POST, path).timeout(ACTION_TIMEOUT).send().await?;
+        Self::check(resp).await?.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self.request(reqwest::Method::GET, path).timeout(ACTION_TIMEOUT).send().await?;
+        Self::check(resp).await?.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Retries one failed upload, or every one; answers how many went back to pending.
+    pub async fn retry(&self, upload: Option<i64>) -> Result<usize, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            retried: Vec<i64>,
+        }
+        let path = match upload {
+            Some(id) => format!("/admin/api/uploads/{id}/retry"),
+            None => "/admin/api/uploads/retry".to_owned(),
+        };
+        Ok(self.post::<Answer>(&path).await?.retried.len())
+    }
+
+    /// Moves the dead-letter queue's messages back; answers how many.
+    pub async fn redrive(&self) -> Result<usize, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            redriven: Vec<i64>,
+        }
+        Ok(self.post::<Answer>("/admin/api/queue/redrive").await?.redriven.len())
+    }
+
+    /// Pauses or resumes every worker; answers the state now.
+    pub async fn set_paused(&self, paused: bool) -> Result<bool, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            paused: bool,
+        }
+        let path = if paused { "/admin/api/workers/pause" } else { "/admin/api/workers/resume" };
+        Ok(self.post::<Answer>(path).await?.paused)
+    }
+
+    /// Sizes the local pool of `flipstack up`.
+    pub async fn set_pool_desired(&self, count: u32) -> Result<u32, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            desired: u32,
+        }
+        Ok(self.post::<Answer>(&format!("/admin/api/pool/desired?count={count}")).await?.desired)
+    }
+
+    /// The newest uploads that match `filter`.
+    pub async fn uploads(&self, filter: &UploadQuery) -> Result<Vec<UploadListing>, ClientError> {
+        let query = serde_urlencoded::to_string(filter).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.get(&format!("/admin/api/uploads?{query}")).await
+    }
+
+    pub async fn upload(&self, id: i64) -> Result<UploadDetail, ClientError> {
+        self.get(&format!("/admin/api/uploads/{id}")).await
+    }
+
+    /// The server's recent warnings and errors, oldest first.
+    pub async fn logs(&self) -> Result<Vec<LogLine>, ClientError> {
+        self.get("/admin/api/logs").await
     }
 
     /// Streams the database dump into `path`: written beside it under a

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod client;
 pub mod model;
+pub mod operate;
 pub mod provision;
 mod runner;
 pub mod sources;
@@ -31,6 +32,7 @@ use tokio::task::JoinSet;
 
 use crate::app::{Action, App, Msg, Options};
 use crate::client::{AdminClient, ClientError};
+use crate::operate::Change;
 
 /// What `flipstack console` was started with.
 #[derive(Debug, Clone)]
@@ -126,6 +128,8 @@ pub async fn run(config: ConsoleConfig) -> Result<(), ConsoleError> {
             read_only: config.read_only,
             dump_dir: config.dump_dir.clone(),
             fleet_interval_ms: config.fleet_every.as_millis() as i64,
+            // https://no-color.org: set and not empty.
+            no_color: std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
         },
         now_millis(),
     );
@@ -158,6 +162,9 @@ pub async fn run(config: ConsoleConfig) -> Result<(), ConsoleError> {
             Some(msg) = rx.recv() => {
                 app.tick(now_millis());
                 app.on_msg(msg);
+                for action in std::mem::take(&mut app.follow_up) {
+                    actions.run(action);
+                }
                 // A burst (many reads at once) is drawn once, within a bound.
                 let started = Instant::now();
                 while started.elapsed() < Duration::from_millis(20) {
@@ -176,6 +183,30 @@ pub async fn run(config: ConsoleConfig) -> Result<(), ConsoleError> {
     actions.stop();
     tasks.abort_all();
     result
+}
+
+/// Makes a confirmed change: through the admin API, or for an AWS group
+/// (`--stack`) through Auto Scaling. Answers the count the change reports.
+async fn change_on_server(
+    client: &AdminClient,
+    aws: Option<flipstack_core::aws::AwsSettings>,
+    change: &Change,
+) -> Result<u64, String> {
+    let e = |e: ClientError| e.to_string();
+    match change {
+        Change::RetryAll => client.retry(None).await.map(|n| n as u64).map_err(e),
+        Change::RetryOne(id) => client.retry(Some(*id)).await.map(|n| n as u64).map_err(e),
+        Change::Redrive => client.redrive().await.map(|n| n as u64).map_err(e),
+        Change::Pause(paused) => client.set_paused(*paused).await.map(|p| p as u64).map_err(e),
+        Change::Scale { group: None, desired } => client.set_pool_desired(*desired).await.map(u64::from).map_err(e),
+        Change::Scale { group: Some(group), desired } => {
+            let aws = aws.ok_or("an AWS group needs --stack")?;
+            flipstack_provision::fleet::set_desired(&aws, group, *desired)
+                .await
+                .map(|()| u64::from(*desired))
+                .map_err(|e| format!("{e} (check the region, credentials and FLIPSTACK_AWS_ENDPOINT_URL)"))
+        }
+    }
 }
 
 /// Carries out the app's actions as background tasks.
@@ -223,6 +254,33 @@ impl Actions {
                 if let Some(t) = self.dump.take() {
                     t.abort();
                 }
+            }
+            Action::Change(change) => {
+                let (client, tx, refresh) = (self.client.clone(), self.tx.clone(), self.refresh.clone());
+                let aws = self.stack.as_ref().map(|s| s.aws.clone());
+                tokio::spawn(async move {
+                    let r = change_on_server(&client, aws, &change).await;
+                    let _ = tx.send(Msg::ChangeDone(change, r)).await;
+                    refresh.notify_one();
+                });
+            }
+            Action::LoadUploads(query) => {
+                let (client, tx) = (self.client.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(Msg::Uploads(client.uploads(&query).await.map_err(|e| e.to_string()))).await;
+                });
+            }
+            Action::LoadUpload(id) => {
+                let (client, tx) = (self.client.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(Msg::UploadDetail(client.upload(id).await.map_err(|e| e.to_string()))).await;
+                });
+            }
+            Action::LoadLogs => {
+                let (client, tx) = (self.client.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(Msg::Logs(client.logs().await.map_err(|e| e.to_string()))).await;
+                });
             }
             Action::Plan => {
                 if let Some(spec) = &self.stack {

@@ -288,6 +288,46 @@ fn push_front<T>(q: &mut VecDeque<T>, item: T) {
     q.push_front(item);
 }
 
+/// What the uploads view's `/` filter asks the server for
+/// (`GET /admin/api/uploads`); empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UploadQuery {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub format: String,
+    /// The start of the owner's hashed e-mail.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub person: String,
+    /// Part of the failure reason.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl UploadQuery {
+    /// Reads what the operator typed: `state:failed`, `format:png`,
+    /// `person:3fa1`, `reason:decoded`; a bare state or format name means
+    /// that state or format, any other word is part of the reason.
+    pub fn parse(text: &str) -> UploadQuery {
+        use flipstack_core::domain::{ImageFormat, UploadState};
+        let mut q = UploadQuery::default();
+        let mut reason = Vec::new();
+        for word in text.split_whitespace() {
+            match word.split_once(':') {
+                Some(("state", v)) => q.state = v.to_ascii_lowercase(),
+                Some(("format", v)) => q.format = v.to_ascii_lowercase(),
+                Some(("person", v)) => q.person = v.to_ascii_lowercase(),
+                Some(("reason", v)) => reason.push(v),
+                _ if UploadState::parse(&word.to_ascii_lowercase()).is_some() => q.state = word.to_ascii_lowercase(),
+                _ if ImageFormat::parse(&word.to_ascii_lowercase()).is_some() => q.format = word.to_ascii_lowercase(),
+                _ => reason.push(word),
+            }
+        }
+        q.reason = reason.join(" ");
+        q
+    }
+}
+
 /// `1.2 KiB`-style sizes for the dump's progress.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -360,6 +400,24 @@ mod tests {
         assert_eq!(s.len(), HISTORY);
         assert_eq!(s.last(3), vec![247, 248, 249]);
         assert_eq!(s.latest(), Some(249));
+    }
+
+    #[test]
+    fn the_filter_reads_keys_bare_names_and_words() {
+        assert_eq!(
+            UploadQuery::parse("failed png person:3FA1 could not"),
+            UploadQuery {
+                state: "failed".into(),
+                format: "png".into(),
+                person: "3fa1".into(),
+                reason: "could not".into()
+            }
+        );
+        assert_eq!(
+            UploadQuery::parse("state:done format:jpeg reason:decoded"),
+            UploadQuery { state: "done".into(), format: "jpeg".into(), reason: "decoded".into(), ..Default::default() }
+        );
+        assert_eq!(UploadQuery::parse("  "), UploadQuery::default());
     }
 
     #[test]

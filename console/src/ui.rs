@@ -15,6 +15,7 @@ use ratatui::widgets::{Block, Clear, Paragraph, Sparkline, Widget, Wrap};
 
 use crate::app::{App, DumpState, Level, Mode, STATUS_STALE_MS};
 use crate::model::{AdminEvent, Freshness, Series, human_age, human_bytes};
+use crate::operate::{Change, ScalePrompt};
 use crate::provision::{Confirm, ProvisionOp, StepState};
 
 /// The panels, for drawing one alone (the snapshot tests do).
@@ -47,6 +48,18 @@ pub fn draw(frame: &mut Frame, app: &App) {
 
     if let Some(cursor) = render_overlay(app, area, frame.buffer_mut()) {
         frame.set_cursor_position(cursor);
+    }
+    if app.options.no_color {
+        without_colors(frame.buffer_mut());
+    }
+}
+
+/// `NO_COLOR`: every cell in the terminal's own colours; bold, dim and
+/// reverse stay, so what stands out still does.
+pub fn without_colors(buf: &mut Buffer) {
+    for cell in buf.content.iter_mut() {
+        cell.fg = Color::Reset;
+        cell.bg = Color::Reset;
     }
 }
 
@@ -130,16 +143,20 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
     if let Some(stack) = &app.options.stack {
         spans.push(Span::styled(format!(" · stack {stack}"), DIM));
     }
-    if let Some(s) = &app.status.last {
-        spans.push(Span::styled(format!(" · v{} up {}", s.version, human_age(s.uptime_secs as i64 * 1000)), DIM));
-    }
     match app.blocked() {
         Some(true) => spans.push(Span::styled(" · uploads BLOCKED", BAD)),
         Some(false) => spans.push(Span::styled(" · uploads open", GOOD)),
         None => {}
     }
+    if app.paused() == Some(true) {
+        spans.push(Span::styled(" · workers PAUSED", BAD));
+    }
     if app.options.read_only {
         spans.push(Span::styled(" · READ-ONLY", WARN));
+    }
+    // Last: what is cut off at 80 columns is the least needed.
+    if let Some(s) = &app.status.last {
+        spans.push(Span::styled(format!(" · v{} up {}", s.version, human_age(s.uptime_secs as i64 * 1000)), DIM));
     }
     Paragraph::new(Line::from(spans)).render(area, buf);
 }
@@ -155,12 +172,16 @@ fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
     } else {
         let mut spans = vec![Span::raw(" ")];
         let keys: &[(&str, &str)] = if app.options.read_only {
-            &[("p", "plan"), ("?", "help"), ("q", "quit")]
+            &[("u", "uploads"), ("l", "log"), ("p", "plan"), ("?", "help"), ("q", "quit")]
         } else {
             &[
                 ("b", if app.blocked() == Some(true) { "unblock" } else { "block" }),
+                ("w", if app.paused() == Some(true) { "resume" } else { "pause" }),
+                ("r", "retry"),
+                ("u", "uploads"),
+                ("l", "log"),
                 ("d", "dump"),
-                ("p", "provision"),
+                ("p", "prov"),
                 ("?", "help"),
                 ("q", "quit"),
             ]
@@ -255,7 +276,8 @@ fn worker_lines(s: &AdminStatus) -> Vec<Line<'static>> {
             let status_style = match w.status {
                 WorkerStatus::Busy => GOOD,
                 WorkerStatus::Draining => WARN,
-                WorkerStatus::Idle => DIM,
+                // Only busy and draining stand out.
+                WorkerStatus::Idle | WorkerStatus::Paused => DIM,
             };
             Line::from(vec![
                 Span::raw(format!("{:<15}", truncate(&w.id, 14))),
@@ -314,8 +336,17 @@ fn queue(app: &App, area: Rect, buf: &mut Buffer) {
     let block = panel_block("queue", kind, &freshness);
     let inner = block.inner(area);
     block.render(area, buf);
+    // The workers' numbers from CloudWatch need no answer from a server.
+    let fleet = fleet_line(app, |n| {
+        let jobs = n.jobs_done.or(n.jobs_failed.map(|_| 0.0))?;
+        let failed = n.jobs_failed.map(|f| format!("  failed {f:.0}")).unwrap_or_default();
+        let secs = n.job_seconds.map(|s| format!("  job {s:.2}s")).unwrap_or_default();
+        Some(format!("done {jobs:.0}{failed}{secs}"))
+    });
     let Some(s) = &app.status.last else {
-        Paragraph::new(waiting_text("the server", &freshness, false)).wrap(Wrap { trim: true }).render(inner, buf);
+        let mut text = waiting_text("the server", &freshness, false);
+        text.lines.extend(fleet);
+        Paragraph::new(text).wrap(Wrap { trim: true }).render(inner, buf);
         return;
     };
     let d = &s.queue.depth;
@@ -333,13 +364,7 @@ fn queue(app: &App, area: Rect, buf: &mut Buffer) {
         Line::from(vec![Span::raw(format!("waiting {}  in flight {}  dead ", d.visible, d.in_flight)), dlq]),
         Line::raw(format!("oldest {oldest}  done {}/min", app.events.jobs_done_within(app.now, 60_000))),
     ];
-    if let Some(line) = fleet_line(app, |n| {
-        let jobs = n.jobs_done?;
-        let secs = n.job_seconds.map(|s| format!("  job {s:.2}s")).unwrap_or_default();
-        Some(format!("done {jobs:.0}{secs}"))
-    }) {
-        lines.push(line);
-    }
+    lines.extend(fleet);
     // This process's own job timings: none where workers run apart from it.
     if m.job_count > 0 || m.queue_wait_count > 0 {
         let timings = Span::styled(
@@ -660,7 +685,238 @@ fn render_overlay(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::la
             None
         }
         Mode::Provision => provision_view(app, area, buf),
+        Mode::Confirm(change) => {
+            confirm_change(change, area, buf);
+            None
+        }
+        Mode::Scale(prompt) => Some(scale_prompt(prompt, area, buf)),
+        Mode::Uploads => uploads_view(app, area, buf),
+        Mode::Logs => {
+            logs_view(app, area, buf);
+            None
+        }
     }
+}
+
+fn confirm_change(change: &Change, area: Rect, buf: &mut Buffer) {
+    let mut lines: Vec<Line> = change.explain().into_iter().map(Line::raw).collect();
+    lines.push(Line::raw(""));
+    lines.push(hint(&[("y", change.yes()), ("n/Esc", "leave as it is")]));
+    let inner = popup(area, 60, lines.len() as u16 + 2, &change.question(), buf);
+    Paragraph::new(lines).render(inner, buf);
+}
+
+fn scale_prompt(prompt: &ScalePrompt, area: Rect, buf: &mut Buffer) -> ratatui::layout::Position {
+    let mut lines = vec![Line::raw("Desired capacity of:")];
+    for (i, t) in prompt.targets.iter().enumerate() {
+        let mark = if i == prompt.selected { "›" } else { " " };
+        let style = if i == prompt.selected { Style::new().bold() } else { DIM };
+        lines.push(Line::styled(
+            format!("{mark} {:<32} desired {:>3}  ({}–{})", t.label(), t.desired, t.min, t.max),
+            style,
+        ));
+    }
+    lines.push(Line::raw(""));
+    let prompt_text = format!("new desired for {}: ", prompt.target().label());
+    let col = (prompt_text.chars().count() + prompt.input.visual_cursor()) as u16;
+    lines.push(Line::from(vec![
+        Span::raw(prompt_text),
+        Span::styled(prompt.input.value().to_owned(), Style::new().bold()),
+    ]));
+    lines.push(Line::raw(""));
+    lines.push(hint(&[("Enter", "next"), ("Tab", "other group"), ("Esc", "cancel")]));
+    let input_row = lines.len() as u16 - 3;
+    let inner = popup(area, 64, lines.len() as u16 + 2, "set the desired capacity", buf);
+    Paragraph::new(lines).render(inner, buf);
+    ratatui::layout::Position::new((inner.x + col).min(inner.right().saturating_sub(1)), inner.y + input_row)
+}
+
+/// The uploads view: the filter, the listing, or one upload in full.
+fn uploads_view(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::layout::Position> {
+    let view = &app.uploads;
+    // The footer row stays: it says what an action did.
+    let area = Rect { height: area.height.saturating_sub(1), ..area };
+    let inner = popup(area, area.width, area.height, "uploads view", buf);
+    let [top, body, bottom] =
+        inner.layout(&Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]));
+    let mut cursor = None;
+    if view.editing {
+        let prompt = "filter: ";
+        Paragraph::new(Line::from(vec![Span::styled(prompt, KEY), Span::raw(view.filter.value().to_owned())]))
+            .render(top, buf);
+        cursor = Some(ratatui::layout::Position::new(
+            (top.x + (prompt.len() + view.filter.visual_cursor()) as u16).min(top.right().saturating_sub(1)),
+            top.y,
+        ));
+    } else {
+        let shown = if view.filter.value().trim().is_empty() {
+            "everything".to_owned()
+        } else {
+            view.filter.value().to_owned()
+        };
+        Paragraph::new(Line::from(vec![
+            Span::styled("filter: ", DIM),
+            Span::raw(shown),
+            Span::styled("  (state:, format:, person:, reason: or words)", DIM),
+        ]))
+        .render(top, buf);
+    }
+    let keys: Vec<(&str, &str)> = if view.editing {
+        vec![("Enter", "apply"), ("Esc", "leave as it was")]
+    } else if view.detail.is_some() {
+        vec![("r", "retry"), ("g", "reload"), ("Esc", "back")]
+    } else {
+        vec![("/", "filter"), ("↑↓", "select"), ("Enter", "details"), ("r", "retry"), ("g", "reload"), ("Esc", "close")]
+    };
+    hint(&keys).render(bottom, buf);
+    match &view.detail {
+        Some(detail) => upload_detail(app, detail.as_ref(), body, buf),
+        None => upload_rows(app, body, buf),
+    }
+    cursor
+}
+
+fn state_style(state: &str) -> Style {
+    match state {
+        "failed" => BAD,
+        "done" => GOOD,
+        "processing" => WARN,
+        _ => Style::new(),
+    }
+}
+
+/// What a view fetched, once it came; until then (or when it failed) says
+/// so in `area` and answers None.
+fn answered<'a, T>(fetched: Option<&'a Result<T, String>>, what: &str, area: Rect, buf: &mut Buffer) -> Option<&'a T> {
+    match fetched {
+        None => Paragraph::new(Line::styled(format!("reading the {what}…"), DIM)).render(area, buf),
+        Some(Err(e)) => {
+            Paragraph::new(vec![Line::styled(format!("The {what} could not be read:"), BAD), Line::raw(e.clone())])
+                .wrap(Wrap { trim: false })
+                .render(area, buf)
+        }
+        Some(Ok(v)) => return Some(v),
+    }
+    None
+}
+
+fn upload_rows(app: &App, area: Rect, buf: &mut Buffer) {
+    let view = &app.uploads;
+    let Some(rows) = answered(view.rows.as_ref(), "uploads", area, buf) else {
+        return;
+    };
+    if rows.is_empty() {
+        Paragraph::new(Line::styled("no upload matches the filter", DIM)).render(area, buf);
+        return;
+    }
+    let mut lines = vec![Line::styled(
+        format!("  {:<8} {:<10} {:<5} {:>3} {:>7}  {:<8} reason", "id", "state", "fmt", "try", "age", "person"),
+        DIM,
+    )];
+    let visible = area.height.saturating_sub(1) as usize;
+    // Keep the selected row in view.
+    let first = view.selected.saturating_sub(visible.saturating_sub(1));
+    for (i, l) in rows.iter().enumerate().skip(first).take(visible) {
+        let u = &l.upload;
+        let selected = i == view.selected;
+        let line = Line::from(vec![
+            Span::raw(if selected { "› " } else { "  " }),
+            Span::raw(format!("{:<8} ", u.id.get())),
+            Span::styled(format!("{:<10} ", u.state.as_str()), state_style(u.state.as_str())),
+            Span::raw(format!("{:<5} {:>3} ", u.format.as_str(), u.attempts)),
+            Span::styled(format!("{:>7}  ", human_age(app.now - u.created_at)), DIM),
+            Span::raw(format!("{:<8} ", truncate(&l.person_hash, 8))),
+            Span::styled(u.failure_reason.clone().unwrap_or_default(), WARN),
+        ]);
+        lines.push(if selected { line.style(Style::new().add_modifier(Modifier::REVERSED)) } else { line });
+    }
+    Paragraph::new(lines).render(area, buf);
+}
+
+fn upload_detail(
+    app: &App,
+    detail: Option<&Result<flipstack_core::status::UploadDetail, String>>,
+    area: Rect,
+    buf: &mut Buffer,
+) {
+    let Some(d) = answered(detail, "upload", area, buf) else {
+        return;
+    };
+    let u = &d.upload;
+    let since = |t: i64| format!("+{:.1}s", (t - u.created_at).max(0) as f64 / 1000.0);
+    let mut lines = vec![
+        Line::from(vec![
+            Span::styled(format!("upload #{} ", u.id), Style::new().bold()),
+            Span::styled(u.state.as_str().to_owned(), state_style(u.state.as_str())),
+            Span::raw(format!(" · {} {}×{} · {}", u.format.as_str(), u.width, u.height, human_bytes(u.bytes))),
+        ]),
+        Line::raw(format!("owner {} · attempts {} · claims {}", d.person_hash, u.attempts, u.claims)),
+        Line::raw(format!(
+            "uploaded {} ago{}",
+            human_age(app.now - u.created_at),
+            match u.finished_at {
+                Some(f) => format!(" · finished {} after upload", since(f)),
+                None => " · not finished".to_owned(),
+            }
+        )),
+    ];
+    if let Some(owner) = &u.lease_owner {
+        lines.push(Line::raw(format!(
+            "held by {owner}{}",
+            u.lease_until.map(|t| format!(" until {}", since(t))).unwrap_or_default()
+        )));
+    }
+    if let Some(o) = &u.outcome {
+        lines.push(Line::raw(format!(
+            "flipped {}×{} by {}, {}",
+            o.flipped_width,
+            o.flipped_height,
+            o.method,
+            human_bytes(o.flipped_bytes)
+        )));
+    }
+    if let Some(reason) = &u.failure_reason {
+        lines.push(Line::from(vec![Span::styled("reason ", DIM), Span::styled(reason.clone(), BAD)]));
+    }
+    lines.push(Line::styled("events", DIM));
+    for e in &d.events {
+        lines.push(Line::from(vec![
+            Span::styled(format!("  {:>8} ", since(e.at)), DIM),
+            Span::styled(format!("{:<9}", e.kind), state_style(e.kind.as_str())),
+            Span::raw(e.detail.clone().unwrap_or_default()),
+        ]));
+    }
+    Paragraph::new(lines).wrap(Wrap { trim: false }).render(area, buf);
+}
+
+fn logs_view(app: &App, area: Rect, buf: &mut Buffer) {
+    let area = Rect { height: area.height.saturating_sub(1), ..area };
+    let inner = popup(area, area.width, area.height, "server log · warnings and errors", buf);
+    let [body, bottom] = inner.layout(&Layout::vertical([Constraint::Min(0), Constraint::Length(1)]));
+    hint(&[("↑↓", "scroll"), ("g", "reload"), ("Esc", "close")]).render(bottom, buf);
+    let lines: Vec<Line> = match &app.logs.lines {
+        None => vec![Line::styled("reading the server's log…", DIM)],
+        Some(Err(e)) => vec![Line::styled("The log could not be read:", BAD), Line::raw(e.clone())],
+        Some(Ok(lines)) if lines.is_empty() => {
+            vec![Line::styled("no warnings or errors since the server started", GOOD)]
+        }
+        Some(Ok(lines)) => lines
+            .iter()
+            .map(|l| {
+                Line::from(vec![
+                    Span::styled(format!("{:>6} ", human_age(app.now - l.at)), DIM),
+                    Span::styled(format!("{:<5} ", l.level), if l.level == "ERROR" { BAD } else { WARN }),
+                    Span::styled(format!("{} ", l.target), DIM),
+                    Span::raw(l.message.clone()),
+                ])
+            })
+            .collect(),
+    };
+    // The newest at the bottom; ↑ scrolls back.
+    let width = body.width.max(1) as usize;
+    let rows: usize = lines.iter().map(|l| l.width().div_ceil(width).max(1)).sum();
+    let scroll = (rows as u16).saturating_sub(body.height).saturating_sub(app.logs.back);
+    Paragraph::new(lines).wrap(Wrap { trim: false }).scroll((scroll, 0)).render(body, buf);
 }
 
 fn hint(keys: &[(&str, &str)]) -> Line<'static> {
@@ -676,24 +932,27 @@ fn help(app: &App, area: Rect, buf: &mut Buffer) {
     let row =
         |k: &str, what: &str| Line::from(vec![Span::styled(format!("  {k:<6}"), KEY), Span::raw(what.to_owned())]);
     let mut lines = vec![
-        row("b", "block or unblock uploads (asks first)"),
+        row("b", "block or unblock uploads"),
+        row("w", "pause or resume the workers (they finish the job in hand)"),
+        row("r", "retry every failed upload"),
+        row("x", "redrive the dead-letter queue (SQS)"),
+        row("s", "set a group's desired capacity (Tab: next group)"),
+        row("u", "uploads: / filter, ↑↓, Enter details, r retry one"),
+        row("l", "the server's recent warnings and errors"),
         row("d", "dump the database to a file (SQL)"),
         row("p", "provisioning: plan, then up or down (--stack)"),
         row("?", "this help; any key closes it"),
         row("q", "quit (Ctrl-C too)"),
-        Line::raw(""),
-        Line::styled("Panels refresh in the background: status every second,", DIM),
-        Line::styled("reads as they happen, the AWS fleet every few seconds.", DIM),
-        Line::styled("A red border and \"stale 12s\" mean that source has not", DIM),
-        Line::styled("answered for that long: the numbers are its last ones.", DIM),
-        Line::raw(""),
-        Line::styled("Restore a dump with: flipstack db restore FILE", DIM),
+        Line::styled("Every change asks first: y to go ahead.", DIM),
+        Line::styled("Filter: state:failed format:png person:3fa1 reason:… or", DIM),
+        Line::styled("bare words. A red border and \"stale 12s\": that source", DIM),
+        Line::styled("has not answered for that long. Restore a dump with", DIM),
+        Line::styled("flipstack db restore FILE.", DIM),
     ];
     if app.options.read_only {
-        lines.push(Line::raw(""));
-        lines.push(Line::styled("Read-only: b, d and provisioning up/down are off.", WARN));
+        lines.push(Line::styled("Read-only: b w r x s d and provisioning up/down are off.", WARN));
     }
-    let inner = popup(area, 62, lines.len() as u16 + 2, "help", buf);
+    let inner = popup(area, 72, lines.len() as u16 + 2, "help", buf);
     Paragraph::new(lines).render(inner, buf);
 }
 

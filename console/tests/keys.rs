@@ -260,3 +260,161 @@ fn blocked_event_shows_at_once() {
     a.on_msg(Msg::Event(flipstack_console::model::AdminEvent::Blocked { at: T0, blocked: true }));
     assert_eq!(a.blocked(), Some(true));
 }
+
+/// Each operator change, from its key to its action: it asks first, `n`
+/// leaves everything as it is, `y` acts once.
+#[test]
+fn every_change_asks_first_and_only_yes_acts() {
+    use flipstack_console::operate::Change;
+    let cases: [(char, Change); 3] = [('r', Change::RetryAll), ('x', Change::Redrive), ('w', Change::Pause(true))];
+    for (k, change) in cases {
+        let mut a = app(None, false);
+        assert_eq!(chr(&mut a, k), None);
+        assert!(matches!(&a.mode, Mode::Confirm(c) if *c == change), "{k}: {:?}", a.mode);
+        // Keys other than y and n do nothing while asking.
+        assert_eq!(press(&mut a, KeyCode::Enter), None);
+        assert_eq!(chr(&mut a, k), None);
+        assert_eq!(chr(&mut a, 'n'), None);
+        assert!(matches!(a.mode, Mode::Normal));
+        assert_eq!(flash(&a).1, "nothing changed");
+        chr(&mut a, k);
+        assert_eq!(chr(&mut a, 'y'), Some(Action::Change(change.clone())), "{k}");
+        assert!(matches!(a.mode, Mode::Normal));
+        // One change at a time.
+        assert_eq!(chr(&mut a, k), None);
+        assert!(matches!(a.mode, Mode::Normal));
+        assert!(flash(&a).1.contains("still on its way"));
+        a.on_msg(Msg::ChangeDone(change, Ok(3)));
+        assert_eq!(flash(&a).0, Level::Info);
+        assert!(a.change_pending.is_none());
+    }
+}
+
+#[test]
+fn pause_offers_resume_once_paused_and_the_header_says_so() {
+    let mut a = app(None, false);
+    let mut s = common::status_at(30);
+    s.workers_paused = true;
+    a.on_msg(Msg::Status(Ok(Box::new(s))));
+    assert_eq!(a.paused(), Some(true));
+    chr(&mut a, 'w');
+    assert!(matches!(&a.mode, Mode::Confirm(flipstack_console::operate::Change::Pause(false))));
+}
+
+#[test]
+fn scale_takes_a_count_within_the_groups_bounds() {
+    use flipstack_console::operate::Change;
+    // The local pool: 1 to 4 workers, 3 desired.
+    let mut a = app(None, false);
+    chr(&mut a, 's');
+    let Mode::Scale(p) = &a.mode else { panic!("{:?}", a.mode) };
+    assert_eq!(p.input.value(), "3", "starts from the desired count");
+    press(&mut a, KeyCode::Backspace);
+    typed(&mut a, "9");
+    assert_eq!(press(&mut a, KeyCode::Enter), None);
+    assert!(matches!(a.mode, Mode::Scale(_)), "9 is past the pool's max: still asking");
+    assert!(flash(&a).1.contains("takes 1 to 4, not 9"), "{}", flash(&a).1);
+    press(&mut a, KeyCode::Backspace);
+    typed(&mut a, "2");
+    press(&mut a, KeyCode::Enter);
+    let want = Change::Scale { group: None, desired: 2 };
+    assert!(matches!(&a.mode, Mode::Confirm(c) if *c == want));
+    assert_eq!(chr(&mut a, 'y'), Some(Action::Change(want)));
+
+    // With a stack: the AWS groups, Tab to the next.
+    let mut a = app(Some("demo"), false);
+    chr(&mut a, 's');
+    press(&mut a, KeyCode::Tab);
+    let Mode::Scale(p) = &a.mode else { panic!() };
+    assert_eq!(p.target().label(), "flipstack-demo-worker");
+    press(&mut a, KeyCode::Backspace);
+    typed(&mut a, "5");
+    press(&mut a, KeyCode::Enter);
+    assert_eq!(
+        chr(&mut a, 'y'),
+        Some(Action::Change(Change::Scale { group: Some("flipstack-demo-worker".into()), desired: 5 }))
+    );
+    // Esc leaves it as it is.
+    let mut a = app(None, false);
+    chr(&mut a, 's');
+    assert_eq!(press(&mut a, KeyCode::Esc), None);
+    assert!(matches!(a.mode, Mode::Normal));
+}
+
+#[test]
+fn the_uploads_view_filters_drills_down_and_retries_one() {
+    use flipstack_console::model::UploadQuery;
+    use flipstack_console::operate::Change;
+    let mut a = app(None, false);
+    assert_eq!(chr(&mut a, 'u'), Some(Action::LoadUploads(UploadQuery::default())));
+    a.on_msg(Msg::Uploads(Ok(common::listing())));
+    // The filter: typing is text, not keys.
+    assert_eq!(chr(&mut a, '/'), None);
+    typed(&mut a, "failed png person:3fa1 decoded");
+    let want =
+        UploadQuery { state: "failed".into(), format: "png".into(), person: "3fa1".into(), reason: "decoded".into() };
+    assert_eq!(press(&mut a, KeyCode::Enter), Some(Action::LoadUploads(want.clone())));
+    a.on_msg(Msg::Uploads(Ok(common::listing())));
+    // Down to the failed one; a retry of a done one is refused.
+    press(&mut a, KeyCode::Down);
+    press(&mut a, KeyCode::Down);
+    assert_eq!(a.uploads.selected_upload().unwrap().upload.id.get(), 1302);
+    assert_eq!(chr(&mut a, 'r'), None);
+    assert!(flash(&a).1.contains("only failed uploads are retried"));
+    press(&mut a, KeyCode::Up);
+    assert_eq!(press(&mut a, KeyCode::Enter), Some(Action::LoadUpload(1303)));
+    a.on_msg(Msg::UploadDetail(Ok(common::failed_detail())));
+    assert_eq!(chr(&mut a, 'r'), None);
+    assert!(matches!(&a.mode, Mode::Confirm(Change::RetryOne(1303))));
+    assert_eq!(chr(&mut a, 'y'), Some(Action::Change(Change::RetryOne(1303))));
+    assert!(matches!(a.mode, Mode::Uploads), "back in the view");
+    a.on_msg(Msg::ChangeDone(Change::RetryOne(1303), Ok(1)));
+    assert_eq!(
+        std::mem::take(&mut a.follow_up),
+        vec![Action::LoadUploads(want), Action::LoadUpload(1303)],
+        "the view reloads what changed"
+    );
+    // Esc: the list, then the main screen.
+    press(&mut a, KeyCode::Esc);
+    assert!(a.uploads.detail.is_none() && matches!(a.mode, Mode::Uploads));
+    press(&mut a, KeyCode::Esc);
+    assert!(matches!(a.mode, Mode::Normal));
+}
+
+#[test]
+fn the_log_view_loads_and_reloads() {
+    let mut a = app(None, true);
+    assert_eq!(chr(&mut a, 'l'), Some(Action::LoadLogs), "reading the log is not a change");
+    a.on_msg(Msg::Logs(Ok(common::log_lines())));
+    press(&mut a, KeyCode::Up);
+    assert_eq!(a.logs.back, 1);
+    assert_eq!(chr(&mut a, 'g'), Some(Action::LoadLogs));
+    assert_eq!(a.logs.back, 0);
+    press(&mut a, KeyCode::Esc);
+    assert!(matches!(a.mode, Mode::Normal));
+}
+
+#[test]
+fn read_only_refuses_every_operator_change() {
+    let mut a = app(Some("demo"), true);
+    for k in ['r', 'x', 'w', 's'] {
+        assert_eq!(chr(&mut a, k), None, "{k}");
+        assert!(matches!(a.mode, Mode::Normal), "{k}: {:?}", a.mode);
+        let (level, text) = flash(&a);
+        assert_eq!(level, Level::Warn);
+        assert!(text.contains("read-only"), "{k}: {text}");
+    }
+    // In the uploads view, r on a failed upload is refused too.
+    assert!(chr(&mut a, 'u').is_some());
+    a.on_msg(Msg::Uploads(Ok(common::listing())));
+    press(&mut a, KeyCode::Down);
+    a.flash = None;
+    assert_eq!(chr(&mut a, 'r'), None);
+    assert!(matches!(a.mode, Mode::Uploads));
+    assert!(flash(&a).1.contains("read-only"));
+    assert_eq!(press(&mut a, KeyCode::Enter), Some(Action::LoadUpload(1303)), "looking is allowed");
+    a.on_msg(Msg::UploadDetail(Ok(common::failed_detail())));
+    a.flash = None;
+    assert_eq!(chr(&mut a, 'r'), None);
+    assert!(flash(&a).1.contains("read-only"));
+}

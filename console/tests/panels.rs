@@ -197,3 +197,114 @@ fn provisioning_plan_confirm_down_and_progress() {
     a.on_msg(Msg::Provision(ProvisionMsg::Finished(Ok("3 created, 0 changed, 1 unchanged".into()))));
     assert_snapshot!("provision_finished_with_a_failed_step", screen(&a, 80, 24));
 }
+
+fn uploads_app() -> App {
+    let mut a = app(None, false);
+    key(&mut a, 'u');
+    a.on_msg(Msg::Uploads(Ok(common::listing())));
+    a
+}
+
+#[test]
+fn uploads_view_80x24() {
+    let mut a = uploads_app();
+    a.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn uploads_view_filter_typed() {
+    let mut a = uploads_app();
+    key(&mut a, '/');
+    for c in "failed person:3fa1".chars() {
+        key(&mut a, c);
+    }
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn upload_detail_80x24() {
+    let mut a = uploads_app();
+    a.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+    a.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    a.on_msg(Msg::UploadDetail(Ok(common::failed_detail())));
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn log_view_80x24() {
+    let mut a = app(None, false);
+    key(&mut a, 'l');
+    a.on_msg(Msg::Logs(Ok(common::log_lines())));
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn confirm_retry_all() {
+    let mut a = app(None, false);
+    key(&mut a, 'r');
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn confirm_redrive() {
+    let mut a = app(None, false);
+    key(&mut a, 'x');
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn confirm_pause() {
+    let mut a = app(None, false);
+    key(&mut a, 'w');
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn scale_prompt_with_a_stack() {
+    let mut a = app(Some("demo"), false);
+    key(&mut a, 's');
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn help_lists_every_key_at_80x24() {
+    let mut a = app(None, false);
+    key(&mut a, '?');
+    let s = screen(&a, 80, 24);
+    for k in ["b ", "w ", "r ", "x ", "s ", "u ", "l ", "d ", "p ", "q "] {
+        assert!(s.lines().any(|l| l.contains(&format!("│  {k}"))), "help lists {k:?}:\n{s}");
+    }
+    assert_snapshot!(s);
+}
+
+#[test]
+fn read_only_refusal_in_the_footer() {
+    let mut a = app(None, true);
+    key(&mut a, 'x');
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn no_color_draws_in_the_terminals_own_colours() {
+    let mut colored = app(None, false);
+    colored.options.no_color = false;
+    let mut t = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    t.draw(|f| ui::draw(f, &colored)).unwrap();
+    let reset = ratatui::style::Color::Reset;
+    assert!(
+        t.backend().buffer().content.iter().any(|c| c.fg != reset),
+        "the console has colours by default (so this test can fail)"
+    );
+    let mut plain = app(None, false);
+    plain.options.no_color = true;
+    let mut t = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    t.draw(|f| ui::draw(f, &plain)).unwrap();
+    let buf = t.backend().buffer();
+    assert!(buf.content.iter().all(|c| c.fg == reset && c.bg == reset), "NO_COLOR: no colour anywhere");
+    assert!(
+        buf.content.iter().any(|c| c.modifier.contains(ratatui::style::Modifier::BOLD)),
+        "bold still marks what stands out"
+    );
+    assert_eq!(screen(&plain, 80, 24), screen(&colored, 80, 24), "the same text");
+}

@@ -370,7 +370,11 @@ fn heic(a: &Args) {
     let path = tmp.path().join("photo.heic");
     std::fs::write(&path, &file).unwrap();
     let out = tmp.path().join("out.jpg");
-    println!("libheif {}; 4032×3024 HEIC from {source}, {} bytes", heif::version(), file.len());
+    println!(
+        "libheif {}; 4032×3024 HEIC from {source}, {} bytes",
+        heif::version().unwrap_or_else(|| "(not loaded)".into()),
+        file.len()
+    );
     let worker = || {
         let started = Instant::now();
         let p = imaging::flip_with_thumbnails(&file, ImageFormat::Heic, &limits()).expect("the worker's HEIC flip");

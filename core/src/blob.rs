@@ -22,6 +22,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::io::AsyncWriteExt;
 
 use crate::domain::UploadId;
+use crate::imaging::ScreenSize;
 
 /// What a key holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,17 +34,41 @@ pub enum BlobKind {
     /// Browser-viewable copies of a HEIC/AVIF original and its flip.
     OriginalDisplay,
     FlippedDisplay,
+    /// Screen sizes ([`crate::imaging::screen`]) of the original and the flip.
+    OriginalMedium,
+    FlippedMedium,
+    OriginalLarge,
+    FlippedLarge,
 }
 
 impl BlobKind {
-    pub const ALL: [BlobKind; 6] = [
+    pub const ALL: [BlobKind; 10] = [
         Self::Original,
         Self::Flipped,
         Self::OriginalThumb,
         Self::FlippedThumb,
         Self::OriginalDisplay,
         Self::FlippedDisplay,
+        Self::OriginalMedium,
+        Self::FlippedMedium,
+        Self::OriginalLarge,
+        Self::FlippedLarge,
     ];
+
+    /// The kind holding one screen size of the original or of the flip.
+    pub fn screen(size: ScreenSize, flipped: bool) -> BlobKind {
+        match (size, flipped) {
+            (ScreenSize::Medium, false) => Self::OriginalMedium,
+            (ScreenSize::Medium, true) => Self::FlippedMedium,
+            (ScreenSize::Large, false) => Self::OriginalLarge,
+            (ScreenSize::Large, true) => Self::FlippedLarge,
+        }
+    }
+
+    /// Is it a screen size?
+    pub fn is_screen(self) -> bool {
+        matches!(self, Self::OriginalMedium | Self::FlippedMedium | Self::OriginalLarge | Self::FlippedLarge)
+    }
 
     fn folder(self) -> &'static str {
         match self {
@@ -53,6 +78,10 @@ impl BlobKind {
             Self::FlippedThumb => "thumbs/flipped",
             Self::OriginalDisplay => "display/original",
             Self::FlippedDisplay => "display/flipped",
+            Self::OriginalMedium => "screen/medium/original",
+            Self::FlippedMedium => "screen/medium/flipped",
+            Self::OriginalLarge => "screen/large/original",
+            Self::FlippedLarge => "screen/large/flipped",
         }
     }
 }
@@ -233,13 +262,18 @@ impl BlobStore {
         }
     }
 
+    /// Removes one blob; an absent one is fine.
+    pub async fn delete(&self, kind: BlobKind, id: UploadId) -> Result<(), BlobError> {
+        match self.store.delete(&self.path(kind, id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes every blob of an upload; absent ones are fine.
     pub async fn delete_all(&self, id: UploadId) -> Result<(), BlobError> {
         for kind in BlobKind::ALL {
-            match self.store.delete(&self.path(kind, id)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete(kind, id).await?;
         }
         Ok(())
     }

@@ -65,6 +65,7 @@ pub const KEYS: &[&str] = &[
     "form_part_header_bytes",
     "startup_wait_secs",
     "scale_in_protection_group",
+    "libheif",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -167,6 +168,9 @@ pub struct Config {
     /// The worker's Auto Scaling group: when set, a worker protects its
     /// instance from scale-in while it holds a job (set by `provision up`).
     pub scale_in_protection_group: Option<String>,
+    /// libheif's file (a name the dynamic loader finds, or a path), loaded at
+    /// first use for HEIC/AVIF; without it those uploads are refused (415).
+    pub libheif: String,
 }
 
 impl Default for Config {
@@ -224,6 +228,7 @@ impl Default for Config {
             form_part_header_bytes: 16 * 1024,
             startup_wait_secs: 300,
             scale_in_protection_group: None,
+            libheif: crate::imaging::heif::DEFAULT_LIBRARY.into(),
         }
     }
 }

@@ -228,6 +228,8 @@ named_enum! {
         Done = "done",
         Retry = "retry",
         Failed = "failed",
+        /// An operator set a failed upload back to pending (`retry_upload`).
+        Retried = "retried",
         Deleted = "deleted",
     }
 }
@@ -276,6 +278,8 @@ named_enum! {
     pub enum WorkerStatus {
         Idle = "idle",
         Busy = "busy",
+        /// Paused by an operator (`workers_paused`): claims nothing new.
+        Paused = "paused",
         Draining = "draining",
     }
 }

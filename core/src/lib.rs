@@ -14,10 +14,12 @@ pub mod limits;
 pub mod mail;
 pub mod metrics;
 pub mod queue;
+pub mod screens;
 pub mod services;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod wake;
 
 pub use config::Config;
 pub use services::Services;

@@ -222,6 +222,9 @@ impl Metrics {
                 .map(|o| self.db_queries.get_or_create(&TargetLabel { target: t, origin: o }).get())
                 .sum()
         };
+        // Each read in a function of its own: a family's guard lives to the end of
+        // the statement, and a second label's first use needs the write lock.
+        let jobs = |outcome: &'static str| self.jobs.get_or_create(&OutcomeLabel { outcome }).get();
         MetricsSnapshot {
             cache_hits: self.cache_hits.get(),
             cache_misses: self.cache_misses.get(),
@@ -235,6 +238,8 @@ impl Metrics {
             queue_wait_count: self.queue_waits.get(),
             job_seconds_sum: self.job_seconds_total.get(),
             job_count: self.jobs_timed.get(),
+            jobs_failed: jobs("failed"),
+            jobs_retried: jobs("retry"),
         }
     }
 }
@@ -254,6 +259,11 @@ pub struct MetricsSnapshot {
     pub queue_wait_count: u64,
     pub job_seconds_sum: f64,
     pub job_count: u64,
+    /// Jobs that ended `failed` (permanently) and attempts put back for a retry.
+    #[serde(default)]
+    pub jobs_failed: u64,
+    #[serde(default)]
+    pub jobs_retried: u64,
 }
 
 #[cfg(test)]
@@ -270,5 +280,16 @@ mod tests {
         assert!(text.contains("flipstack_cache_hits_total 1"), "{text}");
         assert!(text.contains("flipstack_gallery_reads_total{source=\"replica\"} 1"), "{text}");
         assert_eq!(m.snapshot().db_queries_primary, 1);
+    }
+
+    #[test]
+    fn a_snapshot_counts_failed_and_retried_jobs() {
+        let m = Metrics::new();
+        assert_eq!(m.snapshot().jobs_failed, 0, "first use of both labels in one snapshot");
+        m.job("failed");
+        m.job("retry");
+        m.job("retry");
+        let s = m.snapshot();
+        assert_eq!((s.jobs_failed, s.jobs_retried), (1, 2));
     }
 }

@@ -150,12 +150,18 @@ impl Services {
         let aws = AwsSettings::from_config(&config);
         let blobs = BlobStore::from_url(&config.blob_url(), &aws.region, aws.endpoint.as_deref())?;
         let poll = Duration::from_millis(config.queue_poll_ms);
+        let wake_dir = crate::wake::folder(&config.data_dir);
         let queue = wait_for("queue", deadline, Instant::now(), || {
-            crate::queue::connect(&config.queue_url, store.clone(), poll, &aws)
+            crate::queue::connect(&config.queue_url, store.clone(), poll, &wake_dir, &aws)
         })
         .await?;
         let mailer = crate::mail::from_url(&config.mail_url(), &config.mail_from)?;
         let limits = Limits::new(config.max_pixels, config.max_frames);
+        crate::imaging::heif::use_library(&config.libheif);
+        match crate::imaging::heif::available() {
+            Ok(()) => tracing::debug!(libheif = crate::imaging::heif::version(), "HEIC and AVIF are handled"),
+            Err(e) => tracing::warn!("HEIC and AVIF uploads will be refused (415): {e}"),
+        }
         Ok(Arc::new(Services { config, store, cache, gallery, blobs, queue, mailer, metrics, limits, aws }))
     }
 

@@ -10,7 +10,7 @@ use crate::domain::now_millis;
 use crate::metrics::MetricsSnapshot;
 use crate::queue::QueueDepth;
 use crate::domain::{EventKind, Millis, UploadId};
-use crate::store::{ReadSource, WorkerInfo};
+use crate::store::{Event, ReadSource, Upload, WorkerInfo};
 
 /// One thing that happened, as the admin API's event stream
 /// (`GET /admin/api/events`) sends it and the console reads it.
@@ -55,6 +55,9 @@ pub struct AdminStatus {
     pub recent_failures: Vec<FailureInfo>,
     /// The local worker pool of `flipstack up`, when there is one.
     pub pool: Option<PoolStatus>,
+    /// An operator paused the workers: they finish the job in hand and claim nothing new.
+    #[serde(default)]
+    pub workers_paused: bool,
     /// Parts that did not answer while this status was made.
     pub problems: Vec<String>,
 }
@@ -93,6 +96,50 @@ pub struct PoolStatus {
 
 /// The settings key the local supervisor publishes its [`PoolStatus`] under.
 pub const POOL_STATUS_KEY: &str = "local_pool";
+
+/// The settings key of an operator's desired size for the local pool (a
+/// [`DesiredRequest`]), which the supervisor applies once.
+pub const POOL_DESIRED_KEY: &str = "local_pool_desired";
+
+/// The settings key that pauses every worker (`true`), read before each claim.
+pub const WORKERS_PAUSED: &str = "workers_paused";
+
+/// An operator's desired size for the local pool, as `SetDesiredCapacity`
+/// is on AWS: applied now, after which the scaling policy goes on from it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DesiredRequest {
+    pub desired: u32,
+    /// When it was asked for; the supervisor applies each request once.
+    pub at: i64,
+}
+
+/// One row of the operator's uploads view (`GET /admin/api/uploads`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadListing {
+    pub upload: Upload,
+    /// The owner's hashed e-mail (what the events and the cache know them by).
+    pub person_hash: String,
+}
+
+/// One upload in full (`GET /admin/api/uploads/{id}`): with its events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadDetail {
+    pub upload: Upload,
+    pub person_hash: String,
+    /// Oldest first.
+    pub events: Vec<Event>,
+}
+
+/// A warning or error the server logged (`GET /admin/api/logs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogLine {
+    pub at: i64,
+    /// `WARN` or `ERROR`.
+    pub level: String,
+    pub target: String,
+    /// The message and its fields (`error=…`).
+    pub message: String,
+}
 
 impl AdminStatus {
     pub fn live_workers(&self) -> impl Iterator<Item = &WorkerInfo> {
@@ -149,6 +196,13 @@ pub async fn collect(services: &Services, blocked: bool, uptime_secs: u64) -> Ad
         .and_then(|s| serde_json::from_str::<PoolStatus>(&s).ok())
         // A pool that stopped publishing is gone.
         .filter(|p| now - p.updated_at < WORKER_STALE_MS);
+    let workers_paused = match services.store.setting(WORKERS_PAUSED).await {
+        Ok(v) => v.as_deref() == Some("true"),
+        Err(e) => {
+            problems.push(format!("settings: {e}"));
+            false
+        }
+    };
     let replicas =
         services.store.replica_lag().await.into_iter().map(|(name, lag_ms)| ReplicaStatus { name, lag_ms }).collect();
     AdminStatus {
@@ -167,6 +221,7 @@ pub async fn collect(services: &Services, blocked: bool, uptime_secs: u64) -> Ad
         workers,
         recent_failures,
         pool,
+        workers_paused,
         problems,
     }
 }

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flipstack_core::domain::{DisplayName, Email, ImageFormat, PersonId, UploadId, UploadState, now_millis};
+use flipstack_core::domain::{DisplayName, Email, EventKind, ImageFormat, PersonId, UploadId, UploadState, now_millis};
 use flipstack_core::metrics::Metrics;
-use flipstack_core::store::{self, AcceptUpload, Failure, MetadataStore, NewOwner, NewUpload};
+use flipstack_core::store::{self, AcceptUpload, Failure, MetadataStore, NewOwner, NewUpload, UploadFilter};
 
 async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -36,6 +36,13 @@ async fn open(url: &str) -> Arc<dyn MetadataStore> {
 
 /// An accepted upload of a new person, claimed by `owner`.
 async fn claimed_upload(store: &dyn MetadataStore, owner: &str, now: i64) -> UploadId {
+    let id = accepted_upload(store, now).await;
+    assert!(store.claim(id, owner, now, now + 60_000).await.unwrap().is_some(), "the new upload is claimable");
+    id
+}
+
+/// An accepted upload of a new person, waiting (pending, never sent).
+async fn accepted_upload(store: &dyn MetadataStore, now: i64) -> UploadId {
     let id = UploadId::new();
     let email = Email::parse(&format!("contract-{:08x}@example.com", rand::random::<u32>())).unwrap();
     store
@@ -55,7 +62,6 @@ async fn claimed_upload(store: &dyn MetadataStore, owner: &str, now: i64) -> Upl
         })
         .await
         .unwrap();
-    assert!(store.claim(id, owner, now, now + 60_000).await.unwrap().is_some(), "the new upload is claimable");
     id
 }
 
@@ -98,6 +104,59 @@ async fn purge_expired_removes_only_what_expired(store: &dyn MetadataStore) {
     assert!(store.upload(id).await.unwrap().is_some(), "uploads are not purged");
 }
 
+/// An operator's retry sets a failed upload back to pending from zero, with
+/// a `retried` event; anything not failed is left alone.
+async fn a_retry_sets_a_failed_upload_back_to_pending_once(store: &dyn MetadataStore) {
+    let now = now_millis();
+    let id = claimed_upload(store, "w1", now).await;
+    assert!(store.retry_upload(id, now + 1).await.unwrap().is_none(), "a processing upload is not retried");
+    store.fail_attempt(id, "w1", "not a picture", Failure::Permanent, now + 2).await.unwrap().unwrap();
+    let change = store.retry_upload(id, now + 3).await.unwrap().expect("a failed upload is retried");
+    assert!(!change.person_hash.is_empty());
+    let u = store.upload(id).await.unwrap().unwrap();
+    assert_eq!((u.state, u.attempts, u.claims), (UploadState::Pending, 0, 0));
+    assert_eq!((u.failure_reason, u.finished_at, u.lease_owner), (None, None, None));
+    assert_eq!(u.next_attempt_at, now + 3);
+    let kinds: Vec<EventKind> = store.events_for_upload(id).await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.last(), Some(&EventKind::Retried), "{kinds:?}");
+    assert!(store.retry_upload(id, now + 4).await.unwrap().is_none(), "a second retry finds it pending");
+}
+
+/// Unsent: pending, never confirmed sent, never claimed, older than the cut-off.
+async fn unsent_jobs_are_the_unconfirmed_unclaimed_ones(store: &dyn MetadataStore) {
+    let now = now_millis();
+    let waiting = accepted_upload(store, now - 10_000).await;
+    let sent = accepted_upload(store, now - 10_000).await;
+    store.mark_enqueued(sent, now - 9_000).await.unwrap();
+    let claimed = claimed_upload(store, "w1", now - 10_000).await;
+    let young = accepted_upload(store, now).await;
+    let unsent = store.unsent(now - 5_000, 100).await.unwrap();
+    assert_eq!(unsent, vec![waiting], "not {sent} (sent), {claimed} (claimed) or {young} (younger than the cut-off)");
+}
+
+/// The operator's listing: filters by state, format and part of the reason,
+/// taking the reason's `%` and `_` literally; each row with its owner's hash.
+async fn find_uploads_filters_and_takes_the_reason_literally(store: &dyn MetadataStore) {
+    let now = now_millis();
+    let literal = claimed_upload(store, "w1", now).await;
+    store.fail_attempt(literal, "w1", "50%_off", Failure::Permanent, now).await.unwrap();
+    let other = claimed_upload(store, "w1", now + 1).await;
+    store.fail_attempt(other, "w1", "500 off", Failure::Permanent, now + 1).await.unwrap();
+    let pending = accepted_upload(store, now + 2).await;
+    let all = store.find_uploads(&UploadFilter::default(), 10).await.unwrap();
+    let ids: Vec<UploadId> = all.iter().map(|(u, _)| u.id).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(all.iter().all(|(_, hash)| !hash.is_empty()), "every row has its owner's hash");
+    let failed = UploadFilter { state: "failed".into(), ..Default::default() };
+    let failed: Vec<UploadId> = store.find_uploads(&failed, 10).await.unwrap().into_iter().map(|(u, _)| u.id).collect();
+    assert!(failed.contains(&literal) && failed.contains(&other) && !failed.contains(&pending), "{failed:?}");
+    let by_reason = UploadFilter { reason: "50%_".into(), ..Default::default() };
+    let found: Vec<UploadId> = store.find_uploads(&by_reason, 10).await.unwrap().into_iter().map(|(u, _)| u.id).collect();
+    assert_eq!(found, vec![literal], "% and _ are literal");
+    let gif = UploadFilter { format: "gif".into(), ..Default::default() };
+    assert!(store.find_uploads(&gif, 10).await.unwrap().is_empty());
+}
+
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
         mod sqlite {
@@ -120,4 +179,7 @@ contract!(
     a_permanent_failure_sets_next_attempt_to_the_failure_time,
     upload_stats_count_states_and_the_oldest_unfinished,
     purge_expired_removes_only_what_expired,
+    a_retry_sets_a_failed_upload_back_to_pending_once,
+    unsent_jobs_are_the_unconfirmed_unclaimed_ones,
+    find_uploads_filters_and_takes_the_reason_literally,
 );

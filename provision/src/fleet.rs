@@ -69,3 +69,52 @@ pub async fn fleet(aws: &AwsSettings, stack: &str) -> Result<Vec<GroupStatus>, F
     groups.sort_by(|a, b| (a.role != "web", &a.name).cmp(&(b.role != "web", &b.name)));
     Ok(groups)
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    /// An Auto Scaling call failed: `detail` is what AWS said, `source` the SDK's error.
+    #[error("setting the desired capacity: {detail}")]
+    Aws { detail: String, source: Box<dyn std::error::Error + Send + Sync + 'static> },
+    /// No such group, or a count outside its bounds.
+    #[error("setting the desired capacity: {0}")]
+    Refused(String),
+}
+
+impl ScaleError {
+    fn aws<E, R>(e: aws_sdk_autoscaling::error::SdkError<E, R>) -> ScaleError
+    where
+        aws_sdk_autoscaling::error::SdkError<E, R>: std::error::Error + Send + Sync + 'static,
+    {
+        let detail = aws_sdk_autoscaling::error::DisplayErrorContext(&e).to_string();
+        ScaleError::Aws { detail, source: Box::new(e) }
+    }
+}
+
+/// Sets a group's desired capacity, which must lie within its min and max
+/// (AWS refuses it otherwise; this says so first, with the bounds).
+pub async fn set_desired(aws: &AwsSettings, group: &str, desired: u32) -> Result<(), ScaleError> {
+    let client = Client::new(&sdk_config(aws).await);
+    let out = client
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+        .map_err(ScaleError::aws)?;
+    let g = out
+        .auto_scaling_groups()
+        .first()
+        .ok_or_else(|| ScaleError::Refused(format!("there is no Auto Scaling group {group}")))?;
+    let (min, max) = (g.min_size().unwrap_or(0).max(0) as u32, g.max_size().unwrap_or(0).max(0) as u32);
+    if desired < min || desired > max {
+        return Err(ScaleError::Refused(format!("{group} takes {min} to {max} instances, not {desired}")));
+    }
+    client
+        .set_desired_capacity()
+        .auto_scaling_group_name(group)
+        .desired_capacity(desired as i32)
+        .honor_cooldown(false)
+        .send()
+        .await
+        .map_err(ScaleError::aws)?;
+    Ok(())
+}

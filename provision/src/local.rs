@@ -1,7 +1,8 @@
 //! The local target: `flipstack up`'s worker pool. Worker processes
 //! (`flipstack work`) are started, restarted when they die, and scaled
 //! between min and max on the backlog per worker with the same [`Scaler`] the
-//! AWS worker group mirrors, on the backlog of waiting and in-flight jobs.
+//! AWS worker group mirrors, on the backlog of distinct waiting and in-hand
+//! jobs in the uploads table (never queue messages, which can be duplicated).
 //! Scaling in drains only idle workers (one holding a job is protected, as on
 //! AWS) with SIGTERM. The pool's state is published to the
 //! settings table for the admin API's status.
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use flipstack_core::Services;
 use flipstack_core::domain::now_millis;
 use flipstack_core::metrics::background;
-use flipstack_core::status::{POOL_STATUS_KEY, PoolStatus};
+use flipstack_core::status::{DesiredRequest, POOL_DESIRED_KEY, POOL_STATUS_KEY, PoolStatus};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +80,9 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_desired = 0u32;
+    // An operator's request is applied once: the first one seen is one that
+    // was made before this pool started, and is old news.
+    let mut applied_request = operator_request(&services).await.map(|r| r.at).unwrap_or(0);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -100,16 +104,26 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
             Err(_) => false,
         });
         let active = workers.iter().filter(|w| !w.draining).count() as u32;
-        // Jobs in hand count as much as waiting ones: a pool working hard is not
+        // Distinct jobs from the uploads table, as the AWS worker group's policy
+        // counts them: duplicate queue messages never grow the pool. Jobs in
+        // hand count as much as waiting ones: a pool working hard is not
         // shrunk mid-burst just because its jobs were taken.
-        let backlog = match services.queue.depth().await {
-            Ok(d) => d.visible + d.in_flight,
+        let backlog = match services.store.upload_stats().await {
+            Ok(s) => s.unfinished(),
             Err(e) => {
                 tracing::debug!(error = %e, "could not read the backlog; keeping the pool as it is");
                 continue;
             }
         };
-        let desired = scaler.decide(now_millis(), active, backlog as f64);
+        let desired = match operator_request(&services).await.filter(|r| r.at > applied_request) {
+            Some(request) => {
+                applied_request = request.at;
+                let desired = scaler.hold(now_millis(), request.desired);
+                tracing::info!(desired, asked = request.desired, "worker pool size set by an operator");
+                desired
+            }
+            None => scaler.decide(now_millis(), active, backlog as f64),
+        };
         if desired != last_desired {
             tracing::info!(desired, active, backlog, "worker pool size");
             last_desired = desired;
@@ -161,6 +175,12 @@ async fn run_inner(config: PoolConfig, services: Arc<Services>, stop: Cancellati
         }
     }
     drain_all(&mut workers, config.drain_timeout).await;
+}
+
+/// The operator's last desired size for the pool, if any.
+async fn operator_request(services: &Services) -> Option<DesiredRequest> {
+    let json = services.store.setting(POOL_DESIRED_KEY).await.ok().flatten()?;
+    serde_json::from_str(&json).ok()
 }
 
 /// Which of the running workers (pids, oldest first) to drain to lose

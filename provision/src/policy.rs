@@ -8,8 +8,10 @@
 //! (so a short lull does not drop workers that the next burst needs), while
 //! scaling *out* is immediate.
 //!
-//! On AWS the worker group's target-tracking policy is the same rule: metric
-//! math `(visible + in-flight messages) ÷ in-service instances` with target
+//! The backlog is the distinct unfinished jobs of the uploads table
+//! (`UploadStats::unfinished`), locally and on AWS. On AWS the worker group's
+//! target-tracking policy is the same rule: metric math `QueueBacklog (the
+//! web servers' published count) ÷ in-service instances` with target
 //! `backlog_per_worker`, the service's own tolerance, and the group's default
 //! instance warmup standing in for the stabilisation window.
 
@@ -75,6 +77,15 @@ impl Scaler {
         Scaler { policy, recent: VecDeque::new() }
     }
 
+    /// An operator set the count (as `SetDesiredCapacity` does on AWS):
+    /// clamped to `[min, max]`, and remembered as a recommendation, so the
+    /// policy scales in from it only after the stabilisation window.
+    pub fn hold(&mut self, now_ms: i64, desired: u32) -> u32 {
+        let desired = desired.clamp(self.policy.min, self.policy.max.max(self.policy.min));
+        self.recent.push_back((now_ms, desired));
+        desired
+    }
+
     /// The desired count at `now_ms` for `current` instances and `backlog` queued jobs.
     pub fn decide(&mut self, now_ms: i64, current: u32, backlog: f64) -> u32 {
         let recommended = self.policy.recommend(current, backlog);
@@ -138,6 +149,16 @@ mod tests {
         assert_eq!(s.decide(9_000, 6, 0.0), 6);
         // Once the high recommendation is older than the window, scale in.
         assert_eq!(s.decide(12_500, 6, 0.0), 1);
+    }
+
+    #[test]
+    fn an_operators_count_holds_for_the_window_then_the_policy_goes_on() {
+        let mut s = Scaler::new(policy());
+        assert_eq!(s.hold(0, 5), 5);
+        assert_eq!(s.decide(1_000, 5, 0.0), 5, "held while the window remembers it");
+        assert_eq!(s.decide(10_500, 5, 0.0), 1, "then scaled in as the backlog asks");
+        assert_eq!(s.hold(11_000, 99), 8, "clamped to max");
+        assert_eq!(s.hold(11_000, 0), 1, "clamped to min");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! library is written in it: the `GLIBC_x.y` versions of its
 //! `.gnu.version_r` section (the symbol versions the dynamic loader checks).
 //! The highest of them must be at most the target's glibc (2.34); a static
-//! executable needs none.
+//! executable needs none. The shared libraries it names (`DT_NEEDED` in its
+//! `.dynamic` section) must all be in the target's base system: a library
+//! that is not (libheif, say) is loaded at run time instead, where its
+//! absence costs a feature, not the start.
 //!
 //! A small reader of the ELF64 headers, enough for that and nothing more:
 //! it reads the file header, the program headers (for the interpreter) and
@@ -55,6 +58,8 @@ pub struct Executable {
     pub glibc: Option<GlibcVersion>,
     /// The dynamic loader it names (None: static).
     pub interpreter: Option<String>,
+    /// The shared libraries the loader must find before `main` (`DT_NEEDED`).
+    pub needed: Vec<String>,
 }
 
 impl Executable {
@@ -65,7 +70,8 @@ impl Executable {
             (None, None) => "static, needs no glibc".into(),
             (None, Some(_)) => "needs no glibc symbol versions".into(),
         };
-        format!("{}, {} MiB, Linux x86-64, {needs}", self.path.display(), self.bytes.div_ceil(1 << 20))
+        let links = if self.needed.is_empty() { String::new() } else { format!(", links {}", self.needed.join(" ")) };
+        format!("{}, {} MiB, Linux x86-64, {needs}{links}", self.path.display(), self.bytes.div_ceil(1 << 20))
     }
 }
 
@@ -89,9 +95,31 @@ pub enum ReleaseError {
         "{path} asks for the dynamic loader {interpreter}, which {TARGET_SYSTEM} does not have; build it for x86_64-unknown-linux-gnu (see docs/aws.md)"
     )]
     ForeignLoader { path: PathBuf, interpreter: String },
+    #[error(
+        "{path} needs the shared {} {}, which {TARGET_SYSTEM} does not have in its base system, so it would not start there: link {} statically or load {} at run time, as flipstack does libheif (docs/aws.md, \"Building the release\")",
+        if missing.len() == 1 { "library" } else { "libraries" }, missing.join(", "),
+        if missing.len() == 1 { "it" } else { "them" }, if missing.len() == 1 { "it" } else { "them" }
+    )]
+    MissingLibraries { path: PathBuf, missing: Vec<String> },
 }
 
+/// The shared libraries every Amazon Linux 2023 instance has (glibc's, the
+/// GCC runtime's and zlib, which rpm itself needs).
+pub const TARGET_LIBRARIES: &[&str] = &[
+    "ld-linux-x86-64.so.2",
+    "libc.so.6",
+    "libdl.so.2",
+    "libgcc_s.so.1",
+    "libm.so.6",
+    "libpthread.so.0",
+    "librt.so.1",
+    "libutil.so.1",
+    "libz.so.1",
+];
+
 const SHT_GNU_VERNEED: u32 = 0x6fff_fffe;
+const SHT_DYNAMIC: u32 = 6;
+const DT_NEEDED: u64 = 1;
 const PT_INTERP: u32 = 3;
 /// The loader of x86-64 glibc, which Amazon Linux 2023 has.
 pub const GLIBC_LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
@@ -179,6 +207,7 @@ pub fn inspect(path: &Path) -> Result<Executable, ReleaseError> {
 
     let (shoff, shentsize, shnum) = (u64_at(&h, 0x28), u64::from(u16_at(&h, 0x3A)), u64::from(u16_at(&h, 0x3C)));
     let mut glibc = None;
+    let mut needed = Vec::new();
     if shnum > 0 {
         if shentsize < 64 {
             return Err(r.bad("section headers too small".into()));
@@ -187,16 +216,31 @@ pub fn inspect(path: &Path) -> Result<Executable, ReleaseError> {
         let section = |i: u64| &sections[(i * shentsize) as usize..];
         for i in 0..shnum {
             let s = section(i);
-            if u32_at(s, 4) != SHT_GNU_VERNEED {
+            let kind = u32_at(s, 4);
+            if kind != SHT_GNU_VERNEED && kind != SHT_DYNAMIC {
                 continue;
             }
             let (offset, size, link, count) = (u64_at(s, 24), u64_at(s, 32), u64::from(u32_at(s, 40)), u32_at(s, 44));
             if link >= shnum {
-                return Err(r.bad("the version section names no string table".into()));
+                return Err(r.bad("a dynamic-linking section names no string table".into()));
             }
             let strtab = section(link);
             let strings = r.bytes(u64_at(strtab, 24), u64_at(strtab, 32))?;
             let data = r.bytes(offset, size)?;
+            if kind == SHT_DYNAMIC {
+                // Elf64_Dyn entries (16 bytes: tag, value) up to DT_NULL.
+                for entry in data.chunks_exact(16) {
+                    match u64_at(entry, 0) {
+                        0 => break,
+                        DT_NEEDED => {
+                            let name = u32::try_from(u64_at(entry, 8)).ok().and_then(|at| name_at(&strings, at));
+                            needed.push(name.ok_or_else(|| r.bad("a needed library has no name".into()))?.to_owned());
+                        }
+                        _ => {}
+                    }
+                }
+                continue;
+            }
             // Verneed entries (16 bytes), each with a chain of Vernaux (16 bytes).
             let mut at = 0usize;
             for _ in 0..count {
@@ -226,7 +270,7 @@ pub fn inspect(path: &Path) -> Result<Executable, ReleaseError> {
             }
         }
     }
-    Ok(Executable { path: path.to_owned(), bytes: len, glibc, interpreter })
+    Ok(Executable { path: path.to_owned(), bytes: len, glibc, interpreter, needed })
 }
 
 /// [`inspect`], then refuses what the instances could not run.
@@ -243,6 +287,11 @@ pub fn check_for_target(path: &Path) -> Result<Executable, ReleaseError> {
     {
         return Err(ReleaseError::ForeignLoader { path: exe.path.clone(), interpreter: interp.clone() });
     }
+    let missing: Vec<String> =
+        exe.needed.iter().filter(|lib| !TARGET_LIBRARIES.contains(&lib.as_str())).cloned().collect();
+    if !missing.is_empty() {
+        return Err(ReleaseError::MissingLibraries { path: exe.path, missing });
+    }
     Ok(exe)
 }
 
@@ -255,21 +304,41 @@ pub fn release_path(given: Option<&Path>) -> Result<PathBuf, ReleaseError> {
     }
 }
 
-/// A minimal ELF64 x86-64 executable whose `.gnu.version_r` asks libc.so.6
-/// for `versions`, followed by `padding` (to vary its digest): the smallest
-/// file [`inspect`] reads as a real one. For tests of everything that ships
-/// releases, here and in the integration suites.
+/// A minimal ELF64 x86-64 executable that needs libc.so.6 and whose
+/// `.gnu.version_r` asks it for `versions`, followed by `padding` (to vary
+/// its digest): the smallest file [`inspect`] reads as a real one. For tests
+/// of everything that ships releases, here and in the integration suites.
 #[doc(hidden)]
 pub fn minimal_executable(versions: &[&str], padding: &[u8]) -> Vec<u8> {
+    minimal_executable_linking(&["libc.so.6"], versions, padding)
+}
+
+/// [`minimal_executable`] that needs the shared libraries `needed` (the
+/// first must be libc.so.6, which the versions are asked of).
+#[doc(hidden)]
+pub fn minimal_executable_linking(needed: &[&str], versions: &[&str], padding: &[u8]) -> Vec<u8> {
     let interp = format!("{GLIBC_LOADER}\0");
-    // .dynstr: "\0libc.so.6\0" then the version names.
-    let mut dynstr = b"\0libc.so.6\0".to_vec();
+    // .dynstr: "\0" then the library names (libc.so.6 first, at 1), then the version names.
+    let mut dynstr = b"\0".to_vec();
+    let mut needed_offsets = Vec::new();
+    for lib in needed {
+        needed_offsets.push(dynstr.len() as u64);
+        dynstr.extend_from_slice(lib.as_bytes());
+        dynstr.push(0);
+    }
     let mut name_offsets = Vec::new();
     for v in versions {
         name_offsets.push(dynstr.len() as u32);
         dynstr.extend_from_slice(v.as_bytes());
         dynstr.push(0);
     }
+    // .dynamic: DT_NEEDED per library, then DT_NULL.
+    let mut dynamic = Vec::new();
+    for off in needed_offsets {
+        dynamic.extend_from_slice(&DT_NEEDED.to_le_bytes());
+        dynamic.extend_from_slice(&off.to_le_bytes());
+    }
+    dynamic.extend_from_slice(&[0u8; 16]);
     // .gnu.version_r: one Verneed (libc.so.6), one Vernaux per version.
     let mut verneed = Vec::new();
     verneed.extend_from_slice(&1u16.to_le_bytes()); // vn_version
@@ -285,13 +354,14 @@ pub fn minimal_executable(versions: &[&str], padding: &[u8]) -> Vec<u8> {
         verneed.extend_from_slice(&off.to_le_bytes()); // vna_name
         verneed.extend_from_slice(&(if last { 0u32 } else { 16 }).to_le_bytes()); // vna_next
     }
-    let shstrtab = b"\0.dynstr\0.gnu.version_r\0.shstrtab\0".to_vec();
+    let shstrtab = b"\0.dynstr\0.gnu.version_r\0.shstrtab\0.dynamic\0".to_vec();
 
     let ph_off = 64usize;
     let interp_off = ph_off + 56;
     let dynstr_off = interp_off + interp.len();
     let verneed_off = dynstr_off + dynstr.len();
-    let shstr_off = verneed_off + verneed.len();
+    let dynamic_off = verneed_off + verneed.len();
+    let shstr_off = dynamic_off + dynamic.len();
     let sh_off = (shstr_off + shstrtab.len()).next_multiple_of(8);
 
     let mut out = vec![0u8; sh_off];
@@ -308,7 +378,7 @@ pub fn minimal_executable(versions: &[&str], padding: &[u8]) -> Vec<u8> {
     out[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
     out[0x38..0x3A].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
     out[0x3A..0x3C].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
-    out[0x3C..0x3E].copy_from_slice(&4u16.to_le_bytes()); // e_shnum
+    out[0x3C..0x3E].copy_from_slice(&5u16.to_le_bytes()); // e_shnum
     out[0x3E..0x40].copy_from_slice(&3u16.to_le_bytes()); // e_shstrndx
     // PT_INTERP
     let ph = &mut out[ph_off..ph_off + 56];
@@ -319,7 +389,8 @@ pub fn minimal_executable(versions: &[&str], padding: &[u8]) -> Vec<u8> {
     ph[40..48].copy_from_slice(&(interp.len() as u64).to_le_bytes());
     out[interp_off..dynstr_off].copy_from_slice(interp.as_bytes());
     out[dynstr_off..verneed_off].copy_from_slice(&dynstr);
-    out[verneed_off..shstr_off].copy_from_slice(&verneed);
+    out[verneed_off..dynamic_off].copy_from_slice(&verneed);
+    out[dynamic_off..shstr_off].copy_from_slice(&dynamic);
     out[shstr_off..shstr_off + shstrtab.len()].copy_from_slice(&shstrtab);
     let section = |name: u32, kind: u32, offset: usize, size: usize, link: u32, info: u32| {
         let mut s = vec![0u8; 64];
@@ -335,6 +406,7 @@ pub fn minimal_executable(versions: &[&str], padding: &[u8]) -> Vec<u8> {
     out.extend(section(1, 3, dynstr_off, dynstr.len(), 0, 0)); // .dynstr (SHT_STRTAB)
     out.extend(section(9, SHT_GNU_VERNEED, verneed_off, verneed.len(), 1, 1)); // .gnu.version_r
     out.extend(section(24, 3, shstr_off, shstrtab.len(), 0, 0)); // .shstrtab
+    out.extend(section(34, SHT_DYNAMIC, dynamic_off, dynamic.len(), 1, 0)); // .dynamic
     out.extend_from_slice(padding);
     out
 }
@@ -389,12 +461,36 @@ mod tests {
         assert!(matches!(inspect(&cut), Err(ReleaseError::NotLinuxX86_64 { .. })));
     }
 
-    /// The test binary itself is a real executable built on this machine.
+    #[test]
+    fn a_library_outside_the_base_system_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(
+            dir.path(),
+            "base",
+            &minimal_executable_linking(&["libc.so.6", "libm.so.6", "libz.so.1"], &["GLIBC_2.34"], b""),
+        );
+        assert_eq!(check_for_target(&base).unwrap().needed, ["libc.so.6", "libm.so.6", "libz.so.1"]);
+        let heif = write(
+            dir.path(),
+            "heif",
+            &minimal_executable_linking(&["libc.so.6", "libheif.so.1"], &["GLIBC_2.34"], b""),
+        );
+        let err = check_for_target(&heif).unwrap_err();
+        assert!(
+            matches!(&err, ReleaseError::MissingLibraries { missing, .. } if missing == &["libheif.so.1"]),
+            "{err}"
+        );
+        assert!(err.to_string().contains("libheif.so.1, which Amazon Linux 2023 does not have"), "{err}");
+    }
+
+    /// The test binary itself is a real executable built on this machine,
+    /// linking only what the target has (libheif is loaded at run time).
     #[test]
     fn this_build_reads_as_a_real_executable() {
         let me = std::env::current_exe().unwrap();
         let exe = inspect(&me).unwrap();
         assert!(exe.glibc.is_some(), "a glibc build names GLIBC_ versions: {exe:?}");
+        assert!(exe.needed.iter().any(|l| l == "libc.so.6"), "{exe:?}");
         eprintln!("{}", exe.summary());
     }
 }

@@ -1,14 +1,21 @@
 //! The admin API (the console's data source), behind a bearer token compared
 //! in constant time (checked once, by the gate in front of every /admin route
 //! in lib.rs): status, block and unblock uploads, a streamed database
-//! dump, and a server-sent event stream.
+//! dump, a server-sent event stream, and the operator's actions: retry
+//! failed uploads, redrive the dead-letter queue, pause and resume the
+//! workers, size the local pool; the uploads listing and one upload in
+//! full; the server's recent warnings and errors.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use flipstack_core::domain::now_millis;
+use flipstack_core::domain::{UploadId, now_millis};
+use flipstack_core::queue::QueueError;
+use flipstack_core::status::{DesiredRequest, POOL_DESIRED_KEY, UploadDetail, UploadListing, WORKERS_PAUSED};
 use flipstack_core::store::dump::write_dump;
+use flipstack_core::store::{StoreError, UploadFilter};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::broadcast::error::RecvError;
@@ -121,4 +128,170 @@ pub async fn metrics(
     *r.body_mut() = Body::from(state.services.metrics.render());
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok(r)
+}
+
+/// `POST /admin/api/uploads/retry` (every failed upload) and
+/// `POST /admin/api/uploads/{id}/retry` (one): back to pending, sent again.
+pub async fn retry(state: Arc<AppState>, one: Option<String>) -> Result<Resp, Infallible> {
+    let ids = match one {
+        Some(id) => match id.parse::<UploadId>() {
+            Ok(id) => vec![id],
+            Err(_) => {
+                return Ok(json(StatusCode::BAD_REQUEST, &json!({"error": format!("{id:?} is not an upload id")})));
+            }
+        },
+        None => {
+            let failed = UploadFilter { state: "failed".into(), ..Default::default() };
+            match state.services.store.find_uploads(&failed, RETRY_ALL_AT_MOST).await {
+                Ok(rows) => rows.into_iter().map(|(u, _)| u.id).collect(),
+                Err(e) => return Ok(store_down("the failed uploads could not be read", &e)),
+            }
+        }
+    };
+    match retry_uploads(&state, &ids, true).await {
+        Ok(retried) => {
+            tracing::info!(retried = retried.len(), "failed uploads retried by an operator");
+            Ok(json(StatusCode::OK, &json!({"retried": retried})))
+        }
+        Err(e) => Ok(store_down("the retry stopped part-way (run it again for the rest)", &e)),
+    }
+}
+
+/// A retry all takes this many uploads at most; the rest on the next.
+const RETRY_ALL_AT_MOST: u32 = 1000;
+
+/// Sets each failed upload of `ids` back to pending and, with `send`, sends
+/// its job again; answers those that were failed.
+async fn retry_uploads(state: &AppState, ids: &[UploadId], send: bool) -> Result<Vec<UploadId>, StoreError> {
+    let services = &state.services;
+    let mut retried = Vec::new();
+    for &id in ids {
+        let now = now_millis();
+        let Some(change) = services.store.retry_upload(id, now).await? else {
+            continue;
+        };
+        services.gallery.invalidate(&change.person_hash, &change.receipt).await;
+        // A send that fails is made again by the reconciler (SQS).
+        if send && let Err(e) = services.queue.enqueue(id).await {
+            tracing::warn!(error = %e, upload = %id, "a retried job was not sent; the reconciler sends it later");
+        }
+        retried.push(id);
+    }
+    Ok(retried)
+}
+
+fn store_down(what: &str, e: &StoreError) -> Resp {
+    json(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": format!("{what}: {e}")}))
+}
+
+/// `POST /admin/api/queue/redrive`: the dead-letter queue's messages go back
+/// to the queue and their uploads back to pending.
+pub async fn redrive(state: Arc<AppState>) -> Result<Resp, Infallible> {
+    let moved = match state.services.queue.redrive(RETRY_ALL_AT_MOST).await {
+        Ok(ids) => ids,
+        Err(e @ QueueError::Config { .. }) => return Ok(json(StatusCode::CONFLICT, &json!({"error": e.to_string()}))),
+        Err(e) => return Ok(json(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": e.to_string()}))),
+    };
+    // Their uploads were marked failed when they reached the dead-letter queue;
+    // each is retried once (an upload may have had several messages), and its
+    // moved message is the job: none is sent again.
+    let mut uploads = moved.clone();
+    uploads.sort_unstable();
+    uploads.dedup();
+    match retry_uploads(&state, &uploads, false).await {
+        Ok(retried) => {
+            tracing::info!(moved = moved.len(), retried = retried.len(), "dead-letter queue redriven by an operator");
+            Ok(json(StatusCode::OK, &json!({"redriven": moved, "retried": retried})))
+        }
+        Err(e) => Ok(store_down("the messages were moved back, but their uploads were not all set to pending", &e)),
+    }
+}
+
+/// `POST /admin/api/workers/pause` and `…/resume`: every worker finishes the
+/// job in hand and claims nothing new until resumed.
+pub async fn set_paused(state: Arc<AppState>, paused: bool) -> Result<Resp, Infallible> {
+    let value = if paused { "true" } else { "false" };
+    if let Err(e) = state.services.store.set_setting(WORKERS_PAUSED, value, now_millis()).await {
+        return Ok(store_down("could not change the setting", &e));
+    }
+    tracing::info!(paused, "workers {} by an operator", if paused { "paused" } else { "resumed" });
+    Ok(json(StatusCode::OK, &json!({"paused": paused})))
+}
+
+/// `POST /admin/api/pool/desired?count=N`: the local pool of `flipstack up`
+/// runs N workers (within its min and max), then scales on from there.
+pub async fn set_pool_desired(state: Arc<AppState>, query: HashMap<String, String>) -> Result<Resp, Infallible> {
+    let Some(count) = query.get("count").and_then(|c| c.parse::<u32>().ok()) else {
+        return Ok(json(StatusCode::BAD_REQUEST, &json!({"error": "give the number of workers as ?count=N"})));
+    };
+    let status = flipstack_core::status::collect(&state.services, false, 0).await;
+    let Some(pool) = status.pool else {
+        return Ok(json(
+            StatusCode::CONFLICT,
+            &json!({"error": "there is no local worker pool (it runs with `flipstack up`); on AWS set the group's desired capacity"}),
+        ));
+    };
+    if count < pool.min || count > pool.max {
+        return Ok(json(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": format!("the pool takes {} to {} workers, not {count}", pool.min, pool.max)}),
+        ));
+    }
+    let request = DesiredRequest { desired: count, at: now_millis() };
+    let stored = serde_json::to_string(&request).unwrap_or_default();
+    if let Err(e) = state.services.store.set_setting(POOL_DESIRED_KEY, &stored, request.at).await {
+        return Ok(store_down("could not store the pool's size", &e));
+    }
+    tracing::info!(count, "worker pool size set by an operator");
+    Ok(json(StatusCode::OK, &json!({"desired": count})))
+}
+
+/// The newest uploads an operator's listing shows at most.
+const LISTING_AT_MOST: u32 = 500;
+/// With a person filter, this many of the newest uploads are looked through.
+const PERSON_SCAN: u32 = 5000;
+
+/// `GET /admin/api/uploads?state=&format=&reason=&person=&limit=`: the
+/// newest uploads that match; `person` is the start of the owner's hash.
+pub async fn uploads(state: Arc<AppState>, query: HashMap<String, String>) -> Result<Resp, Infallible> {
+    let field = |k: &str| query.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let filter = UploadFilter { state: field("state"), format: field("format"), reason: field("reason") };
+    let person = field("person").to_ascii_lowercase();
+    let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100).clamp(1, LISTING_AT_MOST);
+    let scan = if person.is_empty() { limit } else { PERSON_SCAN };
+    let rows = match state.services.store.find_uploads(&filter, scan).await {
+        Ok(rows) => rows,
+        Err(e) => return Ok(store_down("the uploads could not be read", &e)),
+    };
+    let listing: Vec<UploadListing> = rows
+        .into_iter()
+        .filter(|(_, hash)| hash.starts_with(&person))
+        .take(limit as usize)
+        .map(|(upload, person_hash)| UploadListing { upload, person_hash })
+        .collect();
+    Ok(json(StatusCode::OK, &listing))
+}
+
+/// `GET /admin/api/uploads/{id}`: one upload with its events.
+pub async fn upload_detail(state: Arc<AppState>, id: String) -> Result<Resp, Infallible> {
+    let Ok(id) = id.parse::<UploadId>() else {
+        return Ok(json(StatusCode::BAD_REQUEST, &json!({"error": format!("{id:?} is not an upload id")})));
+    };
+    let store = &state.services.store;
+    let upload = match store.upload(id).await {
+        Ok(Some(u)) => u,
+        Ok(None) => return Ok(json(StatusCode::NOT_FOUND, &json!({"error": format!("there is no upload {id}")}))),
+        Err(e) => return Ok(store_down("the upload could not be read", &e)),
+    };
+    let events = match store.events_for_upload(id).await {
+        Ok(e) => e,
+        Err(e) => return Ok(store_down("the upload's events could not be read", &e)),
+    };
+    let person_hash = events.iter().find_map(|e| e.person_hash.clone()).unwrap_or_default();
+    Ok(json(StatusCode::OK, &UploadDetail { upload, person_hash, events }))
+}
+
+/// `GET /admin/api/logs`: this server's recent warnings and errors, oldest first.
+pub async fn logs(_state: Arc<AppState>) -> Result<Resp, Infallible> {
+    Ok(json(StatusCode::OK, &crate::logbook::recent()))
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use flipstack_core::blob::BlobKind;
 use flipstack_core::domain::UploadId;
-use flipstack_core::imaging;
+use flipstack_core::imaging::{self, ScreenSize};
+use flipstack_core::screens::{self, ScreenError};
 use futures::StreamExt;
 use warp::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
 use warp::http::{HeaderValue, StatusCode};
@@ -28,15 +29,8 @@ pub async fn image(
     if_none_match: Option<String>,
     download: bool,
 ) -> Result<Resp, Infallible> {
-    let kind = match variant.as_str() {
-        "original" => BlobKind::Original,
-        "flipped" => BlobKind::Flipped,
-        "original-thumb" => BlobKind::OriginalThumb,
-        "flipped-thumb" => BlobKind::FlippedThumb,
-        // HEIC/AVIF: the browser-viewable copies the gallery shows.
-        "original-view" => BlobKind::OriginalDisplay,
-        "flipped-view" => BlobKind::FlippedDisplay,
-        _ => return Ok(plain(StatusCode::NOT_FOUND, "No such picture.")),
+    let Some(kind) = variant_kind(&variant) else {
+        return Ok(plain(StatusCode::NOT_FOUND, "No such picture."));
     };
     let Ok(id) = id.parse::<UploadId>() else {
         return Ok(plain(StatusCode::NOT_FOUND, "No such picture."));
@@ -55,16 +49,20 @@ pub async fn image(
             Err(_) => return Ok(pages::unavailable_page(&state)),
         },
     };
-    let format = match owner {
+    let upload_format = match owner {
         Some((person, format)) if person == me.person_id => format,
         _ => return Ok(plain(StatusCode::NOT_FOUND, "No such picture.")),
     };
+    let format = upload_format;
     // Thumbnails, views and some flips are stored in another format than the upload's.
     let format = match kind {
         BlobKind::OriginalThumb | BlobKind::FlippedThumb => imaging::thumbnail_format(format),
         BlobKind::OriginalDisplay | BlobKind::FlippedDisplay => imaging::display_format(format).unwrap_or(format),
         BlobKind::Flipped => imaging::flipped_format(format),
         BlobKind::Original => format,
+        BlobKind::OriginalMedium | BlobKind::FlippedMedium | BlobKind::OriginalLarge | BlobKind::FlippedLarge => {
+            imaging::screen_format(format)
+        }
     };
     let etag = format!("\"{}-{}\"", id, variant);
     let unavailable = |e: flipstack_core::blob::BlobError| {
@@ -90,6 +88,17 @@ pub async fn image(
                 r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(blob.size));
                 r
             }
+            // Stored before screen sizes existed (or their making failed).
+            Ok(None) if kind.is_screen() => match screen_made_now(&state, id, upload_format, kind).await {
+                Ok(Some(bytes)) => {
+                    let len = bytes.len();
+                    let mut r = warp::http::Response::new(Body::from(bytes));
+                    r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
+                    r
+                }
+                Ok(None) => return Ok(plain(StatusCode::NOT_FOUND, "No such picture.")),
+                Err(e) => return Ok(unavailable(e)),
+            },
             // Not flipped yet, or deleted.
             Ok(None) => return Ok(plain(StatusCode::NOT_FOUND, "No such picture.")),
             Err(e) => return Ok(unavailable(e)),
@@ -112,4 +121,76 @@ pub async fn image(
     }
     h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; sandbox"));
     Ok(r)
+}
+
+/// The blob behind a `/images/{id}/{variant}` name.
+fn variant_kind(variant: &str) -> Option<BlobKind> {
+    Some(match variant {
+        "original" => BlobKind::Original,
+        "flipped" => BlobKind::Flipped,
+        "original-thumb" => BlobKind::OriginalThumb,
+        "flipped-thumb" => BlobKind::FlippedThumb,
+        // HEIC/AVIF: the browser-viewable copies the gallery shows.
+        "original-view" => BlobKind::OriginalDisplay,
+        "flipped-view" => BlobKind::FlippedDisplay,
+        _ => {
+            let (side, size) = variant.split_once('-')?;
+            let flipped = match side {
+                "original" => false,
+                "flipped" => true,
+                _ => return None,
+            };
+            let size = ScreenSize::ALL.into_iter().find(|s| s.name() == size)?;
+            BlobKind::screen(size, flipped)
+        }
+    })
+}
+
+/// The screen size asked for when it is not stored: the worker's, when it
+/// is about to store it; else made now, for an upload stored before screen
+/// sizes existed (one upload at a time, so a gallery of old pictures does
+/// not decode them all at once). `None` when the upload is not flipped
+/// (yet) or has no such size.
+async fn screen_made_now(
+    state: &AppState,
+    id: UploadId,
+    format: flipstack_core::domain::ImageFormat,
+    kind: BlobKind,
+) -> Result<Option<Vec<u8>>, flipstack_core::blob::BlobError> {
+    let blobs = &state.services.blobs;
+    // Just flipped: the worker marks an upload done before its screen sizes
+    // are stored, and stores them within moments; wait for those (bounded)
+    // rather than decode the picture a second time.
+    const JUST_FLIPPED_MS: i64 = 10_000;
+    if let Ok(Some(u)) = state.services.store.upload(id).await
+        && u.finished_at.is_some_and(|at| flipstack_core::domain::now_millis() - at < JUST_FLIPPED_MS)
+    {
+        for _ in 0..80 {
+            if let Some(made) = blobs.get_bytes(kind, id).await? {
+                return Ok(Some(made.to_vec()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+    let Ok(_slot) = state.screen_slots.acquire().await else {
+        return Ok(None);
+    };
+    // Made meanwhile, by the request before this one or the worker.
+    if let Some(made) = blobs.get_bytes(kind, id).await? {
+        return Ok(Some(made.to_vec()));
+    }
+    if !blobs.exists(BlobKind::Flipped, id).await? {
+        return Ok(None);
+    }
+    match screens::make_and_store(blobs, state.services.store.as_ref(), id, format, state.services.limits, None).await {
+        Ok(pictures) => Ok(pictures.into_iter().find_map(|p| {
+            let (o, f) = (BlobKind::screen(p.size, false), BlobKind::screen(p.size, true));
+            (o == kind).then_some(p.original).or_else(|| (f == kind).then_some(p.flipped))
+        })),
+        Err(ScreenError::Blob(e)) => Err(e),
+        Err(e) => {
+            tracing::warn!(upload = %id, error = %e, "could not make screen sizes for an earlier upload");
+            Ok(None)
+        }
+    }
 }

@@ -7,6 +7,7 @@ mod assets;
 pub mod health;
 pub mod images;
 pub mod listener;
+pub mod logbook;
 mod multipart;
 pub mod pages;
 pub mod session;
@@ -135,6 +136,8 @@ pub async fn start(services: Arc<Services>, addr: SocketAddr) -> Result<RunningS
         blocked: BlockFlag::new(blocked),
         events,
         verify_slots: Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        screen_slots: Semaphore::new(1),
+        stopping: stopped.clone(),
         spool_dir,
         owners: moka::sync::Cache::new(100_000),
         started_at: Instant::now(),
@@ -307,6 +310,17 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and(warp::header::optional::<String>("accept"))
         .and(small_form(form_within))
         .and_then(|id, state, cookie, accept, form| pages::delete_submit(state, id, cookie, accept, form));
+    let gallery_events = warp::path!("gallery" / "events")
+        .and(warp::get())
+        .and(s())
+        .and(visitor(state.clone()))
+        .and_then(pages::gallery_events);
+    let viewer = warp::path!("uploads" / String / "view")
+        .and(warp::get())
+        .and(s())
+        .and(visitor(state.clone()))
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(|id, state, cookie, query| pages::viewer(state, id, cookie, query));
     let logout = warp::path!("logout")
         .and(warp::post())
         .and(s())
@@ -349,6 +363,41 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and_then(|state| admin::set_blocked(state, false));
     let admin_dump = warp::path!("admin" / "api" / "dump").and(warp::get()).and(s()).and_then(admin::dump);
     let admin_events = warp::path!("admin" / "api" / "events").and(warp::get()).and(s()).and_then(admin::events);
+    let admin_retry_all = warp::path!("admin" / "api" / "uploads" / "retry")
+        .and(warp::post())
+        .and(s())
+        .and_then(|state| admin::retry(state, None));
+    let admin_retry_one = warp::path!("admin" / "api" / "uploads" / String / "retry")
+        .and(warp::post())
+        .and(s())
+        .and_then(|id, state| admin::retry(state, Some(id)));
+    let admin_redrive = warp::path!("admin" / "api" / "queue" / "redrive")
+        .and(warp::post())
+        .and(s())
+        .and_then(admin::redrive);
+    let admin_pause = warp::path!("admin" / "api" / "workers" / "pause")
+        .and(warp::post())
+        .and(s())
+        .and_then(|state| admin::set_paused(state, true));
+    let admin_resume = warp::path!("admin" / "api" / "workers" / "resume")
+        .and(warp::post())
+        .and(s())
+        .and_then(|state| admin::set_paused(state, false));
+    let admin_pool = warp::path!("admin" / "api" / "pool" / "desired")
+        .and(warp::post())
+        .and(s())
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(admin::set_pool_desired);
+    let admin_uploads = warp::path!("admin" / "api" / "uploads")
+        .and(warp::get())
+        .and(s())
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(admin::uploads);
+    let admin_upload = warp::path!("admin" / "api" / "uploads" / String)
+        .and(warp::get())
+        .and(s())
+        .and_then(|id, state| admin::upload_detail(state, id));
+    let admin_logs = warp::path!("admin" / "api" / "logs").and(warp::get()).and(s()).and_then(admin::logs);
     let admin_other = warp::path("admin")
         .map(|| web::json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "no such admin route"})));
 
@@ -365,22 +414,37 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .unify()
         .or(delete_submit)
         .unify()
+        .or(viewer)
+        .unify()
+        .or(gallery_events)
+        .unify()
         .or(images)
         .unify();
-    let ops = healthz.or(metrics).unify().or(assets).unify();
-    let admin = admin_gate
-        .or(admin_status)
-        .unify()
-        .or(admin_block)
-        .unify()
-        .or(admin_unblock)
-        .unify()
-        .or(admin_dump)
-        .unify()
-        .or(admin_events)
-        .unify()
-        .or(admin_other)
-        .unify();
+    let pages = pages.boxed();
+    let ops = healthz.or(metrics).unify().or(assets).unify().boxed();
+    // Boxed one by one: a long chain of warp filters is a type that takes
+    // the compiler minutes; boxed ones chain in constant size.
+    let admin = [
+        admin_gate.boxed(),
+        admin_status.boxed(),
+        admin_block.boxed(),
+        admin_unblock.boxed(),
+        admin_dump.boxed(),
+        admin_events.boxed(),
+        admin_retry_all.boxed(),
+        admin_retry_one.boxed(),
+        admin_redrive.boxed(),
+        admin_pause.boxed(),
+        admin_resume.boxed(),
+        admin_pool.boxed(),
+        admin_uploads.boxed(),
+        admin_upload.boxed(),
+        admin_logs.boxed(),
+        admin_other.boxed(),
+    ]
+    .into_iter()
+    .reduce(|all, next| all.or(next).unify().boxed())
+    .expect("admin routes");
     let fallback_state = state.clone();
     pages
         .or(ops)

@@ -37,6 +37,11 @@ pub fn unavailable_page(state: &AppState) -> Resp {
     r
 }
 
+/// The gallery page a `?page=N` names (1 when absent or not a number).
+fn page_number(query: &HashMap<String, String>) -> u64 {
+    query.get("page").and_then(|p| p.parse::<u64>().ok()).unwrap_or(1).clamp(1, 100_000)
+}
+
 pub async fn index() -> Result<Resp, Infallible> {
     Ok(see_other("/form"))
 }
@@ -76,7 +81,7 @@ pub async fn gallery(
     let Some(me) = &visitor.signed_in else {
         return Ok(finish(&state, &visitor, see_other("/signin")));
     };
-    let page_no = query.get("page").and_then(|p| p.parse::<u64>().ok()).unwrap_or(1).clamp(1, 100_000);
+    let page_no = page_number(&query);
     let hash = me.email.hashed_id();
     let read = match state.services.gallery.read(me.person_id, &hash, page_no - 1, PER_PAGE).await {
         Ok(r) => r,
@@ -326,7 +331,7 @@ pub async fn delete_confirm(
     let Some(me) = &visitor.signed_in else {
         return Ok(finish(&state, &visitor, see_other("/signin")));
     };
-    let page = query.get("page").and_then(|p| p.parse::<u64>().ok()).unwrap_or(1).max(1);
+    let page = page_number(&query);
     let upload = match id.parse::<flipstack_core::domain::UploadId>() {
         Ok(id) => match state.services.store.upload(id).await {
             Ok(u) => u.filter(|u| u.person_id == me.person_id),
@@ -414,4 +419,102 @@ pub async fn delete_submit(
     services.gallery.invalidate(&hash, &receipt).await;
     tracing::info!(upload = %id, person = %hash, "upload deleted");
     Ok(if wants_json { answer(StatusCode::OK, "") } else { see_other(&format!("/gallery?page={page}")) })
+}
+
+/// `GET /uploads/{id}/view?page=N`: one picture large beside its flip, with
+/// links to its neighbours in the gallery. Read through the gallery's cache
+/// like the gallery itself: the page it is on and, at the page's edges,
+/// the next one.
+pub async fn viewer(
+    state: Arc<AppState>,
+    id: String,
+    visitor: Visitor,
+    query: HashMap<String, String>,
+) -> Result<Resp, Infallible> {
+    let Some(me) = &visitor.signed_in else {
+        return Ok(finish(&state, &visitor, see_other("/signin")));
+    };
+    let page_no = page_number(&query);
+    let hash = me.email.hashed_id();
+    let read_page = |n: u64| {
+        let (state, hash) = (state.clone(), hash.clone());
+        async move { state.services.gallery.read(me.person_id, &hash, n - 1, PER_PAGE).await.map(|r| r.page) }
+    };
+    let page = match read_page(page_no).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "gallery read for the viewer failed");
+            return Ok(unavailable_page(&state));
+        }
+    };
+    let Some(at) = page.items.iter().position(|i| i.id.to_string() == id) else {
+        // Deleted, someone else's, or moved to another page by new uploads.
+        return Ok(message(
+            &state,
+            &visitor,
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "This picture is not on that page of your gallery any more.",
+            Some(("/gallery", "Your gallery")),
+        ));
+    };
+    let neighbour = |i: usize| page.items.get(i).map(|n| (n.id.get(), page_no));
+    let prev = match at.checked_sub(1) {
+        Some(i) => neighbour(i),
+        None if page_no > 1 => {
+            read_page(page_no - 1).await.ok().and_then(|p| p.items.last().map(|n| (n.id.get(), page_no - 1)))
+        }
+        None => None,
+    };
+    let next = match neighbour(at + 1) {
+        Some(n) => Some(n),
+        None if page_no * PER_PAGE < page.total => {
+            read_page(page_no + 1).await.ok().and_then(|p| p.items.first().map(|n| (n.id.get(), page_no + 1)))
+        }
+        None => None,
+    };
+    let view = crate::views::ViewerPage {
+        chrome: Chrome::for_visitor(&visitor, &state.secret),
+        item: crate::views::ItemView::from_item(&page.items[at]),
+        page: page_no,
+        prev,
+        next,
+    };
+    Ok(finish(&state, &visitor, render(StatusCode::OK, &view)))
+}
+
+/// `GET /gallery/events`: server-sent events for the visitor's own gallery,
+/// one `change` whenever one of their uploads is added, flipped, retried,
+/// failed or deleted, by any process or instance (what the event tail
+/// reads). The page then fetches itself again; nothing in between polls.
+pub async fn gallery_events(state: Arc<AppState>, visitor: Visitor) -> Result<Resp, Infallible> {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(me) = &visitor.signed_in else {
+        return Ok(crate::web::plain(StatusCode::FORBIDDEN, "Sign in to follow your gallery."));
+    };
+    let mine = me.email.hashed_id();
+    let rx = state.events.subscribe();
+    let mut stopping = state.stopping.clone();
+    let stop = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let stream = futures::stream::unfold((rx, mine), |(mut rx, mine)| async move {
+        loop {
+            let kind = match rx.recv().await {
+                Ok(crate::state::AdminEvent::Job { kind, person: Some(p), .. }) if p == mine => kind.as_str(),
+                Ok(_) => continue,
+                // Too slow to follow: whatever was missed, the page reads it all again.
+                Err(RecvError::Lagged(_)) => "missed",
+                Err(RecvError::Closed) => return None,
+            };
+            let event = warp::sse::Event::default().event("change").data(kind);
+            return Some((Ok::<_, Infallible>(event), (rx, mine)));
+        }
+    });
+    // Comments every 15 s keep the connection from counting as idle.
+    let keep = warp::sse::keep_alive().interval(Duration::from_secs(15));
+    let stream = futures::StreamExt::take_until(stream, Box::pin(stop));
+    let mut r = warp::reply::Reply::into_response(warp::sse::reply(keep.stream(stream)));
+    r.headers_mut().insert("cache-control", HeaderValue::from_static("no-store"));
+    Ok(r)
 }

@@ -24,6 +24,12 @@ pub struct AppState {
     pub events: broadcast::Sender<AdminEvent>,
     /// Bounds the uploads being verified at once (each holds a decoder).
     pub verify_slots: Semaphore,
+    /// Screen sizes made for earlier uploads on their first request: one
+    /// upload at a time.
+    pub screen_slots: Semaphore,
+    /// Turns true when the server shuts down: long-lived answers (the
+    /// galleries' event streams) end then instead of holding it open.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
     pub spool_dir: PathBuf,
     /// Owner and format of uploads, which never change: images are served
     /// without a database query after the first.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use flipstack_core::domain::now_millis;
 use flipstack_core::metrics::background;
 use flipstack_core::store::WriteReceipt;
+use flipstack_core::wake;
 
 use crate::state::{AdminEvent, AppState};
 
@@ -23,24 +24,35 @@ pub fn spawn_all(state: Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
         tasks.push(tokio::spawn(background(async move {
             let publisher =
                 flipstack_core::aws::cloudwatch::Publisher::new(&s.aws, &s.config.metrics_namespace, "web").await;
-            publisher.run(s.metrics.clone(), s.queue.clone(), Duration::from_secs(60)).await;
+            publisher.run(s.metrics.clone(), s.store.clone(), Duration::from_secs(60)).await;
         })));
     }
     tasks
 }
 
 /// Follows the events table (written by every process): feeds the admin
-/// event stream, and invalidates galleries whose jobs finished in another
-/// process when the cache is this process's own memory.
+/// event stream and the galleries' pushes (`/gallery/events`), and
+/// invalidates galleries whose jobs finished in another process when the
+/// cache is this process's own memory. Workers on this machine wake it as
+/// they finish a job; the tick is for the others (other instances).
 async fn tail_events(state: Arc<AppState>) {
     const WINDOW_MS: i64 = 5_000;
     let services = &state.services;
     let local_cache = services.cache.kind() == flipstack_core::domain::CacheBackend::Memory;
     let mut seen: HashSet<i64> = HashSet::new();
+    let woken_by = wake::Listener::bind(&wake::folder(&services.config.data_dir), wake::Role::Server);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        match &woken_by {
+            Some(w) => tokio::select! {
+                _ = tick.tick() => {}
+                _ = w.woken() => {}
+            },
+            None => {
+                tick.tick().await;
+            }
+        }
         if !local_cache && state.events.receiver_count() == 0 {
             continue;
         }

@@ -619,9 +619,16 @@ async fn store_all(
             }
         };
         services.gallery.invalidate(&hash, &receipt).await;
-        if let Err(e) = services.queue.enqueue(id).await {
+        match services.queue.enqueue(id).await {
+            // Confirmed sent: the fleet's reconciler never sends it again.
+            Ok(()) if services.queue.needs_reconciler() => {
+                if let Err(e) = services.store.mark_enqueued(id, now_millis()).await {
+                    tracing::warn!(error = %e, upload = %id, "queued a job but could not record it; the reconciler will send one more copy");
+                }
+            }
+            Ok(()) => {}
             // The row is the truth: the reconciler sends it again.
-            tracing::warn!(error = %e, upload = %id, "could not queue a job; the reconciler will");
+            Err(e) => tracing::warn!(error = %e, upload = %id, "could not queue a job; the reconciler will"),
         }
         services.metrics.upload_accepted();
         tracing::info!(

@@ -63,6 +63,9 @@ pub struct ItemView {
     /// HEIC/AVIF their browser-viewable copies.
     pub original_view: &'static str,
     pub flipped_view: &'static str,
+    /// Screen sizes beyond the thumbnail, smallest first: (name in the
+    /// image URL, width), for `srcset`.
+    pub screens: Vec<(&'static str, u32)>,
     /// The formats the downloads come in (e.g. "HEIC", "JPEG").
     pub original_format: &'static str,
     pub flipped_format: &'static str,
@@ -97,6 +100,10 @@ impl ItemView {
             has_thumbs: item.state == UploadState::Done && thumb.is_some(),
             thumb_width: thumb.map_or(0, |t| t.0),
             thumb_height: thumb.map_or(0, |t| t.1),
+            screens: flipstack_core::imaging::screen_sizes(item.width, item.height)
+                .into_iter()
+                .map(|(size, w, _)| (size.name(), w))
+                .collect(),
             original_view: if viewable { "original" } else { "original-view" },
             flipped_view: if viewable { "flipped" } else { "flipped-view" },
             original_format: item.format.display_name(),
@@ -118,6 +125,20 @@ impl GalleryView {
             pages: page.total.div_ceil(per_page).max(1),
         }
     }
+}
+
+/// One picture large, with its neighbours in the gallery (a plain page:
+/// links for next, previous and back; the script adds the keys).
+#[derive(Template)]
+#[template(path = "viewer.html")]
+pub struct ViewerPage {
+    pub chrome: Chrome,
+    pub item: ItemView,
+    /// The gallery page it is on.
+    pub page: u64,
+    /// (upload id, gallery page) of the newer and the older neighbour.
+    pub prev: Option<(i64, u64)>,
+    pub next: Option<(i64, u64)>,
 }
 
 #[derive(Template)]

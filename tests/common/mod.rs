@@ -446,10 +446,16 @@ impl Drop for SecondServer {
 }
 
 pub async fn second_server(app: &TestApp) -> SecondServer {
+    second_server_with(app, &[]).await
+}
+
+/// [`second_server`] with more variables in its environment.
+pub async fn second_server_with(app: &TestApp, env: &[(&str, &str)]) -> SecondServer {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_flipstack"))
         .arg("serve")
         .envs(app.config.to_env())
+        .envs(env.iter().copied())
         .env("FLIPSTACK_LISTEN", format!("127.0.0.1:{port}"))
         .env("FLIPSTACK_ADMIN_TOKEN", &app.admin_token)
         .env("RUST_LOG", "warn")
@@ -489,6 +495,9 @@ impl Browser {
             );
         }
         let client = reqwest::Client::builder()
+            // The server closes a connection that sends no request for its header
+            // timeout (10 s); a pooled one kept idle longer races that close.
+            .pool_idle_timeout(Duration::from_secs(5))
             .cookie_provider(jar.clone())
             .redirect(reqwest::redirect::Policy::none())
             .default_headers(defaults)
@@ -514,6 +523,17 @@ impl Browser {
     pub async fn csrf(&self) -> String {
         let (_, page) = self.text("/form").await;
         hidden_value(&page, "csrf").expect("the form has a csrf field")
+    }
+
+    /// Uploads as [`Browser::upload`] does, telling a server that did not
+    /// answer (or whose form had no token) by an error instead of a panic.
+    pub async fn try_upload(&self, email: &str, filename: &str, bytes: &[u8]) -> Result<reqwest::Response, String> {
+        let form = self.client.get(self.url("/form")).send().await.map_err(|e| format!("the form: {e}"))?;
+        let page = form.text().await.map_err(|e| format!("the form: {e}"))?;
+        let csrf = hidden_value(&page, "csrf").ok_or_else(|| format!("a form without a csrf field: {page:.200}"))?;
+        self.try_upload_parts(&[("csrf", &csrf), ("email", email)], &[(filename.as_bytes(), bytes)], false)
+            .await
+            .map_err(|e| format!("the upload: {e}"))
     }
 
     pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
@@ -542,6 +562,15 @@ impl Browser {
         files: &[(&[u8], &[u8])],
         json: bool,
     ) -> reqwest::Response {
+        self.try_upload_parts(fields, files, json).await.unwrap()
+    }
+
+    pub async fn try_upload_parts(
+        &self,
+        fields: &[(&str, &str)],
+        files: &[(&[u8], &[u8])],
+        json: bool,
+    ) -> reqwest::Result<reqwest::Response> {
         let boundary = format!("----flipstacktest{:016x}", rand::random::<u64>());
         let mut body = Vec::new();
         for (k, v) in fields {
@@ -567,7 +596,7 @@ impl Browser {
         if json {
             req = req.header("accept", "application/json");
         }
-        req.send().await.unwrap()
+        req.send().await
     }
 
     pub fn cookie(&self, name: &str) -> Option<String> {
@@ -698,4 +727,27 @@ pub fn assert_is_flip(name: &str, original: &[u8], flipped: &[u8]) {
         assert_eq!(diff, 0.0, "{name}: the flip is not exact");
     }
     assert!(unflipped > diff, "{name}: the result looks like the original, not its flip");
+}
+
+/// A PNG whose structure and checksums are sound but whose compressed pixel
+/// data is garbage: it passes the upload check and fails in the decoder.
+pub fn poison_png() -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let mut h = crc32fast::Hasher::new();
+        h.update(kind);
+        h.update(data);
+        out.extend_from_slice(&h.finalize().to_be_bytes());
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&64u32.to_be_bytes());
+    ihdr.extend_from_slice(&64u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0xff, 0xff, 0xff, 0x00, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef]);
+    chunk(&mut png, b"IEND", &[]);
+    png
 }

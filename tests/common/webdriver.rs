@@ -60,19 +60,37 @@ pub struct Element(String);
 
 impl Session {
     pub async fn new(driver: &Chromedriver) -> Session {
+        Self::start(driver, None).await
+    }
+
+    /// A session whose screen is `width`×`height` CSS pixels at `pixel_ratio`
+    /// device pixels each (Chromium's device emulation); a phone-like
+    /// (touch, mobile viewport) screen when `mobile`.
+    pub async fn emulating(driver: &Chromedriver, width: u32, height: u32, pixel_ratio: f64, mobile: bool) -> Session {
+        let metrics = json!({"deviceMetrics": {
+            "width": width, "height": height, "pixelRatio": pixel_ratio, "mobile": mobile, "touch": mobile
+        }});
+        Self::start(driver, Some(metrics)).await
+    }
+
+    async fn start(driver: &Chromedriver, emulation: Option<Value>) -> Session {
         let profile = tempfile::tempdir().unwrap();
+        let mut options = json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.path().display()),
+            ]
+        });
+        if let Some(e) = emulation {
+            options["mobileEmulation"] = e;
+        }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "unhandledPromptBehavior": "ignore",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage", "--window-size=1280,900",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ]
-            }
+            "goog:chromeOptions": options
         }}});
         let http = reqwest::Client::new();
         let r: Value =
@@ -145,6 +163,20 @@ impl Session {
     pub async fn async_script(&self, script: &str) -> Value {
         let wrapped = format!("const done = arguments[arguments.length - 1]; {script}");
         self.post("/execute/async", json!({"script": wrapped, "args": []})).await
+    }
+
+    /// Sets a cookie for the current page's origin.
+    pub async fn add_cookie(&self, name: &str, value: &str) {
+        self.post("/cookie", json!({"cookie": {"name": name, "value": value, "path": "/"}})).await;
+    }
+
+    /// Presses and releases one key (a WebDriver key code such as
+    /// `"\u{E014}"`, the right arrow) on whatever has the focus.
+    pub async fn press_key(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}
+        ]}]});
+        self.post("/actions", actions).await;
     }
 
     pub async fn alert_text(&self) -> String {

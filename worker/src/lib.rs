@@ -19,7 +19,9 @@ use flipstack_core::domain::{UploadId, UploadState, now_millis};
 use flipstack_core::imaging::{self, FlipError};
 use flipstack_core::metrics::background;
 use flipstack_core::queue::Delivery;
-use flipstack_core::store::{Failure, FlipOutcome, StateChange, Upload, WorkerInfo, WorkerStatus};
+use flipstack_core::screens;
+use flipstack_core::store::{Failure, FlipOutcome, Leadership, StateChange, Upload, WorkerInfo, WorkerStatus};
+use flipstack_core::wake;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -102,8 +104,7 @@ async fn run_inner(
     let beat = tokio::spawn(background(heartbeat(services.clone(), shared.clone())));
     let mut helpers = Vec::new();
     if services.queue.needs_reconciler() {
-        helpers.push(tokio::spawn(background(reconcile(services.clone()))));
-        helpers.push(tokio::spawn(background(watch_dead_letters(services.clone()))));
+        helpers.push(tokio::spawn(background(fleet_duties(services.clone()))));
     }
     if services.on_aws() {
         // The worker's own numbers (jobs, durations, queue waits) reach CloudWatch
@@ -112,13 +113,31 @@ async fn run_inner(
         helpers.push(tokio::spawn(background(async move {
             let publisher =
                 flipstack_core::aws::cloudwatch::Publisher::new(&s.aws, &s.config.metrics_namespace, "worker").await;
-            publisher.run(s.metrics.clone(), s.queue.clone(), Duration::from_secs(60)).await;
+            publisher.run(s.metrics.clone(), s.store.clone(), Duration::from_secs(60)).await;
         })));
     }
     tracing::info!(worker = %options.id, queue = %services.queue.kind(), "worker started");
+    let mut was_paused = false;
     let result = loop {
         if stop.is_cancelled() {
             break Ok(());
+        }
+        // Paused by an operator: nothing new is claimed until resumed.
+        if paused(&services).await {
+            if !was_paused {
+                set_status(&shared, WorkerStatus::Paused, None);
+                was_paused = true;
+                tracing::info!(worker = %options.id, "paused by an operator; claiming nothing until resumed");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break Ok(()),
+                _ = tokio::time::sleep(PAUSE_CHECK) => continue,
+            }
+        }
+        if was_paused {
+            set_status(&shared, WorkerStatus::Idle, None);
+            was_paused = false;
+            tracing::info!(worker = %options.id, "resumed by an operator");
         }
         let deliveries = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
@@ -134,6 +153,13 @@ async fn run_inner(
                 }
             }
         };
+        // A pause that came while waiting: hand the messages back unclaimed.
+        if !deliveries.is_empty() && paused(&services).await {
+            for d in &deliveries {
+                ignore_failure("handing back a job received while paused", services.queue.release(d, Duration::ZERO).await);
+            }
+            continue;
+        }
         let mut stuck = None;
         for d in deliveries {
             if let Err(e) = handle(&services, &options, &shared, &d).await {
@@ -172,6 +198,16 @@ async fn heartbeat(services: Arc<Services>, shared: Arc<Shared>) {
             tracing::debug!(error = %e, "heartbeat not recorded");
         }
     }
+}
+
+/// How often a paused worker looks whether it was resumed.
+const PAUSE_CHECK: Duration = Duration::from_secs(1);
+
+/// True while an operator has paused the workers (a setting on the primary,
+/// so it holds for every worker process and instance). A store that does not
+/// answer counts as not paused: claiming needs it anyway.
+async fn paused(services: &Services) -> bool {
+    matches!(services.store.setting(flipstack_core::status::WORKERS_PAUSED).await, Ok(Some(v)) if v == "true")
 }
 
 fn set_status(shared: &Shared, status: WorkerStatus, current: Option<UploadId>) {
@@ -248,6 +284,9 @@ async fn ack(services: &Services, d: &Delivery) {
 
 async fn after_change(services: &Services, change: &StateChange) {
     services.gallery.invalidate(&change.person_hash, &change.receipt).await;
+    // Servers on this machine read the events now instead of on their next
+    // tick, so the uploader's page hears of it at once.
+    wake::notify(&wake::folder(&services.config.data_dir), wake::Role::Server);
 }
 
 /// Flips one claimed upload. Ok(true) when it ended `done`.
@@ -298,13 +337,16 @@ async fn process(
     keepalive.abort();
     let now = now_millis();
     match outcome {
-        Ok(result) => match services.store.complete(id, &options.id, &result, now).await {
+        Ok((result, screens)) => match services.store.complete(id, &options.id, &result, now).await {
             Ok(Some(change)) => {
                 after_change(services, &change).await;
                 ack(services, d).await;
                 services.metrics.job("done");
                 services.metrics.observe_job(started.elapsed().as_secs_f64());
                 tracing::info!(upload = %id, method = %result.method, ms = started.elapsed().as_millis() as u64, "flipped");
+                if let Some(screens) = screens {
+                    finish_screens(options, id, screens).await;
+                }
                 Ok(true)
             }
             Ok(None) => {
@@ -402,6 +444,21 @@ async fn settle_lost_completion(services: &Services, d: &Delivery, id: UploadId)
     }
 }
 
+/// The screen sizes being made beside a flip.
+type Screens = tokio::task::JoinHandle<Result<Vec<imaging::ScreenPicture>, screens::ScreenError>>;
+
+/// Waits for the screen sizes before the next job. They are a convenience:
+/// without them the server makes them when they are first asked for, so a
+/// failure is only logged.
+async fn finish_screens(options: &WorkerOptions, id: UploadId, screens: Screens) {
+    match tokio::time::timeout(options.job_timeout, screens).await {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(upload = %id, error = %e, "no screen sizes"),
+        Ok(Err(e)) => tracing::warn!(upload = %id, error = %e, "making screen sizes crashed"),
+        Err(_) => tracing::warn!(upload = %id, "screen sizes took longer than the job's time limit"),
+    }
+}
+
 enum JobError {
     /// The picture itself is the problem: trying again cannot help.
     Permanent(String),
@@ -415,7 +472,7 @@ async fn flip_and_store(
     services: &Services,
     options: &WorkerOptions,
     upload: &Upload,
-) -> Result<FlipOutcome, JobError> {
+) -> Result<(FlipOutcome, Option<Screens>), JobError> {
     let original = match services.blobs.get_bytes(BlobKind::Original, upload.id).await {
         Ok(Some(b)) => b,
         Ok(None) => {
@@ -425,8 +482,16 @@ async fn flip_and_store(
             return Err(JobError::Transient(format!("could not read the original: {e}")));
         }
     };
-    let (format, limits) = (upload.format, services.limits);
+    let (format, limits, upload_id) = (upload.format, services.limits, upload.id);
     imaging::keep_memory_between_flips();
+    // Screen sizes come from their own scaled decode, on another core while
+    // the flip runs (HEIC/AVIF: from the JPEG view the flip makes, after it).
+    let screens_from_original = (screens::source_kind(format) == BlobKind::Original).then(|| {
+        let (blobs, store, original) = (services.blobs.clone(), services.store.clone(), original.clone());
+        tokio::spawn(async move {
+            screens::make_and_store(&blobs, store.as_ref(), upload_id, format, limits, Some(original)).await
+        })
+    });
     let work = tokio::task::spawn_blocking(move || imaging::flip_with_thumbnails(&original, format, &limits));
     let processed = match tokio::time::timeout(options.job_timeout, work).await {
         Err(_) => return Err(JobError::Stuck),
@@ -462,58 +527,137 @@ async fn flip_and_store(
         None => services.blobs.put(BlobKind::Flipped, upload.id, flipped.bytes).await.map_err(stored)?,
     }
     // HEIC/AVIF: what the gallery shows, since browsers do not all show them.
-    if let Some(d) = processed.display {
-        tokio::try_join!(
-            services.blobs.put(BlobKind::OriginalDisplay, upload.id, d.original),
-            services.blobs.put(BlobKind::FlippedDisplay, upload.id, d.flipped),
-        )
-        .map_err(stored)?;
-    }
-    Ok(outcome)
+    let screens = match processed.display {
+        Some(d) => {
+            let view = d.original.clone().into();
+            tokio::try_join!(
+                services.blobs.put(BlobKind::OriginalDisplay, upload.id, d.original),
+                services.blobs.put(BlobKind::FlippedDisplay, upload.id, d.flipped),
+            )
+            .map_err(stored)?;
+            let (blobs, store) = (services.blobs.clone(), services.store.clone());
+            Some(tokio::spawn(async move {
+                screens::make_and_store(&blobs, store.as_ref(), upload_id, format, limits, Some(view)).await
+            }))
+        }
+        None => screens_from_original,
+    };
+    Ok((outcome, screens))
 }
 
-/// SQS only: sends again the jobs whose message was lost (a failed send, a
-/// crash between the insert and the send). Duplicates are harmless.
-async fn reconcile(services: Arc<Services>) {
+/// The fleet-wide lock whose holder runs [`fleet_duties`].
+pub const RECONCILER_DUTY: &str = "reconciler";
+
+/// SQS only: the duties one process does for the whole fleet, whichever
+/// worker holds the database lock ([`RECONCILER_DUTY`]): re-sending jobs whose
+/// message is really missing, and marking dead letters failed. Every worker
+/// tries for the lock each period, so another takes over within one period
+/// when the holder dies. One reconciler, re-sending only what is missing,
+/// keeps the queue at one message per waiting job however old the backlog.
+async fn fleet_duties(services: Arc<Services>) {
     let after = Duration::from_secs(services.config.requeue_after_secs.max(1));
-    let cutoff_ms = after.as_millis() as i64;
-    let mut tick = tokio::time::interval((after / 2).min(Duration::from_secs(30)));
+    let mut tick = tokio::time::interval((after / 2).clamp(Duration::from_secs(1), Duration::from_secs(30)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lead: Option<Box<dyn Leadership>> = None;
+    let mut reconciler = Reconciler { after, queue_was_empty: false };
+    let mut dead_letters_due = Instant::now();
     loop {
         tick.tick().await;
+        if let Some(held) = lead.as_mut()
+            && !held.still_held().await
+        {
+            lead = None;
+            tracing::warn!("lost the fleet's reconciler lock (database connection lost); trying to take it again");
+        }
+        if lead.is_none() {
+            match services.store.try_lead(RECONCILER_DUTY).await {
+                Ok(Some(held)) => {
+                    tracing::info!("this worker now reconciles the queue for the fleet");
+                    lead = Some(held);
+                    reconciler.queue_was_empty = false;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not ask for the reconciler lock");
+                    continue;
+                }
+            }
+        }
+        reconciler.pass(&services).await;
+        if Instant::now() >= dead_letters_due {
+            mark_dead_letters(&services).await;
+            dead_letters_due = Instant::now() + Duration::from_secs(15);
+        }
+    }
+}
+
+/// Re-sends a job only when its message is missing, so a waiting job never
+/// gets a second copy because it waited long.
+struct Reconciler {
+    /// How long a job may wait unsent (or, on an empty queue, since its last send).
+    after: Duration,
+    /// The previous pass found the queue empty.
+    queue_was_empty: bool,
+}
+
+impl Reconciler {
+    async fn pass(&mut self, services: &Services) {
         let now = now_millis();
-        let ids = match services.store.unqueued(now, now - cutoff_ms, 100).await {
-            Ok(ids) => ids,
+        let cutoff = now - self.after.as_millis() as i64;
+        // 1. Never confirmed sent: the send failed, or the server died around it.
+        match services.store.unsent(cutoff, 100).await {
+            Ok(ids) => resend(services, ids, "its message was never confirmed sent").await,
+            Err(e) => tracing::debug!(error = %e, "reconciler could not read the uploads"),
+        }
+        // 2. Sent, but the queue lost it (purged, retention ran out): only an
+        // empty queue, twice in a row a period apart, proves that waiting jobs
+        // have no message; a job with its message always counts in the queue
+        // (visible, or hidden while held or waiting for a retry).
+        let empty = match services.queue.depth().await {
+            Ok(d) => d.visible + d.in_flight == 0,
             Err(e) => {
-                tracing::debug!(error = %e, "reconciler could not read the uploads");
-                continue;
+                tracing::debug!(error = %e, "reconciler could not read the queue's depth");
+                false
             }
         };
-        for id in ids {
-            if services.queue.enqueue(id).await.is_ok() {
-                ignore_failure("marking an upload enqueued", services.store.mark_enqueued(id, now).await);
-                tracing::info!(upload = %id, "re-sent a job whose message was missing");
+        if empty && self.queue_was_empty {
+            match services.store.unqueued(now, cutoff, 100).await {
+                Ok(ids) => resend(services, ids, "the queue is empty while it waits").await,
+                Err(e) => tracing::debug!(error = %e, "reconciler could not read the uploads"),
+            }
+        }
+        self.queue_was_empty = empty;
+    }
+}
+
+async fn resend(services: &Services, ids: Vec<UploadId>, why: &str) {
+    for id in ids {
+        match services.queue.enqueue(id).await {
+            Ok(()) => {
+                ignore_failure("marking an upload enqueued", services.store.mark_enqueued(id, now_millis()).await);
+                tracing::warn!(upload = %id, why, "re-sent a job whose message was missing");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, upload = %id, "could not re-send a job; trying again next period");
+                return;
             }
         }
     }
 }
 
 /// SQS only: a message in the dead-letter queue marks its upload failed.
-async fn watch_dead_letters(services: Arc<Services>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(15));
-    loop {
-        tick.tick().await;
-        let Ok(letters) = services.queue.dead_letters(10).await else {
-            continue;
-        };
-        for d in letters {
-            let reason = format!(
-                "Flipping failed {} times in a row; the job was set aside for the operators.",
-                d.receive_count.max(1)
-            );
-            if let Ok(Some(change)) = services.store.give_up(d.upload_id, &reason, now_millis()).await {
-                after_change(&services, &change).await;
-                tracing::warn!(upload = %d.upload_id, "job reached the dead-letter queue; marked failed");
-            }
+async fn mark_dead_letters(services: &Services) {
+    let Ok(letters) = services.queue.dead_letters(10).await else {
+        return;
+    };
+    for d in letters {
+        let reason = format!(
+            "Flipping failed {} times in a row; the job was set aside for the operators.",
+            d.receive_count.max(1)
+        );
+        if let Ok(Some(change)) = services.store.give_up(d.upload_id, &reason, now_millis()).await {
+            after_change(services, &change).await;
+            tracing::warn!(upload = %d.upload_id, "job reached the dead-letter queue; marked failed");
         }
     }
 }

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 
 use flipstack_console::app::{App, Msg, Options};
 use flipstack_console::model::AdminEvent;
-use flipstack_core::domain::{EventKind, UploadId};
+use flipstack_core::domain::{DisplayName, EventKind, ImageFormat, PersonId, UploadId, UploadState};
 use flipstack_core::queue::QueueDepth;
 use flipstack_core::status::{AdminStatus, FailureInfo, PoolStatus, QueueStatus, ReplicaStatus};
-use flipstack_core::store::{ReadSource, WorkerInfo, WorkerStatus};
+use flipstack_core::status::{LogLine, UploadDetail, UploadListing};
+use flipstack_core::store::{Event, FlipOutcome, ReadSource, Upload, WorkerInfo, WorkerStatus};
 use flipstack_provision::fleet::GroupStatus;
 
 /// 2023-11-14 22:13:20 UTC: every age in the snapshots is measured from here.
@@ -23,6 +24,7 @@ pub fn options(stack: Option<&str>, read_only: bool) -> Options {
         read_only,
         dump_dir: PathBuf::from("/var/backups"),
         fleet_interval_ms: 5_000,
+        no_color: false,
     }
 }
 
@@ -65,6 +67,8 @@ pub fn status_at(i: i64) -> AdminStatus {
             queue_wait_count: 120,
             job_seconds_sum: 30.0,
             job_count: 120,
+            jobs_failed: 2,
+            jobs_retried: 3,
         },
         replicas: vec![
             ReplicaStatus { name: "replica-1".into(), lag_ms: Some(35) },
@@ -129,6 +133,7 @@ pub fn status_at(i: i64) -> AdminStatus {
             backlog: depth,
             updated_at: at - 200,
         }),
+        workers_paused: false,
         problems: vec![],
     }
 }
@@ -188,4 +193,96 @@ pub fn app(stack: Option<&str>, read_only: bool) -> App {
     }
     app.tick(T0 + 29_000);
     app
+}
+
+/// An upload as the admin API lists it, `age_s` seconds before the app's clock.
+pub fn upload(id: i64, state: UploadState, format: ImageFormat, age_s: i64, reason: Option<&str>) -> Upload {
+    let created_at = T0 + 29_000 - age_s * 1000;
+    let finished = matches!(state, UploadState::Done | UploadState::Failed).then_some(created_at + 1_250);
+    Upload {
+        id: UploadId::from_i64(id).unwrap(),
+        person_id: PersonId::from_i64(7).unwrap(),
+        name: DisplayName::from_stored(format!("picture-{id}.{}", format.as_str())),
+        format,
+        bytes: 48_213,
+        width: 640,
+        height: 480,
+        state,
+        attempts: if state == UploadState::Failed { 1 } else { 0 },
+        claims: 1,
+        next_attempt_at: created_at,
+        lease_owner: (state == UploadState::Processing).then(|| "ip-10-0-1-17-9f2a".into()),
+        lease_until: (state == UploadState::Processing).then_some(created_at + 30_000),
+        failure_reason: reason.map(String::from),
+        outcome: (state == UploadState::Done).then(|| FlipOutcome {
+            flipped_bytes: 47_990,
+            flipped_width: 640,
+            flipped_height: 480,
+            method: "jpeg-lossless".into(),
+            thumb_width: Some(320),
+            thumb_height: Some(240),
+        }),
+        created_at,
+        updated_at: created_at,
+        finished_at: finished,
+    }
+}
+
+/// Four uploads, newest first, as `GET /admin/api/uploads` answers.
+pub fn listing() -> Vec<UploadListing> {
+    let decode = "the picture could not be decoded: corrupt deflate stream";
+    vec![
+        UploadListing {
+            upload: upload(1304, UploadState::Processing, ImageFormat::Jpeg, 3, None),
+            person_hash: "3fa1c2d9e8b7a6f5".into(),
+        },
+        UploadListing {
+            upload: upload(1303, UploadState::Failed, ImageFormat::Png, 40, Some(decode)),
+            person_hash: "3fa1c2d9e8b7a6f5".into(),
+        },
+        UploadListing {
+            upload: upload(1302, UploadState::Done, ImageFormat::Heic, 95, None),
+            person_hash: "b04e7d1100aa33cc".into(),
+        },
+        UploadListing {
+            upload: upload(1301, UploadState::Pending, ImageFormat::Gif, 300, None),
+            person_hash: "b04e7d1100aa33cc".into(),
+        },
+    ]
+}
+
+/// Upload 1303 in full: uploaded, claimed, failed.
+pub fn failed_detail() -> UploadDetail {
+    let u = listing().remove(1).upload;
+    let event = |id: i64, dt: i64, kind: &str, detail: Option<&str>| Event {
+        id,
+        at: u.created_at + dt,
+        kind: EventKind::parse(kind).unwrap(),
+        upload_id: Some(u.id),
+        person_hash: Some("3fa1c2d9e8b7a6f5".into()),
+        detail: detail.map(String::from),
+    };
+    UploadDetail {
+        events: vec![event(1, 0, "uploaded", None), event(2, 1_250, "failed", u.failure_reason.as_deref())],
+        person_hash: "3fa1c2d9e8b7a6f5".into(),
+        upload: u,
+    }
+}
+
+/// What `GET /admin/api/logs` answers: a warning and an error.
+pub fn log_lines() -> Vec<LogLine> {
+    vec![
+        LogLine {
+            at: T0 + 29_000 - 65_000,
+            level: "WARN".into(),
+            target: "flipstack_server::upload".into(),
+            message: "the queue did not answer; the job is sent again later error=cannot connect".into(),
+        },
+        LogLine {
+            at: T0 + 29_000 - 4_000,
+            level: "ERROR".into(),
+            target: "flipstack_server::admin".into(),
+            message: "database dump failed part-way error=the database is unavailable".into(),
+        },
+    ]
 }

@@ -1,7 +1,9 @@
 //! Sends the process's numbers to CloudWatch (`PutMetricData`), batched once a
 //! minute from a background task, never on a request path: cache hits and
-//! misses, gallery reads by source, queue wait and processing time, and the
-//! queue's depth. Dimension `Role` tells web servers from workers.
+//! misses, gallery reads by source, queue wait and processing time, jobs
+//! done, failed and retried (a worker sends these every minute, zeros too,
+//! so "no failures" differs from "no data"), and the fleet's backlog of
+//! distinct unfinished jobs. Dimension `Role` tells web servers from workers.
 //! [`fleet_numbers`] reads them back, summed over the fleet, for the console.
 
 use std::sync::Arc;
@@ -12,7 +14,15 @@ use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 
 use super::AwsSettings;
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::queue::JobQueue;
+use crate::store::MetadataStore;
+
+/// The fleet's backlog: distinct jobs waiting or in hand, counted in the
+/// uploads table ([`UploadStats::unfinished`]), never queue messages (which a
+/// re-send can duplicate). The worker group's scaling policy divides it by
+/// the workers in service.
+///
+/// [`UploadStats::unfinished`]: crate::store::UploadStats::unfinished
+pub const BACKLOG_METRIC: &str = "QueueBacklog";
 
 pub struct Publisher {
     client: Client,
@@ -37,7 +47,7 @@ impl Publisher {
         b.build()
     }
 
-    /// The datums for what changed between two snapshots (plus the queue depth).
+    /// The datums for what changed between two snapshots (plus the backlog, [`BACKLOG_METRIC`]).
     pub fn datums(&self, before: &MetricsSnapshot, now: &MetricsSnapshot, backlog: Option<u64>) -> Vec<MetricDatum> {
         let delta = |a: u64, b: u64| b.saturating_sub(a) as f64;
         let mut d = vec![
@@ -68,13 +78,17 @@ impl Publisher {
             d.push(self.datum("JobSeconds", secs, StandardUnit::Seconds, None));
             d.push(self.datum("JobsDone", jobs as f64, StandardUnit::Count, None));
         }
+        if self.role == "worker" {
+            d.push(self.datum("JobsFailed", delta(before.jobs_failed, now.jobs_failed), StandardUnit::Count, None));
+            d.push(self.datum("JobRetries", delta(before.jobs_retried, now.jobs_retried), StandardUnit::Count, None));
+        }
         let waits = now.queue_wait_count.saturating_sub(before.queue_wait_count);
         if waits > 0 {
             let secs = (now.queue_wait_seconds_sum - before.queue_wait_seconds_sum) / waits as f64;
             d.push(self.datum("QueueWaitSeconds", secs, StandardUnit::Seconds, None));
         }
         if let Some(b) = backlog {
-            d.push(self.datum("QueueBacklog", b as f64, StandardUnit::Count, None));
+            d.push(self.datum(BACKLOG_METRIC, b as f64, StandardUnit::Count, None));
         }
         d
     }
@@ -93,14 +107,14 @@ impl Publisher {
     }
 
     /// Runs until the task is dropped.
-    pub async fn run(self, metrics: Arc<Metrics>, queue: Arc<dyn JobQueue>, every: Duration) {
+    pub async fn run(self, metrics: Arc<Metrics>, store: Arc<dyn MetadataStore>, every: Duration) {
         let mut last = metrics.snapshot();
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tick.tick().await;
             let now = metrics.snapshot();
-            let backlog = queue.depth().await.ok().map(|d| d.visible);
+            let backlog = store.upload_stats().await.ok().map(|s| s.unfinished());
             if let Err(e) = self.put(self.datums(&last, &now, backlog)).await {
                 tracing::warn!(error = %e, "could not send metrics to CloudWatch; will try again next minute");
             }
@@ -121,6 +135,8 @@ pub struct FleetNumbers {
     /// Gallery reads by source: cache, replica, primary.
     pub reads: [Option<f64>; 3],
     pub jobs_done: Option<f64>,
+    /// Jobs that failed for good, summed over the workers.
+    pub jobs_failed: Option<f64>,
     /// Mean seconds per job over the workers' reports.
     pub job_seconds: Option<f64>,
     pub backlog: Option<f64>,
@@ -169,8 +185,9 @@ pub async fn fleet_numbers(aws: &AwsSettings, namespace: &str, now_ms: i64) -> R
         .metric_data_queries(query("replica", "GalleryReads", "web", Some("replica"), "Sum"))
         .metric_data_queries(query("primary", "GalleryReads", "web", Some("primary"), "Sum"))
         .metric_data_queries(query("jobs", "JobsDone", "worker", None, "Sum"))
+        .metric_data_queries(query("failed", "JobsFailed", "worker", None, "Sum"))
         .metric_data_queries(query("jobsecs", "JobSeconds", "worker", None, "Average"))
-        .metric_data_queries(query("backlog", "QueueBacklog", "web", None, "Maximum"))
+        .metric_data_queries(query("backlog", BACKLOG_METRIC, "web", None, "Maximum"))
         .send()
         .await
         .map_err(|e| aws_sdk_cloudwatch::error::DisplayErrorContext(e).to_string())?;
@@ -192,6 +209,7 @@ pub async fn fleet_numbers(aws: &AwsSettings, namespace: &str, now_ms: i64) -> R
             Some("replica") => &mut n.reads[1],
             Some("primary") => &mut n.reads[2],
             Some("jobs") => &mut n.jobs_done,
+            Some("failed") => &mut n.jobs_failed,
             Some("jobsecs") => &mut n.job_seconds,
             Some("backlog") => &mut n.backlog,
             _ => continue,
@@ -204,6 +222,23 @@ pub async fn fleet_numbers(aws: &AwsSettings, namespace: &str, now_ms: i64) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn named<'a>(d: &'a [MetricDatum], name: &str) -> Vec<&'a MetricDatum> {
+        d.iter().filter(|m| m.metric_name() == Some(name)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_worker_sends_its_failures_every_minute_and_a_server_does_not() {
+        let aws = AwsSettings { region: "us-east-1".into(), endpoint: Some("http://127.0.0.1:9".into()) };
+        let before = MetricsSnapshot { jobs_failed: 2, jobs_retried: 1, ..MetricsSnapshot::default() };
+        let now = MetricsSnapshot { jobs_failed: 5, jobs_retried: 1, ..MetricsSnapshot::default() };
+        let worker = Publisher::new(&aws, "ns", "worker").await;
+        let d = worker.datums(&before, &now, None);
+        assert_eq!(named(&d, "JobsFailed")[0].value(), Some(3.0));
+        assert_eq!(named(&d, "JobRetries")[0].value(), Some(0.0), "a quiet minute is a zero, not a gap");
+        let server = Publisher::new(&aws, "ns", "web").await;
+        assert!(named(&server.datums(&before, &now, Some(0)), "JobsFailed").is_empty());
+    }
 
     #[test]
     fn numbers_are_stale_once_the_newest_minute_ended_two_periods_ago() {

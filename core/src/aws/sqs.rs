@@ -215,10 +215,40 @@ impl JobQueue for SqsQueue {
 
     async fn dead_letters(&self, max: u32) -> Result<Vec<Delivery>, QueueError> {
         match &self.dead_letter_url {
-            // Hidden for an hour after each look, so each is handled about once an
-            // hour while it waits for an operator.
-            Some(u) => self.receive_from(u, Duration::ZERO, max, Some(3600)).await,
+            // Left visible by a look (a visibility of zero), so an operator's redrive
+            // finds every one at any time; each look takes a sample of up to `max`,
+            // and marking an upload that is already failed changes nothing.
+            Some(u) => self.receive_from(u, Duration::ZERO, max, Some(0)).await,
             None => Ok(Vec::new()),
         }
+    }
+
+    async fn redrive(&self, max: u32) -> Result<Vec<UploadId>, QueueError> {
+        let Some(dead) = &self.dead_letter_url else {
+            return Err(QueueError::config(format!(
+                "the SQS queue {} has no redrive policy, so no dead-letter queue to redrive",
+                self.url
+            )));
+        };
+        let mut moved = Vec::new();
+        while (moved.len() as u32) < max {
+            // Hidden while moved; one that fails to move shows again in a minute.
+            let batch = self.receive_from(dead, Duration::ZERO, max - moved.len() as u32, Some(60)).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for d in batch {
+                self.enqueue(d.upload_id).await?;
+                self.client
+                    .delete_message()
+                    .queue_url(dead)
+                    .receipt_handle(handle(&d)?)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                moved.push(d.upload_id);
+            }
+        }
+        Ok(moved)
     }
 }

@@ -92,11 +92,17 @@ pub fn thumbnail_format(format: ImageFormat) -> ImageFormat {
 
 /// The thumbnail size for a displayed `width`×`height` picture.
 pub(crate) fn thumb_size(width: u32, height: u32) -> (u32, u32) {
+    fit_long_side(width, height, THUMB_LONG_SIDE)
+}
+
+/// A `width`×`height` picture scaled to `long_side` pixels on its long
+/// side, never enlarged.
+pub fn fit_long_side(width: u32, height: u32, long_side: u32) -> (u32, u32) {
     let long = width.max(height).max(1);
-    if long <= THUMB_LONG_SIDE {
+    if long <= long_side {
         return (width.max(1), height.max(1));
     }
-    let scale = |d: u32| ((d as u64 * THUMB_LONG_SIDE as u64 + long as u64 / 2) / long as u64).max(1) as u32;
+    let scale = |d: u32| ((d as u64 * long_side as u64 + long as u64 / 2) / long as u64).max(1) as u32;
     (scale(width), scale(height))
 }
 
@@ -114,7 +120,7 @@ pub enum FlipError {
 /// what follows the picture (MPF pictures, a motion photo's video), skipped
 /// segments and unusable EXIF (see [`still_picture`]). A file the upload
 /// check would refuse is left as it is: the decoders' limits still hold.
-fn still<'a>(input: &'a [u8], format: ImageFormat, limits: &Limits) -> Cow<'a, [u8]> {
+pub(crate) fn still<'a>(input: &'a [u8], format: ImageFormat, limits: &Limits) -> Cow<'a, [u8]> {
     if format != ImageFormat::Jpeg {
         return Cow::Borrowed(input);
     }
@@ -206,7 +212,7 @@ fn image_format(format: ImageFormat) -> (image::ImageFormat, &'static str) {
 
 /// Decodes with the `image` crate under the limits, orientation applied;
 /// returns the picture as displayed and its ICC profile.
-fn decode_with_image_crate(
+pub(crate) fn decode_with_image_crate(
     input: &[u8],
     format: ImageFormat,
     limits: &Limits,

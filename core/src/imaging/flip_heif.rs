@@ -114,7 +114,8 @@ fn thumbnails(d: &Decoded) -> Result<Thumbnails, FlipError> {
     let (tw, th) = thumb_size(d.width, d.height);
     let f = (d.width.max(d.height) / tw.max(th).max(1)).max(1) as usize;
     let small = box_down(&d.pixels, d.width as usize, d.height as usize, d.channels, f, f);
-    let mut a = resize(&small.data, small.width, small.height, d.channels, tw as usize, th as usize);
+    let mut a = resize(&small.data, small.width, small.height, d.channels, tw as usize, th as usize)
+        .map_err(FlipError::Internal)?;
     let original = jpeg_of(&a, tw, th, d.channels, THUMB_QUALITY, d.icc.as_deref())?;
     flip_rows(&mut a, tw as usize * d.channels);
     let flipped = jpeg_of(&a, tw, th, d.channels, THUMB_QUALITY, d.icc.as_deref())?;

@@ -78,7 +78,7 @@ pub fn reencode(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
 
 /// A picture a little larger than the thumbnail, of the flipped picture or
 /// of the original, in some orientation; `encode` finishes the thumbnails.
-struct Small {
+pub(crate) struct Small {
     pixels: Vec<u8>,
     width: usize,
     height: usize,
@@ -92,32 +92,66 @@ struct Small {
     display: (u32, u32),
 }
 
+/// Upright pixels (1 or 3 channels) and their size.
+pub(crate) struct Upright {
+    pub pixels: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    pub channels: usize,
+    /// Is it the flip (else the original)?
+    pub flipped: bool,
+    /// The full picture's displayed size (these pixels may be a fraction of it).
+    pub display: (u32, u32),
+}
+
 impl Small {
-    fn encode(self, input: &[u8]) -> Result<Thumbnails, FlipError> {
-        let (pixels, w, h) = if self.shown == Turn::IDENTITY {
+    /// Turned as displayed.
+    pub(crate) fn upright(self) -> Upright {
+        let (pixels, width, height) = if self.shown == Turn::IDENTITY {
             (self.pixels, self.width as u32, self.height as u32)
         } else {
             turn_pixels(&self.pixels, self.width as u32, self.height as u32, self.channels, self.shown)
         };
+        Upright { pixels, width, height, channels: self.channels, flipped: self.flipped, display: self.display }
+    }
+
+    fn encode(self, input: &[u8]) -> Result<Thumbnails, FlipError> {
         let (tw, th) = thumb_size(self.display.0, self.display.1);
-        let mut a = resize(&pixels, w as usize, h as usize, self.channels, tw as usize, th as usize);
-        let icc = jpeg::icc_profile(input).map(|icc| jpeg::icc_segments(&icc)).unwrap_or_default();
-        let (pf, subsamp, cs) = if self.channels == 1 {
-            (raw::TJPF_TJPF_GRAY, raw::TJSAMP_TJSAMP_GRAY, raw::TJCS_TJCS_GRAY)
-        } else {
-            (raw::TJPF_TJPF_RGB, raw::TJSAMP_TJSAMP_420, raw::TJCS_TJCS_YCbCr)
-        };
-        let mut e = TjEncoder::new(THUMB_QUALITY, subsamp, cs as i32).map_err(internal)?;
-        let mut encode = |px: &[u8]| -> Result<Vec<u8>, FlipError> {
-            let bytes = e.compress(px, tw, th, pf, self.channels).map_err(internal)?;
-            Ok(jpeg::insert_segments(bytes, &icc))
-        };
-        let first = encode(&a)?;
-        flip_rows(&mut a, tw as usize * self.channels);
-        let second = encode(&a)?;
-        let (original, flipped) = if self.flipped { (second, first) } else { (first, second) };
+        let up = self.upright();
+        let small = resize(&up.pixels, up.width as usize, up.height as usize, up.channels, tw as usize, th as usize)
+            .map_err(internal)?;
+        let (original, flipped) = encode_pair(small, tw, th, up.channels, up.flipped, THUMB_QUALITY, input)?;
         Ok(Thumbnails { original, flipped, width: tw, height: th, format: ImageFormat::Jpeg })
     }
+}
+
+/// JPEGs of `pixels` (1 or 3 channels, upright) and of their vertical flip,
+/// with `source`'s ICC profile; returned as (original, flipped), where the
+/// pixels are the flip's when `is_flip`.
+pub(crate) fn encode_pair(
+    mut pixels: Vec<u8>,
+    width: u32,
+    height: u32,
+    channels: usize,
+    is_flip: bool,
+    quality: u8,
+    source: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), FlipError> {
+    let icc = jpeg::icc_profile(source).map(|icc| jpeg::icc_segments(&icc)).unwrap_or_default();
+    let (pf, subsamp, cs) = if channels == 1 {
+        (raw::TJPF_TJPF_GRAY, raw::TJSAMP_TJSAMP_GRAY, raw::TJCS_TJCS_GRAY)
+    } else {
+        (raw::TJPF_TJPF_RGB, raw::TJSAMP_TJSAMP_420, raw::TJCS_TJCS_YCbCr)
+    };
+    let mut e = TjEncoder::new(quality, subsamp, cs as i32).map_err(internal)?;
+    let mut encode = |px: &[u8]| -> Result<Vec<u8>, FlipError> {
+        let bytes = e.compress(px, width, height, pf, channels).map_err(internal)?;
+        Ok(jpeg::insert_segments(bytes, &icc))
+    };
+    let first = encode(&pixels)?;
+    flip_rows(&mut pixels, width as usize * channels);
+    let second = encode(&pixels)?;
+    Ok(if is_flip { (second, first) } else { (first, second) })
 }
 
 /// The box factor that shrinks `long` samples to at least the thumbnail size.
@@ -421,13 +455,23 @@ fn set_density(e: &mut TjEncoder, input: &[u8], transposed: bool) -> Result<(), 
 /// Thumbnails of the displayed picture and of its flip, from one scaled
 /// decode (libjpeg-turbo's DCT scaling does most of the shrinking).
 pub fn thumbnails(input: &[u8], limits: &Limits) -> Result<Thumbnails, FlipError> {
+    decode_at_least(input, limits, thumb_size)?.encode(input)
+}
+
+/// The picture decoded at the smallest of 1/8, 1/4, 1/2 and full scale
+/// whose long side is still at least that of `target(displayed width,
+/// height)`, in its stored orientation (`shown` turns it upright).
+pub(crate) fn decode_at_least(
+    input: &[u8],
+    limits: &Limits,
+    target: impl Fn(u32, u32) -> (u32, u32),
+) -> Result<Small, FlipError> {
     let o = orientation(input);
     let shown = Turn::from_exif(o);
     let mut d = TjDecoder::new(limits.max_scans, limits.max_pixels).map_err(internal)?;
     let header = d.header(input).map_err(|e| unreadable("JPEG", e))?;
     let (dw, dh) = if shown.transposes() { (header.height, header.width) } else { (header.width, header.height) };
-    let (tw, th) = thumb_size(dw, dh);
-    // The smallest of 1/8, 1/4, 1/2, 1 that is still at least the thumbnail.
+    let (tw, th) = target(dw, dh);
     let long = header.width.max(header.height) as u64;
     let target = tw.max(th) as u64;
     let k = [1u64, 2, 4, 8].into_iter().find(|k| (long * k).div_ceil(8) >= target).unwrap_or(8);
@@ -453,6 +497,5 @@ pub fn thumbnails(input: &[u8], limits: &Limits) -> Result<Thumbnails, FlipError
         let (p, w, h) = d.decode(input, num, denom, raw::TJPF_TJPF_RGB, 3).map_err(|e| unreadable("JPEG", e))?;
         (p, w, h, 3)
     };
-    Small { pixels, width: w as usize, height: h as usize, channels, shown, flipped: false, display: (dw, dh) }
-        .encode(input)
+    Ok(Small { pixels, width: w as usize, height: h as usize, channels, shown, flipped: false, display: (dw, dh) })
 }

@@ -7,6 +7,7 @@
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::ptr;
+use std::sync::OnceLock;
 
 #[repr(C)]
 struct HeifError {
@@ -45,42 +46,115 @@ const CHANNEL_INTERLEAVED: c_int = 10;
 const COMPRESSION_HEVC: c_int = 1;
 const COMPRESSION_AV1: c_int = 4;
 
-#[link(name = "heif")]
-unsafe extern "C" {
+/// The library's file name as the dynamic loader finds it (Debian's and
+/// Fedora's soname); `FLIPSTACK_LIBHEIF` names another.
+pub const DEFAULT_LIBRARY: &str = "libheif.so.1";
+
+// libheif is loaded when first needed, not linked: a release then starts on a
+// system without it (Amazon Linux 2023's repositories do not carry libheif),
+// and only HEIC/AVIF pictures are refused there, with a reason.
+/// Declares libheif's functions that flipstack calls: a table of them loaded
+/// from the library, and a wrapper of the same name for each, so the code
+/// below reads like plain FFI.
+macro_rules! libheif_api {
+    ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?;)*) => {
+        #[allow(non_snake_case)]
+        struct Api {
+            // Kept for the life of the process: the pointers below point into it.
+            _library: libloading::Library,
+            $($name: unsafe extern "C" fn($($ty),*) $(-> $ret)?,)*
+        }
+
+        impl Api {
+            #[allow(non_snake_case)]
+            /// The error is what failed, in words, and the loader's error.
+            fn load(file: &str) -> Result<Api, (String, libloading::Error)> {
+                // SAFETY: loading libheif runs only its libraries' initialisers.
+                let library = unsafe { libloading::Library::new(file) }.map_err(|e| (e.to_string(), e))?;
+                $(
+                    // SAFETY: the type is the C declaration in libheif's heif.h.
+                    let $name = unsafe {
+                        library.get::<unsafe extern "C" fn($($ty),*) $(-> $ret)?>(concat!(stringify!($name), "\0").as_bytes())
+                    }
+                    .map(|symbol| *symbol)
+                    .map_err(|e| (format!("it has no {}: {e}", stringify!($name)), e))?;
+                )*
+                Ok(Api { _library: library, $($name,)* })
+            }
+        }
+
+        $(
+            #[allow(non_snake_case, dead_code)]
+            unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
+                let api = loaded().expect("libheif is loaded before any call (Context::new, can_encode, version)");
+                // SAFETY: the caller keeps libheif's contract for this function.
+                unsafe { (api.$name)($($arg),*) }
+            }
+        )*
+    };
+}
+
+/// libheif could not be loaded: HEIC and AVIF cannot be read or written here.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "libheif could not be loaded from {library} ({cause}); install it (Debian: apt-get install libheif1, Fedora: dnf install libheif) or set FLIPSTACK_LIBHEIF to its path"
+)]
+pub struct Unavailable {
+    pub library: String,
+    pub cause: String,
+    /// The dynamic loader's error.
+    pub source: Option<crate::error::Cause>,
+}
+
+static LIBRARY: OnceLock<String> = OnceLock::new();
+static LOADED: OnceLock<Result<Api, Unavailable>> = OnceLock::new();
+
+/// Names the library to load instead of [`DEFAULT_LIBRARY`] (the
+/// configuration's `libheif`); only the first call before the first use counts.
+pub fn use_library(file: &str) {
+    let _ = LIBRARY.set(file.to_owned());
+}
+
+fn loaded() -> Result<&'static Api, &'static Unavailable> {
+    LOADED
+        .get_or_init(|| {
+            let file = LIBRARY.get().map_or(DEFAULT_LIBRARY, String::as_str);
+            let api = Api::load(file).map_err(|(cause, e)| Unavailable {
+                library: file.to_owned(),
+                cause,
+                source: crate::error::cause(e),
+            })?;
+            // SAFETY: once, before any other call; NULL means default parameters.
+            let _ = unsafe { (api.heif_init)(ptr::null_mut()) };
+            Ok(api)
+        })
+        .as_ref()
+}
+
+/// Whether HEIC and AVIF can be handled on this machine (loads libheif on first call).
+pub fn available() -> Result<(), Unavailable> {
+    loaded().map(|_| ()).map_err(Clone::clone)
+}
+
+libheif_api! {
     fn heif_init(params: *mut c_void) -> HeifError;
     fn heif_get_version() -> *const c_char;
     fn heif_context_alloc() -> *mut Ctx;
     fn heif_context_free(ctx: *mut Ctx);
     fn heif_context_set_maximum_image_size_limit(ctx: *mut Ctx, maximum_width: c_int);
-    fn heif_context_read_from_memory_without_copy(
-        ctx: *mut Ctx,
-        mem: *const c_void,
-        size: usize,
-        options: *const c_void,
-    ) -> HeifError;
+    fn heif_context_read_from_memory_without_copy(ctx: *mut Ctx, mem: *const c_void, size: usize, options: *const c_void) -> HeifError;
     fn heif_context_get_primary_image_handle(ctx: *mut Ctx, handle: *mut *mut HandleT) -> HeifError;
     fn heif_image_handle_release(handle: *const HandleT);
     fn heif_image_handle_get_width(handle: *const HandleT) -> c_int;
     fn heif_image_handle_get_height(handle: *const HandleT) -> c_int;
     fn heif_image_handle_has_alpha_channel(handle: *const HandleT) -> c_int;
     fn heif_image_handle_get_number_of_metadata_blocks(handle: *const HandleT, filter: *const c_char) -> c_int;
-    fn heif_image_handle_get_list_of_metadata_block_IDs(
-        handle: *const HandleT,
-        filter: *const c_char,
-        ids: *mut u32,
-        count: c_int,
-    ) -> c_int;
+    fn heif_image_handle_get_list_of_metadata_block_IDs(handle: *const HandleT, filter: *const c_char, ids: *mut u32, count: c_int) -> c_int;
     fn heif_image_handle_get_metadata_size(handle: *const HandleT, id: u32) -> usize;
     fn heif_image_handle_get_metadata(handle: *const HandleT, id: u32, out: *mut c_void) -> HeifError;
     fn heif_image_handle_get_raw_color_profile_size(handle: *const HandleT) -> usize;
     fn heif_image_handle_get_raw_color_profile(handle: *const HandleT, out: *mut c_void) -> HeifError;
-    fn heif_decode_image(
-        handle: *const HandleT,
-        out: *mut *mut ImageT,
-        colorspace: c_int,
-        chroma: c_int,
-        options: *const c_void,
-    ) -> HeifError;
+    fn heif_decode_image(handle: *const HandleT, out: *mut *mut ImageT, colorspace: c_int, chroma: c_int, options: *const c_void) -> HeifError;
     fn heif_image_release(image: *const ImageT);
     fn heif_decoding_options_alloc() -> *mut u8;
     fn heif_decoding_options_free(options: *mut u8);
@@ -90,36 +164,16 @@ unsafe extern "C" {
     fn heif_image_get_plane(image: *mut ImageT, channel: c_int, stride: *mut c_int) -> *mut u8;
     fn heif_image_create(w: c_int, h: c_int, colorspace: c_int, chroma: c_int, out: *mut *mut ImageT) -> HeifError;
     fn heif_image_add_plane(image: *mut ImageT, channel: c_int, w: c_int, h: c_int, depth: c_int) -> HeifError;
-    fn heif_image_set_raw_color_profile(
-        image: *mut ImageT,
-        kind: *const c_char,
-        data: *const c_void,
-        size: usize,
-    ) -> HeifError;
+    fn heif_image_set_raw_color_profile(image: *mut ImageT, kind: *const c_char, data: *const c_void, size: usize) -> HeifError;
     fn heif_have_encoder_for_format(format: c_int) -> c_int;
     fn heif_context_get_encoder_for_format(ctx: *mut Ctx, format: c_int, out: *mut *mut EncoderT) -> HeifError;
     fn heif_encoder_release(encoder: *mut EncoderT);
     fn heif_encoder_set_lossy_quality(encoder: *mut EncoderT, quality: c_int) -> HeifError;
-    fn heif_encoder_set_parameter_string(
-        encoder: *mut EncoderT,
-        name: *const c_char,
-        value: *const c_char,
-    ) -> HeifError;
+    fn heif_encoder_set_parameter_string(encoder: *mut EncoderT, name: *const c_char, value: *const c_char) -> HeifError;
     fn heif_encoding_options_alloc() -> *mut EncodingOptions;
     fn heif_encoding_options_free(options: *mut EncodingOptions);
-    fn heif_context_encode_image(
-        ctx: *mut Ctx,
-        image: *const ImageT,
-        encoder: *mut EncoderT,
-        options: *const EncodingOptions,
-        out: *mut *mut HandleT,
-    ) -> HeifError;
-    fn heif_context_add_exif_metadata(
-        ctx: *mut Ctx,
-        handle: *const HandleT,
-        data: *const c_void,
-        size: c_int,
-    ) -> HeifError;
+    fn heif_context_encode_image(ctx: *mut Ctx, image: *const ImageT, encoder: *mut EncoderT, options: *const EncodingOptions, out: *mut *mut HandleT) -> HeifError;
+    fn heif_context_add_exif_metadata(ctx: *mut Ctx, handle: *const HandleT, data: *const c_void, size: c_int) -> HeifError;
     fn heif_context_write(ctx: *mut Ctx, writer: *mut Writer, userdata: *mut c_void) -> HeifError;
 }
 
@@ -136,18 +190,11 @@ fn check(e: HeifError, what: &str) -> Result<(), String> {
     Err(format!("{what}: {msg} (libheif error {}.{})", e.code, e.subcode))
 }
 
-fn init() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    // SAFETY: called once, before any other use; NULL means default parameters.
-    ONCE.call_once(|| {
-        let _ = unsafe { heif_init(ptr::null_mut()) };
-    });
-}
-
-/// libheif's version, for logs and the benchmark.
-pub fn version() -> String {
+/// libheif's version, for logs and the benchmark (None: not loaded).
+pub fn version() -> Option<String> {
+    loaded().ok()?;
     // SAFETY: a static string.
-    unsafe { CStr::from_ptr(heif_get_version()) }.to_string_lossy().into_owned()
+    Some(unsafe { CStr::from_ptr(heif_get_version()) }.to_string_lossy().into_owned())
 }
 
 /// Which codec a HEIF file's pictures are coded with.
@@ -170,7 +217,9 @@ impl Codec {
 
 /// Can this build write pictures in this codec?
 pub fn can_encode(codec: Codec) -> bool {
-    init();
+    if loaded().is_err() {
+        return false;
+    }
     // SAFETY: a query without side effects.
     unsafe { heif_have_encoder_for_format(codec.id()) != 0 }
 }
@@ -179,7 +228,7 @@ struct Context(*mut Ctx);
 
 impl Context {
     fn new() -> Result<Context, String> {
-        init();
+        available().map_err(|e| e.to_string())?;
         // SAFETY: allocation; NULL is checked.
         let ctx = unsafe { heif_context_alloc() };
         if ctx.is_null() { Err("libheif could not allocate a context".into()) } else { Ok(Context(ctx)) }

@@ -80,6 +80,10 @@ pub enum Rejection {
         "The file has {0} bytes of other data after the end of the picture (for example a hidden archive or a web page). Save it as a plain picture and upload it again."
     )]
     TrailingData(u64),
+    #[error(
+        "This server cannot read {format} pictures at the moment (its libheif library is missing). Upload a JPEG, PNG, GIF or WebP picture."
+    )]
+    NoDecoder { format: &'static str },
     #[error("The file name says {name_says} but the file is a {content_is} picture. Rename it to end in .{} and try again.", content_is.to_ascii_lowercase().replace("jpeg", "jpg"))]
     NameMismatch { name_says: &'static str, content_is: &'static str },
 }
@@ -115,7 +119,10 @@ impl Rejection {
     pub fn status(&self) -> u16 {
         match self {
             Rejection::Empty => 400,
-            Rejection::UnknownFormat { .. } | Rejection::Unsupported(_) | Rejection::Animated(_) => 415,
+            Rejection::UnknownFormat { .. }
+            | Rejection::Unsupported(_)
+            | Rejection::Animated(_)
+            | Rejection::NoDecoder { .. } => 415,
             Rejection::TooManyPixels { .. } => 413,
             _ => 422,
         }
@@ -135,6 +142,7 @@ impl Rejection {
             Rejection::Corrupt { .. } => "corrupt",
             Rejection::TrailingData(_) => "trailing_data",
             Rejection::NameMismatch { .. } => "name_mismatch",
+            Rejection::NoDecoder { .. } => "no_decoder",
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod heif;
 pub mod inspect;
 pub mod jpeg;
 pub mod orient;
+pub mod screen;
 mod thumb;
 mod tj;
 pub mod trailer;
@@ -21,10 +22,11 @@ pub mod webp_encode;
 
 pub use decode::{decode_displayed, mean_abs_diff};
 pub use flip::{
-    Display, FlipError, Flipped, Processed, THUMB_LONG_SIDE, Thumbnails, display_format, flip, flip_with_thumbnails,
-    flipped_format, thumbnail_format, thumbnails,
+    Display, FlipError, Flipped, Processed, THUMB_LONG_SIDE, Thumbnails, display_format, fit_long_side, flip,
+    flip_with_thumbnails, flipped_format, thumbnail_format, thumbnails,
 };
 pub use inspect::{ImageInfo, Inspector, Limits, Rejection, Repairs, check_name, still_picture};
+pub use screen::{ScreenPicture, ScreenSize, screen_format, screen_pictures, screen_sizes};
 pub use verify::verify;
 
 /// Makes glibc keep freed memory for the next picture instead of returning

@@ -18,10 +18,14 @@ pub fn verify(bytes: &[u8], info: &ImageInfo, limits: &Limits) -> Result<(), Rej
             d.decode(&still, 1, 8, turbojpeg::raw::TJPF_TJPF_RGB, 3).map_err(|e| corrupt(&e))?;
             Ok(())
         }
-        // Their structure was checked chunk by chunk (with checksums for PNG,
-        // the container's boxes for HEIC/AVIF); the worker's decoder reports
-        // the rest as a failed job.
-        ImageFormat::Png | ImageFormat::Gif | ImageFormat::Webp | ImageFormat::Heic | ImageFormat::Avif => Ok(()),
+        // Their container was checked box by box; refused here, not as a failed
+        // job, when this machine has no libheif to decode them.
+        ImageFormat::Heic | ImageFormat::Avif => {
+            super::heif::available().map_err(|_| Rejection::NoDecoder { format: info.format.display_name() })
+        }
+        // Their structure was checked chunk by chunk (with checksums for PNG);
+        // the worker's decoder reports the rest as a failed job.
+        ImageFormat::Png | ImageFormat::Gif | ImageFormat::Webp => Ok(()),
     }
 }
 

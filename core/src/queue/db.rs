@@ -1,9 +1,12 @@
 //! The database as the queue: a job is an upload row that is due (pending) or
-//! whose worker's lease ran out. Workers poll for candidates and race for them
-//! with a conditional claim; the loser simply looks again.
+//! whose worker's lease ran out. Workers look for candidates when woken (an
+//! enqueue on this machine wakes them through [`crate::wake`]) or on their
+//! poll, and race for them with a conditional claim; the loser simply looks
+//! again.
 
 use crate::domain::QueueBackend;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,15 +15,19 @@ use rand::seq::SliceRandom;
 use super::{Delivery, JobQueue, QueueDepth, QueueError};
 use crate::domain::{UploadId, now_millis};
 use crate::store::MetadataStore;
+use crate::wake;
 
 pub struct DbQueue {
     store: Arc<dyn MetadataStore>,
     poll: Duration,
+    wake_dir: PathBuf,
+    /// Bound on the first receive: only processes that take jobs wait.
+    woken_by: OnceLock<Option<wake::Listener>>,
 }
 
 impl DbQueue {
-    pub fn new(store: Arc<dyn MetadataStore>, poll: Duration) -> DbQueue {
-        DbQueue { store, poll: poll.max(Duration::from_millis(5)) }
+    pub fn new(store: Arc<dyn MetadataStore>, poll: Duration, wake_dir: PathBuf) -> DbQueue {
+        DbQueue { store, poll: poll.max(Duration::from_millis(5)), wake_dir, woken_by: OnceLock::new() }
     }
 }
 
@@ -34,12 +41,15 @@ impl JobQueue for DbQueue {
         QueueBackend::Db
     }
 
+    /// The row is the job; this only wakes the workers on this machine.
     async fn enqueue(&self, _id: UploadId) -> Result<(), QueueError> {
+        wake::notify(&self.wake_dir, wake::Role::Worker);
         Ok(())
     }
 
     async fn receive(&self, wait: Duration, max: u32) -> Result<Vec<Delivery>, QueueError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let woken_by = self.woken_by.get_or_init(|| wake::Listener::bind(&self.wake_dir, wake::Role::Worker));
         loop {
             let mut ids = self.store.claimable(now_millis(), max.max(1) * 4).await.map_err(unavailable)?;
             if !ids.is_empty() {
@@ -55,7 +65,14 @@ impl JobQueue for DbQueue {
             if now >= deadline {
                 return Ok(Vec::new());
             }
-            tokio::time::sleep(self.poll.min(deadline - now)).await;
+            let poll = tokio::time::sleep(self.poll.min(deadline - now));
+            match woken_by {
+                Some(w) => tokio::select! {
+                    _ = poll => {}
+                    _ = w.woken() => {}
+                },
+                None => poll.await,
+            }
         }
     }
 

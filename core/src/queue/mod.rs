@@ -90,6 +90,15 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn dead_letters(&self, _max: u32) -> Result<Vec<Delivery>, QueueError> {
         Ok(Vec::new())
     }
+    /// Moves up to `max` messages from the dead-letter queue back to the
+    /// queue (an operator's redrive); answers their uploads, which the caller
+    /// sets back to pending. Only SQS has a dead-letter queue.
+    async fn redrive(&self, _max: u32) -> Result<Vec<UploadId>, QueueError> {
+        Err(QueueError::config(format!(
+            "the {} queue has no dead-letter queue: retry the failed uploads instead",
+            self.kind()
+        )))
+    }
 }
 
 /// Opens the queue a URL names: `db://` or an SQS queue URL.
@@ -97,10 +106,11 @@ pub async fn connect(
     url: &str,
     store: Arc<dyn MetadataStore>,
     poll: Duration,
+    wake_dir: &std::path::Path,
     aws: &crate::aws::AwsSettings,
 ) -> Result<Arc<dyn JobQueue>, QueueError> {
     if url == "db://" || url == "db" {
-        return Ok(Arc::new(db::DbQueue::new(store, poll)));
+        return Ok(Arc::new(db::DbQueue::new(store, poll, wake_dir.to_owned())));
     }
     if url.starts_with("https://") || url.starts_with("http://") {
         return Ok(Arc::new(crate::aws::sqs::SqsQueue::connect(url, aws).await?));

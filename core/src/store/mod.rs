@@ -290,6 +290,46 @@ impl UploadStats {
         }
         stats
     }
+
+    /// Distinct jobs waiting or in hand (pending + processing rows): the
+    /// backlog the fleet scales on, which duplicate queue messages never inflate.
+    pub fn unfinished(&self) -> u64 {
+        ["pending", "processing"].iter().filter_map(|s| self.by_state.get(*s)).sum()
+    }
+}
+
+/// A fleet-wide duty held by one process at a time (see [`MetadataStore::try_lead`]).
+#[async_trait]
+pub trait Leadership: Send + Sync {
+    /// False once the lock is lost (its connection dropped, the primary
+    /// restarted): the holder stops its duty and tries to lead again later.
+    async fn still_held(&mut self) -> bool;
+}
+
+/// What the operator's uploads view asks for; empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadFilter {
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub format: String,
+    /// Part of the failure reason.
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl UploadFilter {
+    /// The parameters of `sql::find_uploads`, in order.
+    pub(crate) fn params(&self) -> (String, String, String) {
+        let reason = if self.reason.is_empty() {
+            String::new()
+        } else {
+            // `!` escapes LIKE's wildcards in what the operator typed.
+            let escaped = self.reason.replace('!', "!!").replace('%', "!%").replace('_', "!_");
+            format!("%{escaped}%")
+        };
+        (self.state.clone(), self.format.clone(), reason)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -369,8 +409,23 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Unfinished jobs last sent to the queue before `cutoff` and not leased now.
     async fn unqueued(&self, now: Millis, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>>;
     async fn mark_enqueued(&self, id: UploadId, now: Millis) -> StoreResult<()>;
+    /// Pending jobs recorded before `cutoff` whose message was never
+    /// confirmed sent (the send failed, or the server died around it) and
+    /// that no worker ever claimed (a claim proves a message existed).
+    async fn unsent(&self, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>>;
+    /// Takes the fleet-wide lock of `duty` without waiting: `Some` for the one
+    /// process that holds it. The database frees it when the holder's
+    /// connection or process dies (MySQL `GET_LOCK`; a file lock beside an
+    /// SQLite database).
+    async fn try_lead(&self, duty: &str) -> StoreResult<Option<Box<dyn Leadership>>>;
     async fn upload_stats(&self) -> StoreResult<UploadStats>;
     async fn recent_failures(&self, limit: u32) -> StoreResult<Vec<Upload>>;
+    /// An operator's retry: a `failed` upload goes back to `pending` with its
+    /// attempts counted from zero (a `retried` event records it). None when it
+    /// is not failed (already retried, done, or gone).
+    async fn retry_upload(&self, id: UploadId, now: Millis) -> StoreResult<Option<StateChange>>;
+    /// The newest uploads that match, each with its owner's hashed e-mail.
+    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>>;
 
     // Sessions and sign-in links.
     async fn create_session(&self, session: NewSession, now: Millis) -> StoreResult<()>;
@@ -516,6 +571,34 @@ pub(crate) mod sql {
 
     pub const PERSON_USAGE: &str =
         "SELECT CAST(COALESCE(SUM(bytes + COALESCE(flipped_bytes, 0)), 0) AS SIGNED) FROM uploads WHERE person_id = ?";
+
+    /// See `MetadataStore::unsent`.
+    pub const UNSENT_JOBS: &str = "SELECT id FROM uploads WHERE state = 'pending' AND claims = 0 \
+        AND enqueued_at IS NULL AND created_at < ? ORDER BY id LIMIT ?";
+
+    /// See `MetadataStore::unqueued`.
+    pub const UNQUEUED_JOBS: &str = "SELECT id FROM uploads \
+        WHERE (state = 'pending' OR (state = 'processing' AND lease_until < ?)) \
+        AND ((enqueued_at IS NULL AND created_at < ?) OR enqueued_at < ?) ORDER BY id LIMIT ?";
+
+    pub const MARK_ENQUEUED: &str = "UPDATE uploads SET enqueued_at = ? WHERE id = ?";
+
+    /// An operator's retry of a failed upload (see `MetadataStore::retry_upload`);
+    /// binds now (next attempt), now (enqueued), now (updated), id.
+    pub const RETRY_UPLOAD: &str = "UPDATE uploads SET state = 'pending', attempts = 0, claims = 0, next_attempt_at = ?, \
+        lease_owner = NULL, lease_until = NULL, failure_reason = NULL, finished_at = NULL, enqueued_at = ?, updated_at = ? \
+        WHERE id = ? AND state = 'failed'";
+
+    /// The operator's uploads view: binds state twice, format twice, the LIKE
+    /// pattern of the reason twice (all '' for any), and the limit. The last
+    /// column is the owner's e-mail (hashed by the caller).
+    pub fn find_uploads() -> String {
+        format!(
+            "SELECT {UPLOAD_COLUMNS}, (SELECT p.email FROM people p WHERE p.id = uploads.person_id) FROM uploads \
+             WHERE (? = '' OR state = ?) AND (? = '' OR format = ?) AND (? = '' OR failure_reason LIKE ? ESCAPE '!') \
+             ORDER BY id DESC LIMIT ?"
+        )
+    }
 
     pub const EVENT_INSERT: &str =
         "INSERT INTO events (id, at, kind, upload_id, person_hash, detail) VALUES (?, ?, ?, ?, ?, ?)";

@@ -205,11 +205,56 @@ async fn person_of(tx: &mut mysql_async::Transaction<'_>, id: UploadId) -> Store
     row.ok_or_else(|| StoreError::Corrupt(format!("upload {id} has no owner")))
 }
 
-/// The name of the advisory lock the migrations run under (per server, so it
-/// carries the database's name: two stacks on one server do not wait for each other).
-async fn migration_lock_name(conn: &mut Conn) -> StoreResult<String> {
+/// The name of an advisory lock: `migrate` (the migrations) or a fleet
+/// duty's. Locks are per server, so it carries the database's name: two
+/// stacks on one server do not wait for each other.
+async fn lock_name(conn: &mut Conn, what: &str) -> StoreResult<String> {
     let db: Option<String> = conn.query_first("SELECT DATABASE()").await.map_err(map_err)?;
-    Ok(format!("flipstack-migrate:{}", db.unwrap_or_default()))
+    Ok(format!("flipstack-{what}:{}", db.unwrap_or_default()))
+}
+
+/// A `GET_LOCK` held by one connection the leader keeps checked out of the
+/// pool: the server frees it when that connection (or this process) dies.
+struct LockLeadership {
+    conn: Option<Conn>,
+    name: String,
+}
+
+#[async_trait]
+impl Leadership for LockLeadership {
+    async fn still_held(&mut self) -> bool {
+        let Some(conn) = self.conn.as_mut() else { return false };
+        let held: StoreResult<Option<Option<i64>>> =
+            with_timeout(PRIMARY_TIMEOUT, conn.exec_first("SELECT IS_USED_LOCK(?) = CONNECTION_ID()", (&self.name,)))
+                .await;
+        let held = matches!(held, Ok(Some(Some(1))));
+        if !held {
+            // A connection that lost the lock (or cannot say) is closed, never pooled.
+            if let Some(c) = self.conn.take() {
+                tokio::spawn(async move {
+                    crate::error::ignore_failure("closing a connection that lost its lock", c.disconnect().await);
+                });
+            }
+        }
+        held
+    }
+}
+
+impl Drop for LockLeadership {
+    fn drop(&mut self) {
+        // Given up (the duty stopped): release the lock before the
+        // connection goes back to the pool; without a runtime, close it.
+        if let Some(mut c) = self.conn.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let name = std::mem::take(&mut self.name);
+            rt.spawn(async move {
+                if c.exec_drop("DO RELEASE_LOCK(?)", (&name,)).await.is_err() {
+                    crate::error::ignore_failure("closing a connection whose lock release failed", c.disconnect().await);
+                }
+            });
+        }
+    }
 }
 
 /// How long a process waits for another one's migrations before it gives up.
@@ -222,7 +267,7 @@ const MIGRATION_LOCK_WAIT_SECS: u32 = 300;
 /// by the server if this process dies).
 async fn migrate_under_lock(primary: &Pool) -> StoreResult<()> {
     let mut lock_conn = with_timeout(PRIMARY_TIMEOUT, primary.get_conn()).await?;
-    let name = migration_lock_name(&mut lock_conn).await?;
+    let name = lock_name(&mut lock_conn, "migrate").await?;
     let got: Option<Option<i64>> =
         lock_conn.exec_first("SELECT GET_LOCK(?, ?)", (&name, MIGRATION_LOCK_WAIT_SECS)).await.map_err(map_err)?;
     if got.flatten() != Some(1) {
@@ -454,12 +499,11 @@ impl MetadataStore for MysqlStore {
                 a.now.into(),
                 a.now.into(),
                 a.now.into(),
-                a.now.into(),
             ];
             tx.exec_drop(
                 "INSERT INTO uploads (id, person_id, display_name, format, bytes, width, height, state, attempts, \
                  claims, next_attempt_at, enqueued_at, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?)",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, NULL, ?, ?)",
                 Params::Positional(values),
             )
             .await
@@ -710,20 +754,28 @@ impl MetadataStore for MysqlStore {
 
     async fn unqueued(&self, now: Millis, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>> {
         let mut c = self.conn().await?;
-        let ids: Vec<i64> = c
-            .exec(
-                "SELECT id FROM uploads WHERE (state = 'pending' OR (state = 'processing' AND lease_until < ?)) \
-                 AND ((enqueued_at IS NULL AND created_at < ?) OR enqueued_at < ?) ORDER BY id LIMIT ?",
-                (now, cutoff, cutoff, limit),
-            )
-            .await
-            .map_err(map_err)?;
+        let ids: Vec<i64> = c.exec(sql::UNQUEUED_JOBS, (now, cutoff, cutoff, limit)).await.map_err(map_err)?;
         Ok(ids.into_iter().map(UploadId::from_stored).collect())
     }
 
     async fn mark_enqueued(&self, id: UploadId, now: Millis) -> StoreResult<()> {
         let mut c = self.conn().await?;
-        c.exec_drop("UPDATE uploads SET enqueued_at = ? WHERE id = ?", (now, id.get())).await.map_err(map_err)
+        c.exec_drop(sql::MARK_ENQUEUED, (now, id.get())).await.map_err(map_err)
+    }
+
+    async fn unsent(&self, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>> {
+        let mut c = self.conn().await?;
+        let ids: Vec<i64> = c.exec(sql::UNSENT_JOBS, (cutoff, limit)).await.map_err(map_err)?;
+        Ok(ids.into_iter().map(UploadId::from_stored).collect())
+    }
+
+    async fn try_lead(&self, duty: &str) -> StoreResult<Option<Box<dyn Leadership>>> {
+        let mut conn = self.conn().await?;
+        let name = lock_name(&mut conn, duty).await?;
+        let got: Option<Option<i64>> =
+            with_timeout(PRIMARY_TIMEOUT, conn.exec_first("SELECT GET_LOCK(?, 0)", (&name,))).await?;
+        Ok((got.flatten() == Some(1))
+            .then(|| Box::new(LockLeadership { conn: Some(conn), name }) as Box<dyn Leadership>))
     }
 
     async fn upload_stats(&self) -> StoreResult<UploadStats> {
@@ -744,6 +796,50 @@ impl MetadataStore for MysqlStore {
             .await
             .map_err(map_err)?;
         rows.iter().map(|r| upload_row(r)?.into_upload()).collect()
+    }
+
+    async fn retry_upload(&self, id: UploadId, now: Millis) -> StoreResult<Option<StateChange>> {
+        let mut c = self.conn().await?;
+        let (person, person_hash) = {
+            let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
+            tx.exec_drop(sql::RETRY_UPLOAD, (now, now, now, id.get())).await.map_err(map_err)?;
+            if tx.affected_rows() == 0 {
+                tx.rollback().await.map_err(map_err)?;
+                return Ok(None);
+            }
+            let (person, email) = person_of(&mut tx, id).await?;
+            let person_hash = email_hash(&email);
+            insert_event(&mut tx, now, EventKind::Retried, id, Some(&person_hash), None).await.map_err(map_err)?;
+            tx.commit().await.map_err(map_err)?;
+            (person, person_hash)
+        };
+        Ok(Some(StateChange { person_id: PersonId::from_stored(person), person_hash, receipt: last_gtid(&mut c).await? }))
+    }
+
+    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>> {
+        let (state, format, reason) = filter.params();
+        let mut c = self.conn().await?;
+        let rows: Vec<Row> = c
+            .exec(
+                sql::find_uploads(),
+                (
+                    state.as_str(),
+                    state.as_str(),
+                    format.as_str(),
+                    format.as_str(),
+                    reason.as_str(),
+                    reason.as_str(),
+                    limit,
+                ),
+            )
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let email: Option<String> = get(r, 23)?;
+                Ok((upload_row(r)?.into_upload()?, email.map(|e| email_hash(&e)).unwrap_or_default()))
+            })
+            .collect()
     }
 
     async fn create_session(&self, s: NewSession, now: Millis) -> StoreResult<()> {

@@ -35,11 +35,25 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// `<database>-migrate.lock`, beside the database file.
-fn migration_lock_path(db: &Path) -> PathBuf {
+/// `<database>-<what>.lock`, beside the database file: the migration lock
+/// (`migrate`) and the fleet duties' leader locks.
+fn lock_path(db: &Path, what: &str) -> PathBuf {
     let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push("-migrate.lock");
+    name.push(format!("-{what}.lock"));
     db.with_file_name(name)
+}
+
+/// An OS file lock: held as long as the file is open, freed by the kernel
+/// when the process dies.
+struct FileLeadership {
+    _file: std::fs::File,
+}
+
+#[async_trait]
+impl Leadership for FileLeadership {
+    async fn still_held(&mut self) -> bool {
+        true
+    }
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
@@ -181,7 +195,7 @@ impl SqliteStore {
                     // refinery reads the applied versions before its own transaction, so two
                     // runs at once would both apply V1. The lock is a file beside the
                     // database (the database's own locks belong to SQLite).
-                    let lock_path = migration_lock_path(&p);
+                    let lock_path = lock_path(&p, "migrate");
                     let lock =
                         std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(
                             |e| StoreError::unavailable_because(&format!("cannot open {}", lock_path.display()), e),
@@ -210,6 +224,20 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The ids a one-column `SELECT id` with these parameters returns.
+    async fn ids(&self, query: &'static str, args: Vec<i64>) -> StoreResult<Vec<UploadId>> {
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(query).map_err(map_err)?;
+            let ids = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))
+                .map_err(map_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(map_err)?;
+            Ok(ids.into_iter().map(UploadId::from_stored).collect())
+        })
+        .await
     }
 
     /// Runs `f` with a pooled connection on the blocking pool.
@@ -279,7 +307,7 @@ impl MetadataStore for SqliteStore {
             tx.execute(
                 "INSERT INTO uploads (id, person_id, display_name, format, bytes, width, height, state, attempts, \
                  claims, next_attempt_at, enqueued_at, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?)",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, NULL, ?, ?)",
                 params![
                     u.id.get(),
                     person_id.get(),
@@ -288,7 +316,6 @@ impl MetadataStore for SqliteStore {
                     u.bytes as i64,
                     u.width,
                     u.height,
-                    a.now,
                     a.now,
                     a.now,
                     a.now
@@ -558,29 +585,40 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn unqueued(&self, now: Millis, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>> {
-        self.run(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT id FROM uploads WHERE (state = 'pending' OR (state = 'processing' AND lease_until < ?)) \
-                     AND ((enqueued_at IS NULL AND created_at < ?) OR enqueued_at < ?) ORDER BY id LIMIT ?",
-                )
-                .map_err(map_err)?;
-            let ids = stmt
-                .query_map(params![now, cutoff, cutoff, limit], |r| r.get::<_, i64>(0))
-                .map_err(map_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(map_err)?;
-            Ok(ids.into_iter().map(UploadId::from_stored).collect())
-        })
-        .await
+        self.ids(sql::UNQUEUED_JOBS, vec![now, cutoff, cutoff, i64::from(limit)]).await
     }
 
     async fn mark_enqueued(&self, id: UploadId, now: Millis) -> StoreResult<()> {
         self.run(move |c| {
-            c.execute("UPDATE uploads SET enqueued_at = ? WHERE id = ?", params![now, id.get()]).map_err(map_err)?;
+            c.execute(sql::MARK_ENQUEUED, params![now, id.get()]).map_err(map_err)?;
             Ok(())
         })
         .await
+    }
+
+    async fn unsent(&self, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>> {
+        self.ids(sql::UNSENT_JOBS, vec![cutoff, i64::from(limit)]).await
+    }
+
+    async fn try_lead(&self, duty: &str) -> StoreResult<Option<Box<dyn Leadership>>> {
+        let path = lock_path(&self.path, duty);
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| StoreError::unavailable_because(&format!("cannot open {}", path.display()), e))?;
+            match file.try_lock() {
+                Ok(()) => Ok(Some(Box::new(FileLeadership { _file: file }) as Box<dyn Leadership>)),
+                Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    Err(StoreError::unavailable_because(&format!("cannot take the lock {}", path.display()), e))
+                }
+            }
+        })
+        .await
+        .map_err(|e| StoreError::query_because("taking a lock (a task)", e))?
     }
 
     async fn upload_stats(&self) -> StoreResult<UploadStats> {
@@ -606,6 +644,44 @@ impl MetadataStore for SqliteStore {
             let mut out = Vec::new();
             for row in rows {
                 out.push(row.map_err(map_err)?.into_upload()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn retry_upload(&self, id: UploadId, now: Millis) -> StoreResult<Option<StateChange>> {
+        self.run(move |c| {
+            let tx = write_tx(c)?;
+            if tx.execute(sql::RETRY_UPLOAD, params![now, now, now, id.get()]).map_err(map_err)? == 0 {
+                return Ok(None);
+            }
+            let (person, email) = person_of(&tx, id).map_err(map_err)?;
+            let person_hash = email_hash(&email);
+            insert_event(&tx, now, EventKind::Retried, id, Some(&person_hash), None).map_err(map_err)?;
+            tx.commit().map_err(map_err)?;
+            Ok(Some(StateChange {
+                person_id: PersonId::from_stored(person),
+                person_hash,
+                receipt: WriteReceipt::default(),
+            }))
+        })
+        .await
+    }
+
+    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>> {
+        let (state, format, reason) = filter.params();
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(&sql::find_uploads()).map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![state, state, format, format, reason, reason, limit], |r| {
+                    Ok((upload_row(r)?, r.get::<_, Option<String>>(23)?))
+                })
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (upload, email) = row.map_err(map_err)?;
+                out.push((upload.into_upload()?, email.map(|e| email_hash(&e)).unwrap_or_default()));
             }
             Ok(out)
         })

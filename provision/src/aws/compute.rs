@@ -25,9 +25,9 @@ use super::clients::{aws_error, code_in};
 use super::names::{Names, ensure_ours, owner};
 use super::network::{APP_PORT, Groups, Network, filter, tags};
 use super::run::Run;
-use super::storage::Queues;
 use super::{Kind, ProvisionError, StackSpec};
 use crate::fleet::{ROLE_TAG, STACK_TAG};
+use flipstack_core::aws::cloudwatch::BACKLOG_METRIC;
 
 pub const ROLES: [&str; 2] = ["web", "worker"];
 /// Time a new instance has to fetch the release and pass its first health check.
@@ -67,6 +67,9 @@ aws s3 cp --only-show-errors --region {region} s3://{bucket}/{release} /opt/flip
 echo "{release_sha256}  /opt/flipstack/flipstack.download" | sha256sum --check --strict -
 install -m 0755 /opt/flipstack/flipstack.download /usr/local/bin/flipstack
 rm -f /opt/flipstack/flipstack.download
+# HEIC/AVIF need libheif, which flipstack loads at run time: without it the
+# service runs and refuses those uploads (415), saying why.
+dnf install -y -q libheif >/dev/null 2>&1 || echo "flipstack: no libheif package here; HEIC/AVIF uploads will be refused"
 # The configuration: endpoints, queue, bucket and secrets, for systemd only.
 aws s3 cp --only-show-errors --region {region} s3://{bucket}/{config} /etc/flipstack/flipstack.env
 chmod 0600 /etc/flipstack/flipstack.env
@@ -425,13 +428,7 @@ fn group_tags(stack: &str, name: &str, role: &str) -> Vec<aws_sdk_autoscaling::t
 
 /// The target-tracking configuration of a role's policy; None in a plan
 /// before the load balancer exists.
-pub fn tracking(
-    role: &str,
-    spec: &StackSpec,
-    names: &Names,
-    lb: &LoadBalancer,
-    queues: &Queues,
-) -> Option<TargetTrackingConfiguration> {
+pub fn tracking(role: &str, spec: &StackSpec, names: &Names, lb: &LoadBalancer) -> Option<TargetTrackingConfiguration> {
     match role {
         "web" => Some(
             TargetTrackingConfiguration::builder()
@@ -467,20 +464,10 @@ pub fn tracking(
                 TargetTrackingConfiguration::builder()
                     .customized_metric_specification(
                         CustomizedMetricSpecification::builder()
-                            .metrics(stat(
-                                "backlog",
-                                "AWS/SQS",
-                                "ApproximateNumberOfMessagesVisible",
-                                ("QueueName", &queues.name),
-                                "Sum",
-                            ))
-                            .metrics(stat(
-                                "in_flight",
-                                "AWS/SQS",
-                                "ApproximateNumberOfMessagesNotVisible",
-                                ("QueueName", &queues.name),
-                                "Sum",
-                            ))
+                            // Distinct jobs waiting or in hand, counted in the uploads
+                            // table and published by the web servers: duplicate queue
+                            // messages never count (the rule of `flipstack up`'s pool).
+                            .metrics(stat("jobs", &spec.metrics_namespace, BACKLOG_METRIC, ("Role", "web"), "Maximum"))
                             .metrics(stat(
                                 "workers",
                                 "AWS/AutoScaling",
@@ -490,9 +477,9 @@ pub fn tracking(
                             ))
                             .metrics(
                                 TargetTrackingMetricDataQuery::builder()
-                                    .id("backlog_per_worker")
-                                    .expression("(backlog + in_flight) / workers")
-                                    .label("waiting and in-flight messages per in-service worker")
+                                    .id("jobs_per_worker")
+                                    .expression("jobs / workers")
+                                    .label("distinct unfinished jobs per in-service worker")
                                     .return_data(true)
                                     .build(),
                             )
@@ -573,7 +560,6 @@ pub async fn ensure_groups(
     spec: &StackSpec,
     net: &Network,
     lb: &LoadBalancer,
-    queues: &Queues,
 ) -> Result<(), ProvisionError> {
     let stack = run.stack().to_owned();
     let asg = run.c.asg.clone();
@@ -722,7 +708,7 @@ pub async fn ensure_groups(
                 }
             }
         }
-        ensure_policy(run, spec, role, lb, queues).await?;
+        ensure_policy(run, spec, role, lb).await?;
     }
     Ok(())
 }
@@ -745,12 +731,11 @@ async fn ensure_policy(
     spec: &StackSpec,
     role: &str,
     lb: &LoadBalancer,
-    queues: &Queues,
 ) -> Result<(), ProvisionError> {
     let group = run.names.group(role);
     let name = run.names.policy(role);
     run.checking(Kind::ScalingPolicy, &name);
-    let want = tracking(role, spec, &run.names, lb, queues);
+    let want = tracking(role, spec, &run.names, lb);
     let existing = if find_group(run, &group).await?.is_some() {
         group_policies(run, &group).await?.into_iter().find(|p| p.policy_name() == Some(name.as_str()))
     } else {
@@ -759,7 +744,7 @@ async fn ensure_policy(
     let note = match role {
         "web" => format!("target tracking: {} ALB requests per instance per minute", spec.requests_per_target),
         _ => format!(
-            "target tracking: {} waiting and in-flight messages per in-service worker (metric math: (ApproximateNumberOfMessagesVisible + ApproximateNumberOfMessagesNotVisible) / GroupInServiceInstances)",
+            "target tracking: {} unfinished jobs per in-service worker (metric math: {BACKLOG_METRIC} / GroupInServiceInstances; distinct jobs from the uploads table, never queue messages)",
             spec.backlog_per_worker
         ),
     };
@@ -817,26 +802,26 @@ mod tests {
         assert!(web.contains("EnvironmentFile=/etc/flipstack/flipstack.env"));
         assert!(web.contains("Environment=FLIPSTACK_LISTEN=0.0.0.0:8080\nExecStart=/usr/local/bin/flipstack serve\n"));
         assert!(web.contains("systemctl enable --now flipstack.service"));
+        assert!(web.contains("dnf install -y -q libheif >/dev/null 2>&1 || echo"), "libheif is optional: {web}");
         let worker = user_data(&names(), "worker", "abc123");
         assert!(worker.contains("\nExecStart=/usr/local/bin/flipstack work\n"));
         assert!(!worker.contains("FLIPSTACK_LISTEN"));
     }
 
     #[test]
-    fn the_worker_policy_divides_waiting_and_in_flight_jobs_by_in_service_workers() {
+    fn the_worker_policy_divides_distinct_unfinished_jobs_by_in_service_workers() {
         let spec = StackSpec::new("t", flipstack_core::aws::AwsSettings { region: "eu-west-1".into(), endpoint: None });
-        let queues = Queues { name: "flipstack-t-jobs".into(), url: None };
-        let t = tracking("worker", &spec, &names(), &LoadBalancer::default(), &queues).unwrap();
+        let t = tracking("worker", &spec, &names(), &LoadBalancer::default()).unwrap();
         let f = fingerprint(&t);
-        assert!(f.contains("AWS/SQS/ApproximateNumberOfMessagesVisible[QueueName=flipstack-t-jobs]:Sum"), "{f}");
+        assert!(f.contains("flipstack/QueueBacklog[Role=web]:Maximum"), "{f}");
         assert!(
             f.contains("AWS/AutoScaling/GroupInServiceInstances[AutoScalingGroupName=flipstack-t-worker]:Average"),
             "{f}"
         );
-        assert!(f.contains("AWS/SQS/ApproximateNumberOfMessagesNotVisible[QueueName=flipstack-t-jobs]:Sum"), "{f}");
-        assert!(f.contains("backlog_per_worker|(backlog + in_flight) / workers||true"), "{f}");
+        assert!(!f.contains("AWS/SQS"), "queue message counts (duplicates included) never scale the group: {f}");
+        assert!(f.contains("jobs_per_worker|jobs / workers||true"), "{f}");
         assert!(f.starts_with("target=4;"), "{f}");
         // The web policy needs the load balancer's label, unknown in a plan.
-        assert!(tracking("web", &spec, &names(), &LoadBalancer::default(), &queues).is_none());
+        assert!(tracking("web", &spec, &names(), &LoadBalancer::default()).is_none());
     }
 }

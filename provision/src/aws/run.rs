@@ -188,7 +188,7 @@ async fn walk(spec: &StackSpec, apply: bool, progress: Progress<'_>) -> Result<P
     Box::pin(storage::ensure_config(&mut run, config.as_ref(), previous.as_ref())).await?;
 
     Box::pin(compute::ensure_launch_templates(&mut run, spec, &groups, release.as_deref())).await?;
-    Box::pin(compute::ensure_groups(&mut run, spec, &net, &lb, &queues)).await?;
+    Box::pin(compute::ensure_groups(&mut run, spec, &net, &lb)).await?;
     Box::pin(alarms::ensure(&mut run, spec, &lb)).await?;
 
     Ok(run.into_plan())

@@ -303,7 +303,6 @@ pub async fn ensure_release(
 
 #[derive(Debug, Clone)]
 pub struct Queues {
-    pub name: String,
     pub url: Option<String>,
 }
 
@@ -426,7 +425,7 @@ pub async fn ensure_queues(run: &mut Run<'_>) -> Result<Queues, ProvisionError> 
         vec![format!("redrive to {dlq} after {MAX_RECEIVE_COUNT} receives; long polling")],
     )
     .await?;
-    Ok(Queues { name, url })
+    Ok(Queues { url })
 }
 
 /// The secrets of a stack: kept only in its (private, encrypted)

@@ -1,0 +1,69 @@
+//! Making and storing an upload's screen sizes ([`crate::imaging::screen`]):
+//! the worker does it beside each flip (finishing after the upload is
+//! marked done, so they never delay the flip's arrival); the server does it on the
+//! first request of an upload stored before screen sizes existed, so old
+//! uploads get them without being uploaded again. Both write the same
+//! objects from the same source, so doing it twice is harmless.
+
+use bytes::Bytes;
+
+use crate::blob::{BlobError, BlobKind, BlobStore};
+use crate::domain::{ImageFormat, UploadId};
+use crate::imaging::{FlipError, Limits, ScreenPicture, screen};
+use crate::store::MetadataStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScreenError {
+    #[error("the picture store failed while making screen sizes: {0}")]
+    Blob(#[source] BlobError),
+    #[error("the upload's source picture is not in the store (deleted, or not flipped yet)")]
+    Missing,
+    #[error("could not check that the upload still exists: {0}")]
+    Store(#[source] crate::store::StoreError),
+    #[error("screen sizes could not be made: {0}")]
+    Image(#[source] FlipError),
+    #[error("making screen sizes crashed: {0}")]
+    Crashed(#[source] tokio::task::JoinError),
+}
+
+/// Where an upload's screen sizes are made from: its original, or for
+/// HEIC/AVIF the JPEG view of it the worker stored.
+pub fn source_kind(format: ImageFormat) -> BlobKind {
+    if screen::made_from_view(format) { BlobKind::OriginalDisplay } else { BlobKind::Original }
+}
+
+/// Makes every screen size of upload `id` from `source` (read from the
+/// store when `None`) on the blocking pool, stores them, and returns them.
+/// An upload deleted meanwhile loses them again at once: the check comes
+/// after the writes, so either it sees the row gone, or the delete, which
+/// removes the row before the objects, comes after them.
+pub async fn make_and_store(
+    blobs: &BlobStore,
+    store: &dyn MetadataStore,
+    id: UploadId,
+    format: ImageFormat,
+    limits: Limits,
+    source: Option<Bytes>,
+) -> Result<Vec<ScreenPicture>, ScreenError> {
+    let source = match source {
+        Some(s) => s,
+        None => {
+            blobs.get_bytes(source_kind(format), id).await.map_err(ScreenError::Blob)?.ok_or(ScreenError::Missing)?
+        }
+    };
+    let pictures = tokio::task::spawn_blocking(move || screen::screen_pictures(&source, format, &limits))
+        .await
+        .map_err(ScreenError::Crashed)?
+        .map_err(ScreenError::Image)?;
+    let mut writes = Vec::with_capacity(pictures.len() * 2);
+    for p in &pictures {
+        writes.push(blobs.put(BlobKind::screen(p.size, false), id, p.original.clone()));
+        writes.push(blobs.put(BlobKind::screen(p.size, true), id, p.flipped.clone()));
+    }
+    futures::future::try_join_all(writes).await.map_err(ScreenError::Blob)?;
+    if store.upload(id).await.map_err(ScreenError::Store)?.is_none() {
+        blobs.delete_all(id).await.map_err(ScreenError::Blob)?;
+        return Err(ScreenError::Missing);
+    }
+    Ok(pictures)
+}
