@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -174,6 +175,47 @@ class Browser:
     def gallery(self):
         status, headers, body = self.fs.request("GET", "/gallery", headers=self.headers())
         return status, dict((k.lower(), v) for k, v in headers), body
+
+
+class Push:
+    """The gallery's server-sent events (`/gallery/events`), read on a thread,
+    as the page follows them while a picture is unfinished. `ok` is false
+    when the server has no push (an older build): then poll instead."""
+
+    def __init__(self, browser):
+        self.conn = http.client.HTTPConnection("127.0.0.1", browser.fs.port, timeout=120)
+        headers = dict(browser.headers(), Accept="text/event-stream")
+        self.conn.request("GET", "/gallery/events", headers=headers)
+        self.resp = self.conn.getresponse()
+        self.ok = self.resp.status == 200
+        self.changes = 0
+        self.cond = threading.Condition()
+        if self.ok:
+            threading.Thread(target=self._read, daemon=True).start()
+        else:
+            self.resp.read()
+            self.conn.close()
+
+    def _read(self):
+        try:
+            while line := self.resp.readline():
+                # "event:change" (the space after the colon is optional).
+                if line.partition(b":")[0] == b"event" and line.partition(b":")[2].strip() == b"change":
+                    with self.cond:
+                        self.changes += 1
+                        self.cond.notify_all()
+        except (OSError, AttributeError, ValueError):
+            # close() took the connection away from under the read.
+            pass
+
+    def wait_past(self, seen, timeout):
+        """Waits until more than `seen` changes were pushed; returns the count."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.changes > seen, timeout)
+            return self.changes
+
+    def close(self):
+        self.conn.close()
 
 
 def upload(port, headers, csrf, email, path, name=None):

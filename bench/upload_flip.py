@@ -5,10 +5,12 @@
                                  [--compare NAME=BINARY ...] [--rounds 1]
 
 1. Latency, on embedded defaults (`flipstack up`: SQLite, in-process cache,
-   blob folder, the uploads table as the queue polled every 100 ms, 1–2
-   local workers): one browser uploads the photo `--uploads` times, one
-   after another; each time from the start of the POST until the gallery
-   shows that upload as flipped (the page is polled every 5 ms).
+   blob folder, the uploads table as the queue, 1–2 local workers): one
+   browser uploads the photo `--uploads` times, one after another; each
+   time from the start of the POST until the gallery shows that upload as
+   flipped. The page is followed as the browser follows it: on each
+   server-sent "change" it is read once; a build without the push
+   (`/gallery/events`) has its page read every 5 ms instead.
 2. Pipeline throughput with 2 workers: `flipstack serve` (no workers)
    takes `--jobs` uploads; then two `flipstack work` processes start and
    the time until every job is done is measured (the database is read
@@ -33,6 +35,7 @@ from common import (  # noqa: E402
     TESTDATA,
     Browser,
     Flipstack,
+    Push,
     flip_bench,
     gallery_items,
     load_average,
@@ -40,37 +43,49 @@ from common import (  # noqa: E402
 )
 
 
-def latency(photo, n, bin=None):
+def latency(photo, n, bin=None, poll=False):
+    """Sequential uploads, each timed until the gallery shows it flipped. The
+    page is followed as a browser would: through the push where the server
+    has one (a "change" event, then one read of the page), else by reading
+    the page every 5 ms. A first, untimed upload creates the gallery."""
     with Flipstack(bin=bin) as fs:
         b = Browser(fs)
-        seen = set()
+        assert b.upload(photo) == 303
+        seen = {it[0] for it in gallery_items(b.gallery()[2])}
+        wait_done(b, None, min(seen), time.perf_counter())
+        push = Push(b)
         lat, post = [], []
         for i in range(n):
+            pushed = push.changes
             t0 = time.perf_counter()
             status = b.upload(photo)
             t1 = time.perf_counter()
             assert status == 303, status
-            new = None
-            while True:
-                _, _, body = b.gallery()
-                items = gallery_items(body)
-                if new is None:
-                    fresh = [it for it in items if it[0] not in seen]
-                    assert fresh, "the upload is not in the gallery"
-                    new = fresh[0][0]
-                state = dict(items).get(new)
-                if state == "done":
-                    break
-                assert state != "failed", "the flip failed"
-                if time.perf_counter() - t0 > 60:
-                    sys.exit("an upload was not flipped within 60 s")
-                time.sleep(0.005)
+            fresh = [it for it in gallery_items(b.gallery()[2]) if it[0] not in seen]
+            assert fresh, "the upload is not in the gallery"
+            new = fresh[0][0]
+            wait_done(b, push if push.ok and not poll else None, new, t0, pushed)
             t2 = time.perf_counter()
             seen.add(new)
             lat.append((t2 - t0) * 1e3)
             post.append((t1 - t0) * 1e3)
+        push.close()
         method = method_of(fs.data)
-    return lat, post, method
+    return lat, post, method, "push" if push.ok and not poll else "5 ms poll"
+
+
+def wait_done(browser, push, upload, t0, pushed=0):
+    while True:
+        state = dict(gallery_items(browser.gallery()[2])).get(upload)
+        if state == "done":
+            return
+        assert state != "failed", "the flip failed"
+        if time.perf_counter() - t0 > 60:
+            sys.exit("an upload was not flipped within 60 s")
+        if push:
+            pushed = push.wait_past(pushed, 10)
+        else:
+            time.sleep(0.005)
 
 
 def method_of(data):
@@ -150,6 +165,7 @@ def main():
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=BINARY")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--poll", action="store_true", help="read the page every 5 ms even where it has a push")
     a = ap.parse_args()
     print(f"photo: {a.photo}; load average before: {load_average()}")
 
@@ -158,12 +174,12 @@ def main():
         results = {name: ([], []) for name, _ in binaries}
         for r in range(a.rounds):
             for name, bin in binaries:
-                lat, post, method = latency(a.photo, a.uploads, bin)
+                lat, post, method, follow = latency(a.photo, a.uploads, bin, a.poll)
                 results[name][0].extend(lat)
                 results[name][1].extend(post)
                 print(
                     f"round {r + 1}, {name}: p50 {percentile(lat, 50):.0f} ms, "
-                    f"p99 {percentile(lat, 99):.0f} ms; methods: {method}",
+                    f"p99 {percentile(lat, 99):.0f} ms; page followed by {follow}; methods: {method}",
                     flush=True,
                 )
         for name, (lat, post) in results.items():

@@ -1,6 +1,8 @@
 //! `flipstack`: the one binary. Commands and their flags only; the work is in
 //! the crates (core, server, worker, console, provision).
 
+mod log_writer;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -264,19 +266,14 @@ fn main() -> Result<()> {
 /// a file; when that queue is full, lines are dropped rather than slowing
 /// requests. Colours only on a terminal. The guard flushes what is queued
 /// when `main` returns.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging() -> log_writer::Guard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,refinery_core=warn,mysql_async=warn")
     });
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // The thread writes what queued up as one write, not a write per line.
-    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .thread_name("flipstack-log")
-        .finish(stderr);
+    let (writer, guard) = log_writer::batched(std::io::stderr());
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // The console's log view reads the recent warnings and errors (server's logbook).
     tracing_subscriber::registry()

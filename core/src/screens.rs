@@ -23,7 +23,7 @@ pub enum ScreenError {
     #[error("screen sizes could not be made: {0}")]
     Image(#[source] FlipError),
     #[error("making screen sizes crashed: {0}")]
-    Crashed(#[source] tokio::task::JoinError),
+    Crashed(#[source] std::io::Error),
 }
 
 /// Where an upload's screen sizes are made from: its original, or for
@@ -51,7 +51,7 @@ pub async fn make_and_store(
             blobs.get_bytes(source_kind(format), id).await.map_err(ScreenError::Blob)?.ok_or(ScreenError::Missing)?
         }
     };
-    let pictures = tokio::task::spawn_blocking(move || screen::screen_pictures(&source, format, &limits))
+    let pictures = at_low_priority(move || screen::screen_pictures(&source, format, &limits))
         .await
         .map_err(ScreenError::Crashed)?
         .map_err(ScreenError::Image)?;
@@ -66,4 +66,44 @@ pub async fn make_and_store(
         return Err(ScreenError::Missing);
     }
     Ok(pictures)
+}
+
+/// Runs `work` on a thread of its own at a lower CPU priority (nice 10):
+/// screen sizes are a convenience, so on a busy machine they take what the
+/// flips and the requests leave instead of slowing them down.
+async fn at_low_priority<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, std::io::Error> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("screen-sizes".into()).spawn(move || {
+        // Linux keeps the nice value per thread: this one only. Failing to
+        // lower it costs nothing but the priority.
+        // SAFETY: setpriority reads only its integer arguments.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, LOW_PRIORITY_NICE) };
+        let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+    })?;
+    match result.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(std::io::Error::other("the screen-size thread panicked")),
+        Err(_) => Err(std::io::Error::other("the screen-size thread ended without an answer")),
+    }
+}
+
+const LOW_PRIORITY_NICE: libc::c_int = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn background_work_runs_at_a_lower_priority_and_reports_a_panic() {
+        // SAFETY: getpriority reads only its integer arguments.
+        let nice = at_low_priority(|| unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) })
+            .await
+            .unwrap();
+        assert!(nice >= LOW_PRIORITY_NICE, "the thread ran at nice {nice}");
+        let caller = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        assert!(caller < LOW_PRIORITY_NICE, "the caller's priority was lowered too");
+
+        let panicked = at_low_priority(|| panic!("a broken picture")).await;
+        assert!(panicked.is_err());
+    }
 }

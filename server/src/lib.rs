@@ -22,7 +22,7 @@ pub mod web;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -124,7 +124,7 @@ pub async fn start(services: Arc<Services>, addr: SocketAddr) -> Result<RunningS
         hex::decode(secret_hex.trim()).map_err(|_| ServerError::Setup("the stored cookie secret is not hex".into()))?;
     let blocked = services.store.setting(UPLOADS_BLOCKED).await?.as_deref() == Some("true");
     let admin_token = admin_token(&services)?;
-    let spool_dir = prepare_spool(&services.config.data_dir)?;
+    let spool = prepare_spool(&services.config.data_dir)?;
     let (events, _) = broadcast::channel(1024);
     let (stop, stopped) = watch::channel(false);
     let (signin_mail, signin_mail_queue) = mpsc::channel(1024);
@@ -138,7 +138,7 @@ pub async fn start(services: Arc<Services>, addr: SocketAddr) -> Result<RunningS
         verify_slots: Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
         screen_slots: Semaphore::new(1),
         stopping: stopped.clone(),
-        spool_dir,
+        spool,
         owners: moka::sync::Cache::new(100_000),
         started_at: Instant::now(),
         public_url: std::sync::OnceLock::new(),
@@ -177,16 +177,60 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(1024)
 }
 
-/// Uploads are spooled here while they are checked; leftovers of a crash are cleared.
-fn prepare_spool(data_dir: &Path) -> Result<PathBuf, ServerError> {
-    let dir = data_dir.join("spool");
-    std::fs::create_dir_all(&dir).map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", dir.display())))?;
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            flipstack_core::error::ignore_failure("removing a left-over spool file", std::fs::remove_file(e.path()));
+/// Uploads are spooled in a folder of this process's own while they are
+/// checked. Servers may share a data folder (`flipstack up` restarts one
+/// beside the others), so each holds a lock on its folder, and a starting
+/// server clears only the folders no live server holds: the leftovers of a
+/// crash, never another server's uploads in flight.
+fn prepare_spool(data_dir: &Path) -> Result<state::Spool, ServerError> {
+    let root = data_dir.join("spool");
+    let setup = |what: &str, path: &Path, e: std::io::Error| {
+        ServerError::Setup(format!("cannot {what} {}: {e}; check that the data folder is writable", path.display()))
+    };
+    std::fs::create_dir_all(&root).map_err(|e| setup("create", &root, e))?;
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                // Spooled by a server from before per-process folders.
+                flipstack_core::error::ignore_failure("removing a left-over spool file", std::fs::remove_file(&path));
+                continue;
+            }
+            let being_made = entry.file_name().to_string_lossy().starts_with('.');
+            let unowned = if being_made {
+                is_stale(&path)
+            } else {
+                // A folder's lock is free once its server has ended, however it ended.
+                std::fs::File::open(path.join(SPOOL_LOCK)).is_ok_and(|lock| lock.try_lock().is_ok())
+                    || !path.join(SPOOL_LOCK).exists()
+            };
+            if unowned {
+                flipstack_core::error::ignore_failure("removing a crashed server's spool", std::fs::remove_dir_all(&path));
+            }
         }
     }
-    Ok(dir)
+    // Made under a hidden name and renamed once locked, so that no other
+    // server ever sees this folder with its lock free.
+    let name = format!("{}-{}", std::process::id(), hex::encode(rand::rng().random::<[u8; 4]>()));
+    let making = root.join(format!(".{name}"));
+    std::fs::create_dir(&making).map_err(|e| setup("create", &making, e))?;
+    let lock = std::fs::File::create(making.join(SPOOL_LOCK)).map_err(|e| setup("create", &making, e))?;
+    lock.try_lock().map_err(|e| setup("lock", &making, std::io::Error::other(e.to_string())))?;
+    let dir = root.join(name);
+    std::fs::rename(&making, &dir).map_err(|e| setup("rename", &making, e))?;
+    Ok(state::Spool { dir, _lock: lock })
+}
+
+const SPOOL_LOCK: &str = ".lock";
+
+/// A folder being made is another server's only for the moment it takes to
+/// lock and rename it.
+fn is_stale(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > std::time::Duration::from_secs(60))
 }
 
 fn with_state(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
@@ -489,4 +533,30 @@ async fn recover(state: Arc<AppState>, rejection: warp::Rejection) -> Result<Res
         (StatusCode::BAD_REQUEST, "Bad request", "This request could not be understood.")
     };
     Ok(web::message(&state, &nobody, status, title, text, Some(("/form", "Go to the upload page"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_starting_server_keeps_a_live_servers_spool_and_clears_a_dead_ones() {
+        let data = tempfile::tempdir().unwrap();
+        let running = prepare_spool(data.path()).unwrap();
+        let in_flight = running.dir.join("upload-in-flight");
+        std::fs::write(&in_flight, b"half an upload").unwrap();
+        let crashed = prepare_spool(data.path()).unwrap();
+        let leftover = crashed.dir.join("upload-of-a-crash");
+        std::fs::write(&leftover, b"never finished").unwrap();
+        std::fs::write(data.path().join("spool").join("flat-leftover"), b"old layout").unwrap();
+        let crashed_dir = crashed.dir.clone();
+        drop(crashed);
+
+        let started = prepare_spool(data.path()).unwrap();
+
+        assert!(in_flight.exists(), "a running server's upload was removed");
+        assert!(!crashed_dir.exists(), "a dead server's spool was left behind");
+        assert!(!data.path().join("spool").join("flat-leftover").exists());
+        assert!(started.dir.is_dir() && started.dir != running.dir);
+    }
 }

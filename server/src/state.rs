@@ -30,7 +30,7 @@ pub struct AppState {
     /// Turns true when the server shuts down: long-lived answers (the
     /// galleries' event streams) end then instead of holding it open.
     pub stopping: tokio::sync::watch::Receiver<bool>,
-    pub spool_dir: PathBuf,
+    pub spool: Spool,
     /// Owner and format of uploads, which never change: images are served
     /// without a database query after the first.
     pub owners: moka::sync::Cache<UploadId, (PersonId, ImageFormat)>,
@@ -126,4 +126,11 @@ impl BlockFlag {
         self.value.store(blocked, Ordering::Relaxed);
         *self.checked.lock().await = Some(Instant::now());
     }
+}
+
+/// This server's spool folder, locked while the server runs so that another
+/// server starting on the same data folder leaves it alone.
+pub struct Spool {
+    pub dir: PathBuf,
+    pub _lock: std::fs::File,
 }

@@ -404,7 +404,7 @@ async fn spool<'a>(state: &'a AppState, mut part: Field<'static>) -> Result<Spoo
     let max = state.services.config.max_upload_bytes;
     let tmp = tempfile::Builder::new()
         .prefix("upload-")
-        .tempfile_in(&state.spool_dir)
+        .tempfile_in(&state.spool.dir)
         .map_err(|e| Refusal::Io(format!("cannot create a spool file: {e}")))?;
     let std_file = tmp.reopen().map_err(|e| Refusal::Io(e.to_string()))?;
     let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(std_file));
@@ -593,8 +593,12 @@ async fn store_all(
         let receipt = match accepted {
             Ok(r) => r,
             Err(e) => {
-                // Nothing is left behind: the row was not written, so the blob goes too.
-                if let Err(be) = services.blobs.delete_all(id).await {
+                // A database that went away mid-commit may have recorded the
+                // row: its original stays, and the orphan sweep removes it
+                // after its grace if no row came of it. A refusal wrote nothing.
+                if !e.is_unavailable()
+                    && let Err(be) = services.blobs.delete_all(id).await
+                {
                     tracing::warn!(error = %be, upload = %id, "could not remove the original of a refused upload");
                 }
                 if !ids.is_empty() {

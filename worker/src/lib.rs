@@ -70,6 +70,9 @@ struct Shared {
     info: Mutex<WorkerInfo>,
     /// True while a job is in hand (what scale-in protection follows).
     busy: tokio::sync::watch::Sender<bool>,
+    /// The last job's screen sizes, still being made while the next job
+    /// runs; at most one lags behind.
+    lagging_screens: Mutex<Option<(UploadId, Screens)>>,
 }
 
 /// Runs jobs until `stop` is cancelled, then finishes the job in hand (graceful drain).
@@ -99,6 +102,7 @@ async fn run_inner(
             jobs_done: 0,
         }),
         busy: tokio::sync::watch::Sender::new(false),
+        lagging_screens: Mutex::new(None),
     });
     let protection = protection::start(&services, shared.busy.subscribe()).await;
     let beat = tokio::spawn(background(heartbeat(services.clone(), shared.clone())));
@@ -172,6 +176,10 @@ async fn run_inner(
         }
     };
     shared.info.lock().unwrap_or_else(|p| p.into_inner()).status = WorkerStatus::Draining;
+    let lagging = shared.lagging_screens.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((id, screens)) = lagging {
+        finish_screens(&options, id, screens).await;
+    }
     beat.abort();
     if let Some(p) = protection {
         p.abort();
@@ -244,7 +252,7 @@ async fn handle(
         return Ok(());
     };
     set_status(shared, WorkerStatus::Busy, Some(upload.id));
-    let result = process(services, options, d, upload).await;
+    let result = process(services, options, shared, d, upload).await;
     set_status(shared, WorkerStatus::Idle, None);
     if let Ok(true) = result {
         shared.info.lock().unwrap_or_else(|p| p.into_inner()).jobs_done += 1;
@@ -293,6 +301,7 @@ async fn after_change(services: &Services, change: &StateChange) {
 async fn process(
     services: &Arc<Services>,
     options: &WorkerOptions,
+    shared: &Shared,
     d: &Delivery,
     upload: Upload,
 ) -> Result<bool, WorkerError> {
@@ -337,15 +346,24 @@ async fn process(
     keepalive.abort();
     let now = now_millis();
     match outcome {
-        Ok((result, screens)) => match services.store.complete(id, &options.id, &result, now).await {
+        Ok((result, screens, flip_time)) => match services.store.complete(id, &options.id, &result, now).await {
             Ok(Some(change)) => {
                 after_change(services, &change).await;
                 ack(services, d).await;
                 services.metrics.job("done");
                 services.metrics.observe_job(started.elapsed().as_secs_f64());
-                tracing::info!(upload = %id, method = %result.method, ms = started.elapsed().as_millis() as u64, "flipped");
+                tracing::info!(
+                    upload = %id, method = %result.method, ms = started.elapsed().as_millis() as u64,
+                    flip_ms = flip_time.as_millis() as u64, "flipped"
+                );
                 if let Some(screens) = screens {
-                    finish_screens(options, id, screens).await;
+                    // The next job starts while these finish; the previous
+                    // job's, which had this whole job's time, must be done.
+                    let previous =
+                        shared.lagging_screens.lock().unwrap_or_else(|p| p.into_inner()).replace((id, screens));
+                    if let Some((previous_id, previous)) = previous {
+                        finish_screens(options, previous_id, previous).await;
+                    }
                 }
                 Ok(true)
             }
@@ -447,9 +465,9 @@ async fn settle_lost_completion(services: &Services, d: &Delivery, id: UploadId)
 /// The screen sizes being made beside a flip.
 type Screens = tokio::task::JoinHandle<Result<Vec<imaging::ScreenPicture>, screens::ScreenError>>;
 
-/// Waits for the screen sizes before the next job. They are a convenience:
-/// without them the server makes them when they are first asked for, so a
-/// failure is only logged.
+/// Waits for a job's screen sizes. They are a convenience: without them the
+/// server makes them when they are first asked for, so a failure is only
+/// logged.
 async fn finish_screens(options: &WorkerOptions, id: UploadId, screens: Screens) {
     match tokio::time::timeout(options.job_timeout, screens).await {
         Ok(Ok(Ok(_))) => {}
@@ -472,7 +490,7 @@ async fn flip_and_store(
     services: &Services,
     options: &WorkerOptions,
     upload: &Upload,
-) -> Result<(FlipOutcome, Option<Screens>), JobError> {
+) -> Result<(FlipOutcome, Option<Screens>, Duration), JobError> {
     let original = match services.blobs.get_bytes(BlobKind::Original, upload.id).await {
         Ok(Some(b)) => b,
         Ok(None) => {
@@ -484,15 +502,11 @@ async fn flip_and_store(
     };
     let (format, limits, upload_id) = (upload.format, services.limits, upload.id);
     imaging::keep_memory_between_flips();
-    // Screen sizes come from their own scaled decode, on another core while
-    // the flip runs (HEIC/AVIF: from the JPEG view the flip makes, after it).
-    let screens_from_original = (screens::source_kind(format) == BlobKind::Original).then(|| {
-        let (blobs, store, original) = (services.blobs.clone(), services.store.clone(), original.clone());
-        tokio::spawn(async move {
-            screens::make_and_store(&blobs, store.as_ref(), upload_id, format, limits, Some(original)).await
-        })
-    });
-    let work = tokio::task::spawn_blocking(move || imaging::flip_with_thumbnails(&original, format, &limits));
+    let flip_started = Instant::now();
+    let work = {
+        let original = original.clone();
+        tokio::task::spawn_blocking(move || imaging::flip_with_thumbnails(&original, format, &limits))
+    };
     let processed = match tokio::time::timeout(options.job_timeout, work).await {
         Err(_) => return Err(JobError::Stuck),
         Ok(Err(join)) => return Err(JobError::Transient(format!("the flip crashed: {join}"))),
@@ -500,6 +514,17 @@ async fn flip_and_store(
         Ok(Ok(Err(FlipError::Internal(reason)))) => return Err(JobError::Transient(reason)),
         Ok(Ok(Ok(p))) => p,
     };
+    let flip_time = flip_started.elapsed();
+    // Screen sizes come from their own scaled decode (HEIC/AVIF: from the
+    // JPEG view the flip made), started once the flip is done: the flip is
+    // what the uploader waits for, and beside it they would share the
+    // cores it needs.
+    let screens_from_original = (screens::source_kind(format) == BlobKind::Original).then(|| {
+        let (blobs, store) = (services.blobs.clone(), services.store.clone());
+        tokio::spawn(async move {
+            screens::make_and_store(&blobs, store.as_ref(), upload_id, format, limits, Some(original)).await
+        })
+    });
     let flipped = processed.flipped;
     // Thumbnails are a convenience: without them the gallery shows the full
     // pictures, so their failure does not fail the job.
@@ -542,7 +567,7 @@ async fn flip_and_store(
         }
         None => screens_from_original,
     };
-    Ok((outcome, screens))
+    Ok((outcome, screens, flip_time))
 }
 
 /// The fleet-wide lock whose holder runs [`fleet_duties`].
