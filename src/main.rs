@@ -154,7 +154,6 @@ enum Command {
     Provision(ProvisionArgs),
 }
 
-
 #[derive(Args)]
 struct ProvisionArgs {
     #[command(flatten)]
@@ -249,7 +248,9 @@ fn main() -> Result<()> {
             Command::Console(args) => console(Config::load(file, &args.flags)?, args).await,
             Command::Db(cmd) => {
                 let flags = match &cmd {
-                    DbCommand::Dump { flags, .. } | DbCommand::Restore { flags, .. } | DbCommand::Migrate { flags } => flags,
+                    DbCommand::Dump { flags, .. } | DbCommand::Restore { flags, .. } | DbCommand::Migrate { flags } => {
+                        flags
+                    }
                 };
                 db(Config::load(file, flags)?, cmd).await
             }

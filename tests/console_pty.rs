@@ -178,12 +178,8 @@ async fn console_shows_live_numbers_blocks_and_dumps() {
         screen.contains(&format!("({size} bytes)")),
         "the console tells the size written ({size} bytes):\n{screen}"
     );
-    let restored = flipstack()
-        .args(["db", "restore", "--data-dir"])
-        .arg(dir.path().join("restored"))
-        .arg(dump)
-        .output()
-        .unwrap();
+    let restored =
+        flipstack().args(["db", "restore", "--data-dir"]).arg(dir.path().join("restored")).arg(dump).output().unwrap();
     assert!(
         restored.status.success(),
         "flipstack db restore refused the console's dump: {}",

@@ -135,7 +135,11 @@ async fn uploads_survive_workers_killed_at_random(tier: Tier) {
     let mut retaken = 0;
     for id in &ids {
         let events = app.services.store.events_for_upload(*id).await.unwrap();
-        assert_eq!(events.iter().filter(|e| e.kind == flipstack_core::domain::EventKind::Done).count(), 1, "upload {id} completed once: {events:?}");
+        assert_eq!(
+            events.iter().filter(|e| e.kind == flipstack_core::domain::EventKind::Done).count(),
+            1,
+            "upload {id} completed once: {events:?}"
+        );
         let u = app.services.store.upload(*id).await.unwrap().unwrap();
         if u.claims > 1 {
             retaken += 1;
@@ -454,7 +458,8 @@ async fn paused_workers_flip_nothing_until_resumed_and_failures_retry_and_redriv
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["retried"], serde_json::json!([poison.get()]));
     let third = app.wait_finished(poison, Duration::from_secs(60)).await;
     assert_eq!(third.failure_reason.as_deref(), Some(reason.as_str()));
-    let kinds = |events: Vec<flipstack_core::store::Event>| events.into_iter().map(|e| e.kind.as_str()).collect::<Vec<_>>();
+    let kinds =
+        |events: Vec<flipstack_core::store::Event>| events.into_iter().map(|e| e.kind.as_str()).collect::<Vec<_>>();
     let seen = kinds(app.services.store.events_for_upload(poison).await.unwrap());
     assert_eq!(seen, ["uploaded", "failed", "retried", "failed", "retried", "failed"], "its history");
     let detail: flipstack_core::status::UploadDetail =
@@ -488,7 +493,7 @@ async fn paused_workers_flip_nothing_until_resumed_and_failures_retry_and_redriv
         let after = &seen[before..];
         if after.len() >= 2 {
             assert_eq!(after[..2], ["retried", "failed"], "the redriven job ran and failed again: {seen:?}");
-            assert_eq!(after.iter().filter(|k| *k == "retried").count(), 1, "one retry per redrive: {seen:?}");
+            assert_eq!(after.iter().filter(|k| **k == "retried").count(), 1, "one retry per redrive: {seen:?}");
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(60), "the redriven job ran and failed again: {seen:?}");

@@ -265,7 +265,9 @@ impl EventData {
     pub fn jobs_done_within(&self, now: Millis, window_ms: i64) -> usize {
         self.jobs
             .iter()
-            .filter(|e| matches!(e, AdminEvent::Job { at, kind, .. } if *kind == EventKind::Done && now - at <= window_ms))
+            .filter(
+                |e| matches!(e, AdminEvent::Job { at, kind, .. } if *kind == EventKind::Done && now - at <= window_ms),
+            )
             .count()
     }
 

@@ -4,8 +4,8 @@
 //! uploads); a larger terminal gives every panel more lines and the uploads
 //! panel a column of recent jobs.
 
-use flipstack_core::store::WorkerStatus;
 use flipstack_core::status::AdminStatus;
+use flipstack_core::store::WorkerStatus;
 use ratatui::Frame;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};

@@ -222,9 +222,7 @@ impl BlobStore {
         let n = tokio::io::copy(&mut src, &mut w)
             .await
             .map_err(|e| BlobError::unavailable_because("writing to the blob store", e))?;
-        w.shutdown()
-            .await
-            .map_err(|e| BlobError::unavailable_because("finishing the upload to the blob store", e))?;
+        w.shutdown().await.map_err(|e| BlobError::unavailable_because("finishing the upload to the blob store", e))?;
         Ok(n)
     }
 
@@ -322,7 +320,9 @@ impl BlobStore {
         loop {
             let next = stream.next().await;
             if let Some(meta) = &next {
-                let meta = meta.as_ref().map_err(|e| SweepError::Blob(BlobError::Unavailable { message: e.to_string(), source: None }))?;
+                let meta = meta
+                    .as_ref()
+                    .map_err(|e| SweepError::Blob(BlobError::Unavailable { message: e.to_string(), source: None }))?;
                 let key = meta.location.as_ref();
                 let key = match &self.prefix {
                     Some(p) => key.strip_prefix(p.as_str()).and_then(|k| k.strip_prefix('/')).unwrap_or(""),

@@ -256,7 +256,12 @@ impl Config {
     /// [`Config::admin_token_path`]; `None` when there is neither.
     pub fn existing_admin_token(&self) -> Option<String> {
         let made = || std::fs::read_to_string(self.admin_token_path()).ok();
-        self.admin_token.clone().filter(|t| !t.trim().is_empty()).or_else(made).map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
+        self.admin_token
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .or_else(made)
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
     }
 
     pub fn load(file: Option<&Path>, flags: impl Serialize) -> Result<Config, ConfigError> {

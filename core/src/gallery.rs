@@ -212,7 +212,10 @@ impl Gallery {
                     let better = Watermark { token: wm.token, pos: Some(pos.clone()) };
                     if let Ok(bytes) = serde_json::to_vec(&better) {
                         // A lost race keeps the other writer's watermark, which is as new.
-                        crate::error::ignore_failure("raising the watermark's position", self.cache.cas(&wm_key, &bytes, WATERMARK_TTL, cas).await);
+                        crate::error::ignore_failure(
+                            "raising the watermark's position",
+                            self.cache.cas(&wm_key, &bytes, WATERMARK_TTL, cas).await,
+                        );
                     }
                 }
                 (Some(wm.token), read)
@@ -254,7 +257,10 @@ impl Gallery {
         if wm.token == token {
             let next = Watermark { token, pos: Some(wm.pos.map(|p| p.merge(pos)).unwrap_or_else(|| pos.clone())) };
             if let Ok(bytes) = serde_json::to_vec(&next) {
-                crate::error::ignore_failure("merging the watermark's position", self.cache.cas(wm_key, &bytes, WATERMARK_TTL, cur.cas).await);
+                crate::error::ignore_failure(
+                    "merging the watermark's position",
+                    self.cache.cas(wm_key, &bytes, WATERMARK_TTL, cur.cas).await,
+                );
             }
         }
     }

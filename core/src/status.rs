@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Services;
 use crate::domain::now_millis;
+use crate::domain::{EventKind, Millis, UploadId};
 use crate::metrics::MetricsSnapshot;
 use crate::queue::QueueDepth;
-use crate::domain::{EventKind, Millis, UploadId};
 use crate::store::{Event, ReadSource, Upload, WorkerInfo};
 
 /// One thing that happened, as the admin API's event stream

@@ -18,8 +18,9 @@ async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
 
 async fn mariadb() -> Arc<dyn MetadataStore> {
     use mysql_async::prelude::Queryable;
-    let primary = std::env::var("FLIPSTACK_TEST_MYSQL_PRIMARY")
-        .expect("FLIPSTACK_TEST_MYSQL_PRIMARY is not set: the mariadb tier needs scripts/services.sh (scripts/test.sh)");
+    let primary = std::env::var("FLIPSTACK_TEST_MYSQL_PRIMARY").expect(
+        "FLIPSTACK_TEST_MYSQL_PRIMARY is not set: the mariadb tier needs scripts/services.sh (scripts/test.sh)",
+    );
     let name = format!("fs_contract_{:08x}", rand::random::<u32>());
     let pool = mysql_async::Pool::new(primary.as_str());
     let mut conn = pool.get_conn().await.expect("connecting to the test MariaDB primary");
@@ -151,7 +152,8 @@ async fn find_uploads_filters_and_takes_the_reason_literally(store: &dyn Metadat
     let failed: Vec<UploadId> = store.find_uploads(&failed, 10).await.unwrap().into_iter().map(|(u, _)| u.id).collect();
     assert!(failed.contains(&literal) && failed.contains(&other) && !failed.contains(&pending), "{failed:?}");
     let by_reason = UploadFilter { reason: "50%_".into(), ..Default::default() };
-    let found: Vec<UploadId> = store.find_uploads(&by_reason, 10).await.unwrap().into_iter().map(|(u, _)| u.id).collect();
+    let found: Vec<UploadId> =
+        store.find_uploads(&by_reason, 10).await.unwrap().into_iter().map(|(u, _)| u.id).collect();
     assert_eq!(found, vec![literal], "% and _ are literal");
     let gif = UploadFilter { format: "gif".into(), ..Default::default() };
     assert!(store.find_uploads(&gif, 10).await.unwrap().is_empty());

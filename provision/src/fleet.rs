@@ -94,12 +94,8 @@ impl ScaleError {
 /// (AWS refuses it otherwise; this says so first, with the bounds).
 pub async fn set_desired(aws: &AwsSettings, group: &str, desired: u32) -> Result<(), ScaleError> {
     let client = Client::new(&sdk_config(aws).await);
-    let out = client
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(group)
-        .send()
-        .await
-        .map_err(ScaleError::aws)?;
+    let out =
+        client.describe_auto_scaling_groups().auto_scaling_group_names(group).send().await.map_err(ScaleError::aws)?;
     let g = out
         .auto_scaling_groups()
         .first()

@@ -205,7 +205,10 @@ fn prepare_spool(data_dir: &Path) -> Result<state::Spool, ServerError> {
                     || !path.join(SPOOL_LOCK).exists()
             };
             if unowned {
-                flipstack_core::error::ignore_failure("removing a crashed server's spool", std::fs::remove_dir_all(&path));
+                flipstack_core::error::ignore_failure(
+                    "removing a crashed server's spool",
+                    std::fs::remove_dir_all(&path),
+                );
             }
         }
     }
@@ -415,10 +418,8 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and(warp::post())
         .and(s())
         .and_then(|id, state| admin::retry(state, Some(id)));
-    let admin_redrive = warp::path!("admin" / "api" / "queue" / "redrive")
-        .and(warp::post())
-        .and(s())
-        .and_then(admin::redrive);
+    let admin_redrive =
+        warp::path!("admin" / "api" / "queue" / "redrive").and(warp::post()).and(s()).and_then(admin::redrive);
     let admin_pause = warp::path!("admin" / "api" / "workers" / "pause")
         .and(warp::post())
         .and(s())

@@ -178,7 +178,10 @@ pub async fn mark_gallery_verified(state: &std::sync::Arc<AppState>, person: Per
 pub async fn remember_session(state: &AppState, hash: &TokenHash, info: &SessionInfo) {
     let ttl = SESSION_CACHE_TTL.min(Duration::from_millis((info.expires_at - now_millis()).max(1000) as u64));
     if let Ok(bytes) = serde_json::to_vec(info) {
-        flipstack_core::error::ignore_failure("caching a session", state.services.cache.set(&session_cache_key(hash), &bytes, ttl).await);
+        flipstack_core::error::ignore_failure(
+            "caching a session",
+            state.services.cache.set(&session_cache_key(hash), &bytes, ttl).await,
+        );
     }
 }
 

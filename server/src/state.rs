@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use flipstack_core::store::ReadSource;
 use flipstack_core::Services;
 use flipstack_core::domain::{ImageFormat, PersonId, UploadId, now_millis};
+use flipstack_core::store::ReadSource;
 use tokio::sync::{Mutex, Semaphore, broadcast};
 
 /// The settings key of the upload block, shared by every server instance.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use flipstack_core::Services;
 use flipstack_core::blob::BlobKind;
-use flipstack_core::error::ignore_failure;
 use flipstack_core::domain::{UploadId, UploadState, now_millis};
+use flipstack_core::error::ignore_failure;
 use flipstack_core::imaging::{self, FlipError};
 use flipstack_core::metrics::background;
 use flipstack_core::queue::Delivery;
@@ -160,7 +160,10 @@ async fn run_inner(
         // A pause that came while waiting: hand the messages back unclaimed.
         if !deliveries.is_empty() && paused(&services).await {
             for d in &deliveries {
-                ignore_failure("handing back a job received while paused", services.queue.release(d, Duration::ZERO).await);
+                ignore_failure(
+                    "handing back a job received while paused",
+                    services.queue.release(d, Duration::ZERO).await,
+                );
             }
             continue;
         }

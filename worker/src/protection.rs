@@ -39,8 +39,8 @@ pub struct AutoScalingInstance {
 impl AutoScalingInstance {
     /// Finds this instance's id from the instance metadata service.
     pub async fn this_instance(services: &Services, group: &str) -> Result<AutoScalingInstance, String> {
-        let provider = aws_config::provider_config::ProviderConfig::default()
-            .with_http_client(flipstack_core::aws::http_client());
+        let provider =
+            aws_config::provider_config::ProviderConfig::default().with_http_client(flipstack_core::aws::http_client());
         let imds = aws_config::imds::Client::builder().configure(&provider).build();
         let instance_id = imds
             .get("/latest/meta-data/instance-id")

@@ -44,7 +44,8 @@ impl SqsQueue {
                     e,
                     aws_sdk_sqs::error::SdkError::DispatchFailure(_) | aws_sdk_sqs::error::SdkError::TimeoutError(_)
                 );
-                let message = format!("cannot read the SQS queue {url}: {}", aws_sdk_sqs::error::DisplayErrorContext(&e));
+                let message =
+                    format!("cannot read the SQS queue {url}: {}", aws_sdk_sqs::error::DisplayErrorContext(&e));
                 let source = crate::error::cause(e);
                 if unreachable {
                     QueueError::Unavailable { message, source }

@@ -156,7 +156,8 @@ fn worker_row(r: &Row) -> StoreResult<WorkerInfo> {
         pid: get::<i64>(r, 2)? as u32,
         started_at: get(r, 3)?,
         heartbeat_at: get(r, 4)?,
-        status: get::<String>(r, 5).and_then(|s| WorkerStatus::parse(&s).ok_or_else(|| unknown_name("worker status", &s)))?,
+        status: get::<String>(r, 5)
+            .and_then(|s| WorkerStatus::parse(&s).ok_or_else(|| unknown_name("worker status", &s)))?,
         current_upload: get::<Option<i64>>(r, 6)?.map(UploadId::from_stored),
         jobs_done: get::<i64>(r, 7)? as u64,
     })
@@ -250,7 +251,10 @@ impl Drop for LockLeadership {
             let name = std::mem::take(&mut self.name);
             rt.spawn(async move {
                 if c.exec_drop("DO RELEASE_LOCK(?)", (&name,)).await.is_err() {
-                    crate::error::ignore_failure("closing a connection whose lock release failed", c.disconnect().await);
+                    crate::error::ignore_failure(
+                        "closing a connection whose lock release failed",
+                        c.disconnect().await,
+                    );
                 }
             });
         }
@@ -286,7 +290,10 @@ async fn migrate_under_lock(primary: &Pool) -> StoreResult<()> {
     }
     .await;
     // Released whatever happened; a lost connection releases it too.
-    crate::error::ignore_failure("releasing the migration lock", lock_conn.exec_drop("DO RELEASE_LOCK(?)", (&name,)).await);
+    crate::error::ignore_failure(
+        "releasing the migration lock",
+        lock_conn.exec_drop("DO RELEASE_LOCK(?)", (&name,)).await,
+    );
     result
 }
 
@@ -579,7 +586,9 @@ impl MetadataStore for MysqlStore {
             let upload = upload_row(&row)?.into_upload()?;
             tx.exec_drop("DELETE FROM uploads WHERE id = ?", (id.get(),)).await.map_err(map_err)?;
             tx.exec_drop("DELETE FROM events WHERE upload_id = ?", (id.get(),)).await.map_err(map_err)?;
-            insert_event(&mut tx, now_millis(), EventKind::Deleted, id, Some(person_hash), None).await.map_err(map_err)?;
+            insert_event(&mut tx, now_millis(), EventKind::Deleted, id, Some(person_hash), None)
+                .await
+                .map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
             upload
         };
@@ -684,7 +693,9 @@ impl MetadataStore for MysqlStore {
             let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
             let kind = match failure {
                 Failure::RetryAt(at) => {
-                    tx.exec_drop(sql::FAIL_RETRY, (at, reason.as_str(), now, id.get(), owner)).await.map_err(map_err)?;
+                    tx.exec_drop(sql::FAIL_RETRY, (at, reason.as_str(), now, id.get(), owner))
+                        .await
+                        .map_err(map_err)?;
                     EventKind::Retry
                 }
                 Failure::Permanent => {
@@ -813,7 +824,11 @@ impl MetadataStore for MysqlStore {
             tx.commit().await.map_err(map_err)?;
             (person, person_hash)
         };
-        Ok(Some(StateChange { person_id: PersonId::from_stored(person), person_hash, receipt: last_gtid(&mut c).await? }))
+        Ok(Some(StateChange {
+            person_id: PersonId::from_stored(person),
+            person_hash,
+            receipt: last_gtid(&mut c).await?,
+        }))
     }
 
     async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>> {
@@ -933,7 +948,8 @@ impl MetadataStore for MysqlStore {
     async fn delete_other_sessions(&self, person: PersonId, keep: &TokenHash) -> StoreResult<Vec<TokenHash>> {
         let mut c = self.conn().await?;
         let mut tx = c.start_transaction(TxOpts::default()).await.map_err(map_err)?;
-        let ended: Vec<String> = tx.exec(sql::OTHER_SESSIONS, (person.get(), keep.0.as_str())).await.map_err(map_err)?;
+        let ended: Vec<String> =
+            tx.exec(sql::OTHER_SESSIONS, (person.get(), keep.0.as_str())).await.map_err(map_err)?;
         tx.exec_drop(sql::DELETE_OTHER_SESSIONS, (person.get(), keep.0.as_str())).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(ended.into_iter().map(TokenHash).collect())

@@ -179,41 +179,43 @@ impl SqliteStore {
     pub async fn open(path: &Path, metrics: Arc<Metrics>) -> StoreResult<SqliteStore> {
         let path = path.to_owned();
         let p = path.clone();
-        let conns =
-            tokio::task::spawn_blocking(move || -> StoreResult<Vec<Connection>> {
-                if let Some(dir) = p.parent()
-                    && !dir.as_os_str().is_empty()
-                {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::unavailable_because(&format!("cannot create the data folder {}", dir.display()), e)
-                    })?;
-                }
-                let mut first = open_connection(&p)
-                    .map_err(|e| StoreError::unavailable_because(&format!("cannot open {}", p.display()), e))?;
-                {
-                    // Processes starting together on a new file migrate one after another:
-                    // refinery reads the applied versions before its own transaction, so two
-                    // runs at once would both apply V1. The lock is a file beside the
-                    // database (the database's own locks belong to SQLite).
-                    let lock_path = lock_path(&p, "migrate");
-                    let lock =
-                        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(
-                            |e| StoreError::unavailable_because(&format!("cannot open {}", lock_path.display()), e),
-                        )?;
-                    lock.lock().map_err(|e| {
-                        StoreError::unavailable_because(&format!("cannot take the migration lock {}", lock_path.display()), e)
-                    })?;
-                    migrations::runner().run(&mut first).map_err(StoreError::migration)?;
-                    // Dropping the file releases the lock.
-                }
-                let mut conns = vec![first];
-                for _ in 1..POOL_SIZE {
-                    conns.push(open_connection(&p).map_err(map_err)?);
-                }
-                Ok(conns)
-            })
-            .await
-            .map_err(|e| StoreError::query_because("opening the database (a task)", e))??;
+        let conns = tokio::task::spawn_blocking(move || -> StoreResult<Vec<Connection>> {
+            if let Some(dir) = p.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::unavailable_because(&format!("cannot create the data folder {}", dir.display()), e)
+                })?;
+            }
+            let mut first = open_connection(&p)
+                .map_err(|e| StoreError::unavailable_because(&format!("cannot open {}", p.display()), e))?;
+            {
+                // Processes starting together on a new file migrate one after another:
+                // refinery reads the applied versions before its own transaction, so two
+                // runs at once would both apply V1. The lock is a file beside the
+                // database (the database's own locks belong to SQLite).
+                let lock_path = lock_path(&p, "migrate");
+                let lock =
+                    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(
+                        |e| StoreError::unavailable_because(&format!("cannot open {}", lock_path.display()), e),
+                    )?;
+                lock.lock().map_err(|e| {
+                    StoreError::unavailable_because(
+                        &format!("cannot take the migration lock {}", lock_path.display()),
+                        e,
+                    )
+                })?;
+                migrations::runner().run(&mut first).map_err(StoreError::migration)?;
+                // Dropping the file releases the lock.
+            }
+            let mut conns = vec![first];
+            for _ in 1..POOL_SIZE {
+                conns.push(open_connection(&p).map_err(map_err)?);
+            }
+            Ok(conns)
+        })
+        .await
+        .map_err(|e| StoreError::query_because("opening the database (a task)", e))??;
         Ok(SqliteStore {
             path,
             conns: Arc::new(Mutex::new(conns)),
@@ -246,7 +248,11 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
-        let _permit = self.permits.acquire().await.map_err(|e| StoreError::unavailable_because("waiting for a database connection", e))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| StoreError::unavailable_because("waiting for a database connection", e))?;
         self.metrics.db_query(DbTarget::Primary);
         let conns = self.conns.clone();
         let path = self.path.clone();
@@ -323,8 +329,11 @@ impl MetadataStore for SqliteStore {
             )
             .map_err(map_err)?;
             if let Some(s) = &a.session {
-                tx.execute(sql::SESSION_INSERT, params![s.token_hash.0, s.person_id.get(), a.now, s.expires_at, s.proven])
-                    .map_err(map_err)?;
+                tx.execute(
+                    sql::SESSION_INSERT,
+                    params![s.token_hash.0, s.person_id.get(), a.now, s.expires_at, s.proven],
+                )
+                .map_err(map_err)?;
             }
             insert_event(&tx, a.now, EventKind::Uploaded, u.id, Some(&a.person_hash), Some(u.format.as_str()))
                 .map_err(map_err)?;
@@ -348,7 +357,9 @@ impl MetadataStore for SqliteStore {
     async fn upload_owner(&self, id: UploadId) -> StoreResult<Option<(PersonId, ImageFormat)>> {
         self.run(move |c| {
             let row: Option<(i64, String)> = c
-                .query_row("SELECT person_id, format FROM uploads WHERE id = ?", [id.get()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row("SELECT person_id, format FROM uploads WHERE id = ?", [id.get()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()
                 .map_err(map_err)?;
             Ok(row.and_then(|(p, f)| ImageFormat::parse(&f).map(|f| (PersonId::from_stored(p), f))))
