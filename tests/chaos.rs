@@ -378,24 +378,31 @@ async fn chaos(queue: QueueKind) -> Report {
     }
 
     // Settle: every accepted upload finishes, bounded.
+    // The backlog left by the faults drains at the workers' rate, so the
+    // settle phase lasts as long as it keeps shrinking (a long form leaves
+    // more), and ends as stuck after a minute without progress.
     let settling = Instant::now();
+    let (mut fewest, mut progress_at) = (u64::MAX, Instant::now());
     loop {
         for w in workers.iter_mut() {
             w.restart_if_dead();
         }
         let stats = observer.store.upload_stats().await;
-        if let Ok(s) = &stats
-            && s.unfinished() == 0
-        {
-            break;
+        if let Ok(s) = &stats {
+            if s.unfinished() == 0 {
+                break;
+            }
+            if s.unfinished() < fewest {
+                (fewest, progress_at) = (s.unfinished(), Instant::now());
+            }
         }
         if queue == QueueKind::Sqs
             && let Some(s) = queue_surplus(&observer).await
         {
             surplus_max = surplus_max.max(s);
         }
-        if settling.elapsed() > Duration::from_secs(120) {
-            eprintln!("chaos: not settled after 120 s: {stats:?}");
+        if progress_at.elapsed() > Duration::from_secs(60) || settling.elapsed() > Duration::from_secs(600) {
+            eprintln!("chaos: not settled: no progress for 60 s or 600 s in all: {stats:?}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -487,7 +494,13 @@ async fn aws_chaos_on_sqs_every_accepted_upload_ends_done_once() {
     assert_chaos_held(&r);
     // Settled: at most the pending jobs' messages and a few late copies.
     assert!(r.queue_visible_end <= r.unfinished + 3, "the queue holds no pile of copies at the end: {r:?}");
-    assert!(r.queue_surplus_max <= 10, "the queue never held many more messages than jobs: {r:?}");
+    // A copy comes only of a send the fault cut short of its confirmation:
+    // a server killed, or the primary gone, between the send and its record,
+    // at most one upload in flight per person uploading (four) each time.
+    let cutting = r.faults.iter().filter(|f| **f == "kill server" || **f == "primary outage").count() as i64;
+    let bound = 4 * cutting + 4;
+    assert!(r.queue_surplus_max <= bound, "the queue never held more than {bound} messages beyond the jobs: {r:?}");
+    assert!(r.resent as i64 <= bound, "at most {bound} re-sends, each logged: {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -613,8 +626,21 @@ async fn bench_backlog_drain_rate() {
         app.shutdown().await;
         (uploads, took, surplus_max)
     };
-    let (uploads, fresh, fresh_extra) = backlog(3600).await;
-    let (_, old, old_extra) = backlog(1).await;
+    // In the order one-per-job, old, old, one-per-job, so that a drift of the
+    // services over the run (moto slows as it holds more) weighs on both alike.
+    let (uploads, fresh_a, fresh_extra_a) = backlog(3600).await;
+    let (_, old_a, old_extra_a) = backlog(1).await;
+    let (_, old_b, old_extra_b) = backlog(1).await;
+    let (_, fresh_b, fresh_extra_b) = backlog(3600).await;
+    let (fresh, old) = ((fresh_a + fresh_b) / 2, (old_a + old_b) / 2);
+    let (fresh_extra, old_extra) = (fresh_extra_a.max(fresh_extra_b), old_extra_a.max(old_extra_b));
+    eprintln!(
+        "bench: drains one-per-job {:.1} s, old {:.1} s, old {:.1} s, one-per-job {:.1} s",
+        fresh_a.as_secs_f64(),
+        old_a.as_secs_f64(),
+        old_b.as_secs_f64(),
+        fresh_b.as_secs_f64()
+    );
     // Uploads arriving while the workers run: the queue stays near empty.
     let mut app = TestApp::spawn_with(Tier::Aws, |c| c.requeue_after_secs = 1, 2).await;
     let started = Instant::now();
@@ -624,8 +650,8 @@ async fn bench_backlog_drain_rate() {
     app.shutdown().await;
     eprintln!(
         "bench: {jobs} jobs, 2 workers. uploads alone {:.1} s ({:.1}/s). \
-         one message per job (re-send period 3600 s): {:.1} s = {:.1} jobs/s, most extra messages {fresh_extra}. \
-         backlog older than the re-send period (1 s, waited 4 s): {:.1} s = {:.1} jobs/s, most extra messages {old_extra}. \
+         one message per job (re-send period 3600 s), mean of two: {:.1} s = {:.1} jobs/s, most extra messages {fresh_extra}. \
+         backlog older than the re-send period (1 s, waited 4 s), mean of two: {:.1} s = {:.1} jobs/s, most extra messages {old_extra}. \
          old / one-per-job = {:.2}. uploads arriving while they run: {:.1} s = {:.1} jobs/s ({:.1} s after the last upload)",
         uploads.as_secs_f64(),
         rate(uploads),
