@@ -119,7 +119,8 @@ async fn a_retry_sets_a_failed_upload_back_to_pending_once(store: &dyn MetadataS
     assert_eq!((u.failure_reason, u.finished_at, u.lease_owner), (None, None, None));
     assert_eq!(u.next_attempt_at, now + 3);
     let kinds: Vec<EventKind> = store.events_for_upload(id).await.unwrap().into_iter().map(|e| e.kind).collect();
-    assert_eq!(kinds.last(), Some(&EventKind::Retried), "{kinds:?}");
+    // Events of one millisecond have no order among them (their ids are not sequential).
+    assert_eq!(kinds.iter().filter(|k| **k == EventKind::Retried).count(), 1, "{kinds:?}");
     assert!(store.retry_upload(id, now + 4).await.unwrap().is_none(), "a second retry finds it pending");
 }
 
