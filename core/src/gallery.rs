@@ -67,7 +67,7 @@ pub struct Gallery {
 }
 
 struct DecodedPage {
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
     token: u64,
     page: Arc<GalleryPage>,
 }
@@ -109,9 +109,11 @@ impl Gallery {
     }
 
     /// The token and page of cached bytes, parsed only when they changed.
-    fn decode_page(&self, key: &str, bytes: &[u8]) -> Option<(u64, Arc<GalleryPage>)> {
+    fn decode_page(&self, key: &str, bytes: &bytes::Bytes) -> Option<(u64, Arc<GalleryPage>)> {
+        // The in-process cache hands out the very bytes it holds, so an
+        // unchanged page is the same pointer; memcached's copy is compared.
         if let Some(d) = self.decoded.get(key)
-            && d.bytes == bytes
+            && ((d.bytes.as_ptr() == bytes.as_ptr() && d.bytes.len() == bytes.len()) || d.bytes == bytes)
         {
             return Some((d.token, d.page.clone()));
         }
@@ -119,7 +121,7 @@ impl Gallery {
         let page = Arc::new(hit.page);
         self.decoded.insert(
             key.to_owned(),
-            Arc::new(DecodedPage { bytes: bytes.to_vec(), token: hit.token, page: page.clone() }),
+            Arc::new(DecodedPage { bytes: bytes.clone(), token: hit.token, page: page.clone() }),
         );
         Some((hit.token, page))
     }

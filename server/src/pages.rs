@@ -9,7 +9,7 @@ use askama::Template;
 
 use flipstack_core::domain::{Email, SecretToken, TokenHash, now_millis};
 use flipstack_core::store::{NewSession, Person, SessionInfo, SigninOutcome, StoreError};
-use warp::http::{HeaderValue, StatusCode};
+use warp::http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::session::{
     SESSION_COOKIE, SESSION_LIFETIME_MS, SignedIn, Visitor, forget_cached_session, forget_session,
@@ -112,7 +112,8 @@ pub async fn gallery(
             }
         }
     };
-    r.headers_mut().insert("x-read-source", HeaderValue::from_static(read.source.as_str()));
+    const READ_SOURCE: HeaderName = HeaderName::from_static("x-read-source");
+    r.headers_mut().insert(READ_SOURCE, HeaderValue::from_static(read.source.as_str()));
     Ok(r)
 }
 

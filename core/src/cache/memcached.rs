@@ -100,7 +100,7 @@ impl KvCache for Memcached {
             if got.hit()
                 && let Some(data) = got.value
             {
-                out.insert(key.to_string(), Cached { data, cas: got.item.cas.unwrap_or(0) });
+                out.insert(key.to_string(), Cached { data: data.into(), cas: got.item.cas.unwrap_or(0) });
             }
         }
         self.succeeded();

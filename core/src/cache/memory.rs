@@ -3,11 +3,11 @@
 
 use crate::domain::CacheBackend;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 
@@ -15,7 +15,7 @@ use super::{CacheError, Cached, KvCache};
 
 #[derive(Clone)]
 struct Entry {
-    data: Arc<[u8]>,
+    data: Bytes,
     cas: u64,
     ttl: Duration,
 }
@@ -53,7 +53,7 @@ impl MemoryCache {
     }
 
     fn entry(&self, value: &[u8], ttl: Duration) -> Entry {
-        Entry { data: Arc::from(value), cas: self.next_cas.fetch_add(1, Ordering::Relaxed), ttl }
+        Entry { data: Bytes::copy_from_slice(value), cas: self.next_cas.fetch_add(1, Ordering::Relaxed), ttl }
     }
 }
 
@@ -66,7 +66,7 @@ impl KvCache for MemoryCache {
     async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Cached>, CacheError> {
         Ok(keys
             .iter()
-            .filter_map(|k| self.entries.get(*k).map(|e| (k.to_string(), Cached { data: e.data.to_vec(), cas: e.cas })))
+            .filter_map(|k| self.entries.get(*k).map(|e| (k.to_string(), Cached { data: e.data.clone(), cas: e.cas })))
             .collect())
     }
 
@@ -114,7 +114,7 @@ mod tests {
         let token = got["k"].cas;
         assert!(c.cas("k", b"c", ttl, token).await.unwrap());
         assert!(!c.cas("k", b"d", ttl, token).await.unwrap(), "the token changed with the last write");
-        assert_eq!(c.get_many(&["k"]).await.unwrap()["k"].data, b"c");
+        assert_eq!(c.get_many(&["k"]).await.unwrap()["k"].data, &b"c"[..]);
         c.delete("k").await.unwrap();
         assert!(!c.cas("k", b"e", ttl, token).await.unwrap());
     }

@@ -38,10 +38,12 @@ impl CacheError {
     }
 }
 
-/// A stored value and its compare-and-swap token.
+/// A stored value and its compare-and-swap token. The bytes are shared, not
+/// copied, out of the in-process cache: a cached gallery page is read on every
+/// request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cached {
-    pub data: Vec<u8>,
+    pub data: bytes::Bytes,
     pub cas: u64,
 }
 
