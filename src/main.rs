@@ -32,6 +32,9 @@ struct Cli {
     /// A TOML file with configuration keys (as in README.md).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// How log lines are written: `text` for people, `json` (one object per line) for log collectors
+    #[arg(long, global = true, value_enum, env = "FLIPSTACK_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +44,21 @@ struct Cli {
 // offers only those. Secrets (the admin token) are not among them: command
 // lines are visible to other users. Each group serializes to the keys it set,
 // which Config::load lays over the file and the environment.
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
 
 /// Where the embedded defaults keep their files.
 #[derive(Args, Serialize, Default)]
@@ -236,13 +254,14 @@ fn main() -> Result<()> {
     unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     // The console owns the terminal: log lines would draw over it.
-    let _log_writer = (!matches!(cli.command, Command::Console(_))).then(init_logging);
+    let log_format = cli.log_format;
+    let _log_writer = (!matches!(cli.command, Command::Console(_))).then(|| init_logging(log_format));
     let file = cli.config.as_deref();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Up(flags) => up(Config::load(file, &flags)?).await,
+            Command::Up(flags) => up(Config::load(file, &flags)?, log_format).await,
             Command::Serve(flags) => serve(Config::load(file, &flags)?).await,
             Command::Work(flags) => work(Config::load(file, &flags)?).await,
             Command::Console(args) => console(Config::load(file, &args.flags)?, args).await,
@@ -267,7 +286,7 @@ fn main() -> Result<()> {
 /// a file; when that queue is full, lines are dropped rather than slowing
 /// requests. Colours only on a terminal. The guard flushes what is queued
 /// when `main` returns.
-fn init_logging() -> log_writer::Guard {
+fn init_logging(format: LogFormat) -> log_writer::Guard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,refinery_core=warn,mysql_async=warn")
@@ -277,11 +296,11 @@ fn init_logging() -> log_writer::Guard {
     let (writer, guard) = log_writer::batched(std::io::stderr());
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // The console's log view reads the recent warnings and errors (server's logbook).
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_ansi(colour).with_writer(writer))
-        .with(flipstack_server::logbook::layer())
-        .init();
+    let text = (format == LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_ansi(colour).with_writer(writer.clone()));
+    // One JSON object per line: timestamp, level, target and the event's fields (`message` among them).
+    let json = (format == LogFormat::Json).then(|| tracing_subscriber::fmt::layer().json().with_writer(writer));
+    tracing_subscriber::registry().with(filter).with(text).with(json).with(flipstack_server::logbook::layer()).init();
     guard
 }
 
@@ -302,13 +321,25 @@ async fn serve(config: Config) -> Result<()> {
     let listen = config.listen;
     let services = connect(config).await?;
     let server = flipstack_server::start(services, listen).await?;
-    eprintln!("flipstack server listening on {}", server.public_url);
+    // For people, on stdout like `up`'s: stderr carries only log lines (JSON ones with --log-format json).
+    println!("flipstack server listening on {}", server.public_url);
     server.run_until(shutdown_signal()).await;
     Ok(())
 }
 
 async fn work(config: Config) -> Result<()> {
+    let metrics_at = config.worker_metrics_listen;
     let services = connect(config).await?;
+    let _metrics = match metrics_at {
+        Some(addr) => {
+            let (bound, stop, task) = flipstack_server::serve_metrics(services.clone(), addr)
+                .await
+                .context("serving the worker's metrics (FLIPSTACK_WORKER_METRICS_LISTEN)")?;
+            tracing::info!(url = %format!("http://{bound}/metrics"), "worker metrics");
+            Some((stop, task))
+        }
+        None => None,
+    };
     let options = flipstack_worker::WorkerOptions::from_services(&services);
     let stop = CancellationToken::new();
     let signal = stop.clone();
@@ -321,13 +352,19 @@ async fn work(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn up(config: Config) -> Result<()> {
+async fn up(config: Config, log_format: LogFormat) -> Result<()> {
     let services = connect(config.clone()).await?;
     let server = flipstack_server::start(services.clone(), config.listen).await?;
     let program = std::env::current_exe().context("finding the flipstack binary to start workers")?;
     let mut env = config.to_env();
     // Workers must send people's links to where the server really is.
     env.push(("FLIPSTACK_PUBLIC_URL".into(), server.public_url.clone()));
+    // The workers' lines join the server's in the same format.
+    env.push(("FLIPSTACK_LOG_FORMAT".into(), log_format.as_str().into()));
+    // Each worker's own /metrics, on a free port of the configured address
+    // (loopback by default) that it names in its log: the pool runs several.
+    let metrics_ip = config.worker_metrics_listen.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+    env.push(("FLIPSTACK_WORKER_METRICS_LISTEN".into(), SocketAddr::new(metrics_ip, 0).to_string()));
     let pool = flipstack_provision::local::PoolConfig::from_config(&config, program, env);
     let stop = CancellationToken::new();
     let pool_task = tokio::spawn(flipstack_provision::local::run(pool, services, stop.clone()));

@@ -26,6 +26,7 @@ pub const KEYS: &[&str] = &[
     "aws_region",
     "admin_token",
     "public_url",
+    "worker_metrics_listen",
     "cookie_secure",
     "max_upload_bytes",
     "max_pixels",
@@ -98,6 +99,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// The address people reach the server at, used in mailed links.
     pub public_url: Option<String>,
+    /// Where a worker process serves its own `GET /metrics`; none by default
+    /// (`flipstack up` gives each of its workers a free loopback port).
+    pub worker_metrics_listen: Option<SocketAddr>,
     /// Mark cookies `Secure`; on by default when `public_url` is https.
     pub cookie_secure: Option<bool>,
     pub max_upload_bytes: u64,
@@ -189,6 +193,7 @@ impl Default for Config {
             aws_region: "us-east-1".into(),
             admin_token: None,
             public_url: None,
+            worker_metrics_listen: None,
             cookie_secure: None,
             max_upload_bytes: 25 * 1024 * 1024,
             max_pixels: 50_000_000,

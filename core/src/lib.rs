@@ -13,6 +13,7 @@ pub mod imaging;
 pub mod limits;
 pub mod mail;
 pub mod metrics;
+pub mod process_stats;
 pub mod queue;
 pub mod screens;
 pub mod services;

@@ -37,6 +37,21 @@ fn origin() -> &'static str {
     if BACKGROUND.try_with(|b| *b).unwrap_or(false) { "background" } else { "request" }
 }
 
+/// An HTTP request's route (a fixed set of names, never the path itself, so
+/// the series stay few whatever strangers ask for) and status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+type HistogramOf = fn() -> Histogram;
+
+fn request_seconds() -> Histogram {
+    // 0.25 ms to 8 s: a cached gallery takes a millisecond, an upload seconds.
+    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -74,6 +89,7 @@ pub struct Metrics {
     /// Connections closed for being slow or idle, and connections refused at a cap.
     pub connections_timed_out: Counter,
     pub connections_refused: Counter,
+    pub http_request_seconds: Family<RequestLabel, Histogram, HistogramOf>,
     // Running sums for averages (the histograms do not expose theirs).
     job_seconds_total: Counter<f64, std::sync::atomic::AtomicU64>,
     jobs_timed: Counter,
@@ -108,6 +124,7 @@ impl Metrics {
             rate_limited: Family::default(),
             connections_timed_out: Counter::default(),
             connections_refused: Counter::default(),
+            http_request_seconds: Family::new_with_constructor(request_seconds),
             job_seconds_total: Counter::default(),
             jobs_timed: Counter::default(),
             queue_wait_seconds_total: Counter::default(),
@@ -159,14 +176,30 @@ impl Metrics {
             "Connections closed at once: too many open, in all or from one client",
             m.connections_refused.clone(),
         );
+        registry.register(
+            "http_request_seconds",
+            "Time to answer an HTTP request, by route and status",
+            m.http_request_seconds.clone(),
+        );
         Metrics { registry, ..m }
     }
 
+    /// The Prometheus text page: flipstack's metrics, then the process's
+    /// under their usual unprefixed names (`process_cpu_seconds_total`, …).
     pub fn render(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        let mut process = Registry::default();
+        process.register_collector(Box::new(crate::process_stats::ProcessCollector));
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &process))
+            .and_then(|()| encode_eof(&mut out));
         out
+    }
+
+    pub fn observe_request(&self, route: &'static str, status: u16, seconds: f64) {
+        self.http_request_seconds.get_or_create(&RequestLabel { route, status }).observe(seconds);
     }
 
     pub fn db_query(&self, target: DbTarget) {

@@ -28,10 +28,14 @@ use crate::web::{Resp, json, plain};
 
 /// True when the `Authorization` header carries the admin token.
 pub fn authorized(state: &AppState, header: Option<&str>) -> bool {
+    token_matches(&state.admin_token, header)
+}
+
+fn token_matches(admin_token: &str, header: Option<&str>) -> bool {
     let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
         return false;
     };
-    let expected = state.admin_token.as_bytes();
+    let expected = admin_token.as_bytes();
     let given = given.trim().as_bytes();
     given.len() == expected.len() && bool::from(given.ct_eq(expected))
 }
@@ -120,14 +124,24 @@ pub async fn metrics(
     remote: Option<SocketAddr>,
     auth: Option<String>,
 ) -> Result<Resp, Infallible> {
+    Ok(metrics_page(&state.services.metrics, &state.admin_token, remote, auth.as_deref()))
+}
+
+/// The metrics page of [`metrics`], also what a worker serves on its own address.
+pub fn metrics_page(
+    metrics: &flipstack_core::metrics::Metrics,
+    admin_token: &str,
+    remote: Option<SocketAddr>,
+    auth: Option<&str>,
+) -> Resp {
     let local = remote.is_some_and(|a| a.ip().is_loopback());
-    if !local && !authorized(&state, auth.as_deref()) {
-        return Ok(unauthorized());
+    if !local && !token_matches(admin_token, auth) {
+        return unauthorized();
     }
     let mut r = plain(StatusCode::OK, "");
-    *r.body_mut() = Body::from(state.services.metrics.render());
+    *r.body_mut() = Body::from(metrics.render());
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-    Ok(r)
+    r
 }
 
 /// `POST /admin/api/uploads/retry` (every failed upload) and

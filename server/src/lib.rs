@@ -169,6 +169,33 @@ pub async fn start(services: Arc<Services>, addr: SocketAddr) -> Result<RunningS
     })
 }
 
+/// `GET /metrics` alone, for a worker process: its own numbers on an address
+/// of its own, behind the listener's limits and the server's rule (this
+/// machine's scrapers, or the admin token). Serves until `stop` is dropped
+/// or sent; the returned task ends when its connections have.
+pub async fn serve_metrics(
+    services: Arc<Services>,
+    addr: SocketAddr,
+) -> Result<(SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>), ServerError> {
+    let admin_token = admin_token(&services)?;
+    let metrics = services.metrics.clone();
+    let routes = warp::path!("metrics")
+        .and(warp::get())
+        .and(listener::remote())
+        .and(auth())
+        .map(move |remote, auth: Option<String>| admin::metrics_page(&metrics, &admin_token, remote, auth.as_deref()))
+        .or(warp::any().map(|| web::plain(StatusCode::NOT_FOUND, "Only GET /metrics is served here.")))
+        .unify()
+        .map(web::security_headers);
+    let tcp = bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    let bound = tcp.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+    let (stop, stopped) = watch::channel(false);
+    let counts = Arc::new(listener::ConnectionCounts::new(services.metrics.clone()));
+    let limits = listener::ListenerLimits::from_config(&services.config);
+    let task = tokio::spawn(listener::serve(tcp, warp::service(routes), limits, counts, stopped));
+    Ok((bound, stop, task))
+}
+
 /// A listening socket with address reuse, so a restarted server binds at once.
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -491,6 +518,7 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
     .reduce(|all, next| all.or(next).unify().boxed())
     .expect("admin routes");
     let fallback_state = state.clone();
+    let metrics = state.services.metrics.clone();
     pages
         .or(ops)
         .unify()
@@ -499,9 +527,59 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .recover(move |rejection| recover(fallback_state.clone(), rejection))
         .unify()
         .map(web::security_headers)
-        .with(warp::log::custom(|info| {
-            tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), ms = info.elapsed().as_secs_f64() * 1000.0, "request");
+        .with(warp::log::custom(move |info| {
+            let status = info.status().as_u16();
+            metrics.observe_request(route_name(info.path()), status, info.elapsed().as_secs_f64());
+            tracing::debug!(method = %info.method(), path = info.path(), status, ms = info.elapsed().as_secs_f64() * 1000.0, "request");
         }))
+}
+
+/// The route a path belongs to, as the request histogram's label: its
+/// pattern with the variable parts named, or `other` (so strangers' paths
+/// never make new series).
+pub fn route_name(path: &str) -> &'static str {
+    let mut parts = [""; 6];
+    let mut n = 0;
+    for segment in path.trim_start_matches('/').split('/') {
+        if n == parts.len() {
+            return "other";
+        }
+        parts[n] = segment;
+        n += 1;
+    }
+    match &parts[..n] {
+        [""] => "/",
+        ["form"] => "/form",
+        ["upload"] => "/upload",
+        ["gallery"] => "/gallery",
+        ["gallery", "events"] => "/gallery/events",
+        ["signin"] => "/signin",
+        ["signin", "link"] => "/signin/link",
+        ["logout"] => "/logout",
+        ["uploads", _, "delete"] => "/uploads/{id}/delete",
+        ["uploads", _, "view"] => "/uploads/{id}/view",
+        ["images", _, _] => "/images/{id}/{kind}",
+        ["assets", _] => "/assets/{name}",
+        ["metrics"] => "/metrics",
+        ["livez"] => "/livez",
+        ["readyz"] => "/readyz",
+        ["healthz"] => "/healthz",
+        ["admin", "api", "status"] => "/admin/api/status",
+        ["admin", "api", "dump"] => "/admin/api/dump",
+        ["admin", "api", "events"] => "/admin/api/events",
+        ["admin", "api", "logs"] => "/admin/api/logs",
+        ["admin", "api", "queue", "redrive"] => "/admin/api/queue/redrive",
+        ["admin", "api", "workers", "pause"] => "/admin/api/workers/pause",
+        ["admin", "api", "workers", "resume"] => "/admin/api/workers/resume",
+        ["admin", "api", "pool", "desired"] => "/admin/api/pool/desired",
+        ["admin", "api", "uploads"] => "/admin/api/uploads",
+        ["admin", "api", "uploads", "block"] => "/admin/api/uploads/block",
+        ["admin", "api", "uploads", "unblock"] => "/admin/api/uploads/unblock",
+        ["admin", "api", "uploads", "retry"] => "/admin/api/uploads/retry",
+        ["admin", "api", "uploads", _, "retry"] => "/admin/api/uploads/{id}/retry",
+        ["admin", "api", "uploads", _] => "/admin/api/uploads/{id}",
+        _ => "other",
+    }
 }
 
 /// Pages for requests no route took: a clear answer, never warp's default text.
@@ -539,6 +617,19 @@ async fn recover(state: Arc<AppState>, rejection: warp::Rejection) -> Result<Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_are_named_by_their_pattern_and_strangers_paths_are_other() {
+        assert_eq!(route_name("/"), "/");
+        assert_eq!(route_name("/gallery"), "/gallery");
+        assert_eq!(route_name("/uploads/0193abc/view"), "/uploads/{id}/view");
+        assert_eq!(route_name("/images/0193abc/flipped-screen"), "/images/{id}/{kind}");
+        assert_eq!(route_name("/admin/api/uploads/0193abc/retry"), "/admin/api/uploads/{id}/retry");
+        assert_eq!(route_name("/admin/api/uploads/retry"), "/admin/api/uploads/retry");
+        assert_eq!(route_name("/wp-login.php"), "other");
+        assert_eq!(route_name("/a/b/c/d/e/f/g/h"), "other");
+        assert_eq!(route_name("/gallery/"), "other");
+    }
 
     #[test]
     fn a_starting_server_keeps_a_live_servers_spool_and_clears_a_dead_ones() {
