@@ -1,12 +1,17 @@
 //! The metadata store port: people, uploads (which are also the job queue's
 //! source of truth), sessions, sign-in links, settings, workers and events.
 //!
-//! Adapters: [`sqlite`] (embedded default) and [`mysql`] (a MySQL/MariaDB
-//! primary with read replicas). Both run the same migrations (`core/migrations`).
+//! One implementation, `sql::SqlStore`: every statement and the job state
+//! machine, over a thin driver (`driver`) for [`sqlite`] (embedded default) or
+//! [`mysql`] (a MariaDB primary with read replicas); where their SQL differs is
+//! named in `dialect`. Both run the same migrations (`core/migrations`).
 
+mod dialect;
+pub(crate) mod driver;
 pub mod dump;
 pub mod mysql;
 pub mod position;
+mod sql;
 pub mod sqlite;
 
 pub use crate::domain::{EventKind, StoreBackend, WorkerStatus};
@@ -85,6 +90,18 @@ impl StoreError {
     /// The migrations failed.
     pub fn migration(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
         StoreError::Migration { message: e.to_string(), source: cause(e) }
+    }
+
+    /// The driver's error beneath this one, when it is an `E`.
+    pub(crate) fn driver_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<E>() {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
     }
 
     /// Whether the caller can retry: the database did not answer or refused.
@@ -278,7 +295,7 @@ pub struct UploadStats {
 }
 
 impl UploadStats {
-    /// From the rows of [`sql::UPLOAD_STATS`]: (state, count, oldest unfinished in that state).
+    /// From the rows of the stats query: (state, count, oldest unfinished in that state).
     pub(crate) fn from_rows(rows: Vec<(String, i64, Option<Millis>)>) -> UploadStats {
         let mut stats = UploadStats::default();
         for (state, n, oldest) in rows {
@@ -319,7 +336,7 @@ pub struct UploadFilter {
 }
 
 impl UploadFilter {
-    /// The parameters of `sql::find_uploads`, in order.
+    /// The state, format and LIKE pattern of the reason that `find_uploads` binds.
     pub(crate) fn params(&self) -> (String, String, String) {
         let reason = if self.reason.is_empty() {
             String::new()
@@ -495,217 +512,17 @@ pub async fn connect(
                 "read replicas need a MySQL/MariaDB primary; unset FLIPSTACK_REPLICA_URLS or use a mysql:// database",
             ));
         }
-        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path), metrics).await?))
+        let driver = sqlite::SqliteDriver::open(std::path::Path::new(path), metrics).await?;
+        Ok(Arc::new(sql::SqlStore::new(driver)))
     } else if primary_url.starts_with("mysql://") {
-        Ok(Arc::new(
-            mysql::MysqlStore::connect(primary_url, replica_urls, metrics, replica_wait, replica_max_lag).await?,
-        ))
+        let driver =
+            mysql::MariaDbDriver::connect(primary_url, replica_urls, metrics, replica_wait, replica_max_lag).await?;
+        Ok(Arc::new(sql::SqlStore::new(driver)))
     } else {
         Err(StoreError::query(format!(
             "FLIPSTACK_DATABASE_URL must start with sqlite:// or mysql://, not {:?}",
             primary_url.split("://").next().unwrap_or("")
         )))
-    }
-}
-
-/// Shared SQL fragments, identical for both back ends (both take `?` placeholders).
-pub(crate) mod sql {
-    /// A failed attempt that will be tried again at `next_attempt_at`.
-    /// Parameters: next_attempt_at, reason, now, id, owner.
-    pub const FAIL_RETRY: &str = "UPDATE uploads SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?, \
-         lease_owner = NULL, lease_until = NULL, failure_reason = ?, updated_at = ?, finished_at = NULL \
-         WHERE id = ? AND state = 'processing' AND lease_owner = ?";
-
-    /// A failed attempt that ends the job; `next_attempt_at` becomes the
-    /// failure's time on both back ends. Parameters: now (next_attempt_at),
-    /// reason, now (updated_at), now (finished_at), id, owner.
-    pub const FAIL_PERMANENT: &str = "UPDATE uploads SET state = 'failed', attempts = attempts + 1, next_attempt_at = ?, \
-         lease_owner = NULL, lease_until = NULL, failure_reason = ?, updated_at = ?, finished_at = ? \
-         WHERE id = ? AND state = 'processing' AND lease_owner = ?";
-
-    /// Upload counts by state and the oldest unfinished upload, in one
-    /// statement: one snapshot on both back ends (a count and an age never
-    /// come from two moments).
-    pub const UPLOAD_STATS: &str = "SELECT state, COUNT(*), \
-         MIN(CASE WHEN state IN ('pending', 'processing') THEN created_at END) FROM uploads GROUP BY state";
-
-    /// What `purge_expired` deletes, with how far before now each cut-off is,
-    /// in one transaction: sessions at expiry; used or expired sign-in links a
-    /// day later (a late click still gets a clear answer); events after a
-    /// week; workers silent for ten minutes.
-    pub const PURGES: [(&str, i64); 4] = [
-        ("DELETE FROM sessions WHERE expires_at <= ?", 0),
-        ("DELETE FROM signin_tokens WHERE expires_at <= ?", 86_400_000),
-        ("DELETE FROM events WHERE at <= ?", 7 * 86_400_000),
-        ("DELETE FROM workers WHERE heartbeat_at <= ?", 600_000),
-    ];
-
-    pub const UPLOAD_COLUMNS: &str = "id, person_id, display_name, format, bytes, width, height, state, attempts, claims, \
-        next_attempt_at, lease_owner, lease_until, failure_reason, flipped_bytes, flipped_width, flipped_height, \
-        flip_method, thumb_width, thumb_height, created_at, updated_at, finished_at";
-
-    pub const GALLERY_COLUMNS: &str = "id, display_name, format, state, failure_reason, width, height, \
-        flipped_width, flipped_height, thumb_width, thumb_height, bytes, created_at";
-
-    /// Due pending jobs, and jobs whose worker's lease ran out.
-    pub const CLAIMABLE_WHERE: &str =
-        "((state = 'pending' AND next_attempt_at <= ?) OR (state = 'processing' AND lease_until < ?))";
-
-    pub const SESSION_INSERT: &str =
-        "INSERT INTO sessions (token_hash, person_id, created_at, expires_at, proven) VALUES (?, ?, ?, ?, ?)";
-
-    pub const SESSION_SELECT: &str = "SELECT s.person_id, p.email, s.expires_at, s.proven FROM sessions s JOIN people p ON p.id = s.person_id \
-         WHERE s.token_hash = ? AND s.expires_at > ?";
-
-    /// Marks a person verified; affects a row only the first time.
-    pub const VERIFY_PERSON: &str = "UPDATE people SET verified_at = ? WHERE id = ? AND verified_at IS NULL";
-
-    pub const DELETE_UNPROVEN_SESSIONS: &str = "DELETE FROM sessions WHERE person_id = ? AND proven = 0";
-
-    pub const SIGNIN_TOKEN_EMAIL: &str = "SELECT p.email FROM signin_tokens t JOIN people p ON p.id = t.person_id \
-         WHERE t.token_hash = ? AND t.used_at IS NULL AND t.expires_at > ?";
-
-    pub const OTHER_SESSIONS: &str = "SELECT token_hash FROM sessions WHERE person_id = ? AND token_hash <> ?";
-
-    pub const DELETE_OTHER_SESSIONS: &str = "DELETE FROM sessions WHERE person_id = ? AND token_hash <> ?";
-
-    pub const PERSON_USAGE: &str =
-        "SELECT CAST(COALESCE(SUM(bytes + COALESCE(flipped_bytes, 0)), 0) AS SIGNED) FROM uploads WHERE person_id = ?";
-
-    /// See `MetadataStore::unsent`.
-    pub const UNSENT_JOBS: &str = "SELECT id FROM uploads WHERE state = 'pending' AND claims = 0 \
-        AND enqueued_at IS NULL AND created_at < ? ORDER BY id LIMIT ?";
-
-    /// See `MetadataStore::unqueued`.
-    pub const UNQUEUED_JOBS: &str = "SELECT id FROM uploads \
-        WHERE (state = 'pending' OR (state = 'processing' AND lease_until < ?)) \
-        AND ((enqueued_at IS NULL AND created_at < ?) OR enqueued_at < ?) ORDER BY id LIMIT ?";
-
-    pub const MARK_ENQUEUED: &str = "UPDATE uploads SET enqueued_at = ? WHERE id = ?";
-
-    /// An operator's retry of a failed upload (see `MetadataStore::retry_upload`);
-    /// binds now (next attempt), now (enqueued), now (updated), id.
-    pub const RETRY_UPLOAD: &str = "UPDATE uploads SET state = 'pending', attempts = 0, claims = 0, next_attempt_at = ?, \
-        lease_owner = NULL, lease_until = NULL, failure_reason = NULL, finished_at = NULL, enqueued_at = ?, updated_at = ? \
-        WHERE id = ? AND state = 'failed'";
-
-    /// The operator's uploads view: binds state twice, format twice, the LIKE
-    /// pattern of the reason twice (all '' for any), and the limit. The last
-    /// column is the owner's e-mail (hashed by the caller).
-    pub fn find_uploads() -> String {
-        format!(
-            "SELECT {UPLOAD_COLUMNS}, (SELECT p.email FROM people p WHERE p.id = uploads.person_id) FROM uploads \
-             WHERE (? = '' OR state = ?) AND (? = '' OR format = ?) AND (? = '' OR failure_reason LIKE ? ESCAPE '!') \
-             ORDER BY id DESC LIMIT ?"
-        )
-    }
-
-    pub const EVENT_INSERT: &str =
-        "INSERT INTO events (id, at, kind, upload_id, person_hash, detail) VALUES (?, ?, ?, ?, ?, ?)";
-}
-
-/// Columns of the uploads table, decoded the same way by both back ends.
-pub(crate) struct UploadRow {
-    pub id: i64,
-    pub person_id: i64,
-    pub display_name: String,
-    pub format: String,
-    pub bytes: i64,
-    pub width: i64,
-    pub height: i64,
-    pub state: String,
-    pub attempts: i64,
-    pub claims: i64,
-    pub next_attempt_at: i64,
-    pub lease_owner: Option<String>,
-    pub lease_until: Option<i64>,
-    pub failure_reason: Option<String>,
-    pub flipped_bytes: Option<i64>,
-    pub flipped_width: Option<i64>,
-    pub flipped_height: Option<i64>,
-    pub flip_method: Option<String>,
-    pub thumb_width: Option<i64>,
-    pub thumb_height: Option<i64>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub finished_at: Option<i64>,
-}
-
-impl UploadRow {
-    pub fn into_upload(self) -> StoreResult<Upload> {
-        let format = ImageFormat::parse(&self.format)
-            .ok_or_else(|| StoreError::Corrupt(format!("upload {} has format {:?}", self.id, self.format)))?;
-        let state = UploadState::parse(&self.state)
-            .ok_or_else(|| StoreError::Corrupt(format!("upload {} has state {:?}", self.id, self.state)))?;
-        let outcome = match (self.flipped_bytes, self.flipped_width, self.flipped_height) {
-            (Some(b), Some(w), Some(h)) => Some(FlipOutcome {
-                flipped_bytes: b as u64,
-                flipped_width: w as u32,
-                flipped_height: h as u32,
-                method: self.flip_method.unwrap_or_default(),
-                thumb_width: self.thumb_width.map(|v| v as u32),
-                thumb_height: self.thumb_height.map(|v| v as u32),
-            }),
-            _ => None,
-        };
-        Ok(Upload {
-            id: UploadId::from_stored(self.id),
-            person_id: PersonId::from_stored(self.person_id),
-            name: DisplayName::from_stored(self.display_name),
-            format,
-            bytes: self.bytes as u64,
-            width: self.width as u32,
-            height: self.height as u32,
-            state,
-            attempts: self.attempts as u32,
-            claims: self.claims as u32,
-            next_attempt_at: self.next_attempt_at,
-            lease_owner: self.lease_owner,
-            lease_until: self.lease_until,
-            failure_reason: self.failure_reason,
-            outcome,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            finished_at: self.finished_at,
-        })
-    }
-}
-
-pub(crate) struct GalleryRow {
-    pub id: i64,
-    pub display_name: String,
-    pub format: String,
-    pub state: String,
-    pub failure_reason: Option<String>,
-    pub width: i64,
-    pub height: i64,
-    pub flipped_width: Option<i64>,
-    pub flipped_height: Option<i64>,
-    pub thumb_width: Option<i64>,
-    pub thumb_height: Option<i64>,
-    pub bytes: i64,
-    pub created_at: i64,
-}
-
-impl GalleryRow {
-    pub fn into_item(self) -> StoreResult<GalleryItem> {
-        Ok(GalleryItem {
-            id: UploadId::from_stored(self.id),
-            name: DisplayName::from_stored(self.display_name),
-            format: ImageFormat::parse(&self.format)
-                .ok_or_else(|| StoreError::Corrupt(format!("upload {} has format {:?}", self.id, self.format)))?,
-            state: UploadState::parse(&self.state)
-                .ok_or_else(|| StoreError::Corrupt(format!("upload {} has state {:?}", self.id, self.state)))?,
-            failure_reason: self.failure_reason,
-            width: self.width as u32,
-            height: self.height as u32,
-            flipped_width: self.flipped_width.map(|v| v as u32),
-            flipped_height: self.flipped_height.map(|v| v as u32),
-            thumb_width: self.thumb_width.map(|v| v as u32),
-            thumb_height: self.thumb_height.map(|v| v as u32),
-            bytes: self.bytes as u64,
-            created_at: self.created_at,
-        })
     }
 }
 
