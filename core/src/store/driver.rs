@@ -162,13 +162,12 @@ pub(crate) trait Session: Send {
     /// The names of the columns a statement (without parameters) returns.
     fn columns(&mut self, sql: &str) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 
-    /// Sends every row of a statement (without parameters), made into an item
-    /// by `make`, to `out` as it is read; returns how many went.
+    /// Hands every row of a statement (without parameters) to `sink` as it is
+    /// read; returns how many went.
     fn stream_into<T: Send>(
         &mut self,
         sql: &str,
-        out: &mpsc::Sender<T>,
-        make: impl FnMut(&[String], Row) -> StoreResult<T> + Send,
+        sink: RowSink<'_, T>,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// Runs a transaction-control statement of [`Dialect`] (`BEGIN …`,
@@ -203,7 +202,7 @@ pub(crate) trait Session: Send {
 pub(crate) trait Driver: Send + Sync + 'static {
     type Session: Session;
 
-    fn backend(&self) -> StoreBackend;
+    const BACKEND: StoreBackend;
 
     /// Whether `e` is the driver's unique-key violation (an e-mail address taken).
     fn is_duplicate(e: &StoreError) -> bool;
@@ -225,7 +224,7 @@ pub(crate) trait Driver: Send + Sync + 'static {
         std::future::ready(None)
     }
 
-    /// See [`super::MetadataStore::try_lead`].
+    /// See [`super::Jobs::try_lead`].
     fn try_lead(&self, duty: &str) -> impl Future<Output = StoreResult<Option<Box<dyn Leadership>>>> + Send;
 
     fn ping(&self) -> impl Future<Output = StoreResult<()>> + Send;
@@ -235,7 +234,43 @@ pub(crate) trait Driver: Send + Sync + 'static {
     }
 }
 
-/// What [`Session::stream_into`] says when the receiver stopped listening.
-pub(crate) fn receiver_gone() -> StoreError {
+/// Where [`Session::stream_into`] puts rows: each is made into an item and
+/// sent to a channel, with a wait for room (awaited, or blocking on a
+/// blocking-pool thread).
+pub(crate) struct RowSink<'a, T> {
+    out: &'a mpsc::Sender<T>,
+    make: &'a mut (dyn FnMut(&[String], Row) -> StoreResult<T> + Send),
+    sent: u64,
+}
+
+impl<'a, T: Send> RowSink<'a, T> {
+    pub fn new(
+        out: &'a mpsc::Sender<T>,
+        make: &'a mut (dyn FnMut(&[String], Row) -> StoreResult<T> + Send),
+    ) -> RowSink<'a, T> {
+        RowSink { out, make, sent: 0 }
+    }
+
+    pub async fn push(&mut self, columns: &[String], row: Row) -> StoreResult<()> {
+        let item = (self.make)(columns, row)?;
+        self.out.send(item).await.map_err(|_| receiver_gone())?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// [`RowSink::push`] for a thread that may block (never an async one).
+    pub fn push_blocking(&mut self, columns: &[String], row: Row) -> StoreResult<()> {
+        let item = (self.make)(columns, row)?;
+        self.out.blocking_send(item).map_err(|_| receiver_gone())?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+}
+
+fn receiver_gone() -> StoreError {
     StoreError::query("the dump's reader went away")
 }

@@ -315,7 +315,7 @@ impl UploadStats {
     }
 }
 
-/// A fleet-wide duty held by one process at a time (see [`MetadataStore::try_lead`]).
+/// A fleet-wide duty held by one process at a time (see [`Jobs::try_lead`]).
 #[async_trait]
 pub trait Leadership: Send + Sync {
     /// False once the lock is lost (its connection dropped, the primary
@@ -381,11 +381,9 @@ pub enum SqlValue {
 
 pub type DumpRow = (&'static str, Vec<String>, Vec<SqlValue>);
 
+/// People, their uploads and galleries.
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
-    fn backend(&self) -> StoreBackend;
-
-    // People and uploads.
+pub trait Uploads: Send + Sync + 'static {
     async fn person_by_email(&self, email: &Email) -> StoreResult<Option<Person>>;
     async fn accept_upload(&self, accept: AcceptUpload) -> StoreResult<WriteReceipt>;
     async fn upload(&self, id: UploadId) -> StoreResult<Option<Upload>>;
@@ -399,8 +397,17 @@ pub trait MetadataStore: Send + Sync + 'static {
         person: PersonId,
         person_hash: &str,
     ) -> StoreResult<Option<(Upload, WriteReceipt)>>;
+    /// Bytes a person's pictures take in the blob store (originals and flips).
+    async fn person_usage(&self, person: PersonId) -> StoreResult<u64>;
+    /// The newest uploads that match, each with its owner's hashed e-mail.
+    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>>;
+    /// Which of `ids` have an upload row, read on the primary.
+    async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<std::collections::HashSet<UploadId>>;
+}
 
-    // The job life cycle; every change is conditional, so a job delivered twice is done once.
+/// The job life cycle; every change is conditional, so a job delivered twice is done once.
+#[async_trait]
+pub trait Jobs: Send + Sync + 'static {
     /// Takes the job when it is due (pending) or its worker's lease ran out.
     async fn claim(&self, id: UploadId, owner: &str, now: Millis, lease_until: Millis) -> StoreResult<Option<Upload>>;
     async fn renew_lease(&self, id: UploadId, owner: &str, lease_until: Millis) -> StoreResult<bool>;
@@ -441,10 +448,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// attempts counted from zero (a `retried` event records it). None when it
     /// is not failed (already retried, done, or gone).
     async fn retry_upload(&self, id: UploadId, now: Millis) -> StoreResult<Option<StateChange>>;
-    /// The newest uploads that match, each with its owner's hashed e-mail.
-    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>>;
+}
 
-    // Sessions and sign-in links.
+/// Sessions and sign-in links.
+#[async_trait]
+pub trait Sessions: Send + Sync + 'static {
     async fn create_session(&self, session: NewSession, now: Millis) -> StoreResult<()>;
     async fn session(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<SessionInfo>>;
     async fn delete_session(&self, token_hash: &TokenHash) -> StoreResult<()>;
@@ -463,39 +471,54 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn signin_token_email(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<Email>>;
     /// Ends every session of a person but `keep`; returns the ended ones (for the cache).
     async fn delete_other_sessions(&self, person: PersonId, keep: &TokenHash) -> StoreResult<Vec<TokenHash>>;
-    /// Bytes a person's pictures take in the blob store (originals and flips).
-    async fn person_usage(&self, person: PersonId) -> StoreResult<u64>;
     /// Deletes expired sessions and sign-in links; returns how many went.
     async fn purge_expired(&self, now: Millis) -> StoreResult<u64>;
+}
 
-    // Settings shared by every instance (uploads blocked, the cookie secret).
+/// Settings shared by every instance (uploads blocked, workers paused, the cookie secret).
+#[async_trait]
+pub trait Settings: Send + Sync + 'static {
     async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
     async fn set_setting(&self, key: &str, value: &str, now: Millis) -> StoreResult<()>;
     /// Stores `value` unless the key has one; returns the stored value.
     async fn setting_or_init(&self, key: &str, value: &str, now: Millis) -> StoreResult<String>;
+}
 
-    // Workers and events.
+/// The workers' heartbeats, for the operator's view.
+#[async_trait]
+pub trait Workers: Send + Sync + 'static {
     async fn worker_heartbeat(&self, worker: &WorkerInfo) -> StoreResult<()>;
     async fn remove_worker(&self, id: &str) -> StoreResult<()>;
     async fn workers(&self) -> StoreResult<Vec<WorkerInfo>>;
+}
+
+/// What happened to uploads, in order (the event tail, the operator's view).
+#[async_trait]
+pub trait Events: Send + Sync + 'static {
     async fn events_since(&self, after_id: i64, limit: u32) -> StoreResult<Vec<Event>>;
     async fn events_for_upload(&self, id: UploadId) -> StoreResult<Vec<Event>>;
+}
 
-    // Dump and restore.
+/// `flipstack db dump` and its restore.
+#[async_trait]
+pub trait DumpRestore: Send + Sync + 'static {
     /// Streams every row of [`TABLES`] from one consistent snapshot.
     async fn dump_rows(&self, out: tokio::sync::mpsc::Sender<DumpRow>) -> StoreResult<u64>;
     async fn row_count(&self) -> StoreResult<u64>;
     /// Writes rows into the tables (emptying them first when `replace`), in one transaction.
     async fn restore_rows(&self, rows: Vec<DumpRow>, replace: bool) -> StoreResult<u64>;
+}
 
+/// The whole metadata store: every role, on one database (`sql::SqlStore` over
+/// SQLite or MariaDB). Callers hold `Arc<dyn MetadataStore>`; a role's
+/// methods are callable on it without naming the role.
+#[async_trait]
+pub trait MetadataStore: Uploads + Jobs + Sessions + Settings + Workers + Events + DumpRestore {
+    fn backend(&self) -> StoreBackend;
     /// Is the primary answering?
     async fn ping(&self) -> StoreResult<()>;
     /// How far behind the primary each replica is, in milliseconds (None when unknown or down).
     async fn replica_lag(&self) -> Vec<(String, Option<u64>)>;
-
-    // The orphan sweep of the blob store (issue 11).
-    /// Which of `ids` have an upload row, read on the primary.
-    async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<std::collections::HashSet<UploadId>>;
 }
 
 /// Opens the store a URL names and brings its schema up to date.

@@ -18,10 +18,9 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts};
-use tokio::sync::mpsc;
 
 use super::dialect::Dialect;
-use super::driver::{self, Driver, Row, Session, Value, Work};
+use super::driver::{Driver, Row, RowSink, Session, Value, Work};
 use super::{Leadership, ReplicationPos, StoreBackend, StoreError, StoreResult, migrations};
 use crate::metrics::{DbTarget, Metrics};
 
@@ -189,22 +188,14 @@ impl Session for MariaDbSession {
         Ok(columns)
     }
 
-    async fn stream_into<T: Send>(
-        &mut self,
-        sql: &str,
-        out: &mpsc::Sender<T>,
-        mut make: impl FnMut(&[String], Row) -> StoreResult<T> + Send,
-    ) -> StoreResult<u64> {
+    async fn stream_into<T: Send>(&mut self, sql: &str, mut sink: RowSink<'_, T>) -> StoreResult<u64> {
         let mut stream =
             self.conn().exec_stream::<mysql_async::Row, _, _>(sql, Params::Empty).await.map_err(map_err)?;
         let columns: Vec<String> = stream.columns().iter().map(|c| c.name_str().into_owned()).collect();
-        let mut sent = 0;
         while let Some(row) = stream.try_next().await.map_err(map_err)? {
-            let item = make(&columns, row_of(row)?)?;
-            out.send(item).await.map_err(|_| driver::receiver_gone())?;
-            sent += 1;
+            sink.push(&columns, row_of(row)?).await?;
         }
-        Ok(sent)
+        Ok(sink.sent())
     }
 
     async fn control(&mut self, sql: &'static str, open_after: bool) -> StoreResult<()> {
@@ -433,14 +424,7 @@ async fn check_replica(r: &Replica, max_lag: Duration) {
 
 impl Driver for MariaDbDriver {
     type Session = MariaDbSession;
-
-    fn backend(&self) -> StoreBackend {
-        StoreBackend::Mysql
-    }
-
-    fn is_duplicate(e: &StoreError) -> bool {
-        e.driver_error::<mysql_async::Error>().is_some_and(is_duplicate)
-    }
+    const BACKEND: StoreBackend = StoreBackend::Mysql;
 
     async fn on_primary<T: Send + 'static>(&self, work: Work<MariaDbSession, T>) -> StoreResult<T> {
         self.metrics.db_query(DbTarget::Primary);
@@ -484,6 +468,10 @@ impl Driver for MariaDbDriver {
         self.metrics.db_query(DbTarget::Primary);
         let mut conn = with_timeout(PRIMARY_TIMEOUT, self.primary.get_conn()).await?;
         conn.ping().await.map_err(map_err)
+    }
+
+    fn is_duplicate(e: &StoreError) -> bool {
+        e.driver_error::<mysql_async::Error>().is_some_and(is_duplicate)
     }
 
     fn replica_lag(&self) -> Vec<(String, Option<u64>)> {

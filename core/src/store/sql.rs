@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::dialect::{Dialect, Tx};
-use super::driver::{self, Driver, Row, Session, Value, args};
+use super::driver::{self, Driver, Row, RowSink, Session, Value, args};
 use super::*;
 use crate::domain::{new_id, now_millis};
 
@@ -36,7 +36,7 @@ const COMPLETE: &str = "UPDATE uploads SET state = 'done', lease_owner = NULL, l
      thumb_height = ?, updated_at = ?, finished_at = ? \
      WHERE id = ? AND state = 'processing' AND lease_owner = ?";
 
-/// An operator's retry of a failed upload (see `MetadataStore::retry_upload`);
+/// An operator's retry of a failed upload (see `Jobs::retry_upload`);
 /// binds now (next attempt), now (enqueued), now (updated), id.
 const RETRY_UPLOAD: &str = "UPDATE uploads SET state = 'pending', attempts = 0, claims = 0, next_attempt_at = ?, \
     lease_owner = NULL, lease_until = NULL, failure_reason = NULL, finished_at = NULL, enqueued_at = ?, updated_at = ? \
@@ -83,11 +83,11 @@ const SETTING_SELECT: &str = "SELECT setting_value FROM settings WHERE setting_k
 
 const SETTING_INSERT: &str = "INSERT INTO settings (setting_key, setting_value, updated_at) VALUES (?, ?, ?)";
 
-/// Pending jobs never confirmed sent and never claimed; see `MetadataStore::unsent`.
+/// Pending jobs never confirmed sent and never claimed; see `Jobs::unsent`.
 const UNSENT_JOBS: &str = "SELECT id FROM uploads WHERE state = 'pending' AND claims = 0 \
     AND enqueued_at IS NULL AND created_at < ? ORDER BY id LIMIT ?";
 
-/// See `MetadataStore::unqueued`. Binds now, cutoff, cutoff, limit.
+/// See `Jobs::unqueued`. Binds now, cutoff, cutoff, limit.
 const UNQUEUED_JOBS: &str = "SELECT id FROM uploads \
     WHERE (state = 'pending' OR (state = 'processing' AND lease_until < ?)) \
     AND ((enqueued_at IS NULL AND created_at < ?) OR enqueued_at < ?) ORDER BY id LIMIT ?";
@@ -112,6 +112,23 @@ impl<D: Driver> SqlStore<D> {
         F: for<'s> FnOnce(&'s mut D::Session) -> BoxFuture<'s, StoreResult<T>> + Send + 'static,
     {
         self.driver.on_primary(driver::work(work)).await
+    }
+
+    /// Runs `work` in a transaction on the primary: committed when it returns
+    /// a value, rolled back when it fails.
+    async fn transaction<T, F>(&self, tx: Tx, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'s> FnOnce(&'s mut D::Session) -> BoxFuture<'s, StoreResult<T>> + Send + 'static,
+    {
+        self.primary(move |s| {
+            Box::pin(async move {
+                s.begin(tx).await?;
+                let result = work(s).await;
+                s.finish(result).await
+            })
+        })
+        .await
     }
 
     /// Upload ids a one-column `SELECT id` returns.
@@ -337,11 +354,7 @@ async fn read_page<S: Session>(s: &mut S, person: PersonId, offset: u64, limit: 
 }
 
 #[async_trait]
-impl<D: Driver> MetadataStore for SqlStore<D> {
-    fn backend(&self) -> StoreBackend {
-        self.driver.backend()
-    }
-
+impl<D: Driver> Uploads for SqlStore<D> {
     async fn person_by_email(&self, email: &Email) -> StoreResult<Option<Person>> {
         let email = email.clone();
         self.primary(move |s| {
@@ -498,28 +511,83 @@ impl<D: Driver> MetadataStore for SqlStore<D> {
         .await
     }
 
-    async fn claim(&self, id: UploadId, owner: &str, now: Millis, lease_until: Millis) -> StoreResult<Option<Upload>> {
-        let owner = owner.to_owned();
+    async fn person_usage(&self, person: PersonId) -> StoreResult<u64> {
         self.primary(move |s| {
             Box::pin(async move {
-                s.begin(Tx::Write).await?;
-                let claimed = async {
-                    let update = format!(
-                        "UPDATE uploads SET state = 'processing', lease_owner = ?, lease_until = ?, \
-                         claims = claims + 1, updated_at = ? WHERE id = ? AND {CLAIMABLE_WHERE}"
-                    );
-                    if s.exec(&update, args![owner.as_str(), lease_until, now, id.get(), now, now]).await? == 0 {
-                        return Ok(None);
-                    }
-                    s.query(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), args![id.get()])
-                        .await
-                        .map(first)
-                }
-                .await;
-                s.finish(claimed).await?.map(|r| upload_from(&r)).transpose()
+                let rows = s
+                    .query(
+                        "SELECT CAST(COALESCE(SUM(bytes + COALESCE(flipped_bytes, 0)), 0) AS SIGNED) FROM uploads \
+                         WHERE person_id = ?",
+                        args![person.get()],
+                    )
+                    .await?;
+                let n: Option<i64> = first(rows).map(|r| r.get(0)).transpose()?;
+                Ok(n.unwrap_or(0).max(0) as u64)
             })
         })
         .await
+    }
+
+    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>> {
+        let (state, format, reason) = filter.params();
+        self.primary(move |s| {
+            Box::pin(async move {
+                // Binds state twice, format twice, the reason's LIKE pattern twice
+                // ('' for any) and the limit. The last column is the owner's e-mail.
+                let query = format!(
+                    "SELECT {UPLOAD_COLUMNS}, (SELECT p.email FROM people p WHERE p.id = uploads.person_id) FROM uploads \
+                     WHERE (? = '' OR state = ?) AND (? = '' OR format = ?) AND (? = '' OR failure_reason LIKE ? ESCAPE '!') \
+                     ORDER BY id DESC LIMIT ?"
+                );
+                let rows = s.query(&query, args![&state, &state, &format, &format, &reason, &reason, limit]).await?;
+                rows.iter()
+                    .map(|r| {
+                        let email: Option<String> = r.get(23)?;
+                        Ok((upload_from(r)?, email.map(|e| email_hash(&e)).unwrap_or_default()))
+                    })
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<HashSet<UploadId>> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        self.primary(move |s| {
+            Box::pin(async move {
+                let mut found = HashSet::new();
+                for chunk in ids.chunks(IN_LIST_CHUNK) {
+                    let marks = vec!["?"; chunk.len()].join(", ");
+                    let params: Vec<Value> = chunk.iter().map(|id| Value::Int(*id)).collect();
+                    let rows = s.query(&format!("SELECT id FROM uploads WHERE id IN ({marks})"), &params).await?;
+                    found.extend(upload_ids(rows)?);
+                }
+                Ok(found)
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl<D: Driver> Jobs for SqlStore<D> {
+    async fn claim(&self, id: UploadId, owner: &str, now: Millis, lease_until: Millis) -> StoreResult<Option<Upload>> {
+        let owner = owner.to_owned();
+        self.transaction(Tx::Write, move |s| {
+            Box::pin(async move {
+                let update = format!(
+                    "UPDATE uploads SET state = 'processing', lease_owner = ?, lease_until = ?, \
+                     claims = claims + 1, updated_at = ? WHERE id = ? AND {CLAIMABLE_WHERE}"
+                );
+                if s.exec(&update, args![owner.as_str(), lease_until, now, id.get(), now, now]).await? == 0 {
+                    return Ok(None);
+                }
+                s.query(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), args![id.get()]).await.map(first)
+            })
+        })
+        .await?
+        .map(|r| upload_from(&r))
+        .transpose()
     }
 
     async fn renew_lease(&self, id: UploadId, owner: &str, lease_until: Millis) -> StoreResult<bool> {
@@ -673,30 +741,10 @@ impl<D: Driver> MetadataStore for SqlStore<D> {
         })
         .await
     }
+}
 
-    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>> {
-        let (state, format, reason) = filter.params();
-        self.primary(move |s| {
-            Box::pin(async move {
-                // Binds state twice, format twice, the reason's LIKE pattern twice
-                // ('' for any) and the limit. The last column is the owner's e-mail.
-                let query = format!(
-                    "SELECT {UPLOAD_COLUMNS}, (SELECT p.email FROM people p WHERE p.id = uploads.person_id) FROM uploads \
-                     WHERE (? = '' OR state = ?) AND (? = '' OR format = ?) AND (? = '' OR failure_reason LIKE ? ESCAPE '!') \
-                     ORDER BY id DESC LIMIT ?"
-                );
-                let rows = s.query(&query, args![&state, &state, &format, &format, &reason, &reason, limit]).await?;
-                rows.iter()
-                    .map(|r| {
-                        let email: Option<String> = r.get(23)?;
-                        Ok((upload_from(r)?, email.map(|e| email_hash(&e)).unwrap_or_default()))
-                    })
-                    .collect()
-            })
-        })
-        .await
-    }
-
+#[async_trait]
+impl<D: Driver> Sessions for SqlStore<D> {
     async fn create_session(&self, session: NewSession, now: Millis) -> StoreResult<()> {
         self.primary(move |s| {
             Box::pin(async move {
@@ -766,55 +814,42 @@ impl<D: Driver> MetadataStore for SqlStore<D> {
 
     async fn consume_signin_token(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<SigninOutcome> {
         let hash = token_hash.0.clone();
-        self.primary(move |s| {
+        self.transaction(Tx::Write, move |s| {
             Box::pin(async move {
-                s.begin(Tx::Write).await?;
-                let outcome = async {
-                    let used = s
-                        .exec(
-                            "UPDATE signin_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL \
-                             AND expires_at > ?",
-                            args![now, &hash, now],
+                let used = s
+                    .exec(
+                        "UPDATE signin_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL \
+                         AND expires_at > ?",
+                        args![now, &hash, now],
+                    )
+                    .await?;
+                if used == 1 {
+                    let rows = s
+                        .query(
+                            "SELECT p.id, p.email, p.created_at FROM signin_tokens t \
+                             JOIN people p ON p.id = t.person_id WHERE t.token_hash = ?",
+                            args![&hash],
                         )
                         .await?;
-                    if used == 1 {
-                        let rows = s
-                            .query(
-                                "SELECT p.id, p.email, p.created_at FROM signin_tokens t \
-                                 JOIN people p ON p.id = t.person_id WHERE t.token_hash = ?",
-                                args![&hash],
-                            )
-                            .await?;
-                        let r =
-                            first(rows).ok_or_else(|| StoreError::Corrupt("sign-in link without a person".into()))?;
-                        let (id, email, created_at): (i64, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-                        let email = stored_email(&email)?;
-                        // The first link used proves the address: the sessions
-                        // that never proved it end in the same transaction.
-                        let verified = s
-                            .exec(
-                                "UPDATE people SET verified_at = ? WHERE id = ? AND verified_at IS NULL",
-                                args![now, id],
-                            )
-                            .await?;
-                        if verified == 1 {
-                            s.exec("DELETE FROM sessions WHERE person_id = ? AND proven = 0", args![id]).await?;
-                        }
-                        return Ok(SigninOutcome::SignedIn(Person {
-                            id: PersonId::from_stored(id),
-                            email,
-                            created_at,
-                        }));
+                    let r = first(rows).ok_or_else(|| StoreError::Corrupt("sign-in link without a person".into()))?;
+                    let (id, email, created_at): (i64, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                    let email = stored_email(&email)?;
+                    // The first link used proves the address: the sessions
+                    // that never proved it end in the same transaction.
+                    let verified = s
+                        .exec("UPDATE people SET verified_at = ? WHERE id = ? AND verified_at IS NULL", args![now, id])
+                        .await?;
+                    if verified == 1 {
+                        s.exec("DELETE FROM sessions WHERE person_id = ? AND proven = 0", args![id]).await?;
                     }
-                    let rows = s.query("SELECT used_at FROM signin_tokens WHERE token_hash = ?", args![&hash]).await?;
-                    Ok(match first(rows).map(|r| r.get::<Option<i64>>(0)).transpose()? {
-                        None => SigninOutcome::Unknown,
-                        Some(Some(_)) => SigninOutcome::AlreadyUsed,
-                        Some(None) => SigninOutcome::Expired,
-                    })
+                    return Ok(SigninOutcome::SignedIn(Person { id: PersonId::from_stored(id), email, created_at }));
                 }
-                .await;
-                s.finish(outcome).await
+                let rows = s.query("SELECT used_at FROM signin_tokens WHERE token_hash = ?", args![&hash]).await?;
+                Ok(match first(rows).map(|r| r.get::<Option<i64>>(0)).transpose()? {
+                    None => SigninOutcome::Unknown,
+                    Some(Some(_)) => SigninOutcome::AlreadyUsed,
+                    Some(None) => SigninOutcome::Expired,
+                })
             })
         })
         .await
@@ -839,62 +874,38 @@ impl<D: Driver> MetadataStore for SqlStore<D> {
 
     async fn delete_other_sessions(&self, person: PersonId, keep: &TokenHash) -> StoreResult<Vec<TokenHash>> {
         let keep = keep.0.clone();
-        self.primary(move |s| {
-            Box::pin(async move {
-                s.begin(Tx::Write).await?;
-                let ended = async {
-                    let rows = s
-                        .query(
-                            "SELECT token_hash FROM sessions WHERE person_id = ? AND token_hash <> ?",
-                            args![person.get(), &keep],
-                        )
-                        .await?;
-                    s.exec("DELETE FROM sessions WHERE person_id = ? AND token_hash <> ?", args![person.get(), &keep])
-                        .await?;
-                    rows.iter().map(|r| Ok(TokenHash(r.get(0)?))).collect()
-                }
-                .await;
-                s.finish(ended).await
-            })
-        })
-        .await
-    }
-
-    async fn person_usage(&self, person: PersonId) -> StoreResult<u64> {
-        self.primary(move |s| {
+        self.transaction(Tx::Write, move |s| {
             Box::pin(async move {
                 let rows = s
                     .query(
-                        "SELECT CAST(COALESCE(SUM(bytes + COALESCE(flipped_bytes, 0)), 0) AS SIGNED) FROM uploads \
-                         WHERE person_id = ?",
-                        args![person.get()],
+                        "SELECT token_hash FROM sessions WHERE person_id = ? AND token_hash <> ?",
+                        args![person.get(), &keep],
                     )
                     .await?;
-                let n: Option<i64> = first(rows).map(|r| r.get(0)).transpose()?;
-                Ok(n.unwrap_or(0).max(0) as u64)
+                s.exec("DELETE FROM sessions WHERE person_id = ? AND token_hash <> ?", args![person.get(), &keep])
+                    .await?;
+                rows.iter().map(|r| Ok(TokenHash(r.get(0)?))).collect()
             })
         })
         .await
     }
 
     async fn purge_expired(&self, now: Millis) -> StoreResult<u64> {
-        self.primary(move |s| {
+        self.transaction(Tx::Write, move |s| {
             Box::pin(async move {
-                s.begin(Tx::Write).await?;
-                let purged = async {
-                    let mut n = 0;
-                    for (statement, before) in PURGES {
-                        n += s.exec(statement, args![now - before]).await?;
-                    }
-                    Ok(n)
+                let mut n = 0;
+                for (statement, before) in PURGES {
+                    n += s.exec(statement, args![now - before]).await?;
                 }
-                .await;
-                s.finish(purged).await
+                Ok(n)
             })
         })
         .await
     }
+}
 
+#[async_trait]
+impl<D: Driver> Settings for SqlStore<D> {
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
         let key = key.to_owned();
         self.primary(move |s| {
@@ -917,22 +928,20 @@ impl<D: Driver> MetadataStore for SqlStore<D> {
 
     async fn setting_or_init(&self, key: &str, value: &str, now: Millis) -> StoreResult<String> {
         let (key, value) = (key.to_owned(), value.to_owned());
-        self.primary(move |s| {
+        self.transaction(Tx::Write, move |s| {
             Box::pin(async move {
-                s.begin(Tx::Write).await?;
-                let stored = async {
-                    let insert = dialect::<D>().insert_unless_present(SETTING_INSERT, "setting_key");
-                    s.exec(&insert, args![&key, value, now]).await?;
-                    let stored = first(s.query(SETTING_SELECT, args![&key]).await?);
-                    stored.ok_or_else(|| StoreError::Corrupt(format!("setting {key} vanished")))?.get(0)
-                }
-                .await;
-                s.finish(stored).await
+                let insert = dialect::<D>().insert_unless_present(SETTING_INSERT, "setting_key");
+                s.exec(&insert, args![&key, value, now]).await?;
+                let stored = first(s.query(SETTING_SELECT, args![&key]).await?);
+                stored.ok_or_else(|| StoreError::Corrupt(format!("setting {key} vanished")))?.get(0)
             })
         })
         .await
     }
+}
 
+#[async_trait]
+impl<D: Driver> Workers for SqlStore<D> {
     async fn worker_heartbeat(&self, worker: &WorkerInfo) -> StoreResult<()> {
         let w = worker.clone();
         self.primary(move |s| {
@@ -979,7 +988,10 @@ impl<D: Driver> MetadataStore for SqlStore<D> {
         })
         .await
     }
+}
 
+#[async_trait]
+impl<D: Driver> Events for SqlStore<D> {
     async fn events_since(&self, after_id: i64, limit: u32) -> StoreResult<Vec<Event>> {
         self.primary(move |s| {
             Box::pin(async move {
@@ -999,25 +1011,22 @@ impl<D: Driver> MetadataStore for SqlStore<D> {
         })
         .await
     }
+}
 
+#[async_trait]
+impl<D: Driver> DumpRestore for SqlStore<D> {
     async fn dump_rows(&self, out: mpsc::Sender<DumpRow>) -> StoreResult<u64> {
-        self.primary(move |s| {
+        self.transaction(Tx::Snapshot, move |s| {
             Box::pin(async move {
-                s.begin(Tx::Snapshot).await?;
-                let dumped = async {
-                    let mut count = 0;
-                    for table in TABLES {
-                        count += s
-                            .stream_into(&format!("SELECT * FROM {table} ORDER BY 1"), &out, |columns, row| {
-                                let values = dump_values(dialect::<D>(), table, columns, row)?;
-                                Ok((*table, columns.to_vec(), values))
-                            })
-                            .await?;
-                    }
-                    Ok(count)
+                let mut count = 0;
+                for table in TABLES {
+                    let mut make = |columns: &[String], row: Row| {
+                        Ok((*table, columns.to_vec(), dump_values(dialect::<D>(), table, columns, row)?))
+                    };
+                    let query = format!("SELECT * FROM {table} ORDER BY 1");
+                    count += s.stream_into(&query, RowSink::new(&out, &mut make)).await?;
                 }
-                .await;
-                s.finish(dumped).await
+                Ok(count)
             })
         })
         .await
@@ -1040,40 +1049,42 @@ impl<D: Driver> MetadataStore for SqlStore<D> {
     }
 
     async fn restore_rows(&self, rows: Vec<DumpRow>, replace: bool) -> StoreResult<u64> {
-        self.primary(move |s| {
+        self.transaction(Tx::Write, move |s| {
             Box::pin(async move {
-                s.begin(Tx::Write).await?;
-                let restored = async {
-                    if replace {
-                        for table in TABLES {
-                            s.exec(&format!("DELETE FROM {table}"), &[]).await?;
-                        }
-                    }
-                    let mut known = HashMap::new();
+                if replace {
                     for table in TABLES {
-                        known.insert(*table, s.columns(&format!("SELECT * FROM {table} LIMIT 0")).await?);
+                        s.exec(&format!("DELETE FROM {table}"), &[]).await?;
                     }
-                    let mut n = 0u64;
-                    for (table, columns, values) in rows {
-                        let insert = dump::checked_insert(table, &columns, &known)?;
-                        let params: Vec<Value> = values
-                            .into_iter()
-                            .map(|v| match v {
-                                SqlValue::Null => Value::Null,
-                                SqlValue::Int(i) => Value::Int(i),
-                                SqlValue::Text(t) => Value::Text(t),
-                            })
-                            .collect();
-                        s.exec(&insert, &params).await?;
-                        n += 1;
-                    }
-                    Ok(n)
                 }
-                .await;
-                s.finish(restored).await
+                let mut known = HashMap::new();
+                for table in TABLES {
+                    known.insert(*table, s.columns(&format!("SELECT * FROM {table} LIMIT 0")).await?);
+                }
+                let mut n = 0u64;
+                for (table, columns, values) in rows {
+                    let insert = dump::checked_insert(table, &columns, &known)?;
+                    let params: Vec<Value> = values
+                        .into_iter()
+                        .map(|v| match v {
+                            SqlValue::Null => Value::Null,
+                            SqlValue::Int(i) => Value::Int(i),
+                            SqlValue::Text(t) => Value::Text(t),
+                        })
+                        .collect();
+                    s.exec(&insert, &params).await?;
+                    n += 1;
+                }
+                Ok(n)
             })
         })
         .await
+    }
+}
+
+#[async_trait]
+impl<D: Driver> MetadataStore for SqlStore<D> {
+    fn backend(&self) -> StoreBackend {
+        D::BACKEND
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -1082,22 +1093,5 @@ impl<D: Driver> MetadataStore for SqlStore<D> {
 
     async fn replica_lag(&self) -> Vec<(String, Option<u64>)> {
         self.driver.replica_lag()
-    }
-
-    async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<HashSet<UploadId>> {
-        let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
-        self.primary(move |s| {
-            Box::pin(async move {
-                let mut found = HashSet::new();
-                for chunk in ids.chunks(IN_LIST_CHUNK) {
-                    let marks = vec!["?"; chunk.len()].join(", ");
-                    let params: Vec<Value> = chunk.iter().map(|id| Value::Int(*id)).collect();
-                    let rows = s.query(&format!("SELECT id FROM uploads WHERE id IN ({marks})"), &params).await?;
-                    found.extend(upload_ids(rows)?);
-                }
-                Ok(found)
-            })
-        })
-        .await
     }
 }

@@ -10,10 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ToSql};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use super::dialect::Dialect;
-use super::driver::{self, Driver, Row, Session, Value, Work};
+use super::driver::{self, Driver, Row, RowSink, Session, Value, Work};
 use super::{Leadership, StoreBackend, StoreError, StoreResult, migrations};
 use crate::metrics::{DbTarget, Metrics};
 
@@ -131,27 +131,19 @@ impl Session for SqliteSession {
 
     async fn columns(&mut self, sql: &str) -> StoreResult<Vec<String>> {
         let stmt = self.conn.prepare(sql).map_err(map_err)?;
-        Ok(stmt.column_names().into_iter().map(str::to_owned).collect())
+        Ok(stmt.column_names().map(str::to_owned).collect())
     }
 
-    async fn stream_into<T: Send>(
-        &mut self,
-        sql: &str,
-        out: &mpsc::Sender<T>,
-        mut make: impl FnMut(&[String], Row) -> StoreResult<T> + Send,
-    ) -> StoreResult<u64> {
+    async fn stream_into<T: Send>(&mut self, sql: &str, mut sink: RowSink<'_, T>) -> StoreResult<u64> {
         let mut stmt = self.conn.prepare(sql).map_err(map_err)?;
-        let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+        let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
         let mut rows = stmt.query([]).map_err(map_err)?;
-        let mut sent = 0;
         while let Some(r) = rows.next().map_err(map_err)? {
-            let item = make(&columns, row_of(r, columns.len())?)?;
             // This thread is the blocking pool's: it waits for the reader here
             // rather than hold the statement across an await.
-            out.blocking_send(item).map_err(|_| driver::receiver_gone())?;
-            sent += 1;
+            sink.push_blocking(&columns, row_of(r, columns.len())?)?;
         }
-        Ok(sent)
+        Ok(sink.sent())
     }
 
     async fn control(&mut self, sql: &'static str, _open_after: bool) -> StoreResult<()> {
@@ -220,14 +212,7 @@ impl SqliteDriver {
 
 impl Driver for SqliteDriver {
     type Session = SqliteSession;
-
-    fn backend(&self) -> StoreBackend {
-        StoreBackend::Sqlite
-    }
-
-    fn is_duplicate(e: &StoreError) -> bool {
-        e.driver_error::<rusqlite::Error>().is_some_and(is_unique_violation)
-    }
+    const BACKEND: StoreBackend = StoreBackend::Sqlite;
 
     async fn on_primary<T: Send + 'static>(&self, work: Work<SqliteSession, T>) -> StoreResult<T> {
         let _permit = self
@@ -280,5 +265,9 @@ impl Driver for SqliteDriver {
             Box::pin(async move { s.query("SELECT 1", &[]).await.map(drop) })
         }))
         .await
+    }
+
+    fn is_duplicate(e: &StoreError) -> bool {
+        e.driver_error::<rusqlite::Error>().is_some_and(is_unique_violation)
     }
 }
