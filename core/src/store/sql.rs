@@ -95,6 +95,23 @@ const UNQUEUED_JOBS: &str = "SELECT id FROM uploads \
 /// How many ids one `IN (…)` list holds.
 const IN_LIST_CHUNK: usize = 500;
 
+/// `on_primary!(self, |s| body)`: runs `body`, the inside of an async block
+/// that owns what it uses, with the primary's session as `s`; its value is
+/// the operation's result.
+macro_rules! on_primary {
+    ($store:expr, |$s:ident| $body:expr) => {
+        $store.primary(move |$s| Box::pin(async move { $body })).await
+    };
+}
+
+/// `in_transaction!(self, Tx::Write, |s| body)`: [`on_primary!`] inside a
+/// transaction, committed when `body` returns a value, rolled back when it fails.
+macro_rules! in_transaction {
+    ($store:expr, $tx:expr, |$s:ident| $body:expr) => {
+        $store.transaction($tx, move |$s| Box::pin(async move { $body })).await
+    };
+}
+
 /// The metadata store on one database, whichever driver speaks to it.
 pub(crate) struct SqlStore<D> {
     driver: D,
@@ -121,19 +138,16 @@ impl<D: Driver> SqlStore<D> {
         T: Send + 'static,
         F: for<'s> FnOnce(&'s mut D::Session) -> BoxFuture<'s, StoreResult<T>> + Send + 'static,
     {
-        self.primary(move |s| {
-            Box::pin(async move {
-                s.begin(tx).await?;
-                let result = work(s).await;
-                s.finish(result).await
-            })
+        on_primary!(self, |s| {
+            s.begin(tx).await?;
+            let result = work(s).await;
+            s.finish(result).await
         })
-        .await
     }
 
     /// Upload ids a one-column `SELECT id` returns.
     async fn ids(&self, query: &'static str, params: Vec<Value>) -> StoreResult<Vec<UploadId>> {
-        self.primary(move |s| Box::pin(async move { upload_ids(s.query(query, &params).await?) })).await
+        on_primary!(self, |s| upload_ids(s.query(query, &params).await?))
     }
 }
 
@@ -357,102 +371,88 @@ async fn read_page<S: Session>(s: &mut S, person: PersonId, offset: u64, limit: 
 impl<D: Driver> Uploads for SqlStore<D> {
     async fn person_by_email(&self, email: &Email) -> StoreResult<Option<Person>> {
         let email = email.clone();
-        self.primary(move |s| {
-            Box::pin(async move {
-                let rows = s.query("SELECT id, created_at FROM people WHERE email = ?", args![email.as_str()]).await?;
-                first(rows)
-                    .map(|r| Ok(Person { id: PersonId::from_stored(r.get(0)?), email, created_at: r.get(1)? }))
-                    .transpose()
-            })
+        on_primary!(self, |s| {
+            let rows = s.query("SELECT id, created_at FROM people WHERE email = ?", args![email.as_str()]).await?;
+            first(rows)
+                .map(|r| Ok(Person { id: PersonId::from_stored(r.get(0)?), email, created_at: r.get(1)? }))
+                .transpose()
         })
-        .await
     }
 
     async fn accept_upload(&self, a: AcceptUpload) -> StoreResult<WriteReceipt> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                s.begin(Tx::Write).await?;
-                let written = async {
-                    let person_id = match &a.owner {
-                        NewOwner::Existing(id) => *id,
-                        NewOwner::Create { id, email } => {
-                            let insert = s
-                                .exec(
-                                    "INSERT INTO people (id, email, created_at) VALUES (?, ?, ?)",
-                                    args![id.get(), email.as_str(), a.now],
-                                )
-                                .await;
-                            match insert {
-                                Ok(_) => *id,
-                                Err(e) if D::is_duplicate(&e) => return Err(StoreError::EmailTaken),
-                                Err(e) => return Err(e),
-                            }
+        on_primary!(self, |s| {
+            s.begin(Tx::Write).await?;
+            let written = async {
+                let person_id = match &a.owner {
+                    NewOwner::Existing(id) => *id,
+                    NewOwner::Create { id, email } => {
+                        let insert = s
+                            .exec(
+                                "INSERT INTO people (id, email, created_at) VALUES (?, ?, ?)",
+                                args![id.get(), email.as_str(), a.now],
+                            )
+                            .await;
+                        match insert {
+                            Ok(_) => *id,
+                            Err(e) if D::is_duplicate(&e) => return Err(StoreError::EmailTaken),
+                            Err(e) => return Err(e),
                         }
-                    };
-                    let u = &a.upload;
+                    }
+                };
+                let u = &a.upload;
+                s.exec(
+                    "INSERT INTO uploads (id, person_id, display_name, format, bytes, width, height, state, \
+                     attempts, claims, next_attempt_at, enqueued_at, created_at, updated_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, NULL, ?, ?)",
+                    args![
+                        u.id.get(),
+                        person_id.get(),
+                        u.name.as_str(),
+                        u.format.as_str(),
+                        u.bytes,
+                        u.width,
+                        u.height,
+                        a.now,
+                        a.now,
+                        a.now
+                    ],
+                )
+                .await?;
+                if let Some(session) = &a.session {
                     s.exec(
-                        "INSERT INTO uploads (id, person_id, display_name, format, bytes, width, height, state, \
-                         attempts, claims, next_attempt_at, enqueued_at, created_at, updated_at) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, NULL, ?, ?)",
+                        SESSION_INSERT,
                         args![
-                            u.id.get(),
-                            person_id.get(),
-                            u.name.as_str(),
-                            u.format.as_str(),
-                            u.bytes,
-                            u.width,
-                            u.height,
+                            session.token_hash.0.as_str(),
+                            session.person_id.get(),
                             a.now,
-                            a.now,
-                            a.now
+                            session.expires_at,
+                            session.proven
                         ],
                     )
                     .await?;
-                    if let Some(session) = &a.session {
-                        s.exec(
-                            SESSION_INSERT,
-                            args![
-                                session.token_hash.0.as_str(),
-                                session.person_id.get(),
-                                a.now,
-                                session.expires_at,
-                                session.proven
-                            ],
-                        )
-                        .await?;
-                    }
-                    insert_event(s, a.now, EventKind::Uploaded, u.id, Some(&a.person_hash), Some(u.format.as_str()))
-                        .await
                 }
-                .await;
-                s.finish(written).await?;
-                write_receipt(s).await
-            })
+                insert_event(s, a.now, EventKind::Uploaded, u.id, Some(&a.person_hash), Some(u.format.as_str())).await
+            }
+            .await;
+            s.finish(written).await?;
+            write_receipt(s).await
         })
-        .await
     }
 
     async fn upload(&self, id: UploadId) -> StoreResult<Option<Upload>> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                let rows =
-                    s.query(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), args![id.get()]).await?;
-                first(rows).map(|r| upload_from(&r)).transpose()
-            })
+        on_primary!(self, |s| {
+            let rows = s.query(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), args![id.get()]).await?;
+            first(rows).map(|r| upload_from(&r)).transpose()
         })
-        .await
     }
 
     async fn upload_owner(&self, id: UploadId) -> StoreResult<Option<(PersonId, ImageFormat)>> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                let rows = s.query("SELECT person_id, format FROM uploads WHERE id = ?", args![id.get()]).await?;
-                let Some(row) = first(rows) else { return Ok(None) };
-                let (person, format): (i64, String) = (row.get(0)?, row.get(1)?);
-                Ok(ImageFormat::parse(&format).map(|f| (PersonId::from_stored(person), f)))
-            })
+        on_primary!(self, |s| {
+            let rows = s.query("SELECT person_id, format FROM uploads WHERE id = ?", args![id.get()]).await?;
+            let Some(row) = first(rows) else { return Ok(None) };
+            let (person, format): (i64, String) = (row.get(0)?, row.get(1)?);
+            Ok(ImageFormat::parse(&format).map(|f| (PersonId::from_stored(person), f)))
         })
-        .await
     }
 
     async fn gallery_page(&self, person: PersonId, offset: u64, limit: u64, from: ReadFrom) -> StoreResult<PageRead> {
@@ -462,21 +462,18 @@ impl<D: Driver> Uploads for SqlStore<D> {
                 return Ok(PageRead { page, source: ReadSource::Replica, position: None });
             }
         }
-        self.primary(move |s| {
-            Box::pin(async move {
-                let page = read_page(s, person, offset, limit).await?;
-                let position: Option<String> = match dialect::<D>().read_position() {
-                    Some(query) => first(s.query(query, &[]).await?).map(|r| r.get(0)).transpose()?.flatten(),
-                    None => None,
-                };
-                Ok(PageRead {
-                    page,
-                    source: ReadSource::Primary,
-                    position: position.and_then(|p| ReplicationPos::parse(&p)),
-                })
+        on_primary!(self, |s| {
+            let page = read_page(s, person, offset, limit).await?;
+            let position: Option<String> = match dialect::<D>().read_position() {
+                Some(query) => first(s.query(query, &[]).await?).map(|r| r.get(0)).transpose()?.flatten(),
+                None => None,
+            };
+            Ok(PageRead {
+                page,
+                source: ReadSource::Primary,
+                position: position.and_then(|p| ReplicationPos::parse(&p)),
             })
         })
-        .await
     }
 
     async fn delete_upload(
@@ -486,86 +483,74 @@ impl<D: Driver> Uploads for SqlStore<D> {
         person_hash: &str,
     ) -> StoreResult<Option<(Upload, WriteReceipt)>> {
         let person_hash = person_hash.to_owned();
-        self.primary(move |s| {
-            Box::pin(async move {
-                s.begin(Tx::Write).await?;
-                let deleted = async {
-                    let select = format!(
-                        "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ? AND person_id = ?{}",
-                        dialect::<D>().for_update()
-                    );
-                    let Some(row) = first(s.query(&select, args![id.get(), person.get()]).await?) else {
-                        return Ok(None);
-                    };
-                    let upload = upload_from(&row)?;
-                    s.exec("DELETE FROM uploads WHERE id = ?", args![id.get()]).await?;
-                    s.exec("DELETE FROM events WHERE upload_id = ?", args![id.get()]).await?;
-                    insert_event(s, now_millis(), EventKind::Deleted, id, Some(&person_hash), None).await?;
-                    Ok(Some(upload))
-                }
-                .await;
-                let Some(upload) = s.finish(deleted).await? else { return Ok(None) };
-                Ok(Some((upload, write_receipt(s).await?)))
-            })
+        on_primary!(self, |s| {
+            s.begin(Tx::Write).await?;
+            let deleted = async {
+                let select = format!(
+                    "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ? AND person_id = ?{}",
+                    dialect::<D>().for_update()
+                );
+                let Some(row) = first(s.query(&select, args![id.get(), person.get()]).await?) else {
+                    return Ok(None);
+                };
+                let upload = upload_from(&row)?;
+                s.exec("DELETE FROM uploads WHERE id = ?", args![id.get()]).await?;
+                s.exec("DELETE FROM events WHERE upload_id = ?", args![id.get()]).await?;
+                insert_event(s, now_millis(), EventKind::Deleted, id, Some(&person_hash), None).await?;
+                Ok(Some(upload))
+            }
+            .await;
+            let Some(upload) = s.finish(deleted).await? else { return Ok(None) };
+            Ok(Some((upload, write_receipt(s).await?)))
         })
-        .await
     }
 
     async fn person_usage(&self, person: PersonId) -> StoreResult<u64> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                let rows = s
-                    .query(
-                        "SELECT CAST(COALESCE(SUM(bytes + COALESCE(flipped_bytes, 0)), 0) AS SIGNED) FROM uploads \
-                         WHERE person_id = ?",
-                        args![person.get()],
-                    )
-                    .await?;
-                let n: Option<i64> = first(rows).map(|r| r.get(0)).transpose()?;
-                Ok(n.unwrap_or(0).max(0) as u64)
-            })
+        on_primary!(self, |s| {
+            let rows = s
+                .query(
+                    "SELECT CAST(COALESCE(SUM(bytes + COALESCE(flipped_bytes, 0)), 0) AS SIGNED) FROM uploads \
+                     WHERE person_id = ?",
+                    args![person.get()],
+                )
+                .await?;
+            let n: Option<i64> = first(rows).map(|r| r.get(0)).transpose()?;
+            Ok(n.unwrap_or(0).max(0) as u64)
         })
-        .await
     }
 
     async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>> {
         let (state, format, reason) = filter.params();
-        self.primary(move |s| {
-            Box::pin(async move {
-                // Binds state twice, format twice, the reason's LIKE pattern twice
-                // ('' for any) and the limit. The last column is the owner's e-mail.
-                let query = format!(
-                    "SELECT {UPLOAD_COLUMNS}, (SELECT p.email FROM people p WHERE p.id = uploads.person_id) FROM uploads \
-                     WHERE (? = '' OR state = ?) AND (? = '' OR format = ?) AND (? = '' OR failure_reason LIKE ? ESCAPE '!') \
-                     ORDER BY id DESC LIMIT ?"
-                );
-                let rows = s.query(&query, args![&state, &state, &format, &format, &reason, &reason, limit]).await?;
-                rows.iter()
-                    .map(|r| {
-                        let email: Option<String> = r.get(23)?;
-                        Ok((upload_from(r)?, email.map(|e| email_hash(&e)).unwrap_or_default()))
-                    })
-                    .collect()
-            })
+        on_primary!(self, |s| {
+            // Binds state twice, format twice, the reason's LIKE pattern twice
+            // ('' for any) and the limit. The last column is the owner's e-mail.
+            let query = format!(
+                "SELECT {UPLOAD_COLUMNS}, (SELECT p.email FROM people p WHERE p.id = uploads.person_id) FROM uploads \
+                 WHERE (? = '' OR state = ?) AND (? = '' OR format = ?) AND (? = '' OR failure_reason LIKE ? ESCAPE '!') \
+                 ORDER BY id DESC LIMIT ?"
+            );
+            let rows = s.query(&query, args![&state, &state, &format, &format, &reason, &reason, limit]).await?;
+            rows.iter()
+                .map(|r| {
+                    let email: Option<String> = r.get(23)?;
+                    Ok((upload_from(r)?, email.map(|e| email_hash(&e)).unwrap_or_default()))
+                })
+                .collect()
         })
-        .await
     }
 
     async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<HashSet<UploadId>> {
         let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
-        self.primary(move |s| {
-            Box::pin(async move {
-                let mut found = HashSet::new();
-                for chunk in ids.chunks(IN_LIST_CHUNK) {
-                    let marks = vec!["?"; chunk.len()].join(", ");
-                    let params: Vec<Value> = chunk.iter().map(|id| Value::Int(*id)).collect();
-                    let rows = s.query(&format!("SELECT id FROM uploads WHERE id IN ({marks})"), &params).await?;
-                    found.extend(upload_ids(rows)?);
-                }
-                Ok(found)
-            })
+        on_primary!(self, |s| {
+            let mut found = HashSet::new();
+            for chunk in ids.chunks(IN_LIST_CHUNK) {
+                let marks = vec!["?"; chunk.len()].join(", ");
+                let params: Vec<Value> = chunk.iter().map(|id| Value::Int(*id)).collect();
+                let rows = s.query(&format!("SELECT id FROM uploads WHERE id IN ({marks})"), &params).await?;
+                found.extend(upload_ids(rows)?);
+            }
+            Ok(found)
         })
-        .await
     }
 }
 
@@ -573,37 +558,31 @@ impl<D: Driver> Uploads for SqlStore<D> {
 impl<D: Driver> Jobs for SqlStore<D> {
     async fn claim(&self, id: UploadId, owner: &str, now: Millis, lease_until: Millis) -> StoreResult<Option<Upload>> {
         let owner = owner.to_owned();
-        self.transaction(Tx::Write, move |s| {
-            Box::pin(async move {
-                let update = format!(
-                    "UPDATE uploads SET state = 'processing', lease_owner = ?, lease_until = ?, \
-                     claims = claims + 1, updated_at = ? WHERE id = ? AND {CLAIMABLE_WHERE}"
-                );
-                if s.exec(&update, args![owner.as_str(), lease_until, now, id.get(), now, now]).await? == 0 {
-                    return Ok(None);
-                }
-                s.query(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), args![id.get()]).await.map(first)
-            })
-        })
-        .await?
+        in_transaction!(self, Tx::Write, |s| {
+            let update = format!(
+                "UPDATE uploads SET state = 'processing', lease_owner = ?, lease_until = ?, \
+                 claims = claims + 1, updated_at = ? WHERE id = ? AND {CLAIMABLE_WHERE}"
+            );
+            if s.exec(&update, args![owner.as_str(), lease_until, now, id.get(), now, now]).await? == 0 {
+                return Ok(None);
+            }
+            s.query(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?"), args![id.get()]).await.map(first)
+        })?
         .map(|r| upload_from(&r))
         .transpose()
     }
 
     async fn renew_lease(&self, id: UploadId, owner: &str, lease_until: Millis) -> StoreResult<bool> {
         let owner = owner.to_owned();
-        self.primary(move |s| {
-            Box::pin(async move {
-                let n = s
-                    .exec(
-                        "UPDATE uploads SET lease_until = ? WHERE id = ? AND state = 'processing' AND lease_owner = ?",
-                        args![lease_until, id.get(), owner.as_str()],
-                    )
-                    .await?;
-                Ok(n == 1)
-            })
+        on_primary!(self, |s| {
+            let n = s
+                .exec(
+                    "UPDATE uploads SET lease_until = ? WHERE id = ? AND state = 'processing' AND lease_owner = ?",
+                    args![lease_until, id.get(), owner.as_str()],
+                )
+                .await?;
+            Ok(n == 1)
         })
-        .await
     }
 
     async fn complete(
@@ -615,24 +594,21 @@ impl<D: Driver> Jobs for SqlStore<D> {
     ) -> StoreResult<Option<StateChange>> {
         let owner = owner.to_owned();
         let o = outcome.clone();
-        self.primary(move |s| {
-            Box::pin(async move {
-                let params = args![
-                    o.flipped_bytes,
-                    o.flipped_width,
-                    o.flipped_height,
-                    o.method.as_str(),
-                    o.thumb_width,
-                    o.thumb_height,
-                    now,
-                    now,
-                    id.get(),
-                    owner.as_str()
-                ];
-                change_state(s, COMPLETE, params, id, (EventKind::Done, Some(&o.method)), now).await
-            })
+        on_primary!(self, |s| {
+            let params = args![
+                o.flipped_bytes,
+                o.flipped_width,
+                o.flipped_height,
+                o.method.as_str(),
+                o.thumb_width,
+                o.thumb_height,
+                now,
+                now,
+                id.get(),
+                owner.as_str()
+            ];
+            change_state(s, COMPLETE, params, id, (EventKind::Done, Some(&o.method)), now).await
         })
-        .await
     }
 
     async fn fail_attempt(
@@ -645,44 +621,32 @@ impl<D: Driver> Jobs for SqlStore<D> {
     ) -> StoreResult<Option<StateChange>> {
         let owner = owner.to_owned();
         let reason = clip_reason(reason);
-        self.primary(move |s| {
-            Box::pin(async move {
-                let (update, params, kind): (_, &[Value], _) = match failure {
-                    Failure::RetryAt(at) => {
-                        (FAIL_RETRY, args![at, reason.as_str(), now, id.get(), owner.as_str()], EventKind::Retry)
-                    }
-                    Failure::Permanent => (
-                        FAIL_PERMANENT,
-                        args![now, reason.as_str(), now, now, id.get(), owner.as_str()],
-                        EventKind::Failed,
-                    ),
-                };
-                change_state(s, update, params, id, (kind, Some(&reason)), now).await
-            })
+        on_primary!(self, |s| {
+            let (update, params, kind): (_, &[Value], _) = match failure {
+                Failure::RetryAt(at) => {
+                    (FAIL_RETRY, args![at, reason.as_str(), now, id.get(), owner.as_str()], EventKind::Retry)
+                }
+                Failure::Permanent => {
+                    (FAIL_PERMANENT, args![now, reason.as_str(), now, now, id.get(), owner.as_str()], EventKind::Failed)
+                }
+            };
+            change_state(s, update, params, id, (kind, Some(&reason)), now).await
         })
-        .await
     }
 
     async fn give_up(&self, id: UploadId, reason: &str, now: Millis) -> StoreResult<Option<StateChange>> {
         let reason = clip_reason(reason);
-        self.primary(move |s| {
-            Box::pin(async move {
-                let params = args![reason.as_str(), now, now, id.get()];
-                change_state(s, GIVE_UP, params, id, (EventKind::Failed, Some(&reason)), now).await
-            })
+        on_primary!(self, |s| {
+            let params = args![reason.as_str(), now, now, id.get()];
+            change_state(s, GIVE_UP, params, id, (EventKind::Failed, Some(&reason)), now).await
         })
-        .await
     }
 
     async fn claimable(&self, now: Millis, limit: u32) -> StoreResult<Vec<UploadId>> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                let query =
-                    format!("SELECT id FROM uploads WHERE {CLAIMABLE_WHERE} ORDER BY next_attempt_at, id LIMIT ?");
-                upload_ids(s.query(&query, args![now, now, limit]).await?)
-            })
+        on_primary!(self, |s| {
+            let query = format!("SELECT id FROM uploads WHERE {CLAIMABLE_WHERE} ORDER BY next_attempt_at, id LIMIT ?");
+            upload_ids(s.query(&query, args![now, now, limit]).await?)
         })
-        .await
     }
 
     async fn unqueued(&self, now: Millis, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>> {
@@ -690,13 +654,10 @@ impl<D: Driver> Jobs for SqlStore<D> {
     }
 
     async fn mark_enqueued(&self, id: UploadId, now: Millis) -> StoreResult<()> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                s.exec("UPDATE uploads SET enqueued_at = ? WHERE id = ?", args![now, id.get()]).await?;
-                Ok(())
-            })
+        on_primary!(self, |s| {
+            s.exec("UPDATE uploads SET enqueued_at = ? WHERE id = ?", args![now, id.get()]).await?;
+            Ok(())
         })
-        .await
     }
 
     async fn unsent(&self, cutoff: Millis, limit: u32) -> StoreResult<Vec<UploadId>> {
@@ -708,87 +669,69 @@ impl<D: Driver> Jobs for SqlStore<D> {
     }
 
     async fn upload_stats(&self) -> StoreResult<UploadStats> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                let rows = s.query(UPLOAD_STATS, &[]).await?;
-                let rows = rows
-                    .iter()
-                    .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .collect::<StoreResult<Vec<(String, i64, Option<Millis>)>>>()?;
-                Ok(UploadStats::from_rows(rows))
-            })
+        on_primary!(self, |s| {
+            let rows = s.query(UPLOAD_STATS, &[]).await?;
+            let rows = rows
+                .iter()
+                .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .collect::<StoreResult<Vec<(String, i64, Option<Millis>)>>>()?;
+            Ok(UploadStats::from_rows(rows))
         })
-        .await
     }
 
     async fn recent_failures(&self, limit: u32) -> StoreResult<Vec<Upload>> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                let query = format!(
-                    "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?"
-                );
-                s.query(&query, args![limit]).await?.iter().map(upload_from).collect()
-            })
+        on_primary!(self, |s| {
+            let query = format!(
+                "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?"
+            );
+            s.query(&query, args![limit]).await?.iter().map(upload_from).collect()
         })
-        .await
     }
 
     async fn retry_upload(&self, id: UploadId, now: Millis) -> StoreResult<Option<StateChange>> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                change_state(s, RETRY_UPLOAD, args![now, now, now, id.get()], id, (EventKind::Retried, None), now).await
-            })
+        on_primary!(self, |s| {
+            change_state(s, RETRY_UPLOAD, args![now, now, now, id.get()], id, (EventKind::Retried, None), now).await
         })
-        .await
     }
 }
 
 #[async_trait]
 impl<D: Driver> Sessions for SqlStore<D> {
     async fn create_session(&self, session: NewSession, now: Millis) -> StoreResult<()> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                let n = &session;
-                s.exec(SESSION_INSERT, args![n.token_hash.0.as_str(), n.person_id.get(), now, n.expires_at, n.proven])
-                    .await?;
-                Ok(())
-            })
+        on_primary!(self, |s| {
+            let n = &session;
+            s.exec(SESSION_INSERT, args![n.token_hash.0.as_str(), n.person_id.get(), now, n.expires_at, n.proven])
+                .await?;
+            Ok(())
         })
-        .await
     }
 
     async fn session(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<SessionInfo>> {
         let hash = token_hash.0.clone();
-        self.primary(move |s| {
-            Box::pin(async move {
-                let rows = s
-                    .query(
-                        "SELECT s.person_id, p.email, s.expires_at, s.proven FROM sessions s \
-                         JOIN people p ON p.id = s.person_id WHERE s.token_hash = ? AND s.expires_at > ?",
-                        args![hash, now],
-                    )
-                    .await?;
-                let Some(r) = first(rows) else { return Ok(None) };
-                Ok(Some(SessionInfo {
-                    person_id: PersonId::from_stored(r.get(0)?),
-                    email: stored_email(&r.get::<String>(1)?)?,
-                    expires_at: r.get(2)?,
-                    proven: r.get(3)?,
-                }))
-            })
+        on_primary!(self, |s| {
+            let rows = s
+                .query(
+                    "SELECT s.person_id, p.email, s.expires_at, s.proven FROM sessions s \
+                     JOIN people p ON p.id = s.person_id WHERE s.token_hash = ? AND s.expires_at > ?",
+                    args![hash, now],
+                )
+                .await?;
+            let Some(r) = first(rows) else { return Ok(None) };
+            Ok(Some(SessionInfo {
+                person_id: PersonId::from_stored(r.get(0)?),
+                email: stored_email(&r.get::<String>(1)?)?,
+                expires_at: r.get(2)?,
+                proven: r.get(3)?,
+            }))
         })
-        .await
     }
 
     async fn delete_session(&self, token_hash: &TokenHash) -> StoreResult<()> {
         let hash = token_hash.0.clone();
-        self.primary(move |s| {
-            Box::pin(async move {
-                s.exec("DELETE FROM sessions WHERE token_hash = ?", args![hash]).await?;
-                Ok(())
-            })
+        on_primary!(self, |s| {
+            s.exec("DELETE FROM sessions WHERE token_hash = ?", args![hash]).await?;
+            Ok(())
         })
-        .await
     }
 
     async fn create_signin_token(
@@ -799,108 +742,92 @@ impl<D: Driver> Sessions for SqlStore<D> {
         now: Millis,
     ) -> StoreResult<()> {
         let hash = token_hash.0.clone();
-        self.primary(move |s| {
-            Box::pin(async move {
-                s.exec(
-                    "INSERT INTO signin_tokens (token_hash, person_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                    args![hash, person.get(), now, expires_at],
-                )
-                .await?;
-                Ok(())
-            })
+        on_primary!(self, |s| {
+            s.exec(
+                "INSERT INTO signin_tokens (token_hash, person_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                args![hash, person.get(), now, expires_at],
+            )
+            .await?;
+            Ok(())
         })
-        .await
     }
 
     async fn consume_signin_token(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<SigninOutcome> {
         let hash = token_hash.0.clone();
-        self.transaction(Tx::Write, move |s| {
-            Box::pin(async move {
-                let used = s
-                    .exec(
-                        "UPDATE signin_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL \
-                         AND expires_at > ?",
-                        args![now, &hash, now],
+        in_transaction!(self, Tx::Write, |s| {
+            let used = s
+                .exec(
+                    "UPDATE signin_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL \
+                     AND expires_at > ?",
+                    args![now, &hash, now],
+                )
+                .await?;
+            if used == 1 {
+                let rows = s
+                    .query(
+                        "SELECT p.id, p.email, p.created_at FROM signin_tokens t \
+                         JOIN people p ON p.id = t.person_id WHERE t.token_hash = ?",
+                        args![&hash],
                     )
                     .await?;
-                if used == 1 {
-                    let rows = s
-                        .query(
-                            "SELECT p.id, p.email, p.created_at FROM signin_tokens t \
-                             JOIN people p ON p.id = t.person_id WHERE t.token_hash = ?",
-                            args![&hash],
-                        )
-                        .await?;
-                    let r = first(rows).ok_or_else(|| StoreError::Corrupt("sign-in link without a person".into()))?;
-                    let (id, email, created_at): (i64, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-                    let email = stored_email(&email)?;
-                    // The first link used proves the address: the sessions
-                    // that never proved it end in the same transaction.
-                    let verified = s
-                        .exec("UPDATE people SET verified_at = ? WHERE id = ? AND verified_at IS NULL", args![now, id])
-                        .await?;
-                    if verified == 1 {
-                        s.exec("DELETE FROM sessions WHERE person_id = ? AND proven = 0", args![id]).await?;
-                    }
-                    return Ok(SigninOutcome::SignedIn(Person { id: PersonId::from_stored(id), email, created_at }));
+                let r = first(rows).ok_or_else(|| StoreError::Corrupt("sign-in link without a person".into()))?;
+                let (id, email, created_at): (i64, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                let email = stored_email(&email)?;
+                // The first link used proves the address: the sessions
+                // that never proved it end in the same transaction.
+                let verified = s
+                    .exec("UPDATE people SET verified_at = ? WHERE id = ? AND verified_at IS NULL", args![now, id])
+                    .await?;
+                if verified == 1 {
+                    s.exec("DELETE FROM sessions WHERE person_id = ? AND proven = 0", args![id]).await?;
                 }
-                let rows = s.query("SELECT used_at FROM signin_tokens WHERE token_hash = ?", args![&hash]).await?;
-                Ok(match first(rows).map(|r| r.get::<Option<i64>>(0)).transpose()? {
-                    None => SigninOutcome::Unknown,
-                    Some(Some(_)) => SigninOutcome::AlreadyUsed,
-                    Some(None) => SigninOutcome::Expired,
-                })
+                return Ok(SigninOutcome::SignedIn(Person { id: PersonId::from_stored(id), email, created_at }));
+            }
+            let rows = s.query("SELECT used_at FROM signin_tokens WHERE token_hash = ?", args![&hash]).await?;
+            Ok(match first(rows).map(|r| r.get::<Option<i64>>(0)).transpose()? {
+                None => SigninOutcome::Unknown,
+                Some(Some(_)) => SigninOutcome::AlreadyUsed,
+                Some(None) => SigninOutcome::Expired,
             })
         })
-        .await
     }
 
     async fn signin_token_email(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<Email>> {
         let hash = token_hash.0.clone();
-        self.primary(move |s| {
-            Box::pin(async move {
-                let rows = s
-                    .query(
-                        "SELECT p.email FROM signin_tokens t JOIN people p ON p.id = t.person_id \
-                         WHERE t.token_hash = ? AND t.used_at IS NULL AND t.expires_at > ?",
-                        args![hash, now],
-                    )
-                    .await?;
-                first(rows).map(|r| stored_email(&r.get::<String>(0)?)).transpose()
-            })
+        on_primary!(self, |s| {
+            let rows = s
+                .query(
+                    "SELECT p.email FROM signin_tokens t JOIN people p ON p.id = t.person_id \
+                     WHERE t.token_hash = ? AND t.used_at IS NULL AND t.expires_at > ?",
+                    args![hash, now],
+                )
+                .await?;
+            first(rows).map(|r| stored_email(&r.get::<String>(0)?)).transpose()
         })
-        .await
     }
 
     async fn delete_other_sessions(&self, person: PersonId, keep: &TokenHash) -> StoreResult<Vec<TokenHash>> {
         let keep = keep.0.clone();
-        self.transaction(Tx::Write, move |s| {
-            Box::pin(async move {
-                let rows = s
-                    .query(
-                        "SELECT token_hash FROM sessions WHERE person_id = ? AND token_hash <> ?",
-                        args![person.get(), &keep],
-                    )
-                    .await?;
-                s.exec("DELETE FROM sessions WHERE person_id = ? AND token_hash <> ?", args![person.get(), &keep])
-                    .await?;
-                rows.iter().map(|r| Ok(TokenHash(r.get(0)?))).collect()
-            })
+        in_transaction!(self, Tx::Write, |s| {
+            let rows = s
+                .query(
+                    "SELECT token_hash FROM sessions WHERE person_id = ? AND token_hash <> ?",
+                    args![person.get(), &keep],
+                )
+                .await?;
+            s.exec("DELETE FROM sessions WHERE person_id = ? AND token_hash <> ?", args![person.get(), &keep]).await?;
+            rows.iter().map(|r| Ok(TokenHash(r.get(0)?))).collect()
         })
-        .await
     }
 
     async fn purge_expired(&self, now: Millis) -> StoreResult<u64> {
-        self.transaction(Tx::Write, move |s| {
-            Box::pin(async move {
-                let mut n = 0;
-                for (statement, before) in PURGES {
-                    n += s.exec(statement, args![now - before]).await?;
-                }
-                Ok(n)
-            })
+        in_transaction!(self, Tx::Write, |s| {
+            let mut n = 0;
+            for (statement, before) in PURGES {
+                n += s.exec(statement, args![now - before]).await?;
+            }
+            Ok(n)
         })
-        .await
     }
 }
 
@@ -908,35 +835,26 @@ impl<D: Driver> Sessions for SqlStore<D> {
 impl<D: Driver> Settings for SqlStore<D> {
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
         let key = key.to_owned();
-        self.primary(move |s| {
-            Box::pin(async move { first(s.query(SETTING_SELECT, args![key]).await?).map(|r| r.get(0)).transpose() })
-        })
-        .await
+        on_primary!(self, |s| first(s.query(SETTING_SELECT, args![key]).await?).map(|r| r.get(0)).transpose())
     }
 
     async fn set_setting(&self, key: &str, value: &str, now: Millis) -> StoreResult<()> {
         let (key, value) = (key.to_owned(), value.to_owned());
-        self.primary(move |s| {
-            Box::pin(async move {
-                let upsert = dialect::<D>().upsert(SETTING_INSERT, "setting_key", &["setting_value", "updated_at"]);
-                s.exec(&upsert, args![key, value, now]).await?;
-                Ok(())
-            })
+        on_primary!(self, |s| {
+            let upsert = dialect::<D>().upsert(SETTING_INSERT, "setting_key", &["setting_value", "updated_at"]);
+            s.exec(&upsert, args![key, value, now]).await?;
+            Ok(())
         })
-        .await
     }
 
     async fn setting_or_init(&self, key: &str, value: &str, now: Millis) -> StoreResult<String> {
         let (key, value) = (key.to_owned(), value.to_owned());
-        self.transaction(Tx::Write, move |s| {
-            Box::pin(async move {
-                let insert = dialect::<D>().insert_unless_present(SETTING_INSERT, "setting_key");
-                s.exec(&insert, args![&key, value, now]).await?;
-                let stored = first(s.query(SETTING_SELECT, args![&key]).await?);
-                stored.ok_or_else(|| StoreError::Corrupt(format!("setting {key} vanished")))?.get(0)
-            })
+        in_transaction!(self, Tx::Write, |s| {
+            let insert = dialect::<D>().insert_unless_present(SETTING_INSERT, "setting_key");
+            s.exec(&insert, args![&key, value, now]).await?;
+            let stored = first(s.query(SETTING_SELECT, args![&key]).await?);
+            stored.ok_or_else(|| StoreError::Corrupt(format!("setting {key} vanished")))?.get(0)
         })
-        .await
     }
 }
 
@@ -944,140 +862,116 @@ impl<D: Driver> Settings for SqlStore<D> {
 impl<D: Driver> Workers for SqlStore<D> {
     async fn worker_heartbeat(&self, worker: &WorkerInfo) -> StoreResult<()> {
         let w = worker.clone();
-        self.primary(move |s| {
-            Box::pin(async move {
-                let upsert = dialect::<D>().upsert(
-                    &format!("INSERT INTO workers ({WORKER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
-                    "id",
-                    &["heartbeat_at", "status", "current_upload", "jobs_done"],
-                );
-                let params = args![
-                    w.id.as_str(),
-                    w.host.as_str(),
-                    w.pid,
-                    w.started_at,
-                    w.heartbeat_at,
-                    w.status.as_str(),
-                    w.current_upload.map(|u| u.get()),
-                    w.jobs_done
-                ];
-                s.exec(&upsert, params).await?;
-                Ok(())
-            })
+        on_primary!(self, |s| {
+            let upsert = dialect::<D>().upsert(
+                &format!("INSERT INTO workers ({WORKER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+                "id",
+                &["heartbeat_at", "status", "current_upload", "jobs_done"],
+            );
+            let params = args![
+                w.id.as_str(),
+                w.host.as_str(),
+                w.pid,
+                w.started_at,
+                w.heartbeat_at,
+                w.status.as_str(),
+                w.current_upload.map(|u| u.get()),
+                w.jobs_done
+            ];
+            s.exec(&upsert, params).await?;
+            Ok(())
         })
-        .await
     }
 
     async fn remove_worker(&self, id: &str) -> StoreResult<()> {
         let id = id.to_owned();
-        self.primary(move |s| {
-            Box::pin(async move {
-                s.exec("DELETE FROM workers WHERE id = ?", args![id]).await?;
-                Ok(())
-            })
+        on_primary!(self, |s| {
+            s.exec("DELETE FROM workers WHERE id = ?", args![id]).await?;
+            Ok(())
         })
-        .await
     }
 
     async fn workers(&self) -> StoreResult<Vec<WorkerInfo>> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                let query = format!("SELECT {WORKER_COLUMNS} FROM workers ORDER BY started_at");
-                s.query(&query, &[]).await?.iter().map(worker_from).collect()
-            })
+        on_primary!(self, |s| {
+            let query = format!("SELECT {WORKER_COLUMNS} FROM workers ORDER BY started_at");
+            s.query(&query, &[]).await?.iter().map(worker_from).collect()
         })
-        .await
     }
 }
 
 #[async_trait]
 impl<D: Driver> Events for SqlStore<D> {
     async fn events_since(&self, after_id: i64, limit: u32) -> StoreResult<Vec<Event>> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                let query = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?");
-                s.query(&query, args![after_id, limit]).await?.iter().map(event_from).collect()
-            })
+        on_primary!(self, |s| {
+            let query = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?");
+            s.query(&query, args![after_id, limit]).await?.iter().map(event_from).collect()
         })
-        .await
     }
 
     async fn events_for_upload(&self, id: UploadId) -> StoreResult<Vec<Event>> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                let query = format!("SELECT {EVENT_COLUMNS} FROM events WHERE upload_id = ? ORDER BY id");
-                s.query(&query, args![id.get()]).await?.iter().map(event_from).collect()
-            })
+        on_primary!(self, |s| {
+            let query = format!("SELECT {EVENT_COLUMNS} FROM events WHERE upload_id = ? ORDER BY id");
+            s.query(&query, args![id.get()]).await?.iter().map(event_from).collect()
         })
-        .await
     }
 }
 
 #[async_trait]
 impl<D: Driver> DumpRestore for SqlStore<D> {
     async fn dump_rows(&self, out: mpsc::Sender<DumpRow>) -> StoreResult<u64> {
-        self.transaction(Tx::Snapshot, move |s| {
-            Box::pin(async move {
-                let mut count = 0;
-                for table in TABLES {
-                    let mut make = |columns: &[String], row: Row| {
-                        Ok((*table, columns.to_vec(), dump_values(dialect::<D>(), table, columns, row)?))
-                    };
-                    let query = format!("SELECT * FROM {table} ORDER BY 1");
-                    count += s.stream_into(&query, RowSink::new(&out, &mut make)).await?;
-                }
-                Ok(count)
-            })
+        in_transaction!(self, Tx::Snapshot, |s| {
+            let mut count = 0;
+            for table in TABLES {
+                let mut make = |columns: &[String], row: Row| {
+                    Ok((*table, columns.to_vec(), dump_values(dialect::<D>(), table, columns, row)?))
+                };
+                let query = format!("SELECT * FROM {table} ORDER BY 1");
+                count += s.stream_into(&query, RowSink::new(&out, &mut make)).await?;
+            }
+            Ok(count)
         })
-        .await
     }
 
     async fn row_count(&self) -> StoreResult<u64> {
-        self.primary(move |s| {
-            Box::pin(async move {
-                let mut total = 0u64;
-                for table in TABLES {
-                    let n: Option<i64> = first(s.query(&format!("SELECT COUNT(*) FROM {table}"), &[]).await?)
-                        .map(|r| r.get(0))
-                        .transpose()?;
-                    total += n.unwrap_or(0) as u64;
-                }
-                Ok(total)
-            })
+        on_primary!(self, |s| {
+            let mut total = 0u64;
+            for table in TABLES {
+                let n: Option<i64> = first(s.query(&format!("SELECT COUNT(*) FROM {table}"), &[]).await?)
+                    .map(|r| r.get(0))
+                    .transpose()?;
+                total += n.unwrap_or(0) as u64;
+            }
+            Ok(total)
         })
-        .await
     }
 
     async fn restore_rows(&self, rows: Vec<DumpRow>, replace: bool) -> StoreResult<u64> {
-        self.transaction(Tx::Write, move |s| {
-            Box::pin(async move {
-                if replace {
-                    for table in TABLES {
-                        s.exec(&format!("DELETE FROM {table}"), &[]).await?;
-                    }
-                }
-                let mut known = HashMap::new();
+        in_transaction!(self, Tx::Write, |s| {
+            if replace {
                 for table in TABLES {
-                    known.insert(*table, s.columns(&format!("SELECT * FROM {table} LIMIT 0")).await?);
+                    s.exec(&format!("DELETE FROM {table}"), &[]).await?;
                 }
-                let mut n = 0u64;
-                for (table, columns, values) in rows {
-                    let insert = dump::checked_insert(table, &columns, &known)?;
-                    let params: Vec<Value> = values
-                        .into_iter()
-                        .map(|v| match v {
-                            SqlValue::Null => Value::Null,
-                            SqlValue::Int(i) => Value::Int(i),
-                            SqlValue::Text(t) => Value::Text(t),
-                        })
-                        .collect();
-                    s.exec(&insert, &params).await?;
-                    n += 1;
-                }
-                Ok(n)
-            })
+            }
+            let mut known = HashMap::new();
+            for table in TABLES {
+                known.insert(*table, s.columns(&format!("SELECT * FROM {table} LIMIT 0")).await?);
+            }
+            let mut n = 0u64;
+            for (table, columns, values) in rows {
+                let insert = dump::checked_insert(table, &columns, &known)?;
+                let params: Vec<Value> = values
+                    .into_iter()
+                    .map(|v| match v {
+                        SqlValue::Null => Value::Null,
+                        SqlValue::Int(i) => Value::Int(i),
+                        SqlValue::Text(t) => Value::Text(t),
+                    })
+                    .collect();
+                s.exec(&insert, &params).await?;
+                n += 1;
+            }
+            Ok(n)
         })
-        .await
     }
 }
 
