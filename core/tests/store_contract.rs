@@ -1,22 +1,50 @@
 //! The store's contract, the same on both back ends: each check runs on
 //! SQLite (always) and on MariaDB (`mariadb_*`: the mariadb tier, which the
 //! default nextest profile skips; scripts/test.sh runs it). The checks pin the
-//! places where the two back ends once drifted apart.
+//! places where the two back ends once drifted apart: a permanent failure's
+//! `next_attempt_at`, `upload_stats` from one snapshot, `purge_expired` as one
+//! transaction.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use flipstack_core::domain::{DisplayName, Email, EventKind, ImageFormat, PersonId, UploadId, UploadState, now_millis};
+use flipstack_core::domain::{
+    DisplayName, Email, EventKind, ImageFormat, PersonId, TokenHash, UploadId, UploadState, WorkerStatus, now_millis,
+};
 use flipstack_core::metrics::Metrics;
-use flipstack_core::store::{self, AcceptUpload, Failure, MetadataStore, NewOwner, NewUpload, UploadFilter};
+use flipstack_core::store::{
+    self, AcceptUpload, Failure, FlipOutcome, MetadataStore, NewOwner, NewSession, NewUpload, UploadFilter, WorkerInfo,
+};
 
-async fn sqlite() -> (Arc<dyn MetadataStore>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("flipstack.sqlite").display());
-    (open(&url).await, dir)
+/// The database beneath a store, for what a check must do behind its back.
+enum Raw {
+    Sqlite(std::path::PathBuf),
+    MariaDb(String),
 }
 
-async fn mariadb() -> Arc<dyn MetadataStore> {
+impl Raw {
+    /// Runs `sqlite` or `mariadb`, whichever this database speaks.
+    async fn execute(&self, sqlite: &str, mariadb: &str) {
+        match self {
+            Raw::Sqlite(path) => rusqlite::Connection::open(path).unwrap().execute_batch(sqlite).unwrap(),
+            Raw::MariaDb(url) => {
+                use mysql_async::prelude::Queryable;
+                let pool = mysql_async::Pool::new(url.as_str());
+                pool.get_conn().await.unwrap().query_drop(mariadb).await.unwrap();
+                pool.disconnect().await.ok();
+            }
+        }
+    }
+}
+
+async fn sqlite() -> (Arc<dyn MetadataStore>, Raw, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flipstack.sqlite");
+    let store = open(&format!("sqlite://{}", path.display())).await;
+    (store, Raw::Sqlite(path), dir)
+}
+
+async fn mariadb() -> (Arc<dyn MetadataStore>, Raw) {
     use mysql_async::prelude::Queryable;
     let primary = std::env::var("FLIPSTACK_TEST_MYSQL_PRIMARY").expect(
         "FLIPSTACK_TEST_MYSQL_PRIMARY is not set: the mariadb tier needs scripts/services.sh (scripts/test.sh)",
@@ -27,7 +55,8 @@ async fn mariadb() -> Arc<dyn MetadataStore> {
     conn.query_drop(format!("CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")).await.unwrap();
     drop(conn);
     pool.disconnect().await.ok();
-    open(&format!("{primary}/{name}")).await
+    let url = format!("{primary}/{name}");
+    (open(&url).await, Raw::MariaDb(url))
 }
 
 async fn open(url: &str) -> Arc<dyn MetadataStore> {
@@ -68,7 +97,7 @@ async fn accepted_upload(store: &dyn MetadataStore, now: i64) -> UploadId {
 
 /// A permanent failure ends the job at the failure's time: `next_attempt_at`
 /// is that time on both back ends (MariaDB once left it where it was).
-async fn a_permanent_failure_sets_next_attempt_to_the_failure_time(store: &dyn MetadataStore) {
+async fn a_permanent_failure_sets_next_attempt_to_the_failure_time(store: &dyn MetadataStore, _raw: &Raw) {
     let now = now_millis();
     let id = claimed_upload(store, "w1", now).await;
     let failed_at = now + 5_000;
@@ -81,7 +110,7 @@ async fn a_permanent_failure_sets_next_attempt_to_the_failure_time(store: &dyn M
 }
 
 /// Counts by state and the oldest unfinished upload come from one read.
-async fn upload_stats_count_states_and_the_oldest_unfinished(store: &dyn MetadataStore) {
+async fn upload_stats_count_states_and_the_oldest_unfinished(store: &dyn MetadataStore, _raw: &Raw) {
     let now = now_millis();
     let first = claimed_upload(store, "w1", now).await;
     let _second = claimed_upload(store, "w1", now + 1_000).await;
@@ -93,7 +122,7 @@ async fn upload_stats_count_states_and_the_oldest_unfinished(store: &dyn Metadat
 }
 
 /// Expired rows go, live ones stay, and the count says how many went.
-async fn purge_expired_removes_only_what_expired(store: &dyn MetadataStore) {
+async fn purge_expired_removes_only_what_expired(store: &dyn MetadataStore, _raw: &Raw) {
     let now = now_millis();
     let id = claimed_upload(store, "w1", now - 8 * 86_400_000).await;
     store.fail_attempt(id, "w1", "old", Failure::Permanent, now - 8 * 86_400_000).await.unwrap();
@@ -107,7 +136,7 @@ async fn purge_expired_removes_only_what_expired(store: &dyn MetadataStore) {
 
 /// An operator's retry sets a failed upload back to pending from zero, with
 /// a `retried` event; anything not failed is left alone.
-async fn a_retry_sets_a_failed_upload_back_to_pending_once(store: &dyn MetadataStore) {
+async fn a_retry_sets_a_failed_upload_back_to_pending_once(store: &dyn MetadataStore, _raw: &Raw) {
     let now = now_millis();
     let id = claimed_upload(store, "w1", now).await;
     assert!(store.retry_upload(id, now + 1).await.unwrap().is_none(), "a processing upload is not retried");
@@ -125,7 +154,7 @@ async fn a_retry_sets_a_failed_upload_back_to_pending_once(store: &dyn MetadataS
 }
 
 /// Unsent: pending, never confirmed sent, never claimed, older than the cut-off.
-async fn unsent_jobs_are_the_unconfirmed_unclaimed_ones(store: &dyn MetadataStore) {
+async fn unsent_jobs_are_the_unconfirmed_unclaimed_ones(store: &dyn MetadataStore, _raw: &Raw) {
     let now = now_millis();
     let waiting = accepted_upload(store, now - 10_000).await;
     let sent = accepted_upload(store, now - 10_000).await;
@@ -138,7 +167,7 @@ async fn unsent_jobs_are_the_unconfirmed_unclaimed_ones(store: &dyn MetadataStor
 
 /// The operator's listing: filters by state, format and part of the reason,
 /// taking the reason's `%` and `_` literally; each row with its owner's hash.
-async fn find_uploads_filters_and_takes_the_reason_literally(store: &dyn MetadataStore) {
+async fn find_uploads_filters_and_takes_the_reason_literally(store: &dyn MetadataStore, _raw: &Raw) {
     let now = now_millis();
     let literal = claimed_upload(store, "w1", now).await;
     store.fail_attempt(literal, "w1", "50%_off", Failure::Permanent, now).await.unwrap();
@@ -160,19 +189,95 @@ async fn find_uploads_filters_and_takes_the_reason_literally(store: &dyn Metadat
     assert!(store.find_uploads(&gif, 10).await.unwrap().is_empty());
 }
 
+/// Purging is one transaction: when one of its deletes fails, none of them
+/// happened (MariaDB once ran them one by one, each committed on its own).
+async fn purge_expired_is_one_transaction(store: &dyn MetadataStore, raw: &Raw) {
+    let now = now_millis();
+    let id = accepted_upload(store, now).await;
+    let person = store.upload(id).await.unwrap().unwrap().person_id;
+    let token = TokenHash("contract-expired-session".into());
+    let session = NewSession { token_hash: token.clone(), person_id: person, expires_at: now - 1_000, proven: false };
+    store.create_session(session, now - 2_000).await.unwrap();
+    let silent = WorkerInfo {
+        id: "silent-worker".into(),
+        host: "h".into(),
+        pid: 1,
+        started_at: now - 3_600_000,
+        heartbeat_at: now - 3_600_000,
+        status: WorkerStatus::Idle,
+        current_upload: None,
+        jobs_done: 0,
+    };
+    store.worker_heartbeat(&silent).await.unwrap();
+    // The last delete (silent workers) fails, after the sessions' delete ran.
+    raw.execute(
+        "CREATE TRIGGER purge_fails BEFORE DELETE ON workers BEGIN SELECT RAISE(ABORT, 'purge cut short'); END",
+        "CREATE TRIGGER purge_fails BEFORE DELETE ON workers FOR EACH ROW \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'purge cut short'",
+    )
+    .await;
+    assert!(store.purge_expired(now).await.is_err(), "the trigger stops the purge");
+    assert!(
+        store.session(&token, now - 2_000).await.unwrap().is_some(),
+        "the expired session's delete was rolled back"
+    );
+    raw.execute("DROP TRIGGER purge_fails", "DROP TRIGGER purge_fails").await;
+    assert!(store.purge_expired(now).await.unwrap() >= 2, "the session and the worker go");
+    assert!(store.session(&token, now - 2_000).await.unwrap().is_none());
+}
+
+/// The counts by state and the oldest unfinished upload come from one
+/// snapshot: read while jobs finish oldest first, the count always says which
+/// upload is the oldest left (MariaDB once read them with two statements,
+/// between which a job could finish).
+async fn upload_stats_read_one_snapshot_while_jobs_finish(store: &dyn MetadataStore, _raw: &Raw) {
+    const JOBS: i64 = 40;
+    let now = now_millis();
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        ids.push(claimed_upload(store, "w1", now + i).await);
+    }
+    let outcome = FlipOutcome {
+        flipped_bytes: 10,
+        flipped_width: 2,
+        flipped_height: 2,
+        method: "pixels".into(),
+        thumb_width: None,
+        thumb_height: None,
+    };
+    let finishing = async {
+        for id in &ids {
+            store.complete(*id, "w1", &outcome, now_millis()).await.unwrap().unwrap();
+        }
+    };
+    let reading = async {
+        loop {
+            let stats = store.upload_stats().await.unwrap();
+            let left = stats.unfinished() as i64;
+            let oldest = (left > 0).then(|| now + JOBS - left);
+            assert_eq!(stats.oldest_unfinished_at, oldest, "{left} left, but {stats:?}");
+            if left == 0 {
+                break;
+            }
+        }
+    };
+    tokio::join!(finishing, reading);
+}
+
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
         mod sqlite {
-            $(#[tokio::test]
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                let (store, _dir) = super::sqlite().await;
-                super::$check(store.as_ref()).await
+                let (store, raw, _dir) = super::sqlite().await;
+                super::$check(store.as_ref(), &raw).await
             })*
         }
         mod mariadb {
-            $(#[tokio::test]
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                super::$check(super::mariadb().await.as_ref()).await
+                let (store, raw) = super::mariadb().await;
+                super::$check(store.as_ref(), &raw).await
             })*
         }
     };
@@ -185,4 +290,6 @@ contract!(
     a_retry_sets_a_failed_upload_back_to_pending_once,
     unsent_jobs_are_the_unconfirmed_unclaimed_ones,
     find_uploads_filters_and_takes_the_reason_literally,
+    purge_expired_is_one_transaction,
+    upload_stats_read_one_snapshot_while_jobs_finish,
 );

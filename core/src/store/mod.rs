@@ -1,12 +1,17 @@
 //! The metadata store port: people, uploads (which are also the job queue's
 //! source of truth), sessions, sign-in links, settings, workers and events.
 //!
-//! Adapters: [`sqlite`] (embedded default) and [`mysql`] (a MySQL/MariaDB
-//! primary with read replicas). Both run the same migrations (`core/migrations`).
+//! One implementation, `sql::SqlStore`: every statement and the job state
+//! machine, over a thin driver (`driver`) for [`sqlite`] (embedded default) or
+//! [`mysql`] (a MariaDB primary with read replicas); where their SQL differs is
+//! named in `dialect`. Both run the same migrations (`core/migrations`).
 
+mod dialect;
+pub(crate) mod driver;
 pub mod dump;
 pub mod mysql;
 pub mod position;
+mod sql;
 pub mod sqlite;
 
 pub use crate::domain::{EventKind, StoreBackend, WorkerStatus};
@@ -85,6 +90,18 @@ impl StoreError {
     /// The migrations failed.
     pub fn migration(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
         StoreError::Migration { message: e.to_string(), source: cause(e) }
+    }
+
+    /// The driver's error beneath this one, when it is an `E`.
+    pub(crate) fn driver_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<E>() {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
     }
 
     /// Whether the caller can retry: the database did not answer or refused.
@@ -278,7 +295,7 @@ pub struct UploadStats {
 }
 
 impl UploadStats {
-    /// From the rows of [`sql::UPLOAD_STATS`]: (state, count, oldest unfinished in that state).
+    /// From the rows of the stats query: (state, count, oldest unfinished in that state).
     pub(crate) fn from_rows(rows: Vec<(String, i64, Option<Millis>)>) -> UploadStats {
         let mut stats = UploadStats::default();
         for (state, n, oldest) in rows {
@@ -298,7 +315,7 @@ impl UploadStats {
     }
 }
 
-/// A fleet-wide duty held by one process at a time (see [`MetadataStore::try_lead`]).
+/// A fleet-wide duty held by one process at a time (see [`Jobs::try_lead`]).
 #[async_trait]
 pub trait Leadership: Send + Sync {
     /// False once the lock is lost (its connection dropped, the primary
@@ -319,7 +336,7 @@ pub struct UploadFilter {
 }
 
 impl UploadFilter {
-    /// The parameters of `sql::find_uploads`, in order.
+    /// The state, format and LIKE pattern of the reason that `find_uploads` binds.
     pub(crate) fn params(&self) -> (String, String, String) {
         let reason = if self.reason.is_empty() {
             String::new()
@@ -364,11 +381,9 @@ pub enum SqlValue {
 
 pub type DumpRow = (&'static str, Vec<String>, Vec<SqlValue>);
 
+/// People, their uploads and galleries.
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
-    fn backend(&self) -> StoreBackend;
-
-    // People and uploads.
+pub trait Uploads: Send + Sync + 'static {
     async fn person_by_email(&self, email: &Email) -> StoreResult<Option<Person>>;
     async fn accept_upload(&self, accept: AcceptUpload) -> StoreResult<WriteReceipt>;
     async fn upload(&self, id: UploadId) -> StoreResult<Option<Upload>>;
@@ -382,8 +397,17 @@ pub trait MetadataStore: Send + Sync + 'static {
         person: PersonId,
         person_hash: &str,
     ) -> StoreResult<Option<(Upload, WriteReceipt)>>;
+    /// Bytes a person's pictures take in the blob store (originals and flips).
+    async fn person_usage(&self, person: PersonId) -> StoreResult<u64>;
+    /// The newest uploads that match, each with its owner's hashed e-mail.
+    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>>;
+    /// Which of `ids` have an upload row, read on the primary.
+    async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<std::collections::HashSet<UploadId>>;
+}
 
-    // The job life cycle; every change is conditional, so a job delivered twice is done once.
+/// The job life cycle; every change is conditional, so a job delivered twice is done once.
+#[async_trait]
+pub trait Jobs: Send + Sync + 'static {
     /// Takes the job when it is due (pending) or its worker's lease ran out.
     async fn claim(&self, id: UploadId, owner: &str, now: Millis, lease_until: Millis) -> StoreResult<Option<Upload>>;
     async fn renew_lease(&self, id: UploadId, owner: &str, lease_until: Millis) -> StoreResult<bool>;
@@ -424,10 +448,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// attempts counted from zero (a `retried` event records it). None when it
     /// is not failed (already retried, done, or gone).
     async fn retry_upload(&self, id: UploadId, now: Millis) -> StoreResult<Option<StateChange>>;
-    /// The newest uploads that match, each with its owner's hashed e-mail.
-    async fn find_uploads(&self, filter: &UploadFilter, limit: u32) -> StoreResult<Vec<(Upload, String)>>;
+}
 
-    // Sessions and sign-in links.
+/// Sessions and sign-in links.
+#[async_trait]
+pub trait Sessions: Send + Sync + 'static {
     async fn create_session(&self, session: NewSession, now: Millis) -> StoreResult<()>;
     async fn session(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<SessionInfo>>;
     async fn delete_session(&self, token_hash: &TokenHash) -> StoreResult<()>;
@@ -446,39 +471,54 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn signin_token_email(&self, token_hash: &TokenHash, now: Millis) -> StoreResult<Option<Email>>;
     /// Ends every session of a person but `keep`; returns the ended ones (for the cache).
     async fn delete_other_sessions(&self, person: PersonId, keep: &TokenHash) -> StoreResult<Vec<TokenHash>>;
-    /// Bytes a person's pictures take in the blob store (originals and flips).
-    async fn person_usage(&self, person: PersonId) -> StoreResult<u64>;
     /// Deletes expired sessions and sign-in links; returns how many went.
     async fn purge_expired(&self, now: Millis) -> StoreResult<u64>;
+}
 
-    // Settings shared by every instance (uploads blocked, the cookie secret).
+/// Settings shared by every instance (uploads blocked, workers paused, the cookie secret).
+#[async_trait]
+pub trait Settings: Send + Sync + 'static {
     async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
     async fn set_setting(&self, key: &str, value: &str, now: Millis) -> StoreResult<()>;
     /// Stores `value` unless the key has one; returns the stored value.
     async fn setting_or_init(&self, key: &str, value: &str, now: Millis) -> StoreResult<String>;
+}
 
-    // Workers and events.
+/// The workers' heartbeats, for the operator's view.
+#[async_trait]
+pub trait Workers: Send + Sync + 'static {
     async fn worker_heartbeat(&self, worker: &WorkerInfo) -> StoreResult<()>;
     async fn remove_worker(&self, id: &str) -> StoreResult<()>;
     async fn workers(&self) -> StoreResult<Vec<WorkerInfo>>;
+}
+
+/// What happened to uploads, in order (the event tail, the operator's view).
+#[async_trait]
+pub trait Events: Send + Sync + 'static {
     async fn events_since(&self, after_id: i64, limit: u32) -> StoreResult<Vec<Event>>;
     async fn events_for_upload(&self, id: UploadId) -> StoreResult<Vec<Event>>;
+}
 
-    // Dump and restore.
+/// `flipstack db dump` and its restore.
+#[async_trait]
+pub trait DumpRestore: Send + Sync + 'static {
     /// Streams every row of [`TABLES`] from one consistent snapshot.
     async fn dump_rows(&self, out: tokio::sync::mpsc::Sender<DumpRow>) -> StoreResult<u64>;
     async fn row_count(&self) -> StoreResult<u64>;
     /// Writes rows into the tables (emptying them first when `replace`), in one transaction.
     async fn restore_rows(&self, rows: Vec<DumpRow>, replace: bool) -> StoreResult<u64>;
+}
 
+/// The whole metadata store: every role, on one database (`sql::SqlStore` over
+/// SQLite or MariaDB). Callers hold `Arc<dyn MetadataStore>`; a role's
+/// methods are callable on it without naming the role.
+#[async_trait]
+pub trait MetadataStore: Uploads + Jobs + Sessions + Settings + Workers + Events + DumpRestore {
+    fn backend(&self) -> StoreBackend;
     /// Is the primary answering?
     async fn ping(&self) -> StoreResult<()>;
     /// How far behind the primary each replica is, in milliseconds (None when unknown or down).
     async fn replica_lag(&self) -> Vec<(String, Option<u64>)>;
-
-    // The orphan sweep of the blob store (issue 11).
-    /// Which of `ids` have an upload row, read on the primary.
-    async fn existing_uploads(&self, ids: &[UploadId]) -> StoreResult<std::collections::HashSet<UploadId>>;
 }
 
 /// Opens the store a URL names and brings its schema up to date.
@@ -495,217 +535,17 @@ pub async fn connect(
                 "read replicas need a MySQL/MariaDB primary; unset FLIPSTACK_REPLICA_URLS or use a mysql:// database",
             ));
         }
-        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path), metrics).await?))
+        let driver = sqlite::SqliteDriver::open(std::path::Path::new(path), metrics).await?;
+        Ok(Arc::new(sql::SqlStore::new(driver)))
     } else if primary_url.starts_with("mysql://") {
-        Ok(Arc::new(
-            mysql::MysqlStore::connect(primary_url, replica_urls, metrics, replica_wait, replica_max_lag).await?,
-        ))
+        let driver =
+            mysql::MariaDbDriver::connect(primary_url, replica_urls, metrics, replica_wait, replica_max_lag).await?;
+        Ok(Arc::new(sql::SqlStore::new(driver)))
     } else {
         Err(StoreError::query(format!(
             "FLIPSTACK_DATABASE_URL must start with sqlite:// or mysql://, not {:?}",
             primary_url.split("://").next().unwrap_or("")
         )))
-    }
-}
-
-/// Shared SQL fragments, identical for both back ends (both take `?` placeholders).
-pub(crate) mod sql {
-    /// A failed attempt that will be tried again at `next_attempt_at`.
-    /// Parameters: next_attempt_at, reason, now, id, owner.
-    pub const FAIL_RETRY: &str = "UPDATE uploads SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?, \
-         lease_owner = NULL, lease_until = NULL, failure_reason = ?, updated_at = ?, finished_at = NULL \
-         WHERE id = ? AND state = 'processing' AND lease_owner = ?";
-
-    /// A failed attempt that ends the job; `next_attempt_at` becomes the
-    /// failure's time on both back ends. Parameters: now (next_attempt_at),
-    /// reason, now (updated_at), now (finished_at), id, owner.
-    pub const FAIL_PERMANENT: &str = "UPDATE uploads SET state = 'failed', attempts = attempts + 1, next_attempt_at = ?, \
-         lease_owner = NULL, lease_until = NULL, failure_reason = ?, updated_at = ?, finished_at = ? \
-         WHERE id = ? AND state = 'processing' AND lease_owner = ?";
-
-    /// Upload counts by state and the oldest unfinished upload, in one
-    /// statement: one snapshot on both back ends (a count and an age never
-    /// come from two moments).
-    pub const UPLOAD_STATS: &str = "SELECT state, COUNT(*), \
-         MIN(CASE WHEN state IN ('pending', 'processing') THEN created_at END) FROM uploads GROUP BY state";
-
-    /// What `purge_expired` deletes, with how far before now each cut-off is,
-    /// in one transaction: sessions at expiry; used or expired sign-in links a
-    /// day later (a late click still gets a clear answer); events after a
-    /// week; workers silent for ten minutes.
-    pub const PURGES: [(&str, i64); 4] = [
-        ("DELETE FROM sessions WHERE expires_at <= ?", 0),
-        ("DELETE FROM signin_tokens WHERE expires_at <= ?", 86_400_000),
-        ("DELETE FROM events WHERE at <= ?", 7 * 86_400_000),
-        ("DELETE FROM workers WHERE heartbeat_at <= ?", 600_000),
-    ];
-
-    pub const UPLOAD_COLUMNS: &str = "id, person_id, display_name, format, bytes, width, height, state, attempts, claims, \
-        next_attempt_at, lease_owner, lease_until, failure_reason, flipped_bytes, flipped_width, flipped_height, \
-        flip_method, thumb_width, thumb_height, created_at, updated_at, finished_at";
-
-    pub const GALLERY_COLUMNS: &str = "id, display_name, format, state, failure_reason, width, height, \
-        flipped_width, flipped_height, thumb_width, thumb_height, bytes, created_at";
-
-    /// Due pending jobs, and jobs whose worker's lease ran out.
-    pub const CLAIMABLE_WHERE: &str =
-        "((state = 'pending' AND next_attempt_at <= ?) OR (state = 'processing' AND lease_until < ?))";
-
-    pub const SESSION_INSERT: &str =
-        "INSERT INTO sessions (token_hash, person_id, created_at, expires_at, proven) VALUES (?, ?, ?, ?, ?)";
-
-    pub const SESSION_SELECT: &str = "SELECT s.person_id, p.email, s.expires_at, s.proven FROM sessions s JOIN people p ON p.id = s.person_id \
-         WHERE s.token_hash = ? AND s.expires_at > ?";
-
-    /// Marks a person verified; affects a row only the first time.
-    pub const VERIFY_PERSON: &str = "UPDATE people SET verified_at = ? WHERE id = ? AND verified_at IS NULL";
-
-    pub const DELETE_UNPROVEN_SESSIONS: &str = "DELETE FROM sessions WHERE person_id = ? AND proven = 0";
-
-    pub const SIGNIN_TOKEN_EMAIL: &str = "SELECT p.email FROM signin_tokens t JOIN people p ON p.id = t.person_id \
-         WHERE t.token_hash = ? AND t.used_at IS NULL AND t.expires_at > ?";
-
-    pub const OTHER_SESSIONS: &str = "SELECT token_hash FROM sessions WHERE person_id = ? AND token_hash <> ?";
-
-    pub const DELETE_OTHER_SESSIONS: &str = "DELETE FROM sessions WHERE person_id = ? AND token_hash <> ?";
-
-    pub const PERSON_USAGE: &str =
-        "SELECT CAST(COALESCE(SUM(bytes + COALESCE(flipped_bytes, 0)), 0) AS SIGNED) FROM uploads WHERE person_id = ?";
-
-    /// See `MetadataStore::unsent`.
-    pub const UNSENT_JOBS: &str = "SELECT id FROM uploads WHERE state = 'pending' AND claims = 0 \
-        AND enqueued_at IS NULL AND created_at < ? ORDER BY id LIMIT ?";
-
-    /// See `MetadataStore::unqueued`.
-    pub const UNQUEUED_JOBS: &str = "SELECT id FROM uploads \
-        WHERE (state = 'pending' OR (state = 'processing' AND lease_until < ?)) \
-        AND ((enqueued_at IS NULL AND created_at < ?) OR enqueued_at < ?) ORDER BY id LIMIT ?";
-
-    pub const MARK_ENQUEUED: &str = "UPDATE uploads SET enqueued_at = ? WHERE id = ?";
-
-    /// An operator's retry of a failed upload (see `MetadataStore::retry_upload`);
-    /// binds now (next attempt), now (enqueued), now (updated), id.
-    pub const RETRY_UPLOAD: &str = "UPDATE uploads SET state = 'pending', attempts = 0, claims = 0, next_attempt_at = ?, \
-        lease_owner = NULL, lease_until = NULL, failure_reason = NULL, finished_at = NULL, enqueued_at = ?, updated_at = ? \
-        WHERE id = ? AND state = 'failed'";
-
-    /// The operator's uploads view: binds state twice, format twice, the LIKE
-    /// pattern of the reason twice (all '' for any), and the limit. The last
-    /// column is the owner's e-mail (hashed by the caller).
-    pub fn find_uploads() -> String {
-        format!(
-            "SELECT {UPLOAD_COLUMNS}, (SELECT p.email FROM people p WHERE p.id = uploads.person_id) FROM uploads \
-             WHERE (? = '' OR state = ?) AND (? = '' OR format = ?) AND (? = '' OR failure_reason LIKE ? ESCAPE '!') \
-             ORDER BY id DESC LIMIT ?"
-        )
-    }
-
-    pub const EVENT_INSERT: &str =
-        "INSERT INTO events (id, at, kind, upload_id, person_hash, detail) VALUES (?, ?, ?, ?, ?, ?)";
-}
-
-/// Columns of the uploads table, decoded the same way by both back ends.
-pub(crate) struct UploadRow {
-    pub id: i64,
-    pub person_id: i64,
-    pub display_name: String,
-    pub format: String,
-    pub bytes: i64,
-    pub width: i64,
-    pub height: i64,
-    pub state: String,
-    pub attempts: i64,
-    pub claims: i64,
-    pub next_attempt_at: i64,
-    pub lease_owner: Option<String>,
-    pub lease_until: Option<i64>,
-    pub failure_reason: Option<String>,
-    pub flipped_bytes: Option<i64>,
-    pub flipped_width: Option<i64>,
-    pub flipped_height: Option<i64>,
-    pub flip_method: Option<String>,
-    pub thumb_width: Option<i64>,
-    pub thumb_height: Option<i64>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub finished_at: Option<i64>,
-}
-
-impl UploadRow {
-    pub fn into_upload(self) -> StoreResult<Upload> {
-        let format = ImageFormat::parse(&self.format)
-            .ok_or_else(|| StoreError::Corrupt(format!("upload {} has format {:?}", self.id, self.format)))?;
-        let state = UploadState::parse(&self.state)
-            .ok_or_else(|| StoreError::Corrupt(format!("upload {} has state {:?}", self.id, self.state)))?;
-        let outcome = match (self.flipped_bytes, self.flipped_width, self.flipped_height) {
-            (Some(b), Some(w), Some(h)) => Some(FlipOutcome {
-                flipped_bytes: b as u64,
-                flipped_width: w as u32,
-                flipped_height: h as u32,
-                method: self.flip_method.unwrap_or_default(),
-                thumb_width: self.thumb_width.map(|v| v as u32),
-                thumb_height: self.thumb_height.map(|v| v as u32),
-            }),
-            _ => None,
-        };
-        Ok(Upload {
-            id: UploadId::from_stored(self.id),
-            person_id: PersonId::from_stored(self.person_id),
-            name: DisplayName::from_stored(self.display_name),
-            format,
-            bytes: self.bytes as u64,
-            width: self.width as u32,
-            height: self.height as u32,
-            state,
-            attempts: self.attempts as u32,
-            claims: self.claims as u32,
-            next_attempt_at: self.next_attempt_at,
-            lease_owner: self.lease_owner,
-            lease_until: self.lease_until,
-            failure_reason: self.failure_reason,
-            outcome,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            finished_at: self.finished_at,
-        })
-    }
-}
-
-pub(crate) struct GalleryRow {
-    pub id: i64,
-    pub display_name: String,
-    pub format: String,
-    pub state: String,
-    pub failure_reason: Option<String>,
-    pub width: i64,
-    pub height: i64,
-    pub flipped_width: Option<i64>,
-    pub flipped_height: Option<i64>,
-    pub thumb_width: Option<i64>,
-    pub thumb_height: Option<i64>,
-    pub bytes: i64,
-    pub created_at: i64,
-}
-
-impl GalleryRow {
-    pub fn into_item(self) -> StoreResult<GalleryItem> {
-        Ok(GalleryItem {
-            id: UploadId::from_stored(self.id),
-            name: DisplayName::from_stored(self.display_name),
-            format: ImageFormat::parse(&self.format)
-                .ok_or_else(|| StoreError::Corrupt(format!("upload {} has format {:?}", self.id, self.format)))?,
-            state: UploadState::parse(&self.state)
-                .ok_or_else(|| StoreError::Corrupt(format!("upload {} has state {:?}", self.id, self.state)))?,
-            failure_reason: self.failure_reason,
-            width: self.width as u32,
-            height: self.height as u32,
-            flipped_width: self.flipped_width.map(|v| v as u32),
-            flipped_height: self.flipped_height.map(|v| v as u32),
-            thumb_width: self.thumb_width.map(|v| v as u32),
-            thumb_height: self.thumb_height.map(|v| v as u32),
-            bytes: self.bytes as u64,
-            created_at: self.created_at,
-        })
     }
 }
 
