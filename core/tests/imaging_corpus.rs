@@ -162,7 +162,7 @@ fn corpus_every_hostile_file_is_refused_with_a_reason_or_accepted_upright() {
                 assert_flipped(&name, &bytes, &info, &out);
                 // Whatever viewer shows the flip shows it upright: no unusable
                 // EXIF and at most the comments the limit allows are carried.
-                let o = exif::jpeg_exif(&out.bytes).map(|t| exif::orientation_strict(t));
+                let o = exif::jpeg_exif(&out.bytes).map(exif::orientation_strict);
                 assert!(matches!(o, None | Some(Ok(1))), "{name}: flipped EXIF {o:?}");
                 assert!(out.bytes.len() < 200_000, "{name}: the flip is {} bytes", out.bytes.len());
                 eprintln!("corpus: {name}: accepted upright, flipped by {} ({:?})", out.method, started.elapsed());

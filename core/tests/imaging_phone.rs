@@ -222,7 +222,7 @@ fn mpf_files_keep_the_first_picture() {
     unlisted.extend_from_slice(&preview);
     assert!(matches!(check(&unlisted), Err(Rejection::TrailingData(_))), "{:?}", check(&unlisted));
     // The index points somewhere that is not a picture.
-    let mut broken = mpf_file(&first, &[preview.clone()]);
+    let mut broken = mpf_file(&first, std::slice::from_ref(&preview));
     let at = broken.len() - preview.len();
     broken[at + 1] = 0x00;
     assert!(check(&broken).is_err());

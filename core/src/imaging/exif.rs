@@ -241,7 +241,7 @@ pub fn mpf_images(tiff: &[u8]) -> Result<Vec<(u32, u32)>, ExifError> {
         }
         let bytes = t.u32_at(at + 4)? as usize;
         let n = bytes / 16;
-        if n > MAX_IMAGES || bytes % 16 != 0 {
+        if n > MAX_IMAGES || !bytes.is_multiple_of(16) {
             return Err(ExifError::TooBig);
         }
         let off = t.u32_at(at + 8)? as usize;

@@ -1375,8 +1375,14 @@ fn heif_name(format: Option<ImageFormat>) -> &'static str {
     if format == Some(ImageFormat::Avif) { "AVIF" } else { "HEIC" }
 }
 
+/// What the HEIF parser wants next, and the format and size once it knows them.
+type HeifStep = Result<(Want, Option<(ImageFormat, u32, u32)>), Rejection>;
+
+/// The child boxes of a box: each one's type and body.
+type ChildBoxes<'a> = Result<Vec<([u8; 4], &'a [u8])>, &'static str>;
+
 impl HeifParser {
-    fn bytes(&mut self, c: &[u8]) -> Result<(Want, Option<(ImageFormat, u32, u32)>), Rejection> {
+    fn bytes(&mut self, c: &[u8]) -> HeifStep {
         let name = heif_name(self.format);
         match self.state {
             HeifState::Header => {
@@ -1426,7 +1432,7 @@ impl HeifParser {
         }
     }
 
-    fn body(&mut self, len: u64) -> Result<(Want, Option<(ImageFormat, u32, u32)>), Rejection> {
+    fn body(&mut self, len: u64) -> HeifStep {
         let name = heif_name(self.format);
         let read_whole = match &self.kind {
             b"ftyp" => {
@@ -1488,7 +1494,7 @@ fn heif_brand(c: &[u8]) -> Result<ImageFormat, Rejection> {
 }
 
 /// The boxes inside a box's payload: (type, payload).
-fn child_boxes(mut p: &[u8]) -> Result<Vec<([u8; 4], &[u8])>, &'static str> {
+fn child_boxes(mut p: &[u8]) -> ChildBoxes<'_> {
     let mut out = Vec::new();
     while !p.is_empty() {
         if p.len() < 8 || out.len() > 10_000 {

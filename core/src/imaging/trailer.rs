@@ -52,7 +52,7 @@ pub fn motion_photo(xmp: &[u8]) -> Option<MotionVideo> {
     if flagged("MotionPhoto") {
         let len = xmp
             .split("<rdf:li")
-            .find(|item| values(item, "Semantic").iter().any(|s| *s == "MotionPhoto"))
+            .find(|item| values(item, "Semantic").contains(&"MotionPhoto"))
             .and_then(|item| values(item, "Length").first().and_then(|l| l.trim().parse().ok()));
         return Some(MotionVideo { len });
     }
