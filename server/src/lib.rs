@@ -10,6 +10,7 @@ pub mod listener;
 pub mod logbook;
 mod multipart;
 pub mod pages;
+pub mod rules;
 pub mod session;
 pub mod shield;
 pub mod signin;

@@ -333,12 +333,9 @@ pub async fn delete_confirm(
         return Ok(finish(&state, &visitor, see_other("/signin")));
     };
     let page = page_number(&query);
-    let upload = match id.parse::<flipstack_core::domain::UploadId>() {
-        Ok(id) => match state.services.store.upload(id).await {
-            Ok(u) => u.filter(|u| u.person_id == me.person_id),
-            Err(_) => return Ok(unavailable_page(&state)),
-        },
-        Err(_) => None,
+    let upload = match crate::rules::own_upload(state.services.store.as_ref(), me.person_id, &id).await {
+        Ok(u) => u,
+        Err(_) => return Ok(unavailable_page(&state)),
     };
     let Some(upload) = upload else {
         return Ok(message(

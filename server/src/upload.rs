@@ -26,6 +26,7 @@ use warp::http::{HeaderValue, StatusCode};
 
 use crate::multipart::{self, BodyError, BodyLimits};
 use crate::pages::{self, form_page};
+use crate::rules::{UploadTarget, upload_target};
 use crate::session::{SESSION_LIFETIME_MS, SignedIn, Visitor, remember_session};
 use crate::shield::{ClientAddr, Limit, SpoolShare, human_wait, too_many_text};
 use crate::signin;
@@ -473,10 +474,9 @@ async fn store_all(
     };
     let now = now_millis();
     let mut new_session = None;
-    let (mut owner, email) = match (&visitor.signed_in, typed_email) {
-        (Some(me), None) => (NewOwner::Existing(me.person_id), me.email.clone()),
-        (Some(me), Some(e)) if e == me.email => (NewOwner::Existing(me.person_id), me.email.clone()),
-        (_, Some(e)) => match services.store.person_by_email(&e).await {
+    let (mut owner, email) = match upload_target(visitor.signed_in.as_ref(), typed_email) {
+        UploadTarget::Own { person, email } => (NewOwner::Existing(person), email),
+        UploadTarget::Typed(e) => match services.store.person_by_email(&e).await {
             Ok(Some(person)) => {
                 services.metrics.upload_rejected("not_owner");
                 return refuse_not_owner(state, &person).await;
@@ -492,7 +492,7 @@ async fn store_all(
             }
             Err(_) => return unavailable("check who owns that address"),
         },
-        (None, None) => {
+        UploadTarget::NoAddress => {
             services.metrics.upload_rejected("no_email");
             return Answer::Form {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
