@@ -46,7 +46,7 @@ def binary(src=None):
 
 def flip_bench():
     """The flip benchmark binary: FLIP_BENCH, or the newest one cargo built
-    (cargo bench -p flipstack-core --bench flip --no-run); None when absent."""
+    (cargo bench -p flipstack-imaging --bench flip --no-run); None when absent."""
     if os.environ.get("FLIP_BENCH"):
         return os.environ["FLIP_BENCH"]
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))

@@ -137,7 +137,7 @@ def pipeline(photo, jobs, workers):
 def raw_throughput(photo, seconds):
     exe = flip_bench()
     if not exe:
-        print("raw throughput: no flip bench binary (cargo bench -p flipstack-core --bench flip --no-run, or FLIP_BENCH)")
+        print("raw throughput: no flip bench binary (cargo bench -p flipstack-imaging --bench flip --no-run, or FLIP_BENCH)")
         return []
     out = subprocess.run(
         [exe, "--throughput", photo, "--threads", "2", "--seconds", str(seconds)],

@@ -33,7 +33,7 @@ def status_kb(pid, key):
 def make_big(path):
     exe = flip_bench()
     if not exe:
-        sys.exit("pass --file, or build the flip bench (cargo bench -p flipstack-core --bench flip --no-run) or set FLIP_BENCH")
+        sys.exit("pass --file, or build the flip bench (cargo bench -p flipstack-imaging --bench flip --no-run) or set FLIP_BENCH")
     subprocess.run([exe, "--make-jpeg", path, "--bytes", "20000000"], check=True)
 
 

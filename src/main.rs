@@ -365,9 +365,9 @@ async fn up(config: Config, log_format: LogFormat) -> Result<()> {
     // (loopback by default) that it names in its log: the pool runs several.
     let metrics_ip = config.worker_metrics_listen.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip());
     env.push(("FLIPSTACK_WORKER_METRICS_LISTEN".into(), SocketAddr::new(metrics_ip, 0).to_string()));
-    let pool = flipstack_provision::local::PoolConfig::from_config(&config, program, env);
+    let pool = flipstack_worker::pool::PoolConfig::from_config(&config, program, env);
     let stop = CancellationToken::new();
-    let pool_task = tokio::spawn(flipstack_provision::local::run(pool, services, stop.clone()));
+    let pool_task = tokio::spawn(flipstack_worker::pool::run(pool, services, stop.clone()));
     println!("flipstack is running at {}/  (Ctrl-C to stop)", server.public_url);
     println!("  data: {}   admin token: {}", config.data_dir.display(), config.admin_token_path().display());
     server.run_until(shutdown_signal()).await;

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use flipstack_core::aws::cloudwatch::FleetNumbers;
-use flipstack_core::status::{AdminStatus, LogLine, UploadDetail, UploadListing};
+use flipstack_domain::status::{AdminStatus, LogLine, UploadDetail, UploadListing};
 use flipstack_provision::fleet::GroupStatus;
+use flipstack_provision::fleet_numbers::FleetNumbers;
 use tui_input::Input;
 use tui_input::backend::crossterm::EventHandler;
 
@@ -415,8 +415,8 @@ impl App {
         }
     }
 
-    fn retry_one(&mut self, id: i64, state: flipstack_core::domain::UploadState) -> Option<Action> {
-        if state != flipstack_core::domain::UploadState::Failed && !self.options.read_only {
+    fn retry_one(&mut self, id: i64, state: flipstack_domain::domain::UploadState) -> Option<Action> {
+        if state != flipstack_domain::domain::UploadState::Failed && !self.options.read_only {
             self.say(Level::Warn, format!("upload #{id} is {}: only failed uploads are retried", state.as_str()));
             return None;
         }

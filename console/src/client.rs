@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
-use flipstack_core::status::{AdminStatus, LogLine, UploadDetail, UploadListing};
+use flipstack_domain::status::{AdminStatus, LogLine, UploadDetail, UploadListing};
 use futures::{Stream, StreamExt};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -78,7 +78,7 @@ impl AdminClient {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
             .map_err(|_| ClientError::Decode("the admin token has characters a header cannot carry".into()))?;
         auth.set_sensitive(true);
-        flipstack_core::tls::install_crypto_provider();
+        flipstack_domain::tls::install_crypto_provider();
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?;
         Ok(AdminClient { http, base: base_url.trim_end_matches('/').to_owned(), auth })
     }

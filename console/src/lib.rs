@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossterm::event::EventStream;
-use flipstack_core::Config;
-use flipstack_core::aws::AwsSettings;
-use flipstack_core::domain::now_millis;
+use flipstack_domain::Config;
+use flipstack_domain::domain::now_millis;
+use flipstack_provision::AwsSettings;
 use flipstack_provision::aws::{Capacity, StackSpec};
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
@@ -189,7 +189,7 @@ pub async fn run(config: ConsoleConfig) -> Result<(), ConsoleError> {
 /// (`--stack`) through Auto Scaling. Answers the count the change reports.
 async fn change_on_server(
     client: &AdminClient,
-    aws: Option<flipstack_core::aws::AwsSettings>,
+    aws: Option<flipstack_provision::AwsSettings>,
     change: &Change,
 ) -> Result<u64, String> {
     let e = |e: ClientError| e.to_string();

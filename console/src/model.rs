@@ -1,11 +1,11 @@
 //! What the console knows: the last answer of each data source, how fresh it
 //! is, and the history behind the sparklines. No terminal and no I/O here.
 
-use flipstack_core::domain::EventKind;
-use flipstack_core::store::ReadSource;
+use flipstack_domain::domain::EventKind;
+use flipstack_domain::records::ReadSource;
 use std::collections::VecDeque;
 
-use flipstack_core::status::AdminStatus;
+use flipstack_domain::status::AdminStatus;
 use flipstack_provision::fleet::GroupStatus;
 
 /// Milliseconds since the epoch (the clock `AdminStatus::at` uses).
@@ -16,7 +16,7 @@ pub const HISTORY: usize = 240;
 /// How many gallery reads and job events the feeds keep.
 pub const FEED: usize = 64;
 
-pub use flipstack_core::status::AdminEvent;
+pub use flipstack_domain::status::AdminEvent;
 
 /// Whether a source answers, and since when it does not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -215,7 +215,7 @@ impl FleetData {
 #[derive(Debug, Clone, Default)]
 pub struct FleetNumbersData {
     pub health: SourceHealth,
-    pub last: Option<flipstack_core::aws::cloudwatch::FleetNumbers>,
+    pub last: Option<flipstack_provision::fleet_numbers::FleetNumbers>,
 }
 
 impl FleetNumbersData {
@@ -224,7 +224,7 @@ impl FleetNumbersData {
     pub fn line(
         &self,
         now: Millis,
-        text: impl FnOnce(&flipstack_core::aws::cloudwatch::FleetNumbers) -> Option<String>,
+        text: impl FnOnce(&flipstack_provision::fleet_numbers::FleetNumbers) -> Option<String>,
     ) -> Option<(String, bool)> {
         let n = self.last.as_ref()?;
         let body = text(n)?;
@@ -311,7 +311,7 @@ impl UploadQuery {
     /// `person:3fa1`, `reason:decoded`; a bare state or format name means
     /// that state or format, any other word is part of the reason.
     pub fn parse(text: &str) -> UploadQuery {
-        use flipstack_core::domain::{ImageFormat, UploadState};
+        use flipstack_domain::domain::{ImageFormat, UploadState};
         let mut q = UploadQuery::default();
         let mut reason = Vec::new();
         for word in text.split_whitespace() {

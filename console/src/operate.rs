@@ -5,7 +5,7 @@
 //! full; the server's recent warnings and errors. State only: the keys are
 //! handled in [`crate::app`], the drawing in [`crate::ui`].
 
-use flipstack_core::status::{LogLine, UploadDetail, UploadListing};
+use flipstack_domain::status::{LogLine, UploadDetail, UploadListing};
 use tui_input::Input;
 
 use crate::model::UploadQuery;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flipstack_core::aws::AwsSettings;
+use flipstack_provision::AwsSettings;
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::MissedTickBehavior;
@@ -75,8 +75,8 @@ pub async fn fleet_numbers(aws: AwsSettings, namespace: String, tx: mpsc::Sender
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = flipstack_core::domain::now_millis();
-        let read = flipstack_core::aws::cloudwatch::fleet_numbers(&aws, &namespace, now);
+        let now = flipstack_domain::domain::now_millis();
+        let read = flipstack_provision::fleet_numbers::fleet_numbers(&aws, &namespace, now);
         let msg = match tokio::time::timeout(every * 2 + Duration::from_secs(5), read).await {
             Ok(Ok(n)) => Msg::FleetNumbers(Ok(n)),
             Ok(Err(e)) => Msg::FleetNumbers(Err(format!("CloudWatch: {e}"))),

@@ -4,8 +4,8 @@
 //! uploads); a larger terminal gives every panel more lines and the uploads
 //! panel a column of recent jobs.
 
-use flipstack_core::status::AdminStatus;
-use flipstack_core::store::WorkerStatus;
+use flipstack_domain::domain::WorkerStatus;
+use flipstack_domain::status::AdminStatus;
 use ratatui::Frame;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -402,7 +402,7 @@ fn sparkline_with_label(label: &str, series: &Series, area: Rect, buf: &mut Buff
 /// red and marked when stale.
 fn fleet_line(
     app: &App,
-    text: impl FnOnce(&flipstack_core::aws::cloudwatch::FleetNumbers) -> Option<String>,
+    text: impl FnOnce(&flipstack_provision::fleet_numbers::FleetNumbers) -> Option<String>,
 ) -> Option<Line<'static>> {
     let (body, stale) = app.fleet_numbers.line(app.now, text)?;
     Some(if stale {
@@ -835,7 +835,7 @@ fn upload_rows(app: &App, area: Rect, buf: &mut Buffer) {
 
 fn upload_detail(
     app: &App,
-    detail: Option<&Result<flipstack_core::status::UploadDetail, String>>,
+    detail: Option<&Result<flipstack_domain::status::UploadDetail, String>>,
     area: Rect,
     buf: &mut Buffer,
 ) {

@@ -1,10 +1,10 @@
 //! The event stream's wire format: what the server sends
-//! (`flipstack_core::status::AdminEvent`, the one type both sides use) is the
+//! (`flipstack_domain::status::AdminEvent`, the one type both sides use) is the
 //! JSON the console and any other reader of `GET /admin/api/events` expect.
 
-use flipstack_core::domain::{EventKind, UploadId};
-use flipstack_core::status::AdminEvent;
-use flipstack_core::store::ReadSource;
+use flipstack_domain::domain::{EventKind, UploadId};
+use flipstack_domain::records::ReadSource;
+use flipstack_domain::status::AdminEvent;
 
 fn wire(event: &AdminEvent, json: &str) {
     assert_eq!(serde_json::to_string(event).unwrap(), json);

@@ -357,6 +357,7 @@ impl BlobStore {
 
     /// Is the store reachable? (A missing key is an answer, so it counts as yes.)
     pub async fn ping(&self) -> Result<(), BlobError> {
-        self.exists(BlobKind::Original, UploadId::from_stored(1)).await.map(|_| ())
+        let probe = UploadId::from_i64(1).expect("1 is a valid id");
+        self.exists(BlobKind::Original, probe).await.map(|_| ())
     }
 }

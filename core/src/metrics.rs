@@ -7,9 +7,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 
-use crate::store::ReadSource;
+pub use crate::records::MetricsSnapshot;
+use crate::store::{DbTarget, ReadSource, StoreMetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
@@ -60,13 +60,6 @@ pub struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: &'static str,
-}
-
-/// Which database a query went to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DbTarget {
-    Primary,
-    Replica,
 }
 
 pub struct Metrics {
@@ -202,20 +195,8 @@ impl Metrics {
         self.http_request_seconds.get_or_create(&RequestLabel { route, status }).observe(seconds);
     }
 
-    pub fn db_query(&self, target: DbTarget) {
-        let target = match target {
-            DbTarget::Primary => "primary",
-            DbTarget::Replica => "replica",
-        };
-        self.db_queries.get_or_create(&TargetLabel { target, origin: origin() }).inc();
-    }
-
     pub fn gallery_read(&self, source: ReadSource) {
         self.gallery_reads.get_or_create(&SourceLabel { source: source.as_str() }).inc();
-    }
-
-    pub fn replica_skip(&self, reason: &'static str) {
-        self.replica_skips.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn upload_rejected(&self, reason: &'static str) {
@@ -277,26 +258,24 @@ impl Metrics {
     }
 }
 
-/// The numbers the admin API, the console and CloudWatch use.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct MetricsSnapshot {
-    pub cache_hits: u64,
-    pub cache_misses: u64,
-    pub cache_errors: u64,
-    pub reads_cache: u64,
-    pub reads_replica: u64,
-    pub reads_primary: u64,
-    pub db_queries_primary: u64,
-    pub db_queries_replica: u64,
-    pub queue_wait_seconds_sum: f64,
-    pub queue_wait_count: u64,
-    pub job_seconds_sum: f64,
-    pub job_count: u64,
-    /// Jobs that ended `failed` (permanently) and attempts put back for a retry.
-    #[serde(default)]
-    pub jobs_failed: u64,
-    #[serde(default)]
-    pub jobs_retried: u64,
+/// The store's counts land in the process's registry.
+impl StoreMetrics for Metrics {
+    fn db_query(&self, target: DbTarget) {
+        let target = match target {
+            DbTarget::Primary => "primary",
+            DbTarget::Replica => "replica",
+        };
+        self.db_queries.get_or_create(&TargetLabel { target, origin: origin() }).inc();
+    }
+
+    fn replica_skip(&self, reason: &'static str) {
+        self.replica_skips.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    fn gtid_wait(&self, seconds: f64, reached: bool) {
+        self.gtid_wait_seconds.observe(seconds);
+        self.gtid_waits.get_or_create(&OutcomeLabel { outcome: if reached { "reached" } else { "timeout" } }).inc();
+    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use flipstack_core::Config;
-use flipstack_core::aws::AwsSettings;
+use flipstack_aws::AwsSettings;
+use flipstack_domain::Config;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::aws::{self, Capacity, DownOptions, Event, Kind, StackSpec, Step};

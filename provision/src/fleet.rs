@@ -3,7 +3,7 @@
 
 use aws_sdk_autoscaling::Client;
 use aws_sdk_autoscaling::types::Filter;
-use flipstack_core::aws::{AwsSettings, sdk_config};
+use flipstack_aws::{AwsSettings, sdk_config};
 use serde::{Deserialize, Serialize};
 
 /// Every resource a stack owns carries this tag, valued with the stack's name.

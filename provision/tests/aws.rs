@@ -16,7 +16,7 @@ use aws_sdk_ec2::types::{Filter, InstanceStateName, InstanceType};
 use aws_sdk_sqs::types::QueueAttributeName;
 use base64::Engine;
 use clap::Parser;
-use flipstack_core::aws::{AwsSettings, sdk_config};
+use flipstack_aws::{AwsSettings, sdk_config};
 use flipstack_provision::aws::{self, Change, DownOptions, Event, Kind, Plan, ProvisionError, StackSpec, Step, Waits};
 use flipstack_provision::cli::ProvisionCommand;
 use flipstack_provision::fleet::{ROLE_TAG, STACK_TAG, fleet, group_name};
@@ -475,7 +475,7 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
             };
             // Distinct unfinished jobs, as the web servers publish them: never
             // the queue's message counts, which a re-sent copy would inflate.
-            let jobs = stat(flipstack_core::aws::cloudwatch::BACKLOG_METRIC);
+            let jobs = stat(flipstack_aws::metric::BACKLOG);
             let s = jobs.metric_stat().unwrap();
             let m = s.metric().unwrap();
             assert_eq!(m.namespace(), Some(spec.metrics_namespace.as_str()));
@@ -827,10 +827,10 @@ async fn the_cli_runs_plan_up_status_down() {
     let dir = tempfile::tempdir().unwrap();
     let release = fake_release(dir.path());
     let stack = unique("cli");
-    let config = flipstack_core::Config {
+    let config = flipstack_domain::Config {
         aws_endpoint_url: Some(ep.clone()),
         aws_region: REGION.into(),
-        ..flipstack_core::Config::default()
+        ..flipstack_domain::Config::default()
     };
     let run = |args: &[&str]| {
         let mut argv = vec!["provision"];

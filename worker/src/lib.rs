@@ -6,7 +6,12 @@
 //! is flipped once in effect, and a worker killed mid-job leaves a lease that
 //! runs out and lets the next worker take the job. The flipped picture's key
 //! is made from the upload id, so a job done again writes the same object.
+//!
+//! Also the workers' supervisor on one machine: `flipstack up`'s [`pool`],
+//! scaled by the target-tracking [`policy`] that the AWS worker group mirrors.
 
+pub mod policy;
+pub mod pool;
 pub mod protection;
 
 use std::sync::{Arc, Mutex};

@@ -7,11 +7,10 @@ use std::path::PathBuf;
 
 use flipstack_console::app::{App, Msg, Options};
 use flipstack_console::model::AdminEvent;
-use flipstack_core::domain::{DisplayName, EventKind, ImageFormat, PersonId, UploadId, UploadState};
-use flipstack_core::queue::QueueDepth;
-use flipstack_core::status::{AdminStatus, FailureInfo, PoolStatus, QueueStatus, ReplicaStatus};
-use flipstack_core::status::{LogLine, UploadDetail, UploadListing};
-use flipstack_core::store::{Event, FlipOutcome, ReadSource, Upload, WorkerInfo, WorkerStatus};
+use flipstack_domain::domain::{DisplayName, EventKind, ImageFormat, PersonId, UploadId, UploadState, WorkerStatus};
+use flipstack_domain::records::{Event, FlipOutcome, QueueDepth, ReadSource, Upload, WorkerInfo};
+use flipstack_domain::status::{AdminStatus, FailureInfo, PoolStatus, QueueStatus, ReplicaStatus};
+use flipstack_domain::status::{LogLine, UploadDetail, UploadListing};
 use flipstack_provision::fleet::GroupStatus;
 
 /// 2023-11-14 22:13:20 UTC: every age in the snapshots is measured from here.
@@ -54,7 +53,7 @@ pub fn status_at(i: i64) -> AdminStatus {
             kind: "sqs".into(),
             depth: QueueDepth { visible: depth, in_flight: 2, dead_letters: Some(1) },
         },
-        metrics: flipstack_core::metrics::MetricsSnapshot {
+        metrics: flipstack_domain::records::MetricsSnapshot {
             cache_hits: hits,
             cache_misses: misses,
             cache_errors: 0,

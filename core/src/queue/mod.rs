@@ -10,18 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
 use crate::domain::UploadId;
 use crate::store::MetadataStore;
 
-/// Receives after which SQS's redrive policy parks a message in the
-/// dead-letter queue. It stays above the worker's own limit on take-overs (a
-/// job whose worker died mid-flip is taken again, a few times), so a crash or
-/// two never sends a good job to the dead-letter queue: the worker judges
-/// those, and only a message that keeps coming back without ever being
-/// handled reaches it.
-pub const REDRIVE_AFTER_RECEIVES: u32 = 10;
+pub use crate::records::QueueDepth;
+pub use flipstack_aws::REDRIVE_AFTER_RECEIVES;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
@@ -55,16 +49,6 @@ pub struct Delivery {
     pub handle: Option<String>,
     /// How many times the message has been received (1 on the first).
     pub receive_count: u32,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueDepth {
-    /// Waiting to be taken.
-    pub visible: u64,
-    /// Taken by a worker, not finished.
-    pub in_flight: u64,
-    /// In the dead-letter queue (SQS only).
-    pub dead_letters: Option<u64>,
 }
 
 #[async_trait]

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use flipstack_core::aws::{AwsSettings, sdk_config};
+use flipstack_aws::{AwsSettings, sdk_config};
 
 use super::ProvisionError;
 

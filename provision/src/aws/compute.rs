@@ -27,7 +27,7 @@ use super::network::{APP_PORT, Groups, Network, filter, tags};
 use super::run::Run;
 use super::{Kind, ProvisionError, StackSpec};
 use crate::fleet::{ROLE_TAG, STACK_TAG};
-use flipstack_core::aws::cloudwatch::BACKLOG_METRIC;
+use flipstack_aws::metric::BACKLOG as BACKLOG_METRIC;
 
 pub const ROLES: [&str; 2] = ["web", "worker"];
 /// Time a new instance has to fetch the release and pass its first health check.
@@ -810,7 +810,7 @@ mod tests {
 
     #[test]
     fn the_worker_policy_divides_distinct_unfinished_jobs_by_in_service_workers() {
-        let spec = StackSpec::new("t", flipstack_core::aws::AwsSettings { region: "eu-west-1".into(), endpoint: None });
+        let spec = StackSpec::new("t", flipstack_aws::AwsSettings { region: "eu-west-1".into(), endpoint: None });
         let t = tracking("worker", &spec, &names(), &LoadBalancer::default()).unwrap();
         let f = fingerprint(&t);
         assert!(f.contains("flipstack/QueueBacklog[Role=web]:Maximum"), "{f}");

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use aws_sdk_ec2::types::InstanceStateName;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use aws_sdk_sqs::types::QueueAttributeName;
-use flipstack_core::aws::AwsSettings;
+use flipstack_aws::AwsSettings;
 use serde::Serialize;
 
 use super::balancer::{elb_tags, find_load_balancer, find_target_group};
@@ -725,7 +725,7 @@ async fn teardown(
         for db in of(kind) {
             run.emit(db.kind, &db.name, Step::Deleting);
             let snapshot = (kind == Kind::Database && options.final_snapshot).then(|| {
-                let name = format!("{}-final-{}", db.name, flipstack_core::domain::now_millis() / 1000);
+                let name = format!("{}-final-{}", db.name, flipstack_domain::domain::now_millis() / 1000);
                 run.emit(
                     db.kind,
                     &db.name,

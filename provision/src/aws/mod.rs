@@ -27,7 +27,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flipstack_core::aws::AwsSettings;
+use flipstack_aws::AwsSettings;
 use serde::Serialize;
 
 pub use inventory::{Access, ResourceStatus, StackStatus, Teardown, access, down, status};

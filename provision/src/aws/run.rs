@@ -25,7 +25,7 @@ pub struct Run<'a> {
 
 impl<'a> Run<'a> {
     pub async fn start(
-        aws: &flipstack_core::aws::AwsSettings,
+        aws: &flipstack_aws::AwsSettings,
         stack: &str,
         apply: bool,
         progress: Progress<'a>,

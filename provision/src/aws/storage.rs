@@ -26,8 +26,8 @@ use crate::fleet::STACK_TAG;
 use crate::release::{self, Executable, TARGET_GLIBC};
 
 /// Messages received this often without being deleted go to the dead-letter
-/// queue (see `flipstack_core::queue::REDRIVE_AFTER_RECEIVES` for why so many).
-pub const MAX_RECEIVE_COUNT: u64 = flipstack_core::queue::REDRIVE_AFTER_RECEIVES as u64;
+/// queue (see `flipstack_aws::REDRIVE_AFTER_RECEIVES` for why so many).
+pub const MAX_RECEIVE_COUNT: u64 = flipstack_aws::REDRIVE_AFTER_RECEIVES as u64;
 /// The dead-letter queue keeps messages as long as SQS allows (14 days).
 const DLQ_RETENTION_SECS: &str = "1209600";
 const LONG_POLL_SECS: &str = "20";
