@@ -10,7 +10,8 @@ Starts `flipstack up` (release binary, temporary data dir, free loopback
 port), uploads the 12 first corpus photos as one person, waits until all are
 flipped, checks that /gallery is answered from the cache, saves that page
 and has nginx serve it. Then wrk runs against each in turn, `--rounds`
-times, alternating. `--compare` adds other flipstack binaries (set up the
+times, each round starting one target later than the one before; the
+summary gives each server's median over the rounds. `--compare` adds other flipstack binaries (set up the
 same way) to the same rounds; `--log` is RUST_LOG for every server (`info`
 is the binary's default and logs every gallery read); `--also-log` adds
 this build again with another RUST_LOG, so the cost of logging is measured
@@ -161,10 +162,18 @@ def run(a, photos, servers):
             ]
             targets.append(("nginx static file", nginx_url, []))
             print(f"page: {len(body)} bytes, {len(photos)} pictures; X-Read-Source: {source}")
+            # The workers make the last pictures' screen sizes after their
+            # flips: let them finish, then warm every target once, untimed.
+            time.sleep(10)
+            for _, url, headers in targets:
+                wrk(url, 2, a.connections, a.threads, headers)
             print(f"load average before: {load_average()}")
             results = {name: [] for name, _, _ in targets}
             for r in range(a.rounds):
-                for name, url, headers in targets:
+                # Each round starts one target later, so no server always runs
+                # right after another or at the same point of the machine's drift.
+                k = r % len(targets)
+                for name, url, headers in targets[k:] + targets[:k]:
                     res = wrk(url, a.duration, a.connections, a.threads, headers)
                     results[name].append(res)
                     print(
@@ -188,6 +197,13 @@ def run(a, photos, servers):
                 f"| {i + 1} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                 f"{r['rps'] / ng[i]['rps']:.2f} |"
             )
+    print()
+    print("| server | median req/s | median × nginx (same round) |")
+    print("|---|---:|---:|")
+    for name, _, _ in targets:
+        rps = sorted(r["rps"] for r in results[name])
+        ratios = sorted(results[name][i]["rps"] / ng[i]["rps"] for i in range(a.rounds))
+        print(f"| {name} | {rps[len(rps) // 2]:.0f} | {ratios[len(ratios) // 2]:.2f} |")
     for rs in results.values():
         for r in rs:
             if r["non2xx"]:

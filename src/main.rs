@@ -280,27 +280,26 @@ fn main() -> Result<()> {
     })
 }
 
-/// The one place the tracing subscriber is set up (layers go here). Lines
-/// go to stderr through a background thread, so a request that logs only
-/// formats and queues its line and never waits on the terminal, a pipe or
-/// a file; when that queue is full, lines are dropped rather than slowing
-/// requests. Colours only on a terminal. The guard flushes what is queued
-/// when `main` returns.
+/// The one place the tracing subscriber is set up (layers go here). Events
+/// are captured on the caller's thread and formatted and written to stderr
+/// by a thread of their own (`log_writer`), so a request that logs never
+/// waits on formatting, the terminal, a pipe or a file; when that thread
+/// falls behind, lines are dropped rather than slowing requests. Colours
+/// only on a terminal. The guard flushes what is queued when `main` returns.
 fn init_logging(format: LogFormat) -> log_writer::Guard {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,refinery_core=warn,mysql_async=warn")
     });
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let (writer, guard) = log_writer::batched(std::io::stderr());
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let format = match format {
+        LogFormat::Text => log_writer::Format::Text { ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()) },
+        LogFormat::Json => log_writer::Format::Json,
+    };
+    let (lines, guard) = log_writer::deferred(format, std::io::stderr());
     // The console's log view reads the recent warnings and errors (server's logbook).
-    let text = (format == LogFormat::Text)
-        .then(|| tracing_subscriber::fmt::layer().with_ansi(colour).with_writer(writer.clone()));
-    // One JSON object per line: timestamp, level, target and the event's fields (`message` among them).
-    let json = (format == LogFormat::Json).then(|| tracing_subscriber::fmt::layer().json().with_writer(writer));
-    tracing_subscriber::registry().with(filter).with(text).with(json).with(flipstack_server::logbook::layer()).init();
+    tracing_subscriber::registry().with(filter).with(lines).with(flipstack_server::logbook::layer()).init();
     guard
 }
 

@@ -13,10 +13,10 @@
 //! Ratios are medians over rounds of tool / reference *in the same round*,
 //! so they hold when other work shares the cores; compare ratios, not seconds.
 //!
-//!   cargo bench -p flipstack-core --bench flip -- [--rounds N] [--testdata DIR] [--tsv FILE]
-//!   cargo bench -p flipstack-core --bench flip -- --throughput FILE [--threads N] [--seconds S]
-//!   cargo bench -p flipstack-core --bench flip -- --make-jpeg OUT --bytes N
-//!   cargo bench -p flipstack-core --bench flip -- --heic [--rounds N] [--testdata DIR]
+//!   cargo bench -p flipstack-imaging --bench flip -- [--rounds N] [--testdata DIR] [--tsv FILE]
+//!   cargo bench -p flipstack-imaging --bench flip -- --throughput FILE [--threads N] [--seconds S]
+//!   cargo bench -p flipstack-imaging --bench flip -- --make-jpeg OUT --bytes N
+//!   cargo bench -p flipstack-imaging --bench flip -- --heic [--rounds N] [--testdata DIR]
 //!
 //! HEIC mode: a 12 MP (4032×3024) HEIC made from the largest corpus photo
 //! (scaled; a generated picture without the corpus), then in rounds, order

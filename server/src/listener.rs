@@ -204,6 +204,7 @@ async fn connection(
     tokio::pin!(conn);
     let tick = (limits.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
+    let mut quiet = Quiet::new(&activity);
     let mut shutting_down = *stop.borrow();
     if shutting_down {
         conn.as_mut().graceful_shutdown();
@@ -227,7 +228,7 @@ async fn connection(
                 }
             }
             _ = ticker.tick() => {
-                if in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= limits.idle_timeout {
+                if quiet.for_now(&activity) >= limits.idle_timeout && in_flight.load(Ordering::Relaxed) == 0 {
                     counts.metrics.connections_timed_out.inc();
                     tracing::debug!(%peer, "closing an idle connection");
                     return;
@@ -262,25 +263,45 @@ impl Drop for InFlight {
     }
 }
 
-/// When a connection last moved a byte either way.
+/// Whether a connection moves bytes: a count bumped on each read or write
+/// (no clock read on the request path); the connection's ticker notices when
+/// it stops changing.
 #[derive(Clone)]
-struct Activity {
-    epoch: Instant,
-    last_ms: Arc<AtomicU64>,
-}
+struct Activity(Arc<AtomicU64>);
 
 impl Activity {
     fn new() -> Activity {
-        Activity { epoch: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
+        Activity(Arc::new(AtomicU64::new(0)))
     }
 
     fn touch(&self) {
-        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How long a connection has been quiet, as seen from its ticker.
+struct Quiet {
+    seen: u64,
+    since: Instant,
+}
+
+impl Quiet {
+    fn new(activity: &Activity) -> Quiet {
+        Quiet { seen: activity.count(), since: Instant::now() }
+    }
+
+    /// Quiet for this long now (zero when bytes moved since the last look).
+    fn for_now(&mut self, activity: &Activity) -> Duration {
+        let count = activity.count();
+        if count != self.seen {
+            self.seen = count;
+            self.since = Instant::now();
+        }
+        self.since.elapsed()
     }
 }
 

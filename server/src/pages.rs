@@ -91,14 +91,15 @@ pub async fn gallery(
         }
     };
     state.emit_read(&hash, read.source);
-    let chrome = Chrome::for_visitor(&visitor, &state.secret);
-    let key = (chrome.csrf.clone(), page_no);
     // The same decoded page (a cache hit whose bytes did not change) renders
-    // to the same HTML for this session: reuse it.
+    // to the same HTML for this session (its token seeds the page's CSRF
+    // token): reuse it, and make the page's parts only when rendering.
+    let key = (me.token.as_str().to_owned(), page_no);
     let memo = state.rendered.get(&key).filter(|m| Arc::ptr_eq(&m.page, &read.page));
     let mut r = match memo {
         Some(m) => html(StatusCode::OK, m.html.clone()),
         None => {
+            let chrome = Chrome::for_visitor(&visitor, &state.secret);
             let view = GalleryView::new(chrome, &read.page, page_no, PER_PAGE);
             match view.render() {
                 Ok(body) => {

@@ -111,9 +111,9 @@ async fn lookup_session(state: &AppState, hash: &TokenHash) -> Result<Option<Ses
     let services = &state.services;
     let key = session_cache_key(hash);
     let now = now_millis();
-    match services.cache.get_many(&[&key]).await {
+    match services.cache.get(&key).await {
         Ok(found) => {
-            if let Some(c) = found.get(&key)
+            if let Some(c) = found
                 && let Ok(info) = serde_json::from_slice::<SessionInfo>(&c.data)
                 && info.expires_at > now
                 && (info.proven || !gallery_verified_lately(state, info.person_id).await)
@@ -145,8 +145,8 @@ const VERIFIED_MARK_TTL: Duration = Duration::from_secs(3600);
 /// then not believed, and the database (where it was deleted) decides.
 async fn gallery_verified_lately(state: &AppState, person: PersonId) -> bool {
     let key = verified_key(person);
-    match state.services.cache.get_many(&[&key]).await {
-        Ok(found) => found.contains_key(&key),
+    match state.services.cache.get(&key).await {
+        Ok(found) => found.is_some(),
         Err(_) => true,
     }
 }

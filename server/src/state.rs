@@ -38,8 +38,8 @@ pub struct AppState {
     /// Where people reach this server (mailed links): the configured public
     /// URL, else the address it is bound to (known once bound).
     pub public_url: std::sync::OnceLock<String>,
-    /// Gallery pages as rendered for one session (keyed by its CSRF token,
-    /// which no other session has) and page number, with the decoded page
+    /// Gallery pages as rendered for one session (keyed by its token, which
+    /// seeds the page's CSRF token and which no other session has) and page number, with the decoded page
     /// they show: a cached gallery is rendered again only when it changed.
     pub rendered: moka::sync::Cache<(String, u64), Arc<RenderedGallery>>,
     pub limiter: flipstack_core::limits::RateLimiter,

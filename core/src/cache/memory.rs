@@ -70,6 +70,10 @@ impl KvCache for MemoryCache {
             .collect())
     }
 
+    async fn get(&self, key: &str) -> Result<Option<Cached>, CacheError> {
+        Ok(self.entries.get(key).map(|e| Cached { data: e.data, cas: e.cas }))
+    }
+
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
         self.entries.insert(key.to_owned(), self.entry(value, ttl));
         Ok(())

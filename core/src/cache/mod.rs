@@ -53,6 +53,10 @@ pub trait KvCache: Send + Sync + 'static {
     fn kind(&self) -> crate::domain::CacheBackend;
     /// Looks up several keys in one round trip; absent keys are absent.
     async fn get_many(&self, keys: &[&str]) -> Result<HashMap<String, Cached>, CacheError>;
+    /// One key: [`Self::get_many`] without the map, for the lookups every request makes.
+    async fn get(&self, key: &str) -> Result<Option<Cached>, CacheError> {
+        Ok(self.get_many(&[key]).await?.remove(key))
+    }
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError>;
     /// Stores only when the key is absent; false when it was there.
     async fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, CacheError>;
