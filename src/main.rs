@@ -2,6 +2,7 @@
 //! the crates (core, server, worker, console, provision).
 
 mod log_writer;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -253,31 +254,63 @@ fn main() -> Result<()> {
     // SAFETY: umask only sets this process's file-mode mask; it cannot fail.
     unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
-    // The console owns the terminal: log lines would draw over it.
-    let log_format = cli.log_format;
-    let _log_writer = (!matches!(cli.command, Command::Console(_))).then(|| init_logging(log_format));
     let file = cli.config.as_deref();
+    let config = match &cli.command {
+        Command::Up(flags) => Config::load(file, flags),
+        Command::Serve(flags) => Config::load(file, flags),
+        Command::Work(flags) => Config::load(file, flags),
+        Command::Console(args) => Config::load(file, &args.flags),
+        Command::Db(
+            DbCommand::Dump { flags, .. } | DbCommand::Restore { flags, .. } | DbCommand::Migrate { flags },
+        ) => Config::load(file, flags),
+        Command::Provision(args) => Config::load(file, &args.flags),
+    }?;
+    // The console owns the terminal: log lines would draw over it. Traces
+    // are for the long-running roles.
+    let owns_terminal = matches!(cli.command, Command::Console(_));
+    let traced = matches!(cli.command, Command::Up(_) | Command::Serve(_) | Command::Work(_));
+    let telemetry = match (traced, config.otlp_traces_url()) {
+        (true, Some(url)) => Some(telemetry::Telemetry::start(&url, cli.command.name())?),
+        _ => None,
+    };
+    let log_writer = (!owns_terminal).then(|| init_logging(cli.log_format, telemetry.as_ref()));
+    if telemetry.is_some() {
+        flipstack_core::trace::start_exporting();
+        tracing::info!(url = %config.otlp_traces_url().unwrap_or_default(), "exporting traces over OTLP");
+    }
+    let log_format = cli.log_format;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         match cli.command {
-            Command::Up(flags) => up(Config::load(file, &flags)?, log_format).await,
-            Command::Serve(flags) => serve(Config::load(file, &flags)?).await,
-            Command::Work(flags) => work(Config::load(file, &flags)?).await,
-            Command::Console(args) => console(Config::load(file, &args.flags)?, args).await,
-            Command::Db(cmd) => {
-                let flags = match &cmd {
-                    DbCommand::Dump { flags, .. } | DbCommand::Restore { flags, .. } | DbCommand::Migrate { flags } => {
-                        flags
-                    }
-                };
-                db(Config::load(file, flags)?, cmd).await
-            }
-            Command::Provision(args) => {
-                flipstack_provision::cli::run(args.command, &Config::load(file, &args.flags)?).await
-            }
+            Command::Up(_) => up(config, log_format).await,
+            Command::Serve(_) => serve(config).await,
+            Command::Work(_) => work(config).await,
+            Command::Console(args) => console(config, args).await,
+            Command::Db(cmd) => db(config, cmd).await,
+            Command::Provision(args) => flipstack_provision::cli::run(args.command, &config).await,
         }
-    })
+    });
+    // The last spans leave while the log can still say so, outside the runtime.
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
+    drop(log_writer);
+    outcome
+}
+
+impl Command {
+    /// The command's name, as traces name the process.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Up(_) => "up",
+            Command::Serve(_) => "serve",
+            Command::Work(_) => "work",
+            Command::Console(_) => "console",
+            Command::Db(_) => "db",
+            Command::Provision(_) => "provision",
+        }
+    }
 }
 
 /// The one place the tracing subscriber is set up (layers go here). Events
@@ -286,20 +319,37 @@ fn main() -> Result<()> {
 /// waits on formatting, the terminal, a pipe or a file; when that thread
 /// falls behind, lines are dropped rather than slowing requests. Colours
 /// only on a terminal. The guard flushes what is queued when `main` returns.
-fn init_logging(format: LogFormat) -> log_writer::Guard {
-    use tracing_subscriber::EnvFilter;
+fn init_logging(format: LogFormat, telemetry: Option<&telemetry::Telemetry>) -> log_writer::Guard {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,refinery_core=warn,mysql_async=warn")
-    });
+    use tracing_subscriber::{EnvFilter, Layer, filter::Targets};
+    // RUST_LOG picks the lines written (and kept for the console's log view),
+    // not the spans traced: `warn` must not switch the traces off.
+    let log_filter = || {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new(
+                "info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,refinery_core=warn,mysql_async=warn",
+            )
+        })
+    };
     let format = match format {
         LogFormat::Text => log_writer::Format::Text { ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()) },
         LogFormat::Json => log_writer::Format::Json,
     };
     let (lines, guard) = log_writer::deferred(format, std::io::stderr());
+    // Spans of flipstack's own crates (requests, jobs, and the events inside
+    // them) to the OTLP receiver, when there is one.
+    let traces = telemetry.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t.tracer())
+            .with_filter(Targets::new().with_target("flipstack", tracing::Level::INFO))
+    });
     // The console's log view reads the recent warnings and errors (server's logbook).
-    tracing_subscriber::registry().with(filter).with(lines).with(flipstack_server::logbook::layer()).init();
+    tracing_subscriber::registry()
+        .with(lines.with_filter(log_filter()))
+        .with(traces)
+        .with(flipstack_server::logbook::layer().with_filter(log_filter()))
+        .init();
     guard
 }
 
@@ -347,6 +397,7 @@ async fn work(config: Config) -> Result<()> {
         tracing::info!("stopping: finishing the job in hand first");
         signal.cancel();
     });
+    tokio::spawn(flipstack_worker::pool::stop_when_orphaned(stop.clone()));
     flipstack_worker::run(services, options, stop).await?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `flipstack up`'s worker pool under a burst: it scales out on the backlog,
-//! every upload is flipped, and it scales back in once the burst is over.
+//! every upload is flipped, and it scales back in once the burst is over;
+//! and its workers do not outlive it.
 
 mod common;
 
@@ -137,4 +138,56 @@ async fn a_burst_scales_the_pool_out_and_back_in() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     drop(up);
+}
+
+/// The pids of a process's children, from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
+/// Running, not exited (a zombie waiting for its reaper counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+/// A `flipstack up` killed outright (SIGKILL: nothing of it runs to clean
+/// up) does not leave its workers polling on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_stop_when_their_up_is_killed_outright() {
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut up = Up(std::process::Command::new(env!("CARGO_BIN_EXE_flipstack"))
+        .arg("up")
+        .env("FLIPSTACK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FLIPSTACK_DATA_DIR", data.path())
+        .env("FLIPSTACK_WORKERS_MIN", "1")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap());
+    let started = Instant::now();
+    let worker = loop {
+        if let Some(&pid) = children_of(up.0.id()).first() {
+            break pid;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "flipstack up starts a worker");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    up.0.kill().unwrap();
+    up.0.wait().unwrap();
+    let started = Instant::now();
+    while alive(worker) {
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = std::process::Command::new("kill").args(["-KILL", &worker.to_string()]).status();
+            panic!("worker {worker} still runs 30 s after its flipstack up was killed");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -21,6 +21,7 @@ pub mod queue;
 pub mod screens;
 pub mod services;
 pub mod status;
+pub mod trace;
 pub mod wake;
 
 pub use flipstack_domain::{Config, config, domain, error, records, tls};

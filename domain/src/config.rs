@@ -31,6 +31,7 @@ pub const KEYS: &[&str] = &[
     "admin_token",
     "public_url",
     "worker_metrics_listen",
+    "otlp_endpoint",
     "cookie_secure",
     "max_upload_bytes",
     "max_pixels",
@@ -106,6 +107,9 @@ pub struct Config {
     /// Where a worker process serves its own `GET /metrics`; none by default
     /// (`flipstack up` gives each of its workers a free loopback port).
     pub worker_metrics_listen: Option<SocketAddr>,
+    /// An OTLP/HTTP receiver (`http://collector:4318`): traces go to its
+    /// `/v1/traces`, a span per request and per job; none by default.
+    pub otlp_endpoint: Option<String>,
     /// Mark cookies `Secure`; on by default when `public_url` is https.
     pub cookie_secure: Option<bool>,
     pub max_upload_bytes: u64,
@@ -198,6 +202,7 @@ impl Default for Config {
             admin_token: None,
             public_url: None,
             worker_metrics_listen: None,
+            otlp_endpoint: None,
             cookie_secure: None,
             max_upload_bytes: 25 * 1024 * 1024,
             max_pixels: 50_000_000,
@@ -323,7 +328,20 @@ impl Config {
         {
             return bad(format!("public_url {url:?} is not a URL; use e.g. https://photos.example.com"));
         }
+        if let Some(url) = &self.otlp_endpoint
+            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return bad(format!(
+                "otlp_endpoint {url:?} is not an http(s) URL; use the OTLP/HTTP receiver's base, e.g. http://127.0.0.1:4318"
+            ));
+        }
         Ok(())
+    }
+
+    /// Where spans are sent: the OTLP/HTTP receiver's `/v1/traces`.
+    pub fn otlp_traces_url(&self) -> Option<String> {
+        let base = self.otlp_endpoint.as_deref()?.trim_end_matches('/');
+        Some(if base.ends_with("/v1/traces") { base.to_owned() } else { format!("{base}/v1/traces") })
     }
 
     pub fn database_url(&self) -> String {

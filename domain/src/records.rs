@@ -47,6 +47,10 @@ pub struct Upload {
     pub created_at: Millis,
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
+    /// The W3C traceparent of the request that accepted it (traces exported
+    /// over OTLP): the worker's job continues that trace.
+    #[serde(default)]
+    pub trace_parent: Option<String>,
 }
 
 /// One picture as the gallery shows it (what the gallery cache holds).

@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use warp::http::{HeaderValue, StatusCode};
 
 /// The TCP peer of a request (the load balancer, behind one).
@@ -189,13 +190,20 @@ async fn connection(
             req.extensions_mut().insert(PeerAddr(peer));
             let busy = InFlight::new(in_flight.clone());
             let mut inner = service.clone();
+            let span = request_span(&req);
+            let answered = span.clone();
             async move {
                 let _busy = busy;
-                match tokio::time::timeout(deadline, inner.call(req)).await {
+                let r = match tokio::time::timeout(deadline, inner.call(req)).await {
                     Ok(r) => r,
                     Err(_) => Ok(too_slow()),
+                };
+                if let Ok(response) = &r {
+                    answered.record("http.response.status_code", response.status().as_u16());
                 }
+                r
             }
+            .instrument(span)
         })
     };
     let mut http = hyper::server::conn::Http::new();
@@ -236,6 +244,29 @@ async fn connection(
             }
         }
     }
+}
+
+/// A span per request while traces are exported (none otherwise): named by
+/// method and route pattern (`GET /gallery`, never a stranger's path), and
+/// continuing the caller's trace when the request carries a `traceparent`.
+fn request_span(req: &warp::http::Request<hyper::Body>) -> tracing::Span {
+    if !flipstack_core::trace::exporting() {
+        return tracing::Span::none();
+    }
+    let route = crate::route_name(req.uri().path());
+    let name = format!("{} {route}", req.method());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = name.as_str(),
+        otel.kind = "server",
+        http.request.method = req.method().as_str(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+        flipstack_core::trace::continue_trace(&span, parent);
+    }
+    span
 }
 
 fn too_slow() -> warp::http::Response<hyper::Body> {

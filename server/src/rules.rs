@@ -91,6 +91,7 @@ mod tests {
                     bytes: 10,
                     width: 2,
                     height: 2,
+                    trace_parent: None,
                 },
                 owner: NewOwner::Create { id: owner, email: ann.clone() },
                 session: None,

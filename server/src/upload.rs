@@ -583,6 +583,7 @@ async fn store_all(
                     bytes: spooled.bytes,
                     width,
                     height,
+                    trace_parent: flipstack_core::trace::current_traceparent(),
                 },
                 owner: std::mem::replace(&mut owner, NewOwner::Existing(person_id)),
                 session,

@@ -167,6 +167,8 @@ pub struct NewUpload {
     pub bytes: u64,
     pub width: u32,
     pub height: u32,
+    /// The accepting request's W3C traceparent, when traces are exported.
+    pub trace_parent: Option<String>,
 }
 
 /// An accepted upload, written in one transaction with its owner and session.

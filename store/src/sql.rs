@@ -60,7 +60,7 @@ const PURGES: [(&str, i64); 4] = [
 
 const UPLOAD_COLUMNS: &str = "id, person_id, display_name, format, bytes, width, height, state, attempts, claims, \
     next_attempt_at, lease_owner, lease_until, failure_reason, flipped_bytes, flipped_width, flipped_height, \
-    flip_method, thumb_width, thumb_height, created_at, updated_at, finished_at";
+    flip_method, thumb_width, thumb_height, created_at, updated_at, finished_at, trace_parent";
 
 const GALLERY_COLUMNS: &str = "id, display_name, format, state, failure_reason, width, height, \
     flipped_width, flipped_height, thumb_width, thumb_height, bytes, created_at";
@@ -204,6 +204,7 @@ fn upload_from(r: &Row) -> StoreResult<Upload> {
         created_at: r.get(20)?,
         updated_at: r.get(21)?,
         finished_at: r.get(22)?,
+        trace_parent: r.get(23)?,
     })
 }
 
@@ -400,8 +401,8 @@ impl<D: Driver> Uploads for SqlStore<D> {
                 let u = &a.upload;
                 s.exec(
                     "INSERT INTO uploads (id, person_id, display_name, format, bytes, width, height, state, \
-                     attempts, claims, next_attempt_at, enqueued_at, created_at, updated_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, NULL, ?, ?)",
+                     attempts, claims, next_attempt_at, enqueued_at, created_at, updated_at, trace_parent) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, NULL, ?, ?, ?)",
                     args![
                         u.id.get(),
                         person_id.get(),
@@ -412,7 +413,8 @@ impl<D: Driver> Uploads for SqlStore<D> {
                         u.height,
                         a.now,
                         a.now,
-                        a.now
+                        a.now,
+                        u.trace_parent.as_deref()
                     ],
                 )
                 .await?;
@@ -530,7 +532,7 @@ impl<D: Driver> Uploads for SqlStore<D> {
             let rows = s.query(&query, args![&state, &state, &format, &format, &reason, &reason, limit]).await?;
             rows.iter()
                 .map(|r| {
-                    let email: Option<String> = r.get(23)?;
+                    let email: Option<String> = r.get(24)?;
                     Ok((upload_from(r)?, email.map(|e| email_hash(&e)).unwrap_or_default()))
                 })
                 .collect()

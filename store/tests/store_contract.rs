@@ -84,6 +84,7 @@ async fn accepted_upload(store: &dyn MetadataStore, now: i64) -> UploadId {
                 bytes: 10,
                 width: 2,
                 height: 2,
+                trace_parent: None,
             },
             owner: NewOwner::Create { id: PersonId::new(), email: email.clone() },
             session: None,

@@ -29,6 +29,7 @@ use flipstack_core::store::{Failure, FlipOutcome, Leadership, StateChange, Uploa
 use flipstack_core::wake;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -260,12 +261,33 @@ async fn handle(
         return Ok(());
     };
     set_status(shared, WorkerStatus::Busy, Some(upload.id));
-    let result = process(services, options, shared, d, upload).await;
+    let span = job_span(&upload);
+    let result = process(services, options, shared, d, upload).instrument(span).await;
     set_status(shared, WorkerStatus::Idle, None);
     if let Ok(true) = result {
         shared.info.lock().unwrap_or_else(|p| p.into_inner()).jobs_done += 1;
     }
     result.map(|_| ())
+}
+
+/// A span per job while traces are exported (none otherwise), continuing
+/// the trace of the request that accepted the upload.
+fn job_span(upload: &Upload) -> tracing::Span {
+    if !flipstack_core::trace::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "job",
+        otel.name = "flip",
+        otel.kind = "consumer",
+        upload.id = upload.id.get(),
+        upload.format = upload.format.as_str(),
+        attempt = upload.attempts + 1,
+    );
+    if let Some(parent) = &upload.trace_parent {
+        flipstack_core::trace::continue_trace(&span, parent);
+    }
+    span
 }
 
 /// A delivery whose job this worker could not claim: settle the message.

@@ -191,10 +191,40 @@ fn pick_to_drain(running: &[Option<i32>], busy: &[i32], surplus: u32) -> Vec<i32
     running.iter().rev().flatten().filter(|pid| !busy.contains(pid)).take(surplus as usize).copied().collect()
 }
 
+/// Names the pool's process to the workers it starts.
+const SUPERVISOR_PID: &str = "FLIPSTACK_SUPERVISOR_PID";
+
+/// In a worker the pool started: cancels `stop` (the job in hand is
+/// finished, nothing new claimed) once the pool's process is gone. Dropping
+/// the pool kills its workers, but a `flipstack up` killed outright (SIGKILL,
+/// the OOM killer) drops nothing, and its workers would go on alone.
+pub async fn stop_when_orphaned(stop: CancellationToken) {
+    let Some(supervisor) = std::env::var(SUPERVISOR_PID).ok().and_then(|v| v.parse::<u32>().ok()) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // An orphan is adopted by init (or a subreaper): its parent changes.
+        if std::os::unix::process::parent_id() != supervisor {
+            tracing::warn!(
+                supervisor,
+                "the flipstack up that started this worker is gone; stopping after the job in hand"
+            );
+            stop.cancel();
+            return;
+        }
+    }
+}
+
 fn spawn(config: &PoolConfig) -> std::io::Result<Worker> {
     let child = Command::new(&config.program)
         .arg("work")
         .envs(config.env.iter().cloned())
+        .env(SUPERVISOR_PID, std::process::id().to_string())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;

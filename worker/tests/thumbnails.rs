@@ -47,6 +47,7 @@ async fn a_job_stores_the_flip_and_both_thumbnails() {
                 bytes: bytes.len() as u64,
                 width: w as u32,
                 height: h as u32,
+                trace_parent: None,
             },
             owner: NewOwner::Create { id: PersonId::new(), email: email.clone() },
             session: None,

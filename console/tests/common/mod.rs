@@ -224,6 +224,7 @@ pub fn upload(id: i64, state: UploadState, format: ImageFormat, age_s: i64, reas
         created_at,
         updated_at: created_at,
         finished_at: finished,
+        trace_parent: None,
     }
 }
 
