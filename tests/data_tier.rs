@@ -124,6 +124,7 @@ async fn a_slow_reader_never_leaves_the_cache_older_than_the_database(tier: Tier
         owner,
         session: None,
         person_hash: hash.clone(),
+        notice: false,
         now: now_millis(),
     };
     let receipt = s.store.accept_upload(add(1, NewOwner::Create { id: person, email: me.clone() })).await.unwrap();
@@ -183,6 +184,7 @@ async fn a_burst_of_misses_makes_one_database_read(tier: Tier) {
             owner: NewOwner::Create { id: person, email: me.clone() },
             session: None,
             person_hash: hash.clone(),
+            notice: false,
             now: now_millis(),
         })
         .await
@@ -223,15 +225,23 @@ async fn dump_and_restore_give_identical_rows(tier: Tier) {
         let id = upload(&app, &b, &me).await;
         app.wait_done(id).await;
     }
-    // A name with quotes, a line break and non-ASCII survives the round trip.
+    // A name with quotes, a line break and non-ASCII survives the round trip;
+    // its upload asks for a completion notice, so `notices` has a row too.
     let r = b
         .upload_raw(
-            &[("csrf", &b.csrf().await)],
+            &[("csrf", &b.csrf().await), ("notice", "on")],
             Some(("it's a \u{201c}name\u{201d}, ünïcødé.png".as_bytes(), &png(8, 8))),
         )
         .await;
     assert_eq!(r.status(), 303);
     app.wait_done(app.latest_upload(&me).await.unwrap()).await;
+    // Dumped after the notice went, so no row changes between dump and compare.
+    let person = app.services.store.person_by_email(&Email::parse(&me).unwrap()).await.unwrap().unwrap().id;
+    let started = Instant::now();
+    while app.services.store.notice_wish(person).await.unwrap().1.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the completion notice was never sent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let dump = app.data.path().join("dump.sql");
     let bin = env!("CARGO_BIN_EXE_flipstack");
@@ -243,6 +253,7 @@ async fn dump_and_restore_give_identical_rows(tier: Tier) {
     assert!(out.status.success(), "dump: {}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&dump).unwrap();
     assert!(text.starts_with("-- flipstack dump v2") && text.contains("CREATE TABLE uploads"));
+    assert!(text.contains("INSERT INTO notices"), "the notices table is dumped");
 
     // An empty database of the same kind.
     let target = tempfile::tempdir().unwrap();
@@ -378,6 +389,7 @@ async fn a_dump_of_hostile_names_replays_exactly_through_the_mariadb_client_and_
                 owner,
                 session: None,
                 person_hash: me.hashed_id(),
+                notice: false,
                 now,
             })
             .await
