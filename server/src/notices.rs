@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use flipstack_core::config::{Config, Period};
-use flipstack_core::domain::{PersonId, now_millis};
+use flipstack_core::domain::{Millis, PersonId, now_millis};
 use flipstack_core::mail::Mail;
-use flipstack_core::store::NoticeBatch;
+use flipstack_core::store::{NoticeBatch, NoticeDue};
 
 use crate::session::{sign, signed};
 use crate::state::AppState;
@@ -26,6 +26,21 @@ pub const DUTY: &str = "notices";
 const UNSUBSCRIBE: &str = "notice-unsubscribe";
 /// People served in one round; the rest wait for the next.
 const PER_ROUND: u32 = 100;
+
+/// How long nothing of a person's may finish before their batch counts as
+/// whole: the page's script sends a batch one picture after another, so the
+/// next picture's upload may still be on its way when the last one is flipped.
+/// Never longer than the interval itself.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// When a batch may be mailed, at `now`.
+pub fn due_at(config: &Config, now: Millis) -> NoticeDue {
+    let millis = |d: Duration| d.as_millis() as i64;
+    NoticeDue {
+        quiet_since: now - millis(config.notice_every.0),
+        settled_before: now - millis(SETTLE.min(config.notice_every.0)),
+    }
+}
 
 /// How often the leader looks for ready batches: a fraction of the interval,
 /// so a batch waits little past it, and never busier than four times a second.
@@ -57,15 +72,15 @@ pub fn unsubscribe_person(secret: &[u8], query: &HashMap<String, String>) -> Res
 /// One round of the leader: every person with a ready batch gets its mail.
 pub async fn send_ready(state: &AppState) {
     let services = &state.services;
-    let quiet_since = now_millis() - services.config.notice_every.0.as_millis() as i64;
-    let due = match services.store.due_notices(quiet_since, PER_ROUND).await {
+    let due = due_at(&services.config, now_millis());
+    let people = match services.store.due_notices(due, PER_ROUND).await {
         Ok(due) => due,
         Err(e) => {
             tracing::warn!(error = %e, "could not look for completion notices to send; trying again shortly");
             return;
         }
     };
-    for person in due {
+    for person in people {
         // Taking the batch records the notice as sent before the mail goes,
         // with a conditional update: a second server, or this one's next
         // round, finds it taken and sends nothing. Sending first and
@@ -74,7 +89,7 @@ pub async fn send_ready(state: &AppState) {
         // send that fails (the mail server is down) gives the batch back for
         // the next round. For a mail that is a courtesy, a rare missing one
         // beats a duplicate.
-        let batch = match services.store.take_notice(person, quiet_since, now_millis()).await {
+        let batch = match services.store.take_notice(person, due, now_millis()).await {
             Ok(Some(batch)) => batch,
             Ok(None) => continue,
             Err(e) => {
@@ -177,6 +192,13 @@ mod tests {
         assert_eq!(subject, "Your pictures are flipped (some could not be)");
         assert!(body.contains("1 picture flipped and ready. 1 picture could not be flipped"), "{body}");
         assert_eq!(notice_text(0, 3, "g", "u", every).0, "Your pictures could not be flipped");
+    }
+
+    #[test]
+    fn a_batch_settles_for_half_a_minute_at_most_the_interval() {
+        let with = |secs| Config { notice_every: Period(Duration::from_secs(secs)), ..Config::default() };
+        assert_eq!(due_at(&with(600), 1_000_000), NoticeDue { quiet_since: 400_000, settled_before: 970_000 });
+        assert_eq!(due_at(&with(3), 1_000_000), NoticeDue { quiet_since: 997_000, settled_before: 997_000 });
     }
 
     #[test]

@@ -281,6 +281,18 @@ impl UploadFilter {
     }
 }
 
+/// When a person's finished batch may be mailed (see [`Notices`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoticeDue {
+    /// Their last notice was sent at or before this (or never): the interval
+    /// between notices has passed.
+    pub quiet_since: Millis,
+    /// Nothing of theirs finished after this: the page's script uploads a
+    /// batch one picture after another, and a round that came between one
+    /// picture's flip and the next one's upload would split the batch.
+    pub settled_before: Millis,
+}
+
 /// A completion notice taken to be sent: one mail for the batch of a
 /// person's uploads that finished since the last one. Taking it already
 /// recorded it (see [`Notices::take_notice`]).
@@ -438,15 +450,15 @@ pub trait Notices: Send + Sync + 'static {
     /// upload already finished: only what finishes from now on is announced.
     async fn set_notice_wanted(&self, person: PersonId, wanted: bool, now: Millis) -> StoreResult<()>;
     /// People who asked, whose last notice was sent at or before
-    /// `quiet_since` (or never), with uploads finished since it and none
-    /// pending or processing: a batch is ready for them.
-    async fn due_notices(&self, quiet_since: Millis, limit: u32) -> StoreResult<Vec<PersonId>>;
+    /// `due.quiet_since` (or never), with uploads finished since it, none
+    /// finished after `due.settled_before`, and none pending or processing:
+    /// a batch is ready for them.
+    async fn due_notices(&self, due: NoticeDue, limit: u32) -> StoreResult<Vec<PersonId>>;
     /// Takes a person's ready batch to mail it, checking again what
     /// [`Notices::due_notices`] found, and records it as sent in the same
     /// transaction with a conditional update: of two takers, one gets it.
     /// `None` when there is nothing to send (or another process took it).
-    async fn take_notice(&self, person: PersonId, quiet_since: Millis, now: Millis)
-    -> StoreResult<Option<NoticeBatch>>;
+    async fn take_notice(&self, person: PersonId, due: NoticeDue, now: Millis) -> StoreResult<Option<NoticeBatch>>;
     /// Gives a taken batch back (its mail could not be sent), unless
     /// something changed the person's notice since: the next round sends it.
     async fn give_back_notice(&self, batch: &NoticeBatch) -> StoreResult<bool>;

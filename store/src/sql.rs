@@ -105,12 +105,13 @@ const NOTICE_WISH: &str = "UPDATE notices SET covered_until = CASE WHEN wanted =
 const NOTICE_INSERT: &str =
     "INSERT INTO notices (person_id, wanted, covered_until, sent_at, updated_at) VALUES (?, 0, 0, NULL, ?)";
 
-/// See `Notices::due_notices`. Binds quiet_since, limit.
+/// See `Notices::due_notices`. Binds quiet_since, settled_before, limit.
 const DUE_NOTICES: &str = "SELECT n.person_id FROM notices n \
     WHERE n.wanted = 1 AND (n.sent_at IS NULL OR n.sent_at <= ?) \
     AND EXISTS (SELECT 1 FROM uploads u WHERE u.person_id = n.person_id \
         AND u.state IN ('done', 'failed') AND u.finished_at > n.covered_until) \
-    AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.person_id = n.person_id AND u.state IN ('pending', 'processing')) \
+    AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.person_id = n.person_id \
+        AND (u.state IN ('pending', 'processing') OR u.finished_at > ?)) \
     ORDER BY n.person_id LIMIT ?";
 
 /// A person's uploads that a notice would speak of or wait for: unfinished,
@@ -985,18 +986,14 @@ impl<D: Driver> Notices for SqlStore<D> {
         in_transaction!(self, Tx::Write, |s| write_notice_wish(s, person, wanted, now).await)
     }
 
-    async fn due_notices(&self, quiet_since: Millis, limit: u32) -> StoreResult<Vec<PersonId>> {
+    async fn due_notices(&self, due: NoticeDue, limit: u32) -> StoreResult<Vec<PersonId>> {
         on_primary!(self, |s| {
-            s.query(DUE_NOTICES, args![quiet_since, limit]).await?.iter().map(|r| r.get::<PersonId>(0)).collect()
+            let params = args![due.quiet_since, due.settled_before, limit];
+            s.query(DUE_NOTICES, params).await?.iter().map(|r| r.get::<PersonId>(0)).collect()
         })
     }
 
-    async fn take_notice(
-        &self,
-        person: PersonId,
-        quiet_since: Millis,
-        now: Millis,
-    ) -> StoreResult<Option<NoticeBatch>> {
+    async fn take_notice(&self, person: PersonId, due: NoticeDue, now: Millis) -> StoreResult<Option<NoticeBatch>> {
         in_transaction!(self, Tx::Write, |s| {
             let select = format!(
                 "SELECT n.wanted, n.covered_until, n.sent_at, p.email FROM notices n JOIN people p ON p.id = n.person_id \
@@ -1005,7 +1002,7 @@ impl<D: Driver> Notices for SqlStore<D> {
             );
             let Some(row) = first(s.query(&select, args![person.get()]).await?) else { return Ok(None) };
             let (wanted, covered, sent): (bool, Millis, Option<Millis>) = (row.get(0)?, row.get(1)?, row.get(2)?);
-            if !wanted || sent.is_some_and(|at| at > quiet_since) {
+            if !wanted || sent.is_some_and(|at| at > due.quiet_since) {
                 return Ok(None);
             }
             let (mut ready, mut failed, mut newest) = (0u64, 0u64, covered);
@@ -1019,7 +1016,7 @@ impl<D: Driver> Notices for SqlStore<D> {
                 }
                 newest = newest.max(finished.unwrap_or(covered));
             }
-            if ready + failed == 0 {
+            if ready + failed == 0 || newest > due.settled_before {
                 return Ok(None);
             }
             if s.exec(NOTICE_TAKE, args![now, newest, now, person.get(), covered]).await? != 1 {

@@ -12,8 +12,8 @@ use flipstack_domain::domain::{
     DisplayName, Email, EventKind, ImageFormat, PersonId, TokenHash, UploadId, UploadState, WorkerStatus, now_millis,
 };
 use flipstack_store::{
-    self as store, AcceptUpload, Failure, FlipOutcome, MetadataStore, NewOwner, NewSession, NewUpload, UploadFilter,
-    WorkerInfo,
+    self as store, AcceptUpload, Failure, FlipOutcome, MetadataStore, NewOwner, NewSession, NewUpload, NoticeDue,
+    UploadFilter, WorkerInfo,
 };
 
 /// The database beneath a store, for what a check must do behind its back.
@@ -120,6 +120,11 @@ async fn finish(store: &dyn MetadataStore, id: UploadId, flipped: bool, at: i64)
     }
 }
 
+/// Past the interval since `quiet_since`, with everything finished long ago.
+fn due(quiet_since: i64) -> NoticeDue {
+    NoticeDue { quiet_since, settled_before: i64::MAX }
+}
+
 /// A new person, with a first upload (still pending) made with `notice` asked or not.
 async fn person_with_upload(store: &dyn MetadataStore, notice: bool, now: i64) -> (PersonId, Email, UploadId) {
     let person = PersonId::new();
@@ -138,24 +143,29 @@ async fn a_notice_covers_a_finished_batch_once(store: &dyn MetadataStore, _raw: 
     assert_eq!(store.notice_wish(person).await.unwrap(), (true, None));
     let quiet = now + 100;
     finish(store, first, true, now + 10).await;
-    assert!(store.due_notices(quiet, 10).await.unwrap().is_empty(), "the second upload is still pending");
-    assert!(store.take_notice(person, quiet, now + 20).await.unwrap().is_none());
+    assert!(store.due_notices(due(quiet), 10).await.unwrap().is_empty(), "the second upload is still pending");
+    assert!(store.take_notice(person, due(quiet), now + 20).await.unwrap().is_none());
     finish(store, second, false, now + 30).await;
-    assert_eq!(store.due_notices(quiet, 10).await.unwrap(), vec![person]);
+    // Something finished after the batch was to have settled: the next
+    // picture of the batch may still be on its way.
+    let unsettled = NoticeDue { quiet_since: quiet, settled_before: now + 29 };
+    assert!(store.due_notices(unsettled, 10).await.unwrap().is_empty(), "not settled yet");
+    assert!(store.take_notice(person, unsettled, now + 35).await.unwrap().is_none());
+    assert_eq!(store.due_notices(due(quiet), 10).await.unwrap(), vec![person]);
 
-    let batch = store.take_notice(person, quiet, now + 40).await.unwrap().expect("the batch is ready");
+    let batch = store.take_notice(person, due(quiet), now + 40).await.unwrap().expect("the batch is ready");
     assert_eq!((batch.person_id, &batch.email, batch.ready, batch.failed), (person, &email, 1, 1));
     assert_eq!((batch.sent_at, batch.covered_until), (now + 40, now + 30));
     assert_eq!(store.notice_wish(person).await.unwrap(), (true, Some(now + 40)));
-    assert!(store.take_notice(person, quiet, now + 41).await.unwrap().is_none(), "taken once");
-    assert!(store.due_notices(now + 1_000, 10).await.unwrap().is_empty(), "nothing new finished");
+    assert!(store.take_notice(person, due(quiet), now + 41).await.unwrap().is_none(), "taken once");
+    assert!(store.due_notices(due(now + 1_000), 10).await.unwrap().is_empty(), "nothing new finished");
 
     // The next batch is due only when the last notice is old enough.
     let third = upload_of(store, NewOwner::Existing(person), true, now + 50).await;
     finish(store, third, true, now + 60).await;
-    assert!(store.due_notices(now + 39, 10).await.unwrap().is_empty(), "the last notice is too recent");
-    assert!(store.take_notice(person, now + 39, now + 70).await.unwrap().is_none());
-    let next = store.take_notice(person, now + 40, now + 80).await.unwrap().expect("quiet long enough");
+    assert!(store.due_notices(due(now + 39), 10).await.unwrap().is_empty(), "the last notice is too recent");
+    assert!(store.take_notice(person, due(now + 39), now + 70).await.unwrap().is_none());
+    let next = store.take_notice(person, due(now + 40), now + 80).await.unwrap().expect("quiet long enough");
     assert_eq!((next.ready, next.failed, next.covered_until), (1, 0, now + 60), "only the new upload");
 }
 
@@ -165,10 +175,10 @@ async fn a_notice_given_back_is_taken_again(store: &dyn MetadataStore, _raw: &Ra
     let now = now_millis();
     let (person, _, id) = person_with_upload(store, true, now).await;
     finish(store, id, true, now + 10).await;
-    let batch = store.take_notice(person, now + 100, now + 20).await.unwrap().unwrap();
+    let batch = store.take_notice(person, due(now + 100), now + 20).await.unwrap().unwrap();
     assert!(store.give_back_notice(&batch).await.unwrap());
     assert_eq!(store.notice_wish(person).await.unwrap(), (true, None), "as before it was taken");
-    let again = store.take_notice(person, now + 100, now + 30).await.unwrap().expect("taken again");
+    let again = store.take_notice(person, due(now + 100), now + 30).await.unwrap().expect("taken again");
     assert_eq!(again.ready, 1);
     assert!(!store.give_back_notice(&batch).await.unwrap(), "the first take is long gone");
     assert_eq!(store.notice_wish(person).await.unwrap(), (true, Some(now + 30)));
@@ -186,17 +196,17 @@ async fn asking_for_notices_covers_what_already_finished(store: &dyn MetadataSto
     store.set_notice_wanted(person, true, now + 20).await.unwrap();
     store.set_notice_wanted(person, true, now + 21).await.unwrap();
     assert_eq!(store.notice_wish(person).await.unwrap(), (true, None));
-    assert!(store.due_notices(now + 1_000, 10).await.unwrap().is_empty(), "the earlier upload is covered");
+    assert!(store.due_notices(due(now + 1_000), 10).await.unwrap().is_empty(), "the earlier upload is covered");
 
     // Asked again with a new upload: nothing is reset, the new one is announced.
     let new = upload_of(store, NewOwner::Existing(person), true, now + 30).await;
     finish(store, new, true, now + 40).await;
-    assert_eq!(store.due_notices(now + 1_000, 10).await.unwrap(), vec![person]);
+    assert_eq!(store.due_notices(due(now + 1_000), 10).await.unwrap(), vec![person]);
 
     // An upload without the box ticked turns it off.
     upload_of(store, NewOwner::Existing(person), false, now + 50).await;
     assert_eq!(store.notice_wish(person).await.unwrap(), (false, None));
-    assert!(store.take_notice(person, now + 1_000, now + 60).await.unwrap().is_none());
+    assert!(store.take_notice(person, due(now + 1_000), now + 60).await.unwrap().is_none());
     store.set_notice_wanted(stranger, false, now).await.unwrap();
     assert_eq!(store.notice_wish(stranger).await.unwrap(), (false, None), "unasking makes no row");
 }
@@ -206,8 +216,10 @@ async fn two_takers_of_one_notice_get_it_once(store: &dyn MetadataStore, _raw: &
     let now = now_millis();
     let (person, _, id) = person_with_upload(store, true, now).await;
     finish(store, id, true, now + 10).await;
-    let (a, b) =
-        tokio::join!(store.take_notice(person, now + 100, now + 20), store.take_notice(person, now + 100, now + 21));
+    let (a, b) = tokio::join!(
+        store.take_notice(person, due(now + 100), now + 20),
+        store.take_notice(person, due(now + 100), now + 21)
+    );
     let taken = [a.unwrap(), b.unwrap()].into_iter().flatten().count();
     assert_eq!(taken, 1, "one notice for one batch");
 }
