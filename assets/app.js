@@ -60,6 +60,9 @@
         data.append("csrf", $("input[name=csrf]", form).value);
         const email = $("#email", form);
         if (email && email.value) data.append("email", email.value);
+        // As a plain form sends it: present when ticked, absent (off) when not.
+        const notice = $("#notice", form);
+        if (notice && notice.checked) data.append("notice", notice.value);
         data.append("file", file, file.name);
         const xhr = new XMLHttpRequest();
         xhr.open("POST", form.action);

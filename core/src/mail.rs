@@ -1,4 +1,4 @@
-//! The mailer port: sign-in links leave through it. `outbox://DIR` writes each
+//! The mailer port: sign-in links and completion notices leave through it. `outbox://DIR` writes each
 //! message as an `.eml` file (and the caller logs the file's path), for one
 //! machine with no mail server; SMTP sends for real:
 //!
@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::domain::Email;
@@ -24,11 +24,23 @@ pub enum MailError {
     Send(String),
 }
 
+/// One plain-text mail.
+#[derive(Debug, Clone, Copy)]
+pub struct Mail<'a> {
+    pub subject: &'a str,
+    pub body: &'a str,
+    /// For mail a person asked for: the URL that stops it with one POST,
+    /// sent as `List-Unsubscribe` with `List-Unsubscribe-Post:
+    /// List-Unsubscribe=One-Click` (RFC 8058), so mail programs offer it
+    /// beside the message.
+    pub unsubscribe: Option<&'a str>,
+}
+
 #[async_trait]
 pub trait Mailer: Send + Sync + 'static {
     /// `outbox` or `smtp`.
     fn kind(&self) -> &'static str;
-    async fn send(&self, to: &Email, subject: &str, body: &str) -> Result<(), MailError>;
+    async fn send(&self, to: &Email, mail: &Mail<'_>) -> Result<(), MailError>;
 }
 
 pub fn from_url(url: &str, from: &str) -> Result<Arc<dyn Mailer>, MailError> {
@@ -92,15 +104,26 @@ fn smtp_url(url: &str) -> Result<(String, SmtpSecurity), MailError> {
     Ok((lettre_url, security))
 }
 
-fn message(from: &lettre::message::Mailbox, to: &Email, subject: &str, body: &str) -> Result<Message, MailError> {
+fn message(from: &lettre::message::Mailbox, to: &Email, mail: &Mail<'_>) -> Result<Message, MailError> {
     let to = to.as_str().parse().map_err(|e| MailError::Send(format!("recipient: {e}")))?;
-    Message::builder()
-        .from(from.clone())
-        .to(to)
-        .subject(subject)
-        .header(ContentType::TEXT_PLAIN)
-        .body(body.to_owned())
-        .map_err(|e| MailError::Send(e.to_string()))
+    let mut builder =
+        Message::builder().from(from.clone()).to(to).subject(mail.subject).header(ContentType::TEXT_PLAIN);
+    if let Some(url) = mail.unsubscribe {
+        // A header value lettre would encode (RFC 2047) is no longer a URL a
+        // mail program can use: only printable ASCII, as a URL serialises.
+        if url.is_empty() || !url.bytes().all(|b| b.is_ascii_graphic() && b != b'>') {
+            return Err(MailError::Send(format!(
+                "the unsubscribe link {url:?} is not a plain ASCII URL; check FLIPSTACK_PUBLIC_URL"
+            )));
+        }
+        builder = builder
+            .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("List-Unsubscribe"), format!("<{url}>")))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".into(),
+            ));
+    }
+    builder.body(mail.body.to_owned()).map_err(|e| MailError::Send(e.to_string()))
 }
 
 struct Outbox {
@@ -115,12 +138,9 @@ impl Mailer for Outbox {
         "outbox"
     }
 
-    async fn send(&self, to: &Email, subject: &str, body: &str) -> Result<(), MailError> {
-        let id = self
-            .transport
-            .send(message(&self.from, to, subject, body)?)
-            .await
-            .map_err(|e| MailError::Send(e.to_string()))?;
+    async fn send(&self, to: &Email, mail: &Mail<'_>) -> Result<(), MailError> {
+        let id =
+            self.transport.send(message(&self.from, to, mail)?).await.map_err(|e| MailError::Send(e.to_string()))?;
         // The path, never the message: the log may be read by more people than the outbox.
         let path = self.dir.join(format!("{id}.eml"));
         tracing::info!(path = %path.display(), to = %to.hashed_id(), "mail written to the outbox");
@@ -140,8 +160,8 @@ impl Mailer for Smtp {
         "smtp"
     }
 
-    async fn send(&self, to: &Email, subject: &str, body: &str) -> Result<(), MailError> {
-        self.transport.send(message(&self.from, to, subject, body)?).await.map_err(|e| {
+    async fn send(&self, to: &Email, mail: &Mail<'_>) -> Result<(), MailError> {
+        self.transport.send(message(&self.from, to, mail)?).await.map_err(|e| {
             let e = e.to_string();
             if self.security == SmtpSecurity::StartTls && e.contains("STARTTLS") {
                 MailError::Send(format!(
@@ -220,7 +240,8 @@ mod tests {
         let (port, server) = plaintext_smtp_server().await;
         let mailer =
             from_url(&format!("smtp://user:secret-pw@127.0.0.1:{port}"), "flipstack <fs@example.com>").unwrap();
-        let err = mailer.send(&to(), "Sign in", "https://example.com/signin/SECRET-LINK").await.unwrap_err();
+        let mail = Mail { subject: "Sign in", body: "https://example.com/signin/SECRET-LINK", unsubscribe: None };
+        let err = mailer.send(&to(), &mail).await.unwrap_err();
         let text = err.to_string();
         assert!(text.contains("STARTTLS") && text.contains("smtp+insecure://"), "{text}");
         let seen = tokio::time::timeout(std::time::Duration::from_secs(10), server).await.unwrap().unwrap();
@@ -231,9 +252,28 @@ mod tests {
     async fn smtp_insecure_is_the_explicit_plaintext_opt_out() {
         let (port, server) = plaintext_smtp_server().await;
         let mailer = from_url(&format!("smtp+insecure://127.0.0.1:{port}"), "flipstack <fs@example.com>").unwrap();
-        mailer.send(&to(), "Sign in", "the link: SECRET-LINK").await.unwrap();
+        mailer
+            .send(&to(), &Mail { subject: "Sign in", body: "the link: SECRET-LINK", unsubscribe: None })
+            .await
+            .unwrap();
         let seen = tokio::time::timeout(std::time::Duration::from_secs(10), server).await.unwrap().unwrap();
         assert!(seen.contains("SECRET-LINK"), "delivered: {seen}");
+    }
+
+    #[test]
+    fn a_mail_asked_for_can_be_stopped_in_one_click() {
+        let from: lettre::message::Mailbox = "flipstack <fs@example.com>".parse().unwrap();
+        let url = "https://photos.example.com/notices/unsubscribe?person=12345&token=a-long_token-of-forty-three-characters-abcd";
+        let mail = Mail { subject: "Your pictures are flipped", body: "2 pictures", unsubscribe: Some(url) };
+        let text = String::from_utf8(message(&from, &to(), &mail).unwrap().formatted()).unwrap();
+        assert!(text.contains(&format!("\r\nList-Unsubscribe: <{url}>\r\n")), "one unfolded line: {text}");
+        assert!(text.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"), "{text}");
+        let plain = Mail { unsubscribe: None, ..mail };
+        let text = String::from_utf8(message(&from, &to(), &plain).unwrap().formatted()).unwrap();
+        assert!(!text.contains("List-Unsubscribe"), "only mail a person asked for: {text}");
+        for bad in ["https://h/x\r\nBcc: someone@example.com", "https://h/ü", "https://h/a b", ""] {
+            assert!(message(&from, &to(), &Mail { unsubscribe: Some(bad), ..mail }).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

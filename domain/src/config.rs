@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -72,6 +73,7 @@ pub const KEYS: &[&str] = &[
     "startup_wait_secs",
     "scale_in_protection_group",
     "libheif",
+    "notice_every",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -183,6 +185,8 @@ pub struct Config {
     /// libheif's file (a name the dynamic loader finds, or a path), loaded at
     /// first use for HEIC/AVIF; without it those uploads are refused (415).
     pub libheif: String,
+    /// Completion notices: at most one mail per person this often.
+    pub notice_every: Period,
 }
 
 impl Default for Config {
@@ -243,6 +247,7 @@ impl Default for Config {
             startup_wait_secs: 300,
             scale_in_protection_group: None,
             libheif: DEFAULT_LIBHEIF.into(),
+            notice_every: Period(Duration::from_secs(600)),
         }
     }
 }
@@ -323,6 +328,12 @@ impl Config {
                 "max_connections, max_connections_per_client and max_uploads_per_client must be above zero".into()
             );
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&self.notice_every.0) {
+            return bad(format!(
+                "notice_every ({}) must be between 1s and 7 days (168h); set FLIPSTACK_NOTICE_EVERY to e.g. 10m",
+                self.notice_every
+            ));
+        }
         if let Some(url) = &self.public_url
             && url::Url::parse(url).is_err()
         {
@@ -386,6 +397,61 @@ impl Config {
             }
         }
         out
+    }
+}
+
+/// A length of time in the configuration: `30s`, `10m`, `2h`, or a number of
+/// seconds (`600`, in TOML also unquoted). Written back in the largest unit
+/// that is exact, so `to_env` hands it on unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period(pub Duration);
+
+impl Period {
+    pub fn parse(text: &str) -> Result<Period, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let scale = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => 0,
+        };
+        match number.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)).filter(|_| scale > 0) {
+            Some(secs) => Ok(Period(Duration::from_secs(secs))),
+            None => Err(format!("{text:?} is not a length of time; write e.g. 30s, 10m, 2h or a number of seconds")),
+        }
+    }
+}
+
+impl std::fmt::Display for Period {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_secs() {
+            s if s > 0 && s % 3600 == 0 => write!(f, "{}h", s / 3600),
+            s if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl Serialize for Period {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Period {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Period, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum TextOrSeconds {
+            Seconds(u64),
+            Text(String),
+        }
+        match TextOrSeconds::deserialize(d)? {
+            TextOrSeconds::Seconds(n) => Ok(Period(Duration::from_secs(n))),
+            TextOrSeconds::Text(t) => Period::parse(&t).map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -458,6 +524,35 @@ mod tests {
             }
             let back = Config::load(None, BTreeMap::<String, String>::new()).map_err(|e| e.to_string())?;
             assert_eq!(back, c);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn periods_read_as_people_write_them_and_are_validated() {
+        for (text, secs) in [("30s", 30), ("10m", 600), ("2h", 7200), ("600", 600), (" 45 ", 45)] {
+            assert_eq!(Period::parse(text), Ok(Period(Duration::from_secs(secs))), "{text}");
+        }
+        for text in ["", "m", "10x", "-5s", "1.5m", "10 minutes"] {
+            assert!(Period::parse(text).is_err(), "{text:?} is not a period");
+        }
+        assert_eq!(Period(Duration::from_secs(5400)).to_string(), "90m");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLIPSTACK_NOTICE_EVERY", "30s");
+            let c = Config::load(None, BTreeMap::<String, String>::new()).map_err(|e| e.to_string())?;
+            assert_eq!(c.notice_every, Period(Duration::from_secs(30)));
+            for (value, says) in [("10x", "not a length of time"), ("0", "between 1s and 7 days")] {
+                jail.set_env("FLIPSTACK_NOTICE_EVERY", value);
+                let err = Config::load(None, BTreeMap::<String, String>::new()).unwrap_err().to_string();
+                assert!(err.contains(says) && err.to_lowercase().contains("notice_every"), "{value}: {err}");
+            }
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("flipstack.toml", "notice_every = 90")?;
+            let c = Config::load(Some(Path::new("flipstack.toml")), BTreeMap::<String, String>::new())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.notice_every, Period(Duration::from_secs(90)), "seconds unquoted in TOML");
             Ok(())
         });
     }

@@ -9,6 +9,7 @@ pub mod images;
 pub mod listener;
 pub mod logbook;
 mod multipart;
+pub mod notices;
 pub mod pages;
 pub mod rules;
 pub mod session;
@@ -411,6 +412,21 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and_then(|id, variant, state, cookie, inm, query: HashMap<String, String>| {
             images::image(state, id, variant, cookie, inm, query.contains_key("download"))
         });
+    // The links in completion notices: no session needed, the link's own
+    // signature is the proof (so no CSRF token either; see notices.rs).
+    let unsubscribe = warp::path!("notices" / "unsubscribe")
+        .and(warp::get())
+        .and(s())
+        .and(visitor(state.clone()))
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(pages::unsubscribe_page);
+    let unsubscribe_post = warp::path!("notices" / "unsubscribe")
+        .and(warp::post())
+        .and(s())
+        .and(visitor(state.clone()))
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(pages::unsubscribe_submit);
+    let notices = unsubscribe.or(unsubscribe_post).unify().boxed();
     let healthz = health::routes(state.clone());
     let metrics =
         warp::path!("metrics").and(warp::get()).and(s()).and(listener::remote()).and(auth()).and_then(admin::metrics);
@@ -521,6 +537,8 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
     let fallback_state = state.clone();
     let metrics = state.services.metrics.clone();
     pages
+        .or(notices)
+        .unify()
         .or(ops)
         .unify()
         .or(admin)
@@ -557,6 +575,7 @@ pub fn route_name(path: &str) -> &'static str {
         ["signin"] => "/signin",
         ["signin", "link"] => "/signin/link",
         ["logout"] => "/logout",
+        ["notices", "unsubscribe"] => "/notices/unsubscribe",
         ["uploads", _, "delete"] => "/uploads/{id}/delete",
         ["uploads", _, "view"] => "/uploads/{id}/view",
         ["images", _, _] => "/images/{id}/{kind}",
@@ -623,6 +642,7 @@ mod tests {
     fn routes_are_named_by_their_pattern_and_strangers_paths_are_other() {
         assert_eq!(route_name("/"), "/");
         assert_eq!(route_name("/gallery"), "/gallery");
+        assert_eq!(route_name("/notices/unsubscribe"), "/notices/unsubscribe");
         assert_eq!(route_name("/uploads/0193abc/view"), "/uploads/{id}/view");
         assert_eq!(route_name("/images/0193abc/flipped-screen"), "/images/{id}/{kind}");
         assert_eq!(route_name("/admin/api/uploads/0193abc/retry"), "/admin/api/uploads/{id}/retry");

@@ -1,4 +1,5 @@
-//! The pages: upload form, gallery, sign-in (and its mailed one-time link), logout.
+//! The pages: upload form, gallery, sign-in (and its mailed one-time link),
+//! logout, and the unsubscribe link of completion notices.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -11,6 +12,7 @@ use flipstack_core::domain::{Email, SecretToken, TokenHash, now_millis};
 use flipstack_core::store::{NewSession, Person, SessionInfo, SigninOutcome, StoreError};
 use warp::http::{HeaderName, HeaderValue, StatusCode};
 
+use crate::notices::{self, LinkProblem};
 use crate::session::{
     SESSION_COOKIE, SESSION_LIFETIME_MS, SignedIn, Visitor, forget_cached_session, forget_session,
     mark_gallery_verified, remember_session, set_cookie,
@@ -18,7 +20,7 @@ use crate::session::{
 use crate::shield::{ClientAddr, Limit, too_many_text};
 use crate::signin;
 use crate::state::{AppState, RenderedGallery};
-use crate::views::{Chrome, FormPage, GalleryView, SigninLinkPage, SigninPage};
+use crate::views::{Chrome, FormPage, GalleryView, SigninLinkPage, SigninPage, UnsubscribePage};
 use crate::web::{Resp, add_cookie, finish, html, message, render, see_other};
 
 pub const PER_PAGE: u64 = 12;
@@ -47,24 +49,47 @@ pub async fn index() -> Result<Resp, Infallible> {
 }
 
 pub async fn form(state: Arc<AppState>, visitor: Visitor) -> Result<Resp, Infallible> {
-    Ok(form_page(&state, &visitor, StatusCode::OK, None, "").await)
+    Ok(form_page(&state, &visitor, StatusCode::OK, None, &FormInput::default()).await)
 }
 
-/// The upload form, with an error and the e-mail the person typed kept.
+/// What a person sent in the upload form, kept when the form is shown again.
+#[derive(Debug, Clone, Default)]
+pub struct FormInput {
+    pub email: String,
+    /// The "mail me" box as sent; `None` when the form was not read that far,
+    /// and the person's remembered choice is shown.
+    pub notice: Option<bool>,
+}
+
+/// The upload form, with an error and what the person sent kept.
 pub async fn form_page(
     state: &AppState,
     visitor: &Visitor,
     status: StatusCode,
     error: Option<String>,
-    email: &str,
+    sent: &FormInput,
 ) -> Resp {
+    let notice = match (sent.notice, &visitor.signed_in) {
+        (Some(ticked), _) => ticked,
+        (None, Some(me)) => match state.services.store.notice_wish(me.person_id).await {
+            Ok((wanted, _)) => wanted,
+            // Shown unticked, the next upload would turn the notices off.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read whether a person asked for completion notices");
+                return unavailable_page(state);
+            }
+        },
+        (None, None) => false,
+    };
     let blocked = state.blocked.get(&state.services).await;
     let c = &state.services.config;
     let page = FormPage {
         chrome: Chrome::for_visitor(visitor, &state.secret),
         blocked,
         error,
-        email_value: email.to_owned(),
+        email_value: sent.email.clone(),
+        notice,
+        notice_every: c.notice_every.to_string(),
         max_size: crate::web::human_bytes(c.max_upload_bytes),
         max_bytes: c.max_upload_bytes,
         max_mp: format!("{}", c.max_pixels as f64 / 1e6),
@@ -310,6 +335,64 @@ pub async fn logout(state: Arc<AppState>, visitor: Visitor, form: HashMap<String
     }
     let gone = set_cookie(SESSION_COOKIE, "", 0, state.cookie_secure());
     Ok(add_cookie(see_other("/form"), &gone))
+}
+
+/// `GET /notices/unsubscribe`, the link in a completion notice: a page with
+/// one button, because mail scanners open links but press no buttons.
+pub async fn unsubscribe_page(
+    state: Arc<AppState>,
+    visitor: Visitor,
+    query: HashMap<String, String>,
+) -> Result<Resp, Infallible> {
+    let person = match notices::unsubscribe_person(&state.secret, &query) {
+        Ok(person) => person,
+        Err(problem) => return Ok(bad_unsubscribe_link(&state, &visitor, problem)),
+    };
+    let page = UnsubscribePage {
+        chrome: Chrome::for_visitor(&visitor, &state.secret),
+        action: notices::unsubscribe_path(&state.secret, person),
+    };
+    Ok(finish(&state, &visitor, render(StatusCode::OK, &page)))
+}
+
+/// `POST /notices/unsubscribe`: that page's button, or a mail program's
+/// one-click unsubscribe (RFC 8058), which posts to the mailed link itself.
+pub async fn unsubscribe_submit(
+    state: Arc<AppState>,
+    visitor: Visitor,
+    query: HashMap<String, String>,
+) -> Result<Resp, Infallible> {
+    let person = match notices::unsubscribe_person(&state.secret, &query) {
+        Ok(person) => person,
+        Err(problem) => return Ok(bad_unsubscribe_link(&state, &visitor, problem)),
+    };
+    if let Err(e) = state.services.store.set_notice_wanted(person, false, now_millis()).await {
+        tracing::warn!(error = %e, "could not turn completion notices off");
+        return Ok(unavailable_page(&state));
+    }
+    tracing::info!(person = person.get(), "completion notices turned off by their mailed link");
+    Ok(message(
+        &state,
+        &visitor,
+        StatusCode::OK,
+        "No more mails",
+        "You will get no more mails when your pictures are flipped. To get them again, tick the box on the upload form with your next upload.",
+        Some(("/form", "Go to the upload page")),
+    ))
+}
+
+fn bad_unsubscribe_link(state: &AppState, visitor: &Visitor, problem: LinkProblem) -> Resp {
+    let (status, text) = match problem {
+        LinkProblem::Incomplete => (
+            StatusCode::BAD_REQUEST,
+            "This unsubscribe link is not complete: part of it was lost on the way. Open the link from the mail as it is, or untick the box on your next upload.",
+        ),
+        LinkProblem::Forged => (
+            StatusCode::FORBIDDEN,
+            "This unsubscribe link is not valid: it was changed, or flipstack did not make it. Nothing was changed. Open the link from the mail as it is, or untick the box on your next upload.",
+        ),
+    };
+    message(state, visitor, status, "This link does not work", text, Some(("/form", "Go to the upload page")))
 }
 
 pub fn csrf_refused(state: &AppState, visitor: &Visitor) -> Resp {

@@ -5,7 +5,8 @@
 //! (a random value for visitors who are not, so their forms carry a CSRF
 //! token too). Both are HttpOnly and SameSite=Lax, and Secure when the site
 //! is served over TLS. A CSRF token is an HMAC of the session (or anonymous)
-//! value under a secret shared by every instance through the database.
+//! value under a secret shared by every instance through the database; the
+//! same signature ([`sign`]) makes the unsubscribe links of completion notices.
 
 use std::time::Duration;
 
@@ -85,15 +86,11 @@ impl Visitor {
     }
 
     pub fn csrf_token(&self, secret: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-        mac.update(b"csrf\0");
-        mac.update(self.csrf_seed.as_bytes());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        sign(secret, "csrf", &self.csrf_seed)
     }
 
     pub fn csrf_ok(&self, secret: &[u8], submitted: &str) -> bool {
-        let expected = self.csrf_token(secret);
-        expected.len() == submitted.len() && bool::from(expected.as_bytes().ct_eq(submitted.as_bytes()))
+        signed(secret, "csrf", &self.csrf_seed, submitted)
     }
 
     /// For pages shown when the database cannot say who is asking.
@@ -105,6 +102,22 @@ impl Visitor {
     pub fn signed_in_as(&self, signed: SignedIn) -> Visitor {
         Visitor { csrf_seed: signed.token.as_str().to_owned(), signed_in: Some(signed), new_anon_cookie: None }
     }
+}
+
+/// An HMAC of `value` under the shared secret, for one `purpose` (a token
+/// made for one purpose is worth nothing for another), URL-safe base64.
+pub fn sign(secret: &[u8], purpose: &str, value: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(purpose.as_bytes());
+    mac.update(b"\0");
+    mac.update(value.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+}
+
+/// Whether `submitted` is [`sign`]'s token, compared in constant time.
+pub fn signed(secret: &[u8], purpose: &str, value: &str, submitted: &str) -> bool {
+    let expected = sign(secret, purpose, value);
+    expected.len() == submitted.len() && bool::from(expected.as_bytes().ct_eq(submitted.as_bytes()))
 }
 
 async fn lookup_session(state: &AppState, hash: &TokenHash) -> Result<Option<SessionInfo>, StoreError> {
@@ -210,6 +223,20 @@ mod tests {
         assert_eq!(cookie(h, "other"), Some("x=y"));
         assert_eq!(cookie(h, "missing"), None);
         assert_eq!(cookie(None, "a"), None);
+    }
+
+    #[test]
+    fn signatures_hold_for_their_purpose_and_value_only() {
+        let token = sign(b"secret", "csrf", "seed");
+        assert!(signed(b"secret", "csrf", "seed", &token));
+        assert!(!signed(b"secret", "notice", "seed", &token), "another purpose");
+        assert!(!signed(b"secret", "csrf", "seed2", &token), "another value");
+        assert!(!signed(b"other", "csrf", "seed", &token), "another secret");
+        assert!(!signed(b"secret", "csrf", "seed", &token[1..]), "cut short");
+        // The CSRF token is what it always was: old pages' tokens still hold.
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"secret").unwrap();
+        mac.update(b"csrf\0seed");
+        assert_eq!(token, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use flipstack_core::domain::{Email, SecretToken, now_millis};
+use flipstack_core::mail::Mail;
 use flipstack_core::store::Person;
 
 use crate::shield::Limit;
@@ -79,7 +80,8 @@ async fn mail_link(state: &AppState, person: &Person) -> Result<(), LinkError> {
         "Hello,\n\nopen this link to sign in to your flipstack gallery ({}):\n\n{link}\n\nIt works once, for 15 minutes, in the browser you open it in.\nIf you did not ask for it, you can ignore this mail: nobody gets in without it.\n",
         person.email
     );
-    services.mailer.send(&person.email, "Your flipstack sign-in link", &body).await?;
+    let mail = Mail { subject: "Your flipstack sign-in link", body: &body, unsubscribe: None };
+    services.mailer.send(&person.email, &mail).await?;
     // The link itself is a password for 15 minutes: it never goes to the log.
     tracing::info!(person = %person.email.hashed_id(), mailer = services.mailer.kind(), "sign-in link mailed");
     Ok(())

@@ -18,6 +18,7 @@ pub fn spawn_all(state: Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(background(purge(state.clone()))),
         tokio::spawn(background(crate::signin::run_mailer(state.clone()))),
         tokio::spawn(background(sweep_orphans(state.clone()))),
+        tokio::spawn(background(completion_notices(state.clone()))),
     ];
     if state.services.on_aws() {
         let s = state.services.clone();
@@ -128,5 +129,25 @@ async fn sweep_orphans(state: Arc<AppState>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "the orphan sweep did not finish; it runs again in an hour"),
         }
+    }
+}
+
+/// Completion notices for the whole fleet, by the one server that holds the
+/// `notices` lock; the others ask each round and take over within a round
+/// when it dies. One sender keeps the fleet from racing for the same batches
+/// (the store's conditional take would still send each once).
+async fn completion_notices(state: Arc<AppState>) {
+    use flipstack_core::store::lead::{FleetDuty, Turn};
+    let mut duty = FleetDuty::new(crate::notices::DUTY);
+    let mut tick = tokio::time::interval(crate::notices::round_every(&state.services.config));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match duty.turn(state.services.store.as_ref()).await {
+            Turn::NotOurs => continue,
+            Turn::Took => tracing::info!("this server now sends the fleet's completion notices"),
+            Turn::Holds => {}
+        }
+        crate::notices::send_ready(&state).await;
     }
 }

@@ -25,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 use warp::http::{HeaderValue, StatusCode};
 
 use crate::multipart::{self, BodyError, BodyLimits};
-use crate::pages::{self, form_page};
+use crate::pages::{self, FormInput, form_page};
 use crate::rules::{UploadTarget, upload_target};
 use crate::session::{SESSION_LIFETIME_MS, SignedIn, Visitor, remember_session};
 use crate::shield::{ClientAddr, Limit, SpoolShare, human_wait, too_many_text};
@@ -101,11 +101,11 @@ enum Answer {
         signed: Option<SignedIn>,
         cookie: Option<String>,
     },
-    /// Refused; the upload form is shown again with the message and the address typed.
+    /// Refused; the upload form is shown again with the message and what was sent.
     Form {
         status: StatusCode,
         message: Option<String>,
-        typed: String,
+        typed: FormInput,
     },
     /// Refused with a page of its own (not the owner, CSRF, unavailable).
     Page {
@@ -217,7 +217,7 @@ where
         return Answer::Form {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: Some("Uploads are paused for a moment; please try again later.".into()),
-            typed: String::new(),
+            typed: FormInput::default(),
         };
     }
     let max = services.config.max_upload_bytes;
@@ -251,7 +251,7 @@ where
     {
         services.metrics.upload_rejected("too_large");
         let (status, message) = describe(max, &Refusal::TooLarge(len));
-        return Answer::Form { status, message: Some(message), typed: String::new() };
+        return Answer::Form { status, message: Some(message), typed: FormInput::default() };
     }
     let Some(boundary) = content_type
         .and_then(|ct| multer::parse_boundary(ct).ok())
@@ -261,7 +261,7 @@ where
         return Answer::Form {
             status: StatusCode::BAD_REQUEST,
             message: Some("The upload was not sent as a form. Use the upload page.".into()),
-            typed: String::new(),
+            typed: FormInput::default(),
         };
     };
     let body = Box::pin(body.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining()))));
@@ -329,18 +329,19 @@ where
     store_all(state, visitor, client, typed, accepted, refused).await
 }
 
-/// Reads the form's parts in order: `csrf`, `email`, then each `file`. The
-/// CSRF token is settled before any file is read (the page's form sends it
-/// first). A refused file is reported and the next one read.
+/// Reads the form's parts in order: `csrf`, `email`, then each `file` (and
+/// `notice`, the "mail me" box, wherever it comes). The CSRF token is settled
+/// before any file is read (the page's form sends it first). A refused file
+/// is reported and the next one read.
 #[allow(clippy::type_complexity)]
 async fn read_form<'a>(
     state: &'a AppState,
     visitor: &Visitor,
     mut form: Multipart<'static>,
-) -> Result<(String, Vec<(String, Result<Spooled<'a>, Refusal>)>), (Refusal, String)> {
+) -> Result<(FormInput, Vec<(String, Result<Spooled<'a>, Refusal>)>), (Refusal, FormInput)> {
     let field_limit = state.services.config.form_field_bytes as usize;
     let mut csrf_ok = false;
-    let mut typed = String::new();
+    let mut typed = FormInput::default();
     let mut files = Vec::new();
     loop {
         // The body guard stops a client that stalls or crawls.
@@ -357,7 +358,15 @@ async fn read_form<'a>(
                 let value = read_small(part, field_limit).await.map_err(|r| (r, typed.clone()))?;
                 csrf_ok = visitor.csrf_ok(&state.secret, value.trim());
             }
-            "email" => typed = read_small(part, field_limit).await.map_err(|r| (r, String::new()))?.trim().to_owned(),
+            "email" => {
+                let value = read_small(part, field_limit).await.map_err(|r| (r, FormInput::default()))?;
+                typed.email = value.trim().to_owned();
+            }
+            // A checkbox is sent only when ticked, whatever its value.
+            "notice" => {
+                read_small(part, field_limit).await.map_err(|r| (r, typed.clone()))?;
+                typed.notice = Some(true);
+            }
             "file" => {
                 if !csrf_ok {
                     return Err((Refusal::Csrf, typed));
@@ -384,6 +393,8 @@ async fn read_form<'a>(
     if !csrf_ok {
         return Err((Refusal::Csrf, typed));
     }
+    // The whole form was read: no box means it was not ticked.
+    typed.notice.get_or_insert(false);
     Ok((typed, files))
 }
 
@@ -452,15 +463,15 @@ async fn store_all(
     state: &AppState,
     visitor: &Visitor,
     client: ClientAddr,
-    typed: String,
+    typed: FormInput,
     files: Vec<Spooled<'_>>,
     mut refused: Vec<FileRefusal>,
 ) -> Answer {
     let services = &state.services;
-    let typed_email = if typed.is_empty() {
+    let typed_email = if typed.email.is_empty() {
         None
     } else {
-        match Email::parse(&typed) {
+        match Email::parse(&typed.email) {
             Ok(e) => Some(e),
             Err(e) => {
                 services.metrics.upload_rejected("bad_email");
@@ -588,6 +599,7 @@ async fn store_all(
                 owner: std::mem::replace(&mut owner, NewOwner::Existing(person_id)),
                 session,
                 person_hash: hash.clone(),
+                notice: typed.notice == Some(true),
                 now,
             })
             .await;
@@ -697,7 +709,7 @@ async fn respond(state: &AppState, visitor: &Visitor, answer: Answer, wants_json
             } else {
                 let listed = refused.iter().map(|f| format!("{}: {}", f.name, f.message)).collect::<Vec<_>>().join(" ");
                 let text = format!("{} picture(s) were uploaded. These were not: {listed}", ids.len());
-                form_page(state, &now_visitor, StatusCode::OK, Some(text), "").await
+                form_page(state, &now_visitor, StatusCode::OK, Some(text), &FormInput::default()).await
             };
             if let Some(c) = cookie {
                 r = add_cookie(r, &c);

@@ -28,6 +28,9 @@ pub struct FormPage {
     pub blocked: bool,
     pub error: Option<String>,
     pub email_value: String,
+    /// The "mail me when my pictures are flipped" box is ticked.
+    pub notice: bool,
+    pub notice_every: String,
     pub max_size: String,
     pub max_bytes: u64,
     pub max_mp: String,
@@ -158,6 +161,14 @@ pub struct SigninLinkPage {
     /// The address the link is for, shown before it is used.
     pub email: String,
     pub problem: Option<String>,
+}
+
+/// The unsubscribe link's page: one button that posts to `action`.
+#[derive(Template)]
+#[template(path = "unsubscribe.html")]
+pub struct UnsubscribePage {
+    pub chrome: Chrome,
+    pub action: String,
 }
 
 #[derive(Template)]

@@ -1,5 +1,6 @@
 //! The metadata store port: people, uploads (which are also the job queue's
-//! source of truth), sessions, sign-in links, settings, workers and events.
+//! source of truth), sessions, sign-in links, settings, workers, events and
+//! completion notices.
 //!
 //! One implementation, `sql::SqlStore`: every statement and the job state
 //! machine, over a thin driver (`driver`) for [`sqlite`] (embedded default) or
@@ -9,6 +10,7 @@
 mod dialect;
 pub(crate) mod driver;
 pub mod dump;
+pub mod lead;
 pub mod mysql;
 pub mod position;
 mod sql;
@@ -32,7 +34,8 @@ use flipstack_domain::domain::{DisplayName, Email, ImageFormat, Millis, PersonId
 refinery::embed_migrations!("migrations");
 
 /// The tables, in the order a dump writes and a restore reads them.
-pub const TABLES: &[&str] = &["people", "uploads", "sessions", "signin_tokens", "settings", "workers", "events"];
+pub const TABLES: &[&str] =
+    &["people", "uploads", "sessions", "signin_tokens", "settings", "workers", "events", "notices"];
 
 /// The schema's SQL, one migration after another (what a dump starts with).
 pub fn schema_sql() -> Vec<(String, String)> {
@@ -177,6 +180,9 @@ pub struct AcceptUpload {
     pub owner: NewOwner,
     pub session: Option<NewSession>,
     pub person_hash: String,
+    /// The form's "mail me when my pictures are flipped": remembered for the
+    /// person, turned on or off with the upload (see [`Notices`]).
+    pub notice: bool,
     pub now: Millis,
 }
 
@@ -275,6 +281,37 @@ impl UploadFilter {
         };
         (self.state.clone(), self.format.clone(), reason)
     }
+}
+
+/// When a person's finished batch may be mailed (see [`Notices`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoticeDue {
+    /// Their last notice was sent at or before this (or never): the interval
+    /// between notices has passed.
+    pub quiet_since: Millis,
+    /// Nothing of theirs finished after this: the page's script uploads a
+    /// batch one picture after another, and a round that came between one
+    /// picture's flip and the next one's upload would split the batch.
+    pub settled_before: Millis,
+}
+
+/// A completion notice taken to be sent: one mail for the batch of a
+/// person's uploads that finished since the last one. Taking it already
+/// recorded it (see [`Notices::take_notice`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeBatch {
+    pub person_id: PersonId,
+    pub email: Email,
+    /// Pictures of the batch that were flipped.
+    pub ready: u64,
+    /// Pictures of the batch that could not be flipped.
+    pub failed: u64,
+    /// When this notice was recorded as sent.
+    pub sent_at: Millis,
+    /// The batch's newest finish time, now covered.
+    pub covered_until: Millis,
+    /// What taking it replaced: `give_back_notice` restores it.
+    pub(crate) before: (Option<Millis>, Millis),
 }
 
 /// A value in a dumped row.
@@ -405,6 +442,30 @@ pub trait Events: Send + Sync + 'static {
     async fn events_for_upload(&self, id: UploadId) -> StoreResult<Vec<Event>>;
 }
 
+/// Completion notices: whether a person asked for a mail when their pictures
+/// are flipped, and which finished uploads a notice already covered.
+#[async_trait]
+pub trait Notices: Send + Sync + 'static {
+    /// Whether the person asked for notices, and when the last one was sent.
+    async fn notice_wish(&self, person: PersonId) -> StoreResult<(bool, Option<Millis>)>;
+    /// Turns a person's notices on or off. Turning them on covers every
+    /// upload already finished: only what finishes from now on is announced.
+    async fn set_notice_wanted(&self, person: PersonId, wanted: bool, now: Millis) -> StoreResult<()>;
+    /// People who asked, whose last notice was sent at or before
+    /// `due.quiet_since` (or never), with uploads finished since it, none
+    /// finished after `due.settled_before`, and none pending or processing:
+    /// a batch is ready for them.
+    async fn due_notices(&self, due: NoticeDue, limit: u32) -> StoreResult<Vec<PersonId>>;
+    /// Takes a person's ready batch to mail it, checking again what
+    /// [`Notices::due_notices`] found, and records it as sent in the same
+    /// transaction with a conditional update: of two takers, one gets it.
+    /// `None` when there is nothing to send (or another process took it).
+    async fn take_notice(&self, person: PersonId, due: NoticeDue, now: Millis) -> StoreResult<Option<NoticeBatch>>;
+    /// Gives a taken batch back (its mail could not be sent), unless
+    /// something changed the person's notice since: the next round sends it.
+    async fn give_back_notice(&self, batch: &NoticeBatch) -> StoreResult<bool>;
+}
+
 /// `flipstack db dump` and its restore.
 #[async_trait]
 pub trait DumpRestore: Send + Sync + 'static {
@@ -419,7 +480,7 @@ pub trait DumpRestore: Send + Sync + 'static {
 /// SQLite or MariaDB). Callers hold `Arc<dyn MetadataStore>`; a role's
 /// methods are callable on it without naming the role.
 #[async_trait]
-pub trait MetadataStore: Uploads + Jobs + Sessions + Settings + Workers + Events + DumpRestore {
+pub trait MetadataStore: Uploads + Jobs + Sessions + Settings + Workers + Events + Notices + DumpRestore {
     fn backend(&self) -> StoreBackend;
     /// Is the primary answering?
     async fn ping(&self) -> StoreResult<()>;

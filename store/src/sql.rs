@@ -92,6 +92,45 @@ const UNQUEUED_JOBS: &str = "SELECT id FROM uploads \
     WHERE (state = 'pending' OR (state = 'processing' AND lease_until < ?)) \
     AND ((enqueued_at IS NULL AND created_at < ?) OR enqueued_at < ?) ORDER BY id LIMIT ?";
 
+/// Turns a person's notices on or off (when they have a row: see
+/// [`write_notice_wish`]). Turning them on covers every upload finished so
+/// far. `covered_until` is assigned first: MariaDB assigns left to right, so
+/// after `wanted = ?` its CASE would read the new value. Binds person,
+/// wanted, now, person.
+const NOTICE_WISH: &str = "UPDATE notices SET covered_until = CASE WHEN wanted = 0 \
+    THEN (SELECT COALESCE(MAX(finished_at), 0) FROM uploads WHERE person_id = ?) ELSE covered_until END, \
+    wanted = ?, updated_at = ? WHERE person_id = ?";
+
+/// A person's notice row, off until [`NOTICE_WISH`] turns it on.
+const NOTICE_INSERT: &str =
+    "INSERT INTO notices (person_id, wanted, covered_until, sent_at, updated_at) VALUES (?, 0, 0, NULL, ?)";
+
+/// See `Notices::due_notices`. Binds quiet_since, settled_before, limit.
+const DUE_NOTICES: &str = "SELECT n.person_id FROM notices n \
+    WHERE n.wanted = 1 AND (n.sent_at IS NULL OR n.sent_at <= ?) \
+    AND EXISTS (SELECT 1 FROM uploads u WHERE u.person_id = n.person_id \
+        AND u.state IN ('done', 'failed') AND u.finished_at > n.covered_until) \
+    AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.person_id = n.person_id \
+        AND (u.state IN ('pending', 'processing') OR u.finished_at > ?)) \
+    ORDER BY n.person_id LIMIT ?";
+
+/// A person's uploads that a notice would speak of or wait for: unfinished,
+/// or finished after what was covered. Binds person, covered_until.
+const NOTICE_BATCH: &str = "SELECT state, COUNT(*), MAX(finished_at) FROM uploads WHERE person_id = ? \
+    AND (state IN ('pending', 'processing') OR (state IN ('done', 'failed') AND finished_at > ?)) GROUP BY state";
+
+/// Records a notice as sent, only if the row is still what was read (so of
+/// two takers one changes it). Binds sent_at, covered_until, now, person, the
+/// covered_until read.
+const NOTICE_TAKE: &str = "UPDATE notices SET sent_at = ?, covered_until = ?, updated_at = ? \
+    WHERE person_id = ? AND wanted = 1 AND covered_until = ?";
+
+/// Restores a taken notice whose mail was not sent, if nothing changed it
+/// since. Binds sent_at, covered_until and now as before, person, the
+/// taken sent_at and covered_until.
+const NOTICE_GIVE_BACK: &str = "UPDATE notices SET sent_at = ?, covered_until = ?, updated_at = ? \
+    WHERE person_id = ? AND sent_at = ? AND covered_until = ?";
+
 /// How many ids one `IN (…)` list holds.
 const IN_LIST_CHUNK: usize = 500;
 
@@ -295,6 +334,19 @@ async fn insert_event<S: Session>(
     Ok(())
 }
 
+/// Remembers whether a person wants completion notices: a row is made the
+/// first time they ask (made off, so turning it on is the one UPDATE that
+/// decides what is covered); asking again changes nothing, unasking turns
+/// it off. Never counts on affected rows (MariaDB counts only changed ones).
+async fn write_notice_wish<S: Session>(s: &mut S, person: PersonId, wanted: bool, now: Millis) -> StoreResult<()> {
+    if wanted {
+        let insert = S::DIALECT.insert_unless_present(NOTICE_INSERT, "person_id");
+        s.exec(&insert, args![person.get(), now]).await?;
+    }
+    s.exec(NOTICE_WISH, args![person.get(), wanted, now, person.get()]).await?;
+    Ok(())
+}
+
 /// The position this session's last write left on the primary.
 async fn write_receipt<S: Session>(s: &mut S) -> StoreResult<WriteReceipt> {
     let Some(query) = S::DIALECT.write_position() else { return Ok(WriteReceipt::default()) };
@@ -418,6 +470,7 @@ impl<D: Driver> Uploads for SqlStore<D> {
                     ],
                 )
                 .await?;
+                write_notice_wish(s, person_id, a.notice, a.now).await?;
                 if let Some(session) = &a.session {
                     s.exec(
                         SESSION_INSERT,
@@ -915,6 +968,81 @@ impl<D: Driver> Events for SqlStore<D> {
         on_primary!(self, |s| {
             let query = format!("SELECT {EVENT_COLUMNS} FROM events WHERE upload_id = ? ORDER BY id");
             s.query(&query, args![id.get()]).await?.iter().map(event_from).collect()
+        })
+    }
+}
+
+#[async_trait]
+impl<D: Driver> Notices for SqlStore<D> {
+    async fn notice_wish(&self, person: PersonId) -> StoreResult<(bool, Option<Millis>)> {
+        on_primary!(self, |s| {
+            let rows = s.query("SELECT wanted, sent_at FROM notices WHERE person_id = ?", args![person.get()]).await?;
+            Ok(match first(rows) {
+                Some(r) => (r.get(0)?, r.get(1)?),
+                None => (false, None),
+            })
+        })
+    }
+
+    async fn set_notice_wanted(&self, person: PersonId, wanted: bool, now: Millis) -> StoreResult<()> {
+        in_transaction!(self, Tx::Write, |s| write_notice_wish(s, person, wanted, now).await)
+    }
+
+    async fn due_notices(&self, due: NoticeDue, limit: u32) -> StoreResult<Vec<PersonId>> {
+        on_primary!(self, |s| {
+            let params = args![due.quiet_since, due.settled_before, limit];
+            s.query(DUE_NOTICES, params).await?.iter().map(|r| r.get::<PersonId>(0)).collect()
+        })
+    }
+
+    async fn take_notice(&self, person: PersonId, due: NoticeDue, now: Millis) -> StoreResult<Option<NoticeBatch>> {
+        in_transaction!(self, Tx::Write, |s| {
+            let select = format!(
+                "SELECT n.wanted, n.covered_until, n.sent_at, p.email FROM notices n JOIN people p ON p.id = n.person_id \
+                 WHERE n.person_id = ?{}",
+                dialect::<D>().for_update()
+            );
+            let Some(row) = first(s.query(&select, args![person.get()]).await?) else { return Ok(None) };
+            let (wanted, covered, sent): (bool, Millis, Option<Millis>) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            if !wanted || sent.is_some_and(|at| at > due.quiet_since) {
+                return Ok(None);
+            }
+            let (mut ready, mut failed, mut newest) = (0u64, 0u64, covered);
+            for r in s.query(NOTICE_BATCH, args![person.get(), covered]).await? {
+                let (state, n, finished): (String, i64, Option<Millis>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                match state.as_str() {
+                    "done" => ready = n as u64,
+                    "failed" => failed = n as u64,
+                    // Still flipping: the batch is not finished yet.
+                    _ => return Ok(None),
+                }
+                newest = newest.max(finished.unwrap_or(covered));
+            }
+            if ready + failed == 0 || newest > due.settled_before {
+                return Ok(None);
+            }
+            if s.exec(NOTICE_TAKE, args![now, newest, now, person.get(), covered]).await? != 1 {
+                return Ok(None);
+            }
+            Ok(Some(NoticeBatch {
+                person_id: person,
+                email: stored_email(&row.get::<String>(3)?)?,
+                ready,
+                failed,
+                sent_at: now,
+                covered_until: newest,
+                before: (sent, covered),
+            }))
+        })
+    }
+
+    async fn give_back_notice(&self, batch: &NoticeBatch) -> StoreResult<bool> {
+        let b = batch.clone();
+        on_primary!(self, |s| {
+            let (sent_before, covered_before) = b.before;
+            let params =
+                args![sent_before, covered_before, now_millis(), b.person_id.get(), b.sent_at, b.covered_until];
+            Ok(s.exec(NOTICE_GIVE_BACK, params).await? == 1)
         })
     }
 }

@@ -12,8 +12,8 @@ use flipstack_domain::domain::{
     DisplayName, Email, EventKind, ImageFormat, PersonId, TokenHash, UploadId, UploadState, WorkerStatus, now_millis,
 };
 use flipstack_store::{
-    self as store, AcceptUpload, Failure, FlipOutcome, MetadataStore, NewOwner, NewSession, NewUpload, UploadFilter,
-    WorkerInfo,
+    self as store, AcceptUpload, Failure, FlipOutcome, MetadataStore, NewOwner, NewSession, NewUpload, NoticeDue,
+    UploadFilter, WorkerInfo,
 };
 
 /// The database beneath a store, for what a check must do behind its back.
@@ -73,8 +73,13 @@ async fn claimed_upload(store: &dyn MetadataStore, owner: &str, now: i64) -> Upl
 
 /// An accepted upload of a new person, waiting (pending, never sent).
 async fn accepted_upload(store: &dyn MetadataStore, now: i64) -> UploadId {
-    let id = UploadId::new();
     let email = Email::parse(&format!("contract-{:08x}@example.com", rand::random::<u32>())).unwrap();
+    upload_of(store, NewOwner::Create { id: PersonId::new(), email }, false, now).await
+}
+
+/// An accepted upload of `owner`, who asks for completion notices or not.
+async fn upload_of(store: &dyn MetadataStore, owner: NewOwner, notice: bool, now: i64) -> UploadId {
+    let id = UploadId::new();
     store
         .accept_upload(AcceptUpload {
             upload: NewUpload {
@@ -86,14 +91,138 @@ async fn accepted_upload(store: &dyn MetadataStore, now: i64) -> UploadId {
                 height: 2,
                 trace_parent: None,
             },
-            owner: NewOwner::Create { id: PersonId::new(), email: email.clone() },
+            owner,
             session: None,
-            person_hash: email.hashed_id(),
+            person_hash: String::new(),
+            notice,
             now,
         })
         .await
         .unwrap();
     id
+}
+
+const OUTCOME: FlipOutcome = FlipOutcome {
+    flipped_bytes: 10,
+    flipped_width: 2,
+    flipped_height: 2,
+    method: String::new(),
+    thumb_width: None,
+    thumb_height: None,
+};
+
+/// Claims and finishes an upload at `at`: flipped, or failed for good.
+async fn finish(store: &dyn MetadataStore, id: UploadId, flipped: bool, at: i64) {
+    store.claim(id, "w1", at, at + 60_000).await.unwrap().expect("claimable");
+    if flipped {
+        store.complete(id, "w1", &OUTCOME, at).await.unwrap().expect("completed");
+    } else {
+        store.fail_attempt(id, "w1", "not a picture", Failure::Permanent, at).await.unwrap().expect("failed");
+    }
+}
+
+/// Past the interval since `quiet_since`, with everything finished long ago.
+fn due(quiet_since: i64) -> NoticeDue {
+    NoticeDue { quiet_since, settled_before: i64::MAX }
+}
+
+/// A new person, with a first upload (still pending) made with `notice` asked or not.
+async fn person_with_upload(store: &dyn MetadataStore, notice: bool, now: i64) -> (PersonId, Email, UploadId) {
+    let person = PersonId::new();
+    let email = Email::parse(&format!("notice-{:08x}@example.com", rand::random::<u32>())).unwrap();
+    let id = upload_of(store, NewOwner::Create { id: person, email: email.clone() }, notice, now).await;
+    (person, email, id)
+}
+
+/// One notice for a finished batch: due only once nothing is pending or
+/// processing, taken once (recorded as it is taken), with its counts; a
+/// later batch waits for the quiet time after the last notice.
+async fn a_notice_covers_a_finished_batch_once(store: &dyn MetadataStore, _raw: &Raw) {
+    let now = now_millis();
+    let (person, email, first) = person_with_upload(store, true, now).await;
+    let second = upload_of(store, NewOwner::Existing(person), true, now).await;
+    assert_eq!(store.notice_wish(person).await.unwrap(), (true, None));
+    let quiet = now + 100;
+    finish(store, first, true, now + 10).await;
+    assert!(store.due_notices(due(quiet), 10).await.unwrap().is_empty(), "the second upload is still pending");
+    assert!(store.take_notice(person, due(quiet), now + 20).await.unwrap().is_none());
+    finish(store, second, false, now + 30).await;
+    // Something finished after the batch was to have settled: the next
+    // picture of the batch may still be on its way.
+    let unsettled = NoticeDue { quiet_since: quiet, settled_before: now + 29 };
+    assert!(store.due_notices(unsettled, 10).await.unwrap().is_empty(), "not settled yet");
+    assert!(store.take_notice(person, unsettled, now + 35).await.unwrap().is_none());
+    assert_eq!(store.due_notices(due(quiet), 10).await.unwrap(), vec![person]);
+
+    let batch = store.take_notice(person, due(quiet), now + 40).await.unwrap().expect("the batch is ready");
+    assert_eq!((batch.person_id, &batch.email, batch.ready, batch.failed), (person, &email, 1, 1));
+    assert_eq!((batch.sent_at, batch.covered_until), (now + 40, now + 30));
+    assert_eq!(store.notice_wish(person).await.unwrap(), (true, Some(now + 40)));
+    assert!(store.take_notice(person, due(quiet), now + 41).await.unwrap().is_none(), "taken once");
+    assert!(store.due_notices(due(now + 1_000), 10).await.unwrap().is_empty(), "nothing new finished");
+
+    // The next batch is due only when the last notice is old enough.
+    let third = upload_of(store, NewOwner::Existing(person), true, now + 50).await;
+    finish(store, third, true, now + 60).await;
+    assert!(store.due_notices(due(now + 39), 10).await.unwrap().is_empty(), "the last notice is too recent");
+    assert!(store.take_notice(person, due(now + 39), now + 70).await.unwrap().is_none());
+    let next = store.take_notice(person, due(now + 40), now + 80).await.unwrap().expect("quiet long enough");
+    assert_eq!((next.ready, next.failed, next.covered_until), (1, 0, now + 60), "only the new upload");
+}
+
+/// A mail that could not be sent gives its batch back, whole, for the
+/// next round; a give-back after something changed the notice does nothing.
+async fn a_notice_given_back_is_taken_again(store: &dyn MetadataStore, _raw: &Raw) {
+    let now = now_millis();
+    let (person, _, id) = person_with_upload(store, true, now).await;
+    finish(store, id, true, now + 10).await;
+    let batch = store.take_notice(person, due(now + 100), now + 20).await.unwrap().unwrap();
+    assert!(store.give_back_notice(&batch).await.unwrap());
+    assert_eq!(store.notice_wish(person).await.unwrap(), (true, None), "as before it was taken");
+    let again = store.take_notice(person, due(now + 100), now + 30).await.unwrap().expect("taken again");
+    assert_eq!(again.ready, 1);
+    assert!(!store.give_back_notice(&batch).await.unwrap(), "the first take is long gone");
+    assert_eq!(store.notice_wish(person).await.unwrap(), (true, Some(now + 30)));
+}
+
+/// Asking covers what already finished: only uploads finished from then on
+/// are announced. Unasking stops the notices; a person who never asked gets none.
+async fn asking_for_notices_covers_what_already_finished(store: &dyn MetadataStore, _raw: &Raw) {
+    let now = now_millis();
+    let (person, _, old) = person_with_upload(store, false, now).await;
+    finish(store, old, true, now + 10).await;
+    let (stranger, _, theirs) = person_with_upload(store, false, now).await;
+    finish(store, theirs, true, now + 10).await;
+    assert_eq!(store.notice_wish(stranger).await.unwrap(), (false, None));
+    store.set_notice_wanted(person, true, now + 20).await.unwrap();
+    store.set_notice_wanted(person, true, now + 21).await.unwrap();
+    assert_eq!(store.notice_wish(person).await.unwrap(), (true, None));
+    assert!(store.due_notices(due(now + 1_000), 10).await.unwrap().is_empty(), "the earlier upload is covered");
+
+    // Asked again with a new upload: nothing is reset, the new one is announced.
+    let new = upload_of(store, NewOwner::Existing(person), true, now + 30).await;
+    finish(store, new, true, now + 40).await;
+    assert_eq!(store.due_notices(due(now + 1_000), 10).await.unwrap(), vec![person]);
+
+    // An upload without the box ticked turns it off.
+    upload_of(store, NewOwner::Existing(person), false, now + 50).await;
+    assert_eq!(store.notice_wish(person).await.unwrap(), (false, None));
+    assert!(store.take_notice(person, due(now + 1_000), now + 60).await.unwrap().is_none());
+    store.set_notice_wanted(stranger, false, now).await.unwrap();
+    assert_eq!(store.notice_wish(stranger).await.unwrap(), (false, None), "unasking makes no row");
+}
+
+/// Two processes taking the same notice at once: one gets it.
+async fn two_takers_of_one_notice_get_it_once(store: &dyn MetadataStore, _raw: &Raw) {
+    let now = now_millis();
+    let (person, _, id) = person_with_upload(store, true, now).await;
+    finish(store, id, true, now + 10).await;
+    let (a, b) = tokio::join!(
+        store.take_notice(person, due(now + 100), now + 20),
+        store.take_notice(person, due(now + 100), now + 21)
+    );
+    let taken = [a.unwrap(), b.unwrap()].into_iter().flatten().count();
+    assert_eq!(taken, 1, "one notice for one batch");
 }
 
 /// A permanent failure ends the job at the failure's time: `next_attempt_at`
@@ -293,4 +422,8 @@ contract!(
     find_uploads_filters_and_takes_the_reason_literally,
     purge_expired_is_one_transaction,
     upload_stats_read_one_snapshot_while_jobs_finish,
+    a_notice_covers_a_finished_batch_once,
+    a_notice_given_back_is_taken_again,
+    asking_for_notices_covers_what_already_finished,
+    two_takers_of_one_notice_get_it_once,
 );

@@ -390,8 +390,9 @@ impl TestApp {
         }
     }
 
-    /// The sign-in links mailed to an address so far, oldest first.
-    pub fn mailed_links(&self, email: &str) -> Vec<String> {
+    /// The mails in the outbox to an address so far, oldest first, with
+    /// their quoted-printable lines joined again.
+    pub fn mails_to(&self, email: &str) -> Vec<String> {
         let outbox = self.config.data_dir.join("outbox");
         let mut mails: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&outbox)
             .map(|d| {
@@ -407,8 +408,15 @@ impl TestApp {
         mails
             .into_iter()
             .filter(|(_, m)| m.lines().any(|l| l.starts_with("To:") && l.contains(email)))
-            .filter_map(|(_, m)| {
-                let unfolded = m.replace("=\r\n", "").replace("=\n", "").replace("=3D", "=");
+            .map(|(_, m)| m.replace("=\r\n", "").replace("=\n", "").replace("=3D", "="))
+            .collect()
+    }
+
+    /// The sign-in links mailed to an address so far, oldest first.
+    pub fn mailed_links(&self, email: &str) -> Vec<String> {
+        self.mails_to(email)
+            .into_iter()
+            .filter_map(|unfolded| {
                 let start = unfolded.find("/signin/link?token=")?;
                 let token: String = unfolded[start + 19..]
                     .chars()
