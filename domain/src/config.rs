@@ -10,6 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::backups::Period;
+
 /// The libheif the imaging crate loads unless `libheif` names another: the
 /// soname Debian's and Fedora's dynamic loaders find.
 pub const DEFAULT_LIBHEIF: &str = "libheif.so.1";
@@ -45,6 +47,8 @@ pub const KEYS: &[&str] = &[
     "queue_poll_ms",
     "requeue_after_secs",
     "orphan_grace_secs",
+    "backup_every",
+    "backup_keep",
     "cache_ttl_secs",
     "replica_wait_ms",
     "replica_max_lag_ms",
@@ -128,6 +132,12 @@ pub struct Config {
     pub requeue_after_secs: u64,
     /// The hourly orphan sweep deletes blobs with no upload row once they are this old.
     pub orphan_grace_secs: u64,
+    /// How often the fleet backs the database up into the blob store's
+    /// `backups/`; none (`off`) by default.
+    #[serde(deserialize_with = "crate::backups::optional_period")]
+    pub backup_every: Option<Period>,
+    /// Backups kept: the oldest beyond this many are deleted after each one.
+    pub backup_keep: u32,
     pub cache_ttl_secs: u64,
     /// How long a replica read waits for the person's last write (MASTER_GTID_WAIT).
     pub replica_wait_ms: u64,
@@ -212,6 +222,8 @@ impl Default for Config {
             queue_poll_ms: 100,
             requeue_after_secs: 120,
             orphan_grace_secs: 3600,
+            backup_every: None,
+            backup_keep: 7,
             cache_ttl_secs: 600,
             replica_wait_ms: 75,
             replica_max_lag_ms: 2000,
@@ -303,6 +315,9 @@ impl Config {
         }
         if self.orphan_grace_secs < 60 {
             return bad("orphan_grace_secs must be at least 60: an upload's original is written before its row".into());
+        }
+        if self.backup_keep == 0 {
+            return bad("backup_keep must be at least 1 (FLIPSTACK_BACKUP_KEEP); to take no backups leave FLIPSTACK_BACKUP_EVERY unset".into());
         }
         if self.job_lease_secs < 2 {
             return bad("job_lease_secs must be at least 2 (the lease is renewed every third of it)".into());

@@ -249,6 +249,55 @@ pub trait Leadership: Send + Sync {
     async fn still_held(&mut self) -> bool;
 }
 
+/// A fleet-wide duty as one process sees it: asked for each period, kept
+/// while held, let go when lost, so another process takes over within a
+/// period when the holder dies.
+pub struct FleetDuty {
+    name: &'static str,
+    lead: Option<Box<dyn Leadership>>,
+}
+
+/// Where this process stands with a [`FleetDuty`] this period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lead {
+    /// Taken just now: what the duty remembered from an earlier turn may be stale.
+    Taken,
+    Held,
+    /// Another process holds it, or the database did not answer.
+    Elsewhere,
+}
+
+impl FleetDuty {
+    pub fn new(name: &'static str) -> FleetDuty {
+        FleetDuty { name, lead: None }
+    }
+
+    /// Checks that the lock is still held, or asks for it without waiting.
+    pub async fn hold<S: Jobs + ?Sized>(&mut self, store: &S) -> Lead {
+        if let Some(held) = self.lead.as_mut() {
+            if held.still_held().await {
+                return Lead::Held;
+            }
+            self.lead = None;
+            tracing::warn!(
+                duty = self.name,
+                "lost the fleet's lock of this duty (database connection lost); trying to take it again"
+            );
+        }
+        match store.try_lead(self.name).await {
+            Ok(Some(held)) => {
+                self.lead = Some(held);
+                Lead::Taken
+            }
+            Ok(None) => Lead::Elsewhere,
+            Err(e) => {
+                tracing::debug!(error = %e, duty = self.name, "could not ask for the fleet's lock");
+                Lead::Elsewhere
+            }
+        }
+    }
+}
+
 /// What the operator's uploads view asks for; empty fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadFilter {

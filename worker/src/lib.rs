@@ -25,7 +25,7 @@ use flipstack_core::imaging::{self, FlipError};
 use flipstack_core::metrics::background;
 use flipstack_core::queue::Delivery;
 use flipstack_core::screens;
-use flipstack_core::store::{Failure, FlipOutcome, Leadership, StateChange, Upload, WorkerInfo, WorkerStatus};
+use flipstack_core::store::{Failure, FleetDuty, FlipOutcome, Lead, StateChange, Upload, WorkerInfo, WorkerStatus};
 use flipstack_core::wake;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -591,30 +591,18 @@ async fn fleet_duties(services: Arc<Services>) {
     let after = Duration::from_secs(services.config.requeue_after_secs.max(1));
     let mut tick = tokio::time::interval((after / 2).clamp(Duration::from_secs(1), Duration::from_secs(30)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lead: Option<Box<dyn Leadership>> = None;
+    let mut duty = FleetDuty::new(RECONCILER_DUTY);
     let mut reconciler = Reconciler { after, queue_was_empty: false };
     let mut dead_letters_due = Instant::now();
     loop {
         tick.tick().await;
-        if let Some(held) = lead.as_mut()
-            && !held.still_held().await
-        {
-            lead = None;
-            tracing::warn!("lost the fleet's reconciler lock (database connection lost); trying to take it again");
-        }
-        if lead.is_none() {
-            match services.store.try_lead(RECONCILER_DUTY).await {
-                Ok(Some(held)) => {
-                    tracing::info!("this worker now reconciles the queue for the fleet");
-                    lead = Some(held);
-                    reconciler.queue_was_empty = false;
-                }
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::debug!(error = %e, "could not ask for the reconciler lock");
-                    continue;
-                }
+        match duty.hold(services.store.as_ref()).await {
+            Lead::Elsewhere => continue,
+            Lead::Taken => {
+                tracing::info!("this worker now reconciles the queue for the fleet");
+                reconciler.queue_was_empty = false;
             }
+            Lead::Held => {}
         }
         reconciler.pass(&services).await;
         if Instant::now() >= dead_letters_due {
