@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use flipstack_core::config::Period;
+use flipstack_core::backups::Period;
 use flipstack_core::domain::{Email, PersonId, UploadId, now_millis};
 use flipstack_core::store::ReadFrom;
 
@@ -21,7 +21,7 @@ tier_tests!(
 const EVERY: Duration = Duration::from_secs(3);
 
 async fn app(tier: Tier) -> TestApp {
-    TestApp::spawn_with(tier, |c| c.notice_every = Period(EVERY), 1).await
+    TestApp::spawn_with(tier, |c| c.notice_every = Period::from_secs(EVERY.as_secs() as i64).unwrap(), 1).await
 }
 
 fn email() -> String {

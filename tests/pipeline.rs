@@ -269,6 +269,9 @@ async fn the_admin_api_wants_its_token_and_dumps_restorable_sql(tier: Tier) {
         ("GET", "/admin/api/uploads"),
         ("GET", "/admin/api/uploads/1"),
         ("GET", "/admin/api/logs"),
+        ("GET", "/admin/api/backups"),
+        ("POST", "/admin/api/backups"),
+        ("POST", "/admin/api/backups/flipstack-20261207T181500Z.sql/restore"),
         ("GET", "/admin/api/nothing-here"),
     ];
     for (method, path) in routes {
@@ -291,6 +294,7 @@ async fn the_admin_api_wants_its_token_and_dumps_restorable_sql(tier: Tier) {
         app.services.store.setting("workers_paused").await.unwrap().is_none_or(|v| v != "true"),
         "nothing was paused by the refused calls"
     );
+    assert!(app.services.blobs.list_backups().await.unwrap().is_empty(), "no backup was taken by the refused calls");
     let logs = app.admin_get("/admin/api/logs").await;
     assert_eq!(logs.status(), 200, "the log view's route answers with the token");
     let _: Vec<flipstack_core::status::LogLine> = logs.json().await.unwrap();

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use flipstack_domain::status::{AdminStatus, LogLine, UploadDetail, UploadListing};
+use flipstack_domain::status::{AdminStatus, BackupInfo, LogLine, UploadDetail, UploadListing};
 use flipstack_provision::fleet::GroupStatus;
 use flipstack_provision::fleet_numbers::FleetNumbers;
 use tui_input::Input;
@@ -14,7 +14,7 @@ use tui_input::backend::crossterm::EventHandler;
 
 use crate::client::DumpWritten;
 use crate::model::{AdminEvent, EventData, FleetData, FleetNumbersData, Millis, StatusData, UploadQuery};
-use crate::operate::{Change, LogsView, ScalePrompt, ScaleTarget, UploadsView};
+use crate::operate::{BackupsView, Change, LogsView, RESTORE_WORD, ScalePrompt, ScaleTarget, UploadsView};
 use crate::provision::{ProvisionMsg, ProvisionOp, ProvisionState};
 
 /// The status is polled every second; older than this it is stale.
@@ -52,6 +52,7 @@ pub enum Action {
     LoadUploads(UploadQuery),
     LoadUpload(i64),
     LoadLogs,
+    LoadBackups,
 }
 
 /// What the background tasks tell the app.
@@ -74,6 +75,7 @@ pub enum Msg {
     Uploads(Result<Vec<UploadListing>, String>),
     UploadDetail(Result<UploadDetail, String>),
     Logs(Result<Vec<LogLine>, String>),
+    Backups(Result<Vec<BackupInfo>, String>),
 }
 
 /// Which overlay has the keyboard.
@@ -96,6 +98,10 @@ pub enum Mode {
     Uploads,
     /// The server's recent warnings and errors (`l`).
     Logs,
+    /// The backups view (`B`).
+    Backups,
+    /// Restoring this backup waits for the word typed out.
+    ConfirmRestore(String, Input),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +151,7 @@ pub struct App {
     pub change_pending: Option<Change>,
     pub uploads: UploadsView,
     pub logs: LogsView,
+    pub backups: BackupsView,
     /// What the runtime should do after a message (a reload after a retry).
     pub follow_up: Vec<Action>,
     pub flash: Option<Flash>,
@@ -171,6 +178,7 @@ impl App {
             change_pending: None,
             uploads: UploadsView::default(),
             logs: LogsView::default(),
+            backups: BackupsView::default(),
             follow_up: Vec::new(),
             flash: None,
             quit: false,
@@ -302,7 +310,10 @@ impl App {
                     // The reason first: the footer is one line.
                     Err(e) => self.say(Level::Error, format!("not done: {e}")),
                 }
-                // The uploads view shows what changed.
+                // The view shows what changed.
+                if matches!(self.mode, Mode::Backups) {
+                    self.follow_up.push(Action::LoadBackups);
+                }
                 if matches!(self.mode, Mode::Uploads) {
                     self.follow_up.push(Action::LoadUploads(self.uploads.query.clone()));
                     if let Some(Some(Ok(d))) = &self.uploads.detail {
@@ -318,6 +329,7 @@ impl App {
                 }
             }
             Msg::Logs(lines) => self.logs.lines = Some(lines),
+            Msg::Backups(rows) => self.backups.set_rows(rows),
         }
     }
 
@@ -335,7 +347,69 @@ impl App {
 
     /// Where a confirmation or the scale prompt goes back to.
     fn after_confirm(&mut self, change: &Change) {
-        self.mode = if matches!(change, Change::RetryOne(_)) { Mode::Uploads } else { Mode::Normal };
+        self.mode = match change {
+            Change::RetryOne(_) => Mode::Uploads,
+            Change::BackUp | Change::Restore(_) => Mode::Backups,
+            _ => Mode::Normal,
+        };
+    }
+
+    fn backups_key(&mut self, key: KeyEvent) -> Option<Action> {
+        match key.code {
+            KeyCode::Esc | KeyCode::Char('q') => {
+                self.mode = Mode::Normal;
+                None
+            }
+            KeyCode::Up | KeyCode::Char('k') => {
+                self.backups.move_by(-1);
+                None
+            }
+            KeyCode::Down | KeyCode::Char('j') => {
+                self.backups.move_by(1);
+                None
+            }
+            KeyCode::Char('g') => Some(Action::LoadBackups),
+            KeyCode::Char('n') => self.ask(Change::BackUp),
+            KeyCode::Char('r') => {
+                if self.options.read_only {
+                    self.say(Level::Warn, READ_ONLY);
+                } else if self.change_pending.is_some() {
+                    self.say(Level::Info, "the last change is still on its way");
+                } else if let Some(b) = self.backups.selected_backup() {
+                    self.mode = Mode::ConfirmRestore(b.name.clone(), Input::default());
+                } else {
+                    self.say(Level::Warn, "no backup to restore: take one with n");
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn confirm_restore_key(&mut self, name: String, mut input: Input, key: KeyEvent) -> Option<Action> {
+        match key.code {
+            KeyCode::Esc => {
+                self.mode = Mode::Backups;
+                self.say(Level::Info, "nothing changed");
+                None
+            }
+            KeyCode::Enter if input.value().trim() == RESTORE_WORD => {
+                let change = Change::Restore(name);
+                self.mode = Mode::Backups;
+                self.change_pending = Some(change.clone());
+                Some(Action::Change(change))
+            }
+            KeyCode::Enter => {
+                self.say(Level::Warn, format!("type {RESTORE_WORD} to replace the database, or Esc"));
+                self.mode = Mode::ConfirmRestore(name, input);
+                None
+            }
+            _ => {
+                input.handle_event(&Event::Key(key));
+                self.mode = Mode::ConfirmRestore(name, input);
+                None
+            }
+        }
     }
 
     fn uploads_key(&mut self, key: KeyEvent) -> Option<Action> {
@@ -543,6 +617,8 @@ impl App {
                 }
             },
             Mode::Uploads => self.uploads_key(key),
+            Mode::Backups => self.backups_key(key),
+            Mode::ConfirmRestore(name, input) => self.confirm_restore_key(name, input, key),
             Mode::Logs => match key.code {
                 KeyCode::Esc | KeyCode::Char('q') => {
                     self.mode = Mode::Normal;
@@ -662,6 +738,11 @@ impl App {
                 self.mode = Mode::Uploads;
                 self.uploads.detail = None;
                 Some(Action::LoadUploads(self.uploads.query.clone()))
+            }
+            KeyCode::Char('B') => {
+                // Looking is not a change: the view opens in a read-only console too.
+                self.mode = Mode::Backups;
+                Some(Action::LoadBackups)
             }
             KeyCode::Char('l') => {
                 self.mode = Mode::Logs;

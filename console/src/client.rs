@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
-use flipstack_domain::status::{AdminStatus, LogLine, UploadDetail, UploadListing};
+use flipstack_domain::status::{AdminStatus, BackupDone, BackupInfo, LogLine, UploadDetail, UploadListing};
 use futures::{Stream, StreamExt};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -18,6 +18,9 @@ use crate::model::{AdminEvent, UploadQuery};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 /// Actions and listings (a retry of many uploads, a redrive) may take longer.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(20);
+/// A backup or a restore reads or writes the whole database: as long as the
+/// server lets any request take (`FLIPSTACK_REQUEST_DEADLINE_SECS`' default).
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
 /// The server sends a keep-alive at least every 15 s; silence past this
 /// means the stream is dead even if the connection is not closed.
 pub const EVENTS_IDLE: Duration = Duration::from_secs(40);
@@ -125,7 +128,15 @@ impl AdminClient {
     }
 
     async fn post<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let resp = self.request(reqwest::Method::POST, path).timeout(ACTION_TIMEOUT).send().await?;
+        self.post_within(path, ACTION_TIMEOUT).await
+    }
+
+    async fn post_within<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        within: Duration,
+    ) -> Result<T, ClientError> {
+        let resp = self.request(reqwest::Method::POST, path).timeout(within).send().await?;
         Self::check(resp).await?.json().await.map_err(|e| ClientError::Decode(e.to_string()))
     }
 
@@ -188,6 +199,22 @@ impl AdminClient {
     /// The server's recent warnings and errors, oldest first.
     pub async fn logs(&self) -> Result<Vec<LogLine>, ClientError> {
         self.get("/admin/api/logs").await
+    }
+
+    /// The backups in the blob store, newest first.
+    pub async fn backups(&self) -> Result<Vec<BackupInfo>, ClientError> {
+        self.get("/admin/api/backups").await
+    }
+
+    /// Backs the database up into the blob store now.
+    pub async fn back_up(&self) -> Result<BackupDone, ClientError> {
+        self.post_within("/admin/api/backups", BACKUP_TIMEOUT).await
+    }
+
+    /// Replaces the database with a backup (the server backs it up first).
+    pub async fn restore(&self, name: &str) -> Result<BackupDone, ClientError> {
+        // A name is only ever letters, digits, `-` and `.`; the server checks it.
+        self.post_within(&format!("/admin/api/backups/{name}/restore"), BACKUP_TIMEOUT).await
     }
 
     /// Streams the database dump into `path`: written beside it under a

@@ -199,6 +199,8 @@ async fn change_on_server(
         Change::Redrive => client.redrive().await.map(|n| n as u64).map_err(e),
         Change::Pause(paused) => client.set_paused(*paused).await.map(|p| p as u64).map_err(e),
         Change::Scale { group: None, desired } => client.set_pool_desired(*desired).await.map(u64::from).map_err(e),
+        Change::BackUp => client.back_up().await.map(|done| done.rows).map_err(e),
+        Change::Restore(name) => client.restore(name).await.map(|done| done.rows).map_err(e),
         Change::Scale { group: Some(group), desired } => {
             let aws = aws.ok_or("an AWS group needs --stack")?;
             flipstack_provision::fleet::set_desired(&aws, group, *desired)
@@ -280,6 +282,12 @@ impl Actions {
                 let (client, tx) = (self.client.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let _ = tx.send(Msg::Logs(client.logs().await.map_err(|e| e.to_string()))).await;
+                });
+            }
+            Action::LoadBackups => {
+                let (client, tx) = (self.client.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(Msg::Backups(client.backups().await.map_err(|e| e.to_string()))).await;
                 });
             }
             Action::Plan => {

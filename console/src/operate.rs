@@ -2,10 +2,12 @@
 //! uploads, redrive the dead-letter queue, pause and resume the workers, set
 //! a group's desired capacity (each asked before it is done, each off in a
 //! read-only console); the uploads view with its filter and one upload in
-//! full; the server's recent warnings and errors. State only: the keys are
-//! handled in [`crate::app`], the drawing in [`crate::ui`].
+//! full; the server's recent warnings and errors; the database's backups,
+//! one taken now or one restored (typed out first: it replaces the
+//! database). State only: the keys are handled in [`crate::app`], the
+//! drawing in [`crate::ui`].
 
-use flipstack_domain::status::{LogLine, UploadDetail, UploadListing};
+use flipstack_domain::status::{BackupInfo, LogLine, UploadDetail, UploadListing};
 use tui_input::Input;
 
 use crate::model::UploadQuery;
@@ -23,7 +25,14 @@ pub enum Change {
     Pause(bool),
     /// A group's desired capacity: an AWS group by name, or (None) the local pool.
     Scale { group: Option<String>, desired: u32 },
+    /// A backup of the database into the blob store, now.
+    BackUp,
+    /// The database replaced by this backup (asked with the word typed out).
+    Restore(String),
 }
+
+/// What the operator types to confirm a restore.
+pub const RESTORE_WORD: &str = "restore";
 
 impl Change {
     /// The confirmation's title.
@@ -37,6 +46,8 @@ impl Change {
             Change::Scale { group, desired } => {
                 format!("set {} to {desired}?", group.as_deref().unwrap_or("the local pool"))
             }
+            Change::BackUp => "back up the database now?".into(),
+            Change::Restore(name) => format!("restore {name}?"),
         }
     }
 
@@ -59,6 +70,16 @@ impl Change {
             Change::Scale { .. } => {
                 vec!["The group runs this many now; its scaling policy", "goes on from there as the backlog asks."]
             }
+            Change::BackUp => vec![
+                "A dump of the whole database goes to the blob store's",
+                "backups/; the oldest beyond the number kept are deleted.",
+            ],
+            Change::Restore(_) => vec![
+                "Every row of the database is replaced by the backup's:",
+                "uploads, people, sessions and settings made since go.",
+                "Pictures stay in the blob store. The database as it is",
+                "now is backed up first: restoring that undoes this.",
+            ],
         }
     }
 
@@ -70,6 +91,8 @@ impl Change {
             Change::Pause(true) => "pause",
             Change::Pause(false) => "resume",
             Change::Scale { .. } => "set it",
+            Change::BackUp => "back up",
+            Change::Restore(_) => "restore",
         }
     }
 
@@ -85,6 +108,10 @@ impl Change {
             Change::Pause(false) => (true, "workers resumed".into()),
             Change::Scale { group, .. } => {
                 (true, format!("{}: desired capacity set to {n}", group.as_deref().unwrap_or("local pool")))
+            }
+            Change::BackUp => (true, format!("database backed up ({n} rows)")),
+            Change::Restore(name) => {
+                (true, format!("database restored from {name} ({n} rows); the one before is the newest backup"))
             }
         }
     }
@@ -177,19 +204,23 @@ impl UploadsView {
     pub fn set_rows(&mut self, rows: Result<Vec<UploadListing>, String>) {
         let keep = self.selected_upload().map(|l| l.upload.id);
         self.rows = Some(rows);
-        // The same upload stays selected when it is still listed.
-        self.selected = keep
-            .and_then(|id| self.listing().iter().position(|l| l.upload.id == id))
-            .unwrap_or(0)
-            .min(self.listing().len().saturating_sub(1));
+        self.selected = reselect(self.listing(), keep, |l| l.upload.id);
     }
 
     pub fn move_by(&mut self, delta: isize) {
-        let n = self.listing().len();
-        if n > 0 {
-            self.selected = (self.selected as isize + delta).clamp(0, n as isize - 1) as usize;
-        }
+        self.selected = moved(self.selected, self.listing().len(), delta);
     }
+}
+
+/// Where the selection goes in a new listing: the row it was on, when still
+/// listed (found by `key`), else the first.
+fn reselect<T, K: PartialEq>(rows: &[T], keep: Option<K>, key: impl Fn(&T) -> K) -> usize {
+    keep.and_then(|k| rows.iter().position(|r| key(r) == k)).unwrap_or(0).min(rows.len().saturating_sub(1))
+}
+
+/// The selection moved by `delta` within `n` rows.
+fn moved(selected: usize, n: usize, delta: isize) -> usize {
+    if n == 0 { selected } else { (selected as isize + delta).clamp(0, n as isize - 1) as usize }
 }
 
 /// The log view (`l`): the server's recent warnings and errors.
@@ -198,4 +229,35 @@ pub struct LogsView {
     pub lines: Option<Result<Vec<LogLine>, String>>,
     /// Lines scrolled up from the newest.
     pub back: u16,
+}
+
+/// The backups view (`B`): the backups in the blob store, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct BackupsView {
+    /// None until the first answer.
+    pub rows: Option<Result<Vec<BackupInfo>, String>>,
+    pub selected: usize,
+}
+
+impl BackupsView {
+    pub fn listing(&self) -> &[BackupInfo] {
+        match &self.rows {
+            Some(Ok(rows)) => rows,
+            _ => &[],
+        }
+    }
+
+    pub fn selected_backup(&self) -> Option<&BackupInfo> {
+        self.listing().get(self.selected)
+    }
+
+    pub fn set_rows(&mut self, rows: Result<Vec<BackupInfo>, String>) {
+        let keep = self.selected_backup().map(|b| b.name.clone());
+        self.rows = Some(rows);
+        self.selected = reselect(self.listing(), keep, |b| b.name.clone());
+    }
+
+    pub fn move_by(&mut self, delta: isize) {
+        self.selected = moved(self.selected, self.listing().len(), delta);
+    }
 }

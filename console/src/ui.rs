@@ -695,6 +695,14 @@ fn render_overlay(app: &App, area: Rect, buf: &mut Buffer) -> Option<ratatui::la
             logs_view(app, area, buf);
             None
         }
+        Mode::Backups => {
+            backups_view(app, area, buf);
+            None
+        }
+        Mode::ConfirmRestore(name, input) => {
+            backups_view(app, area, buf);
+            Some(confirm_restore(name, input, area, buf))
+        }
     }
 }
 
@@ -919,6 +927,66 @@ fn logs_view(app: &App, area: Rect, buf: &mut Buffer) {
     Paragraph::new(lines).wrap(Wrap { trim: false }).scroll((scroll, 0)).render(body, buf);
 }
 
+/// The backups view (`B`): the blob store's backups, newest first.
+fn backups_view(app: &App, area: Rect, buf: &mut Buffer) {
+    let area = Rect { height: area.height.saturating_sub(1), ..area };
+    let inner = popup(area, area.width, area.height, "backups · blob store, backups/", buf);
+    let [top, body, bottom] =
+        inner.layout(&Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]));
+    Paragraph::new(Line::styled("Database dumps; the fleet takes them every FLIPSTACK_BACKUP_EVERY.", DIM))
+        .render(top, buf);
+    let keys: &[(&str, &str)] = if app.options.read_only {
+        &[("↑↓", "select"), ("g", "reload"), ("Esc", "close")]
+    } else {
+        &[("n", "back up now"), ("r", "restore"), ("↑↓", "select"), ("g", "reload"), ("Esc", "close")]
+    };
+    hint(keys).render(bottom, buf);
+    let view = &app.backups;
+    let Some(rows) = answered(view.rows.as_ref(), "backups", body, buf) else {
+        return;
+    };
+    if rows.is_empty() {
+        let how = if app.options.read_only {
+            "set FLIPSTACK_BACKUP_EVERY (e.g. 6h) for a schedule"
+        } else {
+            "set FLIPSTACK_BACKUP_EVERY (e.g. 6h) for a schedule, or n for one now"
+        };
+        Paragraph::new(vec![Line::styled("no backups yet", DIM), Line::styled(how, DIM)]).render(body, buf);
+        return;
+    }
+    let mut lines = vec![Line::styled(format!("  {:<32} {:>9} {:>9}", "name (when taken, UTC)", "size", "age"), DIM)];
+    let visible = body.height.saturating_sub(1) as usize;
+    let first = view.selected.saturating_sub(visible.saturating_sub(1));
+    for (i, b) in rows.iter().enumerate().skip(first).take(visible) {
+        let selected = i == view.selected;
+        let line = Line::from(vec![
+            Span::raw(if selected { "› " } else { "  " }),
+            Span::raw(format!("{:<32} ", b.name)),
+            Span::raw(format!("{:>9} ", human_bytes(b.bytes))),
+            Span::styled(format!("{:>9}  ", human_age(app.now - b.at)), DIM),
+            Span::styled(if i == 0 { "newest" } else { "" }, GOOD),
+        ]);
+        lines.push(if selected { line.style(Style::new().add_modifier(Modifier::REVERSED)) } else { line });
+    }
+    Paragraph::new(lines).render(body, buf);
+}
+
+/// Restoring replaces the database: the word is typed out, not a `y`.
+fn confirm_restore(name: &str, input: &tui_input::Input, area: Rect, buf: &mut Buffer) -> ratatui::layout::Position {
+    let change = Change::Restore(name.to_owned());
+    let mut lines: Vec<Line> = change.explain().into_iter().map(|l| Line::styled(l, WARN)).collect();
+    lines.push(Line::raw(""));
+    let prompt = format!("Type {} to replace the database: ", crate::operate::RESTORE_WORD);
+    let col = (prompt.chars().count() + input.visual_cursor()) as u16;
+    lines
+        .push(Line::from(vec![Span::styled(prompt, BAD), Span::styled(input.value().to_owned(), Style::new().bold())]));
+    let input_row = lines.len() as u16 - 1;
+    lines.push(hint(&[("Enter", "restore"), ("Esc", "cancel")]));
+    let inner = popup(area, 64, lines.len() as u16 + 2, &change.question(), buf);
+    Paragraph::new(lines).render(inner, buf);
+    ratatui::layout::Position::new((inner.x + col).min(inner.right().saturating_sub(1)), inner.y + input_row)
+}
+
 fn hint(keys: &[(&str, &str)]) -> Line<'static> {
     let mut spans = Vec::new();
     for (k, what) in keys {
@@ -939,6 +1007,7 @@ fn help(app: &App, area: Rect, buf: &mut Buffer) {
         row("s", "set a group's desired capacity (Tab: next group)"),
         row("u", "uploads: / filter, ↑↓, Enter details, r retry one"),
         row("l", "the server's recent warnings and errors"),
+        row("B", "backups: n back up now, r restore the selected one"),
         row("d", "dump the database to a file (SQL)"),
         row("p", "provisioning: plan, then up or down (--stack)"),
         row("?", "this help; any key closes it"),
@@ -950,7 +1019,7 @@ fn help(app: &App, area: Rect, buf: &mut Buffer) {
         Line::styled("flipstack db restore FILE.", DIM),
     ];
     if app.options.read_only {
-        lines.push(Line::styled("Read-only: b w r x s d and provisioning up/down are off.", WARN));
+        lines.push(Line::styled("Read-only: b w r x s d, backups and provisioning up/down are off.", WARN));
     }
     let inner = popup(area, 72, lines.len() as u16 + 2, "help", buf);
     Paragraph::new(lines).render(inner, buf);

@@ -418,3 +418,52 @@ fn read_only_refuses_every_operator_change() {
     assert_eq!(chr(&mut a, 'r'), None);
     assert!(flash(&a).1.contains("read-only"));
 }
+
+/// The backups view: looking is allowed anywhere; `n` asks and `y` backs up;
+/// `r` asks for the word typed out; a read-only console refuses both.
+#[test]
+fn backups_ask_first_restore_wants_the_word_and_read_only_refuses() {
+    use flipstack_console::operate::{Change, RESTORE_WORD};
+    let list = common::backup_list();
+    for read_only in [true, false] {
+        let mut a = app(None, read_only);
+        assert_eq!(chr(&mut a, 'B'), Some(Action::LoadBackups), "the view opens (read-only {read_only})");
+        a.on_msg(Msg::Backups(Ok(list.clone())));
+        assert!(matches!(a.mode, Mode::Backups));
+        if read_only {
+            for k in ['n', 'r'] {
+                assert_eq!(chr(&mut a, k), None);
+                assert!(matches!(a.mode, Mode::Backups), "{k}: {:?}", a.mode);
+                assert!(flash(&a).1.contains("read-only"), "{k}");
+            }
+            continue;
+        }
+        assert_eq!(chr(&mut a, 'n'), None);
+        assert!(matches!(&a.mode, Mode::Confirm(Change::BackUp)), "{:?}", a.mode);
+        assert_eq!(chr(&mut a, 'n'), None);
+        assert!(matches!(a.mode, Mode::Backups), "no goes back to the view: {:?}", a.mode);
+        chr(&mut a, 'n');
+        assert_eq!(chr(&mut a, 'y'), Some(Action::Change(Change::BackUp)));
+        a.on_msg(Msg::ChangeDone(Change::BackUp, Ok(42)));
+        assert_eq!(a.follow_up, vec![Action::LoadBackups], "the listing is read again");
+        a.follow_up.clear();
+
+        press(&mut a, KeyCode::Down);
+        assert_eq!(chr(&mut a, 'r'), None);
+        assert!(matches!(&a.mode, Mode::ConfirmRestore(name, _) if *name == list[1].name), "{:?}", a.mode);
+        typed(&mut a, "yes");
+        assert_eq!(press(&mut a, KeyCode::Enter), None, "only the word restores");
+        assert!(matches!(a.mode, Mode::ConfirmRestore(..)));
+        assert_eq!(press(&mut a, KeyCode::Esc), None);
+        assert!(matches!(a.mode, Mode::Backups));
+        assert_eq!(flash(&a).1, "nothing changed");
+        chr(&mut a, 'r');
+        typed(&mut a, RESTORE_WORD);
+        let restore = Change::Restore(list[1].name.clone());
+        assert_eq!(press(&mut a, KeyCode::Enter), Some(Action::Change(restore.clone())));
+        assert!(matches!(a.mode, Mode::Backups));
+        assert_eq!(a.change_pending, Some(restore));
+        assert_eq!(press(&mut a, KeyCode::Esc), None);
+        assert!(matches!(a.mode, Mode::Normal));
+    }
+}

@@ -272,10 +272,57 @@ fn help_lists_every_key_at_80x24() {
     let mut a = app(None, false);
     key(&mut a, '?');
     let s = screen(&a, 80, 24);
-    for k in ["b ", "w ", "r ", "x ", "s ", "u ", "l ", "d ", "p ", "q "] {
+    for k in ["b ", "w ", "r ", "x ", "s ", "u ", "l ", "B ", "d ", "p ", "q "] {
         assert!(s.lines().any(|l| l.contains(&format!("│  {k}"))), "help lists {k:?}:\n{s}");
     }
     assert_snapshot!(s);
+}
+
+fn backups_app(read_only: bool) -> App {
+    let mut a = app(None, read_only);
+    key(&mut a, 'B');
+    a.on_msg(Msg::Backups(Ok(common::backup_list())));
+    a
+}
+
+#[test]
+fn backups_view_80x24() {
+    let mut a = backups_app(false);
+    a.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn backups_view_empty() {
+    let mut a = app(None, false);
+    key(&mut a, 'B');
+    a.on_msg(Msg::Backups(Ok(vec![])));
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn confirm_back_up_now() {
+    let mut a = backups_app(false);
+    key(&mut a, 'n');
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn confirm_restore_typed() {
+    let mut a = backups_app(false);
+    a.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+    key(&mut a, 'r');
+    for c in "rest".chars() {
+        key(&mut a, c);
+    }
+    assert_snapshot!(screen(&a, 80, 24));
+}
+
+#[test]
+fn backups_read_only_refusal() {
+    let mut a = backups_app(true);
+    key(&mut a, 'r');
+    assert_snapshot!(screen(&a, 80, 24));
 }
 
 #[test]

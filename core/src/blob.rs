@@ -21,6 +21,7 @@ use object_store::signer::Signer;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::io::AsyncWriteExt;
 
+use crate::backups::{BACKUP_FOLDER, BackupName};
 use crate::domain::UploadId;
 use crate::imaging::ScreenSize;
 
@@ -132,7 +133,7 @@ impl BlobError {
         BlobError::Config { message: format!("{context}: {e}"), source: cause(e) }
     }
 
-    fn unavailable_because(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> BlobError {
+    pub(crate) fn unavailable_because(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> BlobError {
         BlobError::Unavailable { message: format!("{context}: {e}"), source: cause(e) }
     }
 
@@ -146,6 +147,13 @@ impl From<object_store::Error> for BlobError {
     fn from(e: object_store::Error) -> Self {
         BlobError::Unavailable { message: e.to_string(), source: cause(e) }
     }
+}
+
+/// A backup in the blob store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBackup {
+    pub name: BackupName,
+    pub bytes: u64,
 }
 
 pub struct Blob {
@@ -201,10 +209,61 @@ impl BlobStore {
     }
 
     fn path(&self, kind: BlobKind, id: UploadId) -> Path {
-        let k = key(kind, id);
+        self.prefixed(key(kind, id))
+    }
+
+    fn prefixed(&self, key: Path) -> Path {
         match &self.prefix {
-            Some(p) => Path::from(format!("{p}/{k}")),
-            None => k,
+            Some(p) => Path::from(format!("{p}/{key}")),
+            None => key,
+        }
+    }
+
+    fn backup_path(&self, name: &BackupName) -> Path {
+        self.prefixed(Path::from(format!("{BACKUP_FOLDER}/{name}")))
+    }
+
+    /// Writes a new backup: nothing is found under its name until
+    /// `shutdown` completes it (S3: a multipart upload; a local folder: a
+    /// temporary file, renamed), and `abort` leaves nothing behind.
+    pub fn backup_writer(&self, name: &BackupName) -> BufWriter {
+        let part = if self.kind == BlobBackend::File { 1024 * 1024 } else { 8 * 1024 * 1024 };
+        BufWriter::with_capacity(self.store.clone(), self.backup_path(name), part).with_max_concurrency(2)
+    }
+
+    /// The backups under `backups/`, oldest first. Objects there whose name
+    /// flipstack did not make (an operator's own files) are left out, so
+    /// nothing prunes them.
+    pub async fn list_backups(&self) -> Result<Vec<StoredBackup>, BlobError> {
+        let folder = self.prefixed(Path::from(BACKUP_FOLDER));
+        let mut backups = Vec::new();
+        let mut stream = self.store.list(Some(&folder));
+        while let Some(meta) = stream.next().await {
+            let meta = meta?;
+            if let Some(name) = meta.location.filename().and_then(|n| BackupName::parse(n).ok())
+                && meta.location == self.backup_path(&name)
+            {
+                backups.push(StoredBackup { name, bytes: meta.size });
+            }
+        }
+        backups.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(backups)
+    }
+
+    /// A backup's whole text, or `None` when there is no such backup.
+    pub async fn get_backup(&self, name: &BackupName) -> Result<Option<Bytes>, BlobError> {
+        match self.store.get(&self.backup_path(name)).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes one backup; an absent one is fine.
+    pub async fn delete_backup(&self, name: &BackupName) -> Result<(), BlobError> {
+        match self.store.delete(&self.backup_path(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -306,7 +365,8 @@ impl BlobStore {
     /// upload has no row: what a delete that raced a worker, or a crash
     /// between a write and its row, left behind. Objects newer than the
     /// cutoff are left alone, so an upload between its original and its row
-    /// is never touched; so is anything whose key flipstack did not make.
+    /// is never touched; so is anything whose key flipstack did not make, and
+    /// everything under `backups/`.
     pub async fn sweep_orphans(
         &self,
         store: &dyn crate::store::MetadataStore,
@@ -328,7 +388,10 @@ impl BlobStore {
                     Some(p) => key.strip_prefix(p.as_str()).and_then(|k| k.strip_prefix('/')).unwrap_or(""),
                     None => key,
                 };
-                if meta.last_modified.timestamp_millis() < cutoff
+                // Backups are no upload's: never swept, whatever their names.
+                let backup = key.split('/').next() == Some(BACKUP_FOLDER);
+                if !backup
+                    && meta.last_modified.timestamp_millis() < cutoff
                     && let Some((_, id)) = parse_key(key)
                 {
                     batch.push((meta.location.clone(), id));
@@ -359,5 +422,55 @@ impl BlobStore {
     pub async fn ping(&self) -> Result<(), BlobError> {
         let probe = UploadId::from_i64(1).expect("1 is a valid id");
         self.exists(BlobKind::Original, probe).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backups::PICTURE_FOLDERS;
+
+    #[test]
+    fn keys_round_trip_and_pictures_stay_in_the_picture_folders() {
+        let id = UploadId::from_i64(4242).unwrap();
+        for kind in BlobKind::ALL {
+            let k = key(kind, id);
+            assert_eq!(parse_key(k.as_ref()), Some((kind, id)));
+            // The AWS lifecycle rules for pictures name these folders.
+            let top = k.as_ref().split('/').next().unwrap();
+            assert!(PICTURE_FOLDERS.contains(&top), "{kind:?} is under {top}/, not a picture folder");
+            assert_ne!(top, BACKUP_FOLDER);
+        }
+        let backup = format!("{BACKUP_FOLDER}/{}", BackupName::at(1_796_667_300_000));
+        assert_eq!(parse_key(&backup), None, "a backup is no upload's");
+    }
+
+    #[tokio::test]
+    async fn backups_list_oldest_first_and_leave_other_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::from_url(&format!("file://{}", dir.path().display()), "us-east-1", None).unwrap();
+        assert!(blobs.list_backups().await.unwrap().is_empty(), "no folder yet is no backup");
+        let (older, newer) = (BackupName::at(1_796_667_300_000), BackupName::at(1_796_667_301_000));
+        for (name, text) in [(&newer, "newer"), (&older, "older")] {
+            let mut w = blobs.backup_writer(name);
+            w.write_all(text.as_bytes()).await.unwrap();
+            w.shutdown().await.unwrap();
+        }
+        std::fs::write(dir.path().join("backups/before-the-migration.sql"), "an operator's own").unwrap();
+        let mut abandoned = blobs.backup_writer(&BackupName::at(1_796_667_302_000));
+        abandoned.write_all(b"half").await.unwrap();
+        abandoned.abort().await.unwrap();
+
+        let listed = blobs.list_backups().await.unwrap();
+        assert_eq!(
+            listed,
+            vec![StoredBackup { name: older.clone(), bytes: 5 }, StoredBackup { name: newer.clone(), bytes: 5 },]
+        );
+        assert_eq!(blobs.get_backup(&older).await.unwrap().unwrap(), "older");
+        blobs.delete_backup(&older).await.unwrap();
+        blobs.delete_backup(&older).await.unwrap();
+        assert_eq!(blobs.get_backup(&older).await.unwrap(), None);
+        assert_eq!(blobs.list_backups().await.unwrap().len(), 1);
+        assert!(dir.path().join("backups/before-the-migration.sql").exists());
     }
 }

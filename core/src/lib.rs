@@ -10,6 +10,7 @@
 //! (flipstack-store).
 
 pub mod aws;
+pub mod backup;
 pub mod blob;
 pub mod cache;
 pub mod gallery;
@@ -24,7 +25,7 @@ pub mod status;
 pub mod trace;
 pub mod wake;
 
-pub use flipstack_domain::{Config, config, domain, error, records, tls};
+pub use flipstack_domain::{Config, backups, config, domain, error, records, tls};
 pub use flipstack_imaging as imaging;
 pub use flipstack_store as store;
 pub use services::Services;

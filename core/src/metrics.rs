@@ -78,6 +78,8 @@ pub struct Metrics {
     pub uploads: Family<OutcomeLabel, Counter>,
     pub upload_rejections: Family<ReasonLabel, Counter>,
     pub jobs: Family<OutcomeLabel, Counter>,
+    /// Database backups this process wrote (`written`) or could not (`failed`).
+    pub backups: Family<OutcomeLabel, Counter>,
     pub job_seconds: Histogram,
     pub queue_wait_seconds: Histogram,
     pub uploads_blocked: Gauge,
@@ -120,6 +122,7 @@ impl Metrics {
             uploads: Family::default(),
             upload_rejections: Family::default(),
             jobs: Family::default(),
+            backups: Family::default(),
             job_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             queue_wait_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
             uploads_blocked: Gauge::default(),
@@ -160,6 +163,7 @@ impl Metrics {
         registry.register("uploads", "Upload requests by outcome", m.uploads.clone());
         registry.register("upload_rejections", "Refused uploads by reason", m.upload_rejections.clone());
         registry.register("jobs", "Flip jobs finished by this process, by outcome", m.jobs.clone());
+        registry.register("backups", "Database backups into the blob store, by outcome", m.backups.clone());
         registry.register("job_seconds", "Time to flip and store one picture", m.job_seconds.clone());
         registry.register(
             "queue_wait_seconds",

@@ -11,6 +11,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::backups::Period;
+
 /// The libheif the imaging crate loads unless `libheif` names another: the
 /// soname Debian's and Fedora's dynamic loaders find.
 pub const DEFAULT_LIBHEIF: &str = "libheif.so.1";
@@ -47,6 +49,8 @@ pub const KEYS: &[&str] = &[
     "queue_poll_ms",
     "requeue_after_secs",
     "orphan_grace_secs",
+    "backup_every",
+    "backup_keep",
     "cache_ttl_secs",
     "replica_wait_ms",
     "replica_max_lag_ms",
@@ -134,6 +138,12 @@ pub struct Config {
     pub requeue_after_secs: u64,
     /// The hourly orphan sweep deletes blobs with no upload row once they are this old.
     pub orphan_grace_secs: u64,
+    /// How often the fleet backs the database up into the blob store's
+    /// `backups/`; none (`off`) by default.
+    #[serde(deserialize_with = "crate::backups::optional_period")]
+    pub backup_every: Option<Period>,
+    /// Backups kept: the oldest beyond this many are deleted after each one.
+    pub backup_keep: u32,
     pub cache_ttl_secs: u64,
     /// How long a replica read waits for the person's last write (MASTER_GTID_WAIT).
     pub replica_wait_ms: u64,
@@ -221,6 +231,8 @@ impl Default for Config {
             queue_poll_ms: 100,
             requeue_after_secs: 120,
             orphan_grace_secs: 3600,
+            backup_every: None,
+            backup_keep: 7,
             cache_ttl_secs: 600,
             replica_wait_ms: 75,
             replica_max_lag_ms: 2000,
@@ -247,7 +259,7 @@ impl Default for Config {
             startup_wait_secs: 300,
             scale_in_protection_group: None,
             libheif: DEFAULT_LIBHEIF.into(),
-            notice_every: Period(Duration::from_secs(600)),
+            notice_every: Period::from_secs(600).expect("ten minutes is a period"),
         }
     }
 }
@@ -314,6 +326,9 @@ impl Config {
         if self.orphan_grace_secs < 60 {
             return bad("orphan_grace_secs must be at least 60: an upload's original is written before its row".into());
         }
+        if self.backup_keep == 0 {
+            return bad("backup_keep must be at least 1 (FLIPSTACK_BACKUP_KEEP); to take no backups leave FLIPSTACK_BACKUP_EVERY unset".into());
+        }
         if self.job_lease_secs < 2 {
             return bad("job_lease_secs must be at least 2 (the lease is renewed every third of it)".into());
         }
@@ -328,7 +343,7 @@ impl Config {
                 "max_connections, max_connections_per_client and max_uploads_per_client must be above zero".into()
             );
         }
-        if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&self.notice_every.0) {
+        if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&self.notice_every.as_duration()) {
             return bad(format!(
                 "notice_every ({}) must be between 1s and 7 days (168h); set FLIPSTACK_NOTICE_EVERY to e.g. 10m",
                 self.notice_every
@@ -397,61 +412,6 @@ impl Config {
             }
         }
         out
-    }
-}
-
-/// A length of time in the configuration: `30s`, `10m`, `2h`, or a number of
-/// seconds (`600`, in TOML also unquoted). Written back in the largest unit
-/// that is exact, so `to_env` hands it on unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Period(pub Duration);
-
-impl Period {
-    pub fn parse(text: &str) -> Result<Period, String> {
-        let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let scale = match unit.trim() {
-            "" | "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            _ => 0,
-        };
-        match number.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)).filter(|_| scale > 0) {
-            Some(secs) => Ok(Period(Duration::from_secs(secs))),
-            None => Err(format!("{text:?} is not a length of time; write e.g. 30s, 10m, 2h or a number of seconds")),
-        }
-    }
-}
-
-impl std::fmt::Display for Period {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.as_secs() {
-            s if s > 0 && s % 3600 == 0 => write!(f, "{}h", s / 3600),
-            s if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
-            s => write!(f, "{s}s"),
-        }
-    }
-}
-
-impl Serialize for Period {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Period {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Period, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum TextOrSeconds {
-            Seconds(u64),
-            Text(String),
-        }
-        match TextOrSeconds::deserialize(d)? {
-            TextOrSeconds::Seconds(n) => Ok(Period(Duration::from_secs(n))),
-            TextOrSeconds::Text(t) => Period::parse(&t).map_err(serde::de::Error::custom),
-        }
     }
 }
 
@@ -529,19 +489,14 @@ mod tests {
     }
 
     #[test]
-    fn periods_read_as_people_write_them_and_are_validated() {
-        for (text, secs) in [("30s", 30), ("10m", 600), ("2h", 7200), ("600", 600), (" 45 ", 45)] {
-            assert_eq!(Period::parse(text), Ok(Period(Duration::from_secs(secs))), "{text}");
-        }
-        for text in ["", "m", "10x", "-5s", "1.5m", "10 minutes"] {
-            assert!(Period::parse(text).is_err(), "{text:?} is not a period");
-        }
-        assert_eq!(Period(Duration::from_secs(5400)).to_string(), "90m");
+    fn the_notice_period_is_read_as_people_write_it_and_validated() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("FLIPSTACK_NOTICE_EVERY", "30s");
             let c = Config::load(None, BTreeMap::<String, String>::new()).map_err(|e| e.to_string())?;
-            assert_eq!(c.notice_every, Period(Duration::from_secs(30)));
-            for (value, says) in [("10x", "not a length of time"), ("0", "between 1s and 7 days")] {
+            assert_eq!(c.notice_every.secs(), 30);
+            for (value, says) in
+                [("10x", "30s, 15m, 6h, 1d"), ("0", "at least 1 second"), ("8d", "between 1s and 7 days")]
+            {
                 jail.set_env("FLIPSTACK_NOTICE_EVERY", value);
                 let err = Config::load(None, BTreeMap::<String, String>::new()).unwrap_err().to_string();
                 assert!(err.contains(says) && err.to_lowercase().contains("notice_every"), "{value}: {err}");
@@ -552,7 +507,7 @@ mod tests {
             jail.create_file("flipstack.toml", "notice_every = 90")?;
             let c = Config::load(Some(Path::new("flipstack.toml")), BTreeMap::<String, String>::new())
                 .map_err(|e| e.to_string())?;
-            assert_eq!(c.notice_every, Period(Duration::from_secs(90)), "seconds unquoted in TOML");
+            assert_eq!(c.notice_every.secs(), 90, "seconds unquoted in TOML");
             Ok(())
         });
     }

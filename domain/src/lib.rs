@@ -4,6 +4,7 @@
 //! configuration (`Config::load`: a TOML file and the environment), no
 //! async runtime: every other crate builds on it, the console among them.
 
+pub mod backups;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -126,6 +126,29 @@ pub struct UploadDetail {
     pub events: Vec<Event>,
 }
 
+/// One backup in the blob store (`GET /admin/api/backups`, newest first).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// `flipstack-YYYYMMDDTHHMMSSZ.sql`: what restore takes.
+    pub name: String,
+    pub bytes: u64,
+    /// When it was taken (ms since the epoch, to the second).
+    pub at: i64,
+}
+
+/// What a backup or a restore did (`POST /admin/api/backups`, `…/{name}/restore`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupDone {
+    /// The backup written, or the one restored.
+    pub name: String,
+    /// Rows written into the backup, or restored from it.
+    pub rows: u64,
+    pub bytes: u64,
+    /// A restore: the backup of the database as it was just before (undo with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+}
+
 /// A warning or error the server logged (`GET /admin/api/logs`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LogLine {

@@ -233,6 +233,28 @@ async fn assert_configured(c: &Clients, stack: &str, spec: &StackSpec, release_s
     assert_eq!(own.ownership_controls().unwrap().rules()[0].object_ownership().as_str(), "BucketOwnerEnforced");
     let head = c.s3.head_object().bucket(&bucket).key("release/flipstack").send().await.unwrap();
     assert_eq!(head.metadata().unwrap()["sha256"], release_sha);
+    // Versioned, with old versions of the database backups kept longest (issue 16).
+    let status = match c.s3.get_bucket_versioning().bucket(&bucket).send().await {
+        Ok(v) => v.status().map(|s| s.as_str().to_owned()),
+        // moto 5.2 roots the answer as GetBucketVersioningResponse, which the SDK refuses.
+        Err(e) => {
+            let body = e.raw_response().and_then(|r| r.body().bytes()).map(String::from_utf8_lossy).unwrap_or_default();
+            body.contains("<Status>Enabled</Status>").then(|| "Enabled".to_owned())
+        }
+    };
+    assert_eq!(status.as_deref(), Some("Enabled"));
+    let lifecycle = c.s3.get_bucket_lifecycle_configuration().bucket(&bucket).send().await.unwrap();
+    let days: BTreeMap<&str, i32> = lifecycle
+        .rules()
+        .iter()
+        .filter_map(|r| {
+            let prefix = r.filter()?.prefix()?;
+            Some((prefix, r.noncurrent_version_expiration()?.noncurrent_days()?))
+        })
+        .collect();
+    assert_eq!(days.get("blobs/backups/"), Some(&30), "{lifecycle:?}");
+    assert_eq!(days.get("blobs/originals/"), Some(&1), "{lifecycle:?}");
+    assert!(days.values().all(|d| *d <= 30), "{days:?}");
 
     // The configuration the instances fetch.
     let conf = c.s3.get_object().bucket(&bucket).key("config/flipstack.env").send().await.unwrap();

@@ -4,7 +4,8 @@
 //! dump, a server-sent event stream, and the operator's actions: retry
 //! failed uploads, redrive the dead-letter queue, pause and resume the
 //! workers, size the local pool; the uploads listing and one upload in
-//! full; the server's recent warnings and errors.
+//! full; the server's recent warnings and errors; the database's backups
+//! (list, take one, restore one).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -308,4 +309,56 @@ pub async fn upload_detail(state: Arc<AppState>, id: String) -> Result<Resp, Inf
 /// `GET /admin/api/logs`: this server's recent warnings and errors, oldest first.
 pub async fn logs(_state: Arc<AppState>) -> Result<Resp, Infallible> {
     Ok(json(StatusCode::OK, &crate::logbook::recent()))
+}
+
+/// `GET /admin/api/backups`: the backups in the blob store, newest first.
+pub async fn backups(state: Arc<AppState>) -> Result<Resp, Infallible> {
+    match flipstack_core::backup::list(&state.services).await {
+        Ok(list) => Ok(json(StatusCode::OK, &list)),
+        Err(e) => Ok(json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": format!("the backups could not be listed: {e}")}),
+        )),
+    }
+}
+
+/// `POST /admin/api/backups`: a backup now, then the oldest beyond `backup_keep` go.
+pub async fn back_up_now(state: Arc<AppState>) -> Result<Resp, Infallible> {
+    let services = &state.services;
+    let done = match flipstack_core::backup::take(services).await {
+        Ok(done) => done,
+        Err(e) => return Ok(backup_failed(&e)),
+    };
+    tracing::info!(backup = %done.name, rows = done.rows, bytes = done.bytes, "database backed up by an operator");
+    if let Err(e) = flipstack_core::backup::prune(services, services.config.backup_keep).await {
+        tracing::warn!(error = %e, "could not delete the oldest backups; the next backup tries again");
+    }
+    Ok(json(StatusCode::OK, &done))
+}
+
+/// `POST /admin/api/backups/{name}/restore`: the database replaced by that backup.
+pub async fn restore_backup(state: Arc<AppState>, name: String) -> Result<Resp, Infallible> {
+    let name = match flipstack_core::backups::BackupName::parse(&name) {
+        Ok(name) => name,
+        Err(e) => return Ok(json(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()}))),
+    };
+    tracing::warn!(backup = %name, "an operator restores the database from a backup");
+    match flipstack_core::backup::restore(&state.services, &name).await {
+        Ok(done) => Ok(json(StatusCode::OK, &done)),
+        Err(e) => {
+            tracing::warn!(error = %e, backup = %name, "the restore did not happen");
+            Ok(backup_failed(&e))
+        }
+    }
+}
+
+fn backup_failed(e: &flipstack_core::backup::BackupError) -> Resp {
+    use flipstack_core::backup::BackupError;
+    let status = match e {
+        BackupError::NotFound(_) => StatusCode::NOT_FOUND,
+        BackupError::Unreadable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        e if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json(status, &json!({"error": e.to_string()}))
 }

@@ -487,6 +487,13 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         .and(s())
         .and_then(|id, state| admin::upload_detail(state, id));
     let admin_logs = warp::path!("admin" / "api" / "logs").and(warp::get()).and(s()).and_then(admin::logs);
+    let admin_backups = warp::path!("admin" / "api" / "backups").and(warp::get()).and(s()).and_then(admin::backups);
+    let admin_back_up =
+        warp::path!("admin" / "api" / "backups").and(warp::post()).and(s()).and_then(admin::back_up_now);
+    let admin_restore = warp::path!("admin" / "api" / "backups" / String / "restore")
+        .and(warp::post())
+        .and(s())
+        .and_then(|name, state| admin::restore_backup(state, name));
     let admin_other = warp::path("admin")
         .map(|| web::json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "no such admin route"})));
 
@@ -529,6 +536,9 @@ pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,)
         admin_uploads.boxed(),
         admin_upload.boxed(),
         admin_logs.boxed(),
+        admin_backups.boxed(),
+        admin_back_up.boxed(),
+        admin_restore.boxed(),
         admin_other.boxed(),
     ]
     .into_iter()
@@ -588,6 +598,8 @@ pub fn route_name(path: &str) -> &'static str {
         ["admin", "api", "dump"] => "/admin/api/dump",
         ["admin", "api", "events"] => "/admin/api/events",
         ["admin", "api", "logs"] => "/admin/api/logs",
+        ["admin", "api", "backups"] => "/admin/api/backups",
+        ["admin", "api", "backups", _, "restore"] => "/admin/api/backups/{name}/restore",
         ["admin", "api", "queue", "redrive"] => "/admin/api/queue/redrive",
         ["admin", "api", "workers", "pause"] => "/admin/api/workers/pause",
         ["admin", "api", "workers", "resume"] => "/admin/api/workers/resume",
@@ -647,6 +659,10 @@ mod tests {
         assert_eq!(route_name("/images/0193abc/flipped-screen"), "/images/{id}/{kind}");
         assert_eq!(route_name("/admin/api/uploads/0193abc/retry"), "/admin/api/uploads/{id}/retry");
         assert_eq!(route_name("/admin/api/uploads/retry"), "/admin/api/uploads/retry");
+        assert_eq!(
+            route_name("/admin/api/backups/flipstack-20261207T181500Z.sql/restore"),
+            "/admin/api/backups/{name}/restore"
+        );
         assert_eq!(route_name("/wp-login.php"), "other");
         assert_eq!(route_name("/a/b/c/d/e/f/g/h"), "other");
         assert_eq!(route_name("/gallery/"), "other");

@@ -12,7 +12,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use flipstack_core::config::{Config, Period};
+use flipstack_core::backups::Period;
+use flipstack_core::config::Config;
 use flipstack_core::domain::{Millis, PersonId, now_millis};
 use flipstack_core::mail::Mail;
 use flipstack_core::store::{NoticeBatch, NoticeDue};
@@ -37,15 +38,15 @@ const SETTLE: Duration = Duration::from_secs(30);
 pub fn due_at(config: &Config, now: Millis) -> NoticeDue {
     let millis = |d: Duration| d.as_millis() as i64;
     NoticeDue {
-        quiet_since: now - millis(config.notice_every.0),
-        settled_before: now - millis(SETTLE.min(config.notice_every.0)),
+        quiet_since: now - millis(config.notice_every.as_duration()),
+        settled_before: now - millis(SETTLE.min(config.notice_every.as_duration())),
     }
 }
 
 /// How often the leader looks for ready batches: a fraction of the interval,
 /// so a batch waits little past it, and never busier than four times a second.
 pub fn round_every(config: &Config) -> Duration {
-    (config.notice_every.0 / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+    (config.notice_every.as_duration() / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
 }
 
 /// The path and query of a person's unsubscribe link.
@@ -182,7 +183,7 @@ mod tests {
 
     #[test]
     fn the_text_counts_what_is_ready_and_what_failed() {
-        let every = Period(Duration::from_secs(600));
+        let every = Period::from_secs(600).unwrap();
         let (subject, body) = notice_text(2, 0, "https://p/gallery", "https://p/notices/unsubscribe?x", every);
         assert_eq!(subject, "Your pictures are flipped");
         assert!(body.contains("2 pictures flipped and ready.") && !body.contains("could not"), "{body}");
@@ -196,14 +197,14 @@ mod tests {
 
     #[test]
     fn a_batch_settles_for_half_a_minute_at_most_the_interval() {
-        let with = |secs| Config { notice_every: Period(Duration::from_secs(secs)), ..Config::default() };
+        let with = |secs| Config { notice_every: Period::from_secs(secs).unwrap(), ..Config::default() };
         assert_eq!(due_at(&with(600), 1_000_000), NoticeDue { quiet_since: 400_000, settled_before: 970_000 });
         assert_eq!(due_at(&with(3), 1_000_000), NoticeDue { quiet_since: 997_000, settled_before: 997_000 });
     }
 
     #[test]
     fn rounds_follow_the_interval_within_bounds() {
-        let with = |secs| Config { notice_every: Period(Duration::from_secs(secs)), ..Config::default() };
+        let with = |secs| Config { notice_every: Period::from_secs(secs).unwrap(), ..Config::default() };
         assert_eq!(round_every(&with(600)), Duration::from_secs(5));
         assert_eq!(round_every(&with(2)), Duration::from_millis(500));
         assert_eq!(round_every(&with(1)), Duration::from_millis(250));

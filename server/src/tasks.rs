@@ -4,9 +4,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flipstack_core::domain::now_millis;
+use flipstack_core::backups::Period;
+use flipstack_core::domain::{Millis, now_millis};
 use flipstack_core::metrics::background;
 use flipstack_core::store::WriteReceipt;
+use flipstack_core::store::lead::{FleetDuty, Turn};
 use flipstack_core::wake;
 
 use crate::state::{AdminEvent, AppState};
@@ -20,6 +22,9 @@ pub fn spawn_all(state: Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(background(sweep_orphans(state.clone()))),
         tokio::spawn(background(completion_notices(state.clone()))),
     ];
+    if let Some(every) = state.services.config.backup_every {
+        tasks.push(tokio::spawn(background(scheduled_backups(state.clone(), every))));
+    }
     if state.services.on_aws() {
         let s = state.services.clone();
         tasks.push(tokio::spawn(background(async move {
@@ -137,7 +142,6 @@ async fn sweep_orphans(state: Arc<AppState>) {
 /// when it dies. One sender keeps the fleet from racing for the same batches
 /// (the store's conditional take would still send each once).
 async fn completion_notices(state: Arc<AppState>) {
-    use flipstack_core::store::lead::{FleetDuty, Turn};
     let mut duty = FleetDuty::new(crate::notices::DUTY);
     let mut tick = tokio::time::interval(crate::notices::round_every(&state.services.config));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -149,5 +153,68 @@ async fn completion_notices(state: Arc<AppState>) {
             Turn::Holds => {}
         }
         crate::notices::send_ready(&state).await;
+    }
+}
+
+/// The fleet-wide lock whose holder takes the scheduled backups.
+pub const BACKUP_DUTY: &str = "backups";
+
+/// Every server runs this; the one holding [`BACKUP_DUTY`] backs the
+/// database up into the blob store every `every` and keeps the newest
+/// `backup_keep`, the next one due `every` after the newest there
+/// ([`flipstack_core::backup::next_due`]). The others ask for the lock each
+/// period and take over when its holder dies.
+async fn scheduled_backups(state: Arc<AppState>, every: Period) {
+    let services = &state.services;
+    let keep = services.config.backup_keep;
+    let every_ms = every.secs() as i64 * 1000;
+    // After a failure, try again sooner than a long period, but not at once.
+    let retry_ms = every_ms.min(300_000);
+    let retry_text = Period::from_secs(retry_ms / 1000).map(|p| p.to_string()).unwrap_or_default();
+    let mut tick = tokio::time::interval(every.as_duration().clamp(Duration::from_secs(1), Duration::from_secs(30)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut duty = FleetDuty::new(BACKUP_DUTY);
+    // None: read from the newest backup in the store.
+    let mut due: Option<Millis> = None;
+    loop {
+        tick.tick().await;
+        match duty.turn(services.store.as_ref()).await {
+            Turn::NotOurs => continue,
+            Turn::Took => {
+                tracing::info!(%every, keep, "this server now takes the fleet's database backups (blob store, backups/)");
+                due = None;
+            }
+            Turn::Holds => {}
+        }
+        let now = now_millis();
+        if due.is_none_or(|d| now >= d) {
+            // Looked at again when due: an operator may have taken one since.
+            match services.blobs.list_backups().await {
+                Ok(backups) => {
+                    due = Some(flipstack_core::backup::next_due(backups.last().map(|b| &b.name), every, now))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = %retry_text, "could not list the backups to see when the next is due; check that the blob store (FLIPSTACK_BLOB_URL) answers");
+                    due = Some(now + retry_ms);
+                    continue;
+                }
+            }
+        }
+        if due.is_some_and(|d| now < d) {
+            continue;
+        }
+        match flipstack_core::backup::take(services).await {
+            Ok(done) => {
+                tracing::info!(backup = %done.name, rows = done.rows, bytes = done.bytes, "database backed up");
+                due = Some(now + every_ms);
+                if let Err(e) = flipstack_core::backup::prune(services, keep).await {
+                    tracing::warn!(error = %e, keep, "could not delete the oldest backups; tried again after the next backup (check the blob store's permissions)");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = %retry_text, "the scheduled database backup failed; check that the database and the blob store (FLIPSTACK_BLOB_URL) answer, or take one with `flipstack db dump`");
+                due = Some(now + retry_ms);
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@ use flipstack_console::model::AdminEvent;
 use flipstack_domain::domain::{DisplayName, EventKind, ImageFormat, PersonId, UploadId, UploadState, WorkerStatus};
 use flipstack_domain::records::{Event, FlipOutcome, QueueDepth, ReadSource, Upload, WorkerInfo};
 use flipstack_domain::status::{AdminStatus, FailureInfo, PoolStatus, QueueStatus, ReplicaStatus};
-use flipstack_domain::status::{LogLine, UploadDetail, UploadListing};
+use flipstack_domain::status::{BackupInfo, LogLine, UploadDetail, UploadListing};
 use flipstack_provision::fleet::GroupStatus;
 
 /// 2023-11-14 22:13:20 UTC: every age in the snapshots is measured from here.
@@ -285,4 +285,15 @@ pub fn log_lines() -> Vec<LogLine> {
             message: "database dump failed part-way error=the database is unavailable".into(),
         },
     ]
+}
+
+/// What `GET /admin/api/backups` answers: three backups, newest first.
+pub fn backup_list() -> Vec<BackupInfo> {
+    [(6, 4_812_331), (12 * 3600 + 6, 4_790_002), (24 * 3600 + 6, 4_701_977)]
+        .into_iter()
+        .map(|(age_s, bytes)| {
+            let at = (T0 + 29_000 - age_s * 1000).div_euclid(1000) * 1000;
+            BackupInfo { name: flipstack_domain::backups::BackupName::at(at).to_string(), bytes, at }
+        })
+        .collect()
 }

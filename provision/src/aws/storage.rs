@@ -8,11 +8,14 @@ use std::path::Path;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, CreateBucketConfiguration, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint, BucketVersioningStatus,
+    CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+    NoncurrentVersionExpiration, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
     PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
-    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tagging,
+    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tagging, VersioningConfiguration,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
+use flipstack_domain::backups::{BACKUP_FOLDER, PICTURE_FOLDERS};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -42,6 +45,169 @@ fn built<T>(r: Result<T, aws_sdk_s3::error::BuildError>) -> Result<T, ProvisionE
     r.map_err(|e| ProvisionError::Invalid(format!("building an S3 request: {e}")))
 }
 
+/// Old versions of a backup (overwritten or deleted by the schedule's
+/// pruning) are kept this long; the current ones are kept by the schedule.
+pub const BACKUP_VERSION_DAYS: i32 = 30;
+/// A deleted picture's old version goes after a day (the shortest a
+/// lifecycle rule takes), so nothing of it stays for long.
+pub const PICTURE_VERSION_DAYS: i32 = 1;
+/// Old releases and configurations, to go back to for a while.
+pub const STACK_FILE_VERSION_DAYS: i32 = 7;
+/// Lifecycle rules `up` made start with this; others' rules are kept as they are.
+const RULE_ID_PREFIX: &str = "flipstack-";
+
+/// One lifecycle rule of the stack's versioned bucket: under `prefix`, old
+/// versions go after `noncurrent_days`; every rule also removes delete
+/// markers left with no version and uploads abandoned for a day.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VersionRule {
+    pub id: String,
+    pub prefix: String,
+    pub noncurrent_days: i32,
+}
+
+/// The lifecycle rules the bucket needs: one per folder, since S3 applies
+/// the shortest of overlapping rules and a picture's old version must go
+/// sooner than a backup's.
+pub fn version_rules(names: &Names) -> Vec<VersionRule> {
+    let blobs = names.blob_prefix();
+    let rule = |id: String, prefix: String, noncurrent_days| VersionRule { id, prefix, noncurrent_days };
+    let mut rules = vec![rule(
+        format!("{RULE_ID_PREFIX}{BACKUP_FOLDER}"),
+        format!("{blobs}/{BACKUP_FOLDER}/"),
+        BACKUP_VERSION_DAYS,
+    )];
+    rules.extend(
+        PICTURE_FOLDERS
+            .iter()
+            .map(|f| rule(format!("{RULE_ID_PREFIX}pictures-{f}"), format!("{blobs}/{f}/"), PICTURE_VERSION_DAYS)),
+    );
+    for key in [names.release_key(), names.config_key()] {
+        let folder = key.split('/').next().unwrap_or(key);
+        rules.push(rule(format!("{RULE_ID_PREFIX}{folder}"), format!("{folder}/"), STACK_FILE_VERSION_DAYS));
+    }
+    rules
+}
+
+impl VersionRule {
+    fn to_s3(&self) -> Result<LifecycleRule, ProvisionError> {
+        built(
+            LifecycleRule::builder()
+                .id(&self.id)
+                .filter(LifecycleRuleFilter::builder().prefix(&self.prefix).build())
+                .status(ExpirationStatus::Enabled)
+                .noncurrent_version_expiration(
+                    NoncurrentVersionExpiration::builder().noncurrent_days(self.noncurrent_days).build(),
+                )
+                .expiration(LifecycleExpiration::builder().expired_object_delete_marker(true).build())
+                .abort_incomplete_multipart_upload(
+                    AbortIncompleteMultipartUpload::builder().days_after_initiation(1).build(),
+                )
+                .build(),
+        )
+    }
+
+    /// The rule as `up` wrote it, or None for any other.
+    pub fn from_s3(r: &LifecycleRule) -> Option<VersionRule> {
+        let prefix = r.filter().and_then(|f| f.prefix())?;
+        let ours = r.status() == &ExpirationStatus::Enabled
+            && r.expiration().and_then(|e| e.expired_object_delete_marker()) == Some(true)
+            && r.abort_incomplete_multipart_upload().and_then(|a| a.days_after_initiation()) == Some(1);
+        ours.then_some(())?;
+        Some(VersionRule {
+            id: r.id()?.to_owned(),
+            prefix: prefix.to_owned(),
+            noncurrent_days: r.noncurrent_version_expiration()?.noncurrent_days()?,
+        })
+    }
+}
+
+/// Whether the bucket keeps versions, and its lifecycle rules (none: no configuration).
+pub async fn bucket_versions(
+    s3: &aws_sdk_s3::Client,
+    name: &str,
+) -> Result<(bool, Vec<LifecycleRule>), ProvisionError> {
+    let versioned = match s3.get_bucket_versioning().bucket(name).send().await {
+        Ok(versioning) => versioning.status() == Some(&BucketVersioningStatus::Enabled),
+        // moto 5.2 answers under another root element, which the SDK refuses
+        // to decode; the status inside is the same.
+        Err(e) => match e
+            .raw_response()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.body().bytes())
+            .and_then(versioning_status_in)
+        {
+            Some(status) => status == BucketVersioningStatus::Enabled,
+            None => return Err(aws_error(format!("reading the versioning of {name}"), e)),
+        },
+    };
+    let rules = match s3.get_bucket_lifecycle_configuration().bucket(name).send().await {
+        Ok(out) => out.rules().to_vec(),
+        Err(e) if code_in(&e, &["NoSuchLifecycleConfiguration"]) => Vec::new(),
+        Err(e) => return Err(aws_error(format!("reading the lifecycle rules of {name}"), e)),
+    };
+    Ok((versioned, rules))
+}
+
+/// The `<Status>` of a GetBucketVersioning answer's text (none: never versioned).
+fn versioning_status_in(body: &[u8]) -> Option<BucketVersioningStatus> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.contains("Versioning").then_some(())?;
+    let status = text.split_once("<Status>").and_then(|(_, rest)| rest.split_once("</Status>")).map(|(s, _)| s);
+    Some(BucketVersioningStatus::from(status.unwrap_or("").trim()))
+}
+
+/// The lifecycle configuration to write when `have` lacks a wanted rule or
+/// holds an outdated rule of ours: the wanted ones beside everyone else's.
+fn lifecycle_fix(wanted: &[VersionRule], have: &[LifecycleRule]) -> Option<Vec<LifecycleRule>> {
+    let ours = |r: &LifecycleRule| r.id().is_some_and(|id| id.starts_with(RULE_ID_PREFIX));
+    let mut current: Vec<VersionRule> = have.iter().filter(|r| ours(r)).filter_map(VersionRule::from_s3).collect();
+    current.sort();
+    let mut sorted = wanted.to_vec();
+    sorted.sort();
+    if current == sorted && have.iter().filter(|r| ours(r)).count() == wanted.len() {
+        return None;
+    }
+    Some(have.iter().filter(|r| !ours(r)).cloned().collect())
+}
+
+async fn keep_versions(
+    run: &Run<'_>,
+    name: &str,
+    versioning: bool,
+    others: Option<Vec<LifecycleRule>>,
+) -> Result<(), ProvisionError> {
+    let s3 = &run.c.s3;
+    if versioning {
+        s3.put_bucket_versioning()
+            .bucket(name)
+            .versioning_configuration(
+                VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build(),
+            )
+            .send()
+            .await
+            .map_err(|e| aws_error(format!("turning on versioning for {name}"), e))?;
+    }
+    if let Some(mut rules) = others {
+        for rule in version_rules(&run.names) {
+            rules.push(rule.to_s3()?);
+        }
+        s3.put_bucket_lifecycle_configuration()
+            .bucket(name)
+            .lifecycle_configuration(built(BucketLifecycleConfiguration::builder().set_rules(Some(rules)).build())?)
+            .send()
+            .await
+            .map_err(|e| aws_error(format!("setting the lifecycle rules of {name}"), e))?;
+    }
+    Ok(())
+}
+
+fn versions_note() -> String {
+    format!(
+        "versioned; lifecycle: old versions of backups/ kept {BACKUP_VERSION_DAYS} days, of pictures {PICTURE_VERSION_DAYS} day, of the release and configuration {STACK_FILE_VERSION_DAYS} days"
+    )
+}
+
 fn bucket_tagging(stack: &str) -> Result<Tagging, ProvisionError> {
     let tag = built(aws_sdk_s3::types::Tag::builder().key(STACK_TAG).value(stack).build())?;
     built(Tagging::builder().tag_set(tag).build())
@@ -67,9 +233,10 @@ pub async fn ensure_bucket(run: &mut Run<'_>) -> Result<(), ProvisionError> {
             let notes = vec![
                 "private: public access blocked (all four settings), ACLs disabled, encrypted (SSE-S3)".into(),
                 format!(
-                    "holds blobs under {}/, the release under release/, the configuration under config/",
+                    "holds blobs under {}/ (backups under {0}/{BACKUP_FOLDER}/), the release under release/, the configuration under config/",
                     run.names.blob_prefix()
                 ),
+                versions_note(),
             ];
             if !run.create(Kind::Bucket, &name, notes) {
                 return Ok(());
@@ -91,6 +258,7 @@ pub async fn ensure_bucket(run: &mut Run<'_>) -> Result<(), ProvisionError> {
                 .await
                 .map_err(|e| aws_error(format!("tagging the bucket {name}"), e))?;
             secure_bucket(run, &name, true, true, true).await?;
+            keep_versions(run, &name, true, Some(Vec::new())).await?;
             run.done(Kind::Bucket, &name);
             return Ok(());
         }
@@ -122,8 +290,17 @@ pub async fn ensure_bucket(run: &mut Run<'_>) -> Result<(), ProvisionError> {
     if !owner_ok {
         what.push("disable ACLs (bucket owner enforced)".to_owned());
     }
+    let (versioned, rules) = bucket_versions(&run.c.s3, &name).await?;
+    if !versioned {
+        what.push("turn on versioning".to_owned());
+    }
+    let lifecycle = lifecycle_fix(&version_rules(&run.names), &rules);
+    if lifecycle.is_some() {
+        what.push(format!("set the lifecycle rules ({})", versions_note()));
+    }
     if run.update(Kind::Bucket, &name, what) {
         secure_bucket(run, &name, !block_ok, !enc_ok, !owner_ok).await?;
+        keep_versions(run, &name, !versioned, lifecycle).await?;
         run.done(Kind::Bucket, &name);
     }
     Ok(())
@@ -629,6 +806,51 @@ mod tests {
         assert!(redrive_matches(&format!(r#"{{"deadLetterTargetArn": "{arn}", "maxReceiveCount": "10"}}"#), arn));
         assert!(!redrive_matches(&format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":5}}"#), arn));
         assert!(!redrive_matches(&redrive_policy("arn:other"), arn));
+    }
+
+    #[test]
+    fn every_folder_has_its_own_lifecycle_rule_and_backups_keep_versions_longest() {
+        let names = Names {
+            stack: "demo".into(),
+            account: "123456789012".into(),
+            partition: "aws".into(),
+            region: "us-east-1".into(),
+        };
+        let rules = version_rules(&names);
+        let prefixes: Vec<&str> = rules.iter().map(|r| r.prefix.as_str()).collect();
+        assert!(prefixes.contains(&"blobs/backups/") && prefixes.contains(&"blobs/originals/"), "{prefixes:?}");
+        for (i, a) in prefixes.iter().enumerate() {
+            for b in &prefixes[i + 1..] {
+                assert!(!a.starts_with(b) && !b.starts_with(a), "{a} and {b} overlap: S3 would apply the shorter");
+            }
+        }
+        let s3_rules: Vec<LifecycleRule> = rules.iter().map(|r| r.to_s3().unwrap()).collect();
+        let read_back: Vec<VersionRule> = s3_rules.iter().filter_map(VersionRule::from_s3).collect();
+        assert_eq!(read_back, rules);
+        assert_eq!(lifecycle_fix(&rules, &s3_rules), None, "as wanted: nothing to do");
+        // Someone else's rule is kept; one of ours that changed is rewritten.
+        let theirs = LifecycleRule::builder()
+            .id("archive-logs")
+            .filter(LifecycleRuleFilter::builder().prefix("logs/").build())
+            .status(ExpirationStatus::Enabled)
+            .build()
+            .unwrap();
+        let mut have = s3_rules.clone();
+        have.push(theirs.clone());
+        assert_eq!(lifecycle_fix(&rules, &have), None);
+        have[0] = VersionRule { noncurrent_days: 2, ..rules[0].clone() }.to_s3().unwrap();
+        assert_eq!(lifecycle_fix(&rules, &have), Some(vec![theirs]));
+        assert_eq!(lifecycle_fix(&rules, &[]), Some(vec![]));
+    }
+
+    #[test]
+    fn the_versioning_status_is_read_from_the_answers_text() {
+        let moto = br#"<?xml version="1.0" encoding="utf-8"?>
+<GetBucketVersioningResponse xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></GetBucketVersioningResponse>"#;
+        assert_eq!(versioning_status_in(moto), Some(BucketVersioningStatus::Enabled));
+        let never = br#"<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>"#;
+        assert_ne!(versioning_status_in(never), Some(BucketVersioningStatus::Enabled));
+        assert_eq!(versioning_status_in(b"<Error><Code>AccessDenied</Code></Error>"), None);
     }
 
     #[test]
