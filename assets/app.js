@@ -63,6 +63,9 @@
         // As a plain form sends it: present when ticked, absent (off) when not.
         const notice = $("#notice", form);
         if (notice && notice.checked) data.append("notice", notice.value);
+        // The page could not show the remembered choice: unticked changes nothing.
+        const unknown = $("input[name=notice_unknown]", form);
+        if (unknown) data.append("notice_unknown", unknown.value);
         data.append("file", file, file.name);
         const xhr = new XMLHttpRequest();
         xhr.open("POST", form.action);

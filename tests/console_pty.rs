@@ -266,7 +266,7 @@ fn console(tmux_dir: &Path, up: &Up, data: &Path, extra: &[&str]) -> Tmux {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_pauses_retries_scales_lists_and_read_only_refuses() {
+async fn console_pauses_retries_scales_lists_backs_up_and_read_only_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("up.log");
@@ -338,6 +338,20 @@ async fn console_pauses_retries_scales_lists_and_read_only_refuses() {
     })
     .await;
 
+    // B: the backups view; n, y: one now, listed; r, the word, Enter: restored from it.
+    tmux.keys(&["B"]);
+    tmux.wait_for("the backups view", Duration::from_secs(10), |s| s.contains("backups · blob store"));
+    confirmed(&tmux, &["n"], "back up the database now?", "database backed up");
+    let backups = admin.get("/admin/api/backups").await;
+    let name = backups[0]["name"].as_str().unwrap_or_else(|| panic!("one backup listed: {backups}")).to_owned();
+    tmux.wait_for("the backup listed", Duration::from_secs(10), |s| s.contains(&name));
+    tmux.keys(&["r"]);
+    tmux.wait_for("the restore question", Duration::from_secs(5), |s| s.contains(&format!("restore {name}?")));
+    tmux.keys(&["r", "e", "s", "t", "o", "r", "e", "Enter"]);
+    tmux.wait_for("the restore", Duration::from_secs(20), |s| s.contains(&format!("database restored from {name}")));
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the main screen", Duration::from_secs(5), |s| s.contains("┌ fleet"));
+
     // l: the server's warnings and errors; ?: every key.
     tmux.keys(&["l"]);
     tmux.wait_for("the log view", Duration::from_secs(10), |s| s.contains("server log"));
@@ -351,6 +365,7 @@ async fn console_pauses_retries_scales_lists_and_read_only_refuses() {
         "pause or resume",
         "desired capacity",
         "uploads:",
+        "backups:",
     ] {
         assert!(help.contains(k), "help lists {k:?}:\n{help}");
     }
@@ -384,6 +399,19 @@ async fn console_pauses_retries_scales_lists_and_read_only_refuses() {
     tmux.wait_for("the failed upload", Duration::from_secs(10), |s| s.contains(&poison.to_string()));
     tmux.keys(&["r"]);
     tmux.wait_for("the refusal in the view", Duration::from_secs(5), |s| s.contains("read-only console"));
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the main screen", Duration::from_secs(5), |s| s.contains("┌ fleet"));
+    let backups_before = admin.get("/admin/api/backups").await;
+    tmux.keys(&["B"]);
+    tmux.wait_for("the backups view", Duration::from_secs(10), |s| s.contains("backups · blob store"));
+    let newest = backups_before[0]["name"].as_str().unwrap().to_owned();
+    for (k, ask) in [("n", "back up the database now?".to_owned()), ("r", format!("restore {newest}?"))] {
+        tmux.keys(&[k]);
+        let screen = tmux.wait_for("the refusal", Duration::from_secs(5), |s| s.contains("read-only console"));
+        assert!(!screen.contains(&ask), "{k} asked nothing:\n{screen}");
+        tmux.keys(&["y"]);
+    }
+    assert_eq!(admin.get("/admin/api/backups").await, backups_before, "no backup taken or restored");
     let status = admin.get("/admin/api/status").await;
     assert_eq!(status["workers_paused"], false, "not paused by the read-only console");
     assert_eq!(admin.history(poison).await, before, "not retried by the read-only console");

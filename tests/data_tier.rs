@@ -125,7 +125,7 @@ async fn a_slow_reader_never_leaves_the_cache_older_than_the_database(tier: Tier
         owner,
         session: None,
         person_hash: hash.clone(),
-        notice: false,
+        notice: Some(false),
         now: now_millis(),
     };
     let receipt = s.store.accept_upload(add(1, NewOwner::Create { id: person, email: me.clone() })).await.unwrap();
@@ -186,7 +186,7 @@ async fn a_burst_of_misses_makes_one_database_read(tier: Tier) {
             owner: NewOwner::Create { id: person, email: me.clone() },
             session: None,
             person_hash: hash.clone(),
-            notice: false,
+            notice: Some(false),
             now: now_millis(),
         })
         .await
@@ -388,7 +388,7 @@ async fn a_dump_of_hostile_names_replays_exactly_through_the_mariadb_client_and_
                 owner,
                 session: None,
                 person_hash: me.hashed_id(),
-                notice: false,
+                notice: Some(false),
                 now,
             })
             .await
@@ -583,6 +583,10 @@ async fn mariadb_uploads_during_a_primary_restart_get_a_503_and_all_works_after(
     let count = app.blob_keys().await.len();
 
     services.control("stop", "primary");
+    // The form still opens (its "mail me" box unknown, so left as it was).
+    let (status, form) = b.text("/form").await;
+    assert_eq!(status, 200, "{form}");
+    assert!(form.contains(r#"name="notice_unknown""#), "the uploader is signed in: {form}");
     let r = b.upload(Some(&me), "during.png", &png(16, 16)).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));

@@ -69,17 +69,17 @@ pub async fn form_page(
     error: Option<String>,
     sent: &FormInput,
 ) -> Resp {
-    let notice = match (sent.notice, &visitor.signed_in) {
-        (Some(ticked), _) => ticked,
+    // (ticked, unknown): a database that is away costs the box, not the form.
+    let (notice, notice_unknown) = match (sent.notice, &visitor.signed_in) {
+        (Some(ticked), _) => (ticked, false),
         (None, Some(me)) => match state.services.store.notice_wish(me.person_id).await {
-            Ok((wanted, _)) => wanted,
-            // Shown unticked, the next upload would turn the notices off.
+            Ok((wanted, _)) => (wanted, false),
             Err(e) => {
-                tracing::warn!(error = %e, "could not read whether a person asked for completion notices");
-                return unavailable_page(state);
+                tracing::warn!(error = %e, "could not read whether a person asked for completion notices; the form leaves their choice as it is");
+                (false, true)
             }
         },
-        (None, None) => false,
+        (None, None) => (false, false),
     };
     let blocked = state.blocked.get(&state.services).await;
     let c = &state.services.config;
@@ -89,6 +89,7 @@ pub async fn form_page(
         error,
         email_value: sent.email.clone(),
         notice,
+        notice_unknown,
         notice_every: c.notice_every.to_string(),
         max_size: crate::web::human_bytes(c.max_upload_bytes),
         max_bytes: c.max_upload_bytes,

@@ -96,7 +96,7 @@ mod tests {
                 owner: NewOwner::Create { id: owner, email: ann.clone() },
                 session: None,
                 person_hash: ann.hashed_id(),
-                notice: false,
+                notice: Some(false),
                 now: now_millis(),
             })
             .await

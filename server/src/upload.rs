@@ -341,6 +341,7 @@ async fn read_form<'a>(
 ) -> Result<(FormInput, Vec<(String, Result<Spooled<'a>, Refusal>)>), (Refusal, FormInput)> {
     let field_limit = state.services.config.form_field_bytes as usize;
     let mut csrf_ok = false;
+    let mut notice_unknown = false;
     let mut typed = FormInput::default();
     let mut files = Vec::new();
     loop {
@@ -366,6 +367,12 @@ async fn read_form<'a>(
             "notice" => {
                 read_small(part, field_limit).await.map_err(|r| (r, typed.clone()))?;
                 typed.notice = Some(true);
+            }
+            // The form could not read the remembered choice (the database
+            // was away): an unticked box then changes nothing.
+            "notice_unknown" => {
+                read_small(part, field_limit).await.map_err(|r| (r, typed.clone()))?;
+                notice_unknown = true;
             }
             "file" => {
                 if !csrf_ok {
@@ -394,7 +401,9 @@ async fn read_form<'a>(
         return Err((Refusal::Csrf, typed));
     }
     // The whole form was read: no box means it was not ticked.
-    typed.notice.get_or_insert(false);
+    if !notice_unknown {
+        typed.notice.get_or_insert(false);
+    }
     Ok((typed, files))
 }
 
@@ -599,7 +608,7 @@ async fn store_all(
                 owner: std::mem::replace(&mut owner, NewOwner::Existing(person_id)),
                 session,
                 person_hash: hash.clone(),
-                notice: typed.notice == Some(true),
+                notice: typed.notice,
                 now,
             })
             .await;

@@ -30,6 +30,9 @@ pub struct FormPage {
     pub email_value: String,
     /// The "mail me when my pictures are flipped" box is ticked.
     pub notice: bool,
+    /// The remembered choice could not be read: the box is shown unticked,
+    /// and an upload leaves the choice as it is unless it is ticked.
+    pub notice_unknown: bool,
     pub notice_every: String,
     pub max_size: String,
     pub max_bytes: u64,

@@ -181,8 +181,9 @@ pub struct AcceptUpload {
     pub session: Option<NewSession>,
     pub person_hash: String,
     /// The form's "mail me when my pictures are flipped": remembered for the
-    /// person, turned on or off with the upload (see [`Notices`]).
-    pub notice: bool,
+    /// person, turned on or off with the upload (see [`Notices`]); `None`
+    /// leaves the remembered choice as it is (the form could not show it).
+    pub notice: Option<bool>,
     pub now: Millis,
 }
 

@@ -470,7 +470,9 @@ impl<D: Driver> Uploads for SqlStore<D> {
                     ],
                 )
                 .await?;
-                write_notice_wish(s, person_id, a.notice, a.now).await?;
+                if let Some(wanted) = a.notice {
+                    write_notice_wish(s, person_id, wanted, a.now).await?;
+                }
                 if let Some(session) = &a.session {
                     s.exec(
                         SESSION_INSERT,

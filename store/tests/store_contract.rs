@@ -94,7 +94,7 @@ async fn upload_of(store: &dyn MetadataStore, owner: NewOwner, notice: bool, now
             owner,
             session: None,
             person_hash: String::new(),
-            notice,
+            notice: Some(notice),
             now,
         })
         .await

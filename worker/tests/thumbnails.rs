@@ -52,7 +52,7 @@ async fn a_job_stores_the_flip_and_both_thumbnails() {
             owner: NewOwner::Create { id: PersonId::new(), email: email.clone() },
             session: None,
             person_hash: email.hashed_id(),
-            notice: false,
+            notice: Some(false),
             now: now_millis(),
         })
         .await
