@@ -334,6 +334,17 @@ impl Inspector {
                         let mut i = 0;
                         let mut marker = None;
                         while i < data.len() {
+                            if !self.entropy_ff {
+                                // Scan data is mostly bytes other than 0xFF:
+                                // jump to the next one.
+                                match memchr::memchr(0xFF, &data[i..]) {
+                                    Some(at) => i += at,
+                                    None => {
+                                        i = data.len();
+                                        break;
+                                    }
+                                }
+                            }
                             let b = data[i];
                             i += 1;
                             if self.entropy_ff {
