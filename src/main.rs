@@ -1,6 +1,7 @@
 //! `flipstack`: the one binary. Commands and their flags only; the work is in
 //! the crates (core, server, worker, console, provision).
 
+mod allocator;
 mod log_writer;
 mod telemetry;
 

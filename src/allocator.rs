@@ -1,0 +1,34 @@
+//! The process's allocator: mimalloc. The cached gallery's answer allocates
+//! and frees a few dozen small objects per request across the runtime's
+//! threads, and glibc's malloc was a tenth of the server's time there
+//! (BENCHMARKS.md §7).
+//!
+//! mimalloc's defaults keep freed memory committed for a while and commit
+//! its arenas eagerly on Linux, which doubled the server's resident memory
+//! under a burst of large uploads (`bench/upload_rss.py`). Its purge delay
+//! and eager arena commit are set lower here, before the first allocation
+//! (an ELF constructor runs before Rust's runtime allocates anything); a
+//! `MIMALLOC_*` variable in the environment still overrides them.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static SET_OPTIONS: extern "C" fn() = set_options;
+
+/// `mi_option_e` in the mimalloc (v3) that `libmimalloc-sys` builds, which
+/// names no constant for these two.
+const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+#[cfg(target_os = "linux")]
+extern "C" fn set_options() {
+    // SAFETY: plain stores into mimalloc's option table, which it reads
+    // when it first needs each option; nothing has allocated yet.
+    unsafe {
+        libmimalloc_sys::mi_option_set_default(PURGE_DELAY, 0);
+        libmimalloc_sys::mi_option_set_default(ARENA_EAGER_COMMIT, 0);
+    }
+}
