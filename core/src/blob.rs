@@ -472,6 +472,12 @@ fn publish_local_file(src: &FsPath, dest: &FsPath) -> std::io::Result<u64> {
         };
         std::fs::File::open(&staging)?.sync_all()?;
         std::fs::rename(&staging, dest)?;
+        // Stored again from the same spool file, `dest` is already a link to
+        // it, and such a rename does nothing: the staging name stays.
+        match std::fs::remove_file(&staging) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         std::fs::File::open(folder)?.sync_all()?;
         Ok(bytes)
     };
@@ -498,6 +504,31 @@ mod tests {
         }
         let backup = format!("{BACKUP_FOLDER}/{}", BackupName::at(1_796_667_300_000));
         assert_eq!(parse_key(&backup), None, "a backup is no upload's");
+    }
+
+    #[tokio::test]
+    async fn a_spooled_file_is_stored_whole_and_outlives_its_spool_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs =
+            BlobStore::from_url(&format!("file://{}", dir.path().join("blobs").display()), "us-east-1", None).unwrap();
+        let spool = dir.path().join("upload-spool");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&spool, &bytes).unwrap();
+        let id = UploadId::from_i64(77).unwrap();
+        assert_eq!(blobs.put_file(BlobKind::Original, id, &spool).await.unwrap(), bytes.len() as u64);
+        // Stored again (a retried request): replaced, not refused.
+        assert_eq!(blobs.put_file(BlobKind::Original, id, &spool).await.unwrap(), bytes.len() as u64);
+        // The server removes its spool file once the upload is recorded.
+        std::fs::remove_file(&spool).unwrap();
+        assert_eq!(blobs.get_bytes(BlobKind::Original, id).await.unwrap().unwrap(), bytes);
+        // No staging name is left beside it.
+        let folder = dir.path().join("blobs").join(key(BlobKind::Original, id).as_ref()).parent().unwrap().to_owned();
+        let names: Vec<_> = std::fs::read_dir(folder).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(blobs.list().await.unwrap(), vec![key(BlobKind::Original, id).to_string()]);
+        // A missing spool file is an error that names the blob folder.
+        let missing = blobs.put_file(BlobKind::Original, id, &spool).await.unwrap_err();
+        assert!(missing.is_unavailable() && missing.to_string().contains("blob folder"), "{missing}");
     }
 
     #[tokio::test]
