@@ -201,10 +201,30 @@ fn lock(m: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `2026-12-07T16:40:11.843123Z`: UTC, microseconds.
+/// `2026-12-07T16:40:11.843123Z`: UTC, microseconds. The writer thread
+/// formats tens of thousands of lines a second on a busy server: the date
+/// and time to the second are made once a second and reused.
 fn write_timestamp(out: &mut String, at: SystemTime) {
+    thread_local! {
+        static TO_THE_SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
     let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    TO_THE_SECOND.with_borrow_mut(|(second, text)| {
+        if *second != secs {
+            *second = secs;
+            text.clear();
+            write_date_and_time(text, secs);
+        }
+        out.push_str(text);
+    });
+    out.push('.');
+    push_digits(out, u64::from(since.subsec_micros()), 6);
+    out.push('Z');
+}
+
+/// `2026-12-07T16:40:11` for `secs` since the epoch.
+fn write_date_and_time(out: &mut String, secs: u64) {
     let (days, of_day) = ((secs / 86_400) as i64, secs % 86_400);
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -216,14 +236,29 @@ fn write_timestamp(out: &mut String, at: SystemTime) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60,
-        since.subsec_micros()
-    );
+    let _ =
+        write!(out, "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", of_day / 3600, of_day / 60 % 60, of_day % 60);
+}
+
+/// `n`'s last `width` decimal digits, zero-padded.
+fn push_digits(out: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    for d in digits[..width].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend(digits[..width].iter().map(|&d| d as char));
+}
+
+/// A level as the text format shows it: right-aligned in five columns.
+fn padded_level(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "ERROR",
+        Level::WARN => " WARN",
+        Level::INFO => " INFO",
+        Level::DEBUG => "DEBUG",
+        Level::TRACE => "TRACE",
+    }
 }
 
 fn write_text(out: &mut String, e: &Captured, ansi: bool) {
@@ -239,7 +274,9 @@ fn write_text(out: &mut String, e: &Captured, ansi: bool) {
     };
     out.push_str(dim);
     write_timestamp(out, e.at);
-    let _ = write!(out, "{reset} {colour}{:>5}{reset} {dim}{}:{reset}", level.as_str(), e.meta.target());
+    for part in [reset, " ", colour, padded_level(level), reset, " ", dim, e.meta.target(), ":", reset] {
+        out.push_str(part);
+    }
     // The message first, then the other fields as key=value.
     for (name, value) in e.fields.iter().filter(|(n, _)| *n == "message") {
         let _ = name;
@@ -247,7 +284,9 @@ fn write_text(out: &mut String, e: &Captured, ansi: bool) {
         write_text_value(out, value, false);
     }
     for (name, value) in e.fields.iter().filter(|(n, _)| *n != "message") {
-        let _ = write!(out, " {italic}{name}{reset}=");
+        for part in [" ", italic, name, reset, "="] {
+            out.push_str(part);
+        }
         write_text_value(out, value, true);
     }
     out.push('\n');
@@ -255,6 +294,14 @@ fn write_text(out: &mut String, e: &Captured, ansi: bool) {
 
 fn write_text_value(out: &mut String, value: &Value, quote_strings: bool) {
     let _ = match value {
+        // Printable ASCII without quotes or backslashes: what `Debug` would
+        // show, without its per-character escaping.
+        Value::Str(s) if quote_strings && s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') => {
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
+            Ok(())
+        }
         Value::Str(s) if quote_strings => write!(out, "{s:?}"),
         Value::Str(s) | Value::Text(s) => {
             out.push_str(s);
@@ -385,8 +432,8 @@ mod tests {
     fn text_lines_read_as_tracing_writes_them() {
         let seen = Seen::default();
         let guard = logging(Format::Text { ansi: false }, seen.clone(), || {
-            let person = "ab\"c";
-            tracing::info!(person, page = 2u64, source = %"cache", ok = true, "gallery read");
+            let (person, plain) = ("ab\"c", "5484a20b");
+            tracing::info!(person, plain, page = 2u64, source = %"cache", ok = true, "gallery read");
         });
         drop(guard);
         let out = text(&seen);
@@ -395,7 +442,7 @@ mod tests {
         assert!(stamp.starts_with("20") && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T', "{out}");
         assert_eq!(
             rest,
-            " INFO flipstack::log_writer::tests: gallery read person=\"ab\\\"c\" page=2 source=cache ok=true\n"
+            " INFO flipstack::log_writer::tests: gallery read person=\"ab\\\"c\" plain=\"5484a20b\" page=2 source=cache ok=true\n"
         );
     }
 
@@ -426,6 +473,13 @@ mod tests {
         s.clear();
         write_timestamp(&mut s, SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_687_999));
         assert_eq!(s, "2026-12-07T23:59:59.000000Z");
+        // The same second again (the reused part), then the next one.
+        s.clear();
+        write_timestamp(&mut s, SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_687_999_654_321));
+        assert_eq!(s, "2026-12-07T23:59:59.654321Z");
+        s.clear();
+        write_timestamp(&mut s, SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_688_000_000_010));
+        assert_eq!(s, "2026-12-08T00:00:00.000010Z");
     }
 
     #[test]
