@@ -20,7 +20,9 @@ static SET_OPTIONS: extern "C" fn() = set_options;
 
 /// `mi_option_e` in the mimalloc (v3) that `libmimalloc-sys` builds, which
 /// names no constant for these two.
+#[cfg(target_os = "linux")]
 const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+#[cfg(target_os = "linux")]
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 #[cfg(target_os = "linux")]

@@ -321,7 +321,7 @@ impl App {
                     }
                 }
             }
-            Msg::Uploads(rows) => self.uploads.set_rows(rows),
+            Msg::Uploads(rows) => self.uploads.list.set_rows(rows, |l| l.upload.id),
             Msg::UploadDetail(d) => {
                 // Only while the detail is open: Esc may have closed it.
                 if self.uploads.detail.is_some() {
@@ -329,7 +329,7 @@ impl App {
                 }
             }
             Msg::Logs(lines) => self.logs.lines = Some(lines),
-            Msg::Backups(rows) => self.backups.set_rows(rows),
+            Msg::Backups(rows) => self.backups.set_rows(rows, |b| b.name.clone()),
         }
     }
 
@@ -375,7 +375,7 @@ impl App {
                     self.say(Level::Warn, READ_ONLY);
                 } else if self.change_pending.is_some() {
                     self.say(Level::Info, "the last change is still on its way");
-                } else if let Some(b) = self.backups.selected_backup() {
+                } else if let Some(b) = self.backups.selected_row() {
                     self.mode = Mode::ConfirmRestore(b.name.clone(), Input::default());
                 } else {
                     self.say(Level::Warn, "no backup to restore: take one with n");
@@ -419,8 +419,8 @@ impl App {
                 KeyCode::Enter => {
                     view.editing = false;
                     view.query = UploadQuery::parse(view.filter.value());
-                    view.rows = None;
-                    view.selected = 0;
+                    view.list.rows = None;
+                    view.list.selected = 0;
                     Some(Action::LoadUploads(view.query.clone()))
                 }
                 KeyCode::Esc => {
@@ -460,19 +460,19 @@ impl App {
                 None
             }
             KeyCode::Up | KeyCode::Char('k') => {
-                view.move_by(-1);
+                view.list.move_by(-1);
                 None
             }
             KeyCode::Down | KeyCode::Char('j') => {
-                view.move_by(1);
+                view.list.move_by(1);
                 None
             }
             KeyCode::PageUp => {
-                view.move_by(-10);
+                view.list.move_by(-10);
                 None
             }
             KeyCode::PageDown => {
-                view.move_by(10);
+                view.list.move_by(10);
                 None
             }
             KeyCode::Char('g') => Some(Action::LoadUploads(view.query.clone())),

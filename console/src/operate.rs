@@ -182,29 +182,48 @@ pub struct UploadsView {
     pub editing: bool,
     /// The query of the listing shown.
     pub query: UploadQuery,
-    /// None until the first answer.
-    pub rows: Option<Result<Vec<UploadListing>, String>>,
-    pub selected: usize,
+    pub list: Selectable<UploadListing>,
     /// Enter on a row: that upload in full (None while it is fetched).
     pub detail: Option<Option<Result<UploadDetail, String>>>,
 }
 
 impl UploadsView {
-    pub fn listing(&self) -> &[UploadListing] {
+    pub fn selected_upload(&self) -> Option<&UploadListing> {
+        self.list.selected_row()
+    }
+}
+
+/// Rows the server listed, one of them selected; read again, the selection
+/// stays on its row (found by a key) while it is still listed.
+#[derive(Debug, Clone)]
+pub struct Selectable<T> {
+    /// None until the first answer.
+    pub rows: Option<Result<Vec<T>, String>>,
+    pub selected: usize,
+}
+
+impl<T> Default for Selectable<T> {
+    fn default() -> Self {
+        Selectable { rows: None, selected: 0 }
+    }
+}
+
+impl<T> Selectable<T> {
+    pub fn listing(&self) -> &[T] {
         match &self.rows {
             Some(Ok(rows)) => rows,
             _ => &[],
         }
     }
 
-    pub fn selected_upload(&self) -> Option<&UploadListing> {
+    pub fn selected_row(&self) -> Option<&T> {
         self.listing().get(self.selected)
     }
 
-    pub fn set_rows(&mut self, rows: Result<Vec<UploadListing>, String>) {
-        let keep = self.selected_upload().map(|l| l.upload.id);
+    pub fn set_rows<K: PartialEq>(&mut self, rows: Result<Vec<T>, String>, key: impl Fn(&T) -> K) {
+        let keep = self.selected_row().map(&key);
         self.rows = Some(rows);
-        self.selected = reselect(self.listing(), keep, |l| l.upload.id);
+        self.selected = reselect(self.listing(), keep, key);
     }
 
     pub fn move_by(&mut self, delta: isize) {
@@ -232,32 +251,4 @@ pub struct LogsView {
 }
 
 /// The backups view (`B`): the backups in the blob store, newest first.
-#[derive(Debug, Clone, Default)]
-pub struct BackupsView {
-    /// None until the first answer.
-    pub rows: Option<Result<Vec<BackupInfo>, String>>,
-    pub selected: usize,
-}
-
-impl BackupsView {
-    pub fn listing(&self) -> &[BackupInfo] {
-        match &self.rows {
-            Some(Ok(rows)) => rows,
-            _ => &[],
-        }
-    }
-
-    pub fn selected_backup(&self) -> Option<&BackupInfo> {
-        self.listing().get(self.selected)
-    }
-
-    pub fn set_rows(&mut self, rows: Result<Vec<BackupInfo>, String>) {
-        let keep = self.selected_backup().map(|b| b.name.clone());
-        self.rows = Some(rows);
-        self.selected = reselect(self.listing(), keep, |b| b.name.clone());
-    }
-
-    pub fn move_by(&mut self, delta: isize) {
-        self.selected = moved(self.selected, self.listing().len(), delta);
-    }
-}
+pub type BackupsView = Selectable<BackupInfo>;

@@ -810,7 +810,7 @@ fn answered<'a, T>(fetched: Option<&'a Result<T, String>>, what: &str, area: Rec
 
 fn upload_rows(app: &App, area: Rect, buf: &mut Buffer) {
     let view = &app.uploads;
-    let Some(rows) = answered(view.rows.as_ref(), "uploads", area, buf) else {
+    let Some(rows) = answered(view.list.rows.as_ref(), "uploads", area, buf) else {
         return;
     };
     if rows.is_empty() {
@@ -823,10 +823,10 @@ fn upload_rows(app: &App, area: Rect, buf: &mut Buffer) {
     )];
     let visible = area.height.saturating_sub(1) as usize;
     // Keep the selected row in view.
-    let first = view.selected.saturating_sub(visible.saturating_sub(1));
+    let first = view.list.selected.saturating_sub(visible.saturating_sub(1));
     for (i, l) in rows.iter().enumerate().skip(first).take(visible) {
         let u = &l.upload;
-        let selected = i == view.selected;
+        let selected = i == view.list.selected;
         let line = Line::from(vec![
             Span::raw(if selected { "› " } else { "  " }),
             Span::raw(format!("{:<8} ", u.id.get())),
