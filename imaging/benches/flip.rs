@@ -15,6 +15,7 @@
 //!
 //!   cargo bench -p flipstack-imaging --bench flip -- [--rounds N] [--testdata DIR] [--tsv FILE]
 //!   cargo bench -p flipstack-imaging --bench flip -- --throughput FILE [--threads N] [--seconds S]
+//!       [--second-core idle|always|never]
 //!   cargo bench -p flipstack-imaging --bench flip -- --make-jpeg OUT --bytes N
 //!   cargo bench -p flipstack-imaging --bench flip -- --heic [--rounds N] [--testdata DIR]
 //!
@@ -46,6 +47,7 @@ struct Args {
     make_jpeg: Option<PathBuf>,
     bytes: u64,
     heic: bool,
+    second_core: imaging::SecondCore,
 }
 
 fn args() -> Args {
@@ -59,6 +61,7 @@ fn args() -> Args {
         make_jpeg: None,
         bytes: 20_000_000,
         heic: false,
+        second_core: imaging::SecondCore::WhenIdle,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -73,6 +76,16 @@ fn args() -> Args {
             "--make-jpeg" => a.make_jpeg = Some(v().into()),
             "--bytes" => a.bytes = v().parse().expect("a number"),
             "--heic" => a.heic = true,
+            // Whether lossless flips of large pictures take a second core
+            // (the worker's default: when one is idle).
+            "--second-core" => {
+                a.second_core = match v().as_str() {
+                    "idle" => imaging::SecondCore::WhenIdle,
+                    "always" => imaging::SecondCore::Always,
+                    "never" => imaging::SecondCore::Never,
+                    other => panic!("--second-core takes idle, always or never, not {other}"),
+                }
+            }
             // cargo bench passes --bench; nothing else is expected.
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -85,6 +98,7 @@ fn main() {
     let a = args();
     // As the worker does before its first flip.
     imaging::keep_memory_between_flips();
+    a.second_core.set();
     if let Some(out) = &a.make_jpeg {
         return make_jpeg(out, a.bytes);
     }
@@ -92,7 +106,7 @@ fn main() {
         return heic(&a);
     }
     match &a.throughput {
-        Some(file) => throughput(file, a.threads, a.seconds),
+        Some(file) => throughput(file, a.threads, a.seconds, a.second_core),
         None => corpus(&a),
     }
 }
@@ -248,7 +262,7 @@ fn corpus(a: &Args) {
 
 /// Jobs per second with `threads` threads each flipping `file` over and
 /// over: once with the flip alone, once with the worker's flip + thumbnails.
-fn throughput(file: &Path, threads: usize, seconds: u64) {
+fn throughput(file: &Path, threads: usize, seconds: u64, second_core: imaging::SecondCore) {
     let bytes = std::fs::read(file).unwrap();
     let format = match file.extension().and_then(|e| e.to_str()) {
         Some("png") => ImageFormat::Png,
@@ -280,7 +294,7 @@ fn throughput(file: &Path, threads: usize, seconds: u64) {
         let elapsed = started.elapsed().as_secs_f64();
         let n = done.load(Ordering::Relaxed);
         println!(
-            "throughput\t{}\t{}\tthreads={threads}\tjobs={n}\tseconds={elapsed:.2}\tjobs_per_s={:.2}",
+            "throughput\t{}\t{}\tthreads={threads}\tsecond_core={second_core:?}\tjobs={n}\tseconds={elapsed:.2}\tjobs_per_s={:.2}",
             file.file_name().unwrap().to_string_lossy(),
             if with_thumbs { "flip+thumbnails" } else { "flip" },
             n as f64 / elapsed

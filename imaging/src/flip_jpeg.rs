@@ -19,6 +19,7 @@
 
 use turbojpeg::raw;
 
+use super::cores;
 use super::flip::{FlipError, Flipped, THUMB_LONG_SIDE, Thumbnails, thumb_size, unreadable};
 use super::inspect::Limits;
 use super::orient::{Turn, flip_rows, turn_pixels};
@@ -42,6 +43,7 @@ fn internal(e: String) -> FlipError {
 
 /// Lossless if a perfect transform exists, else re-encoded.
 pub fn flip_jpeg(input: &[u8], limits: &Limits) -> Result<Flipped, FlipError> {
+    let _cpu = cores::FlipCpu::whole_flip();
     match lossless_inner(input, limits, false)? {
         Some((f, _)) => Ok(f),
         None => reencode_inner(input, limits, false).map(|(f, _)| f),
@@ -53,6 +55,7 @@ pub fn flip_jpeg_with_thumbnails(
     input: &[u8],
     limits: &Limits,
 ) -> Result<(Flipped, Result<Thumbnails, FlipError>), FlipError> {
+    let _cpu = cores::FlipCpu::whole_flip();
     let (flipped, small) = match lossless_inner(input, limits, true)? {
         Some(done) => done,
         None => reencode_inner(input, limits, true)?,
@@ -168,6 +171,8 @@ struct DctThumb {
     /// Per component: quantisation table (natural order) and real size in
     /// samples, for the turned picture.
     comps: Vec<([u16; 64], usize, usize)>,
+    /// Per component: rows of blocks in one row of MCUs, turned.
+    mcu_block_rows: Vec<usize>,
     s: usize,
 }
 
@@ -190,6 +195,7 @@ impl DctThumb {
             frame.components.iter().map(|c| c.1).max()? as usize,
         );
         let mut comps = Vec::with_capacity(frame.components.len());
+        let mut mcu_block_rows = Vec::with_capacity(frame.components.len());
         for &(ch, cv, tq) in &frame.components {
             let q = (*tables.get(tq as usize)?)?;
             // A transposed picture has its sampling factors and tables transposed.
@@ -205,8 +211,34 @@ impl DctThumb {
             let (hs, vs) = if gray { (1, 1) } else { (hs, vs) };
             let (hm, vm) = if gray { (1, 1) } else { (hm, vm) };
             comps.push((q, (w as usize * hs).div_ceil(hm), (h as usize * vs).div_ceil(vm)));
+            mcu_block_rows.push(vs);
         }
-        Some(DctThumb { shrinks: (0..comps.len()).map(|_| None).collect(), comps, s })
+        Some(DctThumb { shrinks: (0..comps.len()).map(|_| None).collect(), comps, mcu_block_rows, s })
+    }
+
+    /// A row of a part of the picture that starts at MCU row `first_mcu_row`
+    /// (see [`transform_in_halves`]), placed in the whole picture.
+    fn add_in_part(&mut self, component: usize, by: usize, first_mcu_row: usize, row: &[i16]) {
+        let (Some(&(_, _, height)), Some(&per_mcu)) = (self.comps.get(component), self.mcu_block_rows.get(component))
+        else {
+            return;
+        };
+        self.add(component, by + first_mcu_row * per_mcu, height.div_ceil(8), row);
+    }
+
+    /// Takes the rows from MCU row `first_mcu_row` down from `lower`, which
+    /// collected that part of the same picture.
+    fn take_rows_from(&mut self, lower: DctThumb, first_mcu_row: usize) {
+        for ((mine, theirs), per_mcu) in self.shrinks.iter_mut().zip(lower.shrinks).zip(&self.mcu_block_rows) {
+            match (mine.as_mut(), theirs) {
+                (Some(m), Some(t)) if m.plane.width == t.plane.width && m.plane.height == t.plane.height => {
+                    let from = (first_mcu_row * per_mcu * self.s * m.plane.width).min(m.plane.data.len());
+                    m.plane.data[from..].copy_from_slice(&t.plane.data[from..]);
+                }
+                // A part without this component's rows: no small picture.
+                _ => *mine = None,
+            }
+        }
     }
 
     fn add(&mut self, component: usize, by: usize, height_blocks: usize, row: &[i16]) {
@@ -270,6 +302,9 @@ fn lossless_inner(
 
     // Runs one transform, with a small picture collected on the way when asked.
     let mut run = |turn: Turn| -> Result<Option<Transformed>, FlipError> {
+        if let Some(done) = transform_in_halves(input, &frame, turn, limits, want_small, colorspace) {
+            return Ok(Some(done));
+        }
         let mut small = if want_small { DctThumb::new(input, &frame, colorspace, turn) } else { None };
         let result = match small.as_mut() {
             Some(s) => {
@@ -312,6 +347,109 @@ fn lossless_inner(
         }
     }
     Ok(None)
+}
+
+/// Lossless transforms of pictures this large and up are split in two
+/// halves, one per core.
+const SPLIT_FROM_PIXELS: u64 = 2_000_000;
+/// ... and up to this size: each half decodes the whole picture, so a
+/// split holds its coefficients twice.
+const SPLIT_UP_TO_PIXELS: u64 = 32_000_000;
+
+/// How a picture's turned rows are cut in two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Halves {
+    /// Rows of MCUs per restart interval.
+    restart_rows: usize,
+    /// Restart intervals in the top half.
+    top_intervals: usize,
+    /// Pixel rows of one row of MCUs.
+    mcu_height: u32,
+}
+
+impl Halves {
+    fn top_mcu_rows(self) -> usize {
+        self.top_intervals * self.restart_rows
+    }
+
+    fn top_rows(self) -> u32 {
+        self.top_mcu_rows() as u32 * self.mcu_height
+    }
+}
+
+/// Where a baseline picture `frame`, turned by `turn` without transposing,
+/// is cut: near its middle, at a whole number of restart intervals of whole
+/// MCU rows, each at most the 65 535 MCUs a restart interval may hold.
+fn halves(frame: &jpeg::Frame, turn: Turn) -> Option<Halves> {
+    let pixels = frame.width as u64 * frame.height as u64;
+    if frame.progressive || turn.transposes() || !(SPLIT_FROM_PIXELS..=SPLIT_UP_TO_PIXELS).contains(&pixels) {
+        return None;
+    }
+    let (mw, mh) = frame.imcu();
+    let mcus_per_row = frame.width.div_ceil(mw) as usize;
+    let half = frame.height.div_ceil(mh) as usize / 2;
+    let restart_rows = (65_535 / mcus_per_row.max(1)).min(half);
+    if restart_rows == 0 {
+        return None;
+    }
+    Some(Halves { restart_rows, top_intervals: half / restart_rows, mcu_height: mh })
+}
+
+/// The lossless transform `turn` on two cores: each thread reads the whole
+/// picture (the entropy-coded data has to be read in order) and writes half
+/// of the turned rows with restart markers at the cut, and the halves are
+/// joined into one file ([`jpeg::join_restart_halves`]) holding the same
+/// coefficients the whole transform writes. About a third of a lossless
+/// flip is writing its output and collecting the thumbnail's coefficients;
+/// those are what the halves share. `None` (the caller transforms the whole
+/// picture) when the picture is not one to split, there is one core, or
+/// anything about the split fails: the whole transform then says why.
+fn transform_in_halves(
+    input: &[u8],
+    frame: &jpeg::Frame,
+    turn: Turn,
+    limits: &Limits,
+    want_small: bool,
+    colorspace: i32,
+) -> Option<Transformed> {
+    let cut = halves(frame, turn)?;
+    if !cores::take_second_core() {
+        return None;
+    }
+    let part = |rows: (u32, u32), first_mcu_row: usize| -> Option<Transformed> {
+        let mut t = TjTransformer::new(limits.max_scans, limits.max_pixels).ok()?;
+        t.set_restart_rows(cut.restart_rows as u32).ok()?;
+        let mut small = if want_small { DctThumb::new(input, frame, colorspace, turn) } else { None };
+        let bytes = match small.as_mut() {
+            Some(s) => {
+                let mut sink = |c: usize, by: usize, _: usize, row: &[i16]| s.add_in_part(c, by, first_mcu_row, row);
+                t.transform_rows(input, turn.tjxop(), false, Some(rows), Some(&mut sink))
+            }
+            None => t.transform_rows(input, turn.tjxop(), false, Some(rows), None),
+        };
+        Some((bytes.ok()?, small))
+    };
+    let (top, bottom) = std::thread::scope(|scope| {
+        let bottom = std::thread::Builder::new()
+            .name("flip-lower-half".into())
+            .spawn_scoped(scope, || {
+                let _cpu = cores::FlipCpu::helper();
+                part((cut.top_rows(), 0), cut.top_mcu_rows())
+            })
+            .ok()?;
+        let top = part((0, cut.top_rows()), 0);
+        Some((top, bottom.join().ok()?))
+    })?;
+    let ((top, top_small), (bottom, bottom_small)) = (top?, bottom?);
+    let bytes = jpeg::join_restart_halves(&top, &bottom, frame.height, cut.top_intervals, input)?;
+    let small = match (top_small, bottom_small) {
+        (Some(mut upper), Some(lower)) => {
+            upper.take_rows_from(lower, cut.top_mcu_rows());
+            Some(upper)
+        }
+        _ => None,
+    };
+    Some((bytes, small))
 }
 
 /// TJSAMP_* → how many luma rows share a chroma row.

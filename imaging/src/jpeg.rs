@@ -251,6 +251,113 @@ pub fn jfif_density(jpeg: &[u8]) -> Option<(u8, u16, u16)> {
     Some((p[7], u16::from_be_bytes([p[8], p[9]]), u16::from_be_bytes([p[10], p[11]])))
 }
 
+/// The EXIF segment's payload range (`Exif\0\0` and its TIFF data).
+fn exif_payload(jpeg: &[u8], segs: &[Segment]) -> Option<Range<usize>> {
+    segs.iter()
+        .find(|s| s.marker == 0xE1 && jpeg[s.payload.clone()].starts_with(b"Exif\0\0"))
+        .map(|s| s.payload.clone())
+}
+
+fn is_frame_header(marker: u8) -> bool {
+    matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC)
+}
+
+/// A single-scan JPEG split where its header ends: the header with its SOS,
+/// and the entropy-coded data (without the closing EOI).
+fn header_and_scan(jpeg: &[u8]) -> Option<(Vec<Segment>, usize, &[u8])> {
+    let segs = segments(jpeg)?;
+    let sos = segs.last().map_or(2, |s| s.range.end);
+    if jpeg.get(sos..sos + 2)? != [0xFF, 0xDA] {
+        return None;
+    }
+    let len = u16::from_be_bytes([*jpeg.get(sos + 2)?, *jpeg.get(sos + 3)?]) as usize;
+    let data_start = sos + 2 + len;
+    let data = jpeg.get(data_start..jpeg.len().checked_sub(2)?)?;
+    (jpeg.get(jpeg.len() - 2..)? == [0xFF, 0xD9] && data_start <= jpeg.len() - 2).then_some((segs, data_start, data))
+}
+
+/// Renumbers the restart markers of entropy-coded `data` by `shift`
+/// (RSTn → RST(n+shift mod 8)); `None` if it holds any other marker (a
+/// second scan, say), so only single-scan data is ever joined.
+fn shift_restart_markers(data: &mut [u8], shift: usize) -> Option<()> {
+    let mut i = 0;
+    while let Some(at) = memchr::memchr(0xFF, &data[i..]) {
+        let m = i + at + 1;
+        match *data.get(m)? {
+            0x00 => {}
+            n @ 0xD0..=0xD7 => data[m] = 0xD0 + ((n - 0xD0) as usize + shift) as u8 % 8,
+            _ => return None,
+        }
+        i = m + 1;
+    }
+    Some(())
+}
+
+/// Joins the two halves of one picture, each encoded by itself with the
+/// same tables and a restart interval of whole rows (`top` made of
+/// `top_intervals` intervals), into one JPEG `full_height` rows high:
+/// the top's header (frame height set to the whole, EXIF taken from
+/// `exif_from`, since cropping rewrote its sizes), the top's scan, the
+/// restart marker that ends its last interval, and the bottom's scan with
+/// its markers renumbered to follow. A restart resets the DC predictions and
+/// byte-aligns the data, which is exactly how each half's scan starts and
+/// ends, so the result decodes to the same coefficients as one encode.
+/// `None` when the halves do not fit together that way.
+pub fn join_restart_halves(
+    top: &[u8],
+    bottom: &[u8],
+    full_height: u32,
+    top_intervals: usize,
+    exif_from: &[u8],
+) -> Option<Vec<u8>> {
+    let full_height = u16::try_from(full_height).ok()?;
+    let (top_segs, top_data_start, top_data) = header_and_scan(top)?;
+    let (bottom_segs, bottom_data_start, bottom_data) = header_and_scan(bottom)?;
+    // Same segments, byte for byte, but for the frame's height and EXIF.
+    if top_segs.len() != bottom_segs.len() || !top_segs.iter().any(|s| s.marker == 0xDD) {
+        return None;
+    }
+    let sos_top = &top[top_segs.last()?.range.end..top_data_start];
+    let sos_bottom = &bottom[bottom_segs.last()?.range.end..bottom_data_start];
+    if sos_top != sos_bottom {
+        return None;
+    }
+    for (a, b) in top_segs.iter().zip(&bottom_segs) {
+        let (pa, pb) = (&top[a.payload.clone()], &bottom[b.payload.clone()]);
+        let same = a.marker == b.marker
+            && pa.len() == pb.len()
+            && if is_frame_header(a.marker) {
+                pa.len() >= 3 && pa[0] == pb[0] && pa[3..] == pb[3..]
+            } else {
+                a.marker == 0xE1 || pa == pb
+            };
+        if !same {
+            return None;
+        }
+    }
+    let mut out = Vec::with_capacity(top.len() + bottom.len());
+    out.extend_from_slice(&top[..top_data_start]);
+    let sof = top_segs.iter().find(|s| is_frame_header(s.marker))?;
+    out[sof.payload.start + 1..sof.payload.start + 3].copy_from_slice(&full_height.to_be_bytes());
+    if let Some(here) = exif_payload(top, &top_segs) {
+        let source = exif_payload(exif_from, &segments(exif_from)?)?;
+        if source.len() != here.len() {
+            return None;
+        }
+        out[here].copy_from_slice(&exif_from[source]);
+    }
+    let at = out.len();
+    out.extend_from_slice(top_data);
+    // Checks that the top's own markers are restarts only (shifted by none).
+    shift_restart_markers(&mut out[at..], 0)?;
+    out.extend_from_slice(&[0xFF, 0xD0 + (top_intervals.checked_sub(1)? % 8) as u8]);
+    let at = out.len();
+    out.extend_from_slice(bottom_data);
+    shift_restart_markers(&mut out[at..], top_intervals % 8)?;
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

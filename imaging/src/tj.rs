@@ -367,6 +367,27 @@ impl TjTransformer {
         jpeg: &[u8],
         op: i32,
         progressive: bool,
+        sink: Option<&mut CoefSink<'_>>,
+    ) -> Result<Vec<u8>, TransformError> {
+        self.transform_rows(jpeg, op, progressive, None, sink)
+    }
+
+    /// Restart markers every `rows` rows of MCUs in what this handle writes
+    /// (0: none).
+    pub fn set_restart_rows(&mut self, rows: u32) -> Result<(), String> {
+        self.0.set(raw::TJPARAM_TJPARAM_RESTARTROWS, rows.min(65_535) as i32)
+    }
+
+    /// As [`Self::transform_with`], writing only the turned picture's rows
+    /// `first..first + count` (`count` 0: to the bottom); `first` must be a
+    /// multiple of the output's MCU height. The sink sees the rows of that
+    /// part, numbered from its top.
+    pub fn transform_rows(
+        &mut self,
+        jpeg: &[u8],
+        op: i32,
+        progressive: bool,
+        rows: Option<(u32, u32)>,
         mut sink: Option<&mut CoefSink<'_>>,
     ) -> Result<Vec<u8>, TransformError> {
         let t_has_sink = sink.is_some();
@@ -374,8 +395,14 @@ impl TjTransformer {
         if progressive {
             options |= raw::TJXOPT_PROGRESSIVE as i32;
         }
+        let mut r = raw::tjregion { x: 0, y: 0, w: 0, h: 0 };
+        if let Some((first, count)) = rows {
+            options |= raw::TJXOPT_CROP as i32;
+            r.y = i32::try_from(first).map_err(|_| TransformError::Failed("rows out of range".into()))?;
+            r.h = i32::try_from(count).map_err(|_| TransformError::Failed("rows out of range".into()))?;
+        }
         let t = raw::tjtransform {
-            r: raw::tjregion { x: 0, y: 0, w: 0, h: 0 },
+            r,
             op,
             options,
             // Points at `sink`, which outlives the call below.

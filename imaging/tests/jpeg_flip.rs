@@ -158,6 +158,8 @@ fn subsamp_of(jpeg: &[u8]) -> turbojpeg::Subsamp {
 
 #[test]
 fn corpus_jpegs_flip_losslessly_where_a_perfect_transform_exists() {
+    // Photos of 2 MP and up through the two-core flip, whatever the load.
+    imaging::SecondCore::Always.set();
     let dir = corpus();
     let (mut lossless, mut reencoded) = (0, 0);
     for (name, bytes, notes) in corpus_jpegs(&dir) {
@@ -269,6 +271,8 @@ fn corpus_every_frame_of_the_animated_gif_is_flipped() {
 
 #[test]
 fn corpus_thumbnails_show_the_displayed_picture_and_its_flip() {
+    // Photos of 2 MP and up through the two-core flip, whatever the load.
+    imaging::SecondCore::Always.set();
     let dir = corpus();
     let mut names: Vec<_> = std::fs::read_dir(dir.join("photos"))
         .unwrap()
@@ -538,4 +542,83 @@ fn generated_thumbnails_come_from_the_flip_pass() {
         let (_, mean) = max_and_mean_diff(&a, &b);
         assert!(mean < 6.0, "{name}: differs from a scaled decode by {mean:.2}");
     }
+}
+
+/// An APP1 EXIF segment (big-endian TIFF) with an orientation in IFD0 and
+/// the picture's size in its EXIF IFD, the tags libjpeg-turbo rewrites when
+/// a transform changes the size.
+fn exif_with_size(orientation: u16, width: u32, height: u32) -> Vec<u8> {
+    let entry = |t: &mut Vec<u8>, tag: u16, kind: u16, value: u32| {
+        t.extend_from_slice(&tag.to_be_bytes());
+        t.extend_from_slice(&kind.to_be_bytes());
+        t.extend_from_slice(&1u32.to_be_bytes());
+        if kind == 3 {
+            t.extend_from_slice(&(value as u16).to_be_bytes());
+            t.extend_from_slice(&[0, 0]);
+        } else {
+            t.extend_from_slice(&value.to_be_bytes());
+        }
+    };
+    let mut t = b"MM\0*".to_vec();
+    t.extend_from_slice(&8u32.to_be_bytes());
+    // IFD0 at 8: two entries (8 + 2 + 24 + 4 = 38), the EXIF IFD at 38.
+    t.extend_from_slice(&2u16.to_be_bytes());
+    entry(&mut t, 0x0112, 3, orientation as u32);
+    entry(&mut t, 0x8769, 4, 38);
+    t.extend_from_slice(&0u32.to_be_bytes());
+    t.extend_from_slice(&2u16.to_be_bytes());
+    entry(&mut t, 0xA002, 4, width);
+    entry(&mut t, 0xA003, 4, height);
+    t.extend_from_slice(&0u32.to_be_bytes());
+    let mut s = vec![0xFF, 0xE1];
+    s.extend_from_slice(&((t.len() + 8) as u16).to_be_bytes());
+    s.extend_from_slice(b"Exif\0\0");
+    s.extend_from_slice(&t);
+    s
+}
+
+#[test]
+fn generated_large_jpegs_flip_in_two_halves_joined_at_a_restart_marker() {
+    use turbojpeg::Subsamp::{Gray, None, Sub2x1, Sub2x2};
+    // Pictures of 2 MP and more are flipped by two threads, each writing
+    // half of the rows; the halves join at a restart marker. The 8192 px
+    // wide one needs several restart intervals per half (a restart interval
+    // holds at most 65 535 MCUs), so the lower half's markers are renumbered.
+    // (By default only while a core is idle; here always.)
+    imaging::SecondCore::Always.set();
+    let cases = [
+        (2048, 1536, Sub2x2, 1, "jpeg-lossless-vflip"),
+        (2048, 1536, Sub2x1, 6, "jpeg-lossless-hflip"),
+        (2048, 1024, Gray, 1, "jpeg-lossless-vflip"),
+        (8192, 2048, None, 1, "jpeg-lossless-vflip"),
+    ];
+    for (w, h, s, o, method) in cases {
+        let exif = exif_with_size(o, w, h);
+        let src = jpeg::insert_segments(make_jpeg(w, h, 85, s), std::slice::from_ref(&exif));
+        let name = format!("{w}x{h} {s:?} orientation {o}");
+        let p = imaging::flip_with_thumbnails(&src, ImageFormat::Jpeg, &limits()).unwrap();
+        let out = &p.flipped;
+        assert_eq!(out.method, method, "{name}");
+        let segs = jpeg::segments(&out.bytes).unwrap();
+        assert!(segs.iter().any(|s| s.marker == 0xDD), "{name}: not split (no restart interval)");
+        // The EXIF as it was: the halves' own sizes do not leak into it.
+        let exif_out = segs.iter().find(|s| s.marker == 0xE1).map(|s| out.bytes[s.range.clone()].to_vec());
+        assert_eq!(exif_out.as_deref(), Some(&exif[..]), "{name}: EXIF changed");
+        // Pixel for pixel the flip, and flipped again (split again) the
+        // original's coefficients: the join loses nothing.
+        assert_lossless(&name, &src, out);
+        check_thumbnails(&name, &src, ImageFormat::Jpeg, &p.thumbnails.unwrap());
+    }
+    // Under 2 MP: one thread, no restart markers.
+    let small = make_jpeg(1600, 1200, 85, Sub2x2);
+    let out = imaging::flip(&small, ImageFormat::Jpeg, &limits()).unwrap();
+    assert!(!jpeg::segments(&out.bytes).unwrap().iter().any(|s| s.marker == 0xDD));
+    // Split or whole, the same coefficients.
+    let src = make_jpeg(2048, 1536, 85, Sub2x2);
+    let split = imaging::flip(&src, ImageFormat::Jpeg, &limits()).unwrap();
+    imaging::SecondCore::Never.set();
+    let whole = imaging::flip(&src, ImageFormat::Jpeg, &limits()).unwrap();
+    assert!(!jpeg::segments(&whole.bytes).unwrap().iter().any(|s| s.marker == 0xDD), "never split");
+    assert_ne!(split.bytes, whole.bytes);
+    assert!(coefficients(&split.bytes) == coefficients(&whole.bytes), "split and whole flips differ");
 }
