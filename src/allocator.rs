@@ -9,6 +9,11 @@
 //! and eager arena commit are set lower here, before the first allocation
 //! (an ELF constructor runs before Rust's runtime allocates anything); a
 //! `MIMALLOC_*` variable in the environment still overrides them.
+//!
+//! A worker is the other way round: it frees and allocates the same few
+//! megabytes per job (the original, the flip, its thumbnails), and purged at
+//! once they are faulted in again on the next job, so `flipstack work` keeps
+//! freed memory for a second ([`keep_freed_memory_between_jobs`]).
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,4 +38,21 @@ extern "C" fn set_options() {
         libmimalloc_sys::mi_option_set_default(PURGE_DELAY, 0);
         libmimalloc_sys::mi_option_set_default(ARENA_EAGER_COMMIT, 0);
     }
+}
+
+/// How long a worker keeps freed memory before returning it, in ms.
+#[cfg(target_os = "linux")]
+const WORKER_PURGE_DELAY_MS: std::ffi::c_long = 1000;
+
+/// For `flipstack work`, before it starts threads: freed memory is kept for
+/// the next job (mimalloc's purge delayed; glibc's thresholds and one arena,
+/// [`flipstack_core::imaging::keep_memory_between_flips`]). A
+/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
+pub fn keep_freed_memory_between_jobs() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: a plain store into mimalloc's option table, read at each purge.
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, WORKER_PURGE_DELAY_MS) };
+    }
+    flipstack_core::imaging::keep_memory_between_flips();
 }

@@ -280,6 +280,9 @@ fn main() -> Result<()> {
         tracing::info!(url = %config.otlp_traces_url().unwrap_or_default(), "exporting traces over OTLP");
     }
     let log_format = cli.log_format;
+    if matches!(cli.command, Command::Work(_)) {
+        allocator::keep_freed_memory_between_jobs();
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let outcome = runtime.block_on(async move {
