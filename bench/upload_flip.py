@@ -20,7 +20,9 @@
 
 `--compare` runs the latency part for other flipstack binaries too (a
 baseline build), in `--rounds` rounds that alternate between the binaries,
-each round `--uploads` uploads per binary."""
+each round `--uploads` uploads per binary. `--gap S` waits S seconds
+between an upload shown flipped and the next upload (0: back to back, when
+the last job's screen sizes still run beside the next flip)."""
 
 import argparse
 import os
@@ -43,7 +45,7 @@ from common import (  # noqa: E402
 )
 
 
-def latency(photo, n, bin=None, poll=False):
+def latency(photo, n, bin=None, poll=False, gap=0.0):
     """Sequential uploads, each timed until the gallery shows it flipped. The
     page is followed as a browser would: through the push where the server
     has one (a "change" event, then one read of the page), else by reading
@@ -69,6 +71,8 @@ def latency(photo, n, bin=None, poll=False):
             seen.add(new)
             lat.append((t2 - t0) * 1e3)
             post.append((t1 - t0) * 1e3)
+            # With a gap, the last job's screen sizes finish before the next upload.
+            time.sleep(gap)
         push.close()
         method = method_of(fs.data)
     return lat, post, method, "push" if push.ok and not poll else "5 ms poll"
@@ -166,6 +170,7 @@ def main():
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=BINARY")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--poll", action="store_true", help="read the page every 5 ms even where it has a push")
+    ap.add_argument("--gap", type=float, default=0.0, help="seconds between one upload shown and the next upload")
     a = ap.parse_args()
     print(f"photo: {a.photo}; load average before: {load_average()}")
 
@@ -174,7 +179,7 @@ def main():
         results = {name: ([], []) for name, _ in binaries}
         for r in range(a.rounds):
             for name, bin in binaries:
-                lat, post, method, follow = latency(a.photo, a.uploads, bin, a.poll)
+                lat, post, method, follow = latency(a.photo, a.uploads, bin, a.poll, a.gap)
                 results[name][0].extend(lat)
                 results[name][1].extend(post)
                 print(
@@ -184,7 +189,7 @@ def main():
                 )
         for name, (lat, post) in results.items():
             print(
-                f"upload → flipped visible, {name} ({len(lat)} sequential uploads, embedded defaults): "
+                f"upload → flipped visible, {name} ({len(lat)} sequential uploads, {a.gap:g} s apart, embedded defaults): "
                 f"p50 {percentile(lat, 50):.0f} ms, p90 {percentile(lat, 90):.0f} ms, "
                 f"p99 {percentile(lat, 99):.0f} ms, min {min(lat):.0f} ms, max {max(lat):.0f} ms; "
                 f"of which the POST itself p50 {percentile(post, 50):.0f} ms",

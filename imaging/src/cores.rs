@@ -99,10 +99,17 @@ impl Drop for FlipCpu {
         }
         let flips = Duration::from_nanos(after.flips.saturating_sub(before.flips));
         let others = after.busy.saturating_sub(before.busy).saturating_sub(flips);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cores = cores() as f64;
         // Free: the others left three quarters of a core beside the flip's.
         A_CORE_WAS_FREE.store(others.as_secs_f64() <= span.as_secs_f64() * (cores - 1.75), Ordering::Relaxed);
     }
+}
+
+/// The cores this process may use (read once: on Linux it reads the
+/// cgroup's quota files).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn thread_cpu() -> Option<Duration> {
@@ -134,7 +141,7 @@ fn machine_busy() -> Option<Duration> {
 
 /// Asked once per flip that could split, by the thread running it.
 pub(crate) fn take_second_core() -> bool {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cores();
     match SecondCore::current() {
         SecondCore::Always => true,
         SecondCore::Never => false,
@@ -145,5 +152,45 @@ pub(crate) fn take_second_core() -> bool {
                 && machine_busy().is_some()
                 && A_CORE_WAS_FREE.load(Ordering::Relaxed)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_flip_in_the_process_keeps_the_cores_and_the_setting_overrides() {
+        let first = FlipCpu::whole_flip();
+        SecondCore::WhenIdle.set();
+        let alone = take_second_core();
+        let second = FlipCpu::whole_flip();
+        assert!(!take_second_core(), "two flips running: neither takes a second core");
+        SecondCore::Always.set();
+        assert!(take_second_core());
+        drop(second);
+        SecondCore::Never.set();
+        assert!(!take_second_core());
+        drop(first);
+        // Alone, on Linux with two cores and a free one, it may split; never elsewhere.
+        if cores() < 2 || machine_busy().is_none() {
+            assert!(!alone);
+        }
+        SecondCore::WhenIdle.set();
+    }
+
+    #[test]
+    fn the_machines_busy_time_grows_with_work() {
+        let Some(before) = machine_busy() else {
+            eprintln!("skipped: no /proc/stat here");
+            return;
+        };
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = machine_busy().unwrap();
+        assert!(after > before, "50 ms of work left the count at {before:?}");
     }
 }
