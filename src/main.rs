@@ -255,6 +255,10 @@ fn main() -> Result<()> {
     // SAFETY: umask only sets this process's file-mode mask; it cannot fail.
     unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Work(_)) {
+        // Before the log writer, telemetry and the runtime start threads.
+        allocator::keep_freed_memory_between_jobs();
+    }
     let file = cli.config.as_deref();
     let config = match &cli.command {
         Command::Up(flags) => Config::load(file, flags),
@@ -280,9 +284,6 @@ fn main() -> Result<()> {
         tracing::info!(url = %config.otlp_traces_url().unwrap_or_default(), "exporting traces over OTLP");
     }
     let log_format = cli.log_format;
-    if matches!(cli.command, Command::Work(_)) {
-        allocator::keep_freed_memory_between_jobs();
-    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let outcome = runtime.block_on(async move {

@@ -112,6 +112,12 @@ fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Can this machine's busy time be read (Linux)? Read once.
+fn measurable() -> bool {
+    static MEASURABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MEASURABLE.get_or_init(|| machine_busy().is_some())
+}
+
 fn thread_cpu() -> Option<Duration> {
     #[cfg(unix)]
     {
@@ -149,7 +155,7 @@ pub(crate) fn take_second_core() -> bool {
         SecondCore::WhenIdle => {
             cores >= 2
                 && FLIPS_RUNNING.load(Ordering::Relaxed) <= 1
-                && machine_busy().is_some()
+                && measurable()
                 && A_CORE_WAS_FREE.load(Ordering::Relaxed)
         }
     }
@@ -173,7 +179,7 @@ mod tests {
         assert!(!take_second_core());
         drop(first);
         // Alone, on Linux with two cores and a free one, it may split; never elsewhere.
-        if cores() < 2 || machine_busy().is_none() {
+        if cores() < 2 || !measurable() {
             assert!(!alone);
         }
         SecondCore::WhenIdle.set();

@@ -216,16 +216,6 @@ impl DctThumb {
         Some(DctThumb { shrinks: (0..comps.len()).map(|_| None).collect(), comps, mcu_block_rows, s })
     }
 
-    /// A row of a part of the picture that starts at MCU row `first_mcu_row`
-    /// (see [`transform_in_halves`]), placed in the whole picture.
-    fn add_in_part(&mut self, component: usize, by: usize, first_mcu_row: usize, row: &[i16]) {
-        let (Some(&(_, _, height)), Some(&per_mcu)) = (self.comps.get(component), self.mcu_block_rows.get(component))
-        else {
-            return;
-        };
-        self.add(component, by + first_mcu_row * per_mcu, height.div_ceil(8), row);
-    }
-
     /// Takes the rows from MCU row `first_mcu_row` down from `lower`, which
     /// collected that part of the same picture.
     fn take_rows_from(&mut self, lower: DctThumb, first_mcu_row: usize) {
@@ -241,19 +231,20 @@ impl DctThumb {
         }
     }
 
-    fn add(&mut self, component: usize, by: usize, height_blocks: usize, row: &[i16]) {
-        let (Some((q, _, _)), Some(slot)) = (self.comps.get(component), self.shrinks.get_mut(component)) else {
+    /// Block row `by` of a part of the turned picture that starts at MCU
+    /// row `first_mcu_row` (0 for the whole picture; see
+    /// [`transform_in_halves`]), placed in the whole picture.
+    fn add(&mut self, component: usize, by: usize, first_mcu_row: usize, row: &[i16]) {
+        let (Some((q, _, height)), Some(&per_mcu), Some(slot)) =
+            (self.comps.get(component), self.mcu_block_rows.get(component), self.shrinks.get_mut(component))
+        else {
             return;
         };
         // Whole blocks, with room for the rows that pad the last iMCU (cut
         // off in `finish`).
-        let s = self.s;
+        let (s, height_blocks) = (self.s, height.div_ceil(8));
         slot.get_or_insert_with(|| DctShrink::new(s, q, row.len() / 64, height_blocks.next_multiple_of(4)))
-            .add_row(by, row);
-    }
-
-    fn reset(&mut self) {
-        self.shrinks.iter_mut().for_each(|s| *s = None);
+            .add_row(by + first_mcu_row * per_mcu, row);
     }
 
     fn finish(self, shown: Turn, display: (u32, u32)) -> Option<Small> {
@@ -300,22 +291,14 @@ fn lossless_inner(
         -1
     };
 
-    // Runs one transform, with a small picture collected on the way when asked.
+    // Runs one transform (on two cores when it can), with a small picture
+    // collected on the way when asked.
     let mut run = |turn: Turn| -> Result<Option<Transformed>, FlipError> {
         if let Some(done) = transform_in_halves(input, &frame, turn, limits, want_small, colorspace) {
             return Ok(Some(done));
         }
-        let mut small = if want_small { DctThumb::new(input, &frame, colorspace, turn) } else { None };
-        let result = match small.as_mut() {
-            Some(s) => {
-                s.reset();
-                let mut sink = |c: usize, by: usize, hb: usize, row: &[i16]| s.add(c, by, hb, row);
-                t.transform_with(input, turn.tjxop(), frame.progressive, Some(&mut sink))
-            }
-            None => t.transform(input, turn.tjxop(), frame.progressive),
-        };
-        match result {
-            Ok(bytes) => Ok(Some((bytes, small))),
+        match transform_collecting(&mut t, input, &frame, turn, want_small, colorspace, None) {
+            Ok(done) => Ok(Some(done)),
             Err(TransformError::NotPerfect) => Ok(None),
             Err(TransformError::Failed(e)) => Err(unreadable("JPEG", e)),
         }
@@ -347,6 +330,32 @@ fn lossless_inner(
         }
     }
     Ok(None)
+}
+
+/// One lossless transform `turn` of the turned picture's `rows` (first,
+/// count; all when `None`, see [`TjTransformer::transform_rows`]), with the
+/// small picture collected on the way when asked.
+fn transform_collecting(
+    t: &mut TjTransformer,
+    input: &[u8],
+    frame: &jpeg::Frame,
+    turn: Turn,
+    want_small: bool,
+    colorspace: i32,
+    rows: Option<(u32, u32)>,
+) -> Result<Transformed, TransformError> {
+    let mut small = if want_small { DctThumb::new(input, frame, colorspace, turn) } else { None };
+    let (mw, mh) = frame.imcu();
+    let mcu_height = if turn.transposes() { mw } else { mh };
+    let first_mcu_row = rows.map_or(0, |(first, _)| (first / mcu_height) as usize);
+    let bytes = match small.as_mut() {
+        Some(s) => {
+            let mut sink = |c: usize, by: usize, _: usize, row: &[i16]| s.add(c, by, first_mcu_row, row);
+            t.transform_rows(input, turn.tjxop(), frame.progressive, rows, Some(&mut sink))
+        }
+        None => t.transform_rows(input, turn.tjxop(), frame.progressive, rows, None),
+    }?;
+    Ok((bytes, small))
 }
 
 /// Lossless transforms of pictures this large and up are split in two
@@ -416,28 +425,20 @@ fn transform_in_halves(
     if !cores::take_second_core() {
         return None;
     }
-    let part = |rows: (u32, u32), first_mcu_row: usize| -> Option<Transformed> {
+    let part = |rows: (u32, u32)| -> Option<Transformed> {
         let mut t = TjTransformer::new(limits.max_scans, limits.max_pixels).ok()?;
         t.set_restart_rows(cut.restart_rows as u32).ok()?;
-        let mut small = if want_small { DctThumb::new(input, frame, colorspace, turn) } else { None };
-        let bytes = match small.as_mut() {
-            Some(s) => {
-                let mut sink = |c: usize, by: usize, _: usize, row: &[i16]| s.add_in_part(c, by, first_mcu_row, row);
-                t.transform_rows(input, turn.tjxop(), false, Some(rows), Some(&mut sink))
-            }
-            None => t.transform_rows(input, turn.tjxop(), false, Some(rows), None),
-        };
-        Some((bytes.ok()?, small))
+        transform_collecting(&mut t, input, frame, turn, want_small, colorspace, Some(rows)).ok()
     };
     let (top, bottom) = std::thread::scope(|scope| {
         let bottom = std::thread::Builder::new()
             .name("flip-lower-half".into())
             .spawn_scoped(scope, || {
                 let _cpu = cores::FlipCpu::helper();
-                part((cut.top_rows(), 0), cut.top_mcu_rows())
+                part((cut.top_rows(), 0))
             })
             .ok()?;
-        let top = part((0, cut.top_rows()), 0);
+        let top = part((0, cut.top_rows()));
         Some((top, bottom.join().ok()?))
     })?;
     let ((top, top_small), (bottom, bottom_small)) = (top?, bottom?);

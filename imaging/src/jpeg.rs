@@ -235,9 +235,8 @@ pub fn insert_segments(encoded: Vec<u8>, extra: &[Vec<u8>]) -> Vec<u8> {
 
 /// The TIFF data of the EXIF segment, writable in place.
 pub fn exif_tiff_mut(jpeg: &mut [u8]) -> Option<&mut [u8]> {
-    let seg =
-        segments(jpeg)?.into_iter().find(|s| s.marker == 0xE1 && jpeg[s.payload.clone()].starts_with(b"Exif\0\0"))?;
-    Some(&mut jpeg[seg.payload.start + 6..seg.payload.end])
+    let payload = exif_payload(jpeg, &segments(jpeg)?)?;
+    Some(&mut jpeg[payload.start + 6..payload.end])
 }
 
 /// JFIF pixel density (units, x, y), to carry over to a re-encoded copy.

@@ -332,7 +332,7 @@ unsafe extern "C" fn coef_trampoline(
     _transform: std::ffi::c_int,
     t: *mut raw::tjtransform,
 ) -> std::ffi::c_int {
-    // SAFETY: `data` is the `&mut CoefSink` that transform_with lent for
+    // SAFETY: `data` is the `&mut CoefSink` that transform_rows lent for
     // this call; `coeffs` holds w × h coefficients (one row of blocks).
     let (sink, row) = unsafe {
         let sink = &mut *((*t).data as *mut &mut CoefSink<'_>);
@@ -352,36 +352,21 @@ impl TjTransformer {
         Handle::limited(raw::TJINIT_TJINIT_TRANSFORM, max_scans, max_pixels).map(TjTransformer)
     }
 
-    /// Turns the DCT coefficients (`op` a TJXOP_*), refusing an imperfect
-    /// transform; every marker (EXIF, ICC, comments) is copied.
-    pub fn transform(&mut self, jpeg: &[u8], op: i32, progressive: bool) -> Result<Vec<u8>, TransformError> {
-        self.transform_with(jpeg, op, progressive, None)
-    }
-
-    /// As [`Self::transform`], and shows every row of the turned picture's
-    /// blocks to `sink` (component, block row, component height in blocks,
-    /// that row's coefficients in natural order, 64 per block) before they
-    /// are written. Rows may run past the height (padding to a whole iMCU).
-    pub fn transform_with(
-        &mut self,
-        jpeg: &[u8],
-        op: i32,
-        progressive: bool,
-        sink: Option<&mut CoefSink<'_>>,
-    ) -> Result<Vec<u8>, TransformError> {
-        self.transform_rows(jpeg, op, progressive, None, sink)
-    }
-
     /// Restart markers every `rows` rows of MCUs in what this handle writes
     /// (0: none).
     pub fn set_restart_rows(&mut self, rows: u32) -> Result<(), String> {
         self.0.set(raw::TJPARAM_TJPARAM_RESTARTROWS, rows.min(65_535) as i32)
     }
 
-    /// As [`Self::transform_with`], writing only the turned picture's rows
-    /// `first..first + count` (`count` 0: to the bottom); `first` must be a
-    /// multiple of the output's MCU height. The sink sees the rows of that
-    /// part, numbered from its top.
+    /// Turns the DCT coefficients (`op` a TJXOP_*), refusing an imperfect
+    /// transform; every marker (EXIF, ICC, comments) is copied. With `rows`
+    /// (first, count; count 0: to the bottom), only those rows of the
+    /// turned picture are written; `first` must be a multiple of the
+    /// output's MCU height. `sink` is shown every row of the written
+    /// blocks (component, block row from the written part's top, component
+    /// height in blocks, that row's coefficients in natural order, 64 per
+    /// block) before they are written. Rows may run past the height
+    /// (padding to a whole iMCU).
     pub fn transform_rows(
         &mut self,
         jpeg: &[u8],
